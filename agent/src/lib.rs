@@ -1,0 +1,7 @@
+//! merak-agent: the process inside every Emulated Physical Machine, and the
+//! netlink library that builds network devices for it and for the provider's
+//! local runtime.
+
+pub mod netdev;
+pub mod netns;
+pub mod server;

@@ -1,0 +1,270 @@
+//! Named network namespaces, made the way iproute2 makes them (a bind mount of
+//! the namespace under `/run/netns`) but without spawning a process: a short
+//! lived thread enters or creates the namespace, opens the netlink socket
+//! there, and exits. A netlink socket stays bound to the namespace it was
+//! opened in, so the returned [`Netlink`] works inside that namespace from any
+//! thread.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::netdev::Netlink;
+
+/// Where named network namespaces live (iproute2's convention).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespace {name} already exists")]
+    AlreadyExists { name: String },
+    #[error("network namespace {name} does not exist")]
+    NotFound { name: String },
+    #[error("{op} for network namespace {name}: {source}")]
+    Io {
+        op: &'static str,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl NetnsError {
+    fn io(op: &'static str, name: &str, source: io::Error) -> Self {
+        NetnsError::Io { op, name: name.to_string(), source }
+    }
+}
+
+/// Settings applied inside a namespace when it is created.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NetnsOptions {
+    /// Turn IPv6 off for every device the namespace will hold. Underlay and
+    /// IPv4 emulation never need it, and IPv6 autoconfiguration (DAD, router
+    /// solicitation, MLD) on every new port is what makes creation superlinear.
+    pub disable_ipv6: bool,
+}
+
+pub fn path_of(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
+
+pub fn exists(name: &str) -> bool {
+    path_of(name).exists()
+}
+
+/// Names of every named namespace whose name starts with `prefix`.
+pub fn list_with_prefix(prefix: &str) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(NETNS_RUN_DIR) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Makes `/run/netns` a shared mount point, as iproute2 does, so namespace
+/// mounts made later propagate to every mount namespace that sees the
+/// directory. Done once per process.
+pub fn prepare_run_dir() -> io::Result<()> {
+    static PREPARED: OnceLock<Result<(), String>> = OnceLock::new();
+    PREPARED
+        .get_or_init(|| make_run_dir_shared().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(io::Error::other)
+}
+
+fn make_run_dir_shared() -> io::Result<()> {
+    fs::create_dir_all(NETNS_RUN_DIR)?;
+    let dir = c_path(Path::new(NETNS_RUN_DIR))?;
+    let make_shared = || {
+        // SAFETY: plain mount(2) call with valid NUL-terminated strings.
+        let rc = unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                dir.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SHARED | libc::MS_REC,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    };
+    match make_shared() {
+        Ok(()) => Ok(()),
+        // Not a mount point yet: bind it onto itself, then share it.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // SAFETY: as above.
+            let rc = unsafe {
+                libc::mount(
+                    dir.as_ptr(),
+                    dir.as_ptr(),
+                    c"none".as_ptr(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            make_shared()
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the named namespace and returns a netlink connection inside it.
+pub async fn create(name: &str, options: NetnsOptions) -> Result<Netlink, NetnsError> {
+    prepare_run_dir().map_err(|e| NetnsError::io("prepare /run/netns", name, e))?;
+    let owned = name.to_string();
+    let fd = on_fresh_thread(move || create_on_this_thread(&owned, options)).await?;
+    Netlink::from_fd(fd).map_err(|e| NetnsError::io("open netlink", name, e))
+}
+
+/// Opens a netlink connection inside an existing named namespace.
+pub async fn open(name: &str) -> Result<Netlink, NetnsError> {
+    let ns = open_fd(name)?;
+    let owned = name.to_string();
+    let fd = on_fresh_thread(move || {
+        enter(&ns).map_err(|e| NetnsError::io("setns", &owned, e))?;
+        netlink_socket().map_err(|e| NetnsError::io("open netlink", &owned, e))
+    })
+    .await?;
+    Netlink::from_fd(fd).map_err(|e| NetnsError::io("open netlink", name, e))
+}
+
+/// A file descriptor of the named namespace, for `setns` or `IFLA_NET_NS_FD`.
+pub fn open_fd(name: &str) -> Result<OwnedFd, NetnsError> {
+    match File::open(path_of(name)) {
+        Ok(file) => Ok(file.into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(NetnsError::NotFound { name: name.to_string() })
+        }
+        Err(e) => Err(NetnsError::io("open", name, e)),
+    }
+}
+
+/// Moves the calling thread into the namespace. Only call this on a thread
+/// you own (never on an async runtime worker), or right before `exec`.
+pub fn enter(ns: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: setns(2) on a valid namespace fd.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Removes the name. The kernel frees the namespace, and every device in
+/// it, once nothing else (a process, an open fd) holds it. Deleting a name
+/// that does not exist is not an error.
+pub fn delete(name: &str) -> Result<(), NetnsError> {
+    let path = path_of(name);
+    let c = c_path(&path).map_err(|e| NetnsError::io("umount", name, e))?;
+    // SAFETY: umount2(2) with a valid path.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        // EINVAL: not a mount point (half-made); ENOENT: already gone.
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
+            return Err(NetnsError::io("umount", name, e));
+        }
+    }
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(NetnsError::io("remove", name, e)),
+    }
+}
+
+fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, NetnsError> {
+    let path = path_of(name);
+    match OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(NetnsError::AlreadyExists { name: name.to_string() });
+        }
+        Err(e) => return Err(NetnsError::io("create mount point", name, e)),
+    }
+    let result = (|| {
+        // SAFETY: unshare(2) affects only this thread, which exits after.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(NetnsError::io("unshare", name, io::Error::last_os_error()));
+        }
+        let target = c_path(&path).map_err(|e| NetnsError::io("bind mount", name, e))?;
+        // SAFETY: bind mount of this thread's namespace onto the new file.
+        let rc = unsafe {
+            libc::mount(
+                c"/proc/thread-self/ns/net".as_ptr(),
+                target.as_ptr(),
+                c"none".as_ptr(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(NetnsError::io("bind mount", name, io::Error::last_os_error()));
+        }
+        if options.disable_ipv6 {
+            // /proc/sys/net belongs to the namespace of the thread that opens it.
+            for knob in ["all", "default"] {
+                let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
+                if let Err(e) = fs::write(&path, "1") {
+                    // No IPv6 in this kernel at all is fine.
+                    if e.kind() != io::ErrorKind::NotFound {
+                        return Err(NetnsError::io("disable IPv6", name, e));
+                    }
+                }
+            }
+        }
+        netlink_socket().map_err(|e| NetnsError::io("open netlink", name, e))
+    })();
+    if result.is_err() {
+        let _ = delete(name);
+    }
+    result
+}
+
+fn netlink_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2); the fd is owned by the returned OwnedFd.
+    let fd: RawFd = unsafe {
+        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Runs `work` on a new OS thread, so that namespace changes never touch a
+/// thread of the async runtime.
+async fn on_fresh_thread<T, F>(work: F) -> Result<T, NetnsError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, NetnsError> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| NetnsError::io("spawn thread", "-", e))?;
+    rx.await.map_err(|_| NetnsError::io("thread", "-", io::Error::other("namespace thread panicked")))?
+}
+
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}

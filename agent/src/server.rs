@@ -1,0 +1,116 @@
+//! The agent's gRPC service: reports the EPM and converges its underlay.
+
+use std::net::IpAddr;
+
+use merak_proto::agent::agent_server::Agent;
+use merak_proto::agent::{
+    ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, UnderlayGoal,
+};
+use tonic::{Request, Response, Status};
+
+use crate::netdev::{self, NetdevError, Netlink};
+
+pub struct AgentService {
+    epm: String,
+    netlink: Netlink,
+}
+
+impl AgentService {
+    pub fn new(epm: String, netlink: Netlink) -> Self {
+        AgentService { epm, netlink }
+    }
+
+    async fn converge(&self, goal: &UnderlayGoal) -> Result<Vec<String>, Status> {
+        let (ip, prefix_len) = parse_cidr(&goal.address)
+            .ok_or_else(|| Status::invalid_argument(format!("bad address {:?}", goal.address)))?;
+        let mac = netdev::parse_mac(&goal.mac)
+            .ok_or_else(|| Status::invalid_argument(format!("bad MAC {:?}", goal.mac)))?;
+        let mut actions = Vec::new();
+
+        if let Some(lo) = self.netlink.link("lo").await.map_err(internal)? {
+            if !lo.up {
+                self.netlink.set_link(lo.index, None, None).await.map_err(internal)?;
+                actions.push("lo up".to_string());
+            }
+        }
+
+        let link = self.netlink.link(&goal.interface).await.map_err(internal)?.ok_or_else(|| {
+            Status::failed_precondition(format!("interface {} does not exist", goal.interface))
+        })?;
+        let mac_differs = link.mac != Some(mac);
+        if mac_differs || !link.up {
+            self.netlink.set_link(link.index, None, mac_differs.then_some(mac)).await.map_err(internal)?;
+            if mac_differs {
+                actions.push(format!("{} mac {}", goal.interface, goal.mac));
+            }
+            if !link.up {
+                actions.push(format!("{} up", goal.interface));
+            }
+        }
+
+        let present = self.netlink.addresses(link.index).await.map_err(internal)?;
+        for (other, other_len) in present.iter().filter(|(a, _)| a.is_ipv4()) {
+            if (*other, *other_len) != (ip, prefix_len) {
+                self.netlink.delete_address(link.index, *other, *other_len).await.map_err(internal)?;
+                actions.push(format!("{} del {other}/{other_len}", goal.interface));
+            }
+        }
+        if !present.contains(&(ip, prefix_len)) {
+            self.netlink.add_address(link.index, ip, prefix_len).await.map_err(internal)?;
+            actions.push(format!("{} add {}", goal.interface, goal.address));
+        }
+        Ok(actions)
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
+        Ok(Response::new(HealthReply { epm: self.epm.clone(), pid: std::process::id() }))
+    }
+
+    async fn get_info(&self, _: Request<GetInfoRequest>) -> Result<Response<EpmInfo>, Status> {
+        let links = self.netlink.links().await.map_err(internal)?;
+        let mut interfaces = Vec::with_capacity(links.len());
+        for link in links {
+            let addresses = self
+                .netlink
+                .addresses(link.index)
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .map(|(ip, len)| format!("{ip}/{len}"))
+                .collect();
+            interfaces.push(Interface {
+                name: link.name,
+                index: link.index,
+                mac: link.mac.as_ref().map(netdev::format_mac).unwrap_or_default(),
+                up: link.up,
+                mtu: link.mtu,
+                addresses,
+            });
+        }
+        Ok(Response::new(EpmInfo { epm: self.epm.clone(), interfaces }))
+    }
+
+    async fn apply_underlay(&self, request: Request<UnderlayGoal>) -> Result<Response<ApplyReply>, Status> {
+        let goal = request.into_inner();
+        let actions = self.converge(&goal).await?;
+        if !actions.is_empty() {
+            tracing::info!(epm = %self.epm, ?actions, "underlay converged");
+        }
+        Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
+    }
+}
+
+fn internal(error: NetdevError) -> Status {
+    Status::internal(error.to_string())
+}
+
+fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
+    let (ip, len) = text.split_once('/')?;
+    let ip: IpAddr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((ip, len))
+}

@@ -1,0 +1,105 @@
+//! IPv4 prefixes and the addresses handed out from them.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv4Cidr {
+    network: Ipv4Addr,
+    prefix_len: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not in CIDR notation (like \"10.0.0.0/16\")")]
+    Syntax(String),
+    #[error("only IPv4 prefixes are supported, got {0:?}")]
+    NotIpv4(String),
+    #[error("prefix length {0} is larger than 32")]
+    PrefixTooLong(u8),
+    #[error("{given} has host bits set; the prefix is {network}")]
+    HostBitsSet { given: String, network: Ipv4Cidr },
+}
+
+impl Ipv4Cidr {
+    pub fn new(network: Ipv4Addr, prefix_len: u8) -> Option<Self> {
+        let cidr = Ipv4Cidr { network, prefix_len };
+        (prefix_len <= 32 && u32::from(network) & !cidr.mask() == 0).then_some(cidr)
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        self.network
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    fn mask(&self) -> u32 {
+        if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix_len)) }
+    }
+
+    /// Usable host addresses: all but the network and broadcast addresses
+    /// (for /31 and /32, none: they cannot hold a network of hosts).
+    pub fn host_capacity(&self) -> u64 {
+        let size = 1u64 << (32 - u32::from(self.prefix_len));
+        size.saturating_sub(2)
+    }
+
+    /// The `n`th host address (0 = the first after the network address).
+    pub fn host(&self, n: u64) -> Option<Ipv4Addr> {
+        (n < self.host_capacity()).then(|| Ipv4Addr::from(u32::from(self.network) + 1 + n as u32))
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Self, CidrError> {
+        let (address, length) = text.split_once('/').ok_or_else(|| CidrError::Syntax(text.into()))?;
+        let prefix_len: u8 = length.parse().map_err(|_| CidrError::Syntax(text.into()))?;
+        let address: Ipv4Addr = match address.parse() {
+            Ok(address) => address,
+            Err(_) if address.contains(':') => return Err(CidrError::NotIpv4(text.into())),
+            Err(_) => return Err(CidrError::Syntax(text.into())),
+        };
+        if prefix_len > 32 {
+            return Err(CidrError::PrefixTooLong(prefix_len));
+        }
+        let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix_len)) };
+        let network = Ipv4Cidr { network: Ipv4Addr::from(u32::from(address) & mask), prefix_len };
+        if network.network != address {
+            return Err(CidrError::HostBitsSet { given: text.into(), network });
+        }
+        Ok(network)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let cidr: Ipv4Cidr = "10.1.0.0/16".parse().unwrap();
+        assert_eq!(cidr.to_string(), "10.1.0.0/16");
+        assert_eq!(cidr.host_capacity(), 65534);
+        assert_eq!(cidr.host(0), Some(Ipv4Addr::new(10, 1, 0, 1)));
+        assert_eq!(cidr.host(65533), Some(Ipv4Addr::new(10, 1, 255, 254)));
+        assert_eq!(cidr.host(65534), None);
+        assert!(matches!("10.1.0.1/16".parse::<Ipv4Cidr>(), Err(CidrError::HostBitsSet { .. })));
+        assert!(matches!("10.1.0.0".parse::<Ipv4Cidr>(), Err(CidrError::Syntax(_))));
+        assert!(matches!("10.1.0.0/33".parse::<Ipv4Cidr>(), Err(CidrError::PrefixTooLong(33))));
+        assert!(matches!("fd00::/64".parse::<Ipv4Cidr>(), Err(CidrError::NotIpv4(_))));
+        assert!(matches!("banana/8".parse::<Ipv4Cidr>(), Err(CidrError::Syntax(_))));
+        assert_eq!("10.0.0.0/31".parse::<Ipv4Cidr>().unwrap().host_capacity(), 0);
+        assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().host_capacity(), (1 << 32) - 2);
+    }
+}

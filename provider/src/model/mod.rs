@@ -1,0 +1,23 @@
+//! The pure model: topology generation, address management and naming. No
+//! I/O here, so every rule can be tested exhaustively.
+
+pub mod cidr;
+pub mod naming;
+pub mod tree;
+
+pub use cidr::Ipv4Cidr;
+pub use tree::{Epm, TreeInput, TreeSpec, Vswitch};
+
+/// A rule a configuration breaks, pinned to the attribute to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub attribute: &'static str,
+    pub summary: String,
+    pub detail: String,
+}
+
+impl SpecError {
+    pub fn new(attribute: &'static str, summary: impl Into<String>, detail: impl Into<String>) -> Self {
+        SpecError { attribute, summary: summary.into(), detail: detail.into() }
+    }
+}
