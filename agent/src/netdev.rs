@@ -9,10 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 
 /// A MAC address.
 pub type Mac = [u8; 6];
@@ -125,13 +122,12 @@ impl Netlink {
         }
     }
 
-    /// Creates a bridge that is up, with IPv6 address generation off.
+    /// Creates a bridge that is up.
     pub async fn create_bridge(&self, name: &str) -> Result<()> {
         let mut message = named(name);
         message.header.flags = LinkFlags::Up;
         message.header.change_mask = LinkFlags::Up;
         message.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
-        message.attributes.push(no_ipv6_addresses());
         self.handle
             .link()
             .add(message)
@@ -146,9 +142,7 @@ impl Netlink {
     pub async fn create_veth(&self, name: &str, peer: &str, peer_ns: &impl AsRawFd) -> Result<()> {
         let mut peer_message = named(peer);
         peer_message.attributes.push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
-        peer_message.attributes.push(no_ipv6_addresses());
         let mut message = named(name);
-        message.attributes.push(no_ipv6_addresses());
         message.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_message))),
@@ -248,14 +242,6 @@ fn named(name: &str) -> LinkMessage {
     let mut message = LinkMessage::default();
     message.attributes.push(LinkAttribute::IfName(name.to_string()));
     message
-}
-
-/// `IFLA_INET6_ADDR_GEN_MODE = none`: the link gets no IPv6 link-local
-/// address, so bringing it up sends no DAD, router solicitation or MLD.
-fn no_ipv6_addresses() -> LinkAttribute {
-    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
-        In6AddrGenMode::None,
-    )])])
 }
 
 /// Formats a MAC the usual way, `02:4d:...`.

@@ -1,1 +1,59 @@
-fn main() {}
+//! The provider binary. Terraform starts it with the go-plugin magic cookie;
+//! `--debug` runs it standalone for Terraform to attach to;
+//! `--generate-docs DIR` writes the registry docs from the schema.
+
+use anyhow::Context;
+use merak_provider::protocol::plugin::{self, ServeOptions, Transport};
+use merak_provider::protocol::server::MerakProvider;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MERAK_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["--generate-docs", dir] => merak_provider::docs::write_all(std::path::Path::new(dir)),
+        ["--debug"] => run(true),
+        [] => {
+            if std::env::var(plugin::MAGIC_COOKIE_KEY).as_deref() != Ok(plugin::MAGIC_COOKIE_VALUE) {
+                eprintln!(
+                    "This binary is a plugin for Terraform and OpenTofu, not meant to be run by hand.\n\
+                     Use it from a Terraform configuration (see the README), or run it with --debug\n\
+                     and attach Terraform through TF_REATTACH_PROVIDERS."
+                );
+                return std::process::ExitCode::FAILURE;
+            }
+            run(false)
+        }
+        _ => {
+            eprintln!("usage: terraform-provider-merak [--debug | --generate-docs DIR]");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(debug: bool) -> anyhow::Result<()> {
+    if !debug {
+        // Terraform cancels through StopProvider; a Ctrl-C in the terminal
+        // reaches the whole process group and must not kill us mid-apply.
+        // SAFETY: setting a signal disposition to SIG_IGN.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+        }
+    }
+    let transport = match std::env::var("MERAK_PLUGIN_TRANSPORT").as_deref() {
+        Ok("tcp") => Transport::Tcp,
+        _ => Transport::Unix,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(plugin::serve(MerakProvider::default(), ServeOptions { transport, debug }))
+}

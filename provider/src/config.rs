@@ -1,0 +1,150 @@
+//! The provider block: which runtime builds the emulation, and its settings.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use crate::protocol::cty::{Type, Value};
+use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
+use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
+use crate::runtime::Runtime;
+use crate::runtime::local::LocalRuntime;
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/merak";
+const AGENT_BINARY: &str = "merak-agent";
+
+pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    version: 0,
+    block: Block {
+        description: "Builds emulated data centers from real Linux network devices.",
+        attributes: vec![Attribute::optional(
+            "runtime",
+            Type::String,
+            "Where the emulation runs: `local` (default), network namespaces on the host running \
+             Terraform, which needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN).",
+        )],
+        blocks: vec![NestedBlock {
+            name: "local",
+            block: Block {
+                description: "Settings of the `local` runtime.",
+                attributes: vec![
+                    Attribute::optional(
+                        "state_dir",
+                        Type::String,
+                        "Directory for the runtime's records, agent sockets and logs. Default `/var/lib/merak`.",
+                    ),
+                    Attribute::optional(
+                        "agent_path",
+                        Type::String,
+                        "Path of the `merak-agent` binary. Default: next to the provider binary, then on `PATH`.",
+                    ),
+                ],
+                blocks: Vec::new(),
+            },
+        }],
+    },
+});
+
+/// Checks the configuration without touching the host.
+pub fn validate(config: &Value) -> Diagnostics {
+    let mut diagnostics = Diagnostics::default();
+    match config.attr("runtime") {
+        Value::Null | Value::Unknown => {}
+        Value::String(runtime) if runtime == "local" => {}
+        other => diagnostics.push(Diagnostic::attribute_error(
+            &["runtime"],
+            "Unsupported runtime",
+            format!("runtime is {other:?}; the supported runtime is \"local\"."),
+        )),
+    }
+    if let Some(dir) = config.attr("local").attr("state_dir").as_str() {
+        if !Path::new(dir).is_absolute() {
+            diagnostics.push(Diagnostic::attribute_error(
+                &["local", "state_dir"],
+                "state_dir must be an absolute path",
+                format!("{dir:?} is relative; use an absolute path such as \"{DEFAULT_STATE_DIR}\"."),
+            ));
+        }
+    }
+    diagnostics
+}
+
+/// Builds the runtime the configuration asks for, checking that this host
+/// and process can run it.
+pub fn configure(config: &Value) -> Result<Arc<dyn Runtime>, Diagnostics> {
+    let diagnostics = validate(config);
+    if diagnostics.has_errors() {
+        return Err(diagnostics);
+    }
+    check_privileges()?;
+    let local = config.attr("local");
+    let state_dir = PathBuf::from(local.attr("state_dir").as_str().unwrap_or(DEFAULT_STATE_DIR));
+    let agent_path = match local.attr("agent_path").as_str() {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            if !is_executable(&path) {
+                return Err(Diagnostic::attribute_error(
+                    &["local", "agent_path"],
+                    "merak-agent not found",
+                    format!("{} is not an executable file.", path.display()),
+                )
+                .into());
+            }
+            path
+        }
+        None => find_agent().ok_or_else(|| {
+            Diagnostic::attribute_error(
+                &["local", "agent_path"],
+                "merak-agent not found",
+                "The merak-agent binary is neither next to the provider binary nor on PATH. \
+                 Install it, or set local.agent_path.",
+            )
+        })?,
+    };
+    std::fs::create_dir_all(&state_dir).map_err(|e| {
+        Diagnostic::attribute_error(
+            &["local", "state_dir"],
+            "Cannot create the state directory",
+            format!("{}: {e}", state_dir.display()),
+        )
+    })?;
+    tracing::info!(state_dir = %state_dir.display(), agent = %agent_path.display(), "local runtime configured");
+    Ok(Arc::new(LocalRuntime::new(state_dir, agent_path)))
+}
+
+/// The local runtime makes namespaces (CAP_SYS_ADMIN) and links (CAP_NET_ADMIN).
+fn check_privileges() -> Result<(), Diagnostics> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_NET_ADMIN) && has(CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    Err(Diagnostic::error(
+        "The local runtime needs root",
+        "The local runtime creates network namespaces and devices, which needs CAP_NET_ADMIN and \
+         CAP_SYS_ADMIN. Run terraform as root (e.g. with sudo).",
+    )
+    .into())
+}
+
+fn find_agent() -> Option<PathBuf> {
+    let beside_provider = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(AGENT_BINARY)));
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(AGENT_BINARY));
+    beside_provider.into_iter().chain(on_path).find(|path| is_executable(path))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}

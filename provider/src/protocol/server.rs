@@ -1,0 +1,297 @@
+//! The tfplugin6 Provider service: decodes requests, dispatches to the
+//! provider configuration and the resources, encodes answers. RPCs this
+//! provider does not need are not declared in our proto, so tonic answers
+//! them UNIMPLEMENTED.
+
+use std::sync::{Arc, RwLock};
+
+use merak_proto::tfplugin6::{self as pb, provider_server::Provider};
+use tonic::{Request, Response, Status};
+
+use super::cty::{Type, Value};
+use super::diagnostics::{Diagnostic, Diagnostics};
+use super::schema::Schema;
+use super::{json, msgpack};
+use crate::config;
+use crate::resources::topology;
+use crate::runtime::Runtime;
+
+#[derive(Default, Clone)]
+pub struct MerakProvider {
+    runtime: Arc<RwLock<Option<Arc<dyn Runtime>>>>,
+}
+
+impl MerakProvider {
+    fn runtime(&self) -> Result<Arc<dyn Runtime>, Diagnostics> {
+        self.runtime
+            .read()
+            .ok()
+            .and_then(|runtime| runtime.clone())
+            .ok_or_else(|| Diagnostic::error("Provider not configured", "ConfigureProvider was not called before this operation.").into())
+    }
+}
+
+fn resource_schema(type_name: &str) -> Result<&'static Schema, Diagnostics> {
+    match type_name {
+        topology::TYPE_NAME => Ok(&topology::SCHEMA),
+        other => Err(Diagnostic::error("Unknown resource type", format!("This provider has no resource type {other:?}.")).into()),
+    }
+}
+
+fn decode(value: Option<&pb::DynamicValue>, ty: &Type) -> Result<Value, Diagnostics> {
+    let Some(value) = value else { return Ok(Value::Null) };
+    let decoded = if !value.msgpack.is_empty() {
+        msgpack::decode(&value.msgpack, ty)
+    } else if !value.json.is_empty() {
+        json::decode(&value.json, ty)
+    } else {
+        Ok(Value::Null)
+    };
+    decoded.map_err(|e| Diagnostic::error("Invalid value from Terraform", e.to_string()).into())
+}
+
+fn encode(value: &Value, ty: &Type) -> Result<pb::DynamicValue, Diagnostics> {
+    msgpack::encode(value, ty)
+        .map(|msgpack| pb::DynamicValue { msgpack, json: Vec::new() })
+        .map_err(|e| Diagnostic::error("Provider produced a value it cannot encode", e.to_string()).into())
+}
+
+/// Runs `work`, folding both its diagnostics and its errors into the reply.
+fn diagnostics_of<T>(result: Result<T, Diagnostics>) -> (Option<T>, Vec<pb::Diagnostic>) {
+    match result {
+        Ok(value) => (Some(value), Vec::new()),
+        Err(diagnostics) => (None, diagnostics.to_proto()),
+    }
+}
+
+#[tonic::async_trait]
+impl Provider for MerakProvider {
+    async fn get_metadata(&self, _: Request<pb::get_metadata::Request>) -> Result<Response<pb::get_metadata::Response>, Status> {
+        Ok(Response::new(pb::get_metadata::Response {
+            server_capabilities: Some(pb::ServerCapabilities::default()),
+            diagnostics: Vec::new(),
+            data_sources: Vec::new(),
+            resources: vec![pb::get_metadata::ResourceMetadata { type_name: topology::TYPE_NAME.to_string() }],
+        }))
+    }
+
+    async fn get_provider_schema(
+        &self,
+        _: Request<pb::get_provider_schema::Request>,
+    ) -> Result<Response<pb::get_provider_schema::Response>, Status> {
+        Ok(Response::new(pb::get_provider_schema::Response {
+            provider: Some(config::SCHEMA.to_proto()),
+            resource_schemas: [(topology::TYPE_NAME.to_string(), topology::SCHEMA.to_proto())].into(),
+            data_source_schemas: Default::default(),
+            diagnostics: Vec::new(),
+            provider_meta: None,
+            server_capabilities: Some(pb::ServerCapabilities::default()),
+        }))
+    }
+
+    async fn validate_provider_config(
+        &self,
+        request: Request<pb::validate_provider_config::Request>,
+    ) -> Result<Response<pb::validate_provider_config::Response>, Status> {
+        let request = request.into_inner();
+        let diagnostics = match decode(request.config.as_ref(), &config::SCHEMA.value_type()) {
+            Ok(value) => config::validate(&value),
+            Err(diagnostics) => diagnostics,
+        };
+        Ok(Response::new(pb::validate_provider_config::Response { diagnostics: diagnostics.to_proto() }))
+    }
+
+    async fn validate_resource_config(
+        &self,
+        request: Request<pb::validate_resource_config::Request>,
+    ) -> Result<Response<pb::validate_resource_config::Response>, Status> {
+        let request = request.into_inner();
+        let result = resource_schema(&request.type_name)
+            .and_then(|schema| decode(request.config.as_ref(), &schema.value_type()))
+            .map(|config| topology::validate(&config));
+        let diagnostics = match result {
+            Ok(diagnostics) | Err(diagnostics) => diagnostics,
+        };
+        Ok(Response::new(pb::validate_resource_config::Response { diagnostics: diagnostics.to_proto() }))
+    }
+
+    async fn validate_data_resource_config(
+        &self,
+        request: Request<pb::validate_data_resource_config::Request>,
+    ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
+        let type_name = request.into_inner().type_name;
+        let diagnostic = Diagnostic::error("Unknown data source", format!("This provider has no data source {type_name:?}."));
+        Ok(Response::new(pb::validate_data_resource_config::Response { diagnostics: vec![diagnostic.to_proto()] }))
+    }
+
+    async fn upgrade_resource_state(
+        &self,
+        request: Request<pb::upgrade_resource_state::Request>,
+    ) -> Result<Response<pb::upgrade_resource_state::Response>, Status> {
+        let request = request.into_inner();
+        // Schema version 0 is the only one so far: upgrading is re-encoding
+        // the stored JSON as msgpack under the current schema.
+        let result = resource_schema(&request.type_name).and_then(|schema| {
+            let ty = schema.value_type();
+            let raw = request.raw_state.map(|raw| raw.json).unwrap_or_default();
+            let value = if raw.is_empty() {
+                Value::Null
+            } else {
+                json::decode(&raw, &ty).map_err(|e| Diagnostics::from(Diagnostic::error("Unreadable stored state", e.to_string())))?
+            };
+            encode(&value, &ty)
+        });
+        let (upgraded_state, diagnostics) = diagnostics_of(result);
+        Ok(Response::new(pb::upgrade_resource_state::Response { upgraded_state, diagnostics }))
+    }
+
+    async fn configure_provider(
+        &self,
+        request: Request<pb::configure_provider::Request>,
+    ) -> Result<Response<pb::configure_provider::Response>, Status> {
+        let request = request.into_inner();
+        let result = decode(request.config.as_ref(), &config::SCHEMA.value_type()).and_then(|value| config::configure(&value));
+        let diagnostics = match result {
+            Ok(runtime) => {
+                if let Ok(mut slot) = self.runtime.write() {
+                    *slot = Some(runtime);
+                }
+                Vec::new()
+            }
+            Err(diagnostics) => diagnostics.to_proto(),
+        };
+        Ok(Response::new(pb::configure_provider::Response { diagnostics }))
+    }
+
+    async fn read_resource(&self, request: Request<pb::read_resource::Request>) -> Result<Response<pb::read_resource::Response>, Status> {
+        let request = request.into_inner();
+        let result = async {
+            let schema = resource_schema(&request.type_name)?;
+            let ty = schema.value_type();
+            let current = decode(request.current_state.as_ref(), &ty)?;
+            let Some(id) = current.attr("id").as_str() else {
+                return encode(&current, &ty);
+            };
+            let runtime = self.runtime()?;
+            let state = topology::read(runtime.as_ref(), id).await?;
+            encode(&state.unwrap_or(Value::Null), &ty)
+        }
+        .await;
+        let (new_state, diagnostics) = diagnostics_of(result);
+        Ok(Response::new(pb::read_resource::Response { new_state, diagnostics, private: request.private }))
+    }
+
+    async fn plan_resource_change(
+        &self,
+        request: Request<pb::plan_resource_change::Request>,
+    ) -> Result<Response<pb::plan_resource_change::Response>, Status> {
+        let request = request.into_inner();
+        let result = (|| {
+            let schema = resource_schema(&request.type_name)?;
+            let ty = schema.value_type();
+            let prior = decode(request.prior_state.as_ref(), &ty)?;
+            let proposed = decode(request.proposed_new_state.as_ref(), &ty)?;
+            if proposed.is_null() {
+                return Ok((encode(&Value::Null, &ty)?, Vec::new()));
+            }
+            let config = decode(request.config.as_ref(), &ty)?;
+            let planned = topology::plan(&config)?;
+            let replace = if prior.is_null() { Vec::new() } else { topology::requires_replace(&prior, &planned) };
+            let replace = replace
+                .into_iter()
+                .map(|name| pb::AttributePath {
+                    steps: vec![pb::attribute_path::Step {
+                        selector: Some(pb::attribute_path::step::Selector::AttributeName(name.to_string())),
+                    }],
+                })
+                .collect();
+            Ok((encode(&planned, &ty)?, replace))
+        })();
+        let (planned, diagnostics) = diagnostics_of(result);
+        let (planned_state, requires_replace) = match planned {
+            Some((state, replace)) => (Some(state), replace),
+            None => (None, Vec::new()),
+        };
+        Ok(Response::new(pb::plan_resource_change::Response {
+            planned_state,
+            requires_replace,
+            planned_private: request.prior_private,
+            diagnostics,
+        }))
+    }
+
+    async fn apply_resource_change(
+        &self,
+        request: Request<pb::apply_resource_change::Request>,
+    ) -> Result<Response<pb::apply_resource_change::Response>, Status> {
+        let request = request.into_inner();
+        let result: Result<(pb::DynamicValue, Diagnostics), Diagnostics> = async {
+            let schema = resource_schema(&request.type_name)?;
+            let ty = schema.value_type();
+            let prior = decode(request.prior_state.as_ref(), &ty)?;
+            let planned = decode(request.planned_state.as_ref(), &ty)?;
+            let runtime = self.runtime()?;
+            if planned.is_null() {
+                let id = prior.attr("id").as_str().unwrap_or_default();
+                let diagnostics = topology::destroy(runtime.as_ref(), id).await;
+                // A failed destroy keeps the prior state, so it can be retried.
+                let state = if diagnostics.has_errors() { prior } else { Value::Null };
+                return Ok((encode(&state, &ty)?, diagnostics));
+            }
+            let (state, diagnostics) = topology::apply(runtime.as_ref(), &planned).await;
+            let state = match state {
+                Some(state) => state,
+                // Nothing could be done: what existed before still does.
+                None => prior,
+            };
+            Ok((encode(&state, &ty)?, diagnostics))
+        }
+        .await;
+        let (new_state, diagnostics) = match result {
+            Ok((state, diagnostics)) => (Some(state), diagnostics.to_proto()),
+            Err(diagnostics) => (None, diagnostics.to_proto()),
+        };
+        Ok(Response::new(pb::apply_resource_change::Response { new_state, private: request.planned_private, diagnostics }))
+    }
+
+    async fn import_resource_state(
+        &self,
+        request: Request<pb::import_resource_state::Request>,
+    ) -> Result<Response<pb::import_resource_state::Response>, Status> {
+        let request = request.into_inner();
+        let result = async {
+            let schema = resource_schema(&request.type_name)?;
+            let runtime = self.runtime()?;
+            let state = topology::read(runtime.as_ref(), &request.id).await?.ok_or_else(|| {
+                Diagnostics::from(Diagnostic::error(
+                    "Cannot import a topology that does not exist",
+                    format!("The runtime has no topology named {:?}. The import ID is the topology's name.", request.id),
+                ))
+            })?;
+            Ok(pb::import_resource_state::ImportedResource {
+                type_name: request.type_name.clone(),
+                state: Some(encode(&state, &schema.value_type())?),
+                private: Vec::new(),
+            })
+        }
+        .await;
+        let (imported, diagnostics) = diagnostics_of(result);
+        Ok(Response::new(pb::import_resource_state::Response { imported_resources: imported.into_iter().collect(), diagnostics }))
+    }
+
+    async fn read_data_source(
+        &self,
+        request: Request<pb::read_data_source::Request>,
+    ) -> Result<Response<pb::read_data_source::Response>, Status> {
+        let type_name = request.into_inner().type_name;
+        let diagnostic = Diagnostic::error("Unknown data source", format!("This provider has no data source {type_name:?}."));
+        Ok(Response::new(pb::read_data_source::Response { state: None, diagnostics: vec![diagnostic.to_proto()] }))
+    }
+
+    async fn stop_provider(&self, _: Request<pb::stop_provider::Request>) -> Result<Response<pb::stop_provider::Response>, Status> {
+        // Operations are bounded by their own timeouts and each leaves
+        // convergent state, so there is nothing to interrupt mid-way.
+        tracing::info!("StopProvider received");
+        Ok(Response::new(pb::stop_provider::Response { error: String::new() }))
+    }
+}

@@ -1,0 +1,250 @@
+//! `merak_topology`: the underlay. A tree of vswitches with racks of EPMs.
+
+use std::sync::LazyLock;
+
+use crate::model::{TreeInput, TreeSpec, naming};
+use crate::protocol::cty::{Type, Value, object};
+use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
+use crate::protocol::schema::{Attribute, Block, Schema};
+use crate::runtime::{Runtime, TopologyStatus};
+
+pub const TYPE_NAME: &str = "merak_topology";
+const DEFAULT_PORTS_PER_VSWITCH: i64 = 16;
+
+pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    version: 0,
+    block: Block {
+        description: "An underlay of Emulated Physical Machines (EPMs) in racks under top-of-rack \
+            vswitches, joined by as many aggregation layers as `ports_per_vswitch` needs into one \
+            root. On the `local` runtime each EPM is a network namespace running a `merak-agent` \
+            with its data-plane NIC `eth1`, each vswitch a Linux bridge in its own namespace, \
+            and each link a veth pair. Everything on the host is named `merak-<name>.<object>`.",
+        attributes: vec![
+            Attribute::computed("id", Type::String, "The topology's ID: its `name`."),
+            Attribute::required(
+                "name",
+                Type::String,
+                "Name of the topology, unique on the host: a DNS label (lowercase letters, digits, '-'). \
+                 Changing it replaces the topology.",
+            )
+            .forces_replacement(),
+            Attribute::required("racks", Type::Number, "Number of racks, each with its own top-of-rack vswitch."),
+            Attribute::required(
+                "hosts_per_rack",
+                Type::Number,
+                "EPMs in each rack (1 to 1023: a Linux bridge has at most 1024 ports).",
+            ),
+            Attribute::optional_computed(
+                "hosts",
+                Type::Number,
+                "Total EPMs. Defaults to `racks * hosts_per_rack`; a smaller total leaves the last rack \
+                 partly filled (every other rack stays full). Changing it, `racks` or `hosts_per_rack` \
+                 grows or shrinks the topology in place.",
+            ),
+            Attribute::optional_computed(
+                "ports_per_vswitch",
+                Type::Number,
+                "Fan-out of aggregation vswitches: how many switches of the level below each one \
+                 joins (at least 2; default 16).",
+            ),
+            Attribute::required(
+                "data_plane_cidr",
+                Type::String,
+                "IPv4 prefix the EPMs' data-plane addresses come from, e.g. `10.0.0.0/16`; EPM *i* gets \
+                 the *i*+1st address. Must hold `hosts` addresses. Changing it replaces the topology.",
+            )
+            .forces_replacement(),
+            Attribute::computed(
+                "epms",
+                Type::list(Type::object([
+                    ("name", Type::String),
+                    ("rack", Type::Number),
+                    ("ip", Type::String),
+                    ("mac", Type::String),
+                    ("namespace", Type::String),
+                ])),
+                "The EPMs, known at plan time: `name`, `rack`, data-plane `ip` and `mac`, and the \
+                 `namespace` that holds it on the host.",
+            ),
+            Attribute::computed("vswitch_count", Type::Number, "Number of vswitches (all levels)."),
+            Attribute::computed("link_count", Type::Number, "Number of links (veth pairs)."),
+            Attribute::computed(
+                "namespace_prefix",
+                Type::String,
+                "Prefix of every network namespace of this topology, e.g. `merak-lab.`.",
+            ),
+            Attribute::computed(
+                "ready_epms",
+                Type::Number,
+                "EPMs that are fully up: namespace, live agent, addressed data-plane NIC, and every \
+                 vswitch up to the root. Drops when something drifts; the next apply repairs it.",
+            ),
+        ],
+        blocks: Vec::new(),
+    },
+});
+
+/// The spec a configuration (or planned state) describes. `Ok(None)` when
+/// part of it is not known yet.
+pub fn spec_of(config: &Value) -> Result<Option<TreeSpec>, Diagnostics> {
+    let inputs = ["name", "racks", "hosts_per_rack", "hosts", "ports_per_vswitch", "data_plane_cidr"];
+    if inputs.iter().any(|name| config.attr(name).is_unknown()) {
+        return Ok(None);
+    }
+    let mut diagnostics = Diagnostics::default();
+    let mut number = |name: &'static str| -> Option<i64> {
+        match config.attr(name) {
+            Value::Null => None,
+            value => {
+                let number = value.as_i64();
+                if number.is_none() {
+                    diagnostics.push(Diagnostic::attribute_error(
+                        &[name],
+                        format!("Invalid {name}"),
+                        format!("{name} must be a whole number."),
+                    ));
+                }
+                number
+            }
+        }
+    };
+    let racks = number("racks");
+    let hosts_per_rack = number("hosts_per_rack");
+    let hosts = number("hosts");
+    let ports_per_vswitch = number("ports_per_vswitch");
+    if diagnostics.has_errors() {
+        return Err(diagnostics);
+    }
+    let input = TreeInput {
+        name: config.attr("name").as_str().unwrap_or_default(),
+        racks: racks.unwrap_or_default(),
+        hosts_per_rack: hosts_per_rack.unwrap_or_default(),
+        hosts,
+        ports_per_vswitch: ports_per_vswitch.unwrap_or(DEFAULT_PORTS_PER_VSWITCH),
+        data_plane_cidr: config.attr("data_plane_cidr").as_str().unwrap_or_default(),
+    };
+    TreeSpec::validate(&input)
+        .map(Some)
+        .map_err(|errors| Diagnostics(errors.into_iter().map(Diagnostic::from).collect()))
+}
+
+/// The full state of a topology built from `spec` with `ready_epms` up.
+pub fn state_of(spec: &TreeSpec, ready_epms: u32) -> Value {
+    let epms = spec
+        .epms()
+        .map(|epm| {
+            object([
+                ("name", Value::string(&epm.name)),
+                ("rack", Value::int(i64::from(epm.rack))),
+                ("ip", Value::string(epm.ip.to_string())),
+                ("mac", Value::string(merak_agent::netdev::format_mac(&epm.mac))),
+                ("namespace", Value::string(naming::namespace(&spec.name, &epm.name))),
+            ])
+        })
+        .collect();
+    object([
+        ("id", Value::string(&spec.name)),
+        ("name", Value::string(&spec.name)),
+        ("racks", Value::int(i64::from(spec.racks))),
+        ("hosts_per_rack", Value::int(i64::from(spec.hosts_per_rack))),
+        ("hosts", Value::int(i64::from(spec.hosts))),
+        ("ports_per_vswitch", Value::int(i64::from(spec.ports_per_vswitch))),
+        ("data_plane_cidr", Value::string(spec.data_plane.to_string())),
+        ("epms", Value::List(epms)),
+        ("vswitch_count", Value::int(spec.vswitch_count() as i64)),
+        ("link_count", Value::int(spec.link_count() as i64)),
+        ("namespace_prefix", Value::string(naming::topology_prefix(&spec.name))),
+        ("ready_epms", Value::int(i64::from(ready_epms))),
+    ])
+}
+
+pub fn validate(config: &Value) -> Diagnostics {
+    spec_of(config).err().unwrap_or_default()
+}
+
+/// The planned state: everything derives from the spec, so it is all known
+/// at plan time; `ready_epms` is planned as "all of them".
+pub fn plan(config: &Value) -> Result<Value, Diagnostics> {
+    match spec_of(config)? {
+        Some(spec) => Ok(state_of(&spec, spec.hosts)),
+        None => {
+            // Inputs not known yet: keep what the configuration says, leave
+            // everything the provider computes unknown.
+            let Value::Map(mut planned) = config.clone() else {
+                return Ok(Value::Unknown);
+            };
+            for attribute in SCHEMA.block.attributes.iter().filter(|a| a.presence != crate::protocol::schema::Presence::Required) {
+                let slot = planned.entry(attribute.name.to_string()).or_default();
+                if slot.is_null() {
+                    *slot = Value::Unknown;
+                }
+            }
+            if let Some(name) = config.attr("name").as_str() {
+                planned.insert("id".into(), Value::string(name));
+                planned.insert("namespace_prefix".into(), Value::string(naming::topology_prefix(name)));
+            }
+            Ok(Value::Map(planned))
+        }
+    }
+}
+
+/// Attributes whose change between `prior` and `planned` forces replacement.
+pub fn requires_replace(prior: &Value, planned: &Value) -> Vec<&'static str> {
+    SCHEMA
+        .block
+        .attributes
+        .iter()
+        .filter(|a| a.forces_replacement && prior.attr(a.name) != planned.attr(a.name))
+        .map(|a| a.name)
+        .collect()
+}
+
+/// Builds or changes the topology to match `planned`. The returned state
+/// always says what exists, also when some of it failed.
+pub async fn apply(runtime: &dyn Runtime, planned: &Value) -> (Option<Value>, Diagnostics) {
+    let spec = match spec_of(planned) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => return (None, Diagnostic::error("Planned topology not fully known", "This is a provider bug: apply received unknown values.").into()),
+        Err(diagnostics) => return (None, diagnostics),
+    };
+    match runtime.apply_topology(&spec).await {
+        Ok(status) => (Some(state_of(&spec, status.ready_epms)), failures_to_diagnostics(&spec, &status)),
+        Err(error) => (None, Diagnostic::error(format!("Could not build topology {}", spec.name), error.to_string()).into()),
+    }
+}
+
+fn failures_to_diagnostics(spec: &TreeSpec, status: &TopologyStatus) -> Diagnostics {
+    if status.failures.is_empty() {
+        return Diagnostics::default();
+    }
+    const SHOWN: usize = 10;
+    let mut detail: Vec<String> = status.failures.iter().take(SHOWN).map(|f| format!("{}: {}", f.object, f.error)).collect();
+    if status.failures.len() > SHOWN {
+        detail.push(format!("... and {} more", status.failures.len() - SHOWN));
+    }
+    detail.push(format!(
+        "{} of {} EPMs are ready. The state records what exists; run apply again to converge.",
+        status.ready_epms, spec.hosts
+    ));
+    Diagnostic::error(
+        format!("{} objects of topology {} failed", status.failures.len(), spec.name),
+        detail.join("\n"),
+    )
+    .into()
+}
+
+/// The topology as it is on the host, or None when it no longer exists.
+pub async fn read(runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+    match runtime.read_topology(id).await {
+        Ok(Some((spec, status))) => Ok(Some(state_of(&spec, status.ready_epms))),
+        Ok(None) => Ok(None),
+        Err(error) => Err(Diagnostic::error(format!("Could not read topology {id}"), error.to_string()).into()),
+    }
+}
+
+pub async fn destroy(runtime: &dyn Runtime, id: &str) -> Diagnostics {
+    match runtime.destroy_topology(id).await {
+        Ok(()) => Diagnostics::default(),
+        Err(error) => Diagnostic::error(format!("Could not destroy topology {id}"), error.to_string()).into(),
+    }
+}

@@ -1,0 +1,519 @@
+//! The local runtime: the whole emulation on this host. EPMs and vswitches
+//! are named network namespaces, links are veth pairs created straight into
+//! their namespaces, and one merak-agent runs inside every EPM.
+//!
+//! The runtime keeps a record per topology under its state directory (the
+//! spec it last applied and the agents' pids), written atomically, so that
+//! Read and import work from the host alone and destroy finds every agent.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use merak_agent::netdev::{self, Netlink};
+use merak_agent::netns::{self, NetnsOptions};
+use merak_proto::agent::{GetInfoRequest, HealthRequest, UnderlayGoal};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{Failure, Runtime, RuntimeError, TopologyStatus, agent_client, process};
+use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
+use crate::model::{Epm, TreeInput, TreeSpec, Vswitch};
+
+/// How many EPMs are worked on at once.
+const PARALLEL_EPMS: usize = 16;
+/// How long a new agent may take to answer.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the kernel may take to tear namespaces down.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct LocalRuntime {
+    state_dir: PathBuf,
+    agent_path: PathBuf,
+}
+
+/// What the runtime remembers of a topology.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Record {
+    spec: RecordedSpec,
+    /// EPM name → agent pid.
+    agents: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RecordedSpec {
+    name: String,
+    racks: u32,
+    hosts_per_rack: u32,
+    hosts: u32,
+    ports_per_vswitch: u32,
+    data_plane_cidr: String,
+}
+
+impl RecordedSpec {
+    fn of(spec: &TreeSpec) -> Self {
+        RecordedSpec {
+            name: spec.name.clone(),
+            racks: spec.racks,
+            hosts_per_rack: spec.hosts_per_rack,
+            hosts: spec.hosts,
+            ports_per_vswitch: spec.ports_per_vswitch,
+            data_plane_cidr: spec.data_plane.to_string(),
+        }
+    }
+
+    fn to_spec(&self) -> Result<TreeSpec, String> {
+        TreeSpec::validate(&TreeInput {
+            name: &self.name,
+            racks: i64::from(self.racks),
+            hosts_per_rack: i64::from(self.hosts_per_rack),
+            hosts: Some(i64::from(self.hosts)),
+            ports_per_vswitch: i64::from(self.ports_per_vswitch),
+            data_plane_cidr: &self.data_plane_cidr,
+        })
+        .map_err(|errors| errors.into_iter().map(|e| e.detail).collect::<Vec<_>>().join("; "))
+    }
+}
+
+impl LocalRuntime {
+    pub fn new(state_dir: PathBuf, agent_path: PathBuf) -> Self {
+        LocalRuntime { state_dir, agent_path }
+    }
+
+    fn topology_dir(&self, topology: &str) -> PathBuf {
+        self.state_dir.join(topology)
+    }
+
+    fn record_path(&self, topology: &str) -> PathBuf {
+        self.topology_dir(topology).join("topology.json")
+    }
+
+    fn agent_socket(&self, topology: &str, epm: &str) -> PathBuf {
+        self.topology_dir(topology).join(format!("{epm}.sock"))
+    }
+
+    fn agent_log(&self, topology: &str, epm: &str) -> PathBuf {
+        self.topology_dir(topology).join(format!("{epm}.log"))
+    }
+
+    fn load_record(&self, topology: &str) -> Result<Option<Record>, RuntimeError> {
+        let path = self.record_path(topology);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| RuntimeError::CorruptRecord {
+                topology: topology.to_string(),
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(RuntimeError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    /// Writes the record so that a crash leaves either the old or the new one.
+    fn save_record(&self, topology: &str, record: &Record) -> Result<(), RuntimeError> {
+        let path = self.record_path(topology);
+        let temporary = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| RuntimeError::io("encoding the topology record", io::Error::other(e)))?;
+        fs::write(&temporary, bytes)
+            .and_then(|()| fs::rename(&temporary, &path))
+            .map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Opens (or creates) a namespace; `created` tells which.
+    async fn ensure_namespace(&self, name: &str) -> Result<(Netlink, bool), RuntimeError> {
+        if netns::exists(name) {
+            return Ok((netns::open(name).await?, false));
+        }
+        let options = NetnsOptions { disable_ipv6: true };
+        Ok((netns::create(name, options).await?, true))
+    }
+
+    async fn ensure_vswitch(
+        &self,
+        topology: &str,
+        switch: &Vswitch,
+        parent: Option<&Netlink>,
+    ) -> Result<Netlink, RuntimeError> {
+        let namespace = naming::namespace(topology, &switch.name());
+        let (netlink, _) = self.ensure_namespace(&namespace).await?;
+        let bridge = ensure_bridge(&netlink).await?;
+        if let (Some(parent), Some(parent_name)) = (parent, switch.parent_name()) {
+            let parent_namespace = naming::namespace(topology, &parent_name);
+            let downlink = naming::downlink_port(switch.index);
+            connect(&netlink, UPLINK, bridge, parent, &parent_namespace, &downlink).await?;
+        }
+        Ok(netlink)
+    }
+
+    /// Builds or repairs one EPM: namespace, data-plane NIC wired to its
+    /// top-of-rack switch, a live agent, and the agent's underlay config.
+    async fn ensure_epm(
+        &self,
+        spec: &TreeSpec,
+        epm: &Epm,
+        tor: &Netlink,
+        known_agent: Option<u32>,
+    ) -> Result<u32, RuntimeError> {
+        let topology = &spec.name;
+        let namespace = naming::namespace(topology, &epm.name);
+        let socket = self.agent_socket(topology, &epm.name);
+        let (netlink, created) = self.ensure_namespace(&namespace).await?;
+        if created {
+            // An agent still running belongs to a namespace someone deleted.
+            if let Some(pid) = known_agent {
+                process::stop_agent(pid, &socket).await;
+            }
+        }
+        let tor_namespace = naming::namespace(topology, &naming::vswitch_name(0, epm.rack));
+        let tor_bridge = tor
+            .link(BRIDGE)
+            .await?
+            .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {tor_namespace}")))?;
+        if netlink.link(EPM_DATA_NIC).await?.is_none() {
+            let port = naming::host_port(epm.index);
+            if let Some(stale) = tor.link(&port).await? {
+                tor.delete_link(stale.index).await?;
+            }
+            let tor_fd = netns::open_fd(&tor_namespace)?;
+            netlink.create_veth(EPM_DATA_NIC, &port, &tor_fd).await?;
+            let port = tor
+                .link(&port)
+                .await?
+                .ok_or_else(|| RuntimeError::Unavailable(format!("port {port} vanished in {tor_namespace}")))?;
+            tor.set_link(port.index, Some(tor_bridge.index), None).await?;
+        }
+
+        let pid = match known_agent.filter(|pid| process::is_agent(*pid, &socket)) {
+            Some(pid) if agent_answers(&socket).await => pid,
+            stale => {
+                if let Some(pid) = stale {
+                    process::stop_agent(pid, &socket).await;
+                }
+                self.start_agent(topology, &epm.name, &namespace, &socket).await?
+            }
+        };
+
+        let mut agent = agent_client::connect(&socket)
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("agent of {}: {e}", epm.name)))?;
+        let goal = UnderlayGoal {
+            interface: EPM_DATA_NIC.to_string(),
+            address: format!("{}/{}", epm.ip, spec.data_plane.prefix_len()),
+            mac: netdev::format_mac(&epm.mac),
+        };
+        agent
+            .apply_underlay(goal)
+            .await
+            .map_err(|status| RuntimeError::Unavailable(format!("agent of {}: {}", epm.name, status.message())))?;
+        Ok(pid)
+    }
+
+    async fn start_agent(&self, topology: &str, epm: &str, namespace: &str, socket: &Path) -> Result<u32, RuntimeError> {
+        let netns_fd = netns::open_fd(namespace)?;
+        let log = self.agent_log(topology, epm);
+        let pid = process::spawn_agent(&self.agent_path, &netns_fd, epm, socket, &log).map_err(|e| {
+            RuntimeError::io(format!("starting {} for {epm}", self.agent_path.display()), e)
+        })?;
+        let deadline = Instant::now() + AGENT_START_TIMEOUT;
+        while !agent_answers(socket).await {
+            // Not is_agent(): until exec, the child still shows our command line.
+            if Instant::now() > deadline || !process::alive(pid) {
+                process::stop_agent(pid, socket).await;
+                let tail = fs::read_to_string(&log).unwrap_or_default();
+                let tail = tail.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+                return Err(RuntimeError::Unavailable(format!("agent of {epm} did not start: {tail}")));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(pid)
+    }
+
+    /// Whether an EPM is fully up: namespace, agent, and its NIC up with the goal address.
+    async fn epm_ready(&self, spec: &TreeSpec, epm: &Epm) -> bool {
+        if !netns::exists(&naming::namespace(&spec.name, &epm.name)) {
+            return false;
+        }
+        let Ok(mut agent) = agent_client::connect(&self.agent_socket(&spec.name, &epm.name)).await else {
+            return false;
+        };
+        let Ok(info) = agent.get_info(GetInfoRequest {}).await else {
+            return false;
+        };
+        let address = format!("{}/{}", epm.ip, spec.data_plane.prefix_len());
+        info.into_inner()
+            .interfaces
+            .iter()
+            .any(|i| i.name == EPM_DATA_NIC && i.up && i.addresses.contains(&address))
+    }
+
+    async fn status(&self, spec: &TreeSpec) -> TopologyStatus {
+        // A missing vswitch cuts off every EPM below it.
+        let mut reachable: HashMap<(u32, u32), bool> = HashMap::new();
+        for switch in spec.vswitches() {
+            let present = netns::exists(&naming::namespace(&spec.name, &switch.name()));
+            let parent_reachable = switch.parent.is_none_or(|p| reachable[&(switch.level + 1, p)]);
+            reachable.insert((switch.level, switch.index), present && parent_reachable);
+        }
+        let reachable = &reachable;
+        let ready = futures::stream::iter(spec.epms())
+            .map(|epm| async move { reachable[&(0, epm.rack)] && self.epm_ready(spec, &epm).await })
+            .buffer_unordered(PARALLEL_EPMS)
+            .filter(|ready| futures::future::ready(*ready))
+            .count()
+            .await;
+        TopologyStatus { ready_epms: ready as u32, failures: Vec::new() }
+    }
+
+    /// Removes every namespace of the topology not in `keep`, stopping agents
+    /// first, and waits until the kernel has torn the devices down. `spec` (the
+    /// topology as last applied) tells which ports vanish with which namespace.
+    async fn tear_down(&self, topology: &str, spec: Option<&TreeSpec>, keep: &HashSet<String>, record: &mut Record) -> Result<(), RuntimeError> {
+        // Stop the agents of leaving EPMs, including any the record lost.
+        let leaving = |socket: &Path| {
+            let epm = socket.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            !keep.contains(&naming::namespace(topology, epm))
+        };
+        for (pid, socket) in process::agents_in(&self.topology_dir(topology)) {
+            if leaving(&socket) {
+                process::stop_agent(pid, &socket).await;
+            }
+        }
+        record.agents.retain(|epm, _| keep.contains(&naming::namespace(topology, epm)));
+
+        let prefix = naming::topology_prefix(topology);
+        let existing: HashSet<String> = netns::list_with_prefix(&prefix)
+            .map_err(|e| RuntimeError::io("listing namespaces", e))?
+            .into_iter()
+            .filter(|ns| !keep.contains(ns))
+            .collect();
+        // Waves: EPMs, then vswitches level by level from the leaves up. Each
+        // wave's veth peers live in the next wave's namespaces; watching them
+        // disappear is how we know the kernel has finished.
+        let mut waves: BTreeMap<u32, Vec<(String, Option<(String, String)>)>> = BTreeMap::new();
+        let mut known = HashSet::new();
+        if let Some(spec) = spec {
+            for epm in spec.epms() {
+                let tor = naming::namespace(topology, &naming::vswitch_name(0, epm.rack));
+                let peer = (tor, naming::host_port(epm.index));
+                waves.entry(0).or_default().push((naming::namespace(topology, &epm.name), Some(peer)));
+            }
+            for switch in spec.vswitches() {
+                let peer = switch.parent_name().map(|parent| {
+                    (naming::namespace(topology, &parent), naming::downlink_port(switch.index))
+                });
+                waves.entry(switch.level + 1).or_default().push((naming::namespace(topology, &switch.name()), peer));
+            }
+        }
+        for wave in waves.values_mut() {
+            wave.retain(|(ns, _)| existing.contains(ns));
+            known.extend(wave.iter().map(|(ns, _)| ns.clone()));
+        }
+        // Namespaces the record does not explain go last, without waiting.
+        let unexplained = existing.iter().filter(|ns| !known.contains(*ns)).map(|ns| (ns.clone(), None));
+        waves.entry(u32::MAX).or_default().extend(unexplained);
+
+        for wave in waves.into_values() {
+            let mut watched: HashMap<String, (Netlink, Vec<String>)> = HashMap::new();
+            for (_, peer) in &wave {
+                let Some((peer_ns, port)) = peer else { continue };
+                if !watched.contains_key(peer_ns) {
+                    let Ok(netlink) = netns::open(peer_ns).await else { continue };
+                    watched.insert(peer_ns.clone(), (netlink, Vec::new()));
+                }
+                if let Some((_, ports)) = watched.get_mut(peer_ns) {
+                    ports.push(port.clone());
+                }
+            }
+            for (ns, _) in &wave {
+                netns::delete(ns)?;
+            }
+            wait_until_gone(watched.into_values().collect()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Polls until none of the ports exist any more in their namespaces.
+async fn wait_until_gone(watched: Vec<(Netlink, Vec<String>)>) -> Result<(), RuntimeError> {
+    let deadline = Instant::now() + TEARDOWN_TIMEOUT;
+    for (netlink, ports) in watched {
+        loop {
+            let present = netlink.links().await?;
+            let remaining = ports.iter().filter(|p| present.iter().any(|l| &l.name == *p)).count();
+            if remaining == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(RuntimeError::Unavailable(format!(
+                    "{remaining} veth ports still present {}s after their namespaces were deleted",
+                    TEARDOWN_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Runtime for LocalRuntime {
+    async fn apply_topology(&self, spec: &TreeSpec) -> Result<TopologyStatus, RuntimeError> {
+        netns::prepare_run_dir().map_err(|e| RuntimeError::io("preparing /run/netns", e))?;
+        let topology = &spec.name;
+        let dir = self.topology_dir(topology);
+        fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+        let mut record = self.load_record(topology)?.unwrap_or_default();
+
+        let switches = spec.vswitches();
+        let epms: Vec<Epm> = spec.epms().collect();
+        let mut keep: HashSet<String> = switches.iter().map(|s| naming::namespace(topology, &s.name())).collect();
+        keep.extend(epms.iter().map(|e| naming::namespace(topology, &e.name)));
+        let previous = record.spec.to_spec().ok();
+        self.tear_down(topology, previous.as_ref(), &keep, &mut record).await?;
+        record.spec = RecordedSpec::of(spec);
+        self.save_record(topology, &record)?;
+
+        // Vswitches root first, so every parent exists before its children.
+        let mut failures = Vec::new();
+        let mut switch_netlink: HashMap<(u32, u32), Netlink> = HashMap::new();
+        for switch in &switches {
+            let parent = switch.parent.and_then(|p| switch_netlink.get(&(switch.level + 1, p)));
+            if switch.parent.is_some() && parent.is_none() {
+                failures.push(Failure { object: switch.name(), error: "its parent vswitch failed".into() });
+                continue;
+            }
+            match self.ensure_vswitch(topology, switch, parent).await {
+                Ok(netlink) => {
+                    switch_netlink.insert((switch.level, switch.index), netlink);
+                }
+                Err(e) => failures.push(Failure { object: switch.name(), error: e.to_string() }),
+            }
+        }
+
+        let record = Arc::new(Mutex::new(record));
+        let switch_netlink = &switch_netlink;
+        let results: Vec<(String, Result<(), RuntimeError>)> = futures::stream::iter(epms.iter().cloned())
+            .map(|epm: Epm| {
+                let record = Arc::clone(&record);
+                async move {
+                    let Some(tor) = switch_netlink.get(&(0, epm.rack)) else {
+                        return (epm.name.clone(), Err(RuntimeError::Unavailable("its top-of-rack vswitch failed".into())));
+                    };
+                    let known = record.lock().await.agents.get(&epm.name).copied();
+                    let result = self.ensure_epm(spec, &epm, tor, known).await;
+                    let result = match result {
+                        Ok(pid) => {
+                            record.lock().await.agents.insert(epm.name.clone(), pid);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    };
+                    (epm.name.clone(), result)
+                }
+            })
+            .buffer_unordered(PARALLEL_EPMS)
+            .collect()
+            .await;
+        self.save_record(topology, &*record.lock().await)?;
+
+        for (object, result) in results {
+            if let Err(e) = result {
+                failures.push(Failure { object, error: e.to_string() });
+            }
+        }
+        let mut status = self.status(spec).await;
+        failures.sort_by(|a, b| a.object.cmp(&b.object));
+        status.failures = failures;
+        Ok(status)
+    }
+
+    async fn read_topology(&self, name: &str) -> Result<Option<(TreeSpec, TopologyStatus)>, RuntimeError> {
+        let Some(record) = self.load_record(name)? else {
+            return Ok(None);
+        };
+        let spec = record.spec.to_spec().map_err(|detail| RuntimeError::CorruptRecord {
+            topology: name.to_string(),
+            path: self.record_path(name).display().to_string(),
+            detail,
+        })?;
+        let status = self.status(&spec).await;
+        Ok(Some((spec, status)))
+    }
+
+    async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut record = self.load_record(name)?.unwrap_or_default();
+        let spec = record.spec.to_spec().ok();
+        self.tear_down(name, spec.as_ref(), &HashSet::new(), &mut record).await?;
+        let dir = self.topology_dir(name);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
+        }
+    }
+}
+
+/// The bridge of a vswitch namespace, created or brought up if needed.
+async fn ensure_bridge(netlink: &Netlink) -> Result<u32, RuntimeError> {
+    match netlink.link(BRIDGE).await? {
+        Some(bridge) if bridge.up => return Ok(bridge.index),
+        Some(bridge) => netlink.set_link(bridge.index, None, None).await?,
+        None => netlink.create_bridge(BRIDGE).await?,
+    }
+    netlink
+        .link(BRIDGE)
+        .await?
+        .map(|bridge| bridge.index)
+        .ok_or_else(|| RuntimeError::Unavailable("bridge vanished after creation".into()))
+}
+
+/// Ensures a veth `local_port` (a port of the local bridge) whose peer
+/// `remote_port` is a port of the bridge in `remote_namespace`, both up.
+async fn connect(
+    local: &Netlink,
+    local_port: &str,
+    local_bridge: u32,
+    remote: &Netlink,
+    remote_namespace: &str,
+    remote_port: &str,
+) -> Result<(), RuntimeError> {
+    let remote_bridge = remote
+        .link(BRIDGE)
+        .await?
+        .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {remote_namespace}")))?;
+    if let Some(existing) = local.link(local_port).await? {
+        if !existing.up || existing.controller != Some(local_bridge) {
+            local.set_link(existing.index, Some(local_bridge), None).await?;
+        }
+        return Ok(());
+    }
+    if let Some(stale) = remote.link(remote_port).await? {
+        remote.delete_link(stale.index).await?;
+    }
+    let remote_fd = netns::open_fd(remote_namespace)?;
+    local.create_veth(local_port, remote_port, &remote_fd).await?;
+    let peer = remote
+        .link(remote_port)
+        .await?
+        .ok_or_else(|| RuntimeError::Unavailable(format!("port {remote_port} vanished in {remote_namespace}")))?;
+    remote.set_link(peer.index, Some(remote_bridge.index), None).await?;
+    let created = local
+        .link(local_port)
+        .await?
+        .ok_or_else(|| RuntimeError::Unavailable(format!("port {local_port} vanished")))?;
+    local.set_link(created.index, Some(local_bridge), None).await?;
+    Ok(())
+}
+
+async fn agent_answers(socket: &Path) -> bool {
+    match agent_client::connect(socket).await {
+        Ok(mut client) => client.health(HealthRequest {}).await.is_ok(),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,121 @@
+//! Starting and stopping agent processes.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Starts `agent` inside the network namespace `netns`, in its own session so
+/// it outlives the provider, logging to `log`. Returns its pid.
+pub fn spawn_agent(agent: &Path, netns: &OwnedFd, epm: &str, socket: &Path, log: &Path) -> io::Result<u32> {
+    let log = OpenOptions::new().create(true).append(true).open(log)?;
+    let netns_fd = netns.as_raw_fd();
+    let mut command = Command::new(agent);
+    command
+        .arg("--epm")
+        .arg(epm)
+        .arg("--socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls (setns, setsid, close_range)
+    // between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The agent outlives us: it must not hold any descriptor we
+            // inherited (Terraform's or a CI runner's pipes would never close).
+            // stdio is already in place as fds 0-2.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    Ok(child.id())
+}
+
+/// Whether `pid` is a live merak-agent serving `socket` (pids get reused, so
+/// the command line is checked before anything is signalled).
+pub fn is_agent(pid: u32, socket: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let socket = socket.as_os_str().as_encoded_bytes();
+    let is_ours = args.first().is_some_and(|a| a.ends_with(b"merak-agent")) && args.contains(&socket);
+    is_ours && alive(pid)
+}
+
+/// Every live merak-agent whose socket lies in `dir`, as (pid, socket):
+/// finds agents a record lost track of (e.g. after a crash mid-apply).
+pub fn agents_in(dir: &Path) -> Vec<(u32, std::path::PathBuf)> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut agents = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if !args.first().is_some_and(|a| a.ends_with(b"merak-agent")) {
+            continue;
+        }
+        let socket = args.windows(2).find(|w| w[0] == b"--socket").map(|w| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(w[1])));
+        if let Some(socket) = socket.filter(|s| s.parent() == Some(dir)) {
+            if alive(pid) {
+                agents.push((pid, socket));
+            }
+        }
+    }
+    agents
+}
+
+/// Alive and not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// Stops the agent: SIGTERM, then SIGKILL if it has not exited in time.
+pub async fn stop_agent(pid: u32, socket: &Path) {
+    if !is_agent(pid, socket) {
+        return;
+    }
+    signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while alive(pid) {
+        if Instant::now() > deadline {
+            signal(pid, libc::SIGKILL);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        reap(pid);
+    }
+}
+
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a pid we verified is our agent.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// Collects the exit status if the agent is our own child, so it does not
+/// linger as a zombie while the provider runs.
+fn reap(pid: u32) {
+    let mut status = 0;
+    // SAFETY: waitpid(2) with WNOHANG never blocks; ECHILD for non-children is fine.
+    unsafe {
+        libc::waitpid(pid as i32, &mut status, libc::WNOHANG);
+    }
+}
