@@ -1,1 +1,231 @@
+//! Acceptance-test harness: a Terraform working directory wired to the
+//! provider built in this workspace, and cleanup that runs even when a test
+//! fails.
+//!
+//! The provider reaches Terraform through a filesystem mirror (the route
+//! `terraform init` and modules need), laid out per working directory.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub const PROVIDER_VERSION: &str = "0.1.0";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// The provider and agent binaries, built by `make test` before the tests run.
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_dir().join("debug").join(name);
+    assert!(path.exists(), "{} is missing: build with `cargo build --workspace` (make test does)", path.display());
+    path
+}
+
+/// The Terraform binary: $MERAK_TERRAFORM, or Terraform 1.0.3 installed on first use.
+pub fn terraform() -> &'static Path {
+    static TERRAFORM: OnceLock<PathBuf> = OnceLock::new();
+    TERRAFORM.get_or_init(|| {
+        if let Some(path) = std::env::var_os("MERAK_TERRAFORM") {
+            return PathBuf::from(path);
+        }
+        let script = repo_root().join("tests/acceptance/install-terraform.sh");
+        let output = Command::new("bash").arg(script).output().expect("run install-terraform.sh");
+        assert!(output.status.success(), "installing terraform failed: {}", String::from_utf8_lossy(&output.stderr));
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    })
+}
+
+/// A Terraform working directory for one test, with its own topology name,
+/// state directory and provider mirror. Dropping it destroys whatever the
+/// test built and removes anything left of it on the host.
+pub struct Workspace {
+    pub dir: PathBuf,
+    /// The topology name this test uses; unique per test and process.
+    pub name: String,
+    pub state_dir: PathBuf,
+    destroy_on_drop: bool,
+}
+
+impl Workspace {
+    pub fn new(test: &str) -> Self {
+        let name = format!("{test}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("merak-acceptance-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state_dir = dir.join("state");
+        let mirror = dir.join("mirror");
+        let package = mirror.join(format!("registry.terraform.io/merak/merak/{PROVIDER_VERSION}/linux_amd64"));
+        std::fs::create_dir_all(&package).expect("create mirror");
+        std::os::unix::fs::symlink(
+            binary("terraform-provider-merak"),
+            package.join(format!("terraform-provider-merak_v{PROVIDER_VERSION}")),
+        )
+        .expect("link provider");
+        std::os::unix::fs::symlink(binary("merak-agent"), package.join("merak-agent")).expect("link agent");
+        let cli_config = format!(
+            "provider_installation {{\n  filesystem_mirror {{\n    path = \"{}\"\n    include = [\"registry.terraform.io/merak/*\"]\n  }}\n  direct {{\n    exclude = [\"registry.terraform.io/merak/*\"]\n  }}\n}}\n",
+            mirror.display()
+        );
+        std::fs::write(dir.join("cli.tfrc"), cli_config).expect("write CLI config");
+        Workspace { dir, name, state_dir, destroy_on_drop: true }
+    }
+
+    /// A second working directory on the same topology (for import): it
+    /// shares the state directory and never destroys on drop.
+    pub fn sibling(&self, suffix: &str) -> Self {
+        let mut other = Workspace::new(&format!("{}-{suffix}", self.name));
+        let _ = std::fs::remove_dir_all(&other.state_dir);
+        other.name = self.name.clone();
+        other.state_dir = self.state_dir.clone();
+        other.destroy_on_drop = false;
+        other
+    }
+
+    /// Writes main.tf: the provider block pointing at this test's state
+    /// directory, then `resources` with `{name}` replaced by the topology name.
+    pub fn write_config(&self, resources: &str) {
+        let config = format!(
+            "terraform {{\n  required_providers {{\n    merak = {{ source = \"merak/merak\" }}\n  }}\n}}\n\n\
+             provider \"merak\" {{\n  local {{\n    state_dir = \"{}\"\n  }}\n}}\n\n{}\n",
+            self.state_dir.display(),
+            resources.replace("{name}", &self.name)
+        );
+        std::fs::write(self.dir.join("main.tf"), config).expect("write main.tf");
+    }
+
+    pub fn terraform(&self, args: &[&str]) -> Output {
+        Command::new(terraform())
+            .args(args)
+            .arg("-no-color")
+            .current_dir(&self.dir)
+            .env("TF_CLI_CONFIG_FILE", self.dir.join("cli.tfrc"))
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_INPUT", "0")
+            .env("CHECKPOINT_DISABLE", "1")
+            .output()
+            .expect("run terraform")
+    }
+
+    /// Runs terraform and fails the test, showing its output, unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.terraform(args);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "terraform {args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    pub fn init(&self) {
+        self.ok(&["init"]);
+    }
+
+    pub fn apply(&self) -> String {
+        self.ok(&["apply", "-auto-approve"])
+    }
+
+    /// `plan -detailed-exitcode`: 0 = no changes, 2 = changes; with its output.
+    pub fn plan(&self) -> (i32, String) {
+        let output = self.terraform(&["plan", "-detailed-exitcode"]);
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code().unwrap_or(-1), text)
+    }
+
+    /// The attributes of the one resource in the state.
+    pub fn resource_values(&self, address: &str) -> serde_json::Value {
+        let show: serde_json::Value = serde_json::from_str(&self.ok(&["show", "-json"])).expect("show -json");
+        let resources = show["values"]["root_module"]["resources"].as_array().cloned().unwrap_or_default();
+        resources
+            .into_iter()
+            .find(|r| r["address"] == address)
+            .map(|r| r["values"].clone())
+            .unwrap_or_else(|| panic!("{address} not in state: {show}"))
+    }
+
+    /// Network namespaces of this test's topology.
+    pub fn namespaces(&self) -> Vec<String> {
+        let prefix = format!("merak-{}.", self.name);
+        let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.retain(|n| n.starts_with(&prefix));
+        names.sort();
+        names
+    }
+
+    /// Live agents of this test, as (pid, EPM name).
+    pub fn agents(&self) -> Vec<(u32, String)> {
+        let dir = self.state_dir.join(&self.name);
+        let mut agents = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')) {
+                continue;
+            }
+            let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            if !args.first().is_some_and(|a| a.ends_with("merak-agent")) {
+                continue;
+            }
+            let socket = args.windows(2).find(|w| w[0] == "--socket").map(|w| PathBuf::from(&w[1]));
+            if let Some(socket) = socket.filter(|s| s.parent() == Some(dir.as_path())) {
+                let epm = socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                agents.push((pid, epm));
+            }
+        }
+        agents.sort_by(|a, b| a.1.cmp(&b.1));
+        agents
+    }
+
+    /// Asserts nothing of this test's topology is left on the host.
+    pub fn assert_nothing_left(&self) {
+        assert_eq!(self.namespaces(), Vec::<String>::new(), "namespaces left");
+        assert_eq!(self.agents(), Vec::new(), "agents left");
+        assert!(!self.state_dir.join(&self.name).exists(), "runtime state left in {}", self.state_dir.display());
+    }
+
+    /// Runs a command inside one of the topology's namespaces.
+    pub fn exec_in(&self, object: &str, command: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &format!("merak-{}.{object}", self.name)])
+            .args(command)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// Whether `from` (an EPM) reaches `ip` with one ping.
+    pub fn pings(&self, from: &str, ip: &str) -> bool {
+        self.exec_in(from, &["ping", "-c", "1", "-W", "2", ip]).status.success()
+    }
+
+    fn force_cleanup(&self) {
+        for (pid, _) in self.agents() {
+            // SAFETY: kill(2) on an agent of this test.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        for namespace in self.namespaces() {
+            let _ = Command::new("ip").args(["netns", "delete", &namespace]).status();
+        }
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if self.destroy_on_drop {
+            if self.dir.join("terraform.tfstate").exists() {
+                let _ = self.terraform(&["destroy", "-auto-approve"]);
+            }
+            self.force_cleanup();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,148 @@
+//! merak_topology through the real terraform binary: the whole lifecycle,
+//! and every bad input.
+
+use merak_acceptance::Workspace;
+
+fn topology(racks: u32, hosts_per_rack: u32, extra: &str) -> String {
+    format!(
+        "resource \"merak_topology\" \"lab\" {{\n  name = \"{{name}}\"\n  racks = {racks}\n  hosts_per_rack = {hosts_per_rack}\n  \
+         ports_per_vswitch = 2\n  data_plane_cidr = \"10.77.0.0/24\"\n{extra}}}\n"
+    )
+}
+
+fn inode(path: &str) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+#[test]
+fn lifecycle_apply_refresh_import_scale_repair_destroy() {
+    let ws = Workspace::new("life");
+    ws.write_config(&topology(2, 3, ""));
+    ws.init();
+
+    // Create: 6 EPMs, 2 top-of-rack switches and a core.
+    ws.apply();
+    let state = ws.resource_values("merak_topology.lab");
+    assert_eq!(state["ready_epms"], 6);
+    assert_eq!(state["vswitch_count"], 3);
+    assert_eq!(state["link_count"], 8);
+    assert_eq!(state["epms"][5]["ip"], "10.77.0.6");
+    assert_eq!(ws.namespaces().len(), 9);
+    assert_eq!(ws.agents().len(), 6);
+    assert!(ws.pings("epm-0", "10.77.0.6"), "epm-0 reaches epm-5 across racks");
+
+    // Unchanged: no diff, also after a refresh; a second apply changes nothing.
+    assert_eq!(ws.plan().0, 0, "{}", ws.plan().1);
+    ws.ok(&["refresh"]);
+    assert_eq!(ws.plan().0, 0);
+    assert!(ws.apply().contains("0 added, 0 changed, 0 destroyed"));
+
+    // Import into an empty state reproduces the same attributes.
+    {
+        let imported = ws.sibling("import");
+        imported.write_config(&topology(2, 3, ""));
+        imported.init();
+        imported.ok(&["import", "merak_topology.lab", &ws.name]);
+        assert_eq!(imported.resource_values("merak_topology.lab"), state);
+        assert_eq!(imported.plan().0, 0);
+    }
+
+    // Grow in place: existing EPMs keep their namespace and agent.
+    let epm0 = format!("/run/netns/merak-{}.epm-0", ws.name);
+    let (inode_before, agents_before) = (inode(&epm0), ws.agents());
+    ws.write_config(&topology(5, 3, ""));
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2);
+    assert!(plan.contains("update in-place") && !plan.contains("must be replaced"), "{plan}");
+    ws.apply();
+    let grown = ws.resource_values("merak_topology.lab");
+    assert_eq!(grown["ready_epms"], 15);
+    assert_eq!(grown["vswitch_count"], 5 + 3 + 2 + 1);
+    assert_eq!(inode(&epm0), inode_before);
+    let agents_after = ws.agents();
+    assert!(agents_before.iter().all(|a| agents_after.contains(a)), "existing agents were restarted");
+    assert!(ws.pings("epm-14", "10.77.0.1"), "a new EPM reaches an old one through the new core");
+    assert_eq!(ws.plan().0, 0);
+
+    // Shrink in place, to a partial last rack.
+    ws.write_config(&topology(2, 3, "  hosts = 5\n"));
+    ws.apply();
+    let shrunk = ws.resource_values("merak_topology.lab");
+    assert_eq!(shrunk["ready_epms"], 5);
+    assert_eq!(ws.namespaces().len(), 5 + 3);
+    assert_eq!(ws.agents().len(), 5);
+    assert_eq!(inode(&epm0), inode_before);
+    assert_eq!(ws.plan().0, 0);
+
+    // Drift: a deleted EPM namespace and a killed agent show in the plan...
+    let agent_of_epm2 = ws.agents().into_iter().find(|(_, epm)| epm == "epm-2").unwrap().0;
+    assert!(std::process::Command::new("ip").args(["netns", "delete", &format!("merak-{}.epm-1", ws.name)]).status().unwrap().success());
+    // SAFETY: kill(2) on this test's agent.
+    unsafe { libc::kill(agent_of_epm2 as i32, libc::SIGKILL) };
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2, "{plan}");
+    assert!(plan.contains("ready_epms") && plan.contains("3 -> 5"), "{plan}");
+    // ...and apply repairs them.
+    ws.apply();
+    assert_eq!(ws.plan().0, 0);
+    assert_eq!(ws.agents().len(), 5);
+    assert!(ws.pings("epm-1", "10.77.0.3"));
+
+    // Replacement attributes say so in the plan.
+    ws.write_config(&topology(2, 3, "  hosts = 5\n").replace("10.77.0.0/24", "10.78.0.0/24"));
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2);
+    assert!(plan.contains("forces replacement") && plan.contains("data_plane_cidr"), "{plan}");
+
+    ws.ok(&["destroy", "-auto-approve"]);
+    ws.assert_nothing_left();
+}
+
+#[test]
+fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
+    let ws = Workspace::new("bad");
+    ws.write_config(&topology(1, 1, ""));
+    ws.init();
+    let cases: &[(&str, &str, &str)] = &[
+        ("name = \"{name}\"", "name = \"Not_A_Label\"", "Invalid topology name"),
+        ("racks = 1", "racks = 0", "Invalid racks"),
+        ("hosts_per_rack = 1", "hosts_per_rack = 0", "Invalid hosts_per_rack"),
+        ("hosts_per_rack = 1", "hosts_per_rack = 2000", "Invalid hosts_per_rack"),
+        ("ports_per_vswitch = 2", "ports_per_vswitch = 1", "Invalid ports_per_vswitch"),
+        ("ports_per_vswitch = 2", "ports_per_vswitch = 2\n  hosts = 7", "Hosts do not fill the racks"),
+        ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"10.77.0.0/33\"", "Invalid data-plane CIDR"),
+        ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"10.77.0.9/24\"", "Invalid data-plane CIDR"),
+        ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"fd00::/64\"", "Invalid data-plane CIDR"),
+        ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"10.77.0.0/31\"", "Data-plane CIDR too small"),
+    ];
+    for (from, to, summary) in cases {
+        let config = topology(1, 1, "").replace(from, to);
+        ws.write_config(&config);
+        let output = ws.terraform(&["plan"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{to}: {stderr}");
+        assert!(stderr.contains(summary), "{to}: wanted {summary:?} in {stderr}");
+        // The diagnostic points at the attribute's line in the configuration.
+        let attribute_line = to.lines().last().unwrap().replace("{name}", &ws.name);
+        assert!(stderr.contains(attribute_line.trim()), "{to}: not pinned to its attribute: {stderr}");
+    }
+    assert!(ws.namespaces().is_empty(), "a bad plan created something");
+
+    let provider_cases = [
+        ("local {\n    state_dir = \"relative/dir\"\n  }", "state_dir must be an absolute path", "relative/dir"),
+        ("runtime = \"cloud\"", "Unsupported runtime", "runtime = \"cloud\""),
+    ];
+    for (settings, summary, pinned) in provider_cases {
+        let main = format!(
+            "terraform {{\n  required_providers {{\n    merak = {{ source = \"merak/merak\" }}\n  }}\n}}\n\n\
+             provider \"merak\" {{\n  {settings}\n}}\n\n{}",
+            topology(1, 1, "").replace("{name}", &ws.name)
+        );
+        std::fs::write(ws.dir.join("main.tf"), main).unwrap();
+        let output = ws.terraform(&["plan"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(summary) && stderr.contains(pinned), "wanted {summary:?} at {pinned:?} in {stderr}");
+    }
+    ws.assert_nothing_left();
+}
