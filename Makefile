@@ -1,0 +1,56 @@
+# terraform-provider-merak. Everything here needs Linux; apply/test need root.
+
+CARGO      ?= cargo
+PROFILE_DIR = target/debug
+TERRAFORM  ?= $(CURDIR)/target/tools/terraform
+VERSION     = 0.1.0
+MIRROR      = $(CURDIR)/target/mirror
+PACKAGE     = $(MIRROR)/registry.terraform.io/merak/merak/$(VERSION)/linux_amd64
+CLI_CONFIG  = $(CURDIR)/target/terraformrc
+QUICKSTART  = examples/terraform/quickstart
+TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
+
+.PHONY: all build terraform mirror quickstart quickstart-destroy test docs clean-host
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+$(TERRAFORM):
+	tests/acceptance/install-terraform.sh $(dir $(TERRAFORM))
+
+terraform: $(TERRAFORM)
+
+# A filesystem mirror holding the provider (and its agent beside it), and a
+# CLI config that installs merak/merak from it: what `terraform init` needs.
+mirror: build
+	mkdir -p $(PACKAGE)
+	ln -sf $(CURDIR)/$(PROFILE_DIR)/terraform-provider-merak $(PACKAGE)/terraform-provider-merak_v$(VERSION)
+	ln -sf $(CURDIR)/$(PROFILE_DIR)/merak-agent $(PACKAGE)/merak-agent
+	printf 'provider_installation {\n  filesystem_mirror {\n    path    = "%s"\n    include = ["registry.terraform.io/merak/*"]\n  }\n  direct {\n    exclude = ["registry.terraform.io/merak/*"]\n  }\n}\n' "$(MIRROR)" > $(CLI_CONFIG)
+
+quickstart: mirror terraform
+	rm -f $(QUICKSTART)/.terraform.lock.hcl
+	$(TF) init -upgrade >/dev/null
+	$(TF) apply -auto-approve
+	@echo
+	@echo "== What was built (network namespaces on this host):"
+	@ip netns list | grep '^merak-quickstart\.' | sort
+	@echo
+	@echo "== epm-0 pings epm-5 across racks:"
+	@ip netns exec merak-quickstart.epm-0 ping -c 1 -W 2 10.0.0.6 | tail -n 2
+	@echo
+	@echo "Inspect:  sudo ip netns exec merak-quickstart.epm-0 ip addr"
+	@echo "Destroy:  make quickstart-destroy"
+
+quickstart-destroy: mirror terraform
+	$(TF) destroy -auto-approve
+
+# Unit, kernel and acceptance tests (the acceptance tests drive the real
+# terraform binary against the provider and agent built here).
+test: build terraform
+	MERAK_TERRAFORM=$(TERRAFORM) $(CARGO) test --workspace -- --test-threads=2
+
+docs:
+	$(CARGO) run -q -p terraform-provider-merak -- --generate-docs docs
