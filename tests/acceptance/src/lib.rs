@@ -98,16 +98,26 @@ impl Workspace {
     }
 
     pub fn terraform(&self, args: &[&str]) -> Output {
-        Command::new(terraform())
+        self.terraform_command(Command::new(terraform()), args).output().expect("run terraform")
+    }
+
+    /// Runs terraform through a wrapper, e.g. `setpriv` to drop capabilities.
+    pub fn terraform_via(&self, wrapper: &[&str], args: &[&str]) -> Output {
+        let mut command = Command::new(wrapper[0]);
+        command.args(&wrapper[1..]).arg(terraform());
+        self.terraform_command(command, args).output().expect("run terraform")
+    }
+
+    fn terraform_command(&self, mut command: Command, args: &[&str]) -> Command {
+        command
             .args(args)
             .arg("-no-color")
             .current_dir(&self.dir)
             .env("TF_CLI_CONFIG_FILE", self.dir.join("cli.tfrc"))
             .env("TF_IN_AUTOMATION", "1")
             .env("TF_INPUT", "0")
-            .env("CHECKPOINT_DISABLE", "1")
-            .output()
-            .expect("run terraform")
+            .env("CHECKPOINT_DISABLE", "1");
+        command
     }
 
     /// Runs terraform and fails the test, showing its output, unless it succeeds.

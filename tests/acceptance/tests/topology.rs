@@ -144,5 +144,12 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(summary) && stderr.contains(pinned), "wanted {summary:?} at {pinned:?} in {stderr}");
     }
+
+    // Without the capabilities the local runtime needs, configure says so.
+    ws.write_config(&topology(1, 1, ""));
+    let output = ws.terraform_via(&["setpriv", "--bounding-set", "-net_admin,-sys_admin"], &["plan"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("The local runtime needs root"), "{stderr}");
     ws.assert_nothing_left();
 }
