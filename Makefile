@@ -10,7 +10,7 @@ CLI_CONFIG  = $(CURDIR)/target/terraformrc
 QUICKSTART  = examples/terraform/quickstart
 TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
 
-.PHONY: all build terraform mirror quickstart quickstart-destroy test docs clean-host
+.PHONY: all build terraform mirror quickstart quickstart-destroy test docs bench
 
 all: build
 
@@ -54,3 +54,9 @@ test: build terraform
 
 docs:
 	$(CARGO) run -q -p terraform-provider-merak -- --generate-docs docs
+
+# Benchmarks (not tests): release build, real terraform. BENCH_ARGS="RACKS HOSTS_PER_RACK".
+BENCH_ARGS ?= 8 8
+bench: terraform
+	$(CARGO) build --release --workspace
+	MERAK_BIN_DIR=$(CURDIR)/target/release MERAK_TERRAFORM=$(TERRAFORM) $(CARGO) run --release -q -p merak-acceptance --bin bench-topology -- $(BENCH_ARGS)

@@ -279,11 +279,9 @@ impl LocalRuntime {
             let epm = socket.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
             !keep.contains(&naming::namespace(topology, epm))
         };
-        for (pid, socket) in process::agents_in(&self.topology_dir(topology)) {
-            if leaving(&socket) {
-                process::stop_agent(pid, &socket).await;
-            }
-        }
+        let mut agents = process::agents_in(&self.topology_dir(topology));
+        agents.retain(|(_, socket)| leaving(socket));
+        process::stop_agents(&agents).await;
         record.agents.retain(|epm, _| keep.contains(&naming::namespace(topology, epm)));
 
         let prefix = naming::topology_prefix(topology);

@@ -89,17 +89,24 @@ pub fn alive(pid: u32) -> bool {
 
 /// Stops the agent: SIGTERM, then SIGKILL if it has not exited in time.
 pub async fn stop_agent(pid: u32, socket: &Path) {
-    if !is_agent(pid, socket) {
-        return;
+    stop_agents(&[(pid, socket.to_path_buf())]).await;
+}
+
+/// Stops agents all at once (they exit in parallel), then waits for each.
+pub async fn stop_agents(agents: &[(u32, std::path::PathBuf)]) {
+    let ours: Vec<u32> = agents.iter().filter(|(pid, socket)| is_agent(*pid, socket)).map(|(pid, _)| *pid).collect();
+    for &pid in &ours {
+        signal(pid, libc::SIGTERM);
     }
-    signal(pid, libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(3);
-    while alive(pid) {
-        if Instant::now() > deadline {
-            signal(pid, libc::SIGKILL);
+    for pid in ours {
+        while alive(pid) {
+            if Instant::now() > deadline {
+                signal(pid, libc::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            reap(pid);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        reap(pid);
     }
 }
 

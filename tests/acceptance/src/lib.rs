@@ -19,9 +19,11 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
 }
 
-/// The provider and agent binaries, built by `make test` before the tests run.
+/// The provider and agent binaries, built by `make test` before the tests run
+/// (from `target/debug`, or the directory in $MERAK_BIN_DIR).
 pub fn binary(name: &str) -> PathBuf {
-    let path = target_dir().join("debug").join(name);
+    let dir = std::env::var_os("MERAK_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| target_dir().join("debug"));
+    let path = dir.join(name);
     assert!(path.exists(), "{} is missing: build with `cargo build --workspace` (make test does)", path.display());
     path
 }
