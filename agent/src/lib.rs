@@ -2,6 +2,9 @@
 //! netlink library that builds network devices for it and for the provider's
 //! local runtime.
 
+pub mod evm;
 pub mod netdev;
 pub mod netns;
+pub mod overlay;
+pub mod ping;
 pub mod server;

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use merak_agent::netdev::Netlink;
-use merak_agent::server::AgentService;
+use merak_agent::server::{AgentService, OverlayService};
 use merak_proto::agent::agent_server::AgentServer;
+use merak_proto::agent::overlay_server::OverlayServer;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -58,7 +59,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tonic::transport::Server::builder()
-        .add_service(AgentServer::new(AgentService::new(args.epm.clone(), netlink)))
+        .add_service(AgentServer::new(AgentService::new(args.epm.clone(), netlink.clone())))
+        .add_service(OverlayServer::new(OverlayService::new(netlink)).max_decoding_message_size(64 << 20))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .context("serving the agent API")?;

@@ -9,7 +9,16 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use std::net::Ipv4Addr;
+
+use futures::StreamExt;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
 
 /// A MAC address.
 pub type Mac = [u8; 6];
@@ -235,6 +244,169 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| NetdevError::new(format!("delete {ip}/{prefix_len} from link {index}"), e))
+    }
+}
+
+/// The UDP port of VXLAN (IANA).
+pub const VXLAN_PORT: u16 = 4789;
+
+impl Netlink {
+    /// Creates a veth pair whose local end `name` gets interface index
+    /// `index` (deterministic in a fresh namespace) and MAC `mac`, with the
+    /// peer created straight into `peer_ns`.
+    pub async fn create_veth_at(&self, name: &str, index: u32, mac: Mac, peer: &str, peer_ns: &impl AsRawFd) -> Result<()> {
+        let mut peer_message = named(peer);
+        peer_message.attributes.push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
+        let mut message = named(name);
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_message))),
+        ]));
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| NetdevError::new(format!("create veth {name} <-> {peer}"), e))
+    }
+
+    /// Turns IPv6 address generation off on a link (no link-local address,
+    /// so no DAD, router solicitation or MLD when it goes up). The kernel
+    /// refuses this attribute in the request that creates a link.
+    pub async fn disable_ipv6_addresses(&self, index: u32) -> Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+            AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+        ])]));
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| NetdevError::new(format!("IPv6 address generation off on link {index}"), e))
+    }
+
+    /// Like [`Netlink::set_link`], addressing the link by name.
+    pub async fn set_link_by_name(&self, name: &str, controller: Option<u32>) -> Result<()> {
+        let mut message = named(name);
+        message.header.flags = LinkFlags::Up;
+        message.header.change_mask = LinkFlags::Up;
+        if let Some(controller) = controller {
+            message.attributes.push(LinkAttribute::Controller(controller));
+        }
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| NetdevError::new(format!("set link {name}"), e))
+    }
+
+    /// A permanent ARP entry: `ip` is at `mac` on link `index`.
+    pub async fn add_neighbour(&self, index: u32, ip: Ipv4Addr, mac: Mac) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, ip.into())
+            .link_layer_address(&mac)
+            .execute()
+            .await
+            .map_err(|e| NetdevError::new(format!("neighbour {ip} on link {index}"), e))
+    }
+
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(|e| NetdevError::new(format!("default route via {gateway}"), e))
+    }
+
+    /// Creates a VXLAN device (down) in namespace `target_ns`, whose UDP
+    /// socket stays in this connection's namespace, over the link `underlay`.
+    pub async fn create_vxlan(&self, name: &str, vni: u32, local: Ipv4Addr, underlay: u32, target_ns: &impl AsRawFd) -> Result<()> {
+        let mut message = named(name);
+        message.attributes.push(LinkAttribute::NetNsFd(target_ns.as_raw_fd()));
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(vni),
+                InfoVxlan::Local(local),
+                InfoVxlan::Link(underlay),
+                InfoVxlan::Port(VXLAN_PORT),
+                InfoVxlan::Learning(true),
+            ])),
+        ]));
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| NetdevError::new(format!("create vxlan {name} (VNI {vni})"), e))
+    }
+
+    /// Head-end replication: flood unknown and broadcast frames of the VXLAN
+    /// device `index` to `remote` as well (`bridge fdb append 00:..:00 dst`).
+    pub async fn add_flood_destination(&self, index: u32, remote: Ipv4Addr) -> Result<()> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = index;
+        message.header.state = NeighbourState::Permanent;
+        message.header.flags = NeighbourFlags::Own;
+        message.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(remote)));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        let op = || format!("flood entry {remote} on link {index}");
+        let mut handle = self.handle.clone();
+        let mut responses = handle.request(request).map_err(|e| NetdevError::new(op(), e))?;
+        while let Some(response) = responses.next().await {
+            if let NetlinkPayload::Error(error) = response.payload {
+                if error.code.is_some() {
+                    return Err(NetdevError::new(op(), rtnetlink::Error::NetlinkError(error)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The remote addresses the VXLAN device `index` floods to.
+    pub async fn flood_destinations(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        let mut dump = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(message));
+        dump.header.flags = NLM_F_REQUEST | netlink_packet_core::NLM_F_DUMP;
+        let op = || format!("list flood entries of link {index}");
+        let mut handle = self.handle.clone();
+        let mut responses = handle.request(dump).map_err(|e| NetdevError::new(op(), e))?;
+        let mut remotes = Vec::new();
+        while let Some(response) = responses.next().await {
+            match response.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(neighbour)) if neighbour.header.ifindex == index => {
+                    let zero_mac = neighbour.attributes.iter().any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(mac) if mac.iter().all(|b| *b == 0)));
+                    // In the bridge family the address arrives as raw bytes.
+                    let remote = neighbour.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                            <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from)
+                        }
+                        _ => None,
+                    });
+                    if let (true, Some(remote)) = (zero_mac, remote) {
+                        remotes.push(remote);
+                    }
+                }
+                NetlinkPayload::Error(error) if error.code.is_some() => {
+                    return Err(NetdevError::new(op(), rtnetlink::Error::NetlinkError(error)));
+                }
+                _ => {}
+            }
+        }
+        Ok(remotes)
     }
 }
 

@@ -44,6 +44,8 @@ pub struct NetnsOptions {
     /// IPv4 emulation never need it, and IPv6 autoconfiguration (DAD, router
     /// solicitation, MLD) on every new port is what makes creation superlinear.
     pub disable_ipv6: bool,
+    /// Route between interfaces (`net.ipv4.ip_forward`), for router namespaces.
+    pub forwarding: bool,
 }
 
 pub fn path_of(name: &str) -> PathBuf {
@@ -225,6 +227,9 @@ fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, N
                     }
                 }
             }
+        }
+        if options.forwarding {
+            fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetnsError::io("enable forwarding", name, e))?;
         }
         netlink_socket().map_err(|e| NetnsError::io("open netlink", name, e))
     })();

@@ -114,3 +114,63 @@ fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
     let max = if ip.is_ipv4() { 32 } else { 128 };
     (len <= max).then_some((ip, len))
 }
+
+/// The agent's tenant-network service.
+pub struct OverlayService {
+    netlink: Netlink,
+}
+
+impl OverlayService {
+    pub fn new(netlink: Netlink) -> Self {
+        OverlayService { netlink }
+    }
+}
+
+#[tonic::async_trait]
+impl merak_proto::agent::overlay_server::Overlay for OverlayService {
+    async fn apply_overlay(
+        &self,
+        request: Request<merak_proto::agent::OverlayGoal>,
+    ) -> Result<Response<ApplyReply>, Status> {
+        let actions = crate::overlay::apply(&self.netlink, &request.into_inner())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if !actions.is_empty() {
+            tracing::info!(?actions, "overlay converged");
+        }
+        Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
+    }
+
+    async fn apply_evms(
+        &self,
+        request: Request<merak_proto::agent::EvmBatch>,
+    ) -> Result<Response<merak_proto::agent::EvmReply>, Status> {
+        let batch = request.into_inner();
+        let reply = crate::evm::apply(&batch).await;
+        tracing::info!(created = reply.created, existing = reply.existing, deleted = reply.deleted, failed = reply.failures.len(), "EVM batch");
+        Ok(Response::new(reply))
+    }
+
+    async fn ping(
+        &self,
+        request: Request<merak_proto::agent::PingRequest>,
+    ) -> Result<Response<merak_proto::agent::PingReply>, Status> {
+        let request = request.into_inner();
+        let timeout = std::time::Duration::from_millis(u64::from(request.timeout_ms.clamp(10, 10_000)));
+        let probes = request.probes.into_iter().map(|probe| {
+            tokio::task::spawn_blocking(move || {
+                let to = probe.to.parse().map_err(|_| format!("bad address {:?}", probe.to))?;
+                crate::ping::ping(&probe.from_namespace, to, timeout).map_err(|e| format!("{}: {e}", probe.from_namespace))
+            })
+        });
+        let mut reached = Vec::new();
+        for result in futures::future::join_all(probes).await {
+            match result {
+                Ok(Ok(ok)) => reached.push(ok),
+                Ok(Err(error)) => return Err(Status::invalid_argument(error)),
+                Err(e) => return Err(Status::internal(e.to_string())),
+            }
+        }
+        Ok(Response::new(merak_proto::agent::PingReply { reached }))
+    }
+}

@@ -30,7 +30,7 @@ impl Drop for Namespaces {
 async fn veth_between_namespaces_into_a_bridge_and_back_out() {
     let names = Namespaces::new("veth", 2);
     let (a, b) = (&names.0[0], &names.0[1]);
-    let in_a = netns::create(a, NetnsOptions { disable_ipv6: true }).await.unwrap();
+    let in_a = netns::create(a, NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() }).await.unwrap();
     let in_b = netns::create(b, NetnsOptions::default()).await.unwrap();
     assert!(matches!(netns::create(a, NetnsOptions::default()).await, Err(netns::NetnsError::AlreadyExists { .. })));
 
@@ -74,8 +74,8 @@ async fn veth_between_namespaces_into_a_bridge_and_back_out() {
 async fn underlay_goal_is_idempotent() {
     let names = Namespaces::new("agent", 2);
     let (epm, tor) = (&names.0[0], &names.0[1]);
-    let in_epm = netns::create(epm, NetnsOptions { disable_ipv6: true }).await.unwrap();
-    let _in_tor = netns::create(tor, NetnsOptions { disable_ipv6: true }).await.unwrap();
+    let in_epm = netns::create(epm, NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() }).await.unwrap();
+    let _in_tor = netns::create(tor, NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() }).await.unwrap();
     in_epm.create_veth("eth1", "e0", &netns::open_fd(tor).unwrap()).await.unwrap();
 
     let agent = AgentService::new("epm-0".into(), netns::open(epm).await.unwrap());

@@ -130,7 +130,7 @@ impl LocalRuntime {
         if netns::exists(name) {
             return Ok((netns::open(name).await?, false));
         }
-        let options = NetnsOptions { disable_ipv6: true };
+        let options = NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() };
         Ok((netns::create(name, options).await?, true))
     }
 

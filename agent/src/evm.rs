@@ -1,0 +1,160 @@
+//! Emulated VMs (device model "veth"): per EVM a network namespace whose
+//! `eth0` holds the EVM's address, MAC and default route via its subnet's
+//! gateway, wired by a veth pair into the subnet's bridge in the VPC's router
+//! namespace. No process spawns; many EVMs in flight at once.
+//!
+//! Eight netlink requests per EVM: create the veth (eth0 at a fixed index,
+//! its peer straight into the router namespace), enslave the peer, IPv6
+//! address generation off, address, eth0 up, lo up, the gateway's static
+//! neighbour entry, the default route.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+
+use futures::StreamExt;
+use merak_proto::agent::{EvmBatch, EvmFailure, EvmReply, EvmSpec};
+
+use crate::netdev::{self, Netlink};
+use crate::netns::{self, NetnsOptions};
+use crate::overlay::{OverlayError, parse_cidr};
+
+/// EVMs worked on at once. The kernel serializes the work under RTNL; a few
+/// in flight hide the round trips.
+const IN_FLIGHT: usize = 32;
+/// In a fresh namespace `lo` is link 1, so `eth0` can be asked to be link 2.
+const LOOPBACK_INDEX: u32 = 1;
+const ETH0_INDEX: u32 = 2;
+
+/// A router namespace and the bridges in it, looked up once per batch.
+struct Router {
+    netlink: Netlink,
+    fd: OwnedFd,
+    bridges: HashMap<String, u32>,
+}
+
+pub async fn apply(batch: &EvmBatch) -> EvmReply {
+    let mut reply = EvmReply::default();
+    let mut routers: HashMap<String, Router> = HashMap::new();
+    for spec in batch.create.iter().chain(&batch.delete) {
+        if routers.contains_key(&spec.router_namespace) {
+            continue;
+        }
+        match open_router(&spec.router_namespace).await {
+            Ok(router) => {
+                routers.insert(spec.router_namespace.clone(), router);
+            }
+            Err(e) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e.to_string() }),
+        }
+    }
+
+    // Deletions first, so a batch that replaces EVMs frees names and addresses.
+    let deleted: Vec<_> = batch
+        .delete
+        .iter()
+        .map(|spec| async move { (spec, netns::delete(&spec.namespace)) })
+        .collect();
+    let mut ports_to_vanish: Vec<(&EvmSpec, &Router)> = Vec::new();
+    for (spec, result) in futures::future::join_all(deleted).await {
+        match (result, routers.get(&spec.router_namespace)) {
+            (Ok(()), Some(router)) => ports_to_vanish.push((spec, router)),
+            (Ok(()), None) => reply.deleted += 1,
+            (Err(e), _) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e.to_string() }),
+        }
+    }
+    // The kernel frees a namespace in the background; the EVM is gone when
+    // its host port has left the bridge.
+    for (spec, router) in ports_to_vanish {
+        match wait_gone(&router.netlink, &spec.host_port).await {
+            Ok(()) => reply.deleted += 1,
+            Err(e) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e }),
+        }
+    }
+
+    let routers = &routers;
+    // Owned specs: a stream of borrowing futures trips the compiler's
+    // higher-ranked lifetime check inside async-trait methods.
+    let results: Vec<(EvmSpec, Result<bool, String>)> = futures::stream::iter(batch.create.iter().cloned())
+        .map(|spec: EvmSpec| async move {
+            let result = match routers.get(&spec.router_namespace) {
+                Some(router) => ensure(&spec, router).await.map_err(|e| e.to_string()),
+                None => Err(format!("router namespace {} unavailable", spec.router_namespace)),
+            };
+            (spec, result)
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    for (spec, result) in results {
+        match result {
+            Ok(true) => reply.created += 1,
+            Ok(false) => reply.existing += 1,
+            Err(error) if reply.failures.iter().any(|f| f.namespace == spec.namespace) => drop(error),
+            Err(error) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error }),
+        }
+    }
+    reply
+}
+
+async fn open_router(namespace: &str) -> Result<Router, OverlayError> {
+    let netlink = netns::open(namespace).await?;
+    let fd = netns::open_fd(namespace)?;
+    let bridges = netlink.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
+    Ok(Router { netlink, fd, bridges })
+}
+
+/// Creates the EVM unless it is already whole; true when it was created.
+async fn ensure(spec: &EvmSpec, router: &Router) -> Result<bool, OverlayError> {
+    let bridge = *router
+        .bridges
+        .get(&spec.bridge)
+        .ok_or_else(|| OverlayError::Invalid(format!("bridge {} missing in {}", spec.bridge, spec.router_namespace)))?;
+    if netns::exists(&spec.namespace) {
+        let netlink = netns::open(&spec.namespace).await?;
+        if netlink.link("eth0").await?.is_some_and(|eth0| eth0.up) {
+            return Ok(false);
+        }
+        // Half-made (e.g. an agent died mid-creation): start over.
+        drop(netlink);
+        netns::delete(&spec.namespace)?;
+        wait_gone(&router.netlink, &spec.host_port).await.map_err(OverlayError::Invalid)?;
+    }
+    let (address, prefix_len) = parse_cidr(&spec.address)?;
+    let gateway: Ipv4Addr = spec.gateway.parse().map_err(|_| OverlayError::Invalid(format!("bad gateway {:?}", spec.gateway)))?;
+    let mac = netdev::parse_mac(&spec.mac).ok_or_else(|| OverlayError::Invalid(format!("bad MAC {:?}", spec.mac)))?;
+    let gateway_mac = netdev::parse_mac(&spec.gateway_mac)
+        .ok_or_else(|| OverlayError::Invalid(format!("bad gateway MAC {:?}", spec.gateway_mac)))?;
+
+    let evm = netns::create(&spec.namespace, NetnsOptions::default()).await?;
+    let built = async {
+        evm.create_veth_at("eth0", ETH0_INDEX, mac, &spec.host_port, &router.fd).await?;
+        router.netlink.set_link_by_name(&spec.host_port, Some(bridge)).await?;
+        evm.disable_ipv6_addresses(ETH0_INDEX).await?;
+        evm.add_address(ETH0_INDEX, address.into(), prefix_len).await?;
+        evm.set_link(ETH0_INDEX, None, None).await?;
+        evm.set_link(LOOPBACK_INDEX, None, None).await?;
+        evm.add_neighbour(ETH0_INDEX, gateway, gateway_mac).await?;
+        evm.add_default_route(gateway).await?;
+        Ok::<_, OverlayError>(())
+    }
+    .await;
+    if let Err(e) = built {
+        let _ = netns::delete(&spec.namespace);
+        return Err(e);
+    }
+    Ok(true)
+}
+
+async fn wait_gone(router: &Netlink, port: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match router.link(port).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Ok(Some(_)) => return Err(format!("port {port} still present 30 s after its EVM was deleted")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Tenant networks on one EPM. Per VPC present here, a router namespace
+//! (VPCs with overlapping CIDRs need separate routing tables, and this kernel
+//! has no VRF); in it, per subnet of the VPC, a bridge that holds the subnet's
+//! gateway address and MAC (identical on every EPM: a distributed gateway)
+//! and a VXLAN port whose UDP socket lives in the EPM namespace on the
+//! underlay. Flooding is head-end replication to the EPMs that host the VPC.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use merak_proto::agent::{OverlayGoal, SubnetGoal, VpcGoal};
+
+use crate::netdev::{self, NetdevError, Netlink};
+use crate::netns::{self, NetnsError, NetnsOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Netdev(#[from] NetdevError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Converges the EPM's overlay to `goal`; returns what it changed.
+pub async fn apply(epm: &Netlink, goal: &OverlayGoal) -> Result<Vec<String>, OverlayError> {
+    let underlay_ip: Ipv4Addr = goal
+        .underlay_ip
+        .parse()
+        .map_err(|_| OverlayError::Invalid(format!("bad underlay address {:?}", goal.underlay_ip)))?;
+    let underlay = epm
+        .links()
+        .await?
+        .into_iter()
+        .find(|l| l.name == "eth1")
+        .ok_or_else(|| OverlayError::Invalid("the EPM has no eth1".into()))?;
+    let mut actions = Vec::new();
+
+    let wanted: HashSet<&str> = goal.vpcs.iter().map(|v| v.namespace.as_str()).collect();
+    if !goal.router_prefix.is_empty() {
+        let existing = netns::list_with_prefix(&goal.router_prefix).map_err(|e| OverlayError::Invalid(e.to_string()))?;
+        for stale in existing.iter().filter(|ns| !wanted.contains(ns.as_str())) {
+            netns::delete(stale)?;
+            actions.push(format!("removed {stale}"));
+        }
+    }
+    for vpc in &goal.vpcs {
+        apply_vpc(epm, underlay.index, underlay_ip, vpc, &mut actions).await?;
+    }
+    Ok(actions)
+}
+
+async fn apply_vpc(epm: &Netlink, underlay: u32, underlay_ip: Ipv4Addr, vpc: &VpcGoal, actions: &mut Vec<String>) -> Result<(), OverlayError> {
+    let router = if netns::exists(&vpc.namespace) {
+        netns::open(&vpc.namespace).await?
+    } else {
+        actions.push(format!("created {}", vpc.namespace));
+        netns::create(&vpc.namespace, NetnsOptions { disable_ipv6: true, forwarding: true }).await?
+    };
+    for subnet in &vpc.subnets {
+        apply_subnet(epm, &router, &vpc.namespace, underlay, underlay_ip, subnet, actions).await?;
+    }
+    Ok(())
+}
+
+async fn apply_subnet(
+    epm: &Netlink,
+    router: &Netlink,
+    router_ns: &str,
+    underlay: u32,
+    underlay_ip: Ipv4Addr,
+    subnet: &SubnetGoal,
+    actions: &mut Vec<String>,
+) -> Result<(), OverlayError> {
+    let (gateway, prefix_len) = parse_cidr(&subnet.gateway)?;
+    let gateway_mac = netdev::parse_mac(&subnet.gateway_mac)
+        .ok_or_else(|| OverlayError::Invalid(format!("bad gateway MAC {:?}", subnet.gateway_mac)))?;
+
+    let bridge = match router.link(&subnet.bridge).await? {
+        Some(bridge) => bridge,
+        None => {
+            router.create_bridge(&subnet.bridge).await?;
+            actions.push(format!("{router_ns}: bridge {}", subnet.bridge));
+            router
+                .link(&subnet.bridge)
+                .await?
+                .ok_or_else(|| OverlayError::Invalid(format!("bridge {} vanished", subnet.bridge)))?
+        }
+    };
+    if bridge.mac != Some(gateway_mac) || !bridge.up {
+        router.set_link(bridge.index, None, Some(gateway_mac)).await?;
+    }
+    let addresses = router.addresses(bridge.index).await?;
+    if !addresses.contains(&(gateway.into(), prefix_len)) {
+        router.add_address(bridge.index, gateway.into(), prefix_len).await?;
+        actions.push(format!("{router_ns}: gateway {}", subnet.gateway));
+    }
+
+    let vxlan = match router.link(&subnet.vxlan).await? {
+        Some(vxlan) => vxlan,
+        None => {
+            let router_fd = netns::open_fd(router_ns)?;
+            epm.create_vxlan(&subnet.vxlan, subnet.vni, underlay_ip, underlay, &router_fd).await?;
+            actions.push(format!("{router_ns}: vxlan {} VNI {}", subnet.vxlan, subnet.vni));
+            router
+                .link(&subnet.vxlan)
+                .await?
+                .ok_or_else(|| OverlayError::Invalid(format!("vxlan {} vanished", subnet.vxlan)))?
+        }
+    };
+    if !vxlan.up || vxlan.controller != Some(bridge.index) {
+        router.set_link(vxlan.index, Some(bridge.index), None).await?;
+    }
+    let present = router.flood_destinations(vxlan.index).await?;
+    for remote in &subnet.flood {
+        let remote: Ipv4Addr = remote.parse().map_err(|_| OverlayError::Invalid(format!("bad flood address {remote:?}")))?;
+        if !present.contains(&remote) {
+            router.add_flood_destination(vxlan.index, remote).await?;
+            actions.push(format!("{router_ns}: {} floods to {remote}", subnet.vxlan));
+        }
+    }
+    Ok(())
+}
+
+pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), OverlayError> {
+    let parsed = text.split_once('/').and_then(|(ip, len)| Some((ip.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?)));
+    parsed.ok_or_else(|| OverlayError::Invalid(format!("{text:?} is not an IPv4 CIDR")))
+}

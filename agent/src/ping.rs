@@ -1,0 +1,101 @@
+//! ICMP echo from inside an EVM's namespace: a raw socket opened on a thread
+//! that entered the namespace, so no `ping` process is spawned.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::netns;
+
+/// Whether `to` answers one echo request sent from namespace `from` within `timeout`.
+pub fn ping(from: &str, to: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
+    let ns = netns::open_fd(from).map_err(io::Error::other)?;
+    // The socket belongs to the namespace it was created in.
+    let socket = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                netns::enter(&ns)?;
+                // SAFETY: socket(2); ownership goes to the OwnedFd.
+                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: fd is fresh and owned here.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .join()
+            .map_err(|_| io::Error::other("ping thread panicked"))?
+    })?;
+
+    let id = (std::process::id() as u16) ^ (to.to_bits() as u16);
+    let mut packet = [0u8; 16];
+    packet[0] = 8; // echo request
+    packet[4..6].copy_from_slice(&id.to_be_bytes());
+    packet[6..8].copy_from_slice(&1u16.to_be_bytes());
+    packet[8..16].copy_from_slice(b"merak-pi");
+    let checksum = internet_checksum(&packet);
+    packet[2..4].copy_from_slice(&checksum.to_be_bytes());
+
+    let address = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(to).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sendto(2) with a valid buffer and sockaddr_in.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&address as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        let error = io::Error::last_os_error();
+        // No route or no neighbour: unreachable, not a failure of the probe.
+        return match error.raw_os_error() {
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => Ok(false),
+            _ => Err(error),
+        };
+    }
+
+    let deadline = Instant::now() + timeout;
+    let mut buffer = [0u8; 1500];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut poll = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll(2) on one valid fd.
+        let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis().max(1) as i32) };
+        if ready <= 0 {
+            continue;
+        }
+        // SAFETY: recv(2) into our buffer.
+        let n = unsafe { libc::recv(socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        if n <= 0 {
+            continue;
+        }
+        let packet = &buffer[..n as usize];
+        // A raw socket sees the IP header; the ICMP message follows it.
+        let header_len = usize::from(packet[0] & 0x0f) * 4;
+        let Some(icmp) = packet.get(header_len..) else { continue };
+        let source = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+        if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() && source == to {
+            return Ok(true);
+        }
+    }
+}
+
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
