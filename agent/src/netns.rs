@@ -1,7 +1,7 @@
 //! Named network namespaces, made the way iproute2 makes them (a bind mount of
-//! the namespace under `/run/netns`) but without spawning a process: a short
-//! lived thread enters or creates the namespace, opens the netlink socket
-//! there, and exits. A netlink socket stays bound to the namespace it was
+//! the namespace under `/run/netns`) but without spawning a process: a worker
+//! thread enters or creates the namespace, opens the netlink socket there, and
+//! returns to its own namespace. A netlink socket stays bound to the namespace it was
 //! opened in, so the returned [`Netlink`] works inside that namespace from any
 //! thread.
 
@@ -128,7 +128,7 @@ fn make_run_dir_shared() -> io::Result<()> {
 pub async fn create(name: &str, options: NetnsOptions) -> Result<Netlink, NetnsError> {
     prepare_run_dir().map_err(|e| NetnsError::io("prepare /run/netns", name, e))?;
     let owned = name.to_string();
-    let fd = on_fresh_thread(move || create_on_this_thread(&owned, options)).await?;
+    let fd = on_worker(move || create_on_this_thread(&owned, options)).await?;
     Netlink::from_fd(fd).map_err(|e| NetnsError::io("open netlink", name, e))
 }
 
@@ -136,7 +136,7 @@ pub async fn create(name: &str, options: NetnsOptions) -> Result<Netlink, NetnsE
 pub async fn open(name: &str) -> Result<Netlink, NetnsError> {
     let ns = open_fd(name)?;
     let owned = name.to_string();
-    let fd = on_fresh_thread(move || {
+    let fd = on_worker(move || {
         enter(&ns).map_err(|e| NetnsError::io("setns", &owned, e))?;
         netlink_socket().map_err(|e| NetnsError::io("open netlink", &owned, e))
     })
@@ -198,7 +198,7 @@ fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, N
         Err(e) => return Err(NetnsError::io("create mount point", name, e)),
     }
     let result = (|| {
-        // SAFETY: unshare(2) affects only this thread, which exits after.
+        // SAFETY: unshare(2) affects only this thread, which returns home after.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             return Err(NetnsError::io("unshare", name, io::Error::last_os_error()));
         }
@@ -251,21 +251,43 @@ fn netlink_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Runs `work` on a new OS thread, so that namespace changes never touch a
-/// thread of the async runtime.
-async fn on_fresh_thread<T, F>(work: F) -> Result<T, NetnsError>
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `work` on the namespace worker: one long-lived OS thread that never
+/// belongs to the async runtime, goes back to its own namespace after every
+/// job (so it never keeps a namespace alive), and saves a thread spawn per
+/// namespace.
+async fn on_worker<T, F>(work: F) -> Result<T, NetnsError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, NetnsError> + Send + 'static,
 {
+    static WORKER: OnceLock<Result<std::sync::mpsc::Sender<Job>, String>> = OnceLock::new();
+    let worker = WORKER.get_or_init(start_worker).as_ref().map_err(|e| NetnsError::io("start namespace worker", "-", io::Error::other(e.clone())))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(work());
+    });
+    worker.send(job).map_err(|_| NetnsError::io("namespace worker", "-", io::Error::other("worker stopped")))?;
+    rx.await.map_err(|_| NetnsError::io("namespace worker", "-", io::Error::other("job panicked")))?
+}
+
+fn start_worker() -> Result<std::sync::mpsc::Sender<Job>, String> {
+    let home = File::open("/proc/thread-self/ns/net").map_err(|e| e.to_string())?;
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
     std::thread::Builder::new()
-        .name("netns".into())
+        .name("netns-worker".into())
         .spawn(move || {
-            let _ = tx.send(work());
+            for job in rx {
+                job();
+                if enter(&home).is_err() {
+                    // Cannot get home: stop taking jobs rather than run them in the wrong place.
+                    break;
+                }
+            }
         })
-        .map_err(|e| NetnsError::io("spawn thread", "-", e))?;
-    rx.await.map_err(|_| NetnsError::io("thread", "-", io::Error::other("namespace thread panicked")))?
+        .map_err(|e| e.to_string())?;
+    Ok(tx)
 }
 
 fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
