@@ -47,10 +47,38 @@ impl Ipv4Cidr {
         size.saturating_sub(2)
     }
 
+    /// Whether `other` lies wholly inside this prefix.
+    pub fn contains(&self, other: &Ipv4Cidr) -> bool {
+        other.prefix_len >= self.prefix_len && u32::from(other.network) & self.mask() == u32::from(self.network)
+    }
+
+    /// Whether two prefixes share any address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other) || other.contains(self)
+    }
+
+    /// The host index of `ip` (inverse of [`Ipv4Cidr::host`]).
+    pub fn index_of(&self, ip: Ipv4Addr) -> Option<u64> {
+        let offset = u64::from(u32::from(ip)).checked_sub(u64::from(u32::from(self.network)) + 1)?;
+        (offset < self.host_capacity()).then_some(offset)
+    }
+
     /// The `n`th host address (0 = the first after the network address).
     pub fn host(&self, n: u64) -> Option<Ipv4Addr> {
         (n < self.host_capacity()).then(|| Ipv4Addr::from(u32::from(self.network) + 1 + n as u32))
     }
+}
+
+/// Parses the CIDR in configuration attribute `attribute`, with a hint on
+/// how to fix it.
+pub fn parse_attribute(attribute: &'static str, text: &str) -> Result<Ipv4Cidr, super::SpecError> {
+    text.parse::<Ipv4Cidr>().map_err(|error| {
+        let hint = match &error {
+            CidrError::HostBitsSet { network, .. } => format!(" Use \"{network}\"."),
+            _ => " Use an IPv4 prefix such as \"10.0.0.0/16\".".to_string(),
+        };
+        super::SpecError::new(attribute, format!("Invalid {attribute}"), format!("{error}.{hint}"))
+    })
 }
 
 impl FromStr for Ipv4Cidr {

@@ -3,6 +3,7 @@
 
 pub mod cidr;
 pub mod naming;
+pub mod overlay;
 pub mod tree;
 
 pub use cidr::Ipv4Cidr;

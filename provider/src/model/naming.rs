@@ -98,9 +98,66 @@ mod tests {
     }
 
     #[test]
+    fn underlay_objects_are_told_from_overlay_ones() {
+        assert!(is_underlay_object("epm-12"));
+        assert!(is_underlay_object("s2-7"));
+        assert!(!is_underlay_object("epm-12.r.blue"));
+        assert!(!is_underlay_object("vm.web.3"));
+        assert!(!is_underlay_object("s-1"));
+        assert!(evm_port(36u32.pow(4) - 1, 36u32.pow(5) - 1).len() <= 15);
+    }
+
+    #[test]
     fn prefixes_do_not_overlap() {
         let a = namespace("a", &epm_name(1));
         assert!(a.starts_with(&topology_prefix("a")));
         assert!(!namespace("a-b", &epm_name(1)).starts_with(&topology_prefix("a")));
     }
+}
+
+/// Whether a namespace object name (the part after the topology prefix) is
+/// an EPM or a vswitch of the underlay, as opposed to overlay objects.
+pub fn is_underlay_object(object: &str) -> bool {
+    let numbered = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
+    match object.strip_prefix("epm-") {
+        Some(index) => numbered(index),
+        None => object
+            .strip_prefix('s')
+            .and_then(|rest| rest.split_once('-'))
+            .is_some_and(|(level, index)| numbered(level) && numbered(index)),
+    }
+}
+
+/// The router namespace of a VPC on an EPM: `merak-<t>.epm-3.r.<vpc>`.
+pub fn router_namespace(topology: &str, epm: &str, vpc: &str) -> String {
+    format!("{}.r.{vpc}", namespace(topology, epm))
+}
+
+/// The prefix of all router namespaces on an EPM.
+pub fn router_prefix(topology: &str, epm: &str) -> String {
+    format!("{}.r.", namespace(topology, epm))
+}
+
+/// An EVM's namespace: `merak-<t>.vm.<group>.<k>`.
+pub fn evm_namespace(topology: &str, group: &str, k: u32) -> String {
+    namespace(topology, &format!("vm.{group}.{k}"))
+}
+
+pub fn evm_name(group: &str, k: u32) -> String {
+    format!("{group}-{k}")
+}
+
+/// In a router namespace: a subnet's bridge and VXLAN device.
+pub fn subnet_bridge(subnet_id: u32) -> String {
+    format!("b{}", base36(subnet_id))
+}
+
+pub fn subnet_vxlan(subnet_id: u32) -> String {
+    format!("x{}", base36(subnet_id))
+}
+
+/// The router-side end of EVM `k` of group `group_id`. Group ids stay below
+/// 36^4 and EVM indexes below 36^5, so the name fits 15 bytes.
+pub fn evm_port(group_id: u32, k: u32) -> String {
+    format!("v{}.{}", base36(group_id), base36(k))
 }

@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::cidr::{CidrError, Ipv4Cidr};
+use super::cidr::{self, Ipv4Cidr};
 use super::{SpecError, naming};
 
 /// A Linux bridge holds at most 1024 ports; keep one for the uplink.
@@ -100,7 +100,7 @@ impl TreeSpec {
             }
             _ => None,
         };
-        let data_plane = match input.data_plane_cidr.parse::<Ipv4Cidr>() {
+        let data_plane = match cidr::parse_attribute("data_plane_cidr", input.data_plane_cidr) {
             Ok(cidr) => {
                 if let Some(hosts) = hosts {
                     if u64::from(hosts) > cidr.host_capacity() {
@@ -119,11 +119,7 @@ impl TreeSpec {
                 Some(cidr)
             }
             Err(error) => {
-                let hint = match &error {
-                    CidrError::HostBitsSet { network, .. } => format!(" Use \"{network}\"."),
-                    _ => " Use an IPv4 prefix such as \"10.0.0.0/16\".".to_string(),
-                };
-                errors.push(SpecError::new("data_plane_cidr", "Invalid data-plane CIDR", format!("{error}.{hint}")));
+                errors.push(SpecError { summary: "Invalid data-plane CIDR".into(), ..error });
                 None
             }
         };

@@ -284,11 +284,14 @@ impl LocalRuntime {
         process::stop_agents(&agents).await;
         record.agents.retain(|epm, _| keep.contains(&naming::namespace(topology, epm)));
 
+        // Reshaping the underlay (a non-empty `keep`) only touches EPMs and
+        // vswitches; destroying the topology removes everything it holds.
         let prefix = naming::topology_prefix(topology);
+        let in_scope = |ns: &str| keep.is_empty() || ns.strip_prefix(&prefix).is_some_and(naming::is_underlay_object);
         let existing: HashSet<String> = netns::list_with_prefix(&prefix)
             .map_err(|e| RuntimeError::io("listing namespaces", e))?
             .into_iter()
-            .filter(|ns| !keep.contains(ns))
+            .filter(|ns| !keep.contains(ns) && in_scope(ns))
             .collect();
         // Waves: EPMs, then vswitches level by level from the leaves up. Each
         // wave's veth peers live in the next wave's namespaces; watching them
