@@ -199,6 +199,30 @@ impl GroupSpec {
         }
     }
 
+    /// How many EVMs each of `candidates` EPMs holds.
+    pub fn per_epm_counts(&self, candidates: usize) -> Vec<u32> {
+        let mut counts = vec![0u32; candidates];
+        if candidates == 0 {
+            return counts;
+        }
+        match self.placement {
+            Placement::Spread => {
+                let n = candidates as u32;
+                for (i, slot) in counts.iter_mut().enumerate() {
+                    *slot = self.count / n + u32::from((i as u32) < self.count % n);
+                }
+            }
+            Placement::Pack => {
+                let mut left = self.count;
+                for slot in counts.iter_mut() {
+                    *slot = left.min(MAX_EVMS_PER_SUBNET_PER_EPM);
+                    left -= *slot;
+                }
+            }
+        }
+        counts
+    }
+
     /// Checks that the group fits on `candidates` EPMs.
     pub fn check_fits(&self, candidates: usize) -> Result<(), SpecError> {
         let needed = match self.placement {
@@ -370,6 +394,13 @@ mod tests {
         assert!(packed.check_fits(2).is_err());
         let crowded = GroupSpec::validate(&subnet, "g", 2500, "spread", vec![]).unwrap();
         assert!(crowded.check_fits(2).is_err());
+        for group in [&small, &big, &packed] {
+            let counts = group.per_epm_counts(4);
+            assert_eq!(counts.iter().sum::<u32>(), group.count);
+            for (i, n) in counts.iter().enumerate() {
+                assert_eq!(*n as usize, (0..group.count).filter(|k| group.epm_of(*k, 4) == i).count());
+            }
+        }
         assert!(GroupSpec::validate(&subnet, "g", 5000, "spread", vec![]).is_err());
         assert!(GroupSpec::validate(&subnet, "g", 1, "random", vec![]).is_err());
     }

@@ -6,7 +6,10 @@ pub mod agent_client;
 pub mod local;
 mod process;
 
+use std::collections::BTreeMap;
+
 use crate::model::TreeSpec;
+use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec, VpcSpec};
 
 /// How much of a topology is up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +25,39 @@ pub struct Failure {
     /// The EPM or vswitch, e.g. `epm-3` or `s1-0`.
     pub object: String,
     pub error: String,
+}
+
+/// How much of an EVM group is up, and what it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub ready: u32,
+    /// Host indexes of its subnet the group holds.
+    pub ranges: Ranges,
+    /// EPM name → EVMs placed there.
+    pub per_epm: BTreeMap<String, u32>,
+    pub failures: Vec<Failure>,
+}
+
+/// One EVM, as the `merak_evms` data source lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvmInfo {
+    pub name: String,
+    pub group: String,
+    pub vpc: String,
+    pub subnet: String,
+    pub epm: String,
+    pub ip: std::net::Ipv4Addr,
+    pub mac: [u8; 6],
+    pub namespace: String,
+}
+
+/// A ping from one EVM to an address, and whether it should get through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub from: EvmInfo,
+    pub to: std::net::Ipv4Addr,
+    pub to_name: String,
+    pub expect_reply: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +76,9 @@ pub enum RuntimeError {
     CorruptRecord { topology: String, path: String, detail: String },
     #[error("{0}")]
     Unavailable(String),
+    /// The request contradicts what exists (overlap, missing parent, ...).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl RuntimeError {
@@ -61,4 +100,25 @@ pub trait Runtime: Send + Sync {
 
     /// Removes everything of the topology and waits until its devices are gone.
     async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError>;
+
+    async fn apply_vpc(&self, spec: &VpcSpec) -> Result<(), RuntimeError>;
+    async fn read_vpc(&self, topology: &str, name: &str) -> Result<Option<VpcSpec>, RuntimeError>;
+    /// Refused while the VPC has subnets.
+    async fn delete_vpc(&self, topology: &str, name: &str) -> Result<(), RuntimeError>;
+
+    /// Refused when the subnet overlaps a sibling or its VNI is taken.
+    async fn apply_subnet(&self, spec: &SubnetSpec) -> Result<(), RuntimeError>;
+    async fn read_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<Option<SubnetSpec>, RuntimeError>;
+    /// Refused while the subnet has EVM groups.
+    async fn delete_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError>;
+
+    /// Creates, scales or repairs the group; only the difference is built or removed.
+    async fn apply_group(&self, spec: &GroupSpec) -> Result<GroupStatus, RuntimeError>;
+    async fn read_group(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError>;
+    async fn delete_group(&self, topology: &str, name: &str) -> Result<(), RuntimeError>;
+
+    /// EVMs of the topology, optionally of one group and/or one EPM.
+    async fn list_evms(&self, topology: &str, group: Option<&str>, epm: Option<&str>) -> Result<Vec<EvmInfo>, RuntimeError>;
+    /// Runs the probes from inside the EVMs; one answer per probe.
+    async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<bool>, RuntimeError>;
 }

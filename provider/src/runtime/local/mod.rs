@@ -20,7 +20,10 @@ use merak_proto::agent::{GetInfoRequest, HealthRequest, UnderlayGoal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{Failure, Runtime, RuntimeError, TopologyStatus, agent_client, process};
+mod overlay;
+
+use super::{EvmInfo, Failure, GroupStatus, Probe, Runtime, RuntimeError, TopologyStatus, agent_client, process};
+use crate::model::overlay::{GroupSpec, SubnetSpec, VpcSpec};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeInput, TreeSpec, Vswitch};
 
@@ -31,10 +34,13 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the kernel may take to tear namespaces down.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LocalRuntime {
     state_dir: PathBuf,
     agent_path: PathBuf,
+    /// Serializes changes to the tenant-network records (Terraform applies
+    /// resources in parallel).
+    overlay_lock: Mutex<()>,
 }
 
 /// What the runtime remembers of a topology.
@@ -82,7 +88,7 @@ impl RecordedSpec {
 
 impl LocalRuntime {
     pub fn new(state_dir: PathBuf, agent_path: PathBuf) -> Self {
-        LocalRuntime { state_dir, agent_path }
+        LocalRuntime { state_dir, agent_path, overlay_lock: Mutex::new(()) }
     }
 
     fn topology_dir(&self, topology: &str) -> PathBuf {
@@ -445,6 +451,50 @@ impl Runtime for LocalRuntime {
         })?;
         let status = self.status(&spec).await;
         Ok(Some((spec, status)))
+    }
+
+    async fn apply_vpc(&self, spec: &VpcSpec) -> Result<(), RuntimeError> {
+        self.apply_vpc_impl(spec).await
+    }
+
+    async fn read_vpc(&self, topology: &str, name: &str) -> Result<Option<VpcSpec>, RuntimeError> {
+        self.read_vpc_impl(topology, name).await
+    }
+
+    async fn delete_vpc(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
+        self.delete_vpc_impl(topology, name).await
+    }
+
+    async fn apply_subnet(&self, spec: &SubnetSpec) -> Result<(), RuntimeError> {
+        self.apply_subnet_impl(spec).await
+    }
+
+    async fn read_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<Option<SubnetSpec>, RuntimeError> {
+        self.read_subnet_impl(topology, vpc, name).await
+    }
+
+    async fn delete_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError> {
+        self.delete_subnet_impl(topology, vpc, name).await
+    }
+
+    async fn apply_group(&self, spec: &GroupSpec) -> Result<GroupStatus, RuntimeError> {
+        self.apply_group_impl(spec).await
+    }
+
+    async fn read_group(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError> {
+        self.read_group_impl(topology, name).await
+    }
+
+    async fn delete_group(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
+        self.delete_group_impl(topology, name).await
+    }
+
+    async fn list_evms(&self, topology: &str, group: Option<&str>, epm: Option<&str>) -> Result<Vec<EvmInfo>, RuntimeError> {
+        self.list_evms_impl(topology, group, epm).await
+    }
+
+    async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<bool>, RuntimeError> {
+        self.ping_impl(topology, probes, timeout_ms).await
     }
 
     async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError> {

@@ -1,0 +1,569 @@
+//! The local runtime's tenant networks: records of VPCs, subnets and EVM
+//! groups, each EPM's overlay goal computed from them (the provider is the
+//! controller), and EVM batches pushed to the agents, many EPMs at once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io;
+
+use futures::StreamExt;
+use merak_agent::netdev;
+use merak_agent::netns;
+use merak_proto::agent::overlay_client::OverlayClient;
+use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingProbe, PingRequest, SubnetGoal, VpcGoal};
+use serde::{Deserialize, Serialize};
+
+use super::LocalRuntime;
+use crate::model::overlay::{self, GroupSpec, Placement, Ranges, SubnetSpec, VpcSpec};
+use crate::model::{Epm, TreeSpec, naming};
+use crate::runtime::{EvmInfo, Failure, GroupStatus, Probe, RuntimeError, agent_client};
+
+/// EPMs talked to at once.
+const PARALLEL_EPMS: usize = 16;
+/// EVMs per request to one agent.
+const BATCH: usize = 2000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct OverlayRecord {
+    next_id: u32,
+    vpcs: BTreeMap<String, VpcRecord>,
+    /// Keyed `vpc/subnet`.
+    subnets: BTreeMap<String, SubnetRecord>,
+    /// Keyed by group name (unique in the topology: it names EVM namespaces).
+    groups: BTreeMap<String, GroupRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VpcRecord {
+    cidr: String,
+    vni: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SubnetRecord {
+    vpc: String,
+    name: String,
+    cidr: String,
+    gateway: String,
+    vni: u32,
+    id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GroupRecord {
+    vpc: String,
+    subnet: String,
+    count: u32,
+    placement: String,
+    epms: Vec<String>,
+    id: u32,
+    ranges: Ranges,
+}
+
+fn subnet_key(vpc: &str, subnet: &str) -> String {
+    format!("{vpc}/{subnet}")
+}
+
+impl SubnetRecord {
+    fn spec(&self, topology: &str) -> Result<SubnetSpec, RuntimeError> {
+        let corrupt = || RuntimeError::Conflict(format!("the record of subnet {} is unreadable", self.name));
+        Ok(SubnetSpec {
+            topology: topology.into(),
+            vpc: self.vpc.clone(),
+            name: self.name.clone(),
+            cidr: self.cidr.parse().map_err(|_| corrupt())?,
+            gateway: self.gateway.parse().map_err(|_| corrupt())?,
+            vni: self.vni,
+        })
+    }
+}
+
+impl GroupRecord {
+    fn spec(&self, topology: &str, name: &str) -> GroupSpec {
+        GroupSpec {
+            topology: topology.into(),
+            vpc: self.vpc.clone(),
+            subnet: self.subnet.clone(),
+            name: name.into(),
+            count: self.count,
+            placement: if self.placement == "pack" { Placement::Pack } else { Placement::Spread },
+            epms: self.epms.clone(),
+        }
+    }
+}
+
+fn placement_name(placement: &Placement) -> &'static str {
+    match placement {
+        Placement::Spread => "spread",
+        Placement::Pack => "pack",
+    }
+}
+
+/// One EVM as the runtime builds it.
+struct Evm {
+    info: EvmInfo,
+    epm_index: u32,
+    spec: EvmSpec,
+}
+
+impl LocalRuntime {
+    fn overlay_path(&self, topology: &str) -> std::path::PathBuf {
+        self.topology_dir(topology).join("overlay.json")
+    }
+
+    pub(super) fn load_overlay(&self, topology: &str) -> Result<OverlayRecord, RuntimeError> {
+        let path = self.overlay_path(topology);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| RuntimeError::CorruptRecord {
+                topology: topology.into(),
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(OverlayRecord::default()),
+            Err(e) => Err(RuntimeError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    fn save_overlay(&self, topology: &str, record: &OverlayRecord) -> Result<(), RuntimeError> {
+        let path = self.overlay_path(topology);
+        let temporary = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| RuntimeError::io("encoding the overlay record", io::Error::other(e)))?;
+        fs::write(&temporary, bytes)
+            .and_then(|()| fs::rename(&temporary, &path))
+            .map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))
+    }
+
+    /// The topology's spec; its tenant networks need it to exist.
+    fn tree(&self, topology: &str) -> Result<TreeSpec, RuntimeError> {
+        let record = self
+            .load_record(topology)?
+            .ok_or_else(|| RuntimeError::Conflict(format!("topology {topology:?} does not exist")))?;
+        record.spec.to_spec().map_err(|detail| RuntimeError::CorruptRecord {
+            topology: topology.into(),
+            path: self.record_path(topology).display().to_string(),
+            detail,
+        })
+    }
+
+    /// The EPMs a group may use, in placement order.
+    fn candidates(tree: &TreeSpec, names: &[String]) -> Result<Vec<Epm>, RuntimeError> {
+        if names.is_empty() {
+            return Ok(tree.epms().collect());
+        }
+        names
+            .iter()
+            .map(|name| {
+                tree.epms()
+                    .find(|epm| &epm.name == name)
+                    .ok_or_else(|| RuntimeError::Conflict(format!("EPM {name:?} is not in topology {}", tree.name)))
+            })
+            .collect()
+    }
+
+    /// Every EVM of a group, `k` from 0.
+    fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &GroupRecord) -> Result<Vec<Evm>, RuntimeError> {
+        let subnet = record
+            .subnets
+            .get(&subnet_key(&group.vpc, &group.subnet))
+            .ok_or_else(|| RuntimeError::Conflict(format!("subnet {} of group {name} is gone", group.subnet)))?;
+        let subnet_spec = subnet.spec(&tree.name)?;
+        let spec = group.spec(&tree.name, name);
+        let candidates = Self::candidates(tree, &group.epms)?;
+        let mut evms = Vec::with_capacity(group.count as usize);
+        for k in 0..group.count {
+            let Some(ip) = group.ranges.index_of(u64::from(k)).and_then(|i| subnet_spec.cidr.host(i)) else { break };
+            let epm = &candidates[spec.epm_of(k, candidates.len())];
+            let namespace = naming::evm_namespace(&tree.name, name, k);
+            let mac = overlay::evm_mac(ip);
+            evms.push(Evm {
+                epm_index: epm.index,
+                spec: EvmSpec {
+                    namespace: namespace.clone(),
+                    router_namespace: naming::router_namespace(&tree.name, &epm.name, &group.vpc),
+                    bridge: naming::subnet_bridge(subnet.id),
+                    host_port: naming::evm_port(group.id, k),
+                    address: format!("{ip}/{}", subnet_spec.cidr.prefix_len()),
+                    mac: netdev::format_mac(&mac),
+                    gateway: subnet_spec.gateway.to_string(),
+                    gateway_mac: netdev::format_mac(&overlay::gateway_mac(epm.index)),
+                },
+                info: EvmInfo {
+                    name: naming::evm_name(name, k),
+                    group: name.into(),
+                    vpc: group.vpc.clone(),
+                    subnet: group.subnet.clone(),
+                    epm: epm.name.clone(),
+                    ip,
+                    mac,
+                    namespace,
+                },
+            });
+        }
+        Ok(evms)
+    }
+
+    /// Every EPM's overlay goal: the VPCs with EVMs on it, each with all its
+    /// subnets (routing between them is local), flooding to the other EPMs
+    /// that host the VPC.
+    fn overlay_goals(tree: &TreeSpec, record: &OverlayRecord) -> Result<Vec<(Epm, OverlayGoal)>, RuntimeError> {
+        let mut hosts: HashMap<&str, Vec<u32>> = HashMap::new();
+        for (name, group) in &record.groups {
+            let candidates = Self::candidates(tree, &group.epms)?;
+            let counts = group.spec(&tree.name, name).per_epm_counts(candidates.len());
+            let entry = hosts.entry(group.vpc.as_str()).or_default();
+            entry.extend(candidates.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(epm, _)| epm.index));
+        }
+        for indexes in hosts.values_mut() {
+            indexes.sort_unstable();
+            indexes.dedup();
+        }
+        let mut goals = Vec::with_capacity(tree.hosts as usize);
+        for epm in tree.epms() {
+            let mut vpcs = Vec::new();
+            for (vpc, indexes) in &hosts {
+                if indexes.binary_search(&epm.index).is_err() {
+                    continue;
+                }
+                let flood: Vec<String> = indexes.iter().filter(|i| **i != epm.index).map(|i| tree.epm(*i).ip.to_string()).collect();
+                let subnets = record
+                    .subnets
+                    .values()
+                    .filter(|s| s.vpc == *vpc)
+                    .map(|s| {
+                        let prefix = s.cidr.split_once('/').map(|(_, p)| p).unwrap_or("32");
+                        SubnetGoal {
+                            vni: s.vni,
+                            bridge: naming::subnet_bridge(s.id),
+                            vxlan: naming::subnet_vxlan(s.id),
+                            gateway: format!("{}/{prefix}", s.gateway),
+                            gateway_mac: netdev::format_mac(&overlay::gateway_mac(epm.index)),
+                            flood: flood.clone(),
+                        }
+                    })
+                    .collect();
+                vpcs.push(VpcGoal { namespace: naming::router_namespace(&tree.name, &epm.name, vpc), subnets });
+            }
+            vpcs.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+            let goal = OverlayGoal {
+                router_prefix: naming::router_prefix(&tree.name, &epm.name),
+                underlay_ip: epm.ip.to_string(),
+                vpcs,
+            };
+            goals.push((epm, goal));
+        }
+        Ok(goals)
+    }
+
+    async fn overlay_client(&self, topology: &str, epm: &str) -> Result<OverlayClient<tonic::transport::Channel>, RuntimeError> {
+        let socket = self.agent_socket(topology, epm);
+        let channel = agent_client::channel(&socket)
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("agent of {epm}: {e}")))?;
+        Ok(OverlayClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+    }
+
+    /// Pushes every EPM's overlay goal; returns the EPMs that failed.
+    async fn push_overlay(&self, tree: &TreeSpec, record: &OverlayRecord) -> Result<Vec<Failure>, RuntimeError> {
+        let goals = Self::overlay_goals(tree, record)?;
+        let failures: Vec<Failure> = futures::stream::iter(goals)
+            .map(|(epm, goal)| async move {
+                let result = async {
+                    let mut client = self.overlay_client(&tree.name, &epm.name).await?;
+                    client.apply_overlay(goal).await.map_err(|s| RuntimeError::Unavailable(s.message().to_string()))?;
+                    Ok::<_, RuntimeError>(())
+                }
+                .await;
+                result.err().map(|e| Failure { object: epm.name.clone(), error: format!("overlay: {e}") })
+            })
+            .buffer_unordered(PARALLEL_EPMS)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        Ok(failures)
+    }
+
+    /// Sends EVM batches, grouped by EPM; returns the failures.
+    async fn push_evms(&self, topology: &str, tree: &TreeSpec, create: Vec<&Evm>, delete: Vec<&Evm>) -> Vec<Failure> {
+        let mut by_epm: BTreeMap<u32, (Vec<EvmSpec>, Vec<EvmSpec>)> = BTreeMap::new();
+        for evm in create {
+            by_epm.entry(evm.epm_index).or_default().0.push(evm.spec.clone());
+        }
+        for evm in delete {
+            by_epm.entry(evm.epm_index).or_default().1.push(evm.spec.clone());
+        }
+        let mut requests = Vec::new();
+        for (epm_index, (mut create, mut delete)) in by_epm {
+            while !create.is_empty() || !delete.is_empty() {
+                let create_now: Vec<_> = create.drain(..create.len().min(BATCH)).collect();
+                let delete_now: Vec<_> = delete.drain(..delete.len().min(BATCH)).collect();
+                requests.push((tree.epm(epm_index).name, EvmBatch { create: create_now, delete: delete_now }));
+            }
+        }
+        futures::stream::iter(requests)
+            .map(|(epm, batch)| async move {
+                match self.overlay_client(topology, &epm).await {
+                    Ok(mut client) => match client.apply_evms(batch).await {
+                        Ok(reply) => reply
+                            .into_inner()
+                            .failures
+                            .into_iter()
+                            .map(|f| Failure { object: format!("{epm}: {}", f.namespace), error: f.error })
+                            .collect(),
+                        Err(status) => vec![Failure { object: epm, error: status.message().to_string() }],
+                    },
+                    Err(e) => vec![Failure { object: epm, error: e.to_string() }],
+                }
+            })
+            .buffer_unordered(PARALLEL_EPMS)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await
+    }
+
+    fn group_status(evms: &[Evm], present: &HashSet<String>, ranges: &Ranges) -> GroupStatus {
+        let mut per_epm = BTreeMap::new();
+        let mut ready = 0;
+        for evm in evms {
+            *per_epm.entry(evm.info.epm.clone()).or_insert(0) += 1;
+            ready += u32::from(present.contains(&evm.info.namespace));
+        }
+        GroupStatus { ready, ranges: ranges.clone(), per_epm, failures: Vec::new() }
+    }
+
+    fn present_namespaces(topology: &str) -> Result<HashSet<String>, RuntimeError> {
+        netns::list_with_prefix(&naming::namespace(topology, "vm."))
+            .map(|names| names.into_iter().collect())
+            .map_err(|e| RuntimeError::io("listing namespaces", e))
+    }
+
+    pub(super) async fn apply_vpc_impl(&self, spec: &VpcSpec) -> Result<(), RuntimeError> {
+        let _guard = self.overlay_lock.lock().await;
+        self.tree(&spec.topology)?;
+        let mut record = self.load_overlay(&spec.topology)?;
+        if let Some((other, _)) = record.vpcs.iter().find(|(name, v)| **name != spec.name && v.vni == spec.vni) {
+            return Err(RuntimeError::Conflict(format!("VNI {} is already VPC {other}'s; set a different vni", spec.vni)));
+        }
+        record.vpcs.insert(spec.name.clone(), VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni });
+        self.save_overlay(&spec.topology, &record)
+    }
+
+    pub(super) async fn read_vpc_impl(&self, topology: &str, name: &str) -> Result<Option<VpcSpec>, RuntimeError> {
+        if self.load_record(topology)?.is_none() {
+            return Ok(None);
+        }
+        let record = self.load_overlay(topology)?;
+        Ok(record.vpcs.get(name).and_then(|v| VpcSpec::validate(topology, name, &v.cidr, Some(i64::from(v.vni))).ok()))
+    }
+
+    pub(super) async fn delete_vpc_impl(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
+        let _guard = self.overlay_lock.lock().await;
+        let mut record = self.load_overlay(topology)?;
+        if let Some(subnet) = record.subnets.values().find(|s| s.vpc == name) {
+            return Err(RuntimeError::Conflict(format!("VPC {name} still has subnet {}; delete it first", subnet.name)));
+        }
+        if record.vpcs.remove(name).is_some() && self.topology_dir(topology).exists() {
+            self.save_overlay(topology, &record)?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn apply_subnet_impl(&self, spec: &SubnetSpec) -> Result<(), RuntimeError> {
+        let _guard = self.overlay_lock.lock().await;
+        let tree = self.tree(&spec.topology)?;
+        let mut record = self.load_overlay(&spec.topology)?;
+        if !record.vpcs.contains_key(&spec.vpc) {
+            return Err(RuntimeError::Conflict(format!("VPC {} does not exist", spec.vpc)));
+        }
+        let key = subnet_key(&spec.vpc, &spec.name);
+        for (other_key, other) in &record.subnets {
+            if *other_key == key {
+                continue;
+            }
+            let other_cidr: crate::model::Ipv4Cidr = other.cidr.parse().map_err(|_| RuntimeError::Conflict("unreadable subnet record".into()))?;
+            if other.vpc == spec.vpc && other_cidr.overlaps(&spec.cidr) {
+                return Err(RuntimeError::Conflict(format!("{} overlaps subnet {} ({other_cidr}) of the same VPC", spec.cidr, other.name)));
+            }
+            if other.vni == spec.vni {
+                return Err(RuntimeError::Conflict(format!("VNI {} is already subnet {}'s", spec.vni, other.name)));
+            }
+        }
+        let id = match record.subnets.get(&key) {
+            Some(existing) => existing.id,
+            None => {
+                record.next_id += 1;
+                record.next_id
+            }
+        };
+        record.subnets.insert(
+            key,
+            SubnetRecord { vpc: spec.vpc.clone(), name: spec.name.clone(), cidr: spec.cidr.to_string(), gateway: spec.gateway.to_string(), vni: spec.vni, id },
+        );
+        self.save_overlay(&spec.topology, &record)?;
+        // EPMs hosting the VPC get the new subnet's gateway too.
+        if record.groups.values().any(|g| g.vpc == spec.vpc) {
+            let failures = self.push_overlay(&tree, &record).await?;
+            if let Some(failure) = failures.first() {
+                return Err(RuntimeError::Unavailable(format!("{}: {}", failure.object, failure.error)));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn read_subnet_impl(&self, topology: &str, vpc: &str, name: &str) -> Result<Option<SubnetSpec>, RuntimeError> {
+        if self.load_record(topology)?.is_none() {
+            return Ok(None);
+        }
+        let record = self.load_overlay(topology)?;
+        record.subnets.get(&subnet_key(vpc, name)).map(|s| s.spec(topology)).transpose()
+    }
+
+    pub(super) async fn delete_subnet_impl(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError> {
+        let _guard = self.overlay_lock.lock().await;
+        let mut record = self.load_overlay(topology)?;
+        if let Some((group, _)) = record.groups.iter().find(|(_, g)| g.vpc == vpc && g.subnet == name) {
+            return Err(RuntimeError::Conflict(format!("subnet {name} still has EVM group {group}; delete it first")));
+        }
+        if record.subnets.remove(&subnet_key(vpc, name)).is_some() && self.topology_dir(topology).exists() {
+            self.save_overlay(topology, &record)?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn apply_group_impl(&self, spec: &GroupSpec) -> Result<GroupStatus, RuntimeError> {
+        let _guard = self.overlay_lock.lock().await;
+        let topology = &spec.topology;
+        let tree = self.tree(topology)?;
+        let mut record = self.load_overlay(topology)?;
+        let subnet = record
+            .subnets
+            .get(&subnet_key(&spec.vpc, &spec.subnet))
+            .ok_or_else(|| RuntimeError::Conflict(format!("subnet {} of VPC {} does not exist", spec.subnet, spec.vpc)))?
+            .spec(topology)?;
+        let candidates = Self::candidates(&tree, &spec.epms)?;
+        spec.check_fits(candidates.len()).map_err(|e| RuntimeError::Conflict(e.detail))?;
+
+        let previous = record.groups.get(&spec.name).cloned();
+        if let Some(previous) = &previous {
+            if previous.vpc != spec.vpc || previous.subnet != spec.subnet {
+                return Err(RuntimeError::Conflict(format!("group {} already exists in subnet {}", spec.name, previous.subnet)));
+            }
+        }
+        let id = previous.as_ref().map(|g| g.id).unwrap_or_else(|| {
+            record.next_id += 1;
+            record.next_id
+        });
+        let old_evms = match &previous {
+            Some(previous) => Self::evms(&tree, &record, &spec.name, previous)?,
+            None => Vec::new(),
+        };
+        let mut ranges = previous.as_ref().map(|g| g.ranges.clone()).unwrap_or_default();
+        let taken: Vec<&Ranges> = record
+            .groups
+            .iter()
+            .filter(|(name, g)| **name != spec.name && g.vpc == spec.vpc && g.subnet == spec.subnet)
+            .map(|(_, g)| &g.ranges)
+            .collect();
+        let gateway_index = subnet.cidr.index_of(subnet.gateway).unwrap_or(0);
+        if overlay::grow(&mut ranges, u64::from(spec.count), subnet.cidr.host_capacity(), gateway_index, &taken).is_none() {
+            return Err(RuntimeError::Conflict(format!("subnet {} ({}) has no room for {} more EVMs", subnet.name, subnet.cidr, spec.count)));
+        }
+        ranges.truncate(u64::from(spec.count));
+        let group = GroupRecord {
+            vpc: spec.vpc.clone(),
+            subnet: spec.subnet.clone(),
+            count: spec.count,
+            placement: placement_name(&spec.placement).into(),
+            epms: spec.epms.clone(),
+            id,
+            ranges: ranges.clone(),
+        };
+        record.groups.insert(spec.name.clone(), group.clone());
+        // The record says what should exist before anything is built, so an
+        // interrupted apply is finished by the next one.
+        self.save_overlay(topology, &record)?;
+
+        let evms = Self::evms(&tree, &record, &spec.name, &group)?;
+        let leaving: Vec<&Evm> = old_evms.iter().skip(evms.len()).collect();
+        let mut failures = self.push_evms(topology, &tree, Vec::new(), leaving).await;
+        failures.extend(self.push_overlay(&tree, &record).await?);
+        let present = Self::present_namespaces(topology)?;
+        let missing: Vec<&Evm> = evms.iter().filter(|e| !present.contains(&e.info.namespace)).collect();
+        failures.extend(self.push_evms(topology, &tree, missing, Vec::new()).await);
+
+        let present = Self::present_namespaces(topology)?;
+        let mut status = Self::group_status(&evms, &present, &ranges);
+        status.failures = failures;
+        Ok(status)
+    }
+
+    pub(super) async fn read_group_impl(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError> {
+        let Ok(tree) = self.tree(topology) else { return Ok(None) };
+        let record = self.load_overlay(topology)?;
+        let Some(group) = record.groups.get(name) else { return Ok(None) };
+        let evms = Self::evms(&tree, &record, name, group)?;
+        let present = Self::present_namespaces(topology)?;
+        Ok(Some((group.spec(topology, name), Self::group_status(&evms, &present, &group.ranges))))
+    }
+
+    pub(super) async fn delete_group_impl(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
+        let _guard = self.overlay_lock.lock().await;
+        let Ok(tree) = self.tree(topology) else { return Ok(()) };
+        let mut record = self.load_overlay(topology)?;
+        let Some(group) = record.groups.get(name).cloned() else { return Ok(()) };
+        let evms = Self::evms(&tree, &record, name, &group)?;
+        let failures = self.push_evms(topology, &tree, Vec::new(), evms.iter().collect()).await;
+        if let Some(failure) = failures.first() {
+            return Err(RuntimeError::Unavailable(format!("deleting {} EVMs failed, first {}: {}", failures.len(), failure.object, failure.error)));
+        }
+        record.groups.remove(name);
+        self.save_overlay(topology, &record)?;
+        let failures = self.push_overlay(&tree, &record).await?;
+        match failures.first() {
+            Some(failure) => Err(RuntimeError::Unavailable(format!("{}: {}", failure.object, failure.error))),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) async fn list_evms_impl(&self, topology: &str, group: Option<&str>, epm: Option<&str>) -> Result<Vec<EvmInfo>, RuntimeError> {
+        let tree = self.tree(topology)?;
+        let record = self.load_overlay(topology)?;
+        let mut all = Vec::new();
+        for (name, g) in &record.groups {
+            if group.is_some_and(|wanted| wanted != name) {
+                continue;
+            }
+            all.extend(Self::evms(&tree, &record, name, g)?.into_iter().map(|e| e.info).filter(|e| epm.is_none_or(|wanted| wanted == e.epm)));
+        }
+        Ok(all)
+    }
+
+    pub(super) async fn ping_impl(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<bool>, RuntimeError> {
+        // Owned keys: borrowing ones trip the higher-ranked lifetime check
+        // of futures streams inside async-trait methods.
+        let mut by_epm: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, probe) in probes.iter().enumerate() {
+            by_epm.entry(probe.from.epm.clone()).or_default().push(i);
+        }
+        let mut reached = vec![false; probes.len()];
+        let answers: Vec<Result<(Vec<usize>, Vec<bool>), RuntimeError>> = futures::stream::iter(by_epm)
+            .map(|(epm, indexes): (String, Vec<usize>)| async move {
+                let mut client = self.overlay_client(topology, &epm).await?;
+                let request = PingRequest {
+                    probes: indexes.iter().map(|&i| PingProbe { from_namespace: probes[i].from.namespace.clone(), to: probes[i].to.to_string() }).collect(),
+                    timeout_ms,
+                };
+                let reply = client.ping(request).await.map_err(|s| RuntimeError::Unavailable(format!("{epm}: {}", s.message())))?;
+                Ok((indexes, reply.into_inner().reached))
+            })
+            .buffer_unordered(PARALLEL_EPMS)
+            .collect()
+            .await;
+        for answer in answers {
+            let (indexes, results) = answer?;
+            for (i, ok) in indexes.into_iter().zip(results) {
+                reached[i] = ok;
+            }
+        }
+        Ok(reached)
+    }
+}
