@@ -23,6 +23,9 @@ pub enum CidrError {
 }
 
 impl Ipv4Cidr {
+    /// 0.0.0.0/0, which contains every prefix.
+    pub const ANY: Ipv4Cidr = Ipv4Cidr { network: Ipv4Addr::UNSPECIFIED, prefix_len: 0 };
+
     pub fn new(network: Ipv4Addr, prefix_len: u8) -> Option<Self> {
         let cidr = Ipv4Cidr { network, prefix_len };
         (prefix_len <= 32 && u32::from(network) & !cidr.mask() == 0).then_some(cidr)

@@ -135,7 +135,7 @@ impl SubnetSpec {
                 name: name.into(),
                 cidr,
                 gateway,
-                vni: derived_vni(&[&vpc.topology, &vpc.vni.to_string(), name]),
+                vni: derived_vni(&[&vpc.topology, &vpc.name, name]),
             }),
             _ => Err(errors),
         }
@@ -163,9 +163,9 @@ impl GroupSpec {
             Some(count as u32)
         } else {
             errors.push(SpecError::new(
-                "count",
+                "evm_count",
                 "Group does not fit its subnet",
-                format!("count is {count}; subnet {} ({}) holds at most {} EVMs.", subnet.name, subnet.cidr, subnet.evm_capacity()),
+                format!("evm_count is {count}; subnet {} ({}) holds at most {} EVMs.", subnet.name, subnet.cidr, subnet.evm_capacity()),
             ));
             None
         };
@@ -232,7 +232,7 @@ impl GroupSpec {
         let epms_needed = u64::from(self.count).div_ceil(u64::from(MAX_EVMS_PER_SUBNET_PER_EPM));
         if candidates == 0 || needed > u64::from(MAX_EVMS_PER_SUBNET_PER_EPM) || epms_needed > candidates as u64 {
             return Err(SpecError::new(
-                "count",
+                "evm_count",
                 "Group does not fit on its EPMs",
                 format!(
                     "{} EVMs on {candidates} EPMs: one EPM holds at most {MAX_EVMS_PER_SUBNET_PER_EPM} EVMs of a subnet. Use more EPMs or fewer EVMs.",

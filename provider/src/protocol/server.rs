@@ -13,7 +13,7 @@ use super::diagnostics::{Diagnostic, Diagnostics};
 use super::schema::Schema;
 use super::{json, msgpack};
 use crate::config;
-use crate::resources::topology;
+use crate::resources::{self, DataSource, Resource};
 use crate::runtime::Runtime;
 
 #[derive(Default, Clone)]
@@ -31,11 +31,18 @@ impl MerakProvider {
     }
 }
 
-fn resource_schema(type_name: &str) -> Result<&'static Schema, Diagnostics> {
-    match type_name {
-        topology::TYPE_NAME => Ok(&topology::SCHEMA),
-        other => Err(Diagnostic::error("Unknown resource type", format!("This provider has no resource type {other:?}.")).into()),
-    }
+fn resource(type_name: &str) -> Result<&'static dyn Resource, Diagnostics> {
+    resources::resource(type_name)
+        .ok_or_else(|| Diagnostic::error("Unknown resource type", format!("This provider has no resource type {type_name:?}.")).into())
+}
+
+fn data_source(type_name: &str) -> Result<&'static dyn DataSource, Diagnostics> {
+    resources::data_source(type_name)
+        .ok_or_else(|| Diagnostic::error("Unknown data source", format!("This provider has no data source {type_name:?}.")).into())
+}
+
+fn schemas<T: ?Sized>(items: &[&T], name: impl Fn(&T) -> &'static str, schema: impl Fn(&T) -> &'static Schema) -> std::collections::HashMap<String, pb::Schema> {
+    items.iter().map(|item| (name(item).to_string(), schema(item).to_proto())).collect()
 }
 
 fn decode(value: Option<&pb::DynamicValue>, ty: &Type) -> Result<Value, Diagnostics> {
@@ -70,8 +77,14 @@ impl Provider for MerakProvider {
         Ok(Response::new(pb::get_metadata::Response {
             server_capabilities: Some(pb::ServerCapabilities::default()),
             diagnostics: Vec::new(),
-            data_sources: Vec::new(),
-            resources: vec![pb::get_metadata::ResourceMetadata { type_name: topology::TYPE_NAME.to_string() }],
+            data_sources: resources::DATA_SOURCES
+                .iter()
+                .map(|d| pb::get_metadata::DataSourceMetadata { type_name: d.type_name().to_string() })
+                .collect(),
+            resources: resources::RESOURCES
+                .iter()
+                .map(|r| pb::get_metadata::ResourceMetadata { type_name: r.type_name().to_string() })
+                .collect(),
         }))
     }
 
@@ -81,8 +94,8 @@ impl Provider for MerakProvider {
     ) -> Result<Response<pb::get_provider_schema::Response>, Status> {
         Ok(Response::new(pb::get_provider_schema::Response {
             provider: Some(config::SCHEMA.to_proto()),
-            resource_schemas: [(topology::TYPE_NAME.to_string(), topology::SCHEMA.to_proto())].into(),
-            data_source_schemas: Default::default(),
+            resource_schemas: schemas(resources::RESOURCES, |r| r.type_name(), |r| r.schema()),
+            data_source_schemas: schemas(resources::DATA_SOURCES, |d| d.type_name(), |d| d.schema()),
             diagnostics: Vec::new(),
             provider_meta: None,
             server_capabilities: Some(pb::ServerCapabilities::default()),
@@ -106,9 +119,8 @@ impl Provider for MerakProvider {
         request: Request<pb::validate_resource_config::Request>,
     ) -> Result<Response<pb::validate_resource_config::Response>, Status> {
         let request = request.into_inner();
-        let result = resource_schema(&request.type_name)
-            .and_then(|schema| decode(request.config.as_ref(), &schema.value_type()))
-            .map(|config| topology::validate(&config));
+        let result = resource(&request.type_name)
+            .and_then(|resource| Ok(resource.validate(&decode(request.config.as_ref(), &resource.schema().value_type())?)));
         let diagnostics = match result {
             Ok(diagnostics) | Err(diagnostics) => diagnostics,
         };
@@ -119,9 +131,13 @@ impl Provider for MerakProvider {
         &self,
         request: Request<pb::validate_data_resource_config::Request>,
     ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
-        let type_name = request.into_inner().type_name;
-        let diagnostic = Diagnostic::error("Unknown data source", format!("This provider has no data source {type_name:?}."));
-        Ok(Response::new(pb::validate_data_resource_config::Response { diagnostics: vec![diagnostic.to_proto()] }))
+        let request = request.into_inner();
+        let result = data_source(&request.type_name)
+            .and_then(|source| Ok(source.validate(&decode(request.config.as_ref(), &source.schema().value_type())?)));
+        let diagnostics = match result {
+            Ok(diagnostics) | Err(diagnostics) => diagnostics,
+        };
+        Ok(Response::new(pb::validate_data_resource_config::Response { diagnostics: diagnostics.to_proto() }))
     }
 
     async fn upgrade_resource_state(
@@ -131,8 +147,8 @@ impl Provider for MerakProvider {
         let request = request.into_inner();
         // Schema version 0 is the only one so far: upgrading is re-encoding
         // the stored JSON as msgpack under the current schema.
-        let result = resource_schema(&request.type_name).and_then(|schema| {
-            let ty = schema.value_type();
+        let result = resource(&request.type_name).and_then(|resource| {
+            let ty = resource.schema().value_type();
             let raw = request.raw_state.map(|raw| raw.json).unwrap_or_default();
             let value = if raw.is_empty() {
                 Value::Null
@@ -166,14 +182,14 @@ impl Provider for MerakProvider {
     async fn read_resource(&self, request: Request<pb::read_resource::Request>) -> Result<Response<pb::read_resource::Response>, Status> {
         let request = request.into_inner();
         let result = async {
-            let schema = resource_schema(&request.type_name)?;
-            let ty = schema.value_type();
+            let resource = resource(&request.type_name)?;
+            let ty = resource.schema().value_type();
             let current = decode(request.current_state.as_ref(), &ty)?;
-            let Some(id) = current.attr("id").as_str() else {
+            if current.is_null() {
                 return encode(&current, &ty);
-            };
+            }
             let runtime = self.runtime()?;
-            let state = topology::read(runtime.as_ref(), id).await?;
+            let state = resource.read(runtime.as_ref(), &current).await?;
             encode(&state.unwrap_or(Value::Null), &ty)
         }
         .await;
@@ -186,17 +202,18 @@ impl Provider for MerakProvider {
         request: Request<pb::plan_resource_change::Request>,
     ) -> Result<Response<pb::plan_resource_change::Response>, Status> {
         let request = request.into_inner();
-        let result = (|| {
-            let schema = resource_schema(&request.type_name)?;
-            let ty = schema.value_type();
+        let result: Result<(pb::DynamicValue, Vec<pb::AttributePath>), Diagnostics> = async {
+            let resource = resource(&request.type_name)?;
+            let ty = resource.schema().value_type();
             let prior = decode(request.prior_state.as_ref(), &ty)?;
             let proposed = decode(request.proposed_new_state.as_ref(), &ty)?;
             if proposed.is_null() {
                 return Ok((encode(&Value::Null, &ty)?, Vec::new()));
             }
             let config = decode(request.config.as_ref(), &ty)?;
-            let planned = topology::plan(&config)?;
-            let replace = if prior.is_null() { Vec::new() } else { topology::requires_replace(&prior, &planned) };
+            let runtime = self.runtime().ok();
+            let planned = resource.plan(runtime.as_deref(), &prior, &config).await?;
+            let replace = if prior.is_null() { Vec::new() } else { resource.requires_replace(&prior, &planned) };
             let replace = replace
                 .into_iter()
                 .map(|name| pb::AttributePath {
@@ -206,7 +223,8 @@ impl Provider for MerakProvider {
                 })
                 .collect();
             Ok((encode(&planned, &ty)?, replace))
-        })();
+        }
+        .await;
         let (planned, diagnostics) = diagnostics_of(result);
         let (planned_state, requires_replace) = match planned {
             Some((state, replace)) => (Some(state), replace),
@@ -226,19 +244,18 @@ impl Provider for MerakProvider {
     ) -> Result<Response<pb::apply_resource_change::Response>, Status> {
         let request = request.into_inner();
         let result: Result<(pb::DynamicValue, Diagnostics), Diagnostics> = async {
-            let schema = resource_schema(&request.type_name)?;
-            let ty = schema.value_type();
+            let resource = resource(&request.type_name)?;
+            let ty = resource.schema().value_type();
             let prior = decode(request.prior_state.as_ref(), &ty)?;
             let planned = decode(request.planned_state.as_ref(), &ty)?;
             let runtime = self.runtime()?;
             if planned.is_null() {
-                let id = prior.attr("id").as_str().unwrap_or_default();
-                let diagnostics = topology::destroy(runtime.as_ref(), id).await;
+                let diagnostics = resource.destroy(runtime.as_ref(), &prior).await;
                 // A failed destroy keeps the prior state, so it can be retried.
                 let state = if diagnostics.has_errors() { prior } else { Value::Null };
                 return Ok((encode(&state, &ty)?, diagnostics));
             }
-            let (state, diagnostics) = topology::apply(runtime.as_ref(), &planned).await;
+            let (state, diagnostics) = resource.apply(runtime.as_ref(), &prior, &planned).await;
             let state = match state {
                 Some(state) => state,
                 // Nothing could be done: what existed before still does.
@@ -260,17 +277,17 @@ impl Provider for MerakProvider {
     ) -> Result<Response<pb::import_resource_state::Response>, Status> {
         let request = request.into_inner();
         let result = async {
-            let schema = resource_schema(&request.type_name)?;
+            let resource = resource(&request.type_name)?;
             let runtime = self.runtime()?;
-            let state = topology::read(runtime.as_ref(), &request.id).await?.ok_or_else(|| {
+            let state = resource.import(runtime.as_ref(), &request.id).await?.ok_or_else(|| {
                 Diagnostics::from(Diagnostic::error(
-                    "Cannot import a topology that does not exist",
-                    format!("The runtime has no topology named {:?}. The import ID is the topology's name.", request.id),
+                    format!("Cannot import {}: it does not exist", request.type_name),
+                    format!("The runtime has no {} with ID {:?}; see the resource's docs for the import ID.", request.type_name, request.id),
                 ))
             })?;
             Ok(pb::import_resource_state::ImportedResource {
                 type_name: request.type_name.clone(),
-                state: Some(encode(&state, &schema.value_type())?),
+                state: Some(encode(&state, &resource.schema().value_type())?),
                 private: Vec::new(),
             })
         }
@@ -283,9 +300,17 @@ impl Provider for MerakProvider {
         &self,
         request: Request<pb::read_data_source::Request>,
     ) -> Result<Response<pb::read_data_source::Response>, Status> {
-        let type_name = request.into_inner().type_name;
-        let diagnostic = Diagnostic::error("Unknown data source", format!("This provider has no data source {type_name:?}."));
-        Ok(Response::new(pb::read_data_source::Response { state: None, diagnostics: vec![diagnostic.to_proto()] }))
+        let request = request.into_inner();
+        let result = async {
+            let source = data_source(&request.type_name)?;
+            let ty = source.schema().value_type();
+            let config = decode(request.config.as_ref(), &ty)?;
+            let runtime = self.runtime()?;
+            encode(&source.read(runtime.as_ref(), &config).await?, &ty)
+        }
+        .await;
+        let (state, diagnostics) = diagnostics_of(result);
+        Ok(Response::new(pb::read_data_source::Response { state, diagnostics }))
     }
 
     async fn stop_provider(&self, _: Request<pb::stop_provider::Request>) -> Result<Response<pb::stop_provider::Response>, Status> {

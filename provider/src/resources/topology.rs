@@ -8,6 +8,53 @@ use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
 use crate::runtime::{Runtime, TopologyStatus};
 
+use super::Resource;
+
+/// The `merak_topology` resource.
+pub struct Topology;
+
+#[tonic::async_trait]
+impl Resource for Topology {
+    fn type_name(&self) -> &'static str {
+        TYPE_NAME
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        spec_of(config).err().unwrap_or_default()
+    }
+
+    async fn plan(&self, _: Option<&dyn Runtime>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+        plan(config)
+    }
+
+    async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+        apply(runtime, planned).await
+    }
+
+    async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics {
+        let id = prior.attr("id").as_str().unwrap_or_default();
+        match runtime.destroy_topology(id).await {
+            Ok(()) => Diagnostics::default(),
+            Err(error) => Diagnostic::error(format!("Could not destroy topology {id}"), error.to_string()).into(),
+        }
+    }
+
+    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics> {
+        match current.attr("id").as_str() {
+            Some(id) => read(runtime, id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+        read(runtime, id).await
+    }
+}
+
 pub const TYPE_NAME: &str = "merak_topology";
 const DEFAULT_PORTS_PER_VSWITCH: i64 = 16;
 
@@ -158,53 +205,28 @@ pub fn state_of(spec: &TreeSpec, ready_epms: u32) -> Value {
     ])
 }
 
-pub fn validate(config: &Value) -> Diagnostics {
-    spec_of(config).err().unwrap_or_default()
-}
-
 /// The planned state: everything derives from the spec, so it is all known
 /// at plan time; `ready_epms` is planned as "all of them".
-pub fn plan(config: &Value) -> Result<Value, Diagnostics> {
+fn plan(config: &Value) -> Result<Value, Diagnostics> {
     match spec_of(config)? {
         Some(spec) => Ok(state_of(&spec, spec.hosts)),
         None => {
-            // Inputs not known yet: keep what the configuration says, leave
-            // everything the provider computes unknown.
-            let Value::Map(mut planned) = config.clone() else {
-                return Ok(Value::Unknown);
-            };
-            for attribute in SCHEMA.block.attributes.iter().filter(|a| a.presence != crate::protocol::schema::Presence::Required) {
-                let slot = planned.entry(attribute.name.to_string()).or_default();
-                if slot.is_null() {
-                    *slot = Value::Unknown;
-                }
+            let mut planned = super::unknown_computed(&SCHEMA, config);
+            if let (Some(name), Value::Map(attributes)) = (config.attr("name").as_str(), &mut planned) {
+                attributes.insert("id".into(), Value::string(name));
+                attributes.insert("namespace_prefix".into(), Value::string(naming::topology_prefix(name)));
             }
-            if let Some(name) = config.attr("name").as_str() {
-                planned.insert("id".into(), Value::string(name));
-                planned.insert("namespace_prefix".into(), Value::string(naming::topology_prefix(name)));
-            }
-            Ok(Value::Map(planned))
+            Ok(planned)
         }
     }
 }
 
-/// Attributes whose change between `prior` and `planned` forces replacement.
-pub fn requires_replace(prior: &Value, planned: &Value) -> Vec<&'static str> {
-    SCHEMA
-        .block
-        .attributes
-        .iter()
-        .filter(|a| a.forces_replacement && prior.attr(a.name) != planned.attr(a.name))
-        .map(|a| a.name)
-        .collect()
-}
-
 /// Builds or changes the topology to match `planned`. The returned state
 /// always says what exists, also when some of it failed.
-pub async fn apply(runtime: &dyn Runtime, planned: &Value) -> (Option<Value>, Diagnostics) {
+async fn apply(runtime: &dyn Runtime, planned: &Value) -> (Option<Value>, Diagnostics) {
     let spec = match spec_of(planned) {
         Ok(Some(spec)) => spec,
-        Ok(None) => return (None, Diagnostic::error("Planned topology not fully known", "This is a provider bug: apply received unknown values.").into()),
+        Ok(None) => return (None, super::unknown_at_apply()),
         Err(diagnostics) => return (None, diagnostics),
     };
     match runtime.apply_topology(&spec).await {
@@ -214,7 +236,7 @@ pub async fn apply(runtime: &dyn Runtime, planned: &Value) -> (Option<Value>, Di
 }
 
 fn failures_to_diagnostics(spec: &TreeSpec, status: &TopologyStatus) -> Diagnostics {
-    if status.failures.is_empty() {
+    if status.failures.is_empty() && status.ready_epms == spec.hosts {
         return Diagnostics::default();
     }
     const SHOWN: usize = 10;
@@ -234,17 +256,10 @@ fn failures_to_diagnostics(spec: &TreeSpec, status: &TopologyStatus) -> Diagnost
 }
 
 /// The topology as it is on the host, or None when it no longer exists.
-pub async fn read(runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+async fn read(runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
     match runtime.read_topology(id).await {
         Ok(Some((spec, status))) => Ok(Some(state_of(&spec, status.ready_epms))),
         Ok(None) => Ok(None),
         Err(error) => Err(Diagnostic::error(format!("Could not read topology {id}"), error.to_string()).into()),
-    }
-}
-
-pub async fn destroy(runtime: &dyn Runtime, id: &str) -> Diagnostics {
-    match runtime.destroy_topology(id).await {
-        Ok(()) => Diagnostics::default(),
-        Err(error) => Diagnostic::error(format!("Could not destroy topology {id}"), error.to_string()).into(),
     }
 }

@@ -98,6 +98,9 @@ pub trait Runtime: Send + Sync {
     /// the runtime has no such topology.
     async fn read_topology(&self, name: &str) -> Result<Option<(TreeSpec, TopologyStatus)>, RuntimeError>;
 
+    /// The recorded spec of a topology, without checking the host (cheap).
+    async fn topology_spec(&self, name: &str) -> Result<Option<TreeSpec>, RuntimeError>;
+
     /// Removes everything of the topology and waits until its devices are gone.
     async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError>;
 

@@ -453,6 +453,13 @@ impl Runtime for LocalRuntime {
         Ok(Some((spec, status)))
     }
 
+    async fn topology_spec(&self, name: &str) -> Result<Option<TreeSpec>, RuntimeError> {
+        match self.load_record(name)? {
+            Some(_) => self.tree(name).map(Some),
+            None => Ok(None),
+        }
+    }
+
     async fn apply_vpc(&self, spec: &VpcSpec) -> Result<(), RuntimeError> {
         self.apply_vpc_impl(spec).await
     }

@@ -134,7 +134,7 @@ impl LocalRuntime {
     }
 
     /// The topology's spec; its tenant networks need it to exist.
-    fn tree(&self, topology: &str) -> Result<TreeSpec, RuntimeError> {
+    pub(super) fn tree(&self, topology: &str) -> Result<TreeSpec, RuntimeError> {
         let record = self
             .load_record(topology)?
             .ok_or_else(|| RuntimeError::Conflict(format!("topology {topology:?} does not exist")))?;

@@ -1,0 +1,252 @@
+//! `merak_evm_group`: N emulated VMs of one subnet, placed on EPMs. State
+//! stays small (ranges and per-EPM counts, not a list of EVMs); scaling
+//! creates or removes only the difference and keeps every remaining EVM's
+//! name, address and MAC.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec};
+use crate::protocol::cty::{Type, Value, object};
+use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
+use crate::protocol::schema::{Attribute, Block, Schema};
+use crate::runtime::{GroupStatus, Runtime};
+
+use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
+
+pub struct EvmGroup;
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    version: 0,
+    block: Block {
+        description: "A group of Emulated VMs (EVMs) in one subnet. Each EVM is a network namespace \
+            whose `eth0` holds its address, MAC and default route via the subnet's gateway. Changing \
+            `evm_count` scales in place: only the difference is created or removed.",
+        attributes: vec![
+            Attribute::computed("id", Type::String, "`<topology>/<vpc>/<subnet>/<name>`."),
+            Attribute::required("subnet_id", Type::String, "The `id` of the `merak_subnet`.").forces_replacement(),
+            Attribute::required("name", Type::String, "Name of the group, unique in its topology (it names the EVMs: `<name>-<k>`): a DNS label of at most 24 characters.").forces_replacement(),
+            Attribute::required("evm_count", Type::Number, "Number of EVMs. (Not `count`: that name is Terraform's meta-argument.)"),
+            Attribute::optional_computed("placement", Type::String, "`spread` (default): EVM *k* on EPM *k* mod N, so EVMs never move when the group scales; `pack`: fill an EPM (1000 EVMs) before the next.").forces_replacement(),
+            Attribute::optional("epms", Type::list(Type::String), "Names of the EPMs to place on (default: all of the topology's).").forces_replacement(),
+            Attribute::optional_computed("device_model", Type::String, "`veth` (default): a veth pair per EVM.").forces_replacement(),
+            Attribute::computed("ready_count", Type::Number, "EVMs that exist on the host. Drops when one is deleted behind Terraform's back; the next apply recreates it."),
+            Attribute::computed("address_ranges", Type::list(Type::String), "The address ranges the group holds in its subnet, e.g. `10.0.1.2-10.0.1.101`."),
+            Attribute::computed("epm_counts", Type::map(Type::Number), "EVMs per EPM, by EPM name."),
+        ],
+        blocks: Vec::new(),
+    },
+});
+
+const INPUTS: &[&str] = &["subnet_id", "name", "evm_count", "placement", "epms", "device_model"];
+
+struct Config {
+    topology: String,
+    vpc: String,
+    subnet: String,
+    name: String,
+    count: i64,
+    placement: String,
+    epms: Vec<String>,
+}
+
+fn config_of(config: &Value) -> Result<Config, Diagnostics> {
+    let mut diagnostics = Diagnostics::default();
+    let subnet_id = known_str(config, "subnet_id").unwrap_or_default();
+    let parts = split_id(subnet_id, 3);
+    if parts.is_none() {
+        diagnostics.push(Diagnostic::attribute_error(&["subnet_id"], "Invalid subnet_id", format!("{subnet_id:?} is not a subnet id; use merak_subnet.<name>.id.")));
+    }
+    match known_str(config, "device_model").unwrap_or("veth") {
+        "veth" => {}
+        "hybrid" => diagnostics.push(Diagnostic::attribute_error(
+            &["device_model"],
+            "device_model \"hybrid\" is not available yet",
+            "Only \"veth\" EVMs are built so far; leave device_model out or set it to \"veth\".",
+        )),
+        other => diagnostics.push(Diagnostic::attribute_error(&["device_model"], "Invalid device_model", format!("device_model is {other:?}; use \"veth\"."))),
+    }
+    let count = config.attr("evm_count").as_i64();
+    if count.is_none() {
+        diagnostics.push(Diagnostic::attribute_error(&["evm_count"], "Invalid evm_count", "evm_count must be a whole number."));
+    }
+    if diagnostics.has_errors() {
+        return Err(diagnostics);
+    }
+    let parts = parts.unwrap_or_default();
+    Ok(Config {
+        topology: parts[0].into(),
+        vpc: parts[1].into(),
+        subnet: parts[2].into(),
+        name: known_str(config, "name").unwrap_or_default().into(),
+        count: count.unwrap_or_default(),
+        placement: known_str(config, "placement").unwrap_or("spread").into(),
+        epms: config.attr("epms").as_list().unwrap_or_default().iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+    })
+}
+
+fn spec_of(config: &Config, subnet: &SubnetSpec) -> Result<GroupSpec, Diagnostics> {
+    GroupSpec::validate(subnet, &config.name, config.count, &config.placement, config.epms.clone()).map_err(spec_errors)
+}
+
+fn format_ranges(subnet: Option<&SubnetSpec>, ranges: &Ranges) -> Value {
+    let Some(subnet) = subnet else { return Value::Unknown };
+    let text = ranges.0.iter().filter_map(|&(start, len)| {
+        let first = subnet.cidr.host(start)?;
+        let last = subnet.cidr.host(start + len - 1)?;
+        Some(Value::string(if len == 1 { first.to_string() } else { format!("{first}-{last}") }))
+    });
+    Value::List(text.collect())
+}
+
+fn state_of(spec: &GroupSpec, subnet: Option<&SubnetSpec>, status: &GroupStatus) -> Value {
+    let epms = if spec.epms.is_empty() { Value::Null } else { Value::List(spec.epms.iter().map(Value::string).collect()) };
+    let counts: BTreeMap<String, Value> = status.per_epm.iter().map(|(epm, n)| (epm.clone(), Value::int(i64::from(*n)))).collect();
+    object([
+        ("id", Value::string(format!("{}/{}/{}/{}", spec.topology, spec.vpc, spec.subnet, spec.name))),
+        ("subnet_id", Value::string(format!("{}/{}/{}", spec.topology, spec.vpc, spec.subnet))),
+        ("name", Value::string(&spec.name)),
+        ("evm_count", Value::int(i64::from(spec.count))),
+        ("placement", Value::string(match spec.placement {
+            crate::model::overlay::Placement::Spread => "spread",
+            crate::model::overlay::Placement::Pack => "pack",
+        })),
+        ("epms", epms),
+        ("device_model", Value::string("veth")),
+        ("ready_count", Value::int(i64::from(status.ready))),
+        ("address_ranges", format_ranges(subnet, &status.ranges)),
+        ("epm_counts", Value::Map(counts)),
+    ])
+}
+
+#[tonic::async_trait]
+impl Resource for EvmGroup {
+    fn type_name(&self) -> &'static str {
+        "merak_evm_group"
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        if any_unknown(config, INPUTS) {
+            return Diagnostics::default();
+        }
+        config_of(config).err().unwrap_or_default()
+    }
+
+    async fn plan(&self, runtime: Option<&dyn Runtime>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+        if any_unknown(config, INPUTS) {
+            return Ok(super::unknown_computed(&SCHEMA, config));
+        }
+        let group = config_of(config)?;
+        let runtime = runtime.ok_or_else(|| Diagnostics::from(Diagnostic::error("Provider not configured", "")))?;
+        let subnet = runtime
+            .read_subnet(&group.topology, &group.vpc, &group.subnet)
+            .await
+            .map_err(|e| runtime_error("Could not read the subnet", e))?;
+        // A subnet created by this same apply: checked at apply.
+        let subnet_for_rules = subnet.clone().unwrap_or_else(|| SubnetSpec {
+            topology: group.topology.clone(),
+            vpc: group.vpc.clone(),
+            name: group.subnet.clone(),
+            cidr: crate::model::Ipv4Cidr::ANY,
+            gateway: std::net::Ipv4Addr::UNSPECIFIED,
+            vni: 1,
+        });
+        let spec = spec_of(&group, &subnet_for_rules)?;
+        let tree = runtime
+            .topology_spec(&group.topology)
+            .await
+            .map_err(|e| runtime_error("Could not read the topology", e))?;
+        let mut per_epm = BTreeMap::new();
+        if let Some(tree) = &tree {
+            let names: Vec<String> = if spec.epms.is_empty() { tree.epms().map(|e| e.name).collect() } else { spec.epms.clone() };
+            if let Some(unknown) = names.iter().find(|name| tree.epms().all(|e| &e.name != *name)) {
+                return Err(Diagnostic::attribute_error(&["epms"], "No such EPM", format!("{unknown:?} is not an EPM of topology {}; EPMs are named epm-0 to epm-{}.", tree.name, tree.hosts.saturating_sub(1))).into());
+            }
+            spec.check_fits(names.len()).map_err(|e| Diagnostics::from(Diagnostic::from(e)))?;
+            for (name, n) in names.iter().zip(spec.per_epm_counts(names.len())) {
+                if n > 0 {
+                    per_epm.insert(name.clone(), n);
+                }
+            }
+        }
+        // The addresses are allocated at apply; an unchanged count keeps them.
+        let unchanged = prior.attr("evm_count").as_i64() == Some(i64::from(spec.count)) && !prior.attr("address_ranges").is_null();
+        let planned_status = GroupStatus { ready: spec.count, per_epm, ..GroupStatus::default() };
+        let mut planned = state_of(&spec, None, &planned_status);
+        if let Value::Map(attributes) = &mut planned {
+            attributes.insert("address_ranges".into(), if unchanged { prior.attr("address_ranges").clone() } else { Value::Unknown });
+            if tree.is_none() {
+                attributes.insert("epm_counts".into(), Value::Unknown);
+            }
+        }
+        Ok(planned)
+    }
+
+    async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+        let group = match config_of(planned) {
+            Ok(group) => group,
+            Err(diagnostics) => return (None, diagnostics),
+        };
+        let subnet = match runtime.read_subnet(&group.topology, &group.vpc, &group.subnet).await {
+            Ok(Some(subnet)) => subnet,
+            Ok(None) => return (None, Diagnostic::attribute_error(&["subnet_id"], "Subnet does not exist", format!("No subnet {}/{} exists; create it first.", group.vpc, group.subnet)).into()),
+            Err(e) => return (None, runtime_error("Could not read the subnet", e)),
+        };
+        let spec = match spec_of(&group, &subnet) {
+            Ok(spec) => spec,
+            Err(diagnostics) => return (None, diagnostics),
+        };
+        match runtime.apply_group(&spec).await {
+            Ok(status) => {
+                let diagnostics = failures(&spec, &status);
+                (Some(state_of(&spec, Some(&subnet), &status)), diagnostics)
+            }
+            Err(error) => (None, runtime_error(format!("Could not build EVM group {}", spec.name), error)),
+        }
+    }
+
+    async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics {
+        let Some(parts) = known_str(prior, "id").and_then(|id| split_id(id, 4)) else { return Diagnostics::default() };
+        runtime
+            .delete_group(parts[0], parts[3])
+            .await
+            .err()
+            .map(|e| runtime_error(format!("Could not delete EVM group {}", parts[3]), e))
+            .unwrap_or_default()
+    }
+
+    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics> {
+        match known_str(current, "id") {
+            Some(id) => self.import(runtime, id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+        let Some(parts) = split_id(id, 4) else { return Ok(None) };
+        let read = |e| runtime_error(format!("Could not read EVM group {id}"), e);
+        let Some((spec, status)) = runtime.read_group(parts[0], parts[3]).await.map_err(read)? else { return Ok(None) };
+        if spec.vpc != parts[1] || spec.subnet != parts[2] {
+            return Ok(None);
+        }
+        let subnet = runtime.read_subnet(parts[0], parts[1], parts[2]).await.map_err(read)?;
+        Ok(Some(state_of(&spec, subnet.as_ref(), &status)))
+    }
+}
+
+fn failures(spec: &GroupSpec, status: &GroupStatus) -> Diagnostics {
+    if status.failures.is_empty() && status.ready == spec.count {
+        return Diagnostics::default();
+    }
+    const SHOWN: usize = 10;
+    let mut detail: Vec<String> = status.failures.iter().take(SHOWN).map(|f| format!("{}: {}", f.object, f.error)).collect();
+    if status.failures.len() > SHOWN {
+        detail.push(format!("... and {} more", status.failures.len() - SHOWN));
+    }
+    detail.push(format!("{} of {} EVMs exist. The state records them; run apply again to converge.", status.ready, spec.count));
+    Diagnostic::error(format!("EVM group {} is incomplete", spec.name), detail.join("\n")).into()
+}

@@ -1,0 +1,205 @@
+//! `merak_pingall`: connectivity checked from inside the EVMs (never from an
+//! EPM): pairs in each subnet, pairs across subnets of each VPC, which must
+//! answer, and pairs across VPCs, which must not.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::LazyLock;
+
+use crate::protocol::cty::{Type, Value};
+use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
+use crate::protocol::schema::{Attribute, Block, Schema};
+use crate::runtime::{EvmInfo, Probe, Runtime};
+
+use super::{DataSource, known_str, runtime_error};
+
+pub struct Pingall;
+
+const DEFAULT_SAMPLES: i64 = 10;
+const DEFAULT_TIMEOUT_MS: i64 = 1000;
+/// Subnets with at most this many EVMs are checked pair by pair.
+const ALL_PAIRS_UP_TO: usize = 6;
+const FAILURES_SHOWN: usize = 10;
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    version: 0,
+    block: Block {
+        description: "Pings from inside EVM namespaces and reports what answered. Probes: every pair in \
+            small subnets and `samples` pairs in larger ones, `samples` pairs between each two subnets \
+            of a VPC (all must answer), and one pair between each two VPCs (must not answer). Read it \
+            after the EVMs exist, e.g. with `depends_on` on the groups.",
+        attributes: vec![
+            Attribute::computed("id", Type::String, "The topology."),
+            Attribute::required("topology_id", Type::String, "The `id` of the `merak_topology`."),
+            Attribute::optional("samples", Type::Number, "Pairs per subnet (and per pair of subnets) when there are too many to try all; default 10."),
+            Attribute::optional("timeout_ms", Type::Number, "How long each ping waits for its reply; default 1000."),
+            Attribute::computed("sent", Type::Number, "Pings sent."),
+            Attribute::computed("received", Type::Number, "Replies received."),
+            Attribute::computed("unexpected", Type::Number, "Pings whose outcome was wrong: no reply within a VPC, or a reply across VPCs. 0 means the network is right."),
+            Attribute::computed("failures", Type::list(Type::String), "The first unexpected outcomes, described."),
+        ],
+        blocks: Vec::new(),
+    },
+});
+
+/// A deterministic spread of `samples` (i, j) pairs, i ≠ j, over n items.
+fn sample_pairs(n: usize, samples: usize) -> Vec<(usize, usize)> {
+    if n < 2 {
+        return Vec::new();
+    }
+    if n <= ALL_PAIRS_UP_TO {
+        return (0..n).flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j))).collect();
+    }
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    (0..samples).map(|_| loop {
+        let (i, j) = (next(), next());
+        if i != j {
+            break (i, j);
+        }
+    }).collect()
+}
+
+/// The probes to run over `evms`.
+pub fn probes(evms: &[EvmInfo], samples: usize) -> Vec<Probe> {
+    let mut by_subnet: BTreeMap<(&str, &str), Vec<&EvmInfo>> = BTreeMap::new();
+    for evm in evms {
+        by_subnet.entry((&evm.vpc, &evm.subnet)).or_default().push(evm);
+    }
+    let probe = |from: &EvmInfo, to: &EvmInfo, expect_reply: bool| Probe { from: from.clone(), to: to.ip, to_name: to.name.clone(), expect_reply };
+    let mut probes = Vec::new();
+    for members in by_subnet.values() {
+        probes.extend(sample_pairs(members.len(), samples).into_iter().map(|(i, j)| probe(members[i], members[j], true)));
+    }
+    let subnets: Vec<(&(&str, &str), &Vec<&EvmInfo>)> = by_subnet.iter().collect();
+    for (a, (key_a, members_a)) in subnets.iter().enumerate() {
+        for (key_b, members_b) in subnets.iter().skip(a + 1) {
+            if key_a.0 == key_b.0 {
+                for k in 0..samples.min(members_a.len() * members_b.len()) {
+                    probes.push(probe(members_a[k % members_a.len()], members_b[(k * 7 + 3) % members_b.len()], true));
+                }
+            }
+        }
+    }
+    // Across VPCs: a target whose address does not exist in the source's VPC,
+    // so a reply could only come from the other VPC.
+    let mut vpc_addresses: BTreeMap<&str, HashSet<std::net::Ipv4Addr>> = BTreeMap::new();
+    for evm in evms {
+        vpc_addresses.entry(&evm.vpc).or_default().insert(evm.ip);
+    }
+    for (vpc_a, _) in &vpc_addresses {
+        for (vpc_b, _) in &vpc_addresses {
+            if vpc_a == vpc_b {
+                continue;
+            }
+            let from = evms.iter().find(|e| e.vpc == *vpc_a);
+            let to = evms.iter().find(|e| e.vpc == *vpc_b && !vpc_addresses[vpc_a].contains(&e.ip));
+            if let (Some(from), Some(to)) = (from, to) {
+                probes.push(probe(from, to, false));
+            }
+        }
+    }
+    probes
+}
+
+#[tonic::async_trait]
+impl DataSource for Pingall {
+    fn type_name(&self) -> &'static str {
+        "merak_pingall"
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        let mut diagnostics = Diagnostics::default();
+        if config.attr("samples").as_i64().is_some_and(|s| !(1..=10_000).contains(&s)) {
+            diagnostics.push(Diagnostic::attribute_error(&["samples"], "Invalid samples", "samples must be between 1 and 10000."));
+        }
+        if config.attr("timeout_ms").as_i64().is_some_and(|t| !(10..=10_000).contains(&t)) {
+            diagnostics.push(Diagnostic::attribute_error(&["timeout_ms"], "Invalid timeout_ms", "timeout_ms must be between 10 and 10000."));
+        }
+        diagnostics
+    }
+
+    async fn read(&self, runtime: &dyn Runtime, config: &Value) -> Result<Value, Diagnostics> {
+        let topology = known_str(config, "topology_id").unwrap_or_default();
+        let samples = config.attr("samples").as_i64().unwrap_or(DEFAULT_SAMPLES) as usize;
+        let timeout = config.attr("timeout_ms").as_i64().unwrap_or(DEFAULT_TIMEOUT_MS) as u32;
+        let evms = runtime.list_evms(topology, None, None).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
+        let probes = probes(&evms, samples);
+        let reached = runtime.ping(topology, &probes, timeout).await.map_err(|e| runtime_error("Could not ping", e))?;
+        let mut failures = Vec::new();
+        let mut unexpected = 0;
+        for (probe, reached) in probes.iter().zip(&reached) {
+            if *reached != probe.expect_reply {
+                unexpected += 1;
+                if failures.len() < FAILURES_SHOWN {
+                    let what = if probe.expect_reply { "no reply" } else { "replied across VPCs" };
+                    failures.push(Value::string(format!("{} ({}) -> {} ({}): {what}", probe.from.name, probe.from.ip, probe.to_name, probe.to)));
+                }
+            }
+        }
+        let mut state = config.clone();
+        if let Value::Map(attributes) = &mut state {
+            attributes.insert("id".into(), Value::string(topology));
+            attributes.insert("sent".into(), Value::int(probes.len() as i64));
+            attributes.insert("received".into(), Value::int(reached.iter().filter(|r| **r).count() as i64));
+            attributes.insert("unexpected".into(), Value::int(unexpected));
+            attributes.insert("failures".into(), Value::List(failures));
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evm(vpc: &str, subnet: &str, k: u8, ip: [u8; 4]) -> EvmInfo {
+        EvmInfo {
+            name: format!("{subnet}-{k}"),
+            group: subnet.into(),
+            vpc: vpc.into(),
+            subnet: subnet.into(),
+            epm: format!("epm-{}", k % 2),
+            ip: ip.into(),
+            mac: [0; 6],
+            namespace: format!("ns-{vpc}-{subnet}-{k}"),
+        }
+    }
+
+    #[test]
+    fn probes_cover_subnets_vpcs_and_isolation() {
+        let evms = vec![
+            evm("blue", "web", 0, [10, 0, 1, 2]),
+            evm("blue", "web", 1, [10, 0, 1, 3]),
+            evm("blue", "db", 0, [10, 0, 2, 2]),
+            evm("red", "web", 0, [10, 0, 1, 2]),
+            evm("red", "web", 1, [10, 0, 1, 9]),
+        ];
+        let probes = probes(&evms, 3);
+        let within = probes.iter().filter(|p| p.expect_reply && p.from.subnet == "web" && p.from.vpc == "blue").count();
+        assert!(within >= 2);
+        assert!(probes.iter().any(|p| p.expect_reply && p.from.vpc == "blue" && p.from.subnet != evms.iter().find(|e| e.ip == p.to && e.vpc == "blue").map(|e| e.subnet.as_str()).unwrap_or("")));
+        let across: Vec<_> = probes.iter().filter(|p| !p.expect_reply).collect();
+        assert_eq!(across.len(), 2);
+        // red -> blue must target an address red does not have itself.
+        let red_to_blue = across.iter().find(|p| p.from.vpc == "red").unwrap();
+        assert!(![[10, 0, 1, 2], [10, 0, 1, 9]].map(std::net::Ipv4Addr::from).contains(&red_to_blue.to));
+        assert!(probes.iter().all(|p| p.from.ip != p.to || p.from.vpc != "blue"));
+    }
+
+    #[test]
+    fn large_subnets_are_sampled() {
+        assert_eq!(sample_pairs(100, 10).len(), 10);
+        assert!(sample_pairs(100, 10).iter().all(|(i, j)| i != j && *i < 100 && *j < 100));
+        assert_eq!(sample_pairs(3, 10).len(), 6);
+        assert!(sample_pairs(1, 10).is_empty());
+    }
+}

@@ -1,0 +1,146 @@
+//! `merak_subnet`: one L2 network of a VPC, carried between EPMs as its own
+//! VXLAN network, with a gateway on every EPM that hosts the VPC.
+
+use std::sync::LazyLock;
+
+use crate::model::overlay::{SubnetSpec, VpcSpec};
+use crate::protocol::cty::{Type, Value, object};
+use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
+use crate::protocol::schema::{Attribute, Block, Schema};
+use crate::runtime::Runtime;
+
+use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
+
+pub struct Subnet;
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    version: 0,
+    block: Block {
+        description: "A subnet of a VPC. EVMs of one subnet reach each other across EPMs over the \
+            subnet's VXLAN network; subnets of one VPC route to each other through the gateway on \
+            each EPM (same `gateway_ip` everywhere).",
+        attributes: vec![
+            Attribute::computed("id", Type::String, "`<topology>/<vpc>/<name>`."),
+            Attribute::required("vpc_id", Type::String, "The `id` of the `merak_vpc`.").forces_replacement(),
+            Attribute::required("name", Type::String, "Name of the subnet, unique in its VPC: a DNS label of at most 32 characters.").forces_replacement(),
+            Attribute::required("cidr", Type::String, "The subnet's IPv4 prefix, inside the VPC's and overlapping no sibling. Changing it replaces the subnet.").forces_replacement(),
+            Attribute::optional_computed("gateway_ip", Type::String, "The gateway EVMs route through. Default: the first host address.").forces_replacement(),
+            Attribute::computed("vni", Type::Number, "The subnet's VXLAN network identifier."),
+        ],
+        blocks: Vec::new(),
+    },
+});
+
+const INPUTS: &[&str] = &["vpc_id", "name", "cidr", "gateway_ip"];
+
+fn vpc_of(config: &Value) -> Result<(String, String), Diagnostics> {
+    let vpc_id = known_str(config, "vpc_id").unwrap_or_default();
+    split_id(vpc_id, 2).map(|p| (p[0].to_string(), p[1].to_string())).ok_or_else(|| {
+        Diagnostic::attribute_error(&["vpc_id"], "Invalid vpc_id", format!("{vpc_id:?} is not a VPC id; use merak_vpc.<name>.id.")).into()
+    })
+}
+
+/// The spec, checked against the VPC.
+fn spec_of(config: &Value, vpc: &VpcSpec) -> Result<SubnetSpec, Diagnostics> {
+    SubnetSpec::validate(vpc, known_str(config, "name").unwrap_or_default(), known_str(config, "cidr").unwrap_or_default(), known_str(config, "gateway_ip"))
+        .map_err(spec_errors)
+}
+
+fn state_of(spec: &SubnetSpec) -> Value {
+    object([
+        ("id", Value::string(format!("{}/{}/{}", spec.topology, spec.vpc, spec.name))),
+        ("vpc_id", Value::string(format!("{}/{}", spec.topology, spec.vpc))),
+        ("name", Value::string(&spec.name)),
+        ("cidr", Value::string(spec.cidr.to_string())),
+        ("gateway_ip", Value::string(spec.gateway.to_string())),
+        ("vni", Value::int(i64::from(spec.vni))),
+    ])
+}
+
+async fn recorded_vpc(runtime: &dyn Runtime, config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
+    let (topology, vpc) = vpc_of(config)?;
+    runtime.read_vpc(&topology, &vpc).await.map_err(|e| runtime_error(format!("Could not read VPC {vpc}"), e))
+}
+
+#[tonic::async_trait]
+impl Resource for Subnet {
+    fn type_name(&self) -> &'static str {
+        "merak_subnet"
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        if any_unknown(config, &["vpc_id"]) {
+            return Diagnostics::default();
+        }
+        vpc_of(config).err().unwrap_or_default()
+    }
+
+    async fn plan(&self, runtime: Option<&dyn Runtime>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+        if any_unknown(config, INPUTS) {
+            return Ok(super::unknown_computed(&SCHEMA, config));
+        }
+        let (topology, vpc_name) = vpc_of(config)?;
+        // The VPC's CIDR is in the runtime's records once the VPC exists;
+        // a VPC created by this same apply is checked at apply.
+        let vpc = match runtime {
+            Some(runtime) => recorded_vpc(runtime, config).await?,
+            None => None,
+        };
+        let vpc = vpc.unwrap_or_else(|| VpcSpec {
+            topology: topology.clone(),
+            name: vpc_name.clone(),
+            cidr: crate::model::Ipv4Cidr::ANY,
+            vni: 1,
+        });
+        Ok(state_of(&spec_of(config, &vpc)?))
+    }
+
+    async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+        let vpc = match recorded_vpc(runtime, planned).await {
+            Ok(Some(vpc)) => vpc,
+            Ok(None) => {
+                let id = known_str(planned, "vpc_id").unwrap_or_default();
+                return (None, Diagnostic::attribute_error(&["vpc_id"], "VPC does not exist", format!("No VPC {id:?} exists; create it first.")).into());
+            }
+            Err(diagnostics) => return (None, diagnostics),
+        };
+        let spec = match spec_of(planned, &vpc) {
+            Ok(spec) => spec,
+            Err(diagnostics) => return (None, diagnostics),
+        };
+        match runtime.apply_subnet(&spec).await {
+            Ok(()) => (Some(state_of(&spec)), Diagnostics::default()),
+            Err(error) => (None, runtime_error(format!("Could not create subnet {}", spec.name), error)),
+        }
+    }
+
+    async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics {
+        let Some(parts) = known_str(prior, "id").and_then(|id| split_id(id, 3)) else { return Diagnostics::default() };
+        runtime
+            .delete_subnet(parts[0], parts[1], parts[2])
+            .await
+            .err()
+            .map(|e| runtime_error(format!("Could not delete subnet {}", parts[2]), e))
+            .unwrap_or_default()
+    }
+
+    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics> {
+        match known_str(current, "id") {
+            Some(id) => self.import(runtime, id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+        let Some(parts) = split_id(id, 3) else { return Ok(None) };
+        let subnet = runtime
+            .read_subnet(parts[0], parts[1], parts[2])
+            .await
+            .map_err(|e| runtime_error(format!("Could not read subnet {id}"), e))?;
+        Ok(subnet.as_ref().map(state_of))
+    }
+}

@@ -1,0 +1,105 @@
+//! `merak_vpc`: a tenant network, isolated from every other VPC (also when
+//! their CIDRs overlap).
+
+use std::sync::LazyLock;
+
+use crate::model::overlay::VpcSpec;
+use crate::protocol::cty::{Type, Value, object};
+use crate::protocol::diagnostics::Diagnostics;
+use crate::protocol::schema::{Attribute, Block, Schema};
+use crate::runtime::Runtime;
+
+use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
+
+pub struct Vpc;
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+    version: 0,
+    block: Block {
+        description: "A VPC: a tenant network of subnets that route to each other and to nothing else. \
+            Its subnets appear on an EPM when EVMs of the VPC are placed there, inside a router \
+            namespace of the VPC, so VPCs with overlapping CIDRs stay apart.",
+        attributes: vec![
+            Attribute::computed("id", Type::String, "`<topology>/<name>`."),
+            Attribute::required("topology_id", Type::String, "The `id` of the `merak_topology` the VPC lives on.").forces_replacement(),
+            Attribute::required("name", Type::String, "Name of the VPC, unique in its topology: a DNS label of at most 32 characters.").forces_replacement(),
+            Attribute::required("cidr", Type::String, "The VPC's IPv4 prefix, e.g. `10.1.0.0/16`; its subnets lie within it.").forces_replacement(),
+            Attribute::optional_computed("vni", Type::Number, "The VPC's VXLAN network identifier (1 to 16777215). Default: derived from the names.").forces_replacement(),
+        ],
+        blocks: Vec::new(),
+    },
+});
+
+const INPUTS: &[&str] = &["topology_id", "name", "cidr", "vni"];
+
+fn spec_of(config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
+    if any_unknown(config, INPUTS) {
+        return Ok(None);
+    }
+    let topology = known_str(config, "topology_id").unwrap_or_default();
+    let name = known_str(config, "name").unwrap_or_default();
+    let cidr = known_str(config, "cidr").unwrap_or_default();
+    VpcSpec::validate(topology, name, cidr, config.attr("vni").as_i64()).map(Some).map_err(spec_errors)
+}
+
+fn state_of(spec: &VpcSpec) -> Value {
+    object([
+        ("id", Value::string(format!("{}/{}", spec.topology, spec.name))),
+        ("topology_id", Value::string(&spec.topology)),
+        ("name", Value::string(&spec.name)),
+        ("cidr", Value::string(spec.cidr.to_string())),
+        ("vni", Value::int(i64::from(spec.vni))),
+    ])
+}
+
+#[tonic::async_trait]
+impl Resource for Vpc {
+    fn type_name(&self) -> &'static str {
+        "merak_vpc"
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
+    }
+
+    fn validate(&self, config: &Value) -> Diagnostics {
+        spec_of(config).err().unwrap_or_default()
+    }
+
+    async fn plan(&self, _: Option<&dyn Runtime>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+        Ok(match spec_of(config)? {
+            Some(spec) => state_of(&spec),
+            None => super::unknown_computed(&SCHEMA, config),
+        })
+    }
+
+    async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+        let spec = match spec_of(planned) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => return (None, super::unknown_at_apply()),
+            Err(diagnostics) => return (None, diagnostics),
+        };
+        match runtime.apply_vpc(&spec).await {
+            Ok(()) => (Some(state_of(&spec)), Diagnostics::default()),
+            Err(error) => (None, runtime_error(format!("Could not create VPC {}", spec.name), error)),
+        }
+    }
+
+    async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics {
+        let (topology, name) = (known_str(prior, "topology_id").unwrap_or_default(), known_str(prior, "name").unwrap_or_default());
+        runtime.delete_vpc(topology, name).await.err().map(|e| runtime_error(format!("Could not delete VPC {name}"), e)).unwrap_or_default()
+    }
+
+    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics> {
+        match known_str(current, "id") {
+            Some(id) => self.import(runtime, id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+        let Some(parts) = split_id(id, 2) else { return Ok(None) };
+        let vpc = runtime.read_vpc(parts[0], parts[1]).await.map_err(|e| runtime_error(format!("Could not read VPC {id}"), e))?;
+        Ok(vpc.as_ref().map(state_of))
+    }
+}
