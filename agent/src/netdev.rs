@@ -374,6 +374,30 @@ impl Netlink {
         Ok(())
     }
 
+    /// Stops flooding to `remote` on the VXLAN device `index`.
+    pub async fn remove_flood_destination(&self, index: u32, remote: Ipv4Addr) -> Result<()> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = index;
+        message.header.state = NeighbourState::Permanent;
+        message.header.flags = NeighbourFlags::Own;
+        message.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(remote)));
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        let op = || format!("remove flood entry {remote} on link {index}");
+        let mut handle = self.handle.clone();
+        let mut responses = handle.request(request).map_err(|e| NetdevError::new(op(), e))?;
+        while let Some(response) = responses.next().await {
+            if let NetlinkPayload::Error(error) = response.payload {
+                if error.code.is_some() {
+                    return Err(NetdevError::new(op(), rtnetlink::Error::NetlinkError(error)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The remote addresses the VXLAN device `index` floods to.
     pub async fn flood_destinations(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
         let mut message = NeighbourMessage::default();

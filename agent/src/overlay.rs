@@ -61,6 +61,15 @@ async fn apply_vpc(epm: &Netlink, underlay: u32, underlay_ip: Ipv4Addr, vpc: &Vp
     for subnet in &vpc.subnets {
         apply_subnet(epm, &router, &vpc.namespace, underlay, underlay_ip, subnet, actions).await?;
     }
+    // Bridges and VXLAN devices of subnets the VPC no longer has.
+    let wanted: HashSet<&str> = vpc.subnets.iter().flat_map(|s| [s.bridge.as_str(), s.vxlan.as_str()]).collect();
+    for link in router.links().await? {
+        let subnet_device = link.name.starts_with('b') || link.name.starts_with('x');
+        if subnet_device && !wanted.contains(link.name.as_str()) {
+            router.delete_link(link.index).await?;
+            actions.push(format!("{}: removed {}", vpc.namespace, link.name));
+        }
+    }
     Ok(())
 }
 
@@ -113,12 +122,18 @@ async fn apply_subnet(
         router.set_link(vxlan.index, Some(bridge.index), None).await?;
     }
     let present = router.flood_destinations(vxlan.index).await?;
+    let mut wanted = Vec::with_capacity(subnet.flood.len());
     for remote in &subnet.flood {
         let remote: Ipv4Addr = remote.parse().map_err(|_| OverlayError::Invalid(format!("bad flood address {remote:?}")))?;
+        wanted.push(remote);
         if !present.contains(&remote) {
             router.add_flood_destination(vxlan.index, remote).await?;
             actions.push(format!("{router_ns}: {} floods to {remote}", subnet.vxlan));
         }
+    }
+    for stale in present.iter().filter(|remote| !wanted.contains(remote)) {
+        router.remove_flood_destination(vxlan.index, *stale).await?;
+        actions.push(format!("{router_ns}: {} stops flooding to {stale}", subnet.vxlan));
     }
     Ok(())
 }

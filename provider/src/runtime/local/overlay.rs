@@ -203,33 +203,44 @@ impl LocalRuntime {
     }
 
     /// Every EPM's overlay goal: the VPCs with EVMs on it, each with all its
-    /// subnets (routing between them is local), flooding to the other EPMs
-    /// that host the VPC.
+    /// subnets (routing between them is local, so a subnet's gateway must be
+    /// wherever its VPC is), each subnet flooding only to the other EPMs that
+    /// hold EVMs of that subnet.
     fn overlay_goals(tree: &TreeSpec, record: &OverlayRecord) -> Result<Vec<(Epm, OverlayGoal)>, RuntimeError> {
-        let mut hosts: HashMap<&str, Vec<u32>> = HashMap::new();
+        // EPM indexes holding EVMs, per VPC and per subnet.
+        let mut vpc_hosts: HashMap<&str, Vec<u32>> = HashMap::new();
+        let mut subnet_hosts: HashMap<(&str, &str), Vec<u32>> = HashMap::new();
         for (name, group) in &record.groups {
             let candidates = Self::candidates(tree, &group.epms)?;
             let counts = group.spec(&tree.name, name).per_epm_counts(candidates.len());
-            let entry = hosts.entry(group.vpc.as_str()).or_default();
-            entry.extend(candidates.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(epm, _)| epm.index));
+            let used = candidates.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(epm, _)| epm.index);
+            let used: Vec<u32> = used.collect();
+            vpc_hosts.entry(group.vpc.as_str()).or_default().extend(&used);
+            subnet_hosts.entry((group.vpc.as_str(), group.subnet.as_str())).or_default().extend(&used);
         }
-        for indexes in hosts.values_mut() {
+        for indexes in vpc_hosts.values_mut().chain(subnet_hosts.values_mut()) {
             indexes.sort_unstable();
             indexes.dedup();
         }
         let mut goals = Vec::with_capacity(tree.hosts as usize);
         for epm in tree.epms() {
             let mut vpcs = Vec::new();
-            for (vpc, indexes) in &hosts {
+            for (vpc, indexes) in &vpc_hosts {
                 if indexes.binary_search(&epm.index).is_err() {
                     continue;
                 }
-                let flood: Vec<String> = indexes.iter().filter(|i| **i != epm.index).map(|i| tree.epm(*i).ip.to_string()).collect();
                 let subnets = record
                     .subnets
                     .values()
                     .filter(|s| s.vpc == *vpc)
                     .map(|s| {
+                        let flood = subnet_hosts
+                            .get(&(s.vpc.as_str(), s.name.as_str()))
+                            .into_iter()
+                            .flatten()
+                            .filter(|i| **i != epm.index)
+                            .map(|i| tree.epm(*i).ip.to_string())
+                            .collect();
                         let prefix = s.cidr.split_once('/').map(|(_, p)| p).unwrap_or("32");
                         SubnetGoal {
                             vni: s.vni,
@@ -237,7 +248,7 @@ impl LocalRuntime {
                             vxlan: naming::subnet_vxlan(s.id),
                             gateway: format!("{}/{prefix}", s.gateway),
                             gateway_mac: netdev::format_mac(&overlay::gateway_mac(epm.index)),
-                            flood: flood.clone(),
+                            flood,
                         }
                     })
                     .collect();
