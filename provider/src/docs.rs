@@ -8,42 +8,57 @@ use anyhow::Context;
 
 use crate::config;
 use crate::protocol::schema::{Block, Presence, Schema};
-use crate::resources::topology;
+use crate::resources;
 
 /// One page: where it goes and what it says.
 pub struct Page {
-    pub path: &'static str,
+    pub path: String,
     pub text: String,
 }
 
+/// Per resource: its example (a file under examples/terraform/resources,
+/// applied together with the others by an acceptance test) and its import ID.
+const RESOURCE_DOCS: &[(&str, &str, &str)] = &[
+    ("merak_topology", include_str!("../../examples/terraform/resources/merak_topology.tf"), "the topology's `name`, e.g. `lab`"),
+    ("merak_vpc", include_str!("../../examples/terraform/resources/merak_vpc.tf"), "`<topology>/<vpc>`, e.g. `lab/blue`"),
+    ("merak_subnet", include_str!("../../examples/terraform/resources/merak_subnet.tf"), "`<topology>/<vpc>/<subnet>`, e.g. `lab/blue/web`"),
+    ("merak_evm_group", include_str!("../../examples/terraform/resources/merak_evm_group.tf"), "`<topology>/<vpc>/<subnet>/<group>`, e.g. `lab/blue/web/web`"),
+];
+
+const DATA_SOURCE_DOCS: &[(&str, &str)] = &[
+    ("merak_evms", include_str!("../../examples/terraform/resources/data_merak_evms.tf")),
+    ("merak_pingall", include_str!("../../examples/terraform/resources/data_merak_pingall.tf")),
+];
+
 pub fn pages() -> Vec<Page> {
-    vec![
-        Page {
-            path: "index.md",
-            text: page(
-                "merak Provider",
-                "",
-                &config::SCHEMA,
-                include_str!("../../examples/terraform/resources/provider.tf"),
-                None,
-            ),
-        },
-        Page {
-            path: "resources/topology.md",
-            text: page(
-                topology::TYPE_NAME,
-                " Resource - terraform-provider-merak",
-                &topology::SCHEMA,
-                include_str!("../../examples/terraform/resources/merak_topology.tf"),
-                Some("The import ID is the topology's `name`; the runtime must hold a topology of that name.\n\n```shell\nterraform import merak_topology.lab lab\n```\n"),
-            ),
-        },
-    ]
+    let mut pages = vec![Page {
+        path: "index.md".into(),
+        text: page("merak Provider", "", &config::SCHEMA, include_str!("../../examples/terraform/resources/provider.tf"), None),
+    }];
+    for resource in resources::RESOURCES {
+        let name = resource.type_name();
+        let Some((_, example, import_id)) = RESOURCE_DOCS.iter().find(|(n, _, _)| *n == name) else { continue };
+        let address = format!("{name}.example");
+        let import = format!("The import ID is {import_id}; the runtime must hold it.\n\n```shell\nterraform import {address} <id>\n```\n");
+        pages.push(Page {
+            path: format!("resources/{}.md", name.trim_start_matches("merak_")),
+            text: page(name, " Resource - terraform-provider-merak", resource.schema(), example, Some(&import)),
+        });
+    }
+    for source in resources::DATA_SOURCES {
+        let name = source.type_name();
+        let Some((_, example)) = DATA_SOURCE_DOCS.iter().find(|(n, _)| *n == name) else { continue };
+        pages.push(Page {
+            path: format!("data-sources/{}.md", name.trim_start_matches("merak_")),
+            text: page(name, " Data Source - terraform-provider-merak", source.schema(), example, None),
+        });
+    }
+    pages
 }
 
 pub fn write_all(dir: &Path) -> anyhow::Result<()> {
     for page in pages() {
-        let path = dir.join(page.path);
+        let path = dir.join(&page.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
@@ -54,7 +69,11 @@ pub fn write_all(dir: &Path) -> anyhow::Result<()> {
 
 fn page(title: &str, title_suffix: &str, schema: &Schema, example: &str, import: Option<&str>) -> String {
     let block = &schema.block;
-    let kind = if title_suffix.is_empty() { "" } else { " (Resource)" };
+    let kind = match title_suffix {
+        "" => "",
+        suffix if suffix.contains("Data Source") => " (Data Source)",
+        _ => " (Resource)",
+    };
     let mut out = String::new();
     let _ = writeln!(out, "---\npage_title: \"{title}{title_suffix}\"\nsubcategory: \"\"\ndescription: |-\n  {}\n---\n", first_sentence(block.description));
     let _ = writeln!(out, "# {title}{kind}\n\n{}\n", block.description);

@@ -23,17 +23,21 @@ fn quickstart_applies_and_destroys() {
 #[test]
 fn documentation_examples_apply_and_destroy() {
     let ws = Workspace::new("docex");
-    let example = std::fs::read_to_string(repo_root().join("examples/terraform/resources/merak_topology.tf")).unwrap();
+    let dir = repo_root().join("examples/terraform/resources");
+    let files = ["merak_topology.tf", "merak_vpc.tf", "merak_subnet.tf", "merak_evm_group.tf", "data_merak_evms.tf", "data_merak_pingall.tf"];
+    let example: String = files.iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap() + "\n").collect();
     // The example's topology name becomes this test's unique one.
     let example: Vec<String> = example
         .lines()
-        .map(|line| if line.trim_start().starts_with("name ") { "  name = \"{name}\"".to_string() } else { line.to_string() })
+        .map(|line| if line.starts_with("  name            = \"lab\"") { "  name = \"{name}\"".to_string() } else { line.to_string() })
         .collect();
     ws.write_config(&example.join("\n"));
     ws.init();
     let output = ws.apply();
     assert!(output.contains("epm-7"), "{output}");
+    assert!(output.contains(" 0 unexpected"), "{output}");
     assert_eq!(ws.resource_values("merak_topology.lab")["ready_epms"], 8);
+    assert_eq!(ws.resource_values("merak_evm_group.db")["epm_counts"], serde_json::json!({"epm-6": 4}));
     ws.ok(&["destroy", "-auto-approve"]);
     ws.assert_nothing_left();
 }

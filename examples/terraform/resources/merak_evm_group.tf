@@ -1,0 +1,14 @@
+# 12 EVMs spread over all EPMs, and 4 packed onto two chosen EPMs.
+resource "merak_evm_group" "web" {
+  subnet_id = merak_subnet.web.id
+  name      = "web"
+  evm_count = 12
+}
+
+resource "merak_evm_group" "db" {
+  subnet_id = merak_subnet.db.id
+  name      = "db"
+  evm_count = 4
+  placement = "pack"
+  epms      = ["epm-6", "epm-7"]
+}

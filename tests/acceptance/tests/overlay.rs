@@ -1,0 +1,233 @@
+//! VPCs, subnets and EVM groups through the real terraform binary: traffic
+//! inside subnets and across them, isolation between VPCs with overlapping
+//! CIDRs, scaling that keeps addresses, drift repair, import, bad input.
+
+use merak_acceptance::Workspace;
+
+/// A 2×2 topology; VPCs blue and red share 10.0.0.0/16; blue has web and
+/// db, red has web (same CIDR as blue's web).
+fn tenants(blue_web: u32, red_web: u32) -> String {
+    format!(
+        r#"
+resource "merak_topology" "dc" {{
+  name            = "{{name}}"
+  racks           = 2
+  hosts_per_rack  = 2
+  data_plane_cidr = "10.201.0.0/24"
+}}
+
+resource "merak_vpc" "blue" {{
+  topology_id = merak_topology.dc.id
+  name        = "blue"
+  cidr        = "10.0.0.0/16"
+}}
+
+resource "merak_vpc" "red" {{
+  topology_id = merak_topology.dc.id
+  name        = "red"
+  cidr        = "10.0.0.0/16"
+}}
+
+resource "merak_subnet" "blue_web" {{
+  vpc_id = merak_vpc.blue.id
+  name   = "web"
+  cidr   = "10.0.1.0/24"
+}}
+
+resource "merak_subnet" "blue_db" {{
+  vpc_id = merak_vpc.blue.id
+  name   = "db"
+  cidr   = "10.0.2.0/24"
+}}
+
+resource "merak_subnet" "red_web" {{
+  vpc_id = merak_vpc.red.id
+  name   = "web"
+  cidr   = "10.0.1.0/24"
+}}
+
+resource "merak_evm_group" "bweb" {{
+  subnet_id = merak_subnet.blue_web.id
+  name      = "bweb"
+  evm_count = {blue_web}
+}}
+
+resource "merak_evm_group" "bdb" {{
+  subnet_id = merak_subnet.blue_db.id
+  name      = "bdb"
+  evm_count = 3
+}}
+
+resource "merak_evm_group" "rweb" {{
+  subnet_id = merak_subnet.red_web.id
+  name      = "rweb"
+  evm_count = {red_web}
+}}
+
+data "merak_pingall" "check" {{
+  topology_id = merak_topology.dc.id
+  depends_on  = [merak_evm_group.bweb, merak_evm_group.bdb, merak_evm_group.rweb]
+}}
+
+data "merak_evms" "bweb" {{
+  topology_id = merak_topology.dc.id
+  group       = merak_evm_group.bweb.name
+}}
+
+output "unexpected" {{
+  value = data.merak_pingall.check.unexpected
+}}
+
+output "failures" {{
+  value = data.merak_pingall.check.failures
+}}
+"#
+    )
+}
+
+fn output(ws: &Workspace, name: &str) -> serde_json::Value {
+    let text = ws.ok(&["output", "-json", name]);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("output {name}: {e}: {text}"))
+}
+
+fn evms(ws: &Workspace) -> Vec<serde_json::Value> {
+    let show: serde_json::Value = serde_json::from_str(&ws.ok(&["show", "-json"])).unwrap();
+    let resources = show["values"]["root_module"]["resources"].as_array().cloned().unwrap_or_default();
+    let source = resources.into_iter().find(|r| r["address"] == "data.merak_evms.bweb").expect("data.merak_evms.bweb in state");
+    source["values"]["evms"].as_array().cloned().unwrap_or_default()
+}
+
+fn inode(path: &str) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+#[test]
+fn tenants_connect_scale_repair_import_and_go_away() {
+    let ws = Workspace::new("ovl");
+    ws.write_config(&tenants(6, 4));
+    ws.init();
+    ws.apply();
+
+    // Connectivity, checked from inside the EVMs by the provider...
+    assert_eq!(output(&ws, "unexpected"), 0, "{}", output(&ws, "failures"));
+    // ...and by hand: same subnet across EPMs, across subnets, not across VPCs.
+    let bweb = evms(&ws);
+    assert_eq!(bweb.len(), 6);
+    assert_ne!(bweb[0]["epm"], bweb[1]["epm"], "spread puts neighbours on different EPMs");
+    let bdb0 = ws.resource_values("merak_evm_group.bdb")["address_ranges"][0].as_str().unwrap().split('-').next().unwrap().to_string();
+    assert!(ws.pings("vm.bweb.0", bweb[1]["ip"].as_str().unwrap()));
+    assert!(ws.pings("vm.bweb.0", &bdb0), "blue web reaches blue db");
+    assert!(!ws.pings("vm.rweb.0", &bdb0), "red reaches nothing of blue");
+    assert_eq!(ws.plan().0, 0, "{}", ws.plan().1);
+
+    // Scale in place: existing EVMs keep namespace, address and MAC.
+    let first = format!("/run/netns/merak-{}.vm.bweb.0", ws.name);
+    let inode_before = inode(&first);
+    ws.write_config(&tenants(10, 2));
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2);
+    assert!(plan.contains("update in-place") && !plan.contains("must be replaced"), "{plan}");
+    ws.apply();
+    let grown = evms(&ws);
+    assert_eq!(grown.len(), 10);
+    assert_eq!(&grown[..6], &bweb[..], "existing EVMs changed");
+    assert_eq!(inode(&first), inode_before);
+    assert_eq!(ws.resource_values("merak_evm_group.rweb")["ready_count"], 2);
+    assert!(!std::path::Path::new(&format!("/run/netns/merak-{}.vm.rweb.2", ws.name)).exists());
+    assert_eq!(output(&ws, "unexpected"), 0, "{}", output(&ws, "failures"));
+    assert_eq!(ws.plan().0, 0);
+
+    // Drift: a deleted EVM shows in the plan, and apply brings it back.
+    assert!(std::process::Command::new("ip").args(["netns", "delete", &format!("merak-{}.vm.bweb.3", ws.name)]).status().unwrap().success());
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2);
+    assert!(plan.contains("ready_count") && plan.contains("9 -> 10"), "{plan}");
+    ws.apply();
+    assert_eq!(ws.plan().0, 0);
+    assert!(ws.pings("vm.bweb.3", &bdb0));
+
+    // Import of every resource into an empty state reproduces it.
+    {
+        let imported = ws.sibling("import");
+        imported.write_config(&tenants(10, 2));
+        imported.init();
+        let topology = ws.name.clone();
+        let imports = [
+            ("merak_topology.dc", topology.clone()),
+            ("merak_vpc.blue", format!("{topology}/blue")),
+            ("merak_vpc.red", format!("{topology}/red")),
+            ("merak_subnet.blue_web", format!("{topology}/blue/web")),
+            ("merak_subnet.blue_db", format!("{topology}/blue/db")),
+            ("merak_subnet.red_web", format!("{topology}/red/web")),
+            ("merak_evm_group.bweb", format!("{topology}/blue/web/bweb")),
+            ("merak_evm_group.bdb", format!("{topology}/blue/db/bdb")),
+            ("merak_evm_group.rweb", format!("{topology}/red/web/rweb")),
+        ];
+        for (address, id) in &imports {
+            imported.ok(&["import", address, id]);
+            assert_eq!(imported.resource_values(address), ws.resource_values(address), "{address}");
+        }
+        // Only the outputs, which an import does not bring, are new.
+        let (_, plan) = imported.plan();
+        assert!(!plan.contains("# merak_") && !plan.contains("# data.merak"), "{plan}");
+    }
+
+    ws.ok(&["destroy", "-auto-approve"]);
+    ws.assert_nothing_left();
+}
+
+#[test]
+fn bad_tenant_input_is_refused_before_anything_is_built() {
+    let ws = Workspace::new("ovlbad");
+    let base = r#"
+resource "merak_topology" "dc" {
+  name            = "{name}"
+  racks           = 1
+  hosts_per_rack  = 2
+  data_plane_cidr = "10.202.0.0/24"
+}
+
+resource "merak_vpc" "blue" {
+  topology_id = merak_topology.dc.id
+  name        = "blue"
+  cidr        = "10.0.0.0/16"
+}
+
+resource "merak_subnet" "web" {
+  vpc_id = merak_vpc.blue.id
+  name   = "web"
+  cidr   = "10.0.1.0/24"
+}
+"#;
+    ws.write_config(base);
+    ws.init();
+    ws.apply();
+    let cases = [
+        ("resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.9.0.0/24\"\n}", "Subnet outside its VPC", "cidr = \"10.9.0.0/24\""),
+        ("resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.0.3.0/24\"\n  gateway_ip = \"10.0.4.1\"\n}", "Gateway outside the subnet", "gateway_ip = \"10.0.4.1\""),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 300\n}", "Group does not fit its subnet", "evm_count = 300"),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-9\"]\n}", "No such EPM", "epms = [\"epm-9\"]"),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  placement = \"random\"\n}", "Invalid placement", "placement = \"random\""),
+        ("resource \"merak_vpc\" \"x\" {\n  topology_id = merak_topology.dc.id\n  name = \"x\"\n  cidr = \"10.0.0.0/16\"\n  vni = 0\n}", "Invalid vni", "vni = 0"),
+    ];
+    for (extra, summary, pinned) in cases {
+        ws.write_config(&format!("{base}\n{extra}\n"));
+        let output = ws.terraform(&["plan"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{extra}: {stderr}");
+        assert!(stderr.contains(summary) && stderr.contains(pinned), "{extra}: wanted {summary:?} at {pinned:?} in {stderr}");
+    }
+    // An overlapping sibling is refused when it is recorded; nothing is built.
+    ws.write_config(&format!("{base}\nresource \"merak_subnet\" \"x\" {{\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.0.1.128/25\"\n}}\n"));
+    let output = ws.terraform(&["apply", "-auto-approve"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("overlaps subnet web"), "{stderr}");
+    let state = ws.ok(&["state", "list"]);
+    assert!(!state.contains("merak_subnet.x"), "{state}");
+
+    // A subnet with groups cannot go before its groups: Terraform orders the
+    // destroy, and the runtime refuses otherwise.
+    ws.write_config(base);
+    ws.ok(&["destroy", "-auto-approve"]);
+    ws.assert_nothing_left();
+}
