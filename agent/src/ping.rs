@@ -29,20 +29,39 @@ pub fn ping(from: &str, to: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
     })?;
 
     let id = (std::process::id() as u16) ^ (to.to_bits() as u16);
-    let mut packet = [0u8; 16];
-    packet[0] = 8; // echo request
-    packet[4..6].copy_from_slice(&id.to_be_bytes());
-    packet[6..8].copy_from_slice(&1u16.to_be_bytes());
-    packet[8..16].copy_from_slice(b"merak-pi");
-    let checksum = internet_checksum(&packet);
-    packet[2..4].copy_from_slice(&checksum.to_be_bytes());
-
     let address = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
         sin_addr: libc::in_addr { s_addr: u32::from(to).to_be() },
         sin_zero: [0; 8],
     };
+    // Like `ping -c 3 -W`: a first packet can be lost while the path warms
+    // up (ARP on both sides, VXLAN and bridge learning), so send up to three
+    // echo requests spread over the timeout; any reply counts.
+    const ATTEMPTS: u32 = 3;
+    let started = Instant::now();
+    let mut buffer = [0u8; 1500];
+    for attempt in 0..ATTEMPTS {
+        if !send_echo(&socket, &address, id, attempt as u16 + 1)? {
+            return Ok(false);
+        }
+        let deadline = started + timeout * (attempt + 1) / ATTEMPTS;
+        if wait_reply(&socket, deadline, id, to, &mut buffer) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Sends one echo request; false when the kernel says the address is unreachable.
+fn send_echo(socket: &OwnedFd, address: &libc::sockaddr_in, id: u16, sequence: u16) -> io::Result<bool> {
+    let mut packet = [0u8; 16];
+    packet[0] = 8; // echo request
+    packet[4..6].copy_from_slice(&id.to_be_bytes());
+    packet[6..8].copy_from_slice(&sequence.to_be_bytes());
+    packet[8..16].copy_from_slice(b"merak-pi");
+    let checksum = internet_checksum(&packet);
+    packet[2..4].copy_from_slice(&checksum.to_be_bytes());
     // SAFETY: sendto(2) with a valid buffer and sockaddr_in.
     let sent = unsafe {
         libc::sendto(
@@ -50,7 +69,7 @@ pub fn ping(from: &str, to: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
             packet.as_ptr().cast(),
             packet.len(),
             0,
-            (&address as *const libc::sockaddr_in).cast(),
+            (address as *const libc::sockaddr_in).cast(),
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
@@ -62,13 +81,15 @@ pub fn ping(from: &str, to: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
             _ => Err(error),
         };
     }
+    Ok(true)
+}
 
-    let deadline = Instant::now() + timeout;
-    let mut buffer = [0u8; 1500];
+/// Waits until `deadline` for an echo reply with our `id` from `to`.
+fn wait_reply(socket: &OwnedFd, deadline: Instant, id: u16, to: Ipv4Addr, buffer: &mut [u8]) -> bool {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(false);
+            return false;
         }
         let mut poll = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: poll(2) on one valid fd.
@@ -87,7 +108,7 @@ pub fn ping(from: &str, to: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
         let Some(icmp) = packet.get(header_len..) else { continue };
         let source = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
         if icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() && source == to {
-            return Ok(true);
+            return true;
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use futures::StreamExt;
+
 use merak_proto::agent::agent_server::Agent;
 use merak_proto::agent::{
     ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, UnderlayGoal,
@@ -115,6 +117,9 @@ fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
     (len <= max).then_some((ip, len))
 }
 
+/// Pings one agent runs at once.
+const PINGS_IN_FLIGHT: usize = 4;
+
 /// The agent's tenant-network service.
 pub struct OverlayService {
     netlink: Netlink,
@@ -157,14 +162,22 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
     ) -> Result<Response<merak_proto::agent::PingReply>, Status> {
         let request = request.into_inner();
         let timeout = std::time::Duration::from_millis(u64::from(request.timeout_ms.clamp(10, 10_000)));
+        // A few at a time: every first ping of a pair floods an ARP request
+        // to all EPMs of the subnet, and a burst of hundreds overflows the
+        // kernel's per-CPU backlog, dropping packets that then look like
+        // broken connectivity.
         let probes = request.probes.into_iter().map(|probe| {
             tokio::task::spawn_blocking(move || {
                 let to = probe.to.parse().map_err(|_| format!("bad address {:?}", probe.to))?;
-                crate::ping::ping(&probe.from_namespace, to, timeout).map_err(|e| format!("{}: {e}", probe.from_namespace))
+                let started = std::time::Instant::now();
+                let result = crate::ping::ping(&probe.from_namespace, to, timeout).map_err(|e| format!("{}: {e}", probe.from_namespace));
+                tracing::debug!(from = %probe.from_namespace, to = %probe.to, ?result, elapsed = ?started.elapsed(), "ping");
+                result
             })
         });
+        let results: Vec<_> = futures::stream::iter(probes).buffered(PINGS_IN_FLIGHT).collect().await;
         let mut reached = Vec::new();
-        for result in futures::future::join_all(probes).await {
+        for result in results {
             match result {
                 Ok(Ok(ok)) => reached.push(ok),
                 Ok(Err(error)) => return Err(Status::invalid_argument(error)),

@@ -5,7 +5,8 @@
 #
 # 2 racks of 3 Emulated Physical Machines (EPMs) under two top-of-rack
 # vswitches and a core vswitch; each EPM runs a merak-agent in its own
-# network namespace.
+# network namespace. On it, a VPC with two subnets and 12 Emulated VMs, and a
+# second VPC with the same CIDR that must stay unreachable from the first.
 
 terraform {
   required_providers {
@@ -39,6 +40,64 @@ resource "merak_topology" "dc" {
   racks           = 2
   hosts_per_rack  = 3
   data_plane_cidr = "10.0.0.0/24"
+}
+
+resource "merak_vpc" "blue" {
+  topology_id = merak_topology.dc.id
+  name        = "blue"
+  cidr        = "10.1.0.0/16"
+}
+
+resource "merak_subnet" "web" {
+  vpc_id = merak_vpc.blue.id
+  name   = "web"
+  cidr   = "10.1.1.0/24"
+}
+
+resource "merak_subnet" "db" {
+  vpc_id = merak_vpc.blue.id
+  name   = "db"
+  cidr   = "10.1.2.0/24"
+}
+
+resource "merak_evm_group" "web" {
+  subnet_id = merak_subnet.web.id
+  name      = "web"
+  evm_count = 8
+}
+
+resource "merak_evm_group" "db" {
+  subnet_id = merak_subnet.db.id
+  name      = "db"
+  evm_count = 4
+}
+
+resource "merak_vpc" "red" {
+  topology_id = merak_topology.dc.id
+  name        = "red"
+  cidr        = "10.1.0.0/16"
+}
+
+resource "merak_subnet" "red" {
+  vpc_id = merak_vpc.red.id
+  name   = "web"
+  cidr   = "10.1.1.0/24"
+}
+
+resource "merak_evm_group" "red" {
+  subnet_id = merak_subnet.red.id
+  name      = "red"
+  evm_count = 3
+}
+
+data "merak_pingall" "check" {
+  topology_id = merak_topology.dc.id
+  depends_on  = [merak_evm_group.web, merak_evm_group.db, merak_evm_group.red]
+}
+
+output "pingall" {
+  description = "Pings from inside the EVMs: within each VPC all must answer, across VPCs none."
+  value       = "${data.merak_pingall.check.received}/${data.merak_pingall.check.sent} replies, ${data.merak_pingall.check.unexpected} unexpected"
 }
 
 output "epms" {

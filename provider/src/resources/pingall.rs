@@ -15,7 +15,8 @@ use super::{DataSource, known_str, runtime_error};
 pub struct Pingall;
 
 const DEFAULT_SAMPLES: i64 = 10;
-const DEFAULT_TIMEOUT_MS: i64 = 1000;
+/// Long enough for a first ping to resolve ARP even if one request is lost.
+const DEFAULT_TIMEOUT_MS: i64 = 2000;
 /// Subnets with at most this many EVMs are checked pair by pair.
 const ALL_PAIRS_UP_TO: usize = 6;
 const FAILURES_SHOWN: usize = 10;
@@ -31,7 +32,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Attribute::computed("id", Type::String, "The topology."),
             Attribute::required("topology_id", Type::String, "The `id` of the `merak_topology`."),
             Attribute::optional("samples", Type::Number, "Pairs per subnet (and per pair of subnets) when there are too many to try all; default 10."),
-            Attribute::optional("timeout_ms", Type::Number, "How long each ping waits for its reply; default 1000."),
+            Attribute::optional("timeout_ms", Type::Number, "How long each ping waits for its reply; default 2000 (a first ping also waits for ARP)."),
             Attribute::computed("sent", Type::Number, "Pings sent."),
             Attribute::computed("received", Type::Number, "Replies received."),
             Attribute::computed("unexpected", Type::Number, "Pings whose outcome was wrong: no reply within a VPC, or a reply across VPCs. 0 means the network is right."),

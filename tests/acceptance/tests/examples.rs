@@ -14,10 +14,49 @@ fn quickstart_applies_and_destroys() {
     let apply: Vec<&str> = ["apply", "-auto-approve"].into_iter().chain(vars).collect();
     let output = ws.ok(&apply);
     assert!(output.contains("6 of 6 EPMs ready, 3 vswitches, 8 links"), "{output}");
+    assert!(output.contains(" 0 unexpected"), "{output}");
     assert!(ws.pings("epm-0", "10.0.0.6"));
     let destroy: Vec<&str> = ["destroy", "-auto-approve"].into_iter().chain(vars).collect();
     ws.ok(&destroy);
     ws.assert_nothing_left();
+}
+
+/// Applies a scenario (which calls the tenant module, so init must install it).
+fn apply_scenario(test: &str, scenario: &str, extra_vars: &[&str]) -> (Workspace, String) {
+    let ws = Workspace::new(test);
+    let source = repo_root().join("examples/terraform/scenarios").join(scenario);
+    // The scenario refers to ../../modules: keep that layout in the workspace.
+    let scenario_dir = ws.dir.join("scenarios").join(scenario);
+    std::fs::create_dir_all(&scenario_dir).unwrap();
+    std::fs::copy(source.join("main.tf"), scenario_dir.join("main.tf")).unwrap();
+    std::os::unix::fs::symlink(repo_root().join("examples/terraform/modules"), ws.dir.join("modules")).unwrap();
+    let chdir = format!("-chdir={}", scenario_dir.display());
+    ws.ok(&[&chdir, "init"]);
+    let name_var = format!("name={}", ws.name);
+    let state_var = format!("state_dir={}", ws.state_dir.display());
+    let mut apply = vec![chdir.as_str(), "apply", "-auto-approve", "-var", &name_var, "-var", &state_var];
+    apply.extend(extra_vars);
+    let output = ws.ok(&apply);
+    let mut destroy = vec![chdir.as_str(), "destroy", "-auto-approve", "-var", &name_var, "-var", &state_var];
+    destroy.extend(extra_vars);
+    ws.ok(&destroy);
+    ws.assert_nothing_left();
+    (ws, output)
+}
+
+#[test]
+fn multi_tenant_scenario_isolates_overlapping_vpcs() {
+    let (_ws, output) = apply_scenario("multi", "multi-tenant", &[]);
+    assert!(output.contains("evms = 15"), "{output}");
+    assert!(output.contains(" 0 unexpected"), "{output}");
+}
+
+#[test]
+fn large_scenario_reuses_the_module_at_another_size() {
+    // Smaller than its default so the test stays quick; the module is the same.
+    let (_ws, output) = apply_scenario("large", "large", &["-var", "web_evms=20"]);
+    assert!(output.contains("evms = 360"), "{output}");
+    assert!(output.contains(" 0 unexpected"), "{output}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ use merak_proto::agent::{GetInfoRequest, HealthRequest, UnderlayGoal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+mod host_limits;
 mod overlay;
 
 use super::{EvmInfo, Failure, GroupStatus, Probe, Runtime, RuntimeError, TopologyStatus, agent_client, process};
@@ -510,10 +511,12 @@ impl Runtime for LocalRuntime {
         self.tear_down(name, spec.as_ref(), &HashSet::new(), &mut record).await?;
         let dir = self.topology_dir(name);
         match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
         }
+        // The last topology on the host gone, the host gets its ARP limits back.
+        host_limits::release(&dir).map_err(|e| RuntimeError::io("restoring the host's ARP table limits", e))
     }
 }
 

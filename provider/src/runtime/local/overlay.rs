@@ -20,6 +20,9 @@ use crate::runtime::{EvmInfo, Failure, GroupStatus, Probe, RuntimeError, agent_c
 
 /// EPMs talked to at once.
 const PARALLEL_EPMS: usize = 16;
+/// EPMs pinging at once (each runs a few pings at a time): keeps the ARP
+/// floods of first pings from overflowing the kernel's backlog.
+const PINGING_EPMS: usize = 4;
 /// EVMs per request to one agent.
 const BATCH: usize = 2000;
 
@@ -58,6 +61,13 @@ struct GroupRecord {
     epms: Vec<String>,
     id: u32,
     ranges: Ranges,
+}
+
+impl OverlayRecord {
+    /// EVMs of all groups.
+    pub(super) fn evm_count(&self) -> u64 {
+        self.groups.values().map(|g| u64::from(g.count)).sum()
+    }
 }
 
 fn subnet_key(vpc: &str, subnet: &str) -> String {
@@ -468,6 +478,9 @@ impl LocalRuntime {
             None => Vec::new(),
         };
         let mut ranges = previous.as_ref().map(|g| g.ranges.clone()).unwrap_or_default();
+        let evms = record.evm_count() - previous.as_ref().map_or(0, |g| u64::from(g.count)) + u64::from(spec.count);
+        super::host_limits::ensure(&self.topology_dir(topology), super::host_limits::needed(u64::from(tree.hosts), evms))
+            .map_err(|e| RuntimeError::io("raising the host's ARP table limit (net.ipv4.neigh.default.gc_thresh3)", e))?;
         let taken: Vec<&Ranges> = record
             .groups
             .iter()
@@ -566,7 +579,7 @@ impl LocalRuntime {
                 let reply = client.ping(request).await.map_err(|s| RuntimeError::Unavailable(format!("{epm}: {}", s.message())))?;
                 Ok((indexes, reply.into_inner().reached))
             })
-            .buffer_unordered(PARALLEL_EPMS)
+            .buffer_unordered(PINGING_EPMS)
             .collect()
             .await;
         for answer in answers {
