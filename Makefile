@@ -55,8 +55,13 @@ test: build terraform
 docs:
 	$(CARGO) run -q -p terraform-provider-merak -- --generate-docs docs
 
-# Benchmarks (not tests): release build, real terraform. BENCH_ARGS="RACKS HOSTS_PER_RACK".
-BENCH_ARGS ?= 8 8
+# Benchmarks (not tests): release build, real terraform.
+#   make bench                         topology (BENCH_TOPOLOGY="RACKS HOSTS_PER_RACK") and EVMs
+#   make bench BENCH_EVMS="30000 100 --pingall"
+BENCH_TOPOLOGY ?= 8 8
+BENCH_EVMS     ?= 10000 100
+BENCH_ENV       = MERAK_BIN_DIR=$(CURDIR)/target/release MERAK_TERRAFORM=$(TERRAFORM)
 bench: terraform
 	$(CARGO) build --release --workspace
-	MERAK_BIN_DIR=$(CURDIR)/target/release MERAK_TERRAFORM=$(TERRAFORM) $(CARGO) run --release -q -p merak-acceptance --bin bench-topology -- $(BENCH_ARGS)
+	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-topology -- $(BENCH_TOPOLOGY)
+	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-evms -- $(BENCH_EVMS)

@@ -30,6 +30,8 @@ pub const MAGIC_COOKIE_VALUE: &str = "d602bf8f470bc67ca7faa0386276bbdd4330efaf76
 const CORE_PROTOCOL_VERSION: u32 = 1;
 const APP_PROTOCOL_VERSION: u32 = 6;
 pub const PROVIDER_ADDRESS: &str = "registry.terraform.io/merak/merak";
+/// How long open connections may take to finish after Shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -83,20 +85,32 @@ pub async fn serve(provider: MerakProvider, options: ServeOptions) -> anyhow::Re
     let shutdown = Arc::new(Notify::new());
     let controller = Controller { shutdown: Arc::clone(&shutdown) };
 
-    let stop = async move {
+    // Stop when the host says Shutdown (or, in debug mode, on Ctrl-C). Open
+    // connections get a moment to finish; the host may keep its connection
+    // open, and must not keep us alive.
+    let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+    let stop_signal = async move {
         if options.debug {
             let _ = tokio::signal::ctrl_c().await;
         } else {
             shutdown.notified().await;
         }
+        let _ = stopped_tx.send(true);
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(GrpcControllerServer::new(controller))
         .add_service(ProviderServer::new(provider).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
-        .serve_with_incoming_shutdown(ReceiverStream::new(connections_rx), stop)
-        .await
-        .context("serving gRPC")?;
+        .serve_with_incoming_shutdown(ReceiverStream::new(connections_rx), stop_signal);
+    let grace_over = async move {
+        let mut stopped = stopped_rx;
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => result.context("serving gRPC")?,
+        () = grace_over => tracing::debug!("connections still open after shutdown; exiting anyway"),
+    }
     if let Transport::Unix = options.transport {
         let _ = std::fs::remove_dir_all(PathBuf::from(&address).parent().unwrap_or(&PathBuf::new()));
     }

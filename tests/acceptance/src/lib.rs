@@ -241,3 +241,4 @@ impl Drop for Workspace {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+pub mod floor;
