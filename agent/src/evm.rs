@@ -44,6 +44,8 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
             Ok(router) => {
                 routers.insert(spec.router_namespace.clone(), router);
             }
+            // Deleting needs no router: without one there is no port to wait for.
+            Err(_) if !netns::exists(&spec.router_namespace) && batch.delete.iter().any(|d| d.namespace == spec.namespace) => {}
             Err(e) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e.to_string() }),
         }
     }

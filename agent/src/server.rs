@@ -151,8 +151,16 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         request: Request<merak_proto::agent::EvmBatch>,
     ) -> Result<Response<merak_proto::agent::EvmReply>, Status> {
         let batch = request.into_inner();
+        let started = std::time::Instant::now();
         let reply = crate::evm::apply(&batch).await;
-        tracing::info!(created = reply.created, existing = reply.existing, deleted = reply.deleted, failed = reply.failures.len(), "EVM batch");
+        tracing::info!(
+            created = reply.created,
+            existing = reply.existing,
+            deleted = reply.deleted,
+            failed = reply.failures.len(),
+            elapsed = ?started.elapsed(),
+            "EVM batch"
+        );
         Ok(Response::new(reply))
     }
 

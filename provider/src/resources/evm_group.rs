@@ -160,9 +160,19 @@ impl Resource for EvmGroup {
             .topology_spec(&group.topology)
             .await
             .map_err(|e| runtime_error("Could not read the topology", e))?;
+        // An existing group stays on the EPMs it was placed on, even if the
+        // topology has grown since.
+        let existing = match prior.is_null() {
+            true => None,
+            false => runtime.read_group(&group.topology, &group.name).await.map_err(|e| runtime_error("Could not read the group", e))?,
+        };
         let mut per_epm = BTreeMap::new();
         if let Some(tree) = &tree {
-            let names: Vec<String> = if spec.epms.is_empty() { tree.epms().map(|e| e.name).collect() } else { spec.epms.clone() };
+            let names: Vec<String> = match &existing {
+                Some((_, status)) if !status.placed_on.is_empty() => status.placed_on.clone(),
+                _ if spec.epms.is_empty() => tree.epms().map(|e| e.name).collect(),
+                _ => spec.epms.clone(),
+            };
             if let Some(unknown) = names.iter().find(|name| tree.epms().all(|e| &e.name != *name)) {
                 return Err(Diagnostic::attribute_error(&["epms"], "No such EPM", format!("{unknown:?} is not an EPM of topology {}; EPMs are named epm-0 to epm-{}.", tree.name, tree.hosts.saturating_sub(1))).into());
             }

@@ -35,6 +35,8 @@ pub struct GroupStatus {
     pub ranges: Ranges,
     /// EPM name → EVMs placed there.
     pub per_epm: BTreeMap<String, u32>,
+    /// The EPMs the group spreads or packs over (fixed when it is created).
+    pub placed_on: Vec<String>,
     pub failures: Vec<Failure>,
 }
 

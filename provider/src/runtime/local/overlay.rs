@@ -59,6 +59,10 @@ struct GroupRecord {
     count: u32,
     placement: String,
     epms: Vec<String>,
+    /// The EPMs the group was placed on when created (its `epms`, or every
+    /// EPM then): growing the topology later must not move its EVMs.
+    #[serde(default)]
+    placed_on: Vec<String>,
     id: u32,
     ranges: Ranges,
 }
@@ -89,6 +93,10 @@ impl SubnetRecord {
 }
 
 impl GroupRecord {
+    fn placement_epms(&self) -> &[String] {
+        if self.placed_on.is_empty() { &self.epms } else { &self.placed_on }
+    }
+
     fn spec(&self, topology: &str, name: &str) -> GroupSpec {
         GroupSpec {
             topology: topology.into(),
@@ -178,7 +186,7 @@ impl LocalRuntime {
             .ok_or_else(|| RuntimeError::Conflict(format!("subnet {} of group {name} is gone", group.subnet)))?;
         let subnet_spec = subnet.spec(&tree.name)?;
         let spec = group.spec(&tree.name, name);
-        let candidates = Self::candidates(tree, &group.epms)?;
+        let candidates = Self::candidates(tree, group.placement_epms())?;
         let mut evms = Vec::with_capacity(group.count as usize);
         for k in 0..group.count {
             let Some(ip) = group.ranges.index_of(u64::from(k)).and_then(|i| subnet_spec.cidr.host(i)) else { break };
@@ -221,7 +229,7 @@ impl LocalRuntime {
         let mut vpc_hosts: HashMap<&str, Vec<u32>> = HashMap::new();
         let mut subnet_hosts: HashMap<(&str, &str), Vec<u32>> = HashMap::new();
         for (name, group) in &record.groups {
-            let candidates = Self::candidates(tree, &group.epms)?;
+            let candidates = Self::candidates(tree, group.placement_epms())?;
             let counts = group.spec(&tree.name, name).per_epm_counts(candidates.len());
             let used = candidates.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(epm, _)| epm.index);
             let used: Vec<u32> = used.collect();
@@ -348,7 +356,7 @@ impl LocalRuntime {
             *per_epm.entry(evm.info.epm.clone()).or_insert(0) += 1;
             ready += u32::from(present.contains(&evm.info.namespace));
         }
-        GroupStatus { ready, ranges: ranges.clone(), per_epm, failures: Vec::new() }
+        GroupStatus { ready, ranges: ranges.clone(), per_epm, placed_on: Vec::new(), failures: Vec::new() }
     }
 
     fn present_namespaces(topology: &str) -> Result<HashSet<String>, RuntimeError> {
@@ -460,10 +468,14 @@ impl LocalRuntime {
             .get(&subnet_key(&spec.vpc, &spec.subnet))
             .ok_or_else(|| RuntimeError::Conflict(format!("subnet {} of VPC {} does not exist", spec.subnet, spec.vpc)))?
             .spec(topology)?;
-        let candidates = Self::candidates(&tree, &spec.epms)?;
-        spec.check_fits(candidates.len()).map_err(|e| RuntimeError::Conflict(e.detail))?;
-
         let previous = record.groups.get(&spec.name).cloned();
+        // An existing group stays on the EPMs it was placed on.
+        let placed_on: Vec<String> = match &previous {
+            Some(previous) if !previous.placed_on.is_empty() => previous.placed_on.clone(),
+            _ => Self::candidates(&tree, &spec.epms)?.into_iter().map(|e| e.name).collect(),
+        };
+        let candidates = Self::candidates(&tree, &placed_on)?;
+        spec.check_fits(candidates.len()).map_err(|e| RuntimeError::Conflict(e.detail))?;
         if let Some(previous) = &previous {
             if previous.vpc != spec.vpc || previous.subnet != spec.subnet {
                 return Err(RuntimeError::Conflict(format!("group {} already exists in subnet {}", spec.name, previous.subnet)));
@@ -498,6 +510,7 @@ impl LocalRuntime {
             count: spec.count,
             placement: placement_name(&spec.placement).into(),
             epms: spec.epms.clone(),
+            placed_on,
             id,
             ranges: ranges.clone(),
         };
@@ -526,7 +539,9 @@ impl LocalRuntime {
         let Some(group) = record.groups.get(name) else { return Ok(None) };
         let evms = Self::evms(&tree, &record, name, group)?;
         let present = Self::present_namespaces(topology)?;
-        Ok(Some((group.spec(topology, name), Self::group_status(&evms, &present, &group.ranges))))
+        let mut status = Self::group_status(&evms, &present, &group.ranges);
+        status.placed_on = group.placement_epms().to_vec();
+        Ok(Some((group.spec(topology, name), status)))
     }
 
     pub(super) async fn delete_group_impl(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
