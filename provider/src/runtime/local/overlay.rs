@@ -23,6 +23,8 @@ const PARALLEL_EPMS: usize = 16;
 /// EPMs pinging at once (each runs a few pings at a time): keeps the ARP
 /// floods of first pings from overflowing the kernel's backlog.
 const PINGING_EPMS: usize = 4;
+/// EPMs deleting EVMs at once (see push_evms).
+const DELETING_EPMS: usize = 128;
 /// EVMs per request to one agent.
 const BATCH: usize = 2000;
 
@@ -313,6 +315,7 @@ impl LocalRuntime {
 
     /// Sends EVM batches, grouped by EPM; returns the failures.
     async fn push_evms(&self, topology: &str, tree: &TreeSpec, create: Vec<&Evm>, delete: Vec<&Evm>) -> Vec<Failure> {
+        let deleting = create.is_empty();
         let mut by_epm: BTreeMap<u32, (Vec<EvmSpec>, Vec<EvmSpec>)> = BTreeMap::new();
         for evm in create {
             by_epm.entry(evm.epm_index).or_default().0.push(evm.spec.clone());
@@ -328,6 +331,10 @@ impl LocalRuntime {
                 requests.push((tree.epm(epm_index).name, EvmBatch { create: create_now, delete: delete_now }));
             }
         }
+        // Deleting: every agent at once. The kernel tears namespaces down in
+        // batches, and one large batch costs far less than many small waves
+        // (measured: 5000 EVMs in 8.3 s at once, 15 s in waves of 16 EPMs).
+        let parallel = if deleting { DELETING_EPMS } else { PARALLEL_EPMS };
         futures::stream::iter(requests)
             .map(|(epm, batch)| async move {
                 match self.overlay_client(topology, &epm).await {
@@ -343,7 +350,7 @@ impl LocalRuntime {
                     Err(e) => vec![Failure { object: epm, error: e.to_string() }],
                 }
             })
-            .buffer_unordered(PARALLEL_EPMS)
+            .buffer_unordered(parallel)
             .flat_map(futures::stream::iter)
             .collect()
             .await
