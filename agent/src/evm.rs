@@ -51,26 +51,47 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
     }
 
     // Deletions first, so a batch that replaces EVMs frees names and addresses.
-    let deleted: Vec<_> = batch
-        .delete
-        .iter()
-        .map(|spec| async move { (spec, netns::delete(&spec.namespace)) })
-        .collect();
-    let mut ports_to_vanish: Vec<(&EvmSpec, &Router)> = Vec::new();
-    for (spec, result) in futures::future::join_all(deleted).await {
-        match (result, routers.get(&spec.router_namespace)) {
-            (Ok(()), Some(router)) => ports_to_vanish.push((spec, router)),
-            (Ok(()), None) => reply.deleted += 1,
-            (Err(e), _) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e.to_string() }),
+    let mut leaving: HashMap<&str, Vec<&EvmSpec>> = HashMap::new();
+    for spec in &batch.delete {
+        match netns::delete(&spec.namespace) {
+            Ok(()) if routers.contains_key(&spec.router_namespace) => leaving.entry(&spec.router_namespace).or_default().push(spec),
+            Ok(()) => reply.deleted += 1,
+            Err(e) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e.to_string() }),
         }
     }
-    // The kernel frees a namespace in the background; the EVM is gone when
-    // its host port has left the bridge.
-    for (spec, router) in ports_to_vanish {
-        match wait_gone(&router.netlink, &spec.host_port).await {
-            Ok(()) => reply.deleted += 1,
-            Err(e) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e }),
+    // The kernel frees namespaces in the background; an EVM is gone when its
+    // host port has left the router. One dump per router per round, with a
+    // growing pause: polling hard would compete with the teardown for RTNL.
+    let mut pause = std::time::Duration::from_millis(5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !leaving.is_empty() {
+        let mut still = HashMap::new();
+        for (router_namespace, specs) in leaving.drain() {
+            let Some(router) = routers.get(router_namespace) else { continue };
+            match router.netlink.links().await {
+                Ok(links) => {
+                    let present: std::collections::HashSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+                    let (gone, left): (Vec<&EvmSpec>, Vec<&EvmSpec>) = specs.into_iter().partition(|s| !present.contains(s.host_port.as_str()));
+                    reply.deleted += gone.len() as u32;
+                    if !left.is_empty() {
+                        still.insert(router_namespace, left);
+                    }
+                }
+                Err(e) => reply.failures.extend(specs.iter().map(|s| EvmFailure { namespace: s.namespace.clone(), error: e.to_string() })),
+            }
         }
+        leaving = still;
+        if leaving.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            for spec in leaving.values().flatten() {
+                reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: "its port was still present 120 s after deletion".into() });
+            }
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
     }
 
     let routers = &routers;
