@@ -53,6 +53,14 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
     // Deletions first, so a batch that replaces EVMs frees names and addresses.
     let mut leaving: HashMap<&str, Vec<&EvmSpec>> = HashMap::new();
     for spec in &batch.delete {
+        if spec.device_model == "hybrid" {
+            if let Some(router) = routers.get(&spec.router_namespace) {
+                if let Err(e) = remove_hybrid_plug(&router.netlink, &spec.host_port).await {
+                    reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e.to_string() });
+                    continue;
+                }
+            }
+        }
         match netns::delete(&spec.namespace) {
             Ok(()) if routers.contains_key(&spec.router_namespace) => leaving.entry(&spec.router_namespace).or_default().push(spec),
             Ok(()) => reply.deleted += 1,
@@ -71,7 +79,7 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
             match router.netlink.links().await {
                 Ok(links) => {
                     let present: std::collections::HashSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
-                    let (gone, left): (Vec<&EvmSpec>, Vec<&EvmSpec>) = specs.into_iter().partition(|s| !present.contains(s.host_port.as_str()));
+                    let (gone, left): (Vec<&EvmSpec>, Vec<&EvmSpec>) = specs.into_iter().partition(|s| !present.contains(eth0_peer(s).as_str()));
                     reply.deleted += gone.len() as u32;
                     if !left.is_empty() {
                         still.insert(router_namespace, left);
@@ -140,7 +148,7 @@ async fn ensure(spec: &EvmSpec, router: &Router) -> Result<bool, OverlayError> {
         // Half-made (e.g. an agent died mid-creation): start over.
         drop(netlink);
         netns::delete(&spec.namespace)?;
-        wait_gone(&router.netlink, &spec.host_port).await.map_err(OverlayError::Invalid)?;
+        wait_gone(&router.netlink, &eth0_peer(spec)).await.map_err(OverlayError::Invalid)?;
     }
     let (address, prefix_len) = parse_cidr(&spec.address)?;
     let gateway: Ipv4Addr = spec.gateway.parse().map_err(|_| OverlayError::Invalid(format!("bad gateway {:?}", spec.gateway)))?;
@@ -148,10 +156,15 @@ async fn ensure(spec: &EvmSpec, router: &Router) -> Result<bool, OverlayError> {
     let gateway_mac = netdev::parse_mac(&spec.gateway_mac)
         .ok_or_else(|| OverlayError::Invalid(format!("bad gateway MAC {:?}", spec.gateway_mac)))?;
 
+    let hybrid = spec.device_model == "hybrid";
+    // Hybrid: the per-EVM bridge (with its tap, and its veth pair to the
+    // subnet's bridge) is what eth0's peer joins.
+    let eth0_peer_bridge = if hybrid { build_hybrid_plug(spec, router, bridge).await? } else { bridge };
+    let eth0_peer = eth0_peer(spec);
     let evm = netns::create(&spec.namespace, NetnsOptions::default()).await?;
     let built = async {
-        evm.create_veth_at("eth0", ETH0_INDEX, mac, &spec.host_port, &router.fd).await?;
-        router.netlink.set_link_by_name(&spec.host_port, Some(bridge)).await?;
+        evm.create_veth_at("eth0", ETH0_INDEX, mac, &eth0_peer, &router.fd).await?;
+        router.netlink.set_link_by_name(&eth0_peer, Some(eth0_peer_bridge)).await?;
         evm.disable_ipv6_addresses(ETH0_INDEX).await?;
         evm.add_address(ETH0_INDEX, address.into(), prefix_len).await?;
         evm.set_link(ETH0_INDEX, None, None).await?;
@@ -166,6 +179,55 @@ async fn ensure(spec: &EvmSpec, router: &Router) -> Result<bool, OverlayError> {
         return Err(e);
     }
     Ok(true)
+}
+
+/// The router-side end of the EVM's eth0: it leaves when the kernel has torn
+/// the EVM's namespace down.
+fn eth0_peer(spec: &EvmSpec) -> String {
+    if spec.device_model == "hybrid" { hybrid_name('v', &spec.host_port) } else { spec.host_port.clone() }
+}
+
+/// The name of a hybrid plug's device: `host_port` (`o<group>.<k>`) with
+/// another first letter: `q` per-EVM bridge, `t` tap, `i` the pair's end on
+/// the per-EVM bridge, `v` eth0's peer.
+fn hybrid_name(kind: char, host_port: &str) -> String {
+    let mut name = String::with_capacity(host_port.len());
+    name.push(kind);
+    name.push_str(host_port.get(1..).unwrap_or_default());
+    name
+}
+
+/// Builds the router side of a hybrid plug; returns the per-EVM bridge's index.
+async fn build_hybrid_plug(spec: &EvmSpec, router: &Router, subnet_bridge: u32) -> Result<u32, OverlayError> {
+    let netlink = &router.netlink;
+    let qbr = hybrid_name('q', &spec.host_port);
+    let tap = hybrid_name('t', &spec.host_port);
+    let inner = hybrid_name('i', &spec.host_port);
+    // A half-made plug from an interrupted run is rebuilt from scratch.
+    remove_hybrid_plug(netlink, &spec.host_port).await?;
+    netlink.create_bridge(&qbr).await?;
+    let qbr_index = netlink
+        .link(&qbr)
+        .await?
+        .ok_or_else(|| OverlayError::Invalid(format!("bridge {qbr} vanished")))?
+        .index;
+    netns::create_tap(&spec.router_namespace, &tap).await?;
+    netlink.set_link_by_name(&tap, Some(qbr_index)).await?;
+    netlink.create_veth(&spec.host_port, &inner, &router.fd).await?;
+    netlink.set_link_by_name(&spec.host_port, Some(subnet_bridge)).await?;
+    netlink.set_link_by_name(&inner, Some(qbr_index)).await?;
+    Ok(qbr_index)
+}
+
+/// Removes the router side of a hybrid plug (what deleting the EVM's
+/// namespace does not take with it). Missing devices are fine.
+async fn remove_hybrid_plug(netlink: &Netlink, host_port: &str) -> Result<(), OverlayError> {
+    for name in [hybrid_name('q', host_port), hybrid_name('t', host_port), host_port.to_string()] {
+        if let Some(link) = netlink.link(&name).await? {
+            netlink.delete_link(link.index).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn wait_gone(router: &Netlink, port: &str) -> Result<(), String> {

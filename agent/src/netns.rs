@@ -74,36 +74,39 @@ pub fn list_with_prefix(prefix: &str) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Makes `/run/netns` a shared mount point, as iproute2 does, so namespace
-/// mounts made later propagate to every mount namespace that sees the
-/// directory. Done once per process.
+/// Makes `/run/netns` a mount point of its own with *private* propagation.
+/// iproute2 makes it shared, so that namespace mounts propagate to other
+/// mount namespaces; but with shared propagation every unmount walks the
+/// peer group, and deleting namespaces became O(n) each: measured here, 200
+/// of 17,000 took 28 s shared and 17,000 took 8 s private. Nothing in the
+/// emulation needs propagation. Done once per process.
 pub fn prepare_run_dir() -> io::Result<()> {
     static PREPARED: OnceLock<Result<(), String>> = OnceLock::new();
     PREPARED
-        .get_or_init(|| make_run_dir_shared().map_err(|e| e.to_string()))
+        .get_or_init(|| make_run_dir_private().map_err(|e| e.to_string()))
         .clone()
         .map_err(io::Error::other)
 }
 
-fn make_run_dir_shared() -> io::Result<()> {
+fn make_run_dir_private() -> io::Result<()> {
     fs::create_dir_all(NETNS_RUN_DIR)?;
     let dir = c_path(Path::new(NETNS_RUN_DIR))?;
-    let make_shared = || {
+    let make_private = || {
         // SAFETY: plain mount(2) call with valid NUL-terminated strings.
         let rc = unsafe {
             libc::mount(
                 c"none".as_ptr(),
                 dir.as_ptr(),
                 std::ptr::null(),
-                libc::MS_SHARED | libc::MS_REC,
+                libc::MS_PRIVATE | libc::MS_REC,
                 std::ptr::null(),
             )
         };
         if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
     };
-    match make_shared() {
+    match make_private() {
         Ok(()) => Ok(()),
-        // Not a mount point yet: bind it onto itself, then share it.
+        // Not a mount point yet: bind it onto itself first.
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             // SAFETY: as above.
             let rc = unsafe {
@@ -118,7 +121,7 @@ fn make_run_dir_shared() -> io::Result<()> {
             if rc != 0 {
                 return Err(io::Error::last_os_error());
             }
-            make_shared()
+            make_private()
         }
         Err(e) => Err(e),
     }
@@ -130,6 +133,47 @@ pub async fn create(name: &str, options: NetnsOptions) -> Result<Netlink, NetnsE
     let owned = name.to_string();
     let fd = on_worker(move || create_on_this_thread(&owned, options)).await?;
     Netlink::from_fd(fd).map_err(|e| NetnsError::io("open netlink", name, e))
+}
+
+/// Makes a persistent tap device named `name` inside the namespace (a tap
+/// cannot be made over netlink: EOPNOTSUPP).
+pub async fn create_tap(namespace: &str, name: &str) -> Result<(), NetnsError> {
+    let ns = open_fd(namespace)?;
+    let (owned_namespace, owned_name) = (namespace.to_string(), name.to_string());
+    on_worker(move || {
+        enter(&ns).map_err(|e| NetnsError::io("setns", &owned_namespace, e))?;
+        persistent_tap(&owned_name).map_err(|e| NetnsError::io("create tap", &owned_namespace, e))
+    })
+    .await
+}
+
+fn persistent_tap(name: &str) -> io::Result<()> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+    const IFF_TAP: libc::c_short = 0x0002;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("tap name {name:?} is too long")));
+    }
+    let tun = OpenOptions::new().read(true).write(true).open("/dev/net/tun")?;
+    let mut request = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
+    request.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: the two tun ioctls with a properly laid out ifreq.
+    unsafe {
+        if libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut request) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Opens a netlink connection inside an existing named namespace.

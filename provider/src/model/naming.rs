@@ -161,3 +161,10 @@ pub fn subnet_vxlan(subnet_id: u32) -> String {
 pub fn evm_port(group_id: u32, k: u32) -> String {
     format!("v{}.{}", base36(group_id), base36(k))
 }
+
+/// With the hybrid device model: the end, on the subnet's bridge, of the veth
+/// pair to the EVM's own bridge (the agent names the plug's other devices
+/// after it, changing only the first letter).
+pub fn hybrid_port(group_id: u32, k: u32) -> String {
+    format!("o{}.{}", base36(group_id), base36(k))
+}

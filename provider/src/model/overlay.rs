@@ -47,6 +47,25 @@ pub struct GroupSpec {
     pub placement: Placement,
     /// EPMs to place on, by name; empty means every EPM of the topology.
     pub epms: Vec<String>,
+    pub device_model: DeviceModel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceModel {
+    /// A veth pair: eth0 in the EVM, its peer on the subnet's bridge.
+    Veth,
+    /// Like an OpenStack hybrid plug: eth0's peer on a per-EVM bridge that
+    /// also holds a tap, joined to the subnet's bridge by a second veth pair.
+    Hybrid,
+}
+
+impl DeviceModel {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeviceModel::Veth => "veth",
+            DeviceModel::Hybrid => "hybrid",
+        }
+    }
 }
 
 fn label(attribute: &'static str, what: &str, name: &str, max: usize) -> Result<(), SpecError> {
@@ -154,6 +173,7 @@ impl GroupSpec {
         count: i64,
         placement: &str,
         epms: Vec<String>,
+        device_model: &str,
     ) -> Result<Self, Vec<SpecError>> {
         let mut errors = Vec::new();
         if let Err(e) = label("name", "group", name, 24) {
@@ -177,8 +197,16 @@ impl GroupSpec {
                 None
             }
         };
-        match (count, placement) {
-            (Some(count), Some(placement)) if errors.is_empty() => Ok(GroupSpec {
+        let device_model = match device_model {
+            "veth" => Some(DeviceModel::Veth),
+            "hybrid" => Some(DeviceModel::Hybrid),
+            other => {
+                errors.push(SpecError::new("device_model", "Invalid device_model", format!("device_model is {other:?}; use \"veth\" or \"hybrid\".")));
+                None
+            }
+        };
+        match (count, placement, device_model) {
+            (Some(count), Some(placement), Some(device_model)) if errors.is_empty() => Ok(GroupSpec {
                 topology: subnet.topology.clone(),
                 vpc: subnet.vpc.clone(),
                 subnet: subnet.name.clone(),
@@ -186,6 +214,7 @@ impl GroupSpec {
                 count,
                 placement,
                 epms,
+                device_model,
             }),
             _ => Err(errors),
         }
@@ -385,14 +414,14 @@ mod tests {
     #[test]
     fn placement_is_stable_when_scaling() {
         let subnet = SubnetSpec::validate(&vpc(), "web", "10.1.0.0/20", None).unwrap();
-        let small = GroupSpec::validate(&subnet, "g", 10, "spread", vec![]).unwrap();
-        let big = GroupSpec::validate(&subnet, "g", 100, "spread", vec![]).unwrap();
+        let small = GroupSpec::validate(&subnet, "g", 10, "spread", vec![], "veth").unwrap();
+        let big = GroupSpec::validate(&subnet, "g", 100, "spread", vec![], "veth").unwrap();
         assert!((0..10).all(|k| small.epm_of(k, 4) == big.epm_of(k, 4)));
-        let packed = GroupSpec::validate(&subnet, "g", 2500, "pack", vec![]).unwrap();
+        let packed = GroupSpec::validate(&subnet, "g", 2500, "pack", vec![], "hybrid").unwrap();
         assert_eq!((packed.epm_of(999, 4), packed.epm_of(1000, 4), packed.epm_of(2499, 4)), (0, 1, 2));
         assert!(packed.check_fits(3).is_ok());
         assert!(packed.check_fits(2).is_err());
-        let crowded = GroupSpec::validate(&subnet, "g", 2500, "spread", vec![]).unwrap();
+        let crowded = GroupSpec::validate(&subnet, "g", 2500, "spread", vec![], "veth").unwrap();
         assert!(crowded.check_fits(2).is_err());
         for group in [&small, &big, &packed] {
             let counts = group.per_epm_counts(4);
@@ -401,7 +430,7 @@ mod tests {
                 assert_eq!(*n as usize, (0..group.count).filter(|k| group.epm_of(*k, 4) == i).count());
             }
         }
-        assert!(GroupSpec::validate(&subnet, "g", 5000, "spread", vec![]).is_err());
-        assert!(GroupSpec::validate(&subnet, "g", 1, "random", vec![]).is_err());
+        assert!(GroupSpec::validate(&subnet, "g", 5000, "spread", vec![], "veth").is_err());
+        assert!(GroupSpec::validate(&subnet, "g", 1, "random", vec![], "veth").is_err());
     }
 }

@@ -29,7 +29,12 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Attribute::required("evm_count", Type::Number, "Number of EVMs. (Not `count`: that name is Terraform's meta-argument.)"),
             Attribute::optional_computed("placement", Type::String, "`spread` (default): EVM *k* on EPM *k* mod N, so EVMs never move when the group scales; `pack`: fill an EPM (1000 EVMs) before the next.").forces_replacement(),
             Attribute::optional("epms", Type::list(Type::String), "Names of the EPMs to place on (default: all of the topology's).").forces_replacement(),
-            Attribute::optional_computed("device_model", Type::String, "`veth` (default): a veth pair per EVM.").forces_replacement(),
+            Attribute::optional_computed(
+                "device_model",
+                Type::String,
+                "`veth` (default): a veth pair per EVM. `hybrid`: the devices of an OpenStack hybrid plug, for agents that must cope with them: the EVM's veth ends on a per-EVM bridge that also holds a persistent tap, joined to the subnet's bridge by a second veth pair.",
+            )
+            .forces_replacement(),
             Attribute::computed("ready_count", Type::Number, "EVMs that exist on the host. Drops when one is deleted behind Terraform's back; the next apply recreates it."),
             Attribute::computed("address_ranges", Type::list(Type::String), "The address ranges the group holds in its subnet, e.g. `10.0.1.2-10.0.1.101`."),
             Attribute::computed("epm_counts", Type::map(Type::Number), "EVMs per EPM, by EPM name."),
@@ -48,6 +53,7 @@ struct Config {
     count: i64,
     placement: String,
     epms: Vec<String>,
+    device_model: String,
 }
 
 fn config_of(config: &Value) -> Result<Config, Diagnostics> {
@@ -56,15 +62,6 @@ fn config_of(config: &Value) -> Result<Config, Diagnostics> {
     let parts = split_id(subnet_id, 3);
     if parts.is_none() {
         diagnostics.push(Diagnostic::attribute_error(&["subnet_id"], "Invalid subnet_id", format!("{subnet_id:?} is not a subnet id; use merak_subnet.<name>.id.")));
-    }
-    match known_str(config, "device_model").unwrap_or("veth") {
-        "veth" => {}
-        "hybrid" => diagnostics.push(Diagnostic::attribute_error(
-            &["device_model"],
-            "device_model \"hybrid\" is not available yet",
-            "Only \"veth\" EVMs are built so far; leave device_model out or set it to \"veth\".",
-        )),
-        other => diagnostics.push(Diagnostic::attribute_error(&["device_model"], "Invalid device_model", format!("device_model is {other:?}; use \"veth\"."))),
     }
     let count = config.attr("evm_count").as_i64();
     if count.is_none() {
@@ -82,11 +79,12 @@ fn config_of(config: &Value) -> Result<Config, Diagnostics> {
         count: count.unwrap_or_default(),
         placement: known_str(config, "placement").unwrap_or("spread").into(),
         epms: config.attr("epms").as_list().unwrap_or_default().iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+        device_model: known_str(config, "device_model").unwrap_or("veth").into(),
     })
 }
 
 fn spec_of(config: &Config, subnet: &SubnetSpec) -> Result<GroupSpec, Diagnostics> {
-    GroupSpec::validate(subnet, &config.name, config.count, &config.placement, config.epms.clone()).map_err(spec_errors)
+    GroupSpec::validate(subnet, &config.name, config.count, &config.placement, config.epms.clone(), &config.device_model).map_err(spec_errors)
 }
 
 fn format_ranges(subnet: Option<&SubnetSpec>, ranges: &Ranges) -> Value {
@@ -112,7 +110,7 @@ fn state_of(spec: &GroupSpec, subnet: Option<&SubnetSpec>, status: &GroupStatus)
             crate::model::overlay::Placement::Pack => "pack",
         })),
         ("epms", epms),
-        ("device_model", Value::string("veth")),
+        ("device_model", Value::string(spec.device_model.name())),
         ("ready_count", Value::int(i64::from(status.ready))),
         ("address_ranges", format_ranges(subnet, &status.ranges)),
         ("epm_counts", Value::Map(counts)),

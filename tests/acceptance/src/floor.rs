@@ -224,3 +224,9 @@ pub fn delete_namespace(name: &str) -> io::Result<()> {
 pub fn home_namespace() -> io::Result<File> {
     home()
 }
+
+/// The floor runs on the same `/run/netns` as the provider: a private mount
+/// point (see merak_agent::netns::prepare_run_dir).
+pub fn prepare() -> io::Result<()> {
+    merak_agent::netns::prepare_run_dir()
+}

@@ -53,9 +53,10 @@ resource "merak_evm_group" "bweb" {{
 }}
 
 resource "merak_evm_group" "bdb" {{
-  subnet_id = merak_subnet.blue_db.id
-  name      = "bdb"
-  evm_count = 3
+  subnet_id    = merak_subnet.blue_db.id
+  name         = "bdb"
+  evm_count    = 3
+  device_model = "hybrid"
 }}
 
 resource "merak_evm_group" "rweb" {{
@@ -118,6 +119,11 @@ fn tenants_connect_scale_repair_import_and_go_away() {
     assert!(ws.pings("vm.bweb.0", bweb[1]["ip"].as_str().unwrap()));
     assert!(ws.pings("vm.bweb.0", &bdb0), "blue web reaches blue db");
     assert!(!ws.pings("vm.rweb.0", &bdb0), "red reaches nothing of blue");
+    // The hybrid group's plugs: a per-EVM bridge with a tap on each EPM that holds one.
+    let hybrid = ws.exec_in("epm-0.r.blue", &["ip", "-o", "link", "show", "type", "tun"]);
+    assert_eq!(String::from_utf8_lossy(&hybrid.stdout).lines().count(), 1, "one tap for bdb-0 on epm-0");
+    let bridges = ws.exec_in("epm-0.r.blue", &["ip", "-o", "link", "show", "type", "bridge"]);
+    assert_eq!(String::from_utf8_lossy(&bridges.stdout).lines().count(), 3, "two subnet bridges and bdb-0's own");
     assert_eq!(ws.plan().0, 0, "{}", ws.plan().1);
 
     // Scale in place: existing EVMs keep namespace, address and MAC.

@@ -14,7 +14,7 @@ use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingProbe, PingRequest,
 use serde::{Deserialize, Serialize};
 
 use super::LocalRuntime;
-use crate::model::overlay::{self, GroupSpec, Placement, Ranges, SubnetSpec, VpcSpec};
+use crate::model::overlay::{self, DeviceModel, GroupSpec, Placement, Ranges, SubnetSpec, VpcSpec};
 use crate::model::{Epm, TreeSpec, naming};
 use crate::runtime::{EvmInfo, Failure, GroupStatus, Probe, RuntimeError, agent_client};
 
@@ -65,6 +65,8 @@ struct GroupRecord {
     /// EPM then): growing the topology later must not move its EVMs.
     #[serde(default)]
     placed_on: Vec<String>,
+    #[serde(default = "veth")]
+    device_model: String,
     id: u32,
     ranges: Ranges,
 }
@@ -74,6 +76,10 @@ impl OverlayRecord {
     pub(super) fn evm_count(&self) -> u64 {
         self.groups.values().map(|g| u64::from(g.count)).sum()
     }
+}
+
+fn veth() -> String {
+    "veth".into()
 }
 
 fn subnet_key(vpc: &str, subnet: &str) -> String {
@@ -108,6 +114,7 @@ impl GroupRecord {
             count: self.count,
             placement: if self.placement == "pack" { Placement::Pack } else { Placement::Spread },
             epms: self.epms.clone(),
+            device_model: if self.device_model == "hybrid" { DeviceModel::Hybrid } else { DeviceModel::Veth },
         }
     }
 }
@@ -201,11 +208,15 @@ impl LocalRuntime {
                     namespace: namespace.clone(),
                     router_namespace: naming::router_namespace(&tree.name, &epm.name, &group.vpc),
                     bridge: naming::subnet_bridge(subnet.id),
-                    host_port: naming::evm_port(group.id, k),
+                    host_port: match spec.device_model {
+                        DeviceModel::Veth => naming::evm_port(group.id, k),
+                        DeviceModel::Hybrid => naming::hybrid_port(group.id, k),
+                    },
                     address: format!("{ip}/{}", subnet_spec.cidr.prefix_len()),
                     mac: netdev::format_mac(&mac),
                     gateway: subnet_spec.gateway.to_string(),
                     gateway_mac: netdev::format_mac(&overlay::gateway_mac(epm.index)),
+                    device_model: spec.device_model.name().into(),
                 },
                 info: EvmInfo {
                     name: naming::evm_name(name, k),
@@ -484,7 +495,7 @@ impl LocalRuntime {
         let candidates = Self::candidates(&tree, &placed_on)?;
         spec.check_fits(candidates.len()).map_err(|e| RuntimeError::Conflict(e.detail))?;
         if let Some(previous) = &previous {
-            if previous.vpc != spec.vpc || previous.subnet != spec.subnet {
+            if previous.vpc != spec.vpc || previous.subnet != spec.subnet || previous.device_model != spec.device_model.name() {
                 return Err(RuntimeError::Conflict(format!("group {} already exists in subnet {}", spec.name, previous.subnet)));
             }
         }
@@ -518,6 +529,7 @@ impl LocalRuntime {
             placement: placement_name(&spec.placement).into(),
             epms: spec.epms.clone(),
             placed_on,
+            device_model: spec.device_model.name().into(),
             id,
             ranges: ranges.clone(),
         };

@@ -78,6 +78,7 @@ struct FloorResult {
 
 fn floor_run(evms: u32, epms: u32) -> std::io::Result<FloorResult> {
     let prefix = format!("merak-floor-{}", std::process::id());
+    floor::prepare()?;
     let home = floor::home_namespace()?;
     let routers: Vec<FloorRouter> = (0..epms).map(|i| FloorRouter::new(&format!("{prefix}.r{i}"))).collect::<Result<_, _>>()?;
     let list: Vec<FloorEvm> = (0..evms)
