@@ -515,8 +515,8 @@ impl Runtime for LocalRuntime {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
         }
-        // The last topology on the host gone, the host gets its ARP limits back.
-        host_limits::release(&dir).map_err(|e| RuntimeError::io("restoring the host's ARP table limits", e))
+        // The last topology on the host gone, the host gets its limits back.
+        host_limits::release(&dir).map_err(|e| RuntimeError::io("restoring host network limits", e))
     }
 }
 

@@ -76,6 +76,15 @@ impl OverlayRecord {
     pub(super) fn evm_count(&self) -> u64 {
         self.groups.values().map(|g| u64::from(g.count)).sum()
     }
+
+    /// EVMs in the most populated subnet.
+    pub(super) fn largest_subnet(&self) -> u64 {
+        let mut per_subnet: HashMap<(&str, &str), u64> = HashMap::new();
+        for group in self.groups.values() {
+            *per_subnet.entry((&group.vpc, &group.subnet)).or_default() += u64::from(group.count);
+        }
+        per_subnet.into_values().max().unwrap_or(0)
+    }
 }
 
 fn veth() -> String {
@@ -508,9 +517,6 @@ impl LocalRuntime {
             None => Vec::new(),
         };
         let mut ranges = previous.as_ref().map(|g| g.ranges.clone()).unwrap_or_default();
-        let evms = record.evm_count() - previous.as_ref().map_or(0, |g| u64::from(g.count)) + u64::from(spec.count);
-        super::host_limits::ensure(&self.topology_dir(topology), super::host_limits::needed(u64::from(tree.hosts), evms))
-            .map_err(|e| RuntimeError::io("raising the host's ARP table limit (net.ipv4.neigh.default.gc_thresh3)", e))?;
         let taken: Vec<&Ranges> = record
             .groups
             .iter()
@@ -534,6 +540,11 @@ impl LocalRuntime {
             ranges: ranges.clone(),
         };
         record.groups.insert(spec.name.clone(), group.clone());
+        super::host_limits::ensure(
+            &self.topology_dir(topology),
+            super::host_limits::needs(u64::from(tree.hosts), record.evm_count(), record.largest_subnet()),
+        )
+        .map_err(|e| RuntimeError::io("raising host network limits (gc_thresh3, netdev_max_backlog)", e))?;
         // The record says what should exist before anything is built, so an
         // interrupted apply is finished by the next one.
         self.save_overlay(topology, &record)?;

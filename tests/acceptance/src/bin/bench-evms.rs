@@ -1,6 +1,6 @@
 //! Benchmark: N EVMs over M EPMs through real terraform, against the floor.
 //!
-//! usage: bench-evms [EVMS] [EPMS] [--pingall]     (default 10000 100)
+//! usage: bench-evms [EVMS] [EPMS] [--pingall] [--no-floor]   (default 10000 100)
 //!
 //! Prints, for terraform: the EVM apply, a no-op plan, a sampled pingall
 //! (with --pingall) and the EVM destroy; for the floor (the same devices made
@@ -150,14 +150,20 @@ fn main() {
     let numbers: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let (evms, epms) = (numbers.first().copied().unwrap_or(10_000), numbers.get(1).copied().unwrap_or(100));
     let pingall = args.iter().any(|a| a == "--pingall");
+    let with_floor = !args.iter().any(|a| a == "--no-floor");
 
-    println!("== floor: {evms} EVMs over {epms} bridges, one process, batched netlink");
-    let floor = match floor_run(evms, epms) {
-        Ok(floor) => floor,
-        Err(error) => {
-            eprintln!("floor failed: {error}");
-            std::process::exit(1);
+    let floor = if with_floor {
+        println!("== floor: {evms} EVMs over {epms} bridges, one process, batched netlink");
+        match floor_run(evms, epms) {
+            Ok(floor) => floor,
+            Err(error) => {
+                eprintln!("floor failed: {error}");
+                std::process::exit(1);
+            }
         }
+    } else {
+        // Ratios print as NaN without a floor.
+        FloorResult { create: Duration::ZERO, delete: Duration::ZERO, mem_per_evm_kib: f64::NAN }
     };
     println!("create {:>8.2} s   delete {:>8.2} s   memory {:.3} MiB/EVM", floor.create.as_secs_f64(), floor.delete.as_secs_f64(), floor.mem_per_evm_kib / 1024.0);
 
