@@ -352,46 +352,24 @@ impl Netlink {
     /// Head-end replication: flood unknown and broadcast frames of the VXLAN
     /// device `index` to `remote` as well (`bridge fdb append 00:..:00 dst`).
     pub async fn add_flood_destination(&self, index: u32, remote: Ipv4Addr) -> Result<()> {
-        let mut message = NeighbourMessage::default();
-        message.header.family = AddressFamily::Bridge;
-        message.header.ifindex = index;
-        message.header.state = NeighbourState::Permanent;
-        message.header.flags = NeighbourFlags::Own;
-        message.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
-        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(remote)));
-        let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(message));
-        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
-        let op = || format!("flood entry {remote} on link {index}");
-        let mut handle = self.handle.clone();
-        let mut responses = handle.request(request).map_err(|e| NetdevError::new(op(), e))?;
-        while let Some(response) = responses.next().await {
-            if let NetlinkPayload::Error(error) = response.payload {
-                if error.code.is_some() {
-                    return Err(NetdevError::new(op(), rtnetlink::Error::NetlinkError(error)));
-                }
-            }
-        }
-        Ok(())
+        let request = flood_entry(index, remote, RouteNetlinkMessage::NewNeighbour, NLM_F_CREATE | NLM_F_APPEND);
+        self.acknowledged(request, format!("flood entry {remote} on link {index}")).await
     }
 
     /// Stops flooding to `remote` on the VXLAN device `index`.
     pub async fn remove_flood_destination(&self, index: u32, remote: Ipv4Addr) -> Result<()> {
-        let mut message = NeighbourMessage::default();
-        message.header.family = AddressFamily::Bridge;
-        message.header.ifindex = index;
-        message.header.state = NeighbourState::Permanent;
-        message.header.flags = NeighbourFlags::Own;
-        message.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
-        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(remote)));
-        let mut request = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(message));
-        request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        let op = || format!("remove flood entry {remote} on link {index}");
+        let request = flood_entry(index, remote, RouteNetlinkMessage::DelNeighbour, 0);
+        self.acknowledged(request, format!("remove flood entry {remote} on link {index}")).await
+    }
+
+    /// Sends a request rtnetlink has no builder for and waits for its ack.
+    async fn acknowledged(&self, request: NetlinkMessage<RouteNetlinkMessage>, op: String) -> Result<()> {
         let mut handle = self.handle.clone();
-        let mut responses = handle.request(request).map_err(|e| NetdevError::new(op(), e))?;
+        let mut responses = handle.request(request).map_err(|e| NetdevError::new(op.clone(), e))?;
         while let Some(response) = responses.next().await {
             if let NetlinkPayload::Error(error) = response.payload {
                 if error.code.is_some() {
-                    return Err(NetdevError::new(op(), rtnetlink::Error::NetlinkError(error)));
+                    return Err(NetdevError::new(op, rtnetlink::Error::NetlinkError(error)));
                 }
             }
         }
@@ -432,6 +410,25 @@ impl Netlink {
         }
         Ok(remotes)
     }
+}
+
+/// An all-zero-MAC forwarding entry of a VXLAN device: where it floods to.
+fn flood_entry(
+    index: u32,
+    remote: Ipv4Addr,
+    kind: fn(NeighbourMessage) -> RouteNetlinkMessage,
+    extra_flags: u16,
+) -> NetlinkMessage<RouteNetlinkMessage> {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Bridge;
+    message.header.ifindex = index;
+    message.header.state = NeighbourState::Permanent;
+    message.header.flags = NeighbourFlags::Own;
+    message.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+    message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(remote)));
+    let mut request = NetlinkMessage::from(kind(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK | extra_flags;
+    request
 }
 
 fn named(name: &str) -> LinkMessage {

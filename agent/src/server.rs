@@ -118,7 +118,7 @@ fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
 }
 
 /// Pings one agent runs at once.
-const PINGS_IN_FLIGHT: usize = 4;
+const PINGS_IN_FLIGHT: usize = 2;
 
 /// The agent's tenant-network service.
 pub struct OverlayService {

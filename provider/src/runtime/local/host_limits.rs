@@ -28,6 +28,9 @@ const REGISTRY: &str = "/run/merak/host-limits";
 /// The host's own values, kept while raised.
 const SAVED: &str = "host-values.json";
 
+/// Pings `merak_pingall` has in flight at once (EPMs at once × pings per agent).
+pub const PINGS_AT_ONCE: u64 = 4;
+
 /// What an emulation needs of the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
@@ -37,12 +40,13 @@ pub struct Needs {
 
 /// For `epms` EPMs, `evms` EVMs in all, and `largest_subnet` EVMs in the
 /// largest subnet: a full mesh of underlay neighbours plus a gateway and a
-/// few peers per EVM, and a backlog for one broadcast to the largest subnet;
-/// both doubled for headroom.
+/// few peers per EVM (doubled for headroom), and a backlog for the
+/// broadcasts of the pings `merak_pingall` runs at once into the largest
+/// subnet.
 pub fn needs(epms: u64, evms: u64, largest_subnet: u64) -> Needs {
     Needs {
         arp_entries: (2 * (epms * epms + 4 * evms) + 1024).next_power_of_two(),
-        backlog: (2 * largest_subnet + 1000).next_power_of_two(),
+        backlog: (PINGS_AT_ONCE * largest_subnet + 1000).next_power_of_two(),
     }
 }
 

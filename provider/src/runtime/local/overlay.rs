@@ -20,9 +20,10 @@ use crate::runtime::{EvmInfo, Failure, GroupStatus, Probe, RuntimeError, agent_c
 
 /// EPMs talked to at once.
 const PARALLEL_EPMS: usize = 16;
-/// EPMs pinging at once (each runs a few pings at a time): keeps the ARP
-/// floods of first pings from overflowing the kernel's backlog.
-const PINGING_EPMS: usize = 4;
+/// EPMs pinging at once (each agent runs 2 pings at a time; see
+/// host_limits::PINGS_AT_ONCE): every first ping floods an ARP request to the
+/// whole subnet, and many at once overflow the kernel's backlog.
+const PINGING_EPMS: usize = 2;
 /// EPMs deleting EVMs at once (see push_evms).
 const DELETING_EPMS: usize = 128;
 /// EVMs per request to one agent.
