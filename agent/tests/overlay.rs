@@ -48,6 +48,7 @@ fn evm(prefix: &str, epm: &str, vpc: &str, name: &str, vni: u32, address: &str, 
         mac: format!("0a:00:00:{:02x}:00:{:02x}", vni & 0xff, last.parse::<u8>().unwrap_or(0)),
         gateway: gateway.into(),
         gateway_mac: gateway_mac(epm),
+        device_model: "veth".into(),
     }
 }
 
