@@ -57,6 +57,26 @@ fn state_of(spec: &SubnetSpec) -> Value {
     ])
 }
 
+/// Refuses a subnet that overlaps a recorded sibling of its VPC, or takes a
+/// recorded subnet's VNI (siblings created by the same apply are checked then).
+async fn check_siblings(runtime: &dyn Runtime, spec: &SubnetSpec) -> Result<(), Diagnostics> {
+    let subnets = runtime.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
+    for other in subnets.iter().filter(|o| !(o.vpc == spec.vpc && o.name == spec.name)) {
+        if other.vpc == spec.vpc && other.cidr.overlaps(&spec.cidr) {
+            return Err(Diagnostic::attribute_error(
+                &["cidr"],
+                "Subnet overlaps a sibling",
+                format!("{} overlaps subnet {} ({}) of VPC {}. Choose a prefix no other subnet of the VPC uses.", spec.cidr, other.name, other.cidr, spec.vpc),
+            )
+            .into());
+        }
+        if other.vni == spec.vni {
+            return Err(Diagnostic::attribute_error(&["name"], "VNI taken", format!("The VNI derived for this subnet ({}) is subnet {}/{}'s; rename the subnet.", spec.vni, other.vpc, other.name)).into());
+        }
+    }
+    Ok(())
+}
+
 async fn recorded_vpc(runtime: &dyn Runtime, config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
     let (topology, vpc) = vpc_of(config)?;
     runtime.read_vpc(&topology, &vpc).await.map_err(|e| runtime_error(format!("Could not read VPC {vpc}"), e))
@@ -96,7 +116,11 @@ impl Resource for Subnet {
             cidr: crate::model::Ipv4Cidr::ANY,
             vni: 1,
         });
-        Ok(state_of(&spec_of(config, &vpc)?))
+        let spec = spec_of(config, &vpc)?;
+        if let Some(runtime) = runtime {
+            check_siblings(runtime, &spec).await?;
+        }
+        Ok(state_of(&spec))
     }
 
     async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {

@@ -114,6 +114,8 @@ pub trait Runtime: Send + Sync {
     /// Refused when the subnet overlaps a sibling or its VNI is taken.
     async fn apply_subnet(&self, spec: &SubnetSpec) -> Result<(), RuntimeError>;
     async fn read_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<Option<SubnetSpec>, RuntimeError>;
+    /// Every recorded subnet of the topology (for checks against siblings).
+    async fn list_subnets(&self, topology: &str) -> Result<Vec<SubnetSpec>, RuntimeError>;
     /// Refused while the subnet has EVM groups.
     async fn delete_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError>;
 

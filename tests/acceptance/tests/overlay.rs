@@ -223,11 +223,12 @@ resource "merak_subnet" "web" {
         assert_eq!(output.status.code(), Some(1), "{extra}: {stderr}");
         assert!(stderr.contains(summary) && stderr.contains(pinned), "{extra}: wanted {summary:?} at {pinned:?} in {stderr}");
     }
-    // An overlapping sibling is refused when it is recorded; nothing is built.
+    // An overlapping sibling is refused at plan too, once the sibling exists.
     ws.write_config(&format!("{base}\nresource \"merak_subnet\" \"x\" {{\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.0.1.128/25\"\n}}\n"));
-    let output = ws.terraform(&["apply", "-auto-approve"]);
+    let output = ws.terraform(&["plan"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("overlaps subnet web"), "{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Subnet overlaps a sibling") && stderr.contains("cidr = \"10.0.1.128/25\""), "{stderr}");
     let state = ws.ok(&["state", "list"]);
     assert!(!state.contains("merak_subnet.x"), "{state}");
 

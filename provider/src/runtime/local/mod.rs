@@ -481,6 +481,10 @@ impl Runtime for LocalRuntime {
         self.read_subnet_impl(topology, vpc, name).await
     }
 
+    async fn list_subnets(&self, topology: &str) -> Result<Vec<SubnetSpec>, RuntimeError> {
+        self.list_subnets_impl(topology).await
+    }
+
     async fn delete_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError> {
         self.delete_subnet_impl(topology, vpc, name).await
     }

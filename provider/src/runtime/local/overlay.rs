@@ -474,6 +474,13 @@ impl LocalRuntime {
         record.subnets.get(&subnet_key(vpc, name)).map(|s| s.spec(topology)).transpose()
     }
 
+    pub(super) async fn list_subnets_impl(&self, topology: &str) -> Result<Vec<SubnetSpec>, RuntimeError> {
+        if self.load_record(topology)?.is_none() {
+            return Ok(Vec::new());
+        }
+        self.load_overlay(topology)?.subnets.values().map(|s| s.spec(topology)).collect()
+    }
+
     pub(super) async fn delete_subnet_impl(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError> {
         let _guard = self.overlay_lock.lock().await;
         let mut record = self.load_overlay(topology)?;
