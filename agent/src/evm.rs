@@ -163,7 +163,7 @@ async fn ensure(spec: &EvmSpec, router: &Router) -> Result<bool, OverlayError> {
     let eth0_peer = eth0_peer(spec);
     let evm = netns::create(&spec.namespace, NetnsOptions::default()).await?;
     let built = async {
-        evm.create_veth_at("eth0", ETH0_INDEX, mac, &eth0_peer, &router.fd).await?;
+        evm.create_veth_at("eth0", ETH0_INDEX, Some(mac), &eth0_peer, &router.fd).await?;
         router.netlink.set_link_by_name(&eth0_peer, Some(eth0_peer_bridge)).await?;
         evm.disable_ipv6_addresses(ETH0_INDEX).await?;
         evm.add_address(ETH0_INDEX, address.into(), prefix_len).await?;

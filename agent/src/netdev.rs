@@ -149,19 +149,7 @@ impl Netlink {
     /// directly in the namespace `peer_ns` (one request; the pair never shows
     /// up in the root namespace). Both ends start down.
     pub async fn create_veth(&self, name: &str, peer: &str, peer_ns: &impl AsRawFd) -> Result<()> {
-        let mut peer_message = named(peer);
-        peer_message.attributes.push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
-        let mut message = named(name);
-        message.attributes.push(LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_message))),
-        ]));
-        self.handle
-            .link()
-            .add(message)
-            .execute()
-            .await
-            .map_err(|e| NetdevError::new(format!("create veth {name} <-> {peer}"), e))
+        self.create_veth_at(name, 0, None, peer, peer_ns).await
     }
 
     /// Sets a link up and, when given, its controller (bridge) and MAC, in
@@ -251,15 +239,17 @@ impl Netlink {
 pub const VXLAN_PORT: u16 = 4789;
 
 impl Netlink {
-    /// Creates a veth pair whose local end `name` gets interface index
-    /// `index` (deterministic in a fresh namespace) and MAC `mac`, with the
-    /// peer created straight into `peer_ns`.
-    pub async fn create_veth_at(&self, name: &str, index: u32, mac: Mac, peer: &str, peer_ns: &impl AsRawFd) -> Result<()> {
+    /// Like [`Netlink::create_veth`], and the local end gets interface index
+    /// `index` (0: any; a fixed one is deterministic in a fresh namespace) and,
+    /// when given, MAC `mac`.
+    pub async fn create_veth_at(&self, name: &str, index: u32, mac: Option<Mac>, peer: &str, peer_ns: &impl AsRawFd) -> Result<()> {
         let mut peer_message = named(peer);
         peer_message.attributes.push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
         let mut message = named(name);
         message.header.index = index;
-        message.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        if let Some(mac) = mac {
+            message.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         message.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_message))),
