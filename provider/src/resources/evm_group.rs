@@ -247,14 +247,10 @@ impl Resource for EvmGroup {
 }
 
 fn failures(spec: &GroupSpec, status: &GroupStatus) -> Diagnostics {
-    if status.failures.is_empty() && status.ready == spec.count {
-        return Diagnostics::default();
-    }
-    const SHOWN: usize = 10;
-    let mut detail: Vec<String> = status.failures.iter().take(SHOWN).map(|f| format!("{}: {}", f.object, f.error)).collect();
-    if status.failures.len() > SHOWN {
-        detail.push(format!("... and {} more", status.failures.len() - SHOWN));
-    }
-    detail.push(format!("{} of {} EVMs exist. The state records them; run apply again to converge.", status.ready, spec.count));
-    Diagnostic::error(format!("EVM group {} is incomplete", spec.name), detail.join("\n")).into()
+    super::incomplete(
+        format!("EVM group {} is incomplete", spec.name),
+        &status.failures,
+        status.ready == spec.count,
+        format!("{} of {} EVMs exist.", status.ready, spec.count),
+    )
 }

@@ -12,7 +12,7 @@ use crate::model::SpecError;
 use crate::protocol::cty::Value;
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::Schema;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{Failure, Runtime, RuntimeError};
 
 impl From<SpecError> for Diagnostic {
     fn from(error: SpecError) -> Self {
@@ -110,4 +110,19 @@ pub fn unknown_computed(schema: &Schema, config: &Value) -> Value {
 /// Apply received a plan with unknown values: a provider bug, said plainly.
 pub fn unknown_at_apply() -> Diagnostics {
     Diagnostic::error("Planned value not fully known", "This is a provider bug: apply received unknown values.").into()
+}
+
+/// An apply that left some objects unbuilt: the first failures, and how much
+/// exists (`progress`), as one error; no diagnostic when nothing failed.
+pub fn incomplete(summary: String, failures: &[Failure], complete: bool, progress: String) -> Diagnostics {
+    if failures.is_empty() && complete {
+        return Diagnostics::default();
+    }
+    const SHOWN: usize = 10;
+    let mut detail: Vec<String> = failures.iter().take(SHOWN).map(|f| format!("{}: {}", f.object, f.error)).collect();
+    if failures.len() > SHOWN {
+        detail.push(format!("... and {} more", failures.len() - SHOWN));
+    }
+    detail.push(format!("{progress} The state records what exists; run apply again to converge."));
+    Diagnostic::error(summary, detail.join("\n")).into()
 }

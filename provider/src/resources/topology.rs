@@ -253,23 +253,12 @@ async fn apply(runtime: &dyn Runtime, planned: &Value) -> (Option<Value>, Diagno
 }
 
 fn failures_to_diagnostics(spec: &TreeSpec, status: &TopologyStatus) -> Diagnostics {
-    if status.failures.is_empty() && status.ready_epms == spec.hosts {
-        return Diagnostics::default();
-    }
-    const SHOWN: usize = 10;
-    let mut detail: Vec<String> = status.failures.iter().take(SHOWN).map(|f| format!("{}: {}", f.object, f.error)).collect();
-    if status.failures.len() > SHOWN {
-        detail.push(format!("... and {} more", status.failures.len() - SHOWN));
-    }
-    detail.push(format!(
-        "{} of {} EPMs are ready. The state records what exists; run apply again to converge.",
-        status.ready_epms, spec.hosts
-    ));
-    Diagnostic::error(
+    super::incomplete(
         format!("{} objects of topology {} failed", status.failures.len(), spec.name),
-        detail.join("\n"),
+        &status.failures,
+        status.ready_epms == spec.hosts,
+        format!("{} of {} EPMs are ready.", status.ready_epms, spec.hosts),
     )
-    .into()
 }
 
 /// The topology as it is on the host, or None when it no longer exists.
