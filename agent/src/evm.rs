@@ -8,13 +8,14 @@
 //! address generation off, address, eth0 up, lo up, the gateway's static
 //! neighbour entry, the default route.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
 use futures::StreamExt;
 use merak_proto::agent::{EvmBatch, EvmFailure, EvmReply, EvmSpec};
 
+use crate::bridges;
 use crate::netdev::{self, Netlink};
 use crate::netns::{self, NetnsOptions};
 use crate::overlay::{OverlayError, parse_cidr};
@@ -26,11 +27,10 @@ const IN_FLIGHT: usize = 32;
 const LOOPBACK_INDEX: u32 = 1;
 const ETH0_INDEX: u32 = 2;
 
-/// A router namespace and the bridges in it, looked up once per batch.
+/// A router namespace, opened once per batch.
 struct Router {
     netlink: Netlink,
     fd: OwnedFd,
-    bridges: HashMap<String, u32>,
 }
 
 pub async fn apply(batch: &EvmBatch) -> EvmReply {
@@ -102,14 +102,15 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
         pause = (pause * 2).min(std::time::Duration::from_millis(200));
     }
 
-    let routers = &routers;
+    let bridges = choose_bridges(&routers, &batch.create, &mut reply).await;
+    let (routers, bridges) = (&routers, &bridges);
     // Owned specs: a stream of borrowing futures trips the compiler's
     // higher-ranked lifetime check inside async-trait methods.
     let results: Vec<(EvmSpec, Result<bool, String>)> = futures::stream::iter(batch.create.iter().cloned())
         .map(|spec: EvmSpec| async move {
-            let result = match routers.get(&spec.router_namespace) {
-                Some(router) => ensure(&spec, router).await.map_err(|e| e.to_string()),
-                None => Err(format!("router namespace {} unavailable", spec.router_namespace)),
+            let result = match (routers.get(&spec.router_namespace), bridges.get(&spec.namespace)) {
+                (Some(router), Some(bridge)) => ensure(&spec, router, *bridge).await.map_err(|e| e.to_string()),
+                _ => Err(format!("router namespace {} unavailable", spec.router_namespace)),
             };
             (spec, result)
         })
@@ -124,22 +125,66 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
             Err(error) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error }),
         }
     }
+    // Leaves the deletions emptied.
+    let mut trunks: Vec<(&str, &str)> = batch.delete.iter().map(|s| (s.router_namespace.as_str(), s.bridge.as_str())).collect();
+    trunks.sort_unstable();
+    trunks.dedup();
+    for (router_namespace, trunk) in trunks {
+        if let Some(router) = routers.get(router_namespace) {
+            if let Err(e) = bridges::prune(&router.netlink, trunk).await {
+                tracing::warn!(router = router_namespace, trunk, error = %e, "could not remove empty leaf bridges");
+            }
+        }
+    }
     reply
+}
+
+/// The bridge each EVM's port joins, by EVM namespace. An EVM whose port
+/// exists keeps its bridge; new ports are placed per subnet in one go (see
+/// [`bridges::place`]), before the EVMs are built in parallel.
+async fn choose_bridges(routers: &HashMap<String, Router>, create: &[EvmSpec], reply: &mut EvmReply) -> HashMap<String, u32> {
+    let mut chosen = HashMap::with_capacity(create.len());
+    for (router_namespace, router) in routers {
+        let specs: Vec<&EvmSpec> = create.iter().filter(|s| &s.router_namespace == router_namespace).collect();
+        if specs.is_empty() {
+            continue;
+        }
+        let links = match router.netlink.links().await {
+            Ok(links) => links,
+            Err(e) => {
+                reply.failures.extend(specs.iter().map(|s| EvmFailure { namespace: s.namespace.clone(), error: e.to_string() }));
+                continue;
+            }
+        };
+        let bridge_of_port: HashMap<&str, u32> = links.iter().filter_map(|l| Some((l.name.as_str(), l.controller?))).collect();
+        let mut new_ports: BTreeMap<&str, Vec<&EvmSpec>> = BTreeMap::new();
+        for spec in specs {
+            match bridge_of_port.get(spec.host_port.as_str()) {
+                Some(bridge) => {
+                    chosen.insert(spec.namespace.clone(), *bridge);
+                }
+                None => new_ports.entry(spec.bridge.as_str()).or_default().push(spec),
+            }
+        }
+        for (trunk, specs) in new_ports {
+            match bridges::place(&router.netlink, &router.fd, &links, trunk, specs.len()).await {
+                Ok(indexes) => chosen.extend(specs.iter().map(|s| s.namespace.clone()).zip(indexes)),
+                Err(e) => reply.failures.extend(specs.iter().map(|s| EvmFailure { namespace: s.namespace.clone(), error: e.to_string() })),
+            }
+        }
+    }
+    chosen
 }
 
 async fn open_router(namespace: &str) -> Result<Router, OverlayError> {
     let netlink = netns::open(namespace).await?;
     let fd = netns::open_fd(namespace)?;
-    let bridges = netlink.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
-    Ok(Router { netlink, fd, bridges })
+    Ok(Router { netlink, fd })
 }
 
-/// Creates the EVM unless it is already whole; true when it was created.
-async fn ensure(spec: &EvmSpec, router: &Router) -> Result<bool, OverlayError> {
-    let bridge = *router
-        .bridges
-        .get(&spec.bridge)
-        .ok_or_else(|| OverlayError::Invalid(format!("bridge {} missing in {}", spec.bridge, spec.router_namespace)))?;
+/// Creates the EVM unless it is already whole, its port joining `bridge`;
+/// true when it was created.
+async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32) -> Result<bool, OverlayError> {
     if netns::exists(&spec.namespace) {
         let netlink = netns::open(&spec.namespace).await?;
         if netlink.link("eth0").await?.is_some_and(|eth0| eth0.up) {

@@ -2,6 +2,7 @@
 //! netlink library that builds network devices for it and for the provider's
 //! local runtime.
 
+pub mod bridges;
 pub mod evm;
 pub mod netdev;
 pub mod netns;

@@ -368,37 +368,90 @@ impl Netlink {
 
     /// The remote addresses the VXLAN device `index` floods to.
     pub async fn flood_destinations(&self, index: u32) -> Result<Vec<Ipv4Addr>> {
+        let entries = self.fdb(&format!("list flood entries of link {index}")).await?;
+        Ok(entries.into_iter().filter(|e| e.index == index && e.mac == [0; 6]).filter_map(|e| e.remote).collect())
+    }
+
+    /// Forwarding entries the kernel learned from traffic (not static or
+    /// permanent ones) on the bridge port or VXLAN device `index`.
+    pub async fn learned_fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>> {
+        let entries = self.fdb(&format!("list forwarding entries of link {index}")).await?;
+        Ok(entries.into_iter().filter(|e| e.index == index && e.learned).collect())
+    }
+
+    /// Deletes a forwarding entry; one that has aged out meanwhile is fine.
+    pub async fn delete_fdb_entry(&self, entry: &FdbEntry) -> Result<()> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Bridge;
+        message.header.ifindex = entry.index;
+        message.header.flags = entry.flags;
+        message.attributes.push(NeighbourAttribute::LinkLayerAddress(entry.mac.to_vec()));
+        if let Some(remote) = entry.remote {
+            message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(remote)));
+        }
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        match self.acknowledged(request, format!("delete forwarding entry {} on link {}", format_mac(&entry.mac), entry.index)).await {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Every bridge-family neighbour entry (bridge and VXLAN forwarding
+    /// databases) in this namespace.
+    async fn fdb(&self, op: &str) -> Result<Vec<FdbEntry>> {
         let mut message = NeighbourMessage::default();
         message.header.family = AddressFamily::Bridge;
         let mut dump = NetlinkMessage::from(RouteNetlinkMessage::GetNeighbour(message));
         dump.header.flags = NLM_F_REQUEST | netlink_packet_core::NLM_F_DUMP;
-        let op = || format!("list flood entries of link {index}");
         let mut handle = self.handle.clone();
-        let mut responses = handle.request(dump).map_err(|e| NetdevError::new(op(), e))?;
-        let mut remotes = Vec::new();
+        let mut responses = handle.request(dump).map_err(|e| NetdevError::new(op, e))?;
+        let mut entries = Vec::new();
         while let Some(response) = responses.next().await {
             match response.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(neighbour)) if neighbour.header.ifindex == index => {
-                    let zero_mac = neighbour.attributes.iter().any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(mac) if mac.iter().all(|b| *b == 0)));
-                    // In the bridge family the address arrives as raw bytes.
-                    let remote = neighbour.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-                        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
-                            <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from)
-                        }
-                        _ => None,
-                    });
-                    if let (true, Some(remote)) = (zero_mac, remote) {
-                        remotes.push(remote);
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(neighbour)) => {
+                    if let Some(entry) = FdbEntry::from_message(&neighbour) {
+                        entries.push(entry);
                     }
                 }
                 NetlinkPayload::Error(error) if error.code.is_some() => {
-                    return Err(NetdevError::new(op(), rtnetlink::Error::NetlinkError(error)));
+                    return Err(NetdevError::new(op, rtnetlink::Error::NetlinkError(error)));
                 }
                 _ => {}
             }
         }
-        Ok(remotes)
+        Ok(entries)
+    }
+}
+
+/// One entry of a bridge's or VXLAN device's forwarding database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The bridge port or VXLAN device.
+    pub index: u32,
+    pub mac: Mac,
+    /// For VXLAN devices: the remote endpoint.
+    pub remote: Option<Ipv4Addr>,
+    /// Learned from traffic, as opposed to static or permanent.
+    pub learned: bool,
+    /// Whose table it is in (the bridge's, or the device's own).
+    flags: NeighbourFlags,
+}
+
+impl FdbEntry {
+    fn from_message(neighbour: &NeighbourMessage) -> Option<Self> {
+        let mac = neighbour.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::LinkLayerAddress(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+            _ => None,
+        })?;
+        // In the bridge family the remote arrives as raw bytes.
+        let remote = neighbour.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from),
+            _ => None,
+        });
+        let learned = !matches!(neighbour.header.state, NeighbourState::Permanent | NeighbourState::Noarp);
+        Some(FdbEntry { index: neighbour.header.ifindex, mac, remote, learned, flags: neighbour.header.flags })
     }
 }
 

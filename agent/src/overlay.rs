@@ -3,13 +3,16 @@
 //! has no VRF); in it, per subnet of the VPC, a bridge that holds the subnet's
 //! gateway address and MAC (identical on every EPM: a distributed gateway)
 //! and a VXLAN port whose UDP socket lives in the EPM namespace on the
-//! underlay. Flooding is head-end replication to the EPMs that host the VPC.
+//! underlay (leaf bridges join it when one bridge cannot hold all of a
+//! subnet's EVMs here: see [`crate::bridges`]). Flooding is head-end
+//! replication to the EPMs that host the subnet.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use merak_proto::agent::{OverlayGoal, SubnetGoal, VpcGoal};
 
+use crate::bridges;
 use crate::netdev::{self, NetdevError, Netlink};
 use crate::netns::{self, NetnsError, NetnsOptions};
 
@@ -61,11 +64,10 @@ async fn apply_vpc(epm: &Netlink, underlay: u32, underlay_ip: Ipv4Addr, vpc: &Vp
     for subnet in &vpc.subnets {
         apply_subnet(epm, &router, &vpc.namespace, underlay, underlay_ip, subnet, actions).await?;
     }
-    // Bridges and VXLAN devices of subnets the VPC no longer has.
-    let wanted: HashSet<&str> = vpc.subnets.iter().flat_map(|s| [s.bridge.as_str(), s.vxlan.as_str()]).collect();
+    // Bridges, leaves and VXLAN devices of subnets the VPC no longer has.
+    let wanted: HashSet<&str> = vpc.subnets.iter().map(|s| s.bridge.as_str()).collect();
     for link in router.links().await? {
-        let subnet_device = link.name.starts_with('b') || link.name.starts_with('x');
-        if subnet_device && !wanted.contains(link.name.as_str()) {
+        if bridges::trunk_of(&link.name).is_some_and(|trunk| !wanted.contains(trunk.as_str())) {
             router.delete_link(link.index).await?;
             actions.push(format!("{}: removed {}", vpc.namespace, link.name));
         }
@@ -135,7 +137,43 @@ async fn apply_subnet(
         router.remove_flood_destination(vxlan.index, *stale).await?;
         actions.push(format!("{router_ns}: {} stops flooding to {stale}", subnet.vxlan));
     }
+    forget(router, router_ns, vxlan.index, &subnet.forget, actions).await
+}
+
+/// Drops what the bridge and the VXLAN device learned about the MACs in
+/// `ranges`: EVMs about to be created with them may have lived on another
+/// EPM, and a stale entry would send their traffic there until it aged out
+/// (5 minutes).
+async fn forget(router: &Netlink, router_ns: &str, vxlan: u32, ranges: &[String], actions: &mut Vec<String>) -> Result<(), OverlayError> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let ranges = ranges.iter().map(|r| parse_mac_range(r)).collect::<Result<Vec<_>, _>>()?;
+    let mut forgotten = 0;
+    for entry in router.learned_fdb_entries(vxlan).await? {
+        let mac = mac_number(&entry.mac);
+        if ranges.iter().any(|(first, last)| (*first..=*last).contains(&mac)) {
+            router.delete_fdb_entry(&entry).await?;
+            forgotten += 1;
+        }
+    }
+    if forgotten > 0 {
+        actions.push(format!("{router_ns}: forgot {forgotten} learned locations"));
+    }
     Ok(())
+}
+
+fn mac_number(mac: &netdev::Mac) -> u64 {
+    mac.iter().fold(0, |n, b| n << 8 | u64::from(*b))
+}
+
+/// `aa:bb:cc:dd:ee:ff` or `first-last`, as numbers.
+fn parse_mac_range(text: &str) -> Result<(u64, u64), OverlayError> {
+    let (first, last) = text.split_once('-').unwrap_or((text, text));
+    match (netdev::parse_mac(first), netdev::parse_mac(last)) {
+        (Some(first), Some(last)) => Ok((mac_number(&first), mac_number(&last))),
+        _ => Err(OverlayError::Invalid(format!("bad MAC range {text:?}"))),
+    }
 }
 
 pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), OverlayError> {

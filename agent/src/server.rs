@@ -123,11 +123,15 @@ const PINGS_IN_FLIGHT: usize = 2;
 /// The agent's tenant-network service.
 pub struct OverlayService {
     netlink: Netlink,
+    /// One change at a time: bridges for new EVM ports are chosen from a
+    /// dump of the router namespace, and two batches at once would both
+    /// count the same free ports.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl OverlayService {
     pub fn new(netlink: Netlink) -> Self {
-        OverlayService { netlink }
+        OverlayService { netlink, changing: tokio::sync::Mutex::new(()) }
     }
 }
 
@@ -137,6 +141,7 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         &self,
         request: Request<merak_proto::agent::OverlayGoal>,
     ) -> Result<Response<ApplyReply>, Status> {
+        let _changing = self.changing.lock().await;
         let actions = crate::overlay::apply(&self.netlink, &request.into_inner())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -151,6 +156,7 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         request: Request<merak_proto::agent::EvmBatch>,
     ) -> Result<Response<merak_proto::agent::EvmReply>, Status> {
         let batch = request.into_inner();
+        let _changing = self.changing.lock().await;
         let started = std::time::Instant::now();
         let reply = crate::evm::apply(&batch).await;
         tracing::info!(

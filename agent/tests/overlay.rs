@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use merak_agent::bridges;
+use merak_agent::netdev::Netlink;
 use merak_agent::netns::{self, NetnsOptions};
 use merak_agent::server::OverlayService;
 use merak_proto::agent::overlay_server::Overlay;
@@ -34,39 +36,64 @@ fn subnet(epm: &str, vni: u32, gateway: &str, flood: &str) -> SubnetGoal {
         gateway: gateway.into(),
         gateway_mac: gateway_mac(epm),
         flood: vec![flood.into()],
+        forget: vec![],
     }
 }
 
 fn evm(prefix: &str, epm: &str, vpc: &str, name: &str, vni: u32, address: &str, gateway: &str) -> EvmSpec {
-    let last = address.split(['.', '/']).nth(3).unwrap_or("0");
+    let octets: Vec<u8> = address.split(['.', '/']).take(4).map(|o| o.parse().unwrap_or(0)).collect();
     EvmSpec {
         namespace: format!("{prefix}{epm}.{name}"),
         router_namespace: format!("{prefix}{epm}.{vpc}"),
         bridge: format!("b{vni}"),
         host_port: format!("v{name}"),
         address: address.into(),
-        mac: format!("0a:00:00:{:02x}:00:{:02x}", vni & 0xff, last.parse::<u8>().unwrap_or(0)),
+        mac: format!("0a:00:00:{:02x}:{:02x}:{:02x}", vni & 0xff, octets[2], octets[3]),
         gateway: gateway.into(),
         gateway_mac: gateway_mac(epm),
         device_model: "veth".into(),
     }
 }
 
-#[tokio::test]
-async fn subnets_route_and_vpcs_stay_apart() {
-    let prefix = format!("merak-test-ov-{}.", std::process::id());
-    let _cleanup = Cleanup(prefix.clone());
+/// EPMs `a` (192.168.50.1) and `b` (.2), their eth1s joined by a veth pair.
+async fn two_epms(prefix: &str) -> (Netlink, Netlink) {
     let options = NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() };
     let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
     let in_a = netns::create(&a, options).await.unwrap();
     let in_b = netns::create(&b, options).await.unwrap();
-    // The underlay: a's eth1 to b's eth1.
     in_a.create_veth("eth1", "eth1", &netns::open_fd(&b).unwrap()).await.unwrap();
     for (netlink, ip) in [(&in_a, "192.168.50.1"), (&in_b, "192.168.50.2")] {
         let eth1 = netlink.link("eth1").await.unwrap().unwrap();
         netlink.add_address(eth1.index, ip.parse().unwrap(), 24).await.unwrap();
         netlink.set_link(eth1.index, None, None).await.unwrap();
     }
+    (in_a, in_b)
+}
+
+fn one_subnet_goal(prefix: &str, epm: &str, own: &str, other: &str, forget: Vec<String>) -> OverlayGoal {
+    let mut subnet = subnet(epm, 101, "10.0.0.1/22", other);
+    subnet.forget = forget;
+    OverlayGoal {
+        // Not just "{prefix}{epm}.": that would cover the EVMs' namespaces.
+        router_prefix: format!("{prefix}{epm}.vpc"),
+        underlay_ip: own.into(),
+        vpcs: vec![VpcGoal { namespace: format!("{prefix}{epm}.vpc1"), subnets: vec![subnet] }],
+    }
+}
+
+fn ping(from: &EvmSpec, to: &str) -> PingProbe {
+    PingProbe { from_namespace: from.namespace.clone(), to: to.into() }
+}
+
+async fn reached(agent: &OverlayService, probes: Vec<PingProbe>) -> Vec<bool> {
+    agent.ping(Request::new(PingRequest { probes, timeout_ms: 2000 })).await.unwrap().into_inner().reached
+}
+
+#[tokio::test]
+async fn subnets_route_and_vpcs_stay_apart() {
+    let prefix = format!("merak-test-ov-{}.", std::process::id());
+    let _cleanup = Cleanup(prefix.clone());
+    let (in_a, in_b) = two_epms(&prefix).await;
 
     let goal = |epm: &str, own: &str, other: &str| OverlayGoal {
         router_prefix: format!("{prefix}{epm}."),
@@ -101,20 +128,14 @@ async fn subnets_route_and_vpcs_stay_apart() {
     let again = agent_a.apply_evms(Request::new(EvmBatch { create: on_a.clone(), delete: vec![] })).await.unwrap().into_inner();
     assert_eq!((again.created, again.existing), (0, 2));
 
-    let probe = |from: &EvmSpec, to: &str| PingProbe { from_namespace: from.namespace.clone(), to: to.into() };
     let probes = vec![
-        probe(&on_a[0], "10.0.1.11"), // same subnet, other EPM
-        probe(&on_a[0], "10.0.2.10"), // other subnet of the VPC, other EPM
-        probe(&on_b[1], "10.0.1.10"), // and back
-        probe(&on_a[1], "10.0.1.11"), // within the second VPC
-        probe(&on_a[1], "10.0.2.10"), // across VPCs: must fail
+        ping(&on_a[0], "10.0.1.11"), // same subnet, other EPM
+        ping(&on_a[0], "10.0.2.10"), // other subnet of the VPC, other EPM
+        ping(&on_b[1], "10.0.1.10"), // and back
+        ping(&on_a[1], "10.0.1.11"), // within the second VPC
+        ping(&on_a[1], "10.0.2.10"), // across VPCs: must fail
     ];
-    let reply = agent_a
-        .ping(Request::new(PingRequest { probes, timeout_ms: 2000 }))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(reply.reached, vec![true, true, true, true, false]);
+    assert_eq!(reached(&agent_a, probes).await, vec![true, true, true, true, false]);
 
     let gone = agent_b.apply_evms(Request::new(EvmBatch { create: vec![], delete: on_b.clone() })).await.unwrap().into_inner();
     assert_eq!((gone.deleted, gone.failures.len()), (3, 0), "{gone:?}");
@@ -122,4 +143,82 @@ async fn subnets_route_and_vpcs_stay_apart() {
         assert!(!netns::exists(&spec.namespace));
     }
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+/// More EVMs of one subnet on one EPM than a bridge can hold: a leaf bridge
+/// joins the trunk, its EVMs reach the trunk's, the gateway and the other
+/// EPM, and it goes away when its last EVM does.
+#[tokio::test]
+async fn a_crowded_subnet_grows_leaf_bridges() {
+    let prefix = format!("merak-test-leaf-{}.", std::process::id());
+    let _cleanup = Cleanup(prefix.clone());
+    let (in_a, in_b) = two_epms(&prefix).await;
+    let (agent_a, agent_b) = (OverlayService::new(in_a), OverlayService::new(in_b));
+    agent_a.apply_overlay(Request::new(one_subnet_goal(&prefix, "a", "192.168.50.1", "192.168.50.2", vec![]))).await.unwrap();
+    agent_b.apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", vec![]))).await.unwrap();
+
+    let crowd: Vec<EvmSpec> = (0..bridges::EVM_PORTS_PER_BRIDGE + 2)
+        .map(|i| evm(&prefix, "a", "vpc1", &format!("c{i}"), 101, &format!("10.0.{}.{}/22", (i + 2) / 256, (i + 2) % 256), "10.0.0.1"))
+        .collect();
+    let remote = evm(&prefix, "b", "vpc1", "r", 101, "10.0.3.250/22", "10.0.0.1");
+    let made = agent_a.apply_evms(Request::new(EvmBatch { create: crowd.clone(), delete: vec![] })).await.unwrap().into_inner();
+    assert_eq!((made.created as usize, made.failures.len()), (crowd.len(), 0), "{:?}", made.failures.first());
+    agent_b.apply_evms(Request::new(EvmBatch { create: vec![remote.clone()], delete: vec![] })).await.unwrap();
+
+    let router = netns::open(&format!("{prefix}a.vpc1")).await.unwrap();
+    let leaf = router.link("b101.1").await.unwrap().expect("a leaf bridge");
+    let links = router.links().await.unwrap();
+    let on_leaf: Vec<&str> = links.iter().filter(|l| l.controller == Some(leaf.index)).map(|l| l.name.as_str()).collect();
+    assert_eq!(on_leaf.len(), 3, "two EVM ports and the downlink: {on_leaf:?}");
+    let newest = &crowd[crowd.len() - 1];
+    assert!(on_leaf.contains(&newest.host_port.as_str()));
+
+    let probes = vec![ping(newest, "10.0.0.2"), ping(newest, "10.0.0.1"), ping(newest, "10.0.3.250")];
+    assert_eq!(reached(&agent_a, probes).await, vec![true, true, true], "leaf EVM to trunk EVM, gateway, other EPM");
+
+    // Emptying the leaf removes it and its uplink.
+    let leaving = crowd[crowd.len() - 2..].to_vec();
+    let gone = agent_a.apply_evms(Request::new(EvmBatch { create: vec![], delete: leaving })).await.unwrap().into_inner();
+    assert_eq!((gone.deleted, gone.failures.len()), (2, 0));
+    assert!(router.link("b101.1").await.unwrap().is_none());
+    assert!(router.link(&bridges::uplink("b101", 1)).await.unwrap().is_none());
+    let rest = agent_a.apply_evms(Request::new(EvmBatch { create: vec![], delete: crowd.clone() })).await.unwrap().into_inner();
+    assert_eq!(rest.failures.len(), 0);
+}
+
+/// An address that moves to another EPM (a group shrinks on one and grows on
+/// another) is reachable at once where it went: the overlay goal tells the
+/// EPMs to forget where they learned it was.
+#[tokio::test]
+async fn a_moved_address_is_forgotten_where_it_was_learned() {
+    let prefix = format!("merak-test-move-{}.", std::process::id());
+    let _cleanup = Cleanup(prefix.clone());
+    let (in_a, in_b) = two_epms(&prefix).await;
+    let (agent_a, agent_b) = (OverlayService::new(in_a), OverlayService::new(in_b.clone()));
+    agent_a.apply_overlay(Request::new(one_subnet_goal(&prefix, "a", "192.168.50.1", "192.168.50.2", vec![]))).await.unwrap();
+    agent_b.apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", vec![]))).await.unwrap();
+    let mover_on_a = evm(&prefix, "a", "vpc1", "m", 101, "10.0.0.10/22", "10.0.0.1");
+    let stayer = evm(&prefix, "b", "vpc1", "s", 101, "10.0.0.11/22", "10.0.0.1");
+    agent_a.apply_evms(Request::new(EvmBatch { create: vec![mover_on_a.clone()], delete: vec![] })).await.unwrap();
+    let made = agent_b.apply_evms(Request::new(EvmBatch { create: vec![stayer.clone()], delete: vec![] })).await.unwrap().into_inner();
+    assert_eq!((made.created, made.failures), (1, vec![]));
+    assert_eq!(reached(&agent_b, vec![ping(&stayer, "10.0.0.10")]).await, vec![true]);
+
+    // b has learned that the mover's MAC is behind a.
+    let router_b = netns::open(&format!("{prefix}b.vpc1")).await.unwrap();
+    let vxlan_b = router_b.link("x101").await.unwrap().unwrap().index;
+    let mac = merak_agent::netdev::parse_mac(&mover_on_a.mac).unwrap();
+    let learned = |entries: Vec<merak_agent::netdev::FdbEntry>| entries.iter().any(|e| e.mac == mac);
+    assert!(learned(router_b.learned_fdb_entries(vxlan_b).await.unwrap()));
+
+    // The mover leaves a and comes back on b with the same address and MAC.
+    agent_a.apply_evms(Request::new(EvmBatch { create: vec![], delete: vec![mover_on_a.clone()] })).await.unwrap();
+    let forget = vec![format!("{}-{}", mover_on_a.mac, mover_on_a.mac)];
+    agent_b.apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", forget))).await.unwrap();
+    assert!(!learned(router_b.learned_fdb_entries(vxlan_b).await.unwrap()));
+    let mover_on_b = evm(&prefix, "b", "vpc1", "m", 101, "10.0.0.10/22", "10.0.0.1");
+    agent_b.apply_evms(Request::new(EvmBatch { create: vec![mover_on_b.clone()], delete: vec![] })).await.unwrap();
+    // The stayer first: a ping from the mover would teach the bridges anyway.
+    assert_eq!(reached(&agent_b, vec![ping(&stayer, "10.0.0.10")]).await, vec![true]);
+    assert_eq!(reached(&agent_b, vec![ping(&mover_on_b, "10.0.0.11")]).await, vec![true]);
 }
