@@ -1,7 +1,7 @@
 # Pings from inside the EVMs, once they exist.
 data "merak_pingall" "lab" {
   topology_id = merak_topology.lab.id
-  depends_on  = [merak_evm_group.web, merak_evm_group.db]
+  depends_on  = [merak_evm_group.web, merak_evm_group.db, merak_evm_group.cache]
 }
 
 output "pingall" {

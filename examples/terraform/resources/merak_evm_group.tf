@@ -1,4 +1,5 @@
-# 12 EVMs spread over all EPMs, and 4 packed onto two chosen EPMs.
+# 12 EVMs spread over all EPMs, 4 packed onto two chosen EPMs, and 5 placed
+# by a count per EPM.
 resource "merak_evm_group" "web" {
   subnet_id = merak_subnet.web.id
   name      = "web"
@@ -11,4 +12,10 @@ resource "merak_evm_group" "db" {
   evm_count = 4
   placement = "pack"
   epms      = ["epm-6", "epm-7"]
+}
+
+resource "merak_evm_group" "cache" {
+  subnet_id  = merak_subnet.db.id
+  name       = "cache"
+  epm_counts = { "epm-0" = 3, "epm-1" = 2 }
 }

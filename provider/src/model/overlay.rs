@@ -1,6 +1,7 @@
 //! Tenant networks: VPCs, their subnets, and groups of EVMs placed on EPMs,
 //! with the address and VNI rules they obey.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::cidr::{Ipv4Cidr, parse_attribute as parse_cidr};
@@ -8,8 +9,13 @@ use super::{SpecError, naming};
 
 /// VNIs are 24 bits; 0 is not used.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
-/// A Linux bridge holds at most 1024 ports: EVMs of one subnet on one EPM.
-pub const MAX_EVMS_PER_SUBNET_PER_EPM: u32 = 1000;
+/// EVMs of one subnet one EPM holds: its bridges' capacity (the agent adds
+/// leaf bridges past 1000; see merak_agent::bridges).
+pub const MAX_EVMS_PER_SUBNET_PER_EPM: u32 = merak_agent::bridges::MAX_EVMS_PER_SUBNET as u32;
+/// What `pack` puts on an EPM before the next: one bridge's worth.
+pub const PACK_PER_EPM: u32 = merak_agent::bridges::EVM_PORTS_PER_BRIDGE as u32;
+/// EVM indexes stay below 36^5, so port names fit (see naming::evm_port).
+const MAX_EVM_INDEX: u64 = 36u64.pow(5);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VpcSpec {
@@ -33,8 +39,33 @@ pub struct SubnetSpec {
 pub enum Placement {
     /// EVM k on EPM k mod N: even load, and an EVM never moves when the group scales.
     Spread,
-    /// Fill each EPM (up to the bridge limit) before the next.
+    /// Fill each EPM (up to [`PACK_PER_EPM`]) before the next.
     Pack,
+    /// This many EVMs on each named EPM. Which EVMs live where is recorded
+    /// (see [`assign_slots`]), since no formula keeps them in place when
+    /// the counts change.
+    Counts(BTreeMap<String, u32>),
+}
+
+impl Placement {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Placement::Spread => "spread",
+            Placement::Pack => "pack",
+            Placement::Counts(_) => "counts",
+        }
+    }
+}
+
+/// A group as configured, before it is checked.
+#[derive(Debug, Clone, Default)]
+pub struct GroupInput {
+    pub name: String,
+    pub evm_count: Option<i64>,
+    pub placement: Option<String>,
+    pub epms: Vec<String>,
+    pub epm_counts: Option<BTreeMap<String, i64>>,
+    pub device_model: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,37 +198,71 @@ impl SubnetSpec {
 }
 
 impl GroupSpec {
-    pub fn validate(
-        subnet: &SubnetSpec,
-        name: &str,
-        count: i64,
-        placement: &str,
-        epms: Vec<String>,
-        device_model: &str,
-    ) -> Result<Self, Vec<SpecError>> {
+    pub fn validate(subnet: &SubnetSpec, input: GroupInput) -> Result<Self, Vec<SpecError>> {
         let mut errors = Vec::new();
-        if let Err(e) = label("name", "group", name, 24) {
+        if let Err(e) = label("name", "group", &input.name, 24) {
             errors.push(e);
         }
-        let count = if (0..=i64::from(u32::MAX)).contains(&count) && (count as u64) <= subnet.evm_capacity() {
-            Some(count as u32)
-        } else {
-            errors.push(SpecError::new(
-                "evm_count",
-                "Group does not fit its subnet",
-                format!("evm_count is {count}; subnet {} ({}) holds at most {} EVMs.", subnet.name, subnet.cidr, subnet.evm_capacity()),
-            ));
-            None
-        };
-        let placement = match placement {
-            "spread" => Some(Placement::Spread),
-            "pack" => Some(Placement::Pack),
-            other => {
-                errors.push(SpecError::new("placement", "Invalid placement", format!("placement is {other:?}; use \"spread\" or \"pack\".")));
+        let counts = input.epm_counts.map(|counts| epm_counts(counts, &mut errors));
+        let placement = match (input.placement.as_deref(), counts) {
+            (None | Some("spread"), None) => Some(Placement::Spread),
+            (Some("pack"), None) => Some(Placement::Pack),
+            (None | Some("counts"), Some(counts)) => counts.map(Placement::Counts),
+            (Some("counts"), None) => {
+                errors.push(SpecError::new("epm_counts", "Missing epm_counts", "placement \"counts\" places EVMs by epm_counts: set it, e.g. { \"epm-0\" = 10 }."));
+                None
+            }
+            (Some(other @ ("spread" | "pack")), Some(_)) => {
+                errors.push(SpecError::new(
+                    "placement",
+                    "placement conflicts with epm_counts",
+                    format!("placement is {other:?}, but epm_counts places the EVMs itself. Leave placement out, or epm_counts."),
+                ));
+                None
+            }
+            (Some(other), _) => {
+                errors.push(SpecError::new("placement", "Invalid placement", format!("placement is {other:?}; use \"spread\", \"pack\", or set epm_counts.")));
                 None
             }
         };
-        let device_model = match device_model {
+        if matches!(placement, Some(Placement::Counts(_))) && !input.epms.is_empty() {
+            errors.push(SpecError::new("epms", "epms conflicts with epm_counts", "epm_counts names the EPMs itself; leave epms out."));
+        }
+        let count = match (&placement, input.evm_count) {
+            (Some(Placement::Counts(counts)), evm_count) => {
+                let sum: i64 = counts.values().map(|n| i64::from(*n)).sum();
+                match evm_count {
+                    Some(n) if n != sum => {
+                        errors.push(SpecError::new(
+                            "evm_count",
+                            "evm_count disagrees with epm_counts",
+                            format!("evm_count is {n}, but epm_counts add up to {sum}. Leave evm_count out, or make them agree."),
+                        ));
+                        None
+                    }
+                    _ => Some(sum),
+                }
+            }
+            (_, Some(n)) => Some(n),
+            (None, None) => None,
+            (_, None) => {
+                errors.push(SpecError::new("evm_count", "Missing evm_count", "Set evm_count, the number of EVMs (or epm_counts, a number per EPM)."));
+                None
+            }
+        };
+        let count = count.and_then(|count| {
+            if (0..=i64::from(u32::MAX)).contains(&count) && (count as u64) <= subnet.evm_capacity() {
+                Some(count as u32)
+            } else {
+                errors.push(SpecError::new(
+                    "evm_count",
+                    "Group does not fit its subnet",
+                    format!("The group has {count} EVMs; subnet {} ({}) holds at most {} EVMs.", subnet.name, subnet.cidr, subnet.evm_capacity()),
+                ));
+                None
+            }
+        });
+        let device_model = match input.device_model.as_str() {
             "veth" => Some(DeviceModel::Veth),
             "hybrid" => Some(DeviceModel::Hybrid),
             other => {
@@ -210,66 +275,99 @@ impl GroupSpec {
                 topology: subnet.topology.clone(),
                 vpc: subnet.vpc.clone(),
                 subnet: subnet.name.clone(),
-                name: name.into(),
+                name: input.name,
                 count,
                 placement,
-                epms,
+                epms: input.epms,
                 device_model,
             }),
             _ => Err(errors),
         }
     }
 
-    /// Which of `candidates` (the EPMs it may use, in order) EVM `k` lives on.
-    pub fn epm_of(&self, k: u32, candidates: usize) -> usize {
+    /// Which of `candidates` (the EPMs it may use, in order) EVM `k` lives
+    /// on; None for placement by counts, which is recorded instead.
+    pub fn epm_of(&self, k: u32, candidates: usize) -> Option<usize> {
         match self.placement {
-            Placement::Spread => k as usize % candidates,
-            Placement::Pack => (k / MAX_EVMS_PER_SUBNET_PER_EPM) as usize,
+            Placement::Spread => Some(k as usize % candidates.max(1)),
+            Placement::Pack => Some((k / PACK_PER_EPM) as usize),
+            Placement::Counts(_) => None,
         }
     }
 
-    /// How many EVMs each of `candidates` EPMs holds.
-    pub fn per_epm_counts(&self, candidates: usize) -> Vec<u32> {
-        let mut counts = vec![0u32; candidates];
-        if candidates == 0 {
-            return counts;
-        }
-        match self.placement {
-            Placement::Spread => {
-                let n = candidates as u32;
-                for (i, slot) in counts.iter_mut().enumerate() {
-                    *slot = self.count / n + u32::from((i as u32) < self.count % n);
-                }
-            }
-            Placement::Pack => {
-                let mut left = self.count;
-                for slot in counts.iter_mut() {
-                    *slot = left.min(MAX_EVMS_PER_SUBNET_PER_EPM);
-                    left -= *slot;
-                }
-            }
-        }
-        counts
-    }
-
-    /// Checks that the group fits on `candidates` EPMs.
-    pub fn check_fits(&self, candidates: usize) -> Result<(), SpecError> {
-        let needed = match self.placement {
-            Placement::Spread => u64::from(self.count).div_ceil(candidates.max(1) as u64).min(u64::from(self.count)),
-            Placement::Pack => u64::from(self.count.min(MAX_EVMS_PER_SUBNET_PER_EPM)),
+    /// How many EVMs each of `candidates` holds, by name. By counts: the
+    /// configured counts, zeros included (they are the user's to keep).
+    pub fn per_epm_counts(&self, candidates: &[String]) -> BTreeMap<String, u32> {
+        let n = candidates.len() as u32;
+        let count_of = |i: u32| match self.placement {
+            Placement::Spread => self.count / n + u32::from(i < self.count % n),
+            Placement::Pack => self.count.saturating_sub(i * PACK_PER_EPM).min(PACK_PER_EPM),
+            Placement::Counts(_) => 0,
         };
-        let epms_needed = u64::from(self.count).div_ceil(u64::from(MAX_EVMS_PER_SUBNET_PER_EPM));
-        if candidates == 0 || needed > u64::from(MAX_EVMS_PER_SUBNET_PER_EPM) || epms_needed > candidates as u64 {
-            return Err(SpecError::new(
-                "evm_count",
-                "Group does not fit on its EPMs",
-                format!(
-                    "{} EVMs on {candidates} EPMs: one EPM holds at most {MAX_EVMS_PER_SUBNET_PER_EPM} EVMs of a subnet. Use more EPMs or fewer EVMs.",
-                    self.count
-                ),
-            ));
+        match &self.placement {
+            Placement::Counts(counts) => counts.clone(),
+            _ => (0..n).map(|i| (candidates[i as usize].clone(), count_of(i))).filter(|(_, n)| *n > 0).collect(),
         }
-        Ok(())
+    }
+
+    /// Checks that the group fits on `candidates` EPMs (by counts: each
+    /// count was checked on its own).
+    pub fn check_fits(&self, candidates: usize) -> Result<(), SpecError> {
+        let fits = match self.placement {
+            Placement::Spread => candidates > 0 && u64::from(self.count).div_ceil(candidates as u64) <= u64::from(MAX_EVMS_PER_SUBNET_PER_EPM),
+            Placement::Pack => u64::from(self.count).div_ceil(u64::from(PACK_PER_EPM)) <= candidates as u64,
+            Placement::Counts(_) => true,
+        };
+        if fits || self.count == 0 {
+            return Ok(());
+        }
+        let per_epm = if self.placement == Placement::Pack { PACK_PER_EPM } else { MAX_EVMS_PER_SUBNET_PER_EPM };
+        Err(SpecError::new(
+            "evm_count",
+            "Group does not fit on its EPMs",
+            format!("{} EVMs on {candidates} EPMs: {} puts at most {per_epm} EVMs of a subnet on one EPM. Use more EPMs or fewer EVMs.", self.count, self.placement.name()),
+        ))
+    }
+}
+
+/// Checks per-EPM counts: whole, not negative, within what an EPM holds.
+fn epm_counts(counts: BTreeMap<String, i64>, errors: &mut Vec<SpecError>) -> Option<BTreeMap<String, u32>> {
+    let mut checked = BTreeMap::new();
+    for (epm, n) in counts {
+        match u32::try_from(n) {
+            Ok(n) if n <= MAX_EVMS_PER_SUBNET_PER_EPM => {
+                checked.insert(epm, n);
+            }
+            _ => {
+                errors.push(SpecError::new(
+                    "epm_counts",
+                    "Invalid count in epm_counts",
+                    format!("epm_counts[{epm:?}] is {n}; an EPM holds 0 to {MAX_EVMS_PER_SUBNET_PER_EPM} EVMs of a subnet."),
+                ));
+                return None;
+            }
+        }
+    }
+    Some(checked)
+}
+
+/// For placement by counts: which EVM indexes (k) each EPM holds. An EVM
+/// never moves: an EPM that shrinks gives up the EVMs it gained last, one
+/// that grows takes the lowest free indexes (so names and addresses stay
+/// compact).
+pub fn assign_slots(slots: &mut BTreeMap<String, Ranges>, wanted: &BTreeMap<String, u32>) {
+    for (epm, held) in slots.iter_mut() {
+        held.truncate(u64::from(wanted.get(epm).copied().unwrap_or(0)));
+    }
+    slots.retain(|_, held| !held.is_empty());
+    for (epm, &want) in wanted {
+        let mut held = slots.remove(epm).unwrap_or_default();
+        let taken: Vec<&Ranges> = slots.values().collect();
+        // Cannot fail: the group's EVMs stay far below MAX_EVM_INDEX.
+        let _ = grow(&mut held, u64::from(want), MAX_EVM_INDEX, None, &taken);
+        if !held.is_empty() {
+            slots.insert(epm.clone(), held);
+        }
     }
 }
 
@@ -298,7 +396,17 @@ impl Ranges {
         None
     }
 
-    /// Keeps the first `n` addresses (EVMs are removed from the end).
+    /// Every index held, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.iter().flat_map(|&(start, n)| start..start + n)
+    }
+
+    /// One past the highest index held.
+    pub fn end(&self) -> u64 {
+        self.0.iter().map(|(start, n)| start + n).max().unwrap_or(0)
+    }
+
+    /// Keeps the first `n` indexes (EVMs are removed from the end).
     pub fn truncate(&mut self, mut n: u64) {
         let mut kept = Vec::new();
         for &(start, len) in &self.0 {
@@ -312,12 +420,13 @@ impl Ranges {
     }
 }
 
-/// Grows `ranges` to `count` addresses, taking free host indexes below
-/// `capacity` that neither `taken` (other groups) nor `reserved` hold.
-/// Existing addresses never move. None when the subnet is full.
-pub fn grow(ranges: &mut Ranges, count: u64, capacity: u64, reserved: u64, taken: &[&Ranges]) -> Option<()> {
+/// Grows `ranges` to `count` indexes, taking the lowest free ones below
+/// `capacity` that neither `taken` (e.g. other groups' addresses) nor
+/// `reserved` (e.g. the gateway's) hold. Existing ones never move. None
+/// when there is no room.
+pub fn grow(ranges: &mut Ranges, count: u64, capacity: u64, reserved: Option<u64>, taken: &[&Ranges]) -> Option<()> {
     let mut used: Vec<(u64, u64)> = taken.iter().flat_map(|r| r.0.iter().copied()).chain(ranges.0.iter().copied()).collect();
-    used.push((reserved, 1));
+    used.extend(reserved.map(|index| (index, 1)));
     used.sort_unstable();
     let mut missing = count.saturating_sub(ranges.len());
     let mut cursor = 0u64;
@@ -391,46 +500,105 @@ mod tests {
     fn ranges_grow_without_moving_and_never_overlap() {
         let mut a = Ranges::default();
         let mut b = Ranges::default();
-        grow(&mut a, 10, 100, 0, &[]).unwrap();
+        grow(&mut a, 10, 100, Some(0), &[]).unwrap();
         assert_eq!(a.0, vec![(1, 10)]);
-        grow(&mut b, 5, 100, 0, &[&a]).unwrap();
+        grow(&mut b, 5, 100, Some(0), &[&a]).unwrap();
         assert_eq!(b.0, vec![(11, 5)]);
-        grow(&mut a, 15, 100, 0, &[&b]).unwrap();
+        grow(&mut a, 15, 100, Some(0), &[&b]).unwrap();
         assert_eq!(a.0, vec![(1, 10), (16, 5)]);
         assert_eq!(a.index_of(9), Some(10));
         assert_eq!(a.index_of(10), Some(16));
         a.truncate(12);
         assert_eq!(a.0, vec![(1, 10), (16, 2)]);
         // The freed tail is reused; the gateway (index 0) never is.
-        grow(&mut b, 83, 100, 0, &[&a]).unwrap();
+        grow(&mut b, 83, 100, Some(0), &[&a]).unwrap();
         assert_eq!(b.len(), 83);
-        assert!(grow(&mut b, 100, 100, 0, &[&a]).is_none());
+        assert!(grow(&mut b, 100, 100, Some(0), &[&a]).is_none());
         let indexes: Vec<u64> = (0..a.len()).map(|k| a.index_of(k).unwrap()).chain((0..b.len()).map(|k| b.index_of(k).unwrap())).collect();
         let unique: std::collections::HashSet<_> = indexes.iter().collect();
         assert_eq!(unique.len(), indexes.len());
         assert!(!indexes.contains(&0));
     }
 
+    fn group(subnet: &SubnetSpec, count: i64, placement: &str) -> Result<GroupSpec, Vec<SpecError>> {
+        let input = GroupInput { name: "g".into(), evm_count: Some(count), placement: Some(placement.into()), device_model: "veth".into(), ..GroupInput::default() };
+        GroupSpec::validate(subnet, input)
+    }
+
+    fn by_counts(subnet: &SubnetSpec, counts: &[(&str, i64)], evm_count: Option<i64>, placement: Option<&str>) -> Result<GroupSpec, Vec<SpecError>> {
+        let input = GroupInput {
+            name: "g".into(),
+            evm_count,
+            placement: placement.map(String::from),
+            epm_counts: Some(counts.iter().map(|(epm, n)| (epm.to_string(), *n)).collect()),
+            device_model: "veth".into(),
+            ..GroupInput::default()
+        };
+        GroupSpec::validate(subnet, input)
+    }
+
     #[test]
     fn placement_is_stable_when_scaling() {
-        let subnet = SubnetSpec::validate(&vpc(), "web", "10.1.0.0/20", None).unwrap();
-        let small = GroupSpec::validate(&subnet, "g", 10, "spread", vec![], "veth").unwrap();
-        let big = GroupSpec::validate(&subnet, "g", 100, "spread", vec![], "veth").unwrap();
+        let subnet = SubnetSpec::validate(&vpc(), "web", "10.1.0.0/16", None).unwrap();
+        let small = group(&subnet, 10, "spread").unwrap();
+        let big = group(&subnet, 100, "spread").unwrap();
         assert!((0..10).all(|k| small.epm_of(k, 4) == big.epm_of(k, 4)));
-        let packed = GroupSpec::validate(&subnet, "g", 2500, "pack", vec![], "hybrid").unwrap();
-        assert_eq!((packed.epm_of(999, 4), packed.epm_of(1000, 4), packed.epm_of(2499, 4)), (0, 1, 2));
+        let packed = group(&subnet, 2500, "pack").unwrap();
+        assert_eq!((packed.epm_of(999, 4), packed.epm_of(1000, 4), packed.epm_of(2499, 4)), (Some(0), Some(1), Some(2)));
         assert!(packed.check_fits(3).is_ok());
         assert!(packed.check_fits(2).is_err());
-        let crowded = GroupSpec::validate(&subnet, "g", 2500, "spread", vec![], "veth").unwrap();
-        assert!(crowded.check_fits(2).is_err());
+        // Spread may put more than a bridge's worth on an EPM, up to its bridges' capacity.
+        assert!(group(&subnet, 5000, "spread").unwrap().check_fits(2).is_ok());
+        assert!(group(&subnet, 50_000, "spread").unwrap().check_fits(2).is_err());
+        let epms: Vec<String> = (0..4).map(|i| format!("epm-{i}")).collect();
         for group in [&small, &big, &packed] {
-            let counts = group.per_epm_counts(4);
-            assert_eq!(counts.iter().sum::<u32>(), group.count);
-            for (i, n) in counts.iter().enumerate() {
-                assert_eq!(*n as usize, (0..group.count).filter(|k| group.epm_of(*k, 4) == i).count());
+            let counts = group.per_epm_counts(&epms);
+            assert_eq!(counts.values().sum::<u32>(), group.count);
+            for (i, epm) in epms.iter().enumerate() {
+                let n = counts.get(epm).copied().unwrap_or(0);
+                assert_eq!(n as usize, (0..group.count).filter(|k| group.epm_of(*k, 4) == Some(i)).count());
             }
         }
-        assert!(GroupSpec::validate(&subnet, "g", 5000, "spread", vec![], "veth").is_err());
-        assert!(GroupSpec::validate(&subnet, "g", 1, "random", vec![], "veth").is_err());
+        assert!(group(&subnet, 70_000, "spread").is_err());
+        assert!(group(&subnet, 1, "random").is_err());
+    }
+
+    #[test]
+    fn placement_by_counts_is_checked() {
+        let subnet = SubnetSpec::validate(&vpc(), "web", "10.1.0.0/24", None).unwrap();
+        let attributes = |r: Result<GroupSpec, Vec<SpecError>>| r.unwrap_err().into_iter().map(|e| e.attribute).collect::<Vec<_>>();
+        let spec = by_counts(&subnet, &[("epm-0", 3), ("epm-1", 0)], None, None).unwrap();
+        assert_eq!((spec.count, spec.placement.name()), (3, "counts"));
+        assert_eq!(spec.per_epm_counts(&[]).get("epm-1"), Some(&0), "zeros are kept");
+        assert!(by_counts(&subnet, &[("epm-0", 3)], Some(3), Some("counts")).is_ok());
+        assert_eq!(attributes(by_counts(&subnet, &[("epm-0", 3)], Some(4), None)), vec!["evm_count"]);
+        assert_eq!(attributes(by_counts(&subnet, &[("epm-0", -1)], None, None)), vec!["epm_counts"]);
+        assert_eq!(attributes(by_counts(&subnet, &[("epm-0", 200), ("epm-1", 200)], None, None)), vec!["evm_count"]);
+        assert_eq!(attributes(by_counts(&subnet, &[("epm-0", 3)], None, Some("spread"))), vec!["placement"]);
+        assert_eq!(attributes(group(&subnet, 3, "counts")), vec!["epm_counts"]);
+        let input = GroupInput { name: "g".into(), device_model: "veth".into(), ..GroupInput::default() };
+        assert_eq!(attributes(GroupSpec::validate(&subnet, input)), vec!["evm_count"]);
+    }
+
+    #[test]
+    fn slots_keep_every_evm_where_it_is() {
+        let wanted = |pairs: &[(&str, u32)]| pairs.iter().map(|(e, n)| (e.to_string(), *n)).collect::<BTreeMap<_, _>>();
+        let held = |slots: &BTreeMap<String, Ranges>| slots.iter().flat_map(|(e, r)| r.iter().map(move |k| (k, e.clone()))).collect::<BTreeMap<_, _>>();
+        let mut slots = BTreeMap::new();
+        assign_slots(&mut slots, &wanted(&[("a", 3), ("b", 2)]));
+        let first = held(&slots);
+        assert_eq!(first.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        // b grows, a shrinks: whatever stays keeps its EPM; freed indexes are reused.
+        assign_slots(&mut slots, &wanted(&[("a", 1), ("b", 4), ("c", 1)]));
+        let second = held(&slots);
+        assert_eq!(second.len(), 6);
+        assert_eq!(second.keys().max(), Some(&5));
+        let kept = first.iter().filter(|(k, e)| second.get(k) == Some(e)).count();
+        assert_eq!(kept, 3, "a keeps one, b keeps both");
+        for (epm, n) in [("a", 1), ("b", 4), ("c", 1)] {
+            assert_eq!(second.values().filter(|e| *e == epm).count(), n);
+        }
+        assign_slots(&mut slots, &wanted(&[("b", 4)]));
+        assert_eq!(slots.keys().collect::<Vec<_>>(), vec!["b"]);
     }
 }

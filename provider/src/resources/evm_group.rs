@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
-use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec};
+use crate::model::overlay::{GroupInput, GroupSpec, Placement, Ranges, SubnetSpec};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
+use crate::model::TreeSpec;
 use crate::runtime::{GroupStatus, Runtime};
 
 use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
@@ -26,9 +27,18 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Attribute::computed("id", Type::String, "`<topology>/<vpc>/<subnet>/<name>`."),
             Attribute::required("subnet_id", Type::String, "The `id` of the `merak_subnet`.").forces_replacement(),
             Attribute::required("name", Type::String, "Name of the group, unique in its topology (it names the EVMs: `<name>-<k>`): a DNS label of at most 24 characters.").forces_replacement(),
-            Attribute::required("evm_count", Type::Number, "Number of EVMs. (Not `count`: that name is Terraform's meta-argument.)"),
-            Attribute::optional_computed("placement", Type::String, "`spread` (default): EVM *k* on EPM *k* mod N, so EVMs never move when the group scales; `pack`: fill an EPM (1000 EVMs) before the next.").forces_replacement(),
-            Attribute::optional("epms", Type::list(Type::String), "Names of the EPMs to place on (default: all of the topology's).").forces_replacement(),
+            Attribute::optional_computed(
+                "evm_count",
+                Type::Number,
+                "Number of EVMs; required unless `epm_counts` is set (then it is their sum). (Not `count`: that name is Terraform's meta-argument.)",
+            ),
+            Attribute::optional_computed(
+                "placement",
+                Type::String,
+                "`spread` (default): EVM *k* on EPM *k* mod N, so EVMs never move when the group scales; `pack`: fill an EPM (1000 EVMs) before the next; `counts`: as `epm_counts` says (set when `epm_counts` is).",
+            )
+            .forces_replacement(),
+            Attribute::optional("epms", Type::list(Type::String), "Names of the EPMs to place on with `spread` or `pack` (default: all of the topology's).").forces_replacement(),
             Attribute::optional_computed(
                 "device_model",
                 Type::String,
@@ -37,36 +47,60 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             .forces_replacement(),
             Attribute::computed("ready_count", Type::Number, "EVMs that exist on the host. Drops when one is deleted behind Terraform's back; the next apply recreates it."),
             Attribute::computed("address_ranges", Type::list(Type::String), "The address ranges the group holds in its subnet, e.g. `10.0.1.2-10.0.1.101`."),
-            Attribute::computed("epm_counts", Type::map(Type::Number), "EVMs per EPM, by EPM name."),
+            Attribute::optional_computed(
+                "epm_counts",
+                Type::map(Type::Number),
+                "EVMs per EPM, by EPM name. Set it to choose how many EVMs each EPM holds (placement `counts`): changing a count adds or removes EVMs on that EPM only, and an EPM that shrinks loses the EVMs it gained last. Left out, it is computed from `placement`. One EPM holds at most 20,000 EVMs of a subnet.",
+            ),
         ],
         blocks: Vec::new(),
     },
 });
 
-const INPUTS: &[&str] = &["subnet_id", "name", "evm_count", "placement", "epms", "device_model"];
+const INPUTS: &[&str] = &["subnet_id", "name", "evm_count", "placement", "epms", "epm_counts", "device_model"];
 
 struct Config {
     topology: String,
     vpc: String,
     subnet: String,
-    name: String,
-    count: i64,
-    placement: String,
-    epms: Vec<String>,
-    device_model: String,
+    input: GroupInput,
 }
 
-fn config_of(config: &Value) -> Result<Config, Diagnostics> {
+/// Where a value comes from: the configuration, or a plan this provider
+/// made (in which the computed `epm_counts` of a spread group is not a
+/// placement by counts).
+#[derive(PartialEq)]
+enum Source {
+    Config,
+    Plan,
+}
+
+fn config_of(config: &Value, source: Source) -> Result<Config, Diagnostics> {
     let mut diagnostics = Diagnostics::default();
     let subnet_id = known_str(config, "subnet_id").unwrap_or_default();
     let parts = split_id(subnet_id, 3);
     if parts.is_none() {
         diagnostics.push(Diagnostic::attribute_error(&["subnet_id"], "Invalid subnet_id", format!("{subnet_id:?} is not a subnet id; use merak_subnet.<name>.id.")));
     }
-    let count = config.attr("evm_count").as_i64();
-    if count.is_none() {
+    let count = config.attr("evm_count");
+    if !count.is_null() && count.as_i64().is_none() {
         diagnostics.push(Diagnostic::attribute_error(&["evm_count"], "Invalid evm_count", "evm_count must be a whole number."));
     }
+    let placement = known_str(config, "placement").map(String::from);
+    let by_counts = match source {
+        Source::Config => true,
+        Source::Plan => placement.as_deref() == Some("counts"),
+    };
+    let epm_counts = match config.attr("epm_counts") {
+        Value::Map(counts) if by_counts => {
+            let whole: Option<BTreeMap<String, i64>> = counts.iter().map(|(epm, n)| Some((epm.clone(), n.as_i64()?))).collect();
+            if whole.is_none() {
+                diagnostics.push(Diagnostic::attribute_error(&["epm_counts"], "Invalid epm_counts", "Each count in epm_counts must be a whole number."));
+            }
+            whole
+        }
+        _ => None,
+    };
     if diagnostics.has_errors() {
         return Err(diagnostics);
     }
@@ -75,16 +109,19 @@ fn config_of(config: &Value) -> Result<Config, Diagnostics> {
         topology: parts[0].into(),
         vpc: parts[1].into(),
         subnet: parts[2].into(),
-        name: known_str(config, "name").unwrap_or_default().into(),
-        count: count.unwrap_or_default(),
-        placement: known_str(config, "placement").unwrap_or("spread").into(),
-        epms: config.attr("epms").as_list().unwrap_or_default().iter().filter_map(|v| v.as_str().map(String::from)).collect(),
-        device_model: known_str(config, "device_model").unwrap_or("veth").into(),
+        input: GroupInput {
+            name: known_str(config, "name").unwrap_or_default().into(),
+            evm_count: count.as_i64(),
+            placement,
+            epms: config.attr("epms").as_list().unwrap_or_default().iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+            epm_counts,
+            device_model: known_str(config, "device_model").unwrap_or("veth").into(),
+        },
     })
 }
 
 fn spec_of(config: &Config, subnet: &SubnetSpec) -> Result<GroupSpec, Diagnostics> {
-    GroupSpec::validate(subnet, &config.name, config.count, &config.placement, config.epms.clone(), &config.device_model).map_err(spec_errors)
+    GroupSpec::validate(subnet, config.input.clone()).map_err(spec_errors)
 }
 
 fn format_ranges(subnet: Option<&SubnetSpec>, ranges: &Ranges) -> Value {
@@ -97,23 +134,31 @@ fn format_ranges(subnet: Option<&SubnetSpec>, ranges: &Ranges) -> Value {
     Value::List(text.collect())
 }
 
+/// Whether a state's `epm_counts` says `per_epm` (numbers compared as numbers).
+fn same_counts(state: &Value, per_epm: &BTreeMap<String, u32>) -> bool {
+    match state {
+        Value::Map(counts) => counts.len() == per_epm.len() && per_epm.iter().all(|(epm, n)| counts.get(epm).and_then(Value::as_i64) == Some(i64::from(*n))),
+        _ => false,
+    }
+}
+
+fn counts_value(per_epm: &BTreeMap<String, u32>) -> Value {
+    Value::Map(per_epm.iter().map(|(epm, n)| (epm.clone(), Value::int(i64::from(*n)))).collect())
+}
+
 fn state_of(spec: &GroupSpec, subnet: Option<&SubnetSpec>, status: &GroupStatus) -> Value {
     let epms = if spec.epms.is_empty() { Value::Null } else { Value::List(spec.epms.iter().map(Value::string).collect()) };
-    let counts: BTreeMap<String, Value> = status.per_epm.iter().map(|(epm, n)| (epm.clone(), Value::int(i64::from(*n)))).collect();
     object([
         ("id", Value::string(format!("{}/{}/{}/{}", spec.topology, spec.vpc, spec.subnet, spec.name))),
         ("subnet_id", Value::string(format!("{}/{}/{}", spec.topology, spec.vpc, spec.subnet))),
         ("name", Value::string(&spec.name)),
         ("evm_count", Value::int(i64::from(spec.count))),
-        ("placement", Value::string(match spec.placement {
-            crate::model::overlay::Placement::Spread => "spread",
-            crate::model::overlay::Placement::Pack => "pack",
-        })),
+        ("placement", Value::string(spec.placement.name())),
         ("epms", epms),
         ("device_model", Value::string(spec.device_model.name())),
         ("ready_count", Value::int(i64::from(status.ready))),
         ("address_ranges", format_ranges(subnet, &status.ranges)),
-        ("epm_counts", Value::Map(counts)),
+        ("epm_counts", counts_value(&status.per_epm)),
     ])
 }
 
@@ -131,14 +176,14 @@ impl Resource for EvmGroup {
         if any_unknown(config, INPUTS) {
             return Diagnostics::default();
         }
-        config_of(config).err().unwrap_or_default()
+        config_of(config, Source::Config).err().unwrap_or_default()
     }
 
     async fn plan(&self, runtime: Option<&dyn Runtime>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         if any_unknown(config, INPUTS) {
             return Ok(super::unknown_computed(&SCHEMA, config));
         }
-        let group = config_of(config)?;
+        let group = config_of(config, Source::Config)?;
         let runtime = runtime.ok_or_else(|| Diagnostics::from(Diagnostic::error("Provider not configured", "")))?;
         let subnet = runtime
             .read_subnet(&group.topology, &group.vpc, &group.subnet)
@@ -162,32 +207,44 @@ impl Resource for EvmGroup {
         // topology has grown since.
         let existing = match prior.is_null() {
             true => None,
-            false => runtime.read_group(&group.topology, &group.name).await.map_err(|e| runtime_error("Could not read the group", e))?,
+            false => runtime.read_group(&group.topology, &group.input.name).await.map_err(|e| runtime_error("Could not read the group", e))?,
         };
-        let mut per_epm = BTreeMap::new();
-        if let Some(tree) = &tree {
-            let names: Vec<String> = match &existing {
-                Some((_, status)) if !status.placed_on.is_empty() => status.placed_on.clone(),
-                _ if spec.epms.is_empty() => tree.epms().map(|e| e.name).collect(),
-                _ => spec.epms.clone(),
-            };
-            if let Some(unknown) = names.iter().find(|name| tree.epms().all(|e| &e.name != *name)) {
-                return Err(Diagnostic::attribute_error(&["epms"], "No such EPM", format!("{unknown:?} is not an EPM of topology {}; EPMs are named epm-0 to epm-{}.", tree.name, tree.hosts.saturating_sub(1))).into());
-            }
-            spec.check_fits(names.len()).map_err(|e| Diagnostics::from(Diagnostic::from(e)))?;
-            for (name, n) in names.iter().zip(spec.per_epm_counts(names.len())) {
-                if n > 0 {
-                    per_epm.insert(name.clone(), n);
+        let no_such_epm = |attribute: &str, unknown: &str, tree: &TreeSpec| -> Diagnostics {
+            let detail = format!("{unknown:?} is not an EPM of topology {}; EPMs are named epm-0 to epm-{}.", tree.name, tree.hosts.saturating_sub(1));
+            Diagnostic::attribute_error(&[attribute], "No such EPM", detail).into()
+        };
+        let per_epm = match (&spec.placement, &tree) {
+            (Placement::Counts(counts), tree) => {
+                if let Some((tree, unknown)) = tree.as_ref().and_then(|tree| Some((tree, counts.keys().find(|name| tree.epms().all(|e| &e.name != *name))?))) {
+                    return Err(no_such_epm("epm_counts", unknown, tree));
                 }
+                Some(counts.clone())
             }
-        }
-        // The addresses are allocated at apply; an unchanged count keeps them.
-        let unchanged = prior.attr("evm_count").as_i64() == Some(i64::from(spec.count)) && !prior.attr("address_ranges").is_null();
-        let planned_status = GroupStatus { ready: spec.count, per_epm, ..GroupStatus::default() };
+            (_, Some(tree)) => {
+                let names: Vec<String> = match &existing {
+                    Some((_, status)) if !status.placed_on.is_empty() => status.placed_on.clone(),
+                    _ if spec.epms.is_empty() => tree.epms().map(|e| e.name).collect(),
+                    _ => spec.epms.clone(),
+                };
+                if let Some(unknown) = names.iter().find(|name| tree.epms().all(|e| &e.name != *name)) {
+                    return Err(no_such_epm("epms", unknown, tree));
+                }
+                spec.check_fits(names.len()).map_err(|e| Diagnostics::from(Diagnostic::from(e)))?;
+                Some(spec.per_epm_counts(&names))
+            }
+            // A topology created by this same apply: known after it.
+            (_, None) => None,
+        };
+        // The addresses are allocated at apply; the same EVMs on the same
+        // EPMs keep them.
+        let unchanged = prior.attr("evm_count").as_i64() == Some(i64::from(spec.count))
+            && per_epm.as_ref().is_some_and(|per_epm| same_counts(prior.attr("epm_counts"), per_epm))
+            && !prior.attr("address_ranges").is_null();
+        let planned_status = GroupStatus { ready: spec.count, per_epm: per_epm.clone().unwrap_or_default(), ..GroupStatus::default() };
         let mut planned = state_of(&spec, None, &planned_status);
         if let Value::Map(attributes) = &mut planned {
             attributes.insert("address_ranges".into(), if unchanged { prior.attr("address_ranges").clone() } else { Value::Unknown });
-            if tree.is_none() {
+            if per_epm.is_none() {
                 attributes.insert("epm_counts".into(), Value::Unknown);
             }
         }
@@ -195,7 +252,7 @@ impl Resource for EvmGroup {
     }
 
     async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
-        let group = match config_of(planned) {
+        let group = match config_of(planned, Source::Plan) {
             Ok(group) => group,
             Err(diagnostics) => return (None, diagnostics),
         };

@@ -89,9 +89,9 @@ pub fn split_id(id: &str, parts: usize) -> Option<Vec<&str>> {
     (split.len() == parts && split.iter().all(|p| !p.is_empty())).then_some(split)
 }
 
-/// Whether any of the named attributes is unknown.
+/// Whether any of the named attributes is, or holds, an unknown value.
 pub fn any_unknown(value: &Value, names: &[&str]) -> bool {
-    names.iter().any(|name| value.attr(name).is_unknown())
+    names.iter().any(|name| !value.attr(name).is_wholly_known())
 }
 
 /// The planned state when some inputs are not known yet: the configuration

@@ -50,6 +50,8 @@ pub struct Workspace {
     /// The topology name this test uses; unique per test and process.
     pub name: String,
     pub state_dir: PathBuf,
+    /// The agent binary the provider is told to use, when not its default.
+    agent_path: Option<PathBuf>,
     destroy_on_drop: bool,
 }
 
@@ -73,7 +75,27 @@ impl Workspace {
             mirror.display()
         );
         std::fs::write(dir.join("cli.tfrc"), cli_config).expect("write CLI config");
-        Workspace { dir, name, state_dir, destroy_on_drop: true }
+        Workspace { dir, name, state_dir, agent_path: None, destroy_on_drop: true }
+    }
+
+    /// Has the provider run this workspace's own copy of the agent binary,
+    /// which [`Workspace::upgrade_agent`] can replace without touching
+    /// other tests' agents.
+    pub fn with_agent_copy(mut self) -> Self {
+        let path = self.dir.join("agent").join("merak-agent");
+        std::fs::create_dir_all(self.dir.join("agent")).expect("create agent dir");
+        std::fs::copy(binary("merak-agent"), &path).expect("copy agent");
+        self.agent_path = Some(path);
+        self
+    }
+
+    /// Installs the agent binary anew, as an upgrade does: a new file
+    /// renamed over the old one (running agents keep the old, unlinked one).
+    pub fn upgrade_agent(&self) {
+        let path = self.agent_path.as_ref().expect("with_agent_copy first");
+        let fresh = path.with_extension("new");
+        std::fs::copy(binary("merak-agent"), &fresh).expect("copy agent");
+        std::fs::rename(&fresh, path).expect("install agent");
     }
 
     /// A second working directory on the same topology (for import): it
@@ -83,6 +105,7 @@ impl Workspace {
         let _ = std::fs::remove_dir_all(&other.state_dir);
         other.name = self.name.clone();
         other.state_dir = self.state_dir.clone();
+        other.agent_path = self.agent_path.clone();
         other.destroy_on_drop = false;
         other
     }
@@ -92,8 +115,9 @@ impl Workspace {
     pub fn write_config(&self, resources: &str) {
         let config = format!(
             "terraform {{\n  required_providers {{\n    merak = {{ source = \"merak/merak\" }}\n  }}\n}}\n\n\
-             provider \"merak\" {{\n  local {{\n    state_dir = \"{}\"\n  }}\n}}\n\n{}\n",
+             provider \"merak\" {{\n  local {{\n    state_dir = \"{}\"\n{}  }}\n}}\n\n{}\n",
             self.state_dir.display(),
+            self.agent_path.as_ref().map(|p| format!("    agent_path = \"{}\"\n", p.display())).unwrap_or_default(),
             resources.replace("{name}", &self.name)
         );
         std::fs::write(self.dir.join("main.tf"), config).expect("write main.tf");

@@ -92,9 +92,13 @@ fn output(ws: &Workspace, name: &str) -> serde_json::Value {
 }
 
 fn evms(ws: &Workspace) -> Vec<serde_json::Value> {
+    evms_of(ws, "data.merak_evms.bweb")
+}
+
+fn evms_of(ws: &Workspace, address: &str) -> Vec<serde_json::Value> {
     let show: serde_json::Value = serde_json::from_str(&ws.ok(&["show", "-json"])).unwrap();
     let resources = show["values"]["root_module"]["resources"].as_array().cloned().unwrap_or_default();
-    let source = resources.into_iter().find(|r| r["address"] == "data.merak_evms.bweb").expect("data.merak_evms.bweb in state");
+    let source = resources.into_iter().find(|r| r["address"] == address).unwrap_or_else(|| panic!("{address} in state"));
     source["values"]["evms"].as_array().cloned().unwrap_or_default()
 }
 
@@ -214,6 +218,9 @@ resource "merak_subnet" "web" {
         ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 300\n}", "Group does not fit its subnet", "evm_count = 300"),
         ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-9\"]\n}", "No such EPM", "epms = [\"epm-9\"]"),
         ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  placement = \"random\"\n}", "Invalid placement", "placement = \"random\""),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  epm_counts = { \"epm-9\" = 1 }\n}", "No such EPM", "epm_counts = { \"epm-9\" = 1 }"),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  placement = \"pack\"\n  epm_counts = { \"epm-0\" = 1 }\n}", "placement conflicts with epm_counts", "placement = \"pack\""),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 3\n  epm_counts = { \"epm-0\" = 1 }\n}", "evm_count disagrees with epm_counts", "evm_count = 3"),
         ("resource \"merak_vpc\" \"x\" {\n  topology_id = merak_topology.dc.id\n  name = \"x\"\n  cidr = \"10.0.0.0/16\"\n  vni = 0\n}", "Invalid vni", "vni = 0"),
     ];
     for (extra, summary, pinned) in cases {
@@ -235,6 +242,118 @@ resource "merak_subnet" "web" {
     // A subnet with groups cannot go before its groups: Terraform orders the
     // destroy, and the runtime refuses otherwise.
     ws.write_config(base);
+    ws.ok(&["destroy", "-auto-approve"]);
+    ws.assert_nothing_left();
+}
+
+/// One subnet on three EPMs; group `pin` placed by a count per EPM, group
+/// `crowd` with more EVMs on one EPM than one bridge holds.
+fn counted(placement: &str) -> String {
+    format!(
+        r#"
+resource "merak_topology" "dc" {{
+  name            = "{{name}}"
+  racks           = 1
+  hosts_per_rack  = 3
+  data_plane_cidr = "10.203.0.0/24"
+}}
+
+resource "merak_vpc" "blue" {{
+  topology_id = merak_topology.dc.id
+  name        = "blue"
+  cidr        = "10.0.0.0/16"
+}}
+
+resource "merak_subnet" "web" {{
+  vpc_id = merak_vpc.blue.id
+  name   = "web"
+  cidr   = "10.0.0.0/24"
+}}
+
+resource "merak_subnet" "big" {{
+  vpc_id = merak_vpc.blue.id
+  name   = "big"
+  cidr   = "10.0.4.0/22"
+}}
+
+resource "merak_evm_group" "pin" {{
+  subnet_id = merak_subnet.web.id
+  name      = "pin"
+  {placement}
+}}
+
+resource "merak_evm_group" "crowd" {{
+  subnet_id  = merak_subnet.big.id
+  name       = "crowd"
+  epm_counts = {{ "epm-2" = 1001 }}
+}}
+
+data "merak_pingall" "check" {{
+  topology_id = merak_topology.dc.id
+  depends_on  = [merak_evm_group.pin, merak_evm_group.crowd]
+}}
+
+data "merak_evms" "pin" {{
+  topology_id = merak_topology.dc.id
+  group       = merak_evm_group.pin.name
+}}
+
+output "unexpected" {{
+  value = data.merak_pingall.check.unexpected
+}}
+
+output "failures" {{
+  value = data.merak_pingall.check.failures
+}}
+"#
+    )
+}
+
+/// (name, EPM, IP) of each EVM of `pin`.
+fn placed(ws: &Workspace) -> Vec<(String, String, String)> {
+    let field = |evm: &serde_json::Value, name: &str| evm[name].as_str().unwrap_or_default().to_string();
+    evms_of(ws, "data.merak_evms.pin").iter().map(|e| (field(e, "name"), field(e, "epm"), field(e, "ip"))).collect()
+}
+
+#[test]
+fn evms_placed_by_count_per_epm_stay_put_and_crowds_get_more_bridges() {
+    let ws = Workspace::new("ovlcnt");
+    ws.write_config(&counted(r#"epm_counts = { "epm-0" = 3, "epm-1" = 2 }"#));
+    ws.init();
+    ws.apply();
+    assert_eq!(output(&ws, "unexpected"), 0, "{}", output(&ws, "failures"));
+    let before = placed(&ws);
+    let on = |placed: &[(String, String, String)], epm: &str| placed.iter().filter(|(_, e, _)| e == epm).count();
+    assert_eq!((on(&before, "epm-0"), on(&before, "epm-1"), on(&before, "epm-2")), (3, 2, 0));
+    assert_eq!(ws.resource_values("merak_evm_group.pin")["evm_count"], 5);
+    assert_eq!(ws.resource_values("merak_evm_group.crowd")["ready_count"], 1001);
+    // 1001 EVMs of a subnet on epm-2: the trunk bridge and one leaf.
+    let bridges = ws.exec_in("epm-2.r.blue", &["ip", "-o", "link", "show", "type", "bridge"]);
+    let bridges: Vec<String> = String::from_utf8_lossy(&bridges.stdout).lines().filter_map(|l| l.split(": ").nth(1).map(String::from)).collect();
+    assert_eq!(bridges.len(), 3, "the two subnets' trunks and a leaf: {bridges:?}");
+    assert_eq!(bridges.iter().filter(|name| name.contains('.')).count(), 1, "{bridges:?}");
+    assert_eq!(ws.plan().0, 0, "{}", ws.plan().1);
+
+    // epm-0 gives up two EVMs, epm-1 and epm-2 gain: in place, and whatever
+    // stays keeps its EPM and address; the moved addresses answer at once.
+    ws.write_config(&counted(r#"epm_counts = { "epm-0" = 1, "epm-1" = 4, "epm-2" = 1 }"#));
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2);
+    assert!(plan.contains("update in-place") && !plan.contains("must be replaced"), "{plan}");
+    ws.apply();
+    let after = placed(&ws);
+    assert_eq!((on(&after, "epm-0"), on(&after, "epm-1"), on(&after, "epm-2")), (1, 4, 1));
+    let kept = before.iter().filter(|evm| after.contains(evm)).count();
+    assert_eq!(kept, 3, "epm-0 keeps one, epm-1 keeps both: {before:?} -> {after:?}");
+    assert_eq!(output(&ws, "unexpected"), 0, "{}", output(&ws, "failures"));
+    assert_eq!(ws.plan().0, 0);
+
+    // Placement by formula instead replaces the group.
+    ws.write_config(&counted("evm_count = 4"));
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2);
+    assert!(plan.contains("must be replaced"), "{plan}");
+
     ws.ok(&["destroy", "-auto-approve"]);
     ws.assert_nothing_left();
 }

@@ -99,6 +99,32 @@ fn lifecycle_apply_refresh_import_scale_repair_destroy() {
 }
 
 #[test]
+fn agents_are_restarted_after_the_agent_binary_is_upgraded() {
+    let ws = Workspace::new("upgrade").with_agent_copy();
+    ws.write_config(&topology(1, 2, ""));
+    ws.init();
+    ws.apply();
+    let before = ws.agents();
+    assert_eq!(before.len(), 2);
+    assert_eq!(ws.plan().0, 0);
+
+    // Old agents still run: the plan says so, and the apply restarts them.
+    ws.upgrade_agent();
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2);
+    assert!(plan.contains("ready_epms") && plan.contains("0 -> 2"), "{plan}");
+    ws.apply();
+    let after = ws.agents();
+    assert_eq!(after.len(), 2);
+    assert!(before.iter().all(|old| !after.contains(old)), "{before:?} -> {after:?}");
+    assert_eq!(ws.plan().0, 0);
+    assert!(ws.pings("epm-0", "10.77.0.2"));
+
+    ws.ok(&["destroy", "-auto-approve"]);
+    ws.assert_nothing_left();
+}
+
+#[test]
 fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
     let ws = Workspace::new("bad");
     ws.write_config(&topology(1, 1, ""));

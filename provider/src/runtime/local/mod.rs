@@ -197,7 +197,7 @@ impl LocalRuntime {
         }
 
         let pid = match known_agent.filter(|pid| process::is_agent(*pid, &socket)) {
-            Some(pid) if agent_answers(&socket).await => pid,
+            Some(pid) if process::runs(pid, &self.agent_path) && agent_answers(&socket).await => pid,
             stale => {
                 if let Some(pid) = stale {
                     process::stop_agent(pid, &socket).await;
@@ -241,9 +241,14 @@ impl LocalRuntime {
         Ok(pid)
     }
 
-    /// Whether an EPM is fully up: namespace, agent, and its NIC up with the goal address.
-    async fn epm_ready(&self, spec: &TreeSpec, epm: &Epm) -> bool {
+    /// Whether an EPM is fully up: namespace, an agent running the installed
+    /// agent binary (after an upgrade, the next apply restarts the old
+    /// ones), and its NIC up with the goal address.
+    async fn epm_ready(&self, spec: &TreeSpec, epm: &Epm, agent: Option<u32>) -> bool {
         if !netns::exists(&naming::namespace(&spec.name, &epm.name)) {
+            return false;
+        }
+        if !agent.is_some_and(|pid| process::runs(pid, &self.agent_path)) {
             return false;
         }
         let Ok(mut agent) = agent_client::connect(&self.agent_socket(&spec.name, &epm.name)).await else {
@@ -259,7 +264,7 @@ impl LocalRuntime {
             .any(|i| i.name == EPM_DATA_NIC && i.up && i.addresses.contains(&address))
     }
 
-    async fn status(&self, spec: &TreeSpec) -> TopologyStatus {
+    async fn status(&self, spec: &TreeSpec, agents: &BTreeMap<String, u32>) -> TopologyStatus {
         // A missing vswitch cuts off every EPM below it.
         let mut reachable: HashMap<(u32, u32), bool> = HashMap::new();
         for switch in spec.vswitches() {
@@ -269,7 +274,7 @@ impl LocalRuntime {
         }
         let reachable = &reachable;
         let ready = futures::stream::iter(spec.epms())
-            .map(|epm| async move { reachable[&(0, epm.rack)] && self.epm_ready(spec, &epm).await })
+            .map(|epm| async move { reachable[&(0, epm.rack)] && self.epm_ready(spec, &epm, agents.get(&epm.name).copied()).await })
             .buffer_unordered(PARALLEL_EPMS)
             .filter(|ready| futures::future::ready(*ready))
             .count()
@@ -428,14 +433,15 @@ impl Runtime for LocalRuntime {
             .buffer_unordered(PARALLEL_EPMS)
             .collect()
             .await;
-        self.save_record(topology, &*record.lock().await)?;
+        let record = record.lock().await;
+        self.save_record(topology, &record)?;
 
         for (object, result) in results {
             if let Err(e) = result {
                 failures.push(Failure { object, error: e.to_string() });
             }
         }
-        let mut status = self.status(spec).await;
+        let mut status = self.status(spec, &record.agents).await;
         failures.sort_by(|a, b| a.object.cmp(&b.object));
         status.failures = failures;
         Ok(status)
@@ -450,7 +456,7 @@ impl Runtime for LocalRuntime {
             path: self.record_path(name).display().to_string(),
             detail,
         })?;
-        let status = self.status(&spec).await;
+        let status = self.status(&spec, &record.agents).await;
         Ok(Some((spec, status)))
     }
 

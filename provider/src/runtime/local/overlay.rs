@@ -53,6 +53,10 @@ struct SubnetRecord {
     gateway: String,
     vni: u32,
     id: u32,
+    /// One past the highest host index any EVM ever had here: below it, an
+    /// address may have lived on another EPM (see push_overlay's `forget`).
+    #[serde(default)]
+    used_below: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +74,12 @@ struct GroupRecord {
     device_model: String,
     id: u32,
     ranges: Ranges,
+    /// Placement by counts: the counts as configured, and which EVM
+    /// indexes each EPM holds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    counts: BTreeMap<String, u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    slots: BTreeMap<String, Ranges>,
 }
 
 impl OverlayRecord {
@@ -115,6 +125,34 @@ impl GroupRecord {
         if self.placed_on.is_empty() { &self.epms } else { &self.placed_on }
     }
 
+    /// Each EVM's index and EPM, in index order.
+    fn layout(&self, tree: &TreeSpec, name: &str) -> Result<Vec<(u32, Epm)>, RuntimeError> {
+        if self.placement == "counts" {
+            let mut layout = Vec::with_capacity(self.count as usize);
+            for (epm_name, held) in &self.slots {
+                let epm = LocalRuntime::candidates(tree, std::slice::from_ref(epm_name))?.remove(0);
+                layout.extend(held.iter().map(|k| (k as u32, epm.clone())));
+            }
+            layout.sort_unstable_by_key(|(k, _)| *k);
+            return Ok(layout);
+        }
+        let spec = self.spec(&tree.name, name);
+        let candidates = LocalRuntime::candidates(tree, self.placement_epms())?;
+        Ok((0..self.count).filter_map(|k| Some((k, candidates.get(spec.epm_of(k, candidates.len())?)?.clone()))).collect())
+    }
+
+    /// EVMs per EPM, by name, as the resource reports them.
+    fn per_epm(&self, evms: &[Evm]) -> BTreeMap<String, u32> {
+        if self.placement == "counts" {
+            return self.counts.clone();
+        }
+        let mut per_epm = BTreeMap::new();
+        for evm in evms {
+            *per_epm.entry(evm.info.epm.clone()).or_insert(0) += 1;
+        }
+        per_epm
+    }
+
     fn spec(&self, topology: &str, name: &str) -> GroupSpec {
         GroupSpec {
             topology: topology.into(),
@@ -122,24 +160,44 @@ impl GroupRecord {
             subnet: self.subnet.clone(),
             name: name.into(),
             count: self.count,
-            placement: if self.placement == "pack" { Placement::Pack } else { Placement::Spread },
+            placement: match self.placement.as_str() {
+                "pack" => Placement::Pack,
+                "counts" => Placement::Counts(self.counts.clone()),
+                _ => Placement::Spread,
+            },
             epms: self.epms.clone(),
             device_model: if self.device_model == "hybrid" { DeviceModel::Hybrid } else { DeviceModel::Veth },
         }
     }
 }
 
-fn placement_name(placement: &Placement) -> &'static str {
-    match placement {
-        Placement::Spread => "spread",
-        Placement::Pack => "pack",
+/// Per subnet (keyed `vpc/subnet`), MAC ranges whose learned locations the
+/// EPMs drop before EVMs with them are created.
+type Forget = HashMap<String, Vec<String>>;
+
+/// MACs as the fewest ranges `first-last` (EVM MACs follow their addresses,
+/// so a block of addresses is one range).
+fn mac_ranges(macs: impl Iterator<Item = [u8; 6]>) -> Vec<String> {
+    let number = |mac: [u8; 6]| mac.iter().fold(0u64, |n, b| n << 8 | u64::from(*b));
+    let mac_of = |n: u64| -> [u8; 6] { let b = n.to_be_bytes(); [b[2], b[3], b[4], b[5], b[6], b[7]] };
+    let mut numbers: Vec<u64> = macs.map(number).collect();
+    numbers.sort_unstable();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for n in numbers {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 >= n => *last = n,
+            _ => ranges.push((n, n)),
+        }
     }
+    ranges.into_iter().map(|(first, last)| format!("{}-{}", netdev::format_mac(&mac_of(first)), netdev::format_mac(&mac_of(last)))).collect()
 }
 
 /// One EVM as the runtime builds it.
 struct Evm {
     info: EvmInfo,
     epm_index: u32,
+    /// Its address's host index in the subnet.
+    host_index: u64,
     spec: EvmSpec,
 }
 
@@ -197,28 +255,27 @@ impl LocalRuntime {
             .collect()
     }
 
-    /// Every EVM of a group, `k` from 0.
+    /// Every EVM of a group, in index order.
     fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &GroupRecord) -> Result<Vec<Evm>, RuntimeError> {
         let subnet = record
             .subnets
             .get(&subnet_key(&group.vpc, &group.subnet))
             .ok_or_else(|| RuntimeError::Conflict(format!("subnet {} of group {name} is gone", group.subnet)))?;
         let subnet_spec = subnet.spec(&tree.name)?;
-        let spec = group.spec(&tree.name, name);
-        let candidates = Self::candidates(tree, group.placement_epms())?;
+        let device_model = group.spec(&tree.name, name).device_model;
         let mut evms = Vec::with_capacity(group.count as usize);
-        for k in 0..group.count {
-            let Some(ip) = group.ranges.index_of(u64::from(k)).and_then(|i| subnet_spec.cidr.host(i)) else { break };
-            let epm = &candidates[spec.epm_of(k, candidates.len())];
+        for (k, epm) in group.layout(tree, name)? {
+            let Some((index, ip)) = group.ranges.index_of(u64::from(k)).and_then(|i| Some((i, subnet_spec.cidr.host(i)?))) else { break };
             let namespace = naming::evm_namespace(&tree.name, name, k);
             let mac = overlay::evm_mac(ip);
             evms.push(Evm {
                 epm_index: epm.index,
+                host_index: index,
                 spec: EvmSpec {
                     namespace: namespace.clone(),
                     router_namespace: naming::router_namespace(&tree.name, &epm.name, &group.vpc),
                     bridge: naming::subnet_bridge(subnet.id),
-                    host_port: match spec.device_model {
+                    host_port: match device_model {
                         DeviceModel::Veth => naming::evm_port(group.id, k),
                         DeviceModel::Hybrid => naming::hybrid_port(group.id, k),
                     },
@@ -226,7 +283,7 @@ impl LocalRuntime {
                     mac: netdev::format_mac(&mac),
                     gateway: subnet_spec.gateway.to_string(),
                     gateway_mac: netdev::format_mac(&overlay::gateway_mac(epm.index)),
-                    device_model: spec.device_model.name().into(),
+                    device_model: device_model.name().into(),
                 },
                 info: EvmInfo {
                     name: naming::evm_name(name, k),
@@ -247,15 +304,20 @@ impl LocalRuntime {
     /// subnets (routing between them is local, so a subnet's gateway must be
     /// wherever its VPC is), each subnet flooding only to the other EPMs that
     /// hold EVMs of that subnet.
-    fn overlay_goals(tree: &TreeSpec, record: &OverlayRecord) -> Result<Vec<(Epm, OverlayGoal)>, RuntimeError> {
+    fn overlay_goals(tree: &TreeSpec, record: &OverlayRecord, forget: &Forget) -> Result<Vec<(Epm, OverlayGoal)>, RuntimeError> {
         // EPM indexes holding EVMs, per VPC and per subnet.
         let mut vpc_hosts: HashMap<&str, Vec<u32>> = HashMap::new();
         let mut subnet_hosts: HashMap<(&str, &str), Vec<u32>> = HashMap::new();
         for (name, group) in &record.groups {
-            let candidates = Self::candidates(tree, group.placement_epms())?;
-            let counts = group.spec(&tree.name, name).per_epm_counts(candidates.len());
-            let used = candidates.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(epm, _)| epm.index);
-            let used: Vec<u32> = used.collect();
+            let used: Vec<u32> = match group.placement.as_str() {
+                "counts" => Self::candidates(tree, &group.slots.keys().cloned().collect::<Vec<_>>())?.into_iter().map(|e| e.index).collect(),
+                _ => {
+                    let candidates = Self::candidates(tree, group.placement_epms())?;
+                    let names: Vec<String> = candidates.iter().map(|e| e.name.clone()).collect();
+                    let counts = group.spec(&tree.name, name).per_epm_counts(&names);
+                    candidates.iter().filter(|e| counts.contains_key(&e.name)).map(|e| e.index).collect()
+                }
+            };
             vpc_hosts.entry(group.vpc.as_str()).or_default().extend(&used);
             subnet_hosts.entry((group.vpc.as_str(), group.subnet.as_str())).or_default().extend(&used);
         }
@@ -290,6 +352,7 @@ impl LocalRuntime {
                             gateway: format!("{}/{prefix}", s.gateway),
                             gateway_mac: netdev::format_mac(&overlay::gateway_mac(epm.index)),
                             flood,
+                            forget: forget.get(&subnet_key(&s.vpc, &s.name)).cloned().unwrap_or_default(),
                         }
                     })
                     .collect();
@@ -315,8 +378,8 @@ impl LocalRuntime {
     }
 
     /// Pushes every EPM's overlay goal; returns the EPMs that failed.
-    async fn push_overlay(&self, tree: &TreeSpec, record: &OverlayRecord) -> Result<Vec<Failure>, RuntimeError> {
-        let goals = Self::overlay_goals(tree, record)?;
+    async fn push_overlay(&self, tree: &TreeSpec, record: &OverlayRecord, forget: &Forget) -> Result<Vec<Failure>, RuntimeError> {
+        let goals = Self::overlay_goals(tree, record, forget)?;
         let failures: Vec<Failure> = futures::stream::iter(goals)
             .map(|(epm, goal)| async move {
                 let result = async {
@@ -377,14 +440,9 @@ impl LocalRuntime {
             .await
     }
 
-    fn group_status(evms: &[Evm], present: &HashSet<String>, ranges: &Ranges) -> GroupStatus {
-        let mut per_epm = BTreeMap::new();
-        let mut ready = 0;
-        for evm in evms {
-            *per_epm.entry(evm.info.epm.clone()).or_insert(0) += 1;
-            ready += u32::from(present.contains(&evm.info.namespace));
-        }
-        GroupStatus { ready, ranges: ranges.clone(), per_epm, placed_on: Vec::new(), failures: Vec::new() }
+    fn group_status(group: &GroupRecord, evms: &[Evm], present: &HashSet<String>) -> GroupStatus {
+        let ready = evms.iter().filter(|e| present.contains(&e.info.namespace)).count() as u32;
+        GroupStatus { ready, ranges: group.ranges.clone(), per_epm: group.per_epm(evms), placed_on: Vec::new(), failures: Vec::new() }
     }
 
     fn present_namespaces(topology: &str) -> Result<HashSet<String>, RuntimeError> {
@@ -444,21 +502,29 @@ impl LocalRuntime {
                 return Err(RuntimeError::Conflict(format!("VNI {} is already subnet {}'s", spec.vni, other.name)));
             }
         }
-        let id = match record.subnets.get(&key) {
-            Some(existing) => existing.id,
+        let (id, used_below) = match record.subnets.get(&key) {
+            Some(existing) => (existing.id, existing.used_below),
             None => {
                 record.next_id += 1;
-                record.next_id
+                (record.next_id, 0)
             }
         };
         record.subnets.insert(
             key,
-            SubnetRecord { vpc: spec.vpc.clone(), name: spec.name.clone(), cidr: spec.cidr.to_string(), gateway: spec.gateway.to_string(), vni: spec.vni, id },
+            SubnetRecord {
+                vpc: spec.vpc.clone(),
+                name: spec.name.clone(),
+                cidr: spec.cidr.to_string(),
+                gateway: spec.gateway.to_string(),
+                vni: spec.vni,
+                id,
+                used_below,
+            },
         );
         self.save_overlay(&spec.topology, &record)?;
         // EPMs hosting the VPC get the new subnet's gateway too.
         if record.groups.values().any(|g| g.vpc == spec.vpc) {
-            let failures = self.push_overlay(&tree, &record).await?;
+            let failures = self.push_overlay(&tree, &record, &Forget::new()).await?;
             if let Some(failure) = failures.first() {
                 return Err(RuntimeError::Unavailable(format!("{}: {}", failure.object, failure.error)));
             }
@@ -498,24 +564,40 @@ impl LocalRuntime {
         let topology = &spec.topology;
         let tree = self.tree(topology)?;
         let mut record = self.load_overlay(topology)?;
-        let subnet = record
+        let key = subnet_key(&spec.vpc, &spec.subnet);
+        let subnet_record = record
             .subnets
-            .get(&subnet_key(&spec.vpc, &spec.subnet))
+            .get(&key)
             .ok_or_else(|| RuntimeError::Conflict(format!("subnet {} of VPC {} does not exist", spec.subnet, spec.vpc)))?
-            .spec(topology)?;
+            .clone();
+        let subnet = subnet_record.spec(topology)?;
         let previous = record.groups.get(&spec.name).cloned();
-        // An existing group stays on the EPMs it was placed on.
-        let placed_on: Vec<String> = match &previous {
-            Some(previous) if !previous.placed_on.is_empty() => previous.placed_on.clone(),
-            _ => Self::candidates(&tree, &spec.epms)?.into_iter().map(|e| e.name).collect(),
-        };
-        let candidates = Self::candidates(&tree, &placed_on)?;
-        spec.check_fits(candidates.len()).map_err(|e| RuntimeError::Conflict(e.detail))?;
         if let Some(previous) = &previous {
-            if previous.vpc != spec.vpc || previous.subnet != spec.subnet || previous.device_model != spec.device_model.name() {
-                return Err(RuntimeError::Conflict(format!("group {} already exists in subnet {}", spec.name, previous.subnet)));
+            let moved = previous.vpc != spec.vpc || previous.subnet != spec.subnet;
+            if moved || previous.device_model != spec.device_model.name() || previous.placement != spec.placement.name() {
+                return Err(RuntimeError::Conflict(format!("group {} already exists with another subnet, device model or placement; replace it", spec.name)));
             }
         }
+        // Where the EVMs go. By formula: on the EPMs the group was first
+        // placed on (growing the topology must not move them); by counts:
+        // the recorded slots, adjusted.
+        let (placed_on, counts, slots) = match &spec.placement {
+            Placement::Counts(counts) => {
+                let names: Vec<String> = counts.keys().cloned().collect();
+                Self::candidates(&tree, &names)?;
+                let mut slots = previous.as_ref().map(|g| g.slots.clone()).unwrap_or_default();
+                overlay::assign_slots(&mut slots, counts);
+                (Vec::new(), counts.clone(), slots)
+            }
+            _ => {
+                let placed_on: Vec<String> = match &previous {
+                    Some(previous) if !previous.placed_on.is_empty() => previous.placed_on.clone(),
+                    _ => Self::candidates(&tree, &spec.epms)?.into_iter().map(|e| e.name).collect(),
+                };
+                spec.check_fits(placed_on.len()).map_err(|e| RuntimeError::Conflict(e.detail))?;
+                (placed_on, BTreeMap::new(), BTreeMap::new())
+            }
+        };
         let id = previous.as_ref().map(|g| g.id).unwrap_or_else(|| {
             record.next_id += 1;
             record.next_id
@@ -524,6 +606,12 @@ impl LocalRuntime {
             Some(previous) => Self::evms(&tree, &record, &spec.name, previous)?,
             None => Vec::new(),
         };
+        // Addresses: one per EVM index in use (by counts, indexes freed on
+        // one EPM and not yet taken by another leave holes).
+        let indexes = match &spec.placement {
+            Placement::Counts(_) => slots.values().map(Ranges::end).max().unwrap_or(0),
+            _ => u64::from(spec.count),
+        };
         let mut ranges = previous.as_ref().map(|g| g.ranges.clone()).unwrap_or_default();
         let taken: Vec<&Ranges> = record
             .groups
@@ -531,23 +619,31 @@ impl LocalRuntime {
             .filter(|(name, g)| **name != spec.name && g.vpc == spec.vpc && g.subnet == spec.subnet)
             .map(|(_, g)| &g.ranges)
             .collect();
-        let gateway_index = subnet.cidr.index_of(subnet.gateway).unwrap_or(0);
-        if overlay::grow(&mut ranges, u64::from(spec.count), subnet.cidr.host_capacity(), gateway_index, &taken).is_none() {
-            return Err(RuntimeError::Conflict(format!("subnet {} ({}) has no room for {} more EVMs", subnet.name, subnet.cidr, spec.count)));
+        let gateway_index = subnet.cidr.index_of(subnet.gateway);
+        if overlay::grow(&mut ranges, indexes, subnet.cidr.host_capacity(), gateway_index, &taken).is_none() {
+            return Err(RuntimeError::Conflict(format!("subnet {} ({}) has no room for {indexes} EVMs of group {}", subnet.name, subnet.cidr, spec.name)));
         }
-        ranges.truncate(u64::from(spec.count));
+        ranges.truncate(indexes);
         let group = GroupRecord {
             vpc: spec.vpc.clone(),
             subnet: spec.subnet.clone(),
             count: spec.count,
-            placement: placement_name(&spec.placement).into(),
+            placement: spec.placement.name().into(),
             epms: spec.epms.clone(),
             placed_on,
             device_model: spec.device_model.name().into(),
             id,
             ranges: ranges.clone(),
+            counts,
+            slots,
         };
         record.groups.insert(spec.name.clone(), group.clone());
+        let evms = Self::evms(&tree, &record, &spec.name, &group)?;
+        Self::check_bridges(&tree, &record, &spec.vpc, &spec.subnet)?;
+        let used_before = subnet_record.used_below;
+        if let Some(subnet) = record.subnets.get_mut(&key) {
+            subnet.used_below = used_before.max(evms.iter().map(|e| e.host_index + 1).max().unwrap_or(0));
+        }
         super::host_limits::ensure(
             &self.topology_dir(topology),
             super::host_limits::needs(u64::from(tree.hosts), record.evm_count(), record.largest_subnet()),
@@ -557,18 +653,39 @@ impl LocalRuntime {
         // interrupted apply is finished by the next one.
         self.save_overlay(topology, &record)?;
 
-        let evms = Self::evms(&tree, &record, &spec.name, &group)?;
-        let leaving: Vec<&Evm> = old_evms.iter().skip(evms.len()).collect();
+        let staying: HashSet<&str> = evms.iter().map(|e| e.info.namespace.as_str()).collect();
+        let leaving: Vec<&Evm> = old_evms.iter().filter(|e| !staying.contains(e.info.namespace.as_str())).collect();
         let mut failures = self.push_evms(topology, &tree, Vec::new(), leaving).await;
-        failures.extend(self.push_overlay(&tree, &record).await?);
         let present = Self::present_namespaces(topology)?;
         let missing: Vec<&Evm> = evms.iter().filter(|e| !present.contains(&e.info.namespace)).collect();
+        // Addresses used before may be remembered elsewhere in the subnet.
+        let reused = missing.iter().filter(|e| e.host_index < used_before).map(|e| e.info.mac);
+        let forget = Forget::from([(key, mac_ranges(reused))]);
+        failures.extend(self.push_overlay(&tree, &record, &forget).await?);
         failures.extend(self.push_evms(topology, &tree, missing, Vec::new()).await);
 
         let present = Self::present_namespaces(topology)?;
-        let mut status = Self::group_status(&evms, &present, &ranges);
+        let mut status = Self::group_status(&group, &evms, &present);
         status.failures = failures;
         Ok(status)
+    }
+
+    /// Refuses more EVMs of one subnet on one EPM, over all its groups,
+    /// than that EPM's bridges hold.
+    fn check_bridges(tree: &TreeSpec, record: &OverlayRecord, vpc: &str, subnet: &str) -> Result<(), RuntimeError> {
+        let mut per_epm: BTreeMap<String, u64> = BTreeMap::new();
+        for (name, group) in record.groups.iter().filter(|(_, g)| g.vpc == vpc && g.subnet == subnet) {
+            for (_, epm) in group.layout(tree, name)? {
+                *per_epm.entry(epm.name).or_default() += 1;
+            }
+        }
+        match per_epm.into_iter().find(|(_, n)| *n > u64::from(overlay::MAX_EVMS_PER_SUBNET_PER_EPM)) {
+            Some((epm, n)) => Err(RuntimeError::Conflict(format!(
+                "{n} EVMs of subnet {subnet} on {epm}, over all its groups: an EPM holds at most {} EVMs of a subnet. Place some elsewhere.",
+                overlay::MAX_EVMS_PER_SUBNET_PER_EPM
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub(super) async fn read_group_impl(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError> {
@@ -577,7 +694,7 @@ impl LocalRuntime {
         let Some(group) = record.groups.get(name) else { return Ok(None) };
         let evms = Self::evms(&tree, &record, name, group)?;
         let present = Self::present_namespaces(topology)?;
-        let mut status = Self::group_status(&evms, &present, &group.ranges);
+        let mut status = Self::group_status(group, &evms, &present);
         status.placed_on = group.placement_epms().to_vec();
         Ok(Some((group.spec(topology, name), status)))
     }
@@ -594,7 +711,7 @@ impl LocalRuntime {
         }
         record.groups.remove(name);
         self.save_overlay(topology, &record)?;
-        let failures = self.push_overlay(&tree, &record).await?;
+        let failures = self.push_overlay(&tree, &record, &Forget::new()).await?;
         match failures.first() {
             Some(failure) => Err(RuntimeError::Unavailable(format!("{}: {}", failure.object, failure.error))),
             None => Ok(()),
