@@ -70,11 +70,10 @@ impl Family {
         let by_index: BTreeMap<u32, u32> = bridges.iter().map(|(leaf, (index, _))| (*index, *leaf)).collect();
         for link in links {
             let Some(leaf) = link.controller.and_then(|c| by_index.get(&c)) else { continue };
-            if trunk_of(&link.name).is_none() {
-                if let Some((_, ports)) = bridges.get_mut(leaf) {
+            if trunk_of(&link.name).is_none()
+                && let Some((_, ports)) = bridges.get_mut(leaf) {
                     *ports += 1;
                 }
-            }
         }
         Ok(Family { bridges })
     }

@@ -357,11 +357,10 @@ impl Netlink {
         let mut handle = self.handle.clone();
         let mut responses = handle.request(request).map_err(|e| NetdevError::new(op.clone(), e))?;
         while let Some(response) = responses.next().await {
-            if let NetlinkPayload::Error(error) = response.payload {
-                if error.code.is_some() {
+            if let NetlinkPayload::Error(error) = response.payload
+                && error.code.is_some() {
                     return Err(NetdevError::new(op, rtnetlink::Error::NetlinkError(error)));
                 }
-            }
         }
         Ok(())
     }

@@ -29,12 +29,11 @@ impl AgentService {
             .ok_or_else(|| Status::invalid_argument(format!("bad MAC {:?}", goal.mac)))?;
         let mut actions = Vec::new();
 
-        if let Some(lo) = self.netlink.link("lo").await.map_err(internal)? {
-            if !lo.up {
+        if let Some(lo) = self.netlink.link("lo").await.map_err(internal)?
+            && !lo.up {
                 self.netlink.set_link(lo.index, None, None).await.map_err(internal)?;
                 actions.push("lo up".to_string());
             }
-        }
 
         let link = self.netlink.link(&goal.interface).await.map_err(internal)?.ok_or_else(|| {
             Status::failed_precondition(format!("interface {} does not exist", goal.interface))

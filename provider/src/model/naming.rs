@@ -70,51 +70,6 @@ pub fn is_dns_label(name: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base36_is_short_and_distinct() {
-        assert_eq!(base36(0), "0");
-        assert_eq!(base36(35), "z");
-        assert_eq!(base36(36), "10");
-        assert_eq!(base36(u32::MAX).len(), 7);
-        let names: std::collections::HashSet<_> = (0..50_000).map(host_port).collect();
-        assert_eq!(names.len(), 50_000);
-        assert!(host_port(u32::MAX).len() <= 15);
-    }
-
-    #[test]
-    fn dns_labels() {
-        assert!(is_dns_label("demo"));
-        assert!(is_dns_label("a-1"));
-        assert!(!is_dns_label(""));
-        assert!(!is_dns_label("-a"));
-        assert!(!is_dns_label("a-"));
-        assert!(!is_dns_label("Demo"));
-        assert!(!is_dns_label("a.b"));
-        assert!(!is_dns_label(&"a".repeat(64)));
-    }
-
-    #[test]
-    fn underlay_objects_are_told_from_overlay_ones() {
-        assert!(is_underlay_object("epm-12"));
-        assert!(is_underlay_object("s2-7"));
-        assert!(!is_underlay_object("epm-12.r.blue"));
-        assert!(!is_underlay_object("vm.web.3"));
-        assert!(!is_underlay_object("s-1"));
-        assert!(evm_port(36u32.pow(4) - 1, 36u32.pow(5) - 1).len() <= 15);
-    }
-
-    #[test]
-    fn prefixes_do_not_overlap() {
-        let a = namespace("a", &epm_name(1));
-        assert!(a.starts_with(&topology_prefix("a")));
-        assert!(!namespace("a-b", &epm_name(1)).starts_with(&topology_prefix("a")));
-    }
-}
-
 /// Whether a namespace object name (the part after the topology prefix) is
 /// an EPM or a vswitch of the underlay, as opposed to overlay objects.
 pub fn is_underlay_object(object: &str) -> bool {
@@ -167,4 +122,49 @@ pub fn evm_port(group_id: u32, k: u32) -> String {
 /// after it, changing only the first letter).
 pub fn hybrid_port(group_id: u32, k: u32) -> String {
     format!("o{}.{}", base36(group_id), base36(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base36_is_short_and_distinct() {
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36), "10");
+        assert_eq!(base36(u32::MAX).len(), 7);
+        let names: std::collections::HashSet<_> = (0..50_000).map(host_port).collect();
+        assert_eq!(names.len(), 50_000);
+        assert!(host_port(u32::MAX).len() <= 15);
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(is_dns_label("demo"));
+        assert!(is_dns_label("a-1"));
+        assert!(!is_dns_label(""));
+        assert!(!is_dns_label("-a"));
+        assert!(!is_dns_label("a-"));
+        assert!(!is_dns_label("Demo"));
+        assert!(!is_dns_label("a.b"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn underlay_objects_are_told_from_overlay_ones() {
+        assert!(is_underlay_object("epm-12"));
+        assert!(is_underlay_object("s2-7"));
+        assert!(!is_underlay_object("epm-12.r.blue"));
+        assert!(!is_underlay_object("vm.web.3"));
+        assert!(!is_underlay_object("s-1"));
+        assert!(evm_port(36u32.pow(4) - 1, 36u32.pow(5) - 1).len() <= 15);
+    }
+
+    #[test]
+    fn prefixes_do_not_overlap() {
+        let a = namespace("a", &epm_name(1));
+        assert!(a.starts_with(&topology_prefix("a")));
+        assert!(!namespace("a-b", &epm_name(1)).starts_with(&topology_prefix("a")));
+    }
 }

@@ -102,8 +102,8 @@ impl TreeSpec {
         };
         let data_plane = match cidr::parse_attribute("data_plane_cidr", input.data_plane_cidr) {
             Ok(cidr) => {
-                if let Some(hosts) = hosts {
-                    if u64::from(hosts) > cidr.host_capacity() {
+                if let Some(hosts) = hosts
+                    && u64::from(hosts) > cidr.host_capacity() {
                         let needed = 32 - (u64::from(hosts) + 2).next_power_of_two().trailing_zeros();
                         errors.push(SpecError::new(
                             "data_plane_cidr",
@@ -115,7 +115,6 @@ impl TreeSpec {
                             ),
                         ));
                     }
-                }
                 Some(cidr)
             }
             Err(error) => {

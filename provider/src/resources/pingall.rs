@@ -92,8 +92,8 @@ pub fn probes(evms: &[EvmInfo], samples: usize) -> Vec<Probe> {
     for evm in evms {
         vpc_addresses.entry(&evm.vpc).or_default().insert(evm.ip);
     }
-    for (vpc_a, _) in &vpc_addresses {
-        for (vpc_b, _) in &vpc_addresses {
+    for vpc_a in vpc_addresses.keys() {
+        for vpc_b in vpc_addresses.keys() {
             if vpc_a == vpc_b {
                 continue;
             }

@@ -30,8 +30,8 @@ impl Resource for Topology {
     async fn plan(&self, runtime: Option<&dyn Runtime>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let planned = plan(config)?;
         // Shrinking must not pull EPMs out from under EVMs.
-        if let (Some(runtime), Some(old), Some(new)) = (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64()) {
-            if new < old {
+        if let (Some(runtime), Some(old), Some(new)) = (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())
+            && new < old {
                 let name = planned.attr("name").as_str().unwrap_or_default();
                 let evms = runtime.list_evms(name, None, None).await.unwrap_or_default();
                 let stranded = evms.iter().find(|evm| evm.epm.strip_prefix("epm-").and_then(|i| i.parse::<i64>().ok()).is_some_and(|i| i >= new));
@@ -44,7 +44,6 @@ impl Resource for Topology {
                     .into());
                 }
             }
-        }
         Ok(planned)
     }
 
