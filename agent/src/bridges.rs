@@ -71,9 +71,10 @@ impl Family {
         for link in links {
             let Some(leaf) = link.controller.and_then(|c| by_index.get(&c)) else { continue };
             if trunk_of(&link.name).is_none()
-                && let Some((_, ports)) = bridges.get_mut(leaf) {
-                    *ports += 1;
-                }
+                && let Some((_, ports)) = bridges.get_mut(leaf)
+            {
+                *ports += 1;
+            }
         }
         Ok(Family { bridges })
     }

@@ -55,10 +55,11 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
     for spec in &batch.delete {
         if spec.device_model == "hybrid"
             && let Some(router) = routers.get(&spec.router_namespace)
-                && let Err(e) = remove_hybrid_plug(&router.netlink, &spec.host_port).await {
-                    reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e.to_string() });
-                    continue;
-                }
+            && let Err(e) = remove_hybrid_plug(&router.netlink, &spec.host_port).await
+        {
+            reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e.to_string() });
+            continue;
+        }
         match netns::delete(&spec.namespace) {
             Ok(()) if routers.contains_key(&spec.router_namespace) => leaving.entry(&spec.router_namespace).or_default().push(spec),
             Ok(()) => reply.deleted += 1,
@@ -129,9 +130,10 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
     trunks.dedup();
     for (router_namespace, trunk) in trunks {
         if let Some(router) = routers.get(router_namespace)
-            && let Err(e) = bridges::prune(&router.netlink, trunk).await {
-                tracing::warn!(router = router_namespace, trunk, error = %e, "could not remove empty leaf bridges");
-            }
+            && let Err(e) = bridges::prune(&router.netlink, trunk).await
+        {
+            tracing::warn!(router = router_namespace, trunk, error = %e, "could not remove empty leaf bridges");
+        }
     }
     reply
 }

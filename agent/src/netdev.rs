@@ -358,9 +358,10 @@ impl Netlink {
         let mut responses = handle.request(request).map_err(|e| NetdevError::new(op.clone(), e))?;
         while let Some(response) = responses.next().await {
             if let NetlinkPayload::Error(error) = response.payload
-                && error.code.is_some() {
-                    return Err(NetdevError::new(op, rtnetlink::Error::NetlinkError(error)));
-                }
+                && error.code.is_some()
+            {
+                return Err(NetdevError::new(op, rtnetlink::Error::NetlinkError(error)));
+            }
         }
         Ok(())
     }

@@ -30,10 +30,11 @@ impl AgentService {
         let mut actions = Vec::new();
 
         if let Some(lo) = self.netlink.link("lo").await.map_err(internal)?
-            && !lo.up {
-                self.netlink.set_link(lo.index, None, None).await.map_err(internal)?;
-                actions.push("lo up".to_string());
-            }
+            && !lo.up
+        {
+            self.netlink.set_link(lo.index, None, None).await.map_err(internal)?;
+            actions.push("lo up".to_string());
+        }
 
         let link = self.netlink.link(&goal.interface).await.map_err(internal)?.ok_or_else(|| {
             Status::failed_precondition(format!("interface {} does not exist", goal.interface))

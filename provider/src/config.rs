@@ -57,13 +57,14 @@ pub fn validate(config: &Value) -> Diagnostics {
         )),
     }
     if let Some(dir) = config.attr("local").attr("state_dir").as_str()
-        && !Path::new(dir).is_absolute() {
-            diagnostics.push(Diagnostic::attribute_error(
-                &["local", "state_dir"],
-                "state_dir must be an absolute path",
-                format!("{dir:?} is relative; use an absolute path such as \"{DEFAULT_STATE_DIR}\"."),
-            ));
-        }
+        && !Path::new(dir).is_absolute()
+    {
+        diagnostics.push(Diagnostic::attribute_error(
+            &["local", "state_dir"],
+            "state_dir must be an absolute path",
+            format!("{dir:?} is relative; use an absolute path such as \"{DEFAULT_STATE_DIR}\"."),
+        ));
+    }
     diagnostics
 }
 

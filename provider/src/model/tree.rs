@@ -103,18 +103,19 @@ impl TreeSpec {
         let data_plane = match cidr::parse_attribute("data_plane_cidr", input.data_plane_cidr) {
             Ok(cidr) => {
                 if let Some(hosts) = hosts
-                    && u64::from(hosts) > cidr.host_capacity() {
-                        let needed = 32 - (u64::from(hosts) + 2).next_power_of_two().trailing_zeros();
-                        errors.push(SpecError::new(
-                            "data_plane_cidr",
-                            "Data-plane CIDR too small",
-                            format!(
-                                "{cidr} holds {} host addresses but the topology has {hosts} EPMs. \
-                                 Use a prefix of /{needed} or shorter.",
-                                cidr.host_capacity()
-                            ),
-                        ));
-                    }
+                    && u64::from(hosts) > cidr.host_capacity()
+                {
+                    let needed = 32 - (u64::from(hosts) + 2).next_power_of_two().trailing_zeros();
+                    errors.push(SpecError::new(
+                        "data_plane_cidr",
+                        "Data-plane CIDR too small",
+                        format!(
+                            "{cidr} holds {} host addresses but the topology has {hosts} EPMs. \
+                             Use a prefix of /{needed} or shorter.",
+                            cidr.host_capacity()
+                        ),
+                    ));
+                }
                 Some(cidr)
             }
             Err(error) => {

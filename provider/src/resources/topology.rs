@@ -31,19 +31,20 @@ impl Resource for Topology {
         let planned = plan(config)?;
         // Shrinking must not pull EPMs out from under EVMs.
         if let (Some(runtime), Some(old), Some(new)) = (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())
-            && new < old {
-                let name = planned.attr("name").as_str().unwrap_or_default();
-                let evms = runtime.list_evms(name, None, None).await.unwrap_or_default();
-                let stranded = evms.iter().find(|evm| evm.epm.strip_prefix("epm-").and_then(|i| i.parse::<i64>().ok()).is_some_and(|i| i >= new));
-                if let Some(evm) = stranded {
-                    return Err(Diagnostic::attribute_error(
-                        &["hosts"],
-                        "EPMs still hold EVMs",
-                        format!("Shrinking to {new} EPMs removes {}, which holds EVM {} of group {}. Remove or shrink the group first.", evm.epm, evm.name, evm.group),
-                    )
-                    .into());
-                }
+            && new < old
+        {
+            let name = planned.attr("name").as_str().unwrap_or_default();
+            let evms = runtime.list_evms(name, None, None).await.unwrap_or_default();
+            let stranded = evms.iter().find(|evm| evm.epm.strip_prefix("epm-").and_then(|i| i.parse::<i64>().ok()).is_some_and(|i| i >= new));
+            if let Some(evm) = stranded {
+                return Err(Diagnostic::attribute_error(
+                    &["hosts"],
+                    "EPMs still hold EVMs",
+                    format!("Shrinking to {new} EPMs removes {}, which holds EVM {} of group {}. Remove or shrink the group first.", evm.epm, evm.name, evm.group),
+                )
+                .into());
             }
+        }
         Ok(planned)
     }
 

@@ -70,9 +70,10 @@ pub fn agents_in(dir: &Path) -> Vec<(u32, std::path::PathBuf)> {
         }
         let socket = args.windows(2).find(|w| w[0] == b"--socket").map(|w| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(w[1])));
         if let Some(socket) = socket.filter(|s| s.parent() == Some(dir))
-            && alive(pid) {
-                agents.push((pid, socket));
-            }
+            && alive(pid)
+        {
+            agents.push((pid, socket));
+        }
     }
     agents
 }

@@ -347,6 +347,14 @@ fn evms_placed_by_count_per_epm_stay_put_and_crowds_get_more_bridges() {
     assert_eq!(kept, 3, "epm-0 keeps one, epm-1 keeps both: {before:?} -> {after:?}");
     assert_eq!(output(&ws, "unexpected"), 0, "{}", output(&ws, "failures"));
     assert_eq!(ws.plan().0, 0);
+    {
+        let imported = ws.sibling("import");
+        imported.write_config(&counted(r#"epm_counts = { "epm-0" = 1, "epm-1" = 4, "epm-2" = 1 }"#));
+        imported.init();
+        let id = format!("{}/blue/web/pin", ws.name);
+        imported.ok(&["import", "merak_evm_group.pin", &id]);
+        assert_eq!(imported.resource_values("merak_evm_group.pin"), ws.resource_values("merak_evm_group.pin"));
+    }
 
     // Placement by formula instead replaces the group.
     ws.write_config(&counted("evm_count = 4"));
