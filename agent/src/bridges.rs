@@ -111,12 +111,7 @@ pub async fn place(router: &Netlink, router_fd: &OwnedFd, links: &[LinkState], t
 
 async fn create_leaf(router: &Netlink, router_fd: &OwnedFd, trunk: &str, trunk_index: u32, leaf: u32) -> Result<u32, OverlayError> {
     let name = leaf_name(trunk, leaf);
-    router.create_bridge(&name).await?;
-    let index = router
-        .link(&name)
-        .await?
-        .ok_or_else(|| OverlayError::Invalid(format!("bridge {name} vanished")))?
-        .index;
+    let index = router.create_bridge(&name).await?;
     let (up, down) = (uplink(trunk, leaf), downlink(trunk, leaf));
     router.create_veth(&up, &down, router_fd).await?;
     router.set_link_by_name(&up, Some(trunk_index)).await?;

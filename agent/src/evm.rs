@@ -249,12 +249,7 @@ async fn build_hybrid_plug(spec: &EvmSpec, router: &Router, subnet_bridge: u32) 
     let inner = hybrid_name('i', &spec.host_port);
     // A half-made plug from an interrupted run is rebuilt from scratch.
     remove_hybrid_plug(netlink, &spec.host_port).await?;
-    netlink.create_bridge(&qbr).await?;
-    let qbr_index = netlink
-        .link(&qbr)
-        .await?
-        .ok_or_else(|| OverlayError::Invalid(format!("bridge {qbr} vanished")))?
-        .index;
+    let qbr_index = netlink.create_bridge(&qbr).await?;
     netns::create_tap(&spec.router_namespace, &tap).await?;
     netlink.set_link_by_name(&tap, Some(qbr_index)).await?;
     netlink.create_veth(&spec.host_port, &inner, &router.fd).await?;

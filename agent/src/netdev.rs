@@ -131,18 +131,18 @@ impl Netlink {
         }
     }
 
-    /// Creates a bridge that is up.
-    pub async fn create_bridge(&self, name: &str) -> Result<()> {
+    /// Creates a bridge that is up; returns its index.
+    pub async fn create_bridge(&self, name: &str) -> Result<u32> {
         let mut message = named(name);
         message.header.flags = LinkFlags::Up;
         message.header.change_mask = LinkFlags::Up;
         message.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
-        self.handle
-            .link()
-            .add(message)
-            .execute()
-            .await
-            .map_err(|e| NetdevError::new(format!("create bridge {name}"), e))
+        let op = || format!("create bridge {name}");
+        self.handle.link().add(message).execute().await.map_err(|e| NetdevError::new(op(), e))?;
+        match self.link(name).await? {
+            Some(bridge) => Ok(bridge.index),
+            None => Err(NetdevError { op: op(), source: io::Error::other("it vanished right after creation") }),
+        }
     }
 
     /// Creates a veth pair: `name` in this connection's namespace and `peer`

@@ -4,16 +4,15 @@
 
 use merak_acceptance::Workspace;
 
-/// A 2×2 topology; VPCs blue and red share 10.0.0.0/16; blue has web and
-/// db, red has web (same CIDR as blue's web).
-fn tenants(blue_web: u32, red_web: u32) -> String {
+/// The topology `dc` and VPC `blue` (10.0.0.0/16) every fixture starts with.
+fn datacenter(racks: u32, hosts_per_rack: u32, data_plane_cidr: &str) -> String {
     format!(
         r#"
 resource "merak_topology" "dc" {{
   name            = "{{name}}"
-  racks           = 2
-  hosts_per_rack  = 2
-  data_plane_cidr = "10.201.0.0/24"
+  racks           = {racks}
+  hosts_per_rack  = {hosts_per_rack}
+  data_plane_cidr = "{data_plane_cidr}"
 }}
 
 resource "merak_vpc" "blue" {{
@@ -21,7 +20,41 @@ resource "merak_vpc" "blue" {{
   name        = "blue"
   cidr        = "10.0.0.0/16"
 }}
+"#
+    )
+}
 
+/// A pingall over the topology once `groups` exist, its result as outputs
+/// `unexpected` and `failures`, and `merak_evms` of group `listed`.
+fn checks(groups: &str, listed: &str) -> String {
+    format!(
+        r#"
+data "merak_pingall" "check" {{
+  topology_id = merak_topology.dc.id
+  depends_on  = [{groups}]
+}}
+
+data "merak_evms" "{listed}" {{
+  topology_id = merak_topology.dc.id
+  group       = merak_evm_group.{listed}.name
+}}
+
+output "unexpected" {{
+  value = data.merak_pingall.check.unexpected
+}}
+
+output "failures" {{
+  value = data.merak_pingall.check.failures
+}}
+"#
+    )
+}
+
+/// A 2×2 topology; VPCs blue and red share 10.0.0.0/16; blue has web and
+/// db, red has web (same CIDR as blue's web).
+fn tenants(blue_web: u32, red_web: u32) -> String {
+    let groups = format!(
+        r#"
 resource "merak_vpc" "red" {{
   topology_id = merak_topology.dc.id
   name        = "red"
@@ -64,26 +97,9 @@ resource "merak_evm_group" "rweb" {{
   name      = "rweb"
   evm_count = {red_web}
 }}
-
-data "merak_pingall" "check" {{
-  topology_id = merak_topology.dc.id
-  depends_on  = [merak_evm_group.bweb, merak_evm_group.bdb, merak_evm_group.rweb]
-}}
-
-data "merak_evms" "bweb" {{
-  topology_id = merak_topology.dc.id
-  group       = merak_evm_group.bweb.name
-}}
-
-output "unexpected" {{
-  value = data.merak_pingall.check.unexpected
-}}
-
-output "failures" {{
-  value = data.merak_pingall.check.failures
-}}
 "#
-    )
+    );
+    datacenter(2, 2, "10.201.0.0/24") + &groups + &checks("merak_evm_group.bweb, merak_evm_group.bdb, merak_evm_group.rweb", "bweb")
 }
 
 fn output(ws: &Workspace, name: &str) -> serde_json::Value {
@@ -249,21 +265,8 @@ resource "merak_subnet" "web" {
 /// One subnet on three EPMs; group `pin` placed by a count per EPM, group
 /// `crowd` with more EVMs on one EPM than one bridge holds.
 fn counted(placement: &str) -> String {
-    format!(
+    let groups = format!(
         r#"
-resource "merak_topology" "dc" {{
-  name            = "{{name}}"
-  racks           = 1
-  hosts_per_rack  = 3
-  data_plane_cidr = "10.203.0.0/24"
-}}
-
-resource "merak_vpc" "blue" {{
-  topology_id = merak_topology.dc.id
-  name        = "blue"
-  cidr        = "10.0.0.0/16"
-}}
-
 resource "merak_subnet" "web" {{
   vpc_id = merak_vpc.blue.id
   name   = "web"
@@ -287,26 +290,9 @@ resource "merak_evm_group" "crowd" {{
   name       = "crowd"
   epm_counts = {{ "epm-2" = 1001 }}
 }}
-
-data "merak_pingall" "check" {{
-  topology_id = merak_topology.dc.id
-  depends_on  = [merak_evm_group.pin, merak_evm_group.crowd]
-}}
-
-data "merak_evms" "pin" {{
-  topology_id = merak_topology.dc.id
-  group       = merak_evm_group.pin.name
-}}
-
-output "unexpected" {{
-  value = data.merak_pingall.check.unexpected
-}}
-
-output "failures" {{
-  value = data.merak_pingall.check.failures
-}}
 "#
-    )
+    );
+    datacenter(1, 3, "10.203.0.0/24") + &groups + &checks("merak_evm_group.pin, merak_evm_group.crowd", "pin")
 }
 
 /// (name, EPM, IP) of each EVM of `pin`.

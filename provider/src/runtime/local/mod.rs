@@ -533,15 +533,13 @@ impl Runtime for LocalRuntime {
 /// The bridge of a vswitch namespace, created or brought up if needed.
 async fn ensure_bridge(netlink: &Netlink) -> Result<u32, RuntimeError> {
     match netlink.link(BRIDGE).await? {
-        Some(bridge) if bridge.up => return Ok(bridge.index),
-        Some(bridge) => netlink.set_link(bridge.index, None, None).await?,
-        None => netlink.create_bridge(BRIDGE).await?,
+        Some(bridge) if bridge.up => Ok(bridge.index),
+        Some(bridge) => {
+            netlink.set_link(bridge.index, None, None).await?;
+            Ok(bridge.index)
+        }
+        None => Ok(netlink.create_bridge(BRIDGE).await?),
     }
-    netlink
-        .link(BRIDGE)
-        .await?
-        .map(|bridge| bridge.index)
-        .ok_or_else(|| RuntimeError::Unavailable("bridge vanished after creation".into()))
 }
 
 /// Ensures a veth `local_port` (a port of the local bridge) whose peer
