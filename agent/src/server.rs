@@ -190,14 +190,17 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
             })
         });
         let results: Vec<_> = futures::stream::iter(probes).buffered(PINGS_IN_FLIGHT).collect().await;
-        let mut reached = Vec::new();
+        let mut reply = merak_proto::agent::PingReply::default();
         for result in results {
-            match result {
-                Ok(Ok(ok)) => reached.push(ok),
-                Ok(Err(error)) => return Err(Status::invalid_argument(error)),
+            let (reached, error) = match result {
+                Ok(Ok(reached)) => (reached, String::new()),
+                // One EVM gone (drift) must not hide the other probes' results.
+                Ok(Err(error)) => (false, error),
                 Err(e) => return Err(Status::internal(e.to_string())),
-            }
+            };
+            reply.reached.push(reached);
+            reply.errors.push(error);
         }
-        Ok(Response::new(merak_proto::agent::PingReply { reached }))
+        Ok(Response::new(reply))
     }
 }

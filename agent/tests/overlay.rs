@@ -136,6 +136,13 @@ async fn subnets_route_and_vpcs_stay_apart() {
         ping(&on_a[1], "10.0.2.10"), // across VPCs: must fail
     ];
     assert_eq!(reached(&agent_a, probes).await, vec![true, true, true, true, false]);
+    // A probe from an EVM that is gone fails alone, saying why.
+    let mut gone = on_a[0].clone();
+    gone.namespace = format!("{prefix}a.missing");
+    let request = PingRequest { probes: vec![ping(&gone, "10.0.1.11"), ping(&on_a[0], "10.0.1.11")], timeout_ms: 2000 };
+    let reply = agent_a.ping(Request::new(request)).await.unwrap().into_inner();
+    assert_eq!(reply.reached, vec![false, true]);
+    assert!(reply.errors[0].contains("missing") && reply.errors[1].is_empty(), "{:?}", reply.errors);
 
     let gone = agent_b.apply_evms(Request::new(EvmBatch { create: vec![], delete: on_b.clone() })).await.unwrap().into_inner();
     assert_eq!((gone.deleted, gone.failures.len()), (3, 0), "{gone:?}");

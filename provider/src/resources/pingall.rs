@@ -33,9 +33,9 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Attribute::required("topology_id", Type::String, "The `id` of the `merak_topology`."),
             Attribute::optional("samples", Type::Number, "Pairs per subnet (and per pair of subnets) when there are too many to try all; default 10."),
             Attribute::optional("timeout_ms", Type::Number, "How long each ping waits for its reply; default 2000 (a first ping also waits for ARP)."),
-            Attribute::computed("sent", Type::Number, "Pings sent."),
+            Attribute::computed("sent", Type::Number, "Pings tried."),
             Attribute::computed("received", Type::Number, "Replies received."),
-            Attribute::computed("unexpected", Type::Number, "Pings whose outcome was wrong: no reply within a VPC, or a reply across VPCs. 0 means the network is right."),
+            Attribute::computed("unexpected", Type::Number, "Pings whose outcome was wrong: no reply within a VPC, a reply across VPCs, or a ping that could not be sent (its EVM is gone: the group's `ready_count` shows it too). 0 means the network is right."),
             Attribute::computed("failures", Type::list(Type::String), "The first unexpected outcomes, described."),
         ],
         blocks: Vec::new(),
@@ -134,23 +134,27 @@ impl DataSource for Pingall {
         let timeout = config.attr("timeout_ms").as_i64().unwrap_or(DEFAULT_TIMEOUT_MS) as u32;
         let evms = runtime.list_evms(topology, None, None).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
         let probes = probes(&evms, samples);
-        let reached = runtime.ping(topology, &probes, timeout).await.map_err(|e| runtime_error("Could not ping", e))?;
+        let outcomes = runtime.ping(topology, &probes, timeout).await.map_err(|e| runtime_error("Could not ping", e))?;
         let mut failures = Vec::new();
         let mut unexpected = 0;
-        for (probe, reached) in probes.iter().zip(&reached) {
-            if *reached != probe.expect_reply {
-                unexpected += 1;
-                if failures.len() < FAILURES_SHOWN {
-                    let what = if probe.expect_reply { "no reply" } else { "replied across VPCs" };
-                    failures.push(Value::string(format!("{} ({}) -> {} ({}): {what}", probe.from.name, probe.from.ip, probe.to_name, probe.to)));
-                }
+        for (probe, outcome) in probes.iter().zip(&outcomes) {
+            // A probe that could not be sent proves nothing either way.
+            let what = match outcome {
+                Ok(reached) if *reached == probe.expect_reply => continue,
+                Ok(_) if probe.expect_reply => "no reply".to_string(),
+                Ok(_) => "replied across VPCs".to_string(),
+                Err(why) => format!("not sent: {why}"),
+            };
+            unexpected += 1;
+            if failures.len() < FAILURES_SHOWN {
+                failures.push(Value::string(format!("{} ({}) -> {} ({}): {what}", probe.from.name, probe.from.ip, probe.to_name, probe.to)));
             }
         }
         let mut state = config.clone();
         if let Value::Map(attributes) = &mut state {
             attributes.insert("id".into(), Value::string(topology));
             attributes.insert("sent".into(), Value::int(probes.len() as i64));
-            attributes.insert("received".into(), Value::int(reached.iter().filter(|r| **r).count() as i64));
+            attributes.insert("received".into(), Value::int(outcomes.iter().filter(|o| matches!(o, Ok(true))).count() as i64));
             attributes.insert("unexpected".into(), Value::int(unexpected));
             attributes.insert("failures".into(), Value::List(failures));
         }

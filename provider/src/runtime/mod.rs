@@ -62,6 +62,10 @@ pub struct Probe {
     pub expect_reply: bool,
 }
 
+/// What became of a probe: it got a reply or not, or it could not be sent
+/// (e.g. its EVM's namespace is gone), and why.
+pub type ProbeOutcome = Result<bool, String>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(transparent)]
@@ -126,6 +130,6 @@ pub trait Runtime: Send + Sync {
 
     /// EVMs of the topology, optionally of one group and/or one EPM.
     async fn list_evms(&self, topology: &str, group: Option<&str>, epm: Option<&str>) -> Result<Vec<EvmInfo>, RuntimeError>;
-    /// Runs the probes from inside the EVMs; one answer per probe.
-    async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<bool>, RuntimeError>;
+    /// Runs the probes from inside the EVMs; one outcome per probe.
+    async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<ProbeOutcome>, RuntimeError>;
 }

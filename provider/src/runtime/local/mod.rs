@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 mod host_limits;
 mod overlay;
 
-use super::{EvmInfo, Failure, GroupStatus, Probe, Runtime, RuntimeError, TopologyStatus, agent_client, process};
+use super::{EvmInfo, Failure, GroupStatus, Probe, ProbeOutcome, Runtime, RuntimeError, TopologyStatus, agent_client, process};
 use crate::model::overlay::{GroupSpec, SubnetSpec, VpcSpec};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeInput, TreeSpec, Vswitch};
@@ -511,7 +511,7 @@ impl Runtime for LocalRuntime {
         self.list_evms_impl(topology, group, epm).await
     }
 
-    async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<bool>, RuntimeError> {
+    async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<ProbeOutcome>, RuntimeError> {
         self.ping_impl(topology, probes, timeout_ms).await
     }
 

@@ -10,13 +10,13 @@ use futures::StreamExt;
 use merak_agent::netdev;
 use merak_agent::netns;
 use merak_proto::agent::overlay_client::OverlayClient;
-use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingProbe, PingRequest, SubnetGoal, VpcGoal};
+use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingProbe, PingReply, PingRequest, SubnetGoal, VpcGoal};
 use serde::{Deserialize, Serialize};
 
 use super::LocalRuntime;
 use crate::model::overlay::{self, DeviceModel, GroupSpec, Placement, Ranges, SubnetSpec, VpcSpec};
 use crate::model::{Epm, TreeSpec, naming};
-use crate::runtime::{EvmInfo, Failure, GroupStatus, Probe, RuntimeError, agent_client};
+use crate::runtime::{EvmInfo, Failure, GroupStatus, Probe, ProbeOutcome, RuntimeError, agent_client};
 
 /// EPMs talked to at once.
 const PARALLEL_EPMS: usize = 16;
@@ -731,15 +731,15 @@ impl LocalRuntime {
         Ok(all)
     }
 
-    pub(super) async fn ping_impl(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<bool>, RuntimeError> {
+    pub(super) async fn ping_impl(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<ProbeOutcome>, RuntimeError> {
         // Owned keys: borrowing ones trip the higher-ranked lifetime check
         // of futures streams inside async-trait methods.
         let mut by_epm: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, probe) in probes.iter().enumerate() {
             by_epm.entry(probe.from.epm.clone()).or_default().push(i);
         }
-        let mut reached = vec![false; probes.len()];
-        let answers: Vec<Result<(Vec<usize>, Vec<bool>), RuntimeError>> = futures::stream::iter(by_epm)
+        let mut outcomes = vec![Ok(false); probes.len()];
+        let answers: Vec<Result<(Vec<usize>, PingReply), RuntimeError>> = futures::stream::iter(by_epm)
             .map(|(epm, indexes): (String, Vec<usize>)| async move {
                 let mut client = self.overlay_client(topology, &epm).await?;
                 let request = PingRequest {
@@ -747,17 +747,21 @@ impl LocalRuntime {
                     timeout_ms,
                 };
                 let reply = client.ping(request).await.map_err(|s| RuntimeError::Unavailable(format!("{epm}: {}", s.message())))?;
-                Ok((indexes, reply.into_inner().reached))
+                Ok((indexes, reply.into_inner()))
             })
             .buffer_unordered(PINGING_EPMS)
             .collect()
             .await;
         for answer in answers {
-            let (indexes, results) = answer?;
-            for (i, ok) in indexes.into_iter().zip(results) {
-                reached[i] = ok;
+            let (indexes, reply) = answer?;
+            for (n, i) in indexes.into_iter().enumerate() {
+                let error = reply.errors.get(n).filter(|e| !e.is_empty());
+                outcomes[i] = match error {
+                    Some(error) => Err(error.clone()),
+                    None => Ok(reply.reached.get(n).copied().unwrap_or(false)),
+                };
             }
         }
-        Ok(reached)
+        Ok(outcomes)
     }
 }
