@@ -90,9 +90,16 @@ pub async fn place(router: &Netlink, router_fd: &OwnedFd, links: &[LinkState], t
     let mut leaf = 0;
     while chosen.len() < count {
         let (index, ports) = match family.bridges.get(&leaf) {
-            Some(&bridge) => bridge,
+            Some(&(index, ports)) => {
+                if leaf > 0 {
+                    // A leaf left half-made (an interrupted run) gets its link back.
+                    ensure_uplink(router, router_fd, links, trunk, trunk_index, leaf, index).await?;
+                }
+                (index, ports)
+            }
             None if leaf <= MAX_LEAVES => {
-                let index = create_leaf(router, router_fd, trunk, trunk_index, leaf).await?;
+                let index = router.create_bridge(&leaf_name(trunk, leaf)).await?;
+                ensure_uplink(router, router_fd, &[], trunk, trunk_index, leaf, index).await?;
                 family.bridges.insert(leaf, (index, 0));
                 (index, 0)
             }
@@ -109,29 +116,53 @@ pub async fn place(router: &Netlink, router_fd: &OwnedFd, links: &[LinkState], t
     Ok(chosen)
 }
 
-async fn create_leaf(router: &Netlink, router_fd: &OwnedFd, trunk: &str, trunk_index: u32, leaf: u32) -> Result<u32, OverlayError> {
-    let name = leaf_name(trunk, leaf);
-    let index = router.create_bridge(&name).await?;
+/// Makes sure leaf `leaf` (bridge `leaf_index`) hangs off the trunk: its
+/// veth pair exists, each end up on its bridge. `links`: a dump, or empty to
+/// look nothing up.
+async fn ensure_uplink(router: &Netlink, router_fd: &OwnedFd, links: &[LinkState], trunk: &str, trunk_index: u32, leaf: u32, leaf_index: u32) -> Result<(), OverlayError> {
     let (up, down) = (uplink(trunk, leaf), downlink(trunk, leaf));
+    let on = |name: &str, bridge: u32| links.iter().any(|l| l.name == name && l.up && l.controller == Some(bridge));
+    if on(&up, trunk_index) && on(&down, leaf_index) {
+        return Ok(());
+    }
+    // Whatever is left of the pair goes (deleting one end takes the other).
+    for name in [&up, &down] {
+        if let Some(stale) = router.link(name).await? {
+            router.delete_link(stale.index).await?;
+        }
+    }
     router.create_veth(&up, &down, router_fd).await?;
     router.set_link_by_name(&up, Some(trunk_index)).await?;
-    router.set_link_by_name(&down, Some(index)).await?;
-    Ok(index)
+    router.set_link_by_name(&down, Some(leaf_index)).await?;
+    Ok(())
 }
 
-/// Removes `trunk`'s leaves that hold no EVM port any more.
+/// Removes `trunk`'s leaves that hold no EVM port: the bridge first, then
+/// its link (a link without its leaf is harmless and replaced on reuse; a
+/// leaf without its link would strand the EVMs put on it).
 pub async fn prune(router: &Netlink, trunk: &str) -> Result<(), OverlayError> {
     let links = router.links().await?;
     let family = Family::read(&links, trunk)?;
     for (&leaf, &(index, ports)) in family.bridges.iter().filter(|(leaf, _)| **leaf > 0) {
         if ports == 0 {
+            router.delete_link(index).await?;
             if let Some(up) = links.iter().find(|l| l.name == uplink(trunk, leaf)) {
                 router.delete_link(up.index).await?;
             }
-            router.delete_link(index).await?;
         }
     }
     Ok(())
+}
+
+/// The subnet's own ports that carry other EPMs' or other bridges' EVMs:
+/// the VXLAN device and the leaves' link ends. Learned forwarding entries
+/// on them say where a MAC lives beyond the bridge.
+pub fn transit_ports(links: &[LinkState], trunk: &str) -> Vec<u32> {
+    links
+        .iter()
+        .filter(|l| !l.name.starts_with('b') && trunk_of(&l.name).as_deref() == Some(trunk))
+        .map(|l| l.index)
+        .collect()
 }
 
 #[cfg(test)]

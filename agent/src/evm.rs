@@ -124,8 +124,8 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
             Err(error) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error }),
         }
     }
-    // Leaves the deletions emptied.
-    let mut trunks: Vec<(&str, &str)> = batch.delete.iter().map(|s| (s.router_namespace.as_str(), s.bridge.as_str())).collect();
+    // Leaves the deletions emptied, or failed creations left empty.
+    let mut trunks: Vec<(&str, &str)> = batch.create.iter().chain(&batch.delete).map(|s| (s.router_namespace.as_str(), s.bridge.as_str())).collect();
     trunks.sort_unstable();
     trunks.dedup();
     for (router_namespace, trunk) in trunks {

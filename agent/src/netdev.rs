@@ -373,10 +373,10 @@ impl Netlink {
     }
 
     /// Forwarding entries the kernel learned from traffic (not static or
-    /// permanent ones) on the bridge port or VXLAN device `index`.
-    pub async fn learned_fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>> {
-        let entries = self.fdb(&format!("list forwarding entries of link {index}")).await?;
-        Ok(entries.into_iter().filter(|e| e.index == index && e.learned).collect())
+    /// permanent ones), on any bridge port or VXLAN device here.
+    pub async fn learned_fdb_entries(&self) -> Result<Vec<FdbEntry>> {
+        let entries = self.fdb("list forwarding entries").await?;
+        Ok(entries.into_iter().filter(|e| e.learned).collect())
     }
 
     /// Deletes a forwarding entry; one that has aged out meanwhile is fine.

@@ -137,22 +137,24 @@ async fn apply_subnet(
         router.remove_flood_destination(vxlan.index, *stale).await?;
         actions.push(format!("{router_ns}: {} stops flooding to {stale}", subnet.vxlan));
     }
-    forget(router, router_ns, vxlan.index, &subnet.forget, actions).await
+    forget(router, router_ns, &subnet.bridge, &subnet.forget, actions).await
 }
 
-/// Drops what the bridge and the VXLAN device learned about the MACs in
-/// `ranges`: EVMs about to be created with them may have lived on another
-/// EPM, and a stale entry would send their traffic there until it aged out
-/// (5 minutes).
-async fn forget(router: &Netlink, router_ns: &str, vxlan: u32, ranges: &[String], actions: &mut Vec<String>) -> Result<(), OverlayError> {
+/// Drops what the subnet's bridges and VXLAN device learned about the MACs
+/// in `ranges` (entries on the VXLAN port and on the leaves' links): EVMs
+/// about to be created with them may have lived on another EPM or bridge,
+/// and a stale entry would send their traffic there until it aged out (5
+/// minutes).
+async fn forget(router: &Netlink, router_ns: &str, trunk: &str, ranges: &[String], actions: &mut Vec<String>) -> Result<(), OverlayError> {
     if ranges.is_empty() {
         return Ok(());
     }
     let ranges = ranges.iter().map(|r| parse_mac_range(r)).collect::<Result<Vec<_>, _>>()?;
+    let transit = bridges::transit_ports(&router.links().await?, trunk);
     let mut forgotten = 0;
-    for entry in router.learned_fdb_entries(vxlan).await? {
+    for entry in router.learned_fdb_entries().await? {
         let mac = mac_number(&entry.mac);
-        if ranges.iter().any(|(first, last)| (*first..=*last).contains(&mac)) {
+        if transit.contains(&entry.index) && ranges.iter().any(|(first, last)| (*first..=*last).contains(&mac)) {
             router.delete_fdb_entry(&entry).await?;
             forgotten += 1;
         }

@@ -183,10 +183,20 @@ async fn a_crowded_subnet_grows_leaf_bridges() {
     let probes = vec![ping(newest, "10.0.0.2"), ping(newest, "10.0.0.1"), ping(newest, "10.0.3.250")];
     assert_eq!(reached(&agent_a, probes).await, vec![true, true, true], "leaf EVM to trunk EVM, gateway, other EPM");
 
+    // A leaf that lost its link to the trunk (an interrupted run) gets it
+    // back before another EVM joins it.
+    let uplink = router.link(&bridges::uplink("b101", 1)).await.unwrap().unwrap();
+    router.delete_link(uplink.index).await.unwrap();
+    let latecomer = evm(&prefix, "a", "vpc1", "late", 101, "10.0.3.240/22", "10.0.0.1");
+    let made = agent_a.apply_evms(Request::new(EvmBatch { create: vec![latecomer.clone()], delete: vec![] })).await.unwrap().into_inner();
+    assert_eq!((made.created, made.failures.len()), (1, 0));
+    assert_eq!(reached(&agent_a, vec![ping(&latecomer, "10.0.0.2"), ping(newest, "10.0.0.1")]).await, vec![true, true]);
+
     // Emptying the leaf removes it and its uplink.
-    let leaving = crowd[crowd.len() - 2..].to_vec();
+    let mut leaving = crowd[crowd.len() - 2..].to_vec();
+    leaving.push(latecomer);
     let gone = agent_a.apply_evms(Request::new(EvmBatch { create: vec![], delete: leaving })).await.unwrap().into_inner();
-    assert_eq!((gone.deleted, gone.failures.len()), (2, 0));
+    assert_eq!((gone.deleted, gone.failures.len()), (3, 0));
     assert!(router.link("b101.1").await.unwrap().is_none());
     assert!(router.link(&bridges::uplink("b101", 1)).await.unwrap().is_none());
     let rest = agent_a.apply_evms(Request::new(EvmBatch { create: vec![], delete: crowd.clone() })).await.unwrap().into_inner();
@@ -215,14 +225,14 @@ async fn a_moved_address_is_forgotten_where_it_was_learned() {
     let router_b = netns::open(&format!("{prefix}b.vpc1")).await.unwrap();
     let vxlan_b = router_b.link("x101").await.unwrap().unwrap().index;
     let mac = merak_agent::netdev::parse_mac(&mover_on_a.mac).unwrap();
-    let learned = |entries: Vec<merak_agent::netdev::FdbEntry>| entries.iter().any(|e| e.mac == mac);
-    assert!(learned(router_b.learned_fdb_entries(vxlan_b).await.unwrap()));
+    let learned = |entries: Vec<merak_agent::netdev::FdbEntry>| entries.iter().any(|e| e.mac == mac && e.index == vxlan_b);
+    assert!(learned(router_b.learned_fdb_entries().await.unwrap()));
 
     // The mover leaves a and comes back on b with the same address and MAC.
     agent_a.apply_evms(Request::new(EvmBatch { create: vec![], delete: vec![mover_on_a.clone()] })).await.unwrap();
     let forget = vec![format!("{}-{}", mover_on_a.mac, mover_on_a.mac)];
     agent_b.apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", forget))).await.unwrap();
-    assert!(!learned(router_b.learned_fdb_entries(vxlan_b).await.unwrap()));
+    assert!(!learned(router_b.learned_fdb_entries().await.unwrap()));
     let mover_on_b = evm(&prefix, "b", "vpc1", "m", 101, "10.0.0.10/22", "10.0.0.1");
     agent_b.apply_evms(Request::new(EvmBatch { create: vec![mover_on_b.clone()], delete: vec![] })).await.unwrap();
     // The stayer first: a ping from the mover would teach the bridges anyway.

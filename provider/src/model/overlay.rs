@@ -225,6 +225,9 @@ impl GroupSpec {
                 None
             }
         };
+        if let Some(twice) = input.epms.iter().enumerate().find_map(|(i, epm)| input.epms[..i].contains(epm).then_some(epm)) {
+            errors.push(SpecError::new("epms", "EPM listed twice", format!("{twice:?} appears more than once in epms; list each EPM once.")));
+        }
         if matches!(placement, Some(Placement::Counts(_))) && !input.epms.is_empty() {
             errors.push(SpecError::new("epms", "epms conflicts with epm_counts", "epm_counts names the EPMs itself; leave epms out."));
         }

@@ -235,6 +235,7 @@ resource "merak_subnet" "web" {
         ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-9\"]\n}", "No such EPM", "epms = [\"epm-9\"]"),
         ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  placement = \"random\"\n}", "Invalid placement", "placement = \"random\""),
         ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  epm_counts = { \"epm-9\" = 1 }\n}", "No such EPM", "epm_counts = { \"epm-9\" = 1 }"),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-0\", \"epm-0\"]\n}", "EPM listed twice", "epms = [\"epm-0\", \"epm-0\"]"),
         ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  placement = \"pack\"\n  epm_counts = { \"epm-0\" = 1 }\n}", "placement conflicts with epm_counts", "placement = \"pack\""),
         ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 3\n  epm_counts = { \"epm-0\" = 1 }\n}", "evm_count disagrees with epm_counts", "evm_count = 3"),
         ("resource \"merak_vpc\" \"x\" {\n  topology_id = merak_topology.dc.id\n  name = \"x\"\n  cidr = \"10.0.0.0/16\"\n  vni = 0\n}", "Invalid vni", "vni = 0"),
@@ -331,6 +332,12 @@ fn evms_placed_by_count_per_epm_stay_put_and_crowds_get_more_bridges() {
     assert_eq!((on(&after, "epm-0"), on(&after, "epm-1"), on(&after, "epm-2")), (1, 4, 1));
     let kept = before.iter().filter(|evm| after.contains(evm)).count();
     assert_eq!(kept, 3, "epm-0 keeps one, epm-1 keeps both: {before:?} -> {after:?}");
+    // The EVMs that moved are wired where they now are, and nowhere else.
+    let ports = |epm: &str| {
+        let links = ws.exec_in(&format!("{epm}.r.blue"), &["ip", "-o", "link", "show"]);
+        String::from_utf8_lossy(&links.stdout).lines().filter(|l| l.split(": ").nth(1).is_some_and(|name| name.starts_with('v'))).count()
+    };
+    assert_eq!((ports("epm-0"), ports("epm-1"), ports("epm-2")), (1, 4, 1 + 1001));
     assert_eq!(output(&ws, "unexpected"), 0, "{}", output(&ws, "failures"));
     assert_eq!(ws.plan().0, 0);
     {

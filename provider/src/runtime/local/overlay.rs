@@ -310,7 +310,8 @@ impl LocalRuntime {
         let mut subnet_hosts: HashMap<(&str, &str), Vec<u32>> = HashMap::new();
         for (name, group) in &record.groups {
             let used: Vec<u32> = match group.placement.as_str() {
-                "counts" => Self::candidates(tree, &group.slots.keys().cloned().collect::<Vec<_>>())?.into_iter().map(|e| e.index).collect(),
+                // (Not candidates() of an empty list: that means every EPM.)
+                "counts" => group.slots.keys().map(|name| Self::candidates(tree, std::slice::from_ref(name)).map(|mut e| e.remove(0).index)).collect::<Result<_, _>>()?,
                 _ => {
                     let candidates = Self::candidates(tree, group.placement_epms())?;
                     let names: Vec<String> = candidates.iter().map(|e| e.name.clone()).collect();
@@ -637,31 +638,45 @@ impl LocalRuntime {
             counts,
             slots,
         };
+        // Addresses below the subnet's high-water mark may be remembered by
+        // some EPM as living elsewhere (see push_overlay's `forget`).
+        let used_before = record
+            .groups
+            .values()
+            .filter(|g| g.vpc == spec.vpc && g.subnet == spec.subnet)
+            .map(|g| g.ranges.end())
+            .fold(subnet_record.used_below, u64::max);
         record.groups.insert(spec.name.clone(), group.clone());
         let evms = Self::evms(&tree, &record, &spec.name, &group)?;
         Self::check_bridges(&tree, &record, &spec.vpc, &spec.subnet)?;
-        let used_before = subnet_record.used_below;
         if let Some(subnet) = record.subnets.get_mut(&key) {
-            subnet.used_below = used_before.max(evms.iter().map(|e| e.host_index + 1).max().unwrap_or(0));
+            subnet.used_below = used_before.max(ranges.end());
         }
         super::host_limits::ensure(
             &self.topology_dir(topology),
             super::host_limits::needs(u64::from(tree.hosts), record.evm_count(), record.largest_subnet()),
         )
         .map_err(|e| RuntimeError::io("raising host network limits (gc_thresh3, netdev_max_backlog)", e))?;
+
+        // EVMs that leave, or leave their EPM (by counts, an index one EPM
+        // gave up may go to another in the same apply), go first. Until
+        // they are gone the old record stands, so an interrupted or failed
+        // deletion is retried by the next apply.
+        let staying: HashSet<(&str, u32)> = evms.iter().map(|e| (e.info.namespace.as_str(), e.epm_index)).collect();
+        let leaving: Vec<&Evm> = old_evms.iter().filter(|e| !staying.contains(&(e.info.namespace.as_str(), e.epm_index))).collect();
+        let failures = self.push_evms(topology, &tree, Vec::new(), leaving).await;
+        if let Some(failure) = failures.first() {
+            return Err(RuntimeError::Unavailable(format!("removing {} EVMs failed, first {}: {}", failures.len(), failure.object, failure.error)));
+        }
         // The record says what should exist before anything is built, so an
         // interrupted apply is finished by the next one.
         self.save_overlay(topology, &record)?;
 
-        let staying: HashSet<&str> = evms.iter().map(|e| e.info.namespace.as_str()).collect();
-        let leaving: Vec<&Evm> = old_evms.iter().filter(|e| !staying.contains(e.info.namespace.as_str())).collect();
-        let mut failures = self.push_evms(topology, &tree, Vec::new(), leaving).await;
         let present = Self::present_namespaces(topology)?;
         let missing: Vec<&Evm> = evms.iter().filter(|e| !present.contains(&e.info.namespace)).collect();
-        // Addresses used before may be remembered elsewhere in the subnet.
         let reused = missing.iter().filter(|e| e.host_index < used_before).map(|e| e.info.mac);
         let forget = Forget::from([(key, mac_ranges(reused))]);
-        failures.extend(self.push_overlay(&tree, &record, &forget).await?);
+        let mut failures = self.push_overlay(&tree, &record, &forget).await?;
         failures.extend(self.push_evms(topology, &tree, missing, Vec::new()).await);
 
         let present = Self::present_namespaces(topology)?;
