@@ -3,10 +3,10 @@
 //! gateway, wired by a veth pair into the subnet's bridge in the VPC's router
 //! namespace. No process spawns; many EVMs in flight at once.
 //!
-//! Eight netlink requests per EVM: create the veth (eth0 at a fixed index,
-//! its peer straight into the router namespace), enslave the peer, IPv6
-//! address generation off, address, eth0 up, lo up, the gateway's static
-//! neighbour entry, the default route.
+//! Eight netlink requests per EVM, in two round trips: create the veth (eth0
+//! at a fixed index, its peer straight into the router namespace); then, sent
+//! together, enslave the peer, IPv6 address generation off, address, eth0 up,
+//! lo up, the gateway's static neighbour entry, the default route.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -208,13 +208,20 @@ async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32) -> Result<bool, Ov
     let evm = netns::create(&spec.namespace, NetnsOptions::default()).await?;
     let built = async {
         evm.create_veth_at("eth0", ETH0_INDEX, Some(mac), &eth0_peer, &router.fd).await?;
-        router.netlink.set_link_by_name(&eth0_peer, Some(eth0_peer_bridge)).await?;
-        evm.disable_ipv6_addresses(ETH0_INDEX).await?;
-        evm.add_address(ETH0_INDEX, address.into(), prefix_len).await?;
-        evm.set_link(ETH0_INDEX, None, None).await?;
-        evm.set_link(LOOPBACK_INDEX, None, None).await?;
-        evm.add_neighbour(ETH0_INDEX, gateway, gateway_mac).await?;
-        evm.add_default_route(gateway).await?;
+        // Pipelined, not one round trip each (measured: apply of 10,000
+        // EVMs 29.5 s -> 26.2 s). `biased` polls, and so sends, the requests
+        // in this order, and the kernel handles one socket's requests in the
+        // order they arrive (the route needs the address and link up first).
+        tokio::try_join!(
+            biased;
+            router.netlink.set_link_by_name(&eth0_peer, Some(eth0_peer_bridge)),
+            evm.disable_ipv6_addresses(ETH0_INDEX),
+            evm.add_address(ETH0_INDEX, address.into(), prefix_len),
+            evm.set_link(ETH0_INDEX, None, None),
+            evm.set_link(LOOPBACK_INDEX, None, None),
+            evm.add_neighbour(ETH0_INDEX, gateway, gateway_mac),
+            evm.add_default_route(gateway),
+        )?;
         Ok::<_, OverlayError>(())
     }
     .await;
