@@ -22,7 +22,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     block: Block {
         description: "A group of Emulated VMs (EVMs) in one subnet. Each EVM is a network namespace \
             whose `eth0` holds its address, MAC and default route via the subnet's gateway. Changing \
-            `evm_count` scales in place: only the difference is created or removed.",
+            `evm_count` or `epm_counts` scales in place: only the difference is created or removed.",
         attributes: vec![
             Attribute::computed("id", Type::String, "`<topology>/<vpc>/<subnet>/<name>`."),
             Attribute::required("subnet_id", Type::String, "The `id` of the `merak_subnet`.").forces_replacement(),
@@ -310,4 +310,17 @@ fn failures(spec: &GroupSpec, status: &GroupStatus) -> Diagnostics {
         status.ready == spec.count,
         format!("{} of {} EVMs exist.", status.ready, spec.count),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::overlay::MAX_EVMS_PER_SUBNET_PER_EPM;
+
+    #[test]
+    fn documented_limit_is_the_real_one() {
+        let epm_counts = SCHEMA.block.attributes.iter().find(|a| a.name == "epm_counts").map(|a| a.description).unwrap_or_default();
+        let documented = format!("{},{:03}", MAX_EVMS_PER_SUBNET_PER_EPM / 1000, MAX_EVMS_PER_SUBNET_PER_EPM % 1000);
+        assert!(epm_counts.contains(&documented), "{epm_counts}");
+    }
 }
