@@ -30,6 +30,10 @@ use crate::model::{Epm, TreeInput, TreeSpec, Vswitch};
 
 /// How many EPMs are worked on at once.
 const PARALLEL_EPMS: usize = 16;
+
+/// A veth end that vanishes with a namespace being deleted, seen from the
+/// other side: (namespace it lives in, its name).
+type PeerPort = (String, String);
 /// How long a new agent may take to answer.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the kernel may take to tear namespaces down.
@@ -308,7 +312,7 @@ impl LocalRuntime {
         // Waves: EPMs, then vswitches level by level from the leaves up. Each
         // wave's veth peers live in the next wave's namespaces; watching them
         // disappear is how we know the kernel has finished.
-        let mut waves: BTreeMap<u32, Vec<(String, Option<(String, String)>)>> = BTreeMap::new();
+        let mut waves: BTreeMap<u32, Vec<(String, Option<PeerPort>)>> = BTreeMap::new();
         let mut known = HashSet::new();
         if let Some(spec) = spec {
             for epm in spec.epms() {
