@@ -169,6 +169,27 @@ fn mac_number(mac: &netdev::Mac) -> u64 {
     mac.iter().fold(0, |n, b| n << 8 | u64::from(*b))
 }
 
+fn mac_of_number(n: u64) -> netdev::Mac {
+    let [_, _, mac @ ..] = n.to_be_bytes();
+    mac
+}
+
+/// `macs` as the fewest ranges `first-last`, for [`SubnetGoal::forget`]
+/// (EVM MACs follow their addresses, so a block of addresses is one range).
+pub fn mac_ranges(macs: impl Iterator<Item = netdev::Mac>) -> Vec<String> {
+    let mut numbers: Vec<u64> = macs.map(|mac| mac_number(&mac)).collect();
+    numbers.sort_unstable();
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for n in numbers {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 >= n => *last = n,
+            _ => ranges.push((n, n)),
+        }
+    }
+    let format = |n| netdev::format_mac(&mac_of_number(n));
+    ranges.into_iter().map(|(first, last)| format!("{}-{}", format(first), format(last))).collect()
+}
+
 /// `aa:bb:cc:dd:ee:ff` or `first-last`, as numbers.
 fn parse_mac_range(text: &str) -> Result<(u64, u64), OverlayError> {
     let (first, last) = text.split_once('-').unwrap_or((text, text));
@@ -181,4 +202,19 @@ fn parse_mac_range(text: &str) -> Result<(u64, u64), OverlayError> {
 pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), OverlayError> {
     let parsed = text.split_once('/').and_then(|(ip, len)| Some((ip.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?)));
     parsed.ok_or_else(|| OverlayError::Invalid(format!("{text:?} is not an IPv4 CIDR")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_ranges_round_trip() {
+        let mac = |last: u8| [0x0a, 0, 10, 0, 1, last];
+        let ranges = mac_ranges([mac(5), mac(3), mac(4), mac(9)].into_iter());
+        assert_eq!(ranges, vec!["0a:00:0a:00:01:03-0a:00:0a:00:01:05", "0a:00:0a:00:01:09-0a:00:0a:00:01:09"]);
+        let parsed: Vec<(u64, u64)> = ranges.iter().map(|r| parse_mac_range(r).unwrap()).collect();
+        assert_eq!(parsed, vec![(mac_number(&mac(3)), mac_number(&mac(5))), (mac_number(&mac(9)), mac_number(&mac(9)))]);
+        assert!(parse_mac_range("0a:00-zz").is_err());
+    }
 }

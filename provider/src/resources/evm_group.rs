@@ -134,6 +134,17 @@ fn format_ranges(subnet: Option<&SubnetSpec>, ranges: &Ranges) -> Value {
     Value::List(text.collect())
 }
 
+/// Refuses, on `attribute`, an EPM name the topology does not have.
+fn epms_exist<'a>(tree: &TreeSpec, attribute: &str, mut names: impl Iterator<Item = &'a String>) -> Result<(), Diagnostics> {
+    match names.find(|name| tree.epms().all(|e| &e.name != *name)) {
+        None => Ok(()),
+        Some(unknown) => {
+            let detail = format!("{unknown:?} is not an EPM of topology {}; EPMs are named epm-0 to epm-{}.", tree.name, tree.hosts.saturating_sub(1));
+            Err(Diagnostic::attribute_error(&[attribute], "No such EPM", detail).into())
+        }
+    }
+}
+
 /// Whether a state's `epm_counts` says `per_epm` (numbers compared as numbers).
 fn same_counts(state: &Value, per_epm: &BTreeMap<String, u32>) -> bool {
     match state {
@@ -209,14 +220,10 @@ impl Resource for EvmGroup {
             true => None,
             false => runtime.read_group(&group.topology, &group.input.name).await.map_err(|e| runtime_error("Could not read the group", e))?,
         };
-        let no_such_epm = |attribute: &str, unknown: &str, tree: &TreeSpec| -> Diagnostics {
-            let detail = format!("{unknown:?} is not an EPM of topology {}; EPMs are named epm-0 to epm-{}.", tree.name, tree.hosts.saturating_sub(1));
-            Diagnostic::attribute_error(&[attribute], "No such EPM", detail).into()
-        };
         let per_epm = match (&spec.placement, &tree) {
             (Placement::Counts(counts), tree) => {
-                if let Some((tree, unknown)) = tree.as_ref().and_then(|tree| Some((tree, counts.keys().find(|name| tree.epms().all(|e| &e.name != *name))?))) {
-                    return Err(no_such_epm("epm_counts", unknown, tree));
+                if let Some(tree) = tree {
+                    epms_exist(tree, "epm_counts", counts.keys())?;
                 }
                 Some(counts.clone())
             }
@@ -226,9 +233,7 @@ impl Resource for EvmGroup {
                     _ if spec.epms.is_empty() => tree.epms().map(|e| e.name).collect(),
                     _ => spec.epms.clone(),
                 };
-                if let Some(unknown) = names.iter().find(|name| tree.epms().all(|e| &e.name != *name)) {
-                    return Err(no_such_epm("epms", unknown, tree));
-                }
+                epms_exist(tree, "epms", names.iter())?;
                 spec.check_fits(names.len()).map_err(|e| Diagnostics::from(Diagnostic::from(e)))?;
                 Some(spec.per_epm_counts(&names))
             }
@@ -282,13 +287,6 @@ impl Resource for EvmGroup {
             .err()
             .map(|e| runtime_error(format!("Could not delete EVM group {}", parts[3]), e))
             .unwrap_or_default()
-    }
-
-    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics> {
-        match known_str(current, "id") {
-            Some(id) => self.import(runtime, id).await,
-            None => Ok(None),
-        }
     }
 
     async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {

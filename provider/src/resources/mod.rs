@@ -37,10 +37,16 @@ pub trait Resource: Send + Sync {
     /// also when something failed.
     async fn apply(&self, runtime: &dyn Runtime, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics);
     async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics;
-    /// The resource as it is, or None when it is gone.
-    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics>;
     /// The state of the resource with import ID `id`, or None when there is none.
     async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics>;
+    /// The resource as it is, or None when it is gone. Every resource's `id`
+    /// is its import ID, so reading is importing it again.
+    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics> {
+        match known_str(current, "id") {
+            Some(id) => self.import(runtime, id).await,
+            None => Ok(None),
+        }
+    }
 
     /// Attributes whose change between `prior` and `planned` forces replacement.
     fn requires_replace(&self, prior: &Value, planned: &Value) -> Vec<&'static str> {

@@ -152,13 +152,6 @@ impl Resource for Subnet {
             .unwrap_or_default()
     }
 
-    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics> {
-        match known_str(current, "id") {
-            Some(id) => self.import(runtime, id).await,
-            None => Ok(None),
-        }
-    }
-
     async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
         let Some(parts) = split_id(id, 3) else { return Ok(None) };
         let subnet = runtime

@@ -60,13 +60,6 @@ impl Resource for Topology {
         }
     }
 
-    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics> {
-        match current.attr("id").as_str() {
-            Some(id) => read(runtime, id).await,
-            None => Ok(None),
-        }
-    }
-
     async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
         read(runtime, id).await
     }

@@ -90,13 +90,6 @@ impl Resource for Vpc {
         runtime.delete_vpc(topology, name).await.err().map(|e| runtime_error(format!("Could not delete VPC {name}"), e)).unwrap_or_default()
     }
 
-    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics> {
-        match known_str(current, "id") {
-            Some(id) => self.import(runtime, id).await,
-            None => Ok(None),
-        }
-    }
-
     async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
         let Some(parts) = split_id(id, 2) else { return Ok(None) };
         let vpc = runtime.read_vpc(parts[0], parts[1]).await.map_err(|e| runtime_error(format!("Could not read VPC {id}"), e))?;

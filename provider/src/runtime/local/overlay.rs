@@ -130,7 +130,7 @@ impl GroupRecord {
         if self.placement == "counts" {
             let mut layout = Vec::with_capacity(self.count as usize);
             for (epm_name, held) in &self.slots {
-                let epm = LocalRuntime::candidates(tree, std::slice::from_ref(epm_name))?.remove(0);
+                let epm = LocalRuntime::epm_named(tree, epm_name)?;
                 layout.extend(held.iter().map(|k| (k as u32, epm.clone())));
             }
             layout.sort_unstable_by_key(|(k, _)| *k);
@@ -174,23 +174,6 @@ impl GroupRecord {
 /// Per subnet (keyed `vpc/subnet`), MAC ranges whose learned locations the
 /// EPMs drop before EVMs with them are created.
 type Forget = HashMap<String, Vec<String>>;
-
-/// MACs as the fewest ranges `first-last` (EVM MACs follow their addresses,
-/// so a block of addresses is one range).
-fn mac_ranges(macs: impl Iterator<Item = [u8; 6]>) -> Vec<String> {
-    let number = |mac: [u8; 6]| mac.iter().fold(0u64, |n, b| n << 8 | u64::from(*b));
-    let mac_of = |n: u64| -> [u8; 6] { let b = n.to_be_bytes(); [b[2], b[3], b[4], b[5], b[6], b[7]] };
-    let mut numbers: Vec<u64> = macs.map(number).collect();
-    numbers.sort_unstable();
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for n in numbers {
-        match ranges.last_mut() {
-            Some((_, last)) if *last + 1 >= n => *last = n,
-            _ => ranges.push((n, n)),
-        }
-    }
-    ranges.into_iter().map(|(first, last)| format!("{}-{}", netdev::format_mac(&mac_of(first)), netdev::format_mac(&mac_of(last)))).collect()
-}
 
 /// One EVM as the runtime builds it.
 struct Evm {
@@ -245,14 +228,13 @@ impl LocalRuntime {
         if names.is_empty() {
             return Ok(tree.epms().collect());
         }
-        names
-            .iter()
-            .map(|name| {
-                tree.epms()
-                    .find(|epm| &epm.name == name)
-                    .ok_or_else(|| RuntimeError::Conflict(format!("EPM {name:?} is not in topology {}", tree.name)))
-            })
-            .collect()
+        names.iter().map(|name| Self::epm_named(tree, name)).collect()
+    }
+
+    fn epm_named(tree: &TreeSpec, name: &str) -> Result<Epm, RuntimeError> {
+        tree.epms()
+            .find(|epm| epm.name == name)
+            .ok_or_else(|| RuntimeError::Conflict(format!("EPM {name:?} is not in topology {}", tree.name)))
     }
 
     /// Every EVM of a group, in index order.
@@ -310,8 +292,7 @@ impl LocalRuntime {
         let mut subnet_hosts: HashMap<(&str, &str), Vec<u32>> = HashMap::new();
         for (name, group) in &record.groups {
             let used: Vec<u32> = match group.placement.as_str() {
-                // (Not candidates() of an empty list: that means every EPM.)
-                "counts" => group.slots.keys().map(|name| Self::candidates(tree, std::slice::from_ref(name)).map(|mut e| e.remove(0).index)).collect::<Result<_, _>>()?,
+                "counts" => group.slots.keys().map(|name| Self::epm_named(tree, name).map(|e| e.index)).collect::<Result<_, _>>()?,
                 _ => {
                     let candidates = Self::candidates(tree, group.placement_epms())?;
                     let names: Vec<String> = candidates.iter().map(|e| e.name.clone()).collect();
@@ -584,8 +565,9 @@ impl LocalRuntime {
         // the recorded slots, adjusted.
         let (placed_on, counts, slots) = match &spec.placement {
             Placement::Counts(counts) => {
-                let names: Vec<String> = counts.keys().cloned().collect();
-                Self::candidates(&tree, &names)?;
+                for name in counts.keys() {
+                    Self::epm_named(&tree, name)?;
+                }
                 let mut slots = previous.as_ref().map(|g| g.slots.clone()).unwrap_or_default();
                 overlay::assign_slots(&mut slots, counts);
                 (Vec::new(), counts.clone(), slots)
@@ -675,7 +657,7 @@ impl LocalRuntime {
         let present = Self::present_namespaces(topology)?;
         let missing: Vec<&Evm> = evms.iter().filter(|e| !present.contains(&e.info.namespace)).collect();
         let reused = missing.iter().filter(|e| e.host_index < used_before).map(|e| e.info.mac);
-        let forget = Forget::from([(key, mac_ranges(reused))]);
+        let forget = Forget::from([(key, merak_agent::overlay::mac_ranges(reused))]);
         let mut failures = self.push_overlay(&tree, &record, &forget).await?;
         failures.extend(self.push_evms(topology, &tree, missing, Vec::new()).await);
 
