@@ -173,6 +173,15 @@ impl Workspace {
         (output.status.code().unwrap_or(-1), text)
     }
 
+    /// Runs `terraform plan`, which must fail with an error (exit 1, not a
+    /// crash); returns what it printed on stderr.
+    pub fn plan_error(&self, context: &str) -> String {
+        let output = self.terraform(&["plan"]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(1), "{context}: {stderr}");
+        stderr
+    }
+
     /// The attributes of the one resource in the state.
     pub fn resource_values(&self, address: &str) -> serde_json::Value {
         let show: serde_json::Value = serde_json::from_str(&self.ok(&["show", "-json"])).expect("show -json");
@@ -266,3 +275,4 @@ impl Drop for Workspace {
     }
 }
 pub mod floor;
+pub mod host;

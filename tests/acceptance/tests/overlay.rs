@@ -242,16 +242,12 @@ resource "merak_subnet" "web" {
     ];
     for (extra, summary, pinned) in cases {
         ws.write_config(&format!("{base}\n{extra}\n"));
-        let output = ws.terraform(&["plan"]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{extra}: {stderr}");
+        let stderr = ws.plan_error(extra);
         assert!(stderr.contains(summary) && stderr.contains(pinned), "{extra}: wanted {summary:?} at {pinned:?} in {stderr}");
     }
     // An overlapping sibling is refused at plan too, once the sibling exists.
     ws.write_config(&format!("{base}\nresource \"merak_subnet\" \"x\" {{\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.0.1.128/25\"\n}}\n"));
-    let output = ws.terraform(&["plan"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = ws.plan_error("overlapping sibling");
     assert!(stderr.contains("Subnet overlaps a sibling") && stderr.contains("cidr = \"10.0.1.128/25\""), "{stderr}");
     let state = ws.ok(&["state", "list"]);
     assert!(!state.contains("merak_subnet.x"), "{state}");

@@ -144,9 +144,7 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
     for (from, to, summary) in cases {
         let config = topology(1, 1, "").replace(from, to);
         ws.write_config(&config);
-        let output = ws.terraform(&["plan"]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{to}: {stderr}");
+        let stderr = ws.plan_error(to);
         assert!(stderr.contains(summary), "{to}: wanted {summary:?} in {stderr}");
         // The diagnostic points at the attribute's line in the configuration.
         let attribute_line = to.lines().last().unwrap().replace("{name}", &ws.name);
@@ -165,9 +163,7 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
             topology(1, 1, "").replace("{name}", &ws.name)
         );
         std::fs::write(ws.dir.join("main.tf"), main).unwrap();
-        let output = ws.terraform(&["plan"]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let stderr = ws.plan_error(settings);
         assert!(stderr.contains(summary) && stderr.contains(pinned), "wanted {summary:?} at {pinned:?} in {stderr}");
     }
 

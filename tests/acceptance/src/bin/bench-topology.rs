@@ -7,15 +7,7 @@
 use std::time::Instant;
 
 use merak_acceptance::Workspace;
-
-fn mem_available_kib() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
+use merak_acceptance::host::{mem_available_kib, settled_mem_available};
 
 fn pss_kib(pid: u32) -> u64 {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -36,9 +28,7 @@ fn main() {
     let started = Instant::now();
     ws.apply();
     let apply = started.elapsed();
-    // Let freed pages settle before reading the memory figure.
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    let after = mem_available_kib();
+    let after = settled_mem_available();
     let agents = ws.agents();
     let vswitches = ws.resource_values("merak_topology.bench")["vswitch_count"].clone();
     let agent_pss: u64 = agents.iter().map(|(pid, _)| pss_kib(*pid)).sum();
