@@ -2,7 +2,11 @@
 
 CARGO      ?= cargo
 PROFILE_DIR = target/debug
-TERRAFORM  ?= $(CURDIR)/target/tools/terraform
+TOOLS       = $(CURDIR)/target/tools
+# The newest Terraform reachable here (quickstart, and the tests), and the
+# oldest we support (tfplugin6.0): the acceptance tests run on both.
+TERRAFORM  ?= $(TOOLS)/terraform-1.15.5
+TERRAFORM_OLDEST = $(TOOLS)/terraform-1.0.3
 VERSION     = 0.1.0
 MIRROR      = $(CURDIR)/target/mirror
 PACKAGE     = $(MIRROR)/registry.terraform.io/merak/merak/$(VERSION)/linux_amd64
@@ -10,17 +14,22 @@ CLI_CONFIG  = $(CURDIR)/target/terraformrc
 QUICKSTART  = examples/terraform/quickstart
 TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
 
-.PHONY: all build terraform mirror quickstart quickstart-destroy test docs bench
+.PHONY: all deps build terraform mirror quickstart quickstart-destroy test docs bench
 
 all: build
 
-build:
+# Host packages the build, the quickstart and the tests use (installed with
+# apt-get when missing, or named with how to get them).
+deps:
+	@tests/acceptance/install-deps.sh
+
+build: deps
 	$(CARGO) build --workspace
 
-$(TERRAFORM):
-	tests/acceptance/install-terraform.sh $(dir $(TERRAFORM))
+$(TOOLS)/terraform-%:
+	tests/acceptance/install-terraform.sh $(TOOLS) $* >/dev/null
 
-terraform: $(TERRAFORM)
+terraform: $(TERRAFORM) $(TERRAFORM_OLDEST)
 
 # A filesystem mirror holding the provider (and its agent beside it), and a
 # CLI config that installs merak/merak from it: what `terraform init` needs.
@@ -30,7 +39,7 @@ mirror: build
 	ln -sf $(CURDIR)/$(PROFILE_DIR)/merak-agent $(PACKAGE)/merak-agent
 	printf 'provider_installation {\n  filesystem_mirror {\n    path    = "%s"\n    include = ["registry.terraform.io/merak/*"]\n  }\n  direct {\n    exclude = ["registry.terraform.io/merak/*"]\n  }\n}\n' "$(MIRROR)" > $(CLI_CONFIG)
 
-quickstart: mirror terraform
+quickstart: deps mirror terraform
 	rm -f $(QUICKSTART)/.terraform.lock.hcl
 	$(TF) init -upgrade >/dev/null
 	$(TF) apply -auto-approve
@@ -51,6 +60,7 @@ quickstart-destroy: mirror terraform
 # terraform binary against the provider and agent built here).
 test: build terraform
 	MERAK_TERRAFORM=$(TERRAFORM) $(CARGO) test --workspace -- --test-threads=2
+	MERAK_TERRAFORM=$(TERRAFORM_OLDEST) $(CARGO) test -p merak-acceptance -- --test-threads=2
 
 docs:
 	$(CARGO) run -q -p terraform-provider-merak -- --generate-docs docs

