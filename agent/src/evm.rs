@@ -3,10 +3,14 @@
 //! gateway, wired by a veth pair into the subnet's bridge in the VPC's router
 //! namespace. No process spawns; many EVMs in flight at once.
 //!
-//! Eight netlink requests per EVM, in two round trips: create the veth (eth0
-//! at a fixed index, its peer straight into the router namespace); then, sent
-//! together, enslave the peer, IPv6 address generation off, address, eth0 up,
-//! lo up, the gateway's static neighbour entry, the default route.
+//! Eight netlink requests per EVM, in three round trips: create the veth
+//! (eth0 at a fixed index, its peer straight into the router namespace);
+//! then, sent together, IPv6 address generation off, address, eth0 up, lo
+//! up, the gateway's static neighbour entry, the default route; last, the
+//! peer joins its bridge and goes up. An EVM is whole exactly when its peer
+//! is up on a bridge ([`is_whole`]): that request is sent only after all the
+//! others succeeded, so an agent killed mid-way leaves an EVM that is seen
+//! as half-built, and rebuilt.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -16,7 +20,7 @@ use futures::StreamExt;
 use merak_proto::agent::{EvmBatch, EvmFailure, EvmReply, EvmSpec};
 
 use crate::bridges;
-use crate::netdev::{self, Netlink};
+use crate::netdev::{self, LinkState, Netlink};
 use crate::netns::{self, NetnsOptions};
 use crate::overlay::{OverlayError, parse_cidr};
 
@@ -26,6 +30,9 @@ const IN_FLIGHT: usize = 32;
 /// In a fresh namespace `lo` is link 1, so `eth0` can be asked to be link 2.
 const LOOPBACK_INDEX: u32 = 1;
 const ETH0_INDEX: u32 = 2;
+/// How long the kernel may go without removing any port of a batch being
+/// deleted before the deletion counts as stuck.
+const STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A router namespace, opened once per batch.
 struct Router {
@@ -69,8 +76,10 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
     // The kernel frees namespaces in the background; an EVM is gone when its
     // host port has left the router. One dump per router per round, with a
     // growing pause: polling hard would compete with the teardown for RTNL.
+    // Slow progress is fine (50,000 EVMs take the kernel minutes); only a
+    // round of STALL with no port leaving at all is a failure.
     let mut pause = std::time::Duration::from_millis(5);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut progress = std::time::Instant::now();
     while !leaving.is_empty() {
         let mut still = HashMap::new();
         for (router_namespace, specs) in leaving.drain() {
@@ -80,6 +89,9 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
                     let present: std::collections::HashSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
                     let (gone, left): (Vec<&EvmSpec>, Vec<&EvmSpec>) = specs.into_iter().partition(|s| !present.contains(eth0_peer(s).as_str()));
                     reply.deleted += gone.len() as u32;
+                    if !gone.is_empty() {
+                        progress = std::time::Instant::now();
+                    }
                     if !left.is_empty() {
                         still.insert(router_namespace, left);
                     }
@@ -91,9 +103,10 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
         if leaving.is_empty() {
             break;
         }
-        if std::time::Instant::now() > deadline {
+        if progress.elapsed() > STALL {
             for spec in leaving.values().flatten() {
-                reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: "its port was still present 120 s after deletion".into() });
+                let error = format!("its port was still present after deletion, and no port of this batch left for {} s", STALL.as_secs());
+                reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error });
             }
             break;
         }
@@ -185,12 +198,10 @@ async fn open_router(namespace: &str) -> Result<Router, OverlayError> {
 /// true when it was created.
 async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32) -> Result<bool, OverlayError> {
     if netns::exists(&spec.namespace) {
-        let netlink = netns::open(&spec.namespace).await?;
-        if netlink.link("eth0").await?.is_some_and(|eth0| eth0.up) {
+        if router.netlink.link(&eth0_peer(spec)).await?.as_ref().is_some_and(is_whole) {
             return Ok(false);
         }
-        // Half-made (e.g. an agent died mid-creation): start over.
-        drop(netlink);
+        // Half-made (an agent or provider killed mid-creation): start over.
         netns::delete(&spec.namespace)?;
         wait_gone(&router.netlink, &eth0_peer(spec)).await.map_err(OverlayError::Invalid)?;
     }
@@ -214,7 +225,6 @@ async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32) -> Result<bool, Ov
         // order they arrive (the route needs the address and link up first).
         tokio::try_join!(
             biased;
-            router.netlink.set_link_by_name(&eth0_peer, Some(eth0_peer_bridge)),
             evm.disable_ipv6_addresses(ETH0_INDEX),
             evm.add_address(ETH0_INDEX, address.into(), prefix_len),
             evm.set_link(ETH0_INDEX, None, None),
@@ -222,6 +232,8 @@ async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32) -> Result<bool, Ov
             evm.add_neighbour(ETH0_INDEX, gateway, gateway_mac),
             evm.add_default_route(gateway),
         )?;
+        // Last, on the router's own socket: the mark of a whole EVM.
+        router.netlink.set_link_by_name(&eth0_peer, Some(eth0_peer_bridge)).await?;
         Ok::<_, OverlayError>(())
     }
     .await;
@@ -232,9 +244,15 @@ async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32) -> Result<bool, Ov
     Ok(true)
 }
 
+/// Whether an EVM whose eth0 peer is `peer` is whole: the peer is up on a
+/// bridge, the last step of building it.
+pub fn is_whole(peer: &LinkState) -> bool {
+    peer.up && peer.controller.is_some()
+}
+
 /// The router-side end of the EVM's eth0: it leaves when the kernel has torn
-/// the EVM's namespace down.
-fn eth0_peer(spec: &EvmSpec) -> String {
+/// the EVM's namespace down, and is up on a bridge once the EVM is whole.
+pub fn eth0_peer(spec: &EvmSpec) -> String {
     if spec.device_model == "hybrid" { hybrid_name('v', &spec.host_port) } else { spec.host_port.clone() }
 }
 
@@ -277,14 +295,14 @@ async fn remove_hybrid_plug(netlink: &Netlink, host_port: &str) -> Result<(), Ov
 }
 
 async fn wait_gone(router: &Netlink, port: &str) -> Result<(), String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + STALL;
     loop {
         match router.link(port).await {
             Ok(None) => return Ok(()),
             Ok(Some(_)) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
-            Ok(Some(_)) => return Err(format!("port {port} still present 30 s after its EVM was deleted")),
+            Ok(Some(_)) => return Err(format!("port {port} still present {} s after its EVM was deleted", STALL.as_secs())),
             Err(e) => return Err(e.to_string()),
         }
     }

@@ -44,7 +44,7 @@ pub async fn apply(epm: &Netlink, goal: &OverlayGoal) -> Result<Vec<String>, Ove
     if !goal.router_prefix.is_empty() {
         let existing = netns::list_with_prefix(&goal.router_prefix).map_err(|e| OverlayError::Invalid(e.to_string()))?;
         for stale in existing.iter().filter(|ns| !wanted.contains(ns.as_str())) {
-            netns::delete(stale)?;
+            remove_router(stale).await?;
             actions.push(format!("removed {stale}"));
         }
     }
@@ -52,6 +52,22 @@ pub async fn apply(epm: &Netlink, goal: &OverlayGoal) -> Result<Vec<String>, Ove
         apply_vpc(epm, underlay.index, underlay_ip, vpc, &mut actions).await?;
     }
     Ok(actions)
+}
+
+/// Removes a router namespace, its subnet devices first. The kernel frees
+/// a deleted namespace's devices in the background, and until it has, a
+/// VXLAN device there still holds its VNI on the EPM's UDP port: a new
+/// device for the same VNI (the VPC coming back, a group replaced) would get
+/// "File exists". Deleting the devices first frees the VNI at once.
+pub async fn remove_router(namespace: &str) -> Result<(), OverlayError> {
+    if let Ok(router) = netns::open(namespace).await {
+        for link in router.links().await? {
+            if bridges::trunk_of(&link.name).is_some() {
+                router.delete_link(link.index).await?;
+            }
+        }
+    }
+    Ok(netns::delete(namespace)?)
 }
 
 async fn apply_vpc(epm: &Netlink, underlay: u32, underlay_ip: Ipv4Addr, vpc: &VpcGoal, actions: &mut Vec<String>) -> Result<(), OverlayError> {

@@ -126,12 +126,26 @@ pub struct OverlayService {
     /// One change at a time: bridges for new EVM ports are chosen from a
     /// dump of the router namespace, and two batches at once would both
     /// count the same free ports.
-    changing: tokio::sync::Mutex<()>,
+    changing: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl OverlayService {
     pub fn new(netlink: Netlink) -> Self {
-        OverlayService { netlink, changing: tokio::sync::Mutex::new(()) }
+        OverlayService { netlink, changing: std::sync::Arc::default() }
+    }
+
+    /// Runs a change to its end, one at a time, in a task of its own: a
+    /// client that goes away (a provider killed mid-apply) cancels only its
+    /// wait for the answer, never the change half-way through, which would
+    /// leave half-built devices behind.
+    async fn change<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> Result<T, Status> {
+        let changing = std::sync::Arc::clone(&self.changing).lock_owned().await;
+        tokio::spawn(async move {
+            let _changing = changing;
+            work.await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the change failed: {e}")))
     }
 }
 
@@ -141,9 +155,10 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         &self,
         request: Request<merak_proto::agent::OverlayGoal>,
     ) -> Result<Response<ApplyReply>, Status> {
-        let _changing = self.changing.lock().await;
-        let actions = crate::overlay::apply(&self.netlink, &request.into_inner())
-            .await
+        let (netlink, goal) = (self.netlink.clone(), request.into_inner());
+        let actions = self
+            .change(async move { crate::overlay::apply(&netlink, &goal).await })
+            .await?
             .map_err(|e| Status::internal(e.to_string()))?;
         if !actions.is_empty() {
             tracing::info!(?actions, "overlay converged");
@@ -156,9 +171,8 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         request: Request<merak_proto::agent::EvmBatch>,
     ) -> Result<Response<merak_proto::agent::EvmReply>, Status> {
         let batch = request.into_inner();
-        let _changing = self.changing.lock().await;
         let started = std::time::Instant::now();
-        let reply = crate::evm::apply(&batch).await;
+        let reply = self.change(async move { crate::evm::apply(&batch).await }).await?;
         tracing::info!(
             created = reply.created,
             existing = reply.existing,

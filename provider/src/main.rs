@@ -1,6 +1,8 @@
 //! The provider binary. Terraform starts it with the go-plugin magic cookie;
 //! `--debug` runs it standalone for Terraform to attach to;
-//! `--generate-docs DIR` writes the registry docs from the schema.
+//! `--generate-docs DIR` writes the registry docs from the schema;
+//! `--destroy-topology NAME` removes a topology of the local runtime without
+//! Terraform (for a lost state, or a test's cleanup).
 
 use anyhow::Context;
 use merak_provider::protocol::plugin::{self, ServeOptions, Transport};
@@ -16,6 +18,8 @@ fn main() -> std::process::ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["--generate-docs", dir] => merak_provider::docs::write_all(std::path::Path::new(dir)),
         ["--debug"] => run(true),
+        ["--destroy-topology", name, "--state-dir", dir] => destroy_topology(name, dir),
+        ["--destroy-topology", name] => destroy_topology(name, merak_provider::config::DEFAULT_STATE_DIR),
         [] => {
             if std::env::var(plugin::MAGIC_COOKIE_KEY).as_deref() != Ok(plugin::MAGIC_COOKIE_VALUE) {
                 eprintln!(
@@ -28,7 +32,7 @@ fn main() -> std::process::ExitCode {
             run(false)
         }
         _ => {
-            eprintln!("usage: terraform-provider-merak [--debug | --generate-docs DIR]");
+            eprintln!("usage: terraform-provider-merak [--debug | --generate-docs DIR | --destroy-topology NAME [--state-dir DIR]]");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -39,6 +43,15 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Everything of one topology off this host, as `terraform destroy` would:
+/// agents, namespaces, records, and the host limits it raised.
+fn destroy_topology(name: &str, state_dir: &str) -> anyhow::Result<()> {
+    use merak_provider::runtime::Runtime;
+    let runtime = merak_provider::runtime::local::LocalRuntime::new(state_dir.into(), "merak-agent".into());
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    tokio.block_on(runtime.destroy_topology(name)).with_context(|| format!("destroying topology {name} of {state_dir}"))
 }
 
 fn run(debug: bool) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
 use crate::model::TreeSpec;
-use crate::runtime::{GroupStatus, Runtime};
+use crate::runtime::{GroupStatus, Intent, Runtime};
 
 use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
 
@@ -216,9 +216,17 @@ impl Resource for EvmGroup {
             .map_err(|e| runtime_error("Could not read the topology", e))?;
         // An existing group stays on the EPMs it was placed on, even if the
         // topology has grown since.
-        let existing = match prior.is_null() {
-            true => None,
-            false => runtime.read_group(&group.topology, &group.input.name).await.map_err(|e| runtime_error("Could not read the group", e))?,
+        let existing = runtime.read_group(&group.topology, &group.input.name).await.map_err(|e| runtime_error("Could not read the group", e))?;
+        // Creating: a group another state owns is refused before anything
+        // is built; one left by a failed or interrupted create is adopted.
+        let existing = match existing {
+            Some((found, status)) if prior.is_null() && status.confirmed => {
+                let id = format!("{}/{}/{}/{}", found.topology, found.vpc, found.subnet, found.name);
+                let error = crate::runtime::owned_elsewhere("merak_evm_group", "EVM group", &id);
+                return Err(Diagnostic::attribute_error(&["name"], "EVM group already exists", error.to_string()).into());
+            }
+            Some(_) if prior.is_null() => None,
+            existing => existing,
         };
         let per_epm = match (&spec.placement, &tree) {
             (Placement::Counts(counts), tree) => {
@@ -256,7 +264,7 @@ impl Resource for EvmGroup {
         Ok(planned)
     }
 
-    async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+    async fn apply(&self, runtime: &dyn Runtime, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
         let group = match config_of(planned, Source::Plan) {
             Ok(group) => group,
             Err(diagnostics) => return (None, diagnostics),
@@ -270,7 +278,12 @@ impl Resource for EvmGroup {
             Ok(spec) => spec,
             Err(diagnostics) => return (None, diagnostics),
         };
-        match runtime.apply_group(&spec).await {
+        let intent = if prior.is_null() { Intent::Create } else { Intent::Update };
+        match runtime.apply_group(&spec, intent).await {
+            // A failed create returns no state: Terraform would taint the
+            // group and replace it next time. The runtime keeps its record,
+            // unconfirmed, and the next apply's create converges from it.
+            Ok(status) if intent == Intent::Create && !status.confirmed => (None, failures(&spec, &status)),
             Ok(status) => {
                 let diagnostics = failures(&spec, &status);
                 (Some(state_of(&spec, Some(&subnet), &status)), diagnostics)

@@ -6,7 +6,7 @@ use crate::model::{TreeInput, TreeSpec, naming};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::runtime::{Runtime, TopologyStatus};
+use crate::runtime::{Intent, Recorded, Runtime, TopologyStatus};
 
 use super::Resource;
 
@@ -29,6 +29,13 @@ impl Resource for Topology {
 
     async fn plan(&self, runtime: Option<&dyn Runtime>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let planned = plan(config)?;
+        // Creating over a topology another state owns is refused before anything is built.
+        if let (Some(runtime), true, Some(name)) = (runtime, prior.is_null(), planned.attr("name").as_str())
+            && runtime.topology_recorded(name).await.map_err(|e| super::runtime_error("Could not read the runtime's records", e))? == Recorded::Confirmed
+        {
+            let error = crate::runtime::owned_elsewhere(TYPE_NAME, "topology", name);
+            return Err(Diagnostic::attribute_error(&["name"], "Topology already exists", error.to_string()).into());
+        }
         // Shrinking must not pull EPMs out from under EVMs.
         if let (Some(runtime), Some(old), Some(new)) = (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())
             && new < old
@@ -48,8 +55,9 @@ impl Resource for Topology {
         Ok(planned)
     }
 
-    async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
-        apply(runtime, planned).await
+    async fn apply(&self, runtime: &dyn Runtime, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+        let intent = if prior.is_null() { Intent::Create } else { Intent::Update };
+        apply(runtime, planned, intent).await
     }
 
     async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics {
@@ -233,13 +241,13 @@ fn plan(config: &Value) -> Result<Value, Diagnostics> {
 
 /// Builds or changes the topology to match `planned`. The returned state
 /// always says what exists, also when some of it failed.
-async fn apply(runtime: &dyn Runtime, planned: &Value) -> (Option<Value>, Diagnostics) {
+async fn apply(runtime: &dyn Runtime, planned: &Value, intent: Intent) -> (Option<Value>, Diagnostics) {
     let spec = match spec_of(planned) {
         Ok(Some(spec)) => spec,
         Ok(None) => return (None, super::unknown_at_apply()),
         Err(diagnostics) => return (None, diagnostics),
     };
-    match runtime.apply_topology(&spec).await {
+    match runtime.apply_topology(&spec, intent).await {
         Ok(status) => (Some(state_of(&spec, status.ready_epms)), failures_to_diagnostics(&spec, &status)),
         Err(error) => (None, Diagnostic::error(format!("Could not build topology {}", spec.name), error.to_string()).into()),
     }

@@ -11,6 +11,35 @@ use std::collections::BTreeMap;
 use crate::model::TreeSpec;
 use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec, VpcSpec};
 
+/// Whether Terraform is creating an object or changing one its state holds.
+/// Creating an object whose record exists is refused unless that record was
+/// left unconfirmed by an interrupted or failed create (then it is adopted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    Create,
+    Update,
+}
+
+/// What the runtime holds of an object Terraform may be about to create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Absent,
+    /// Left by a create that failed or was interrupted: the next create adopts it.
+    Unconfirmed,
+    /// Made by a create that succeeded: some Terraform state holds it.
+    Confirmed,
+}
+
+/// The refusal to create over a record some other Terraform state owns,
+/// with the import that takes it over instead.
+pub fn owned_elsewhere(resource_type: &str, kind: &str, id: &str) -> RuntimeError {
+    RuntimeError::Conflict(format!(
+        "{kind} {id} already exists on this host, made by another Terraform state or by an apply whose \
+         state was lost; this provider does not take it over. To manage it from this configuration, \
+         import it: terraform import {resource_type}.<resource name> {id}. Or choose another name."
+    ))
+}
+
 /// How much of a topology is up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopologyStatus {
@@ -38,6 +67,8 @@ pub struct GroupStatus {
     /// The EPMs the group spreads or packs over (fixed when it is created).
     pub placed_on: Vec<String>,
     pub failures: Vec<Failure>,
+    /// A create of the group succeeded once (see [`Recorded`]).
+    pub confirmed: bool,
 }
 
 /// One EVM, as the `merak_evms` data source lists it.
@@ -85,6 +116,12 @@ pub enum RuntimeError {
     /// The request contradicts what exists (overlap, missing parent, ...).
     #[error("{0}")]
     Conflict(String),
+    #[error(
+        "topology {topology} is being changed by another Terraform run: {holder} holds its lock ({path}). \
+         Wait until that apply or destroy has finished, then run this again; the lock goes away with \
+         its process, also when that process is killed."
+    )]
+    Locked { topology: String, holder: String, path: String },
 }
 
 impl RuntimeError {
@@ -98,7 +135,10 @@ pub trait Runtime: Send + Sync {
     /// Makes the host match `spec`: creates what is missing, repairs what
     /// drifted and removes what the spec no longer has. Failures of single
     /// objects are reported in the status; an `Err` means nothing could be done.
-    async fn apply_topology(&self, spec: &TreeSpec) -> Result<TopologyStatus, RuntimeError>;
+    async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError>;
+
+    /// Whether the runtime has a record of the topology, and whose.
+    async fn topology_recorded(&self, name: &str) -> Result<Recorded, RuntimeError>;
 
     /// The recorded spec of a topology and how much of it is up; `None` when
     /// the runtime has no such topology.
@@ -124,7 +164,7 @@ pub trait Runtime: Send + Sync {
     async fn delete_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError>;
 
     /// Creates, scales or repairs the group; only the difference is built or removed.
-    async fn apply_group(&self, spec: &GroupSpec) -> Result<GroupStatus, RuntimeError>;
+    async fn apply_group(&self, spec: &GroupSpec, intent: Intent) -> Result<GroupStatus, RuntimeError>;
     async fn read_group(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError>;
     async fn delete_group(&self, topology: &str, name: &str) -> Result<(), RuntimeError>;
 

@@ -128,6 +128,24 @@ fn signal(pid: u32, signal: i32) {
     }
 }
 
+/// How our child `pid` ended, if it has ("exited with status 0", "killed
+/// by signal 9"); reaps it. None while it runs or if it is not our child.
+pub fn exit_status(pid: u32) -> Option<String> {
+    let mut status = 0;
+    // SAFETY: waitpid(2) with WNOHANG never blocks.
+    let reaped = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+    if reaped != pid as i32 {
+        return None;
+    }
+    if libc::WIFEXITED(status) {
+        Some(format!("it exited with status {}", libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        Some(format!("it was killed by signal {}", libc::WTERMSIG(status)))
+    } else {
+        None
+    }
+}
+
 /// Collects the exit status if the agent is our own child, so it does not
 /// linger as a zombie while the provider runs.
 fn reap(pid: u32) {

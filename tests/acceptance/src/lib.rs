@@ -251,6 +251,12 @@ impl Workspace {
     }
 
     fn force_cleanup(&self) {
+        // What a destroy does, without Terraform: also puts back the host
+        // limits the topology raised, whatever state the test left.
+        let _ = Command::new(binary("terraform-provider-merak"))
+            .args(["--destroy-topology", &self.name, "--state-dir"])
+            .arg(&self.state_dir)
+            .output();
         for (pid, _) in self.agents() {
             // SAFETY: kill(2) on an agent of this test.
             unsafe {

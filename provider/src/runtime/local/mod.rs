@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 mod host_limits;
+mod lock;
 mod overlay;
 
-use super::{EvmInfo, Failure, GroupStatus, Probe, ProbeOutcome, Runtime, RuntimeError, TopologyStatus, agent_client, process};
+use super::{EvmInfo, Failure, GroupStatus, Intent, Probe, ProbeOutcome, Recorded, Runtime, RuntimeError, TopologyStatus, agent_client, process};
 use crate::model::overlay::{GroupSpec, SubnetSpec, VpcSpec};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeInput, TreeSpec, Vswitch};
@@ -46,6 +47,11 @@ pub struct LocalRuntime {
     /// Serializes changes to the tenant-network records (Terraform applies
     /// resources in parallel).
     overlay_lock: Mutex<()>,
+    /// Serializes changes to the topology records' agent pids (agents are
+    /// restarted from many EPM tasks at once).
+    agents_lock: Mutex<()>,
+    /// The topologies this process changes: one writer per topology.
+    locks: lock::Locks,
 }
 
 /// What the runtime remembers of a topology.
@@ -54,6 +60,14 @@ struct Record {
     spec: RecordedSpec,
     /// EPM name → agent pid.
     agents: BTreeMap<String, u32>,
+    /// A create of the topology succeeded (see [`Recorded`]). Records from
+    /// before this field existed were made by successful creates.
+    #[serde(default = "confirmed")]
+    confirmed: bool,
+}
+
+fn confirmed() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -93,7 +107,44 @@ impl RecordedSpec {
 
 impl LocalRuntime {
     pub fn new(state_dir: PathBuf, agent_path: PathBuf) -> Self {
-        LocalRuntime { state_dir, agent_path, overlay_lock: Mutex::new(()) }
+        LocalRuntime {
+            state_dir,
+            agent_path,
+            overlay_lock: Mutex::new(()),
+            agents_lock: Mutex::new(()),
+            locks: lock::Locks::default(),
+        }
+    }
+
+    /// Takes the topology's writer lock (held until this process exits).
+    fn lock(&self, topology: &str) -> Result<(), RuntimeError> {
+        fs::create_dir_all(&self.state_dir).map_err(|e| RuntimeError::io(format!("creating {}", self.state_dir.display()), e))?;
+        self.locks.acquire(&self.state_dir, topology)
+    }
+
+    /// Brings back the agent of an EPM that stopped answering (killed,
+    /// crashed): the EPM's devices are kernel state and stay; the agent holds
+    /// nothing, and every goal the provider pushes is whole.
+    async fn revive_agent(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
+        let socket = self.agent_socket(topology, epm);
+        if agent_answers(&socket).await {
+            return Ok(());
+        }
+        let namespace = naming::namespace(topology, epm);
+        if !netns::exists(&namespace) {
+            return Err(RuntimeError::Unavailable(format!("EPM {epm} is gone (namespace {namespace}); apply the topology to rebuild it")));
+        }
+        let _guard = self.agents_lock.lock().await;
+        let Some(mut record) = self.load_record(topology)? else {
+            return Err(RuntimeError::Conflict(format!("topology {topology:?} does not exist")));
+        };
+        if let Some(&pid) = record.agents.get(epm) {
+            process::stop_agent(pid, &socket).await;
+        }
+        tracing::info!(topology, epm, "restarting an agent that stopped answering");
+        let pid = self.start_agent(topology, epm, &namespace, &socket).await?;
+        record.agents.insert(epm.to_string(), pid);
+        self.save_record(topology, &record)
     }
 
     fn topology_dir(&self, topology: &str) -> PathBuf {
@@ -235,10 +286,18 @@ impl LocalRuntime {
         while !agent_answers(socket).await {
             // Not is_agent(): until exec, the child still shows our command line.
             if Instant::now() > deadline || !process::alive(pid) {
+                let exit = process::exit_status(pid);
                 process::stop_agent(pid, socket).await;
-                let tail = fs::read_to_string(&log).unwrap_or_default();
-                let tail = tail.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
-                return Err(RuntimeError::Unavailable(format!("agent of {epm} did not start: {tail}")));
+                let why = exit.unwrap_or_else(|| format!("it did not answer within {} s", AGENT_START_TIMEOUT.as_secs()));
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                let mut tail: Vec<&str> = text.lines().rev().take(5).collect();
+                tail.reverse();
+                let tail = if tail.is_empty() { "(empty)".to_string() } else { tail.join(" | ") };
+                return Err(RuntimeError::Unavailable(format!(
+                    "agent of {epm} ({}) did not start: {why}; its log {} ends: {tail}",
+                    self.agent_path.display(),
+                    log.display()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -380,12 +439,18 @@ async fn wait_until_gone(watched: Vec<(Netlink, Vec<String>)>) -> Result<(), Run
 
 #[tonic::async_trait]
 impl Runtime for LocalRuntime {
-    async fn apply_topology(&self, spec: &TreeSpec) -> Result<TopologyStatus, RuntimeError> {
-        netns::prepare_run_dir().map_err(|e| RuntimeError::io("preparing /run/netns", e))?;
+    async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
         let topology = &spec.name;
+        self.lock(topology)?;
+        netns::prepare_run_dir().map_err(|e| RuntimeError::io("preparing /run/netns", e))?;
+        let existing = self.load_record(topology)?;
+        if intent == Intent::Create && existing.as_ref().is_some_and(|r| r.confirmed) {
+            return Err(super::owned_elsewhere("merak_topology", "topology", topology));
+        }
         let dir = self.topology_dir(topology);
         fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
-        let mut record = self.load_record(topology)?.unwrap_or_default();
+        // A new record is unconfirmed until the create succeeds.
+        let mut record = existing.unwrap_or_default();
 
         let switches = spec.vswitches();
         let epms: Vec<Epm> = spec.epms().collect();
@@ -437,7 +502,7 @@ impl Runtime for LocalRuntime {
             .buffer_unordered(PARALLEL_EPMS)
             .collect()
             .await;
-        let record = record.lock().await;
+        let mut record = record.lock().await;
         self.save_record(topology, &record)?;
 
         for (object, result) in results {
@@ -448,7 +513,19 @@ impl Runtime for LocalRuntime {
         let mut status = self.status(spec, &record.agents).await;
         failures.sort_by(|a, b| a.object.cmp(&b.object));
         status.failures = failures;
+        if !record.confirmed && status.failures.is_empty() && status.ready_epms == spec.hosts {
+            record.confirmed = true;
+            self.save_record(topology, &record)?;
+        }
         Ok(status)
+    }
+
+    async fn topology_recorded(&self, name: &str) -> Result<Recorded, RuntimeError> {
+        Ok(match self.load_record(name)? {
+            None => Recorded::Absent,
+            Some(record) if record.confirmed => Recorded::Confirmed,
+            Some(_) => Recorded::Unconfirmed,
+        })
     }
 
     async fn read_topology(&self, name: &str) -> Result<Option<(TreeSpec, TopologyStatus)>, RuntimeError> {
@@ -499,8 +576,8 @@ impl Runtime for LocalRuntime {
         self.delete_subnet_impl(topology, vpc, name).await
     }
 
-    async fn apply_group(&self, spec: &GroupSpec) -> Result<GroupStatus, RuntimeError> {
-        self.apply_group_impl(spec).await
+    async fn apply_group(&self, spec: &GroupSpec, intent: Intent) -> Result<GroupStatus, RuntimeError> {
+        self.apply_group_impl(spec, intent).await
     }
 
     async fn read_group(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError> {
@@ -520,6 +597,7 @@ impl Runtime for LocalRuntime {
     }
 
     async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError> {
+        self.lock(name)?;
         let mut record = self.load_record(name)?.unwrap_or_default();
         let spec = record.spec.to_spec().ok();
         self.tear_down(name, spec.as_ref(), &HashSet::new(), &mut record).await?;
@@ -530,7 +608,9 @@ impl Runtime for LocalRuntime {
             Err(e) => return Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
         }
         // The last topology on the host gone, the host gets its limits back.
-        host_limits::release(&dir).map_err(|e| RuntimeError::io("restoring host network limits", e))
+        host_limits::release(&dir).map_err(|e| RuntimeError::io("restoring host network limits", e))?;
+        self.locks.remove(&self.state_dir, name);
+        Ok(())
     }
 }
 

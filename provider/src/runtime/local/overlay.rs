@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::LocalRuntime;
 use crate::model::overlay::{self, DeviceModel, GroupSpec, Placement, Ranges, SubnetSpec, VpcSpec};
 use crate::model::{Epm, TreeSpec, naming};
-use crate::runtime::{EvmInfo, Failure, GroupStatus, Probe, ProbeOutcome, RuntimeError, agent_client};
+use crate::runtime::{EvmInfo, Failure, GroupStatus, Intent, Probe, ProbeOutcome, RuntimeError, agent_client};
 
 /// EPMs talked to at once.
 const PARALLEL_EPMS: usize = 16;
@@ -80,6 +80,16 @@ struct GroupRecord {
     counts: BTreeMap<String, u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     slots: BTreeMap<String, Ranges>,
+    /// A create of the group succeeded (records from before this field
+    /// existed were made by successful creates). An unconfirmed group, left
+    /// by a create that failed or was interrupted, is adopted by the next
+    /// create and deleted with its subnet.
+    #[serde(default = "confirmed")]
+    confirmed: bool,
+}
+
+fn confirmed() -> bool {
+    true
 }
 
 impl OverlayRecord {
@@ -359,17 +369,28 @@ impl LocalRuntime {
         Ok(OverlayClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
     }
 
+    async fn send_overlay(&self, topology: &str, epm: &str, goal: OverlayGoal) -> Result<(), RuntimeError> {
+        let mut client = self.overlay_client(topology, epm).await?;
+        client.apply_overlay(goal).await.map_err(|s| RuntimeError::Unavailable(s.message().to_string()))?;
+        Ok(())
+    }
+
+    async fn send_evms(&self, topology: &str, epm: &str, batch: EvmBatch) -> Result<merak_proto::agent::EvmReply, RuntimeError> {
+        let mut client = self.overlay_client(topology, epm).await?;
+        let reply = client.apply_evms(batch).await.map_err(|s| RuntimeError::Unavailable(s.message().to_string()))?;
+        Ok(reply.into_inner())
+    }
+
     /// Pushes every EPM's overlay goal; returns the EPMs that failed.
     async fn push_overlay(&self, tree: &TreeSpec, record: &OverlayRecord, forget: &Forget) -> Result<Vec<Failure>, RuntimeError> {
         let goals = Self::overlay_goals(tree, record, forget)?;
         let failures: Vec<Failure> = futures::stream::iter(goals)
             .map(|(epm, goal)| async move {
-                let result = async {
-                    let mut client = self.overlay_client(&tree.name, &epm.name).await?;
-                    client.apply_overlay(goal).await.map_err(|s| RuntimeError::Unavailable(s.message().to_string()))?;
-                    Ok::<_, RuntimeError>(())
-                }
-                .await;
+                // An agent that stopped answering is restarted and gets the goal again.
+                let result = match self.send_overlay(&tree.name, &epm.name, goal.clone()).await {
+                    Err(_) if self.revive_agent(&tree.name, &epm.name).await.is_ok() => self.send_overlay(&tree.name, &epm.name, goal).await,
+                    result => result,
+                };
                 result.err().map(|e| Failure { object: epm.name.clone(), error: format!("overlay: {e}") })
             })
             .buffer_unordered(PARALLEL_EPMS)
@@ -403,16 +424,23 @@ impl LocalRuntime {
         let parallel = if deleting { DELETING_EPMS } else { PARALLEL_EPMS };
         futures::stream::iter(requests)
             .map(|(epm, batch)| async move {
-                match self.overlay_client(topology, &epm).await {
-                    Ok(mut client) => match client.apply_evms(batch).await {
-                        Ok(reply) => reply
-                            .into_inner()
-                            .failures
-                            .into_iter()
-                            .map(|f| Failure { object: format!("{epm}: {}", f.namespace), error: f.error })
-                            .collect(),
-                        Err(status) => vec![Failure { object: epm, error: status.message().to_string() }],
+                let reply = match self.send_evms(topology, &epm, batch.clone()).await {
+                    Ok(reply) => Ok(reply),
+                    // Deleting needs no agent: this host can remove what the
+                    // agent would (its namespaces and ports), so a dead agent
+                    // never blocks a destroy.
+                    Err(e) if deleting => {
+                        tracing::warn!(epm, error = %e, "agent unreachable; deleting its EVMs from the provider");
+                        Ok(merak_agent::evm::apply(&batch).await)
+                    }
+                    // An agent that stopped answering is restarted, once.
+                    Err(e) => match self.revive_agent(topology, &epm).await {
+                        Ok(()) => self.send_evms(topology, &epm, batch).await,
+                        Err(revival) => Err(RuntimeError::Unavailable(format!("{e}; restarting it failed: {revival}"))),
                     },
+                };
+                match reply {
+                    Ok(reply) => reply.failures.into_iter().map(|f| Failure { object: format!("{epm}: {}", f.namespace), error: f.error }).collect(),
                     Err(e) => vec![Failure { object: epm, error: e.to_string() }],
                 }
             })
@@ -422,9 +450,44 @@ impl LocalRuntime {
             .await
     }
 
-    fn group_status(group: &GroupRecord, evms: &[Evm], present: &HashSet<String>) -> GroupStatus {
-        let ready = evms.iter().filter(|e| present.contains(&e.info.namespace)).count() as u32;
-        GroupStatus { ready, ranges: group.ranges.clone(), per_epm: group.per_epm(evms), placed_on: Vec::new(), failures: Vec::new() }
+    fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> GroupStatus {
+        let ready = evms.iter().filter(|e| whole.contains(&e.info.namespace)).count() as u32;
+        GroupStatus {
+            ready,
+            ranges: group.ranges.clone(),
+            per_epm: group.per_epm(evms),
+            placed_on: Vec::new(),
+            failures: Vec::new(),
+            confirmed: group.confirmed,
+        }
+    }
+
+    /// The EVMs (by namespace) that are whole, read from the kernel: the
+    /// namespace exists and the EVM's port is up on a bridge in its router
+    /// namespace, the last step of building one (see merak_agent::evm). A
+    /// namespace alone may be a half-built EVM left by a kill.
+    async fn whole_evms(topology: &str, evms: &[Evm]) -> Result<HashSet<String>, RuntimeError> {
+        let present = Self::present_namespaces(topology)?;
+        let mut by_router: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for evm in evms.iter().filter(|e| present.contains(&e.info.namespace)) {
+            let port = merak_agent::evm::eth0_peer(&evm.spec);
+            by_router.entry(evm.spec.router_namespace.clone()).or_default().push((evm.info.namespace.clone(), port));
+        }
+        let whole: Vec<Vec<String>> = futures::stream::iter(by_router)
+            .map(|(router, evms): (String, Vec<(String, String)>)| async move {
+                // A router that is gone or unreadable holds no whole EVM.
+                let Ok(netlink) = netns::open(&router).await else { return Vec::new() };
+                let Ok(links) = netlink.links().await else { return Vec::new() };
+                let ports: HashMap<&str, &netdev::LinkState> = links.iter().map(|l| (l.name.as_str(), l)).collect();
+                evms.into_iter()
+                    .filter(|(_, port)| ports.get(port.as_str()).is_some_and(|l| merak_agent::evm::is_whole(l)))
+                    .map(|(namespace, _)| namespace)
+                    .collect()
+            })
+            .buffer_unordered(PARALLEL_EPMS)
+            .collect()
+            .await;
+        Ok(whole.into_iter().flatten().collect())
     }
 
     fn present_namespaces(topology: &str) -> Result<HashSet<String>, RuntimeError> {
@@ -434,6 +497,7 @@ impl LocalRuntime {
     }
 
     pub(super) async fn apply_vpc_impl(&self, spec: &VpcSpec) -> Result<(), RuntimeError> {
+        self.lock(&spec.topology)?;
         let _guard = self.overlay_lock.lock().await;
         self.tree(&spec.topology)?;
         let mut record = self.load_overlay(&spec.topology)?;
@@ -453,6 +517,7 @@ impl LocalRuntime {
     }
 
     pub(super) async fn delete_vpc_impl(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
+        self.lock(topology)?;
         let _guard = self.overlay_lock.lock().await;
         let mut record = self.load_overlay(topology)?;
         if let Some(subnet) = record.subnets.values().find(|s| s.vpc == name) {
@@ -465,6 +530,7 @@ impl LocalRuntime {
     }
 
     pub(super) async fn apply_subnet_impl(&self, spec: &SubnetSpec) -> Result<(), RuntimeError> {
+        self.lock(&spec.topology)?;
         let _guard = self.overlay_lock.lock().await;
         let tree = self.tree(&spec.topology)?;
         let mut record = self.load_overlay(&spec.topology)?;
@@ -530,10 +596,22 @@ impl LocalRuntime {
     }
 
     pub(super) async fn delete_subnet_impl(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError> {
+        self.lock(topology)?;
         let _guard = self.overlay_lock.lock().await;
         let mut record = self.load_overlay(topology)?;
-        if let Some((group, _)) = record.groups.iter().find(|(_, g)| g.vpc == vpc && g.subnet == name) {
+        let of_subnet = |g: &GroupRecord| g.vpc == vpc && g.subnet == name;
+        if let Some((group, _)) = record.groups.iter().find(|(_, g)| of_subnet(g) && g.confirmed) {
             return Err(RuntimeError::Conflict(format!("subnet {name} still has EVM group {group}; delete it first")));
+        }
+        // Groups no Terraform state holds (their create failed or was
+        // interrupted) go with their subnet.
+        let orphans: Vec<String> = record.groups.iter().filter(|(_, g)| of_subnet(g)).map(|(n, _)| n.clone()).collect();
+        if !orphans.is_empty() {
+            let tree = self.tree(topology)?;
+            for orphan in orphans {
+                self.remove_group(&tree, &mut record, &orphan).await?;
+            }
+            record = self.load_overlay(topology)?;
         }
         if record.subnets.remove(&subnet_key(vpc, name)).is_some() && self.topology_dir(topology).exists() {
             self.save_overlay(topology, &record)?;
@@ -541,11 +619,27 @@ impl LocalRuntime {
         Ok(())
     }
 
-    pub(super) async fn apply_group_impl(&self, spec: &GroupSpec) -> Result<GroupStatus, RuntimeError> {
+    pub(super) async fn apply_group_impl(&self, spec: &GroupSpec, intent: Intent) -> Result<GroupStatus, RuntimeError> {
+        self.lock(&spec.topology)?;
         let _guard = self.overlay_lock.lock().await;
         let topology = &spec.topology;
         let tree = self.tree(topology)?;
         let mut record = self.load_overlay(topology)?;
+        if let Some(existing) = record.groups.get(&spec.name) {
+            let incompatible = existing.vpc != spec.vpc
+                || existing.subnet != spec.subnet
+                || existing.device_model != spec.device_model.name()
+                || existing.placement != spec.placement.name();
+            if intent == Intent::Create && existing.confirmed {
+                let id = format!("{topology}/{}/{}/{}", existing.vpc, existing.subnet, spec.name);
+                return Err(crate::runtime::owned_elsewhere("merak_evm_group", "EVM group", &id));
+            }
+            // Left by a failed create with another shape: start over.
+            if incompatible && !existing.confirmed {
+                self.remove_group(&tree, &mut record, &spec.name).await?;
+                record = self.load_overlay(topology)?;
+            }
+        }
         let key = subnet_key(&spec.vpc, &spec.subnet);
         let subnet_record = record
             .subnets
@@ -619,6 +713,7 @@ impl LocalRuntime {
             ranges: ranges.clone(),
             counts,
             slots,
+            confirmed: previous.as_ref().is_some_and(|g| g.confirmed),
         };
         // Addresses below the subnet's high-water mark may be remembered by
         // some EPM as living elsewhere (see push_overlay's `forget`).
@@ -654,16 +749,24 @@ impl LocalRuntime {
         // interrupted apply is finished by the next one.
         self.save_overlay(topology, &record)?;
 
-        let present = Self::present_namespaces(topology)?;
-        let missing: Vec<&Evm> = evms.iter().filter(|e| !present.contains(&e.info.namespace)).collect();
+        let whole = Self::whole_evms(topology, &evms).await?;
+        let missing: Vec<&Evm> = evms.iter().filter(|e| !whole.contains(&e.info.namespace)).collect();
+        tracing::info!(group = %spec.name, evms = evms.len(), to_build = missing.len(), "EVM group");
         let reused = missing.iter().filter(|e| e.host_index < used_before).map(|e| e.info.mac);
         let forget = Forget::from([(key, merak_agent::overlay::mac_ranges(reused))]);
         let mut failures = self.push_overlay(&tree, &record, &forget).await?;
         failures.extend(self.push_evms(topology, &tree, missing, Vec::new()).await);
 
-        let present = Self::present_namespaces(topology)?;
-        let mut status = Self::group_status(&group, &evms, &present);
+        let whole = Self::whole_evms(topology, &evms).await?;
+        let mut status = Self::group_status(&group, &evms, &whole);
         status.failures = failures;
+        if !group.confirmed && status.failures.is_empty() && status.ready == group.count {
+            if let Some(saved) = record.groups.get_mut(&spec.name) {
+                saved.confirmed = true;
+            }
+            self.save_overlay(topology, &record)?;
+            status.confirmed = true;
+        }
         Ok(status)
     }
 
@@ -690,29 +793,39 @@ impl LocalRuntime {
         let record = self.load_overlay(topology)?;
         let Some(group) = record.groups.get(name) else { return Ok(None) };
         let evms = Self::evms(&tree, &record, name, group)?;
-        let present = Self::present_namespaces(topology)?;
-        let mut status = Self::group_status(group, &evms, &present);
+        let whole = Self::whole_evms(topology, &evms).await?;
+        let mut status = Self::group_status(group, &evms, &whole);
         status.placed_on = group.placement_epms().to_vec();
         Ok(Some((group.spec(topology, name), status)))
     }
 
     pub(super) async fn delete_group_impl(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
+        self.lock(topology)?;
         let _guard = self.overlay_lock.lock().await;
         let Ok(tree) = self.tree(topology) else { return Ok(()) };
         let mut record = self.load_overlay(topology)?;
+        self.remove_group(&tree, &mut record, name).await
+    }
+
+    /// Deletes a group's EVMs, then its record, then the router devices no
+    /// group needs any more. Idempotent; works with agents down (the EVMs
+    /// are deleted from here, and router namespaces an unreachable EPM
+    /// keeps go with the topology).
+    async fn remove_group(&self, tree: &TreeSpec, record: &mut OverlayRecord, name: &str) -> Result<(), RuntimeError> {
+        let topology = &tree.name;
         let Some(group) = record.groups.get(name).cloned() else { return Ok(()) };
-        let evms = Self::evms(&tree, &record, name, &group)?;
-        let failures = self.push_evms(topology, &tree, Vec::new(), evms.iter().collect()).await;
+        let evms = Self::evms(tree, record, name, &group)?;
+        tracing::info!(group = name, evms = evms.len(), "deleting EVM group");
+        let failures = self.push_evms(topology, tree, Vec::new(), evms.iter().collect()).await;
         if let Some(failure) = failures.first() {
             return Err(RuntimeError::Unavailable(format!("deleting {} EVMs failed, first {}: {}", failures.len(), failure.object, failure.error)));
         }
         record.groups.remove(name);
-        self.save_overlay(topology, &record)?;
-        let failures = self.push_overlay(&tree, &record, &Forget::new()).await?;
-        match failures.first() {
-            Some(failure) => Err(RuntimeError::Unavailable(format!("{}: {}", failure.object, failure.error))),
-            None => Ok(()),
+        self.save_overlay(topology, record)?;
+        for failure in self.push_overlay(tree, record, &Forget::new()).await? {
+            tracing::warn!(epm = failure.object, error = failure.error, "could not remove router devices the group left; they go with the topology");
         }
+        Ok(())
     }
 
     pub(super) async fn list_evms_impl(&self, topology: &str, group: Option<&str>, epm: Option<&str>) -> Result<Vec<EvmInfo>, RuntimeError> {

@@ -1,0 +1,133 @@
+//! One writer per topology. A provider process that changes a topology
+//! holds an exclusive `flock` on `<state_dir>/<topology>.lock` from its first
+//! change until it exits. Terraform runs one provider process per command,
+//! so the lock covers the whole apply or destroy; a second Terraform working
+//! on the same topology meanwhile is refused at once, told who holds it. The
+//! kernel drops the lock when its holder dies, so a killed apply never
+//! leaves a stale one.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::runtime::RuntimeError;
+
+/// The locks this process holds, by topology.
+#[derive(Debug, Default)]
+pub struct Locks {
+    held: Mutex<HashMap<String, File>>,
+}
+
+pub fn path(state_dir: &Path, topology: &str) -> PathBuf {
+    state_dir.join(format!("{topology}.lock"))
+}
+
+impl Locks {
+    /// Takes the topology's lock unless this process holds it already.
+    pub fn acquire(&self, state_dir: &Path, topology: &str) -> Result<(), RuntimeError> {
+        let mut held = self.held.lock().map_err(|_| RuntimeError::Unavailable("the lock table is poisoned".into()))?;
+        if held.contains_key(topology) {
+            return Ok(());
+        }
+        let path = path(state_dir, topology);
+        let file = take(&path).map_err(|e| RuntimeError::io(format!("locking {}", path.display()), e))?;
+        match file {
+            Ok(file) => {
+                held.insert(topology.to_string(), file);
+                Ok(())
+            }
+            Err(holder) => Err(RuntimeError::Locked {
+                topology: topology.to_string(),
+                holder,
+                path: path.display().to_string(),
+            }),
+        }
+    }
+
+    /// Removes the lock file of a topology that is gone, still holding it,
+    /// then lets go.
+    pub fn remove(&self, state_dir: &Path, topology: &str) {
+        if let Ok(mut held) = self.held.lock()
+            && held.remove(topology).is_some()
+        {
+            let _ = fs::remove_file(path(state_dir, topology));
+        }
+    }
+}
+
+/// The lock, or (inner `Err`) a description of the process holding it.
+fn take(path: &Path) -> io::Result<Result<File, String>> {
+    loop {
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        // SAFETY: flock(2) on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(error);
+            }
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Ok(Err(describe(holder.trim())));
+        }
+        // The holder before us may have removed the file (its topology
+        // destroyed) after we opened it: then we hold a lock nobody else
+        // can see. Lock what the path names now.
+        let same = fs::metadata(path).is_ok_and(|m| {
+            file.metadata().is_ok_and(|ours| (ours.dev(), ours.ino()) == (m.dev(), m.ino()))
+        });
+        if !same {
+            continue;
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        return Ok(Ok(file));
+    }
+}
+
+/// "pid 1234 (terraform-provider-merak, started by terraform)" from the pid
+/// the holder wrote.
+fn describe(pid: &str) -> String {
+    let Ok(pid) = pid.parse::<u32>() else { return "another process".into() };
+    let command = |pid: u32| fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string()).ok();
+    let parent = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok()));
+    match (command(pid), parent.and_then(command)) {
+        (Some(command), Some(parent)) => format!("pid {pid} ({command}, started by {parent})"),
+        (Some(command), None) => format!("pid {pid} ({command})"),
+        _ => format!("pid {pid}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_and_told_who_holds_it() {
+        let dir = std::env::temp_dir().join(format!("merak-lock-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let first = Locks::default();
+        first.acquire(&dir, "lab").unwrap();
+        // Again from the same process: already held.
+        first.acquire(&dir, "lab").unwrap();
+        let second = Locks::default();
+        match second.acquire(&dir, "lab") {
+            Err(RuntimeError::Locked { holder, .. }) => assert!(holder.contains(&std::process::id().to_string()), "{holder}"),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        // Other topologies are independent.
+        second.acquire(&dir, "other").unwrap();
+        first.remove(&dir, "lab");
+        assert!(!path(&dir, "lab").exists());
+        second.acquire(&dir, "lab").unwrap();
+        second.remove(&dir, "lab");
+        second.remove(&dir, "other");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
