@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod docs;
+pub mod logging;
 pub mod model;
 pub mod protocol;
 pub mod resources;

@@ -9,12 +9,8 @@ use merak_provider::protocol::plugin::{self, ServeOptions, Transport};
 use merak_provider::protocol::server::MerakProvider;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MERAK_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    merak_provider::logging::init(args.is_empty());
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["--generate-docs", dir] => merak_provider::docs::write_all(std::path::Path::new(dir)),
         ["--debug"] => run(true),

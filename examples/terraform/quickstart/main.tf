@@ -97,7 +97,7 @@ data "merak_pingall" "check" {
 
 output "pingall" {
   description = "Pings from inside the EVMs: within each VPC all must answer, across VPCs none."
-  value       = "${data.merak_pingall.check.received}/${data.merak_pingall.check.sent} replies, ${data.merak_pingall.check.unexpected} unexpected"
+  value       = "${data.merak_pingall.check.replies}/${data.merak_pingall.check.expected_replies} replies, ${data.merak_pingall.check.isolation_kept}/${data.merak_pingall.check.isolation_probes} isolation probes blocked"
 }
 
 output "epms" {

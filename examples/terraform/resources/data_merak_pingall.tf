@@ -5,5 +5,5 @@ data "merak_pingall" "lab" {
 }
 
 output "pingall" {
-  value = "${data.merak_pingall.lab.received}/${data.merak_pingall.lab.sent} replies, ${data.merak_pingall.lab.unexpected} unexpected"
+  value = "${data.merak_pingall.lab.replies}/${data.merak_pingall.lab.expected_replies} replies, ${data.merak_pingall.lab.isolation_kept}/${data.merak_pingall.lab.isolation_probes} isolation probes blocked"
 }

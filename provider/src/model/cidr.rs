@@ -84,11 +84,34 @@ pub fn parse_attribute(attribute: &'static str, text: &str) -> Result<Ipv4Cidr, 
     })
 }
 
+/// Ranges no emulated network may use: "this network", loopback,
+/// link-local, multicast, and the reserved block up to the broadcast
+/// address. Addresses there are refused or handled specially by the kernel.
+pub const RESERVED: [(Ipv4Cidr, &str); 5] = [
+    (Ipv4Cidr { network: Ipv4Addr::new(0, 0, 0, 0), prefix_len: 8 }, "\"this network\" (0.0.0.0/8)"),
+    (Ipv4Cidr { network: Ipv4Addr::new(127, 0, 0, 0), prefix_len: 8 }, "loopback (127.0.0.0/8)"),
+    (Ipv4Cidr { network: Ipv4Addr::new(169, 254, 0, 0), prefix_len: 16 }, "link-local (169.254.0.0/16)"),
+    (Ipv4Cidr { network: Ipv4Addr::new(224, 0, 0, 0), prefix_len: 4 }, "multicast (224.0.0.0/4)"),
+    (Ipv4Cidr { network: Ipv4Addr::new(240, 0, 0, 0), prefix_len: 4 }, "reserved and broadcast (240.0.0.0/4)"),
+];
+
+impl Ipv4Cidr {
+    /// The reserved range this prefix overlaps, described.
+    pub fn reserved_overlap(&self) -> Option<&'static str> {
+        RESERVED.iter().find(|(range, _)| range.overlaps(self)).map(|(_, what)| *what)
+    }
+}
+
 impl FromStr for Ipv4Cidr {
     type Err = CidrError;
 
     fn from_str(text: &str) -> Result<Self, CidrError> {
         let (address, length) = text.split_once('/').ok_or_else(|| CidrError::Syntax(text.into()))?;
+        // Digits only: u8's parser also takes "+24", which would make the
+        // planned value differ from the configured one.
+        if length.is_empty() || length.len() > 2 || !length.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(CidrError::Syntax(text.into()));
+        }
         let prefix_len: u8 = length.parse().map_err(|_| CidrError::Syntax(text.into()))?;
         let address: Ipv4Addr = match address.parse() {
             Ok(address) => address,
@@ -130,7 +153,20 @@ mod tests {
         assert!(matches!("10.1.0.0/33".parse::<Ipv4Cidr>(), Err(CidrError::PrefixTooLong(33))));
         assert!(matches!("fd00::/64".parse::<Ipv4Cidr>(), Err(CidrError::NotIpv4(_))));
         assert!(matches!("banana/8".parse::<Ipv4Cidr>(), Err(CidrError::Syntax(_))));
+        for odd in ["10.0.0.0/+24", "10.0.0.0/ 8", "10.0.0.0/024", "10.0.0.0/", "10.0.0.0/-0"] {
+            assert!(matches!(odd.parse::<Ipv4Cidr>(), Err(CidrError::Syntax(_))), "{odd}");
+        }
         assert_eq!("10.0.0.0/31".parse::<Ipv4Cidr>().unwrap().host_capacity(), 0);
         assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().host_capacity(), (1 << 32) - 2);
+    }
+
+    #[test]
+    fn reserved_ranges() {
+        for reserved in ["0.0.0.0/0", "127.0.0.0/24", "224.0.0.0/24", "169.254.1.0/24", "255.255.255.0/24", "0.0.0.0/8", "192.0.0.0/2"] {
+            assert!(reserved.parse::<Ipv4Cidr>().unwrap().reserved_overlap().is_some(), "{reserved}");
+        }
+        for fine in ["10.0.0.0/8", "192.168.0.0/16", "100.64.0.0/10", "1.0.0.0/8", "223.255.255.0/24"] {
+            assert_eq!(fine.parse::<Ipv4Cidr>().unwrap().reserved_overlap(), None, "{fine}");
+        }
     }
 }

@@ -254,7 +254,11 @@ impl GroupSpec {
             }
         };
         let count = count.and_then(|count| {
-            if (0..=i64::from(u32::MAX)).contains(&count) && (count as u64) <= subnet.evm_capacity() {
+            if count < 0 {
+                errors.push(SpecError::new("evm_count", "Invalid evm_count", format!("evm_count is {count}; the number of EVMs cannot be negative.")));
+                return None;
+            }
+            if count <= i64::from(u32::MAX) && (count as u64) <= subnet.evm_capacity() {
                 Some(count as u32)
             } else {
                 errors.push(SpecError::new(

@@ -13,8 +13,11 @@ use super::{SpecError, naming};
 
 /// A Linux bridge holds at most 1024 ports; keep one for the uplink.
 pub const MAX_PORTS: u32 = 1023;
-/// MACs hold the EPM index in 3 bytes.
-pub const MAX_HOSTS: u32 = 1 << 24;
+/// EPMs of one topology. Every plan lists every EPM (about 1 KB of plan
+/// and state each), so this bounds a plan near 100 MB; one host holds far
+/// fewer (about 1 MiB of kernel and agent memory each), and MACs, which
+/// hold the EPM index in 3 bytes, could hold more.
+pub const MAX_HOSTS: u32 = 100_000;
 
 /// A validated tree topology specification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +104,14 @@ impl TreeSpec {
             _ => None,
         };
         let data_plane = match cidr::parse_attribute("data_plane_cidr", input.data_plane_cidr) {
+            Ok(cidr) if let Some(range) = cidr.reserved_overlap() => {
+                errors.push(SpecError::new(
+                    "data_plane_cidr",
+                    "Reserved data-plane CIDR",
+                    format!("{cidr} overlaps {range}, where the kernel does not route between hosts. Use a private prefix such as \"10.0.0.0/16\"."),
+                ));
+                None
+            }
             Ok(cidr) => {
                 if let Some(hosts) = hosts
                     && u64::from(hosts) > cidr.host_capacity()

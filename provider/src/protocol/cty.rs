@@ -80,6 +80,19 @@ pub enum Number {
 }
 
 impl Number {
+    /// Whether two numbers are the same number, whatever their encoding
+    /// (Terraform may send 5 as an integer and we may plan it as a float).
+    pub fn same(&self, other: &Number) -> bool {
+        match (self.as_i64(), other.as_i64()) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => match (self, other) {
+                (Number::Float(a), Number::Float(b)) => a == b,
+                _ => self == other,
+            },
+            _ => false,
+        }
+    }
+
     /// The value as an i64, when it is a whole number in range.
     pub fn as_i64(&self) -> Option<i64> {
         match self {
@@ -124,6 +137,31 @@ impl Value {
     }
 
     /// True when neither this value nor anything inside it is unknown.
+    /// The value as a person would write it in HCL, for diagnostics.
+    pub fn describe(&self) -> String {
+        match self {
+            Value::Null => "null".into(),
+            Value::Unknown => "(known after apply)".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(Number::Int(i)) => i.to_string(),
+            Value::Number(Number::Float(f)) => f.to_string(),
+            Value::Number(Number::Decimal(text)) => text.clone(),
+            Value::String(text) => format!("{text:?}"),
+            Value::List(items) => format!("[{}]", items.iter().map(Value::describe).collect::<Vec<_>>().join(", ")),
+            Value::Map(items) => format!("{{{}}}", items.iter().map(|(k, v)| format!("{k} = {}", v.describe())).collect::<Vec<_>>().join(", ")),
+        }
+    }
+
+    /// Equality that compares numbers as numbers (see [`Number::same`]).
+    pub fn same(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Number(a), Value::Number(b)) => a.same(b),
+            (Value::List(a), Value::List(b)) => a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.same(b)),
+            (Value::Map(a), Value::Map(b)) => a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.same(w))),
+            _ => self == other,
+        }
+    }
+
     pub fn is_wholly_known(&self) -> bool {
         match self {
             Value::Unknown => false,

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::cty::{Type, Value};
 use super::diagnostics::{Diagnostic, Diagnostics};
-use super::schema::Schema;
+use super::schema::{Presence, Schema};
 use super::{json, msgpack};
 use crate::config;
 use crate::resources::{self, DataSource, Resource};
@@ -213,6 +213,7 @@ impl Provider for MerakProvider {
             let config = decode(request.config.as_ref(), &ty)?;
             let runtime = self.runtime().ok();
             let planned = resource.plan(runtime.as_deref(), &prior, &config).await?;
+            keeps_configured_values(resource.schema(), &config, &planned)?;
             let replace = if prior.is_null() { Vec::new() } else { resource.requires_replace(&prior, &planned) };
             let replace = replace
                 .into_iter()
@@ -319,4 +320,31 @@ impl Provider for MerakProvider {
         tracing::info!("StopProvider received");
         Ok(Response::new(pb::stop_provider::Response { error: String::new() }))
     }
+}
+
+/// A plan must keep every value the configuration sets (Terraform rejects
+/// the plan otherwise, as "Provider produced invalid plan", blaming the
+/// provider). A value the provider would have to rewrite (a number it
+/// rounds, a CIDR it normalises) is the user's to fix: say so, on the
+/// attribute.
+fn keeps_configured_values(schema: &Schema, config: &Value, planned: &Value) -> Result<(), Diagnostics> {
+    let mut diagnostics = Diagnostics::default();
+    for attribute in schema.block.attributes.iter().filter(|a| a.presence != Presence::Computed) {
+        let (configured, planned) = (config.attr(attribute.name), planned.attr(attribute.name));
+        if configured.is_null() || !configured.is_wholly_known() || configured.same(planned) {
+            continue;
+        }
+        diagnostics.push(Diagnostic::attribute_error(
+            &[attribute.name],
+            format!("Invalid {}", attribute.name),
+            format!(
+                "{} is {} as written, which this provider cannot take as it is (it would become {}). \
+                 Write it the way the attribute's documentation shows.",
+                attribute.name,
+                configured.describe(),
+                planned.describe()
+            ),
+        ));
+    }
+    if diagnostics.has_errors() { Err(diagnostics) } else { Ok(()) }
 }

@@ -196,24 +196,23 @@ impl Resource for EvmGroup {
         }
         let group = config_of(config, Source::Config)?;
         let runtime = runtime.ok_or_else(|| Diagnostics::from(Diagnostic::error("Provider not configured", "")))?;
-        let subnet = runtime
-            .read_subnet(&group.topology, &group.vpc, &group.subnet)
-            .await
-            .map_err(|e| runtime_error("Could not read the subnet", e))?;
-        // A subnet created by this same apply: checked at apply.
-        let subnet_for_rules = subnet.clone().unwrap_or_else(|| SubnetSpec {
-            topology: group.topology.clone(),
-            vpc: group.vpc.clone(),
-            name: group.subnet.clone(),
-            cidr: crate::model::Ipv4Cidr::ANY,
-            gateway: std::net::Ipv4Addr::UNSPECIFIED,
-            vni: 1,
-        });
-        let spec = spec_of(&group, &subnet_for_rules)?;
-        let tree = runtime
-            .topology_spec(&group.topology)
-            .await
-            .map_err(|e| runtime_error("Could not read the topology", e))?;
+        // The subnet and topology planned by this same plan, or on record.
+        let subnet = match super::planned::subnet(&group.topology, &group.vpc, &group.subnet) {
+            Some(subnet) => Some(subnet),
+            None => runtime.read_subnet(&group.topology, &group.vpc, &group.subnet).await.map_err(|e| runtime_error("Could not read the subnet", e))?,
+        };
+        let Some(subnet) = subnet else {
+            let detail = format!(
+                "No subnet {}/{} exists in topology {:?} or is planned by this configuration; use merak_subnet.<name>.id.",
+                group.vpc, group.subnet, group.topology
+            );
+            return Err(Diagnostic::attribute_error(&["subnet_id"], "No such subnet", detail).into());
+        };
+        let spec = spec_of(&group, &subnet)?;
+        let tree = match super::planned::topology(&group.topology) {
+            Some(tree) => Some(tree),
+            None => runtime.topology_spec(&group.topology).await.map_err(|e| runtime_error("Could not read the topology", e))?,
+        };
         // An existing group stays on the EPMs it was placed on, even if the
         // topology has grown since.
         let existing = runtime.read_group(&group.topology, &group.input.name).await.map_err(|e| runtime_error("Could not read the group", e))?;

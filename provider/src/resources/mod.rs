@@ -4,6 +4,7 @@
 pub mod evm_group;
 pub mod evms;
 pub mod pingall;
+pub mod planned;
 pub mod subnet;
 pub mod topology;
 pub mod vpc;

@@ -15,6 +15,7 @@ use super::{DataSource, known_str, runtime_error};
 pub struct Pingall;
 
 const DEFAULT_SAMPLES: i64 = 10;
+const MAX_SAMPLES: i64 = 10_000;
 /// Long enough for a first ping to resolve ARP even if one request is lost.
 const DEFAULT_TIMEOUT_MS: i64 = 2000;
 /// Subnets with at most this many EVMs are checked pair by pair.
@@ -33,14 +34,41 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Attribute::required("topology_id", Type::String, "The `id` of the `merak_topology`."),
             Attribute::optional("samples", Type::Number, "Pairs per subnet (and per pair of subnets) when there are too many to try all; default 10."),
             Attribute::optional("timeout_ms", Type::Number, "How long each ping waits for its reply; default 2000 (a first ping also waits for ARP)."),
-            Attribute::computed("sent", Type::Number, "Pings tried."),
-            Attribute::computed("received", Type::Number, "Replies received."),
-            Attribute::computed("unexpected", Type::Number, "Pings whose outcome was wrong: no reply within a VPC, a reply across VPCs, or a ping that could not be sent (its EVM is gone: the group's `ready_count` shows it too). 0 means the network is right."),
+            Attribute::computed("sent", Type::Number, "Probes tried: `expected_replies` plus `isolation_probes`."),
+            Attribute::computed("expected_replies", Type::Number, "Probes within a VPC, each of which must get a reply (reachability)."),
+            Attribute::computed("replies", Type::Number, "Of those, the probes that got their reply. Equal to `expected_replies` when every EVM reaches every other in its VPC."),
+            Attribute::computed("isolation_probes", Type::Number, "Probes from one VPC to an address of another, each of which must get no reply (isolation)."),
+            Attribute::computed("isolation_kept", Type::Number, "Of those, the probes that got no reply, as they must. Equal to `isolation_probes` when VPCs are isolated."),
+            Attribute::computed("unexpected", Type::Number, "Probes whose outcome was wrong: no reply within a VPC, a reply across VPCs, or a ping that could not be sent (its EVM is gone: the group's `ready_count` shows it too). 0 means the network is right."),
             Attribute::computed("failures", Type::list(Type::String), "The first unexpected outcomes, described."),
         ],
         blocks: Vec::new(),
     },
 });
+
+/// `samples` and `timeout_ms`, each a whole number in its range (or its
+/// default when left out).
+fn settings(config: &Value) -> Result<(usize, u32), Diagnostics> {
+    let mut diagnostics = Diagnostics::default();
+    let mut bounded = |name: &str, default: i64, range: std::ops::RangeInclusive<i64>| match config.attr(name) {
+        Value::Null | Value::Unknown => default,
+        value => match value.as_i64().filter(|n| range.contains(n)) {
+            Some(n) => n,
+            None => {
+                let detail = format!("{name} is {}; it must be a whole number from {} to {}.", value.describe(), range.start(), range.end());
+                diagnostics.push(Diagnostic::attribute_error(&[name], format!("Invalid {name}"), detail));
+                default
+            }
+        },
+    };
+    let samples = bounded("samples", DEFAULT_SAMPLES, 1..=MAX_SAMPLES);
+    let timeout = bounded("timeout_ms", DEFAULT_TIMEOUT_MS, 10..=10_000);
+    if diagnostics.has_errors() {
+        return Err(diagnostics);
+    }
+    // In range, so the conversions are exact.
+    Ok((samples as usize, timeout as u32))
+}
 
 /// A deterministic spread of `samples` (i, j) pairs, i ≠ j, over n items.
 fn sample_pairs(n: usize, samples: usize) -> Vec<(usize, usize)> {
@@ -118,20 +146,13 @@ impl DataSource for Pingall {
     }
 
     fn validate(&self, config: &Value) -> Diagnostics {
-        let mut diagnostics = Diagnostics::default();
-        if config.attr("samples").as_i64().is_some_and(|s| !(1..=10_000).contains(&s)) {
-            diagnostics.push(Diagnostic::attribute_error(&["samples"], "Invalid samples", "samples must be between 1 and 10000."));
-        }
-        if config.attr("timeout_ms").as_i64().is_some_and(|t| !(10..=10_000).contains(&t)) {
-            diagnostics.push(Diagnostic::attribute_error(&["timeout_ms"], "Invalid timeout_ms", "timeout_ms must be between 10 and 10000."));
-        }
-        diagnostics
+        settings(config).err().unwrap_or_default()
     }
 
     async fn read(&self, runtime: &dyn Runtime, config: &Value) -> Result<Value, Diagnostics> {
         let topology = known_str(config, "topology_id").unwrap_or_default();
-        let samples = config.attr("samples").as_i64().unwrap_or(DEFAULT_SAMPLES) as usize;
-        let timeout = config.attr("timeout_ms").as_i64().unwrap_or(DEFAULT_TIMEOUT_MS) as u32;
+        // Checked again here: a client may skip validation.
+        let (samples, timeout) = settings(config)?;
         let evms = runtime.list_evms(topology, None, None).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
         let probes = probes(&evms, samples);
         let outcomes = runtime.ping(topology, &probes, timeout).await.map_err(|e| runtime_error("Could not ping", e))?;
@@ -153,8 +174,15 @@ impl DataSource for Pingall {
         let mut state = config.clone();
         if let Value::Map(attributes) = &mut state {
             attributes.insert("id".into(), Value::string(topology));
+            let count = |expect_reply: bool, outcome: bool| {
+                probes.iter().zip(&outcomes).filter(|(p, o)| p.expect_reply == expect_reply && matches!(o, Ok(got) if *got == outcome)).count() as i64
+            };
+            let expected = probes.iter().filter(|p| p.expect_reply).count() as i64;
             attributes.insert("sent".into(), Value::int(probes.len() as i64));
-            attributes.insert("received".into(), Value::int(outcomes.iter().filter(|o| matches!(o, Ok(true))).count() as i64));
+            attributes.insert("expected_replies".into(), Value::int(expected));
+            attributes.insert("replies".into(), Value::int(count(true, true)));
+            attributes.insert("isolation_probes".into(), Value::int(probes.len() as i64 - expected));
+            attributes.insert("isolation_kept".into(), Value::int(count(false, false)));
             attributes.insert("unexpected".into(), Value::int(unexpected));
             attributes.insert("failures".into(), Value::List(failures));
         }

@@ -57,10 +57,11 @@ fn state_of(spec: &SubnetSpec) -> Value {
     ])
 }
 
-/// Refuses a subnet that overlaps a recorded sibling of its VPC, or takes a
-/// recorded subnet's VNI (siblings created by the same apply are checked then).
+/// Refuses a subnet that overlaps a sibling of its VPC, or takes another
+/// subnet's VNI: siblings on record and siblings this plan creates.
 async fn check_siblings(runtime: &dyn Runtime, spec: &SubnetSpec) -> Result<(), Diagnostics> {
-    let subnets = runtime.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
+    let mut subnets = runtime.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
+    subnets.extend(super::planned::subnets(&spec.topology));
     for other in subnets.iter().filter(|o| !(o.vpc == spec.vpc && o.name == spec.name)) {
         if other.vpc == spec.vpc && other.cidr.overlaps(&spec.cidr) {
             return Err(Diagnostic::attribute_error(
@@ -104,22 +105,19 @@ impl Resource for Subnet {
             return Ok(super::unknown_computed(&SCHEMA, config));
         }
         let (topology, vpc_name) = vpc_of(config)?;
-        // The VPC's CIDR is in the runtime's records once the VPC exists;
-        // a VPC created by this same apply is checked at apply.
-        let vpc = match runtime {
-            Some(runtime) => recorded_vpc(runtime, config).await?,
-            None => None,
+        let runtime = runtime.ok_or_else(|| Diagnostics::from(Diagnostic::error("Provider not configured", "")))?;
+        // The VPC planned by this same plan, or the one on record.
+        let vpc = match super::planned::vpc(&topology, &vpc_name) {
+            Some(vpc) => Some(vpc),
+            None => recorded_vpc(runtime, config).await?,
         };
-        let vpc = vpc.unwrap_or_else(|| VpcSpec {
-            topology: topology.clone(),
-            name: vpc_name.clone(),
-            cidr: crate::model::Ipv4Cidr::ANY,
-            vni: 1,
-        });
+        let Some(vpc) = vpc else {
+            let detail = format!("No VPC {vpc_name:?} exists in topology {topology:?} or is planned by this configuration; use merak_vpc.<name>.id.");
+            return Err(Diagnostic::attribute_error(&["vpc_id"], "No such VPC", detail).into());
+        };
         let spec = spec_of(config, &vpc)?;
-        if let Some(runtime) = runtime {
-            check_siblings(runtime, &spec).await?;
-        }
+        check_siblings(runtime, &spec).await?;
+        super::planned::plan_subnet(&spec);
         Ok(state_of(&spec))
     }
 

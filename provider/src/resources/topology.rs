@@ -29,6 +29,11 @@ impl Resource for Topology {
 
     async fn plan(&self, runtime: Option<&dyn Runtime>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let planned = plan(config)?;
+        if let (Some(runtime), Ok(Some(spec))) = (runtime, spec_of(config))
+            && let Err(error) = runtime.check_fits(&spec)
+        {
+            return Err(Diagnostic::attribute_error(&["name"], "Topology does not fit this runtime", error.to_string()).into());
+        }
         // Creating over a topology another state owns is refused before anything is built.
         if let (Some(runtime), true, Some(name)) = (runtime, prior.is_null(), planned.attr("name").as_str())
             && runtime.topology_recorded(name).await.map_err(|e| super::runtime_error("Could not read the runtime's records", e))? == Recorded::Confirmed
@@ -227,7 +232,10 @@ pub fn state_of(spec: &TreeSpec, ready_epms: u32) -> Value {
 /// at plan time; `ready_epms` is planned as "all of them".
 fn plan(config: &Value) -> Result<Value, Diagnostics> {
     match spec_of(config)? {
-        Some(spec) => Ok(state_of(&spec, spec.hosts)),
+        Some(spec) => {
+            super::planned::plan_topology(&spec);
+            Ok(state_of(&spec, spec.hosts))
+        }
         None => {
             let mut planned = super::unknown_computed(&SCHEMA, config);
             if let (Some(name), Value::Map(attributes)) = (config.attr("name").as_str(), &mut planned) {

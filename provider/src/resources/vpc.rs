@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use crate::model::overlay::VpcSpec;
 use crate::protocol::cty::{Type, Value, object};
-use crate::protocol::diagnostics::Diagnostics;
+use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
 use crate::runtime::Runtime;
 
@@ -39,7 +39,12 @@ fn spec_of(config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
     let topology = known_str(config, "topology_id").unwrap_or_default();
     let name = known_str(config, "name").unwrap_or_default();
     let cidr = known_str(config, "cidr").unwrap_or_default();
-    VpcSpec::validate(topology, name, cidr, config.attr("vni").as_i64()).map(Some).map_err(spec_errors)
+    let vni = config.attr("vni");
+    if !vni.is_null() && vni.as_i64().is_none() {
+        let detail = format!("vni is {}; it must be a whole number from 1 to 16777215.", vni.describe());
+        return Err(Diagnostic::attribute_error(&["vni"], "Invalid vni", detail).into());
+    }
+    VpcSpec::validate(topology, name, cidr, vni.as_i64()).map(Some).map_err(spec_errors)
 }
 
 fn state_of(spec: &VpcSpec) -> Value {
@@ -66,11 +71,17 @@ impl Resource for Vpc {
         spec_of(config).err().unwrap_or_default()
     }
 
-    async fn plan(&self, _: Option<&dyn Runtime>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
-        Ok(match spec_of(config)? {
-            Some(spec) => state_of(&spec),
-            None => super::unknown_computed(&SCHEMA, config),
-        })
+    async fn plan(&self, runtime: Option<&dyn Runtime>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+        let Some(spec) = spec_of(config)? else { return Ok(super::unknown_computed(&SCHEMA, config)) };
+        if let Some(runtime) = runtime
+            && super::planned::topology(&spec.topology).is_none()
+            && runtime.topology_spec(&spec.topology).await.map_err(|e| runtime_error("Could not read the topology", e))?.is_none()
+        {
+            let detail = format!("No topology {:?} exists or is planned by this configuration; use merak_topology.<name>.id.", spec.topology);
+            return Err(Diagnostic::attribute_error(&["topology_id"], "No such topology", detail).into());
+        }
+        super::planned::plan_vpc(&spec);
+        Ok(state_of(&spec))
     }
 
     async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {

@@ -137,6 +137,10 @@ pub trait Runtime: Send + Sync {
     /// objects are reported in the status; an `Err` means nothing could be done.
     async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError>;
 
+    /// Refuses a topology this runtime cannot hold as configured (e.g. a
+    /// name too long for the paths it becomes), before anything is built.
+    fn check_fits(&self, spec: &TreeSpec) -> Result<(), RuntimeError>;
+
     /// Whether the runtime has a record of the topology, and whose.
     async fn topology_recorded(&self, name: &str) -> Result<Recorded, RuntimeError>;
 

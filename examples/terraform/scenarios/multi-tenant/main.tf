@@ -56,5 +56,5 @@ output "evms" {
 }
 
 output "pingall" {
-  value = "${data.merak_pingall.check.received}/${data.merak_pingall.check.sent} replies, ${data.merak_pingall.check.unexpected} unexpected"
+  value = "${data.merak_pingall.check.replies}/${data.merak_pingall.check.expected_replies} replies, ${data.merak_pingall.check.isolation_kept}/${data.merak_pingall.check.isolation_probes} isolation probes blocked"
 }

@@ -520,6 +520,24 @@ impl Runtime for LocalRuntime {
         Ok(status)
     }
 
+    fn check_fits(&self, spec: &TreeSpec) -> Result<(), RuntimeError> {
+        // A unix socket's path must fit sockaddr_un's 108 bytes, NUL included.
+        const SUN_PATH: usize = 108;
+        let last_epm = naming::epm_name(spec.hosts.saturating_sub(1));
+        let socket = self.agent_socket(&spec.name, &last_epm);
+        let length = socket.as_os_str().len();
+        if length >= SUN_PATH {
+            return Err(RuntimeError::Conflict(format!(
+                "The agent sockets of this topology would be {} ({length} bytes), longer than a unix socket path may be \
+                 ({} bytes). Shorten the topology name by {} characters, or use a shorter local.state_dir.",
+                socket.display(),
+                SUN_PATH - 1,
+                length - (SUN_PATH - 1)
+            )));
+        }
+        Ok(())
+    }
+
     async fn topology_recorded(&self, name: &str) -> Result<Recorded, RuntimeError> {
         Ok(match self.load_record(name)? {
             None => Recorded::Absent,

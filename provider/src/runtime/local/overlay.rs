@@ -422,8 +422,13 @@ impl LocalRuntime {
         // batches, and one large batch costs far less than many small waves
         // (measured: 5000 EVMs in 8.3 s at once, 15 s in waves of 16 EPMs).
         let parallel = if deleting { DELETING_EPMS } else { PARALLEL_EPMS };
+        // Progress for long applies, at INFO (TF_LOG=info shows it).
+        let total: usize = requests.iter().map(|(_, b)| b.create.len() + b.delete.len()).sum();
+        let done = &std::sync::atomic::AtomicUsize::new(0);
+        let verb = if deleting { "deleted" } else { "built" };
         futures::stream::iter(requests)
             .map(|(epm, batch)| async move {
+                let size = batch.create.len() + batch.delete.len();
                 let reply = match self.send_evms(topology, &epm, batch.clone()).await {
                     Ok(reply) => Ok(reply),
                     // Deleting needs no agent: this host can remove what the
@@ -439,6 +444,8 @@ impl LocalRuntime {
                         Err(revival) => Err(RuntimeError::Unavailable(format!("{e}; restarting it failed: {revival}"))),
                     },
                 };
+                let finished = done.fetch_add(size, std::sync::atomic::Ordering::Relaxed) + size;
+                tracing::info!(topology, "EVMs {verb}: {finished} of {total}");
                 match reply {
                     Ok(reply) => reply.failures.into_iter().map(|f| Failure { object: format!("{epm}: {}", f.namespace), error: f.error }).collect(),
                     Err(e) => vec![Failure { object: epm, error: e.to_string() }],

@@ -120,7 +120,7 @@ fn config(epms: u32, evms: u32, with_group: bool, with_pingall: bool) -> String 
     }
     if with_pingall {
         text += "data \"merak_pingall\" \"p\" {\n  topology_id = merak_topology.dc.id\n  samples = 50\n  timeout_ms = 5000\n  depends_on = [merak_evm_group.g]\n}\n\
-                 output \"pingall\" {\n  value = \"${data.merak_pingall.p.received}/${data.merak_pingall.p.sent} replies, ${data.merak_pingall.p.unexpected} unexpected\"\n}\n";
+                 output \"pingall\" {\n  value = \"${data.merak_pingall.p.replies}/${data.merak_pingall.p.expected_replies} replies, ${data.merak_pingall.p.isolation_kept}/${data.merak_pingall.p.isolation_probes} isolation probes blocked, ${data.merak_pingall.p.unexpected} unexpected\"\n}\n";
     }
     text
 }
