@@ -13,16 +13,15 @@
 //! as half-built, and rebuilt.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
 use futures::StreamExt;
 use merak_proto::agent::{EvmBatch, EvmFailure, EvmReply, EvmSpec};
 
 use crate::bridges;
-use crate::netdev::{self, LinkState, Netlink};
+use crate::netdev::{LinkState, Netlink};
 use crate::netns::{self, NetnsOptions};
-use crate::overlay::{OverlayError, parse_cidr};
+use crate::overlay::OverlayError;
 
 /// EVMs worked on at once. The kernel serializes the work under RTNL; a few
 /// in flight hide the round trips.
@@ -205,11 +204,7 @@ async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32) -> Result<bool, Ov
         netns::delete(&spec.namespace)?;
         wait_gone(&router.netlink, &eth0_peer(spec)).await.map_err(OverlayError::Invalid)?;
     }
-    let (address, prefix_len) = parse_cidr(&spec.address)?;
-    let gateway: Ipv4Addr = spec.gateway.parse().map_err(|_| OverlayError::Invalid(format!("bad gateway {:?}", spec.gateway)))?;
-    let mac = netdev::parse_mac(&spec.mac).ok_or_else(|| OverlayError::Invalid(format!("bad MAC {:?}", spec.mac)))?;
-    let gateway_mac = netdev::parse_mac(&spec.gateway_mac)
-        .ok_or_else(|| OverlayError::Invalid(format!("bad gateway MAC {:?}", spec.gateway_mac)))?;
+    let (address, prefix_len, gateway, mac, gateway_mac) = crate::goal::evm(spec)?;
 
     let hybrid = spec.device_model == "hybrid";
     // Hybrid: the per-EVM bridge (with its tap, and its veth pair to the

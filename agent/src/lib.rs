@@ -4,6 +4,7 @@
 
 pub mod bridges;
 pub mod evm;
+pub mod goal;
 pub mod netdev;
 pub mod netns;
 pub mod overlay;

@@ -207,7 +207,7 @@ pub fn mac_ranges(macs: impl Iterator<Item = netdev::Mac>) -> Vec<String> {
 }
 
 /// `aa:bb:cc:dd:ee:ff` or `first-last`, as numbers.
-fn parse_mac_range(text: &str) -> Result<(u64, u64), OverlayError> {
+pub fn parse_mac_range(text: &str) -> Result<(u64, u64), OverlayError> {
     let (first, last) = text.split_once('-').unwrap_or((text, text));
     match (netdev::parse_mac(first), netdev::parse_mac(last)) {
         (Some(first), Some(last)) => Ok((mac_number(&first), mac_number(&last))),

@@ -156,6 +156,7 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         request: Request<merak_proto::agent::OverlayGoal>,
     ) -> Result<Response<ApplyReply>, Status> {
         let (netlink, goal) = (self.netlink.clone(), request.into_inner());
+        crate::goal::overlay(&goal).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let actions = self
             .change(async move { crate::overlay::apply(&netlink, &goal).await })
             .await?
@@ -171,6 +172,7 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         request: Request<merak_proto::agent::EvmBatch>,
     ) -> Result<Response<merak_proto::agent::EvmReply>, Status> {
         let batch = request.into_inner();
+        crate::goal::batch(&batch).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let started = std::time::Instant::now();
         let reply = self.change(async move { crate::evm::apply(&batch).await }).await?;
         tracing::info!(
@@ -189,6 +191,7 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         request: Request<merak_proto::agent::PingRequest>,
     ) -> Result<Response<merak_proto::agent::PingReply>, Status> {
         let request = request.into_inner();
+        crate::goal::ping(&request).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let timeout = std::time::Duration::from_millis(u64::from(request.timeout_ms.clamp(10, 10_000)));
         // A few at a time: every first ping of a pair floods an ARP request
         // to all EPMs of the subnet, and a burst of hundreds overflows the

@@ -215,17 +215,12 @@ impl Resource for EvmGroup {
         };
         // An existing group stays on the EPMs it was placed on, even if the
         // topology has grown since.
-        let existing = runtime.read_group(&group.topology, &group.input.name).await.map_err(|e| runtime_error("Could not read the group", e))?;
-        // Creating: a group another state owns is refused before anything
-        // is built; one left by a failed or interrupted create is adopted.
-        let existing = match existing {
-            Some((found, status)) if prior.is_null() && status.confirmed => {
-                let id = format!("{}/{}/{}/{}", found.topology, found.vpc, found.subnet, found.name);
-                let error = crate::runtime::owned_elsewhere("merak_evm_group", "EVM group", &id);
-                return Err(Diagnostic::attribute_error(&["name"], "EVM group already exists", error.to_string()).into());
-            }
-            Some(_) if prior.is_null() => None,
-            existing => existing,
+        // Creating over a group some state owns is refused at apply, not
+        // here: Terraform plans the create half of a replacement with no
+        // prior state too, while the old group still exists.
+        let existing = match prior.is_null() {
+            true => None,
+            false => runtime.read_group(&group.topology, &group.input.name).await.map_err(|e| runtime_error("Could not read the group", e))?,
         };
         let per_epm = match (&spec.placement, &tree) {
             (Placement::Counts(counts), tree) => {

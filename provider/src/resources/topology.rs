@@ -6,7 +6,7 @@ use crate::model::{TreeInput, TreeSpec, naming};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::runtime::{Intent, Recorded, Runtime, TopologyStatus};
+use crate::runtime::{Intent, Runtime, TopologyStatus};
 
 use super::Resource;
 
@@ -33,13 +33,6 @@ impl Resource for Topology {
             && let Err(error) = runtime.check_fits(&spec)
         {
             return Err(Diagnostic::attribute_error(&["name"], "Topology does not fit this runtime", error.to_string()).into());
-        }
-        // Creating over a topology another state owns is refused before anything is built.
-        if let (Some(runtime), true, Some(name)) = (runtime, prior.is_null(), planned.attr("name").as_str())
-            && runtime.topology_recorded(name).await.map_err(|e| super::runtime_error("Could not read the runtime's records", e))? == Recorded::Confirmed
-        {
-            let error = crate::runtime::owned_elsewhere(TYPE_NAME, "topology", name);
-            return Err(Diagnostic::attribute_error(&["name"], "Topology already exists", error.to_string()).into());
         }
         // Shrinking must not pull EPMs out from under EVMs.
         if let (Some(runtime), Some(old), Some(new)) = (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())

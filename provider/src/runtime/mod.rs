@@ -20,23 +20,14 @@ pub enum Intent {
     Update,
 }
 
-/// What the runtime holds of an object Terraform may be about to create.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    Absent,
-    /// Left by a create that failed or was interrupted: the next create adopts it.
-    Unconfirmed,
-    /// Made by a create that succeeded: some Terraform state holds it.
-    Confirmed,
-}
-
 /// The refusal to create over a record some other Terraform state owns,
 /// with the import that takes it over instead.
 pub fn owned_elsewhere(resource_type: &str, kind: &str, id: &str) -> RuntimeError {
     RuntimeError::Conflict(format!(
         "{kind} {id} already exists on this host, made by another Terraform state or by an apply whose \
          state was lost; this provider does not take it over. To manage it from this configuration, \
-         import it: terraform import {resource_type}.<resource name> {id}. Or choose another name."
+         import it: terraform import {resource_type}.NAME {id} (NAME: the resource's name in your \
+         configuration). Or choose another name."
     ))
 }
 
@@ -67,7 +58,7 @@ pub struct GroupStatus {
     /// The EPMs the group spreads or packs over (fixed when it is created).
     pub placed_on: Vec<String>,
     pub failures: Vec<Failure>,
-    /// A create of the group succeeded once (see [`Recorded`]).
+    /// A create of the group succeeded once (see [`Intent`]).
     pub confirmed: bool,
 }
 
@@ -141,8 +132,6 @@ pub trait Runtime: Send + Sync {
     /// name too long for the paths it becomes), before anything is built.
     fn check_fits(&self, spec: &TreeSpec) -> Result<(), RuntimeError>;
 
-    /// Whether the runtime has a record of the topology, and whose.
-    async fn topology_recorded(&self, name: &str) -> Result<Recorded, RuntimeError>;
 
     /// The recorded spec of a topology and how much of it is up; `None` when
     /// the runtime has no such topology.

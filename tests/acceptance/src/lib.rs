@@ -127,6 +127,15 @@ impl Workspace {
         self.terraform_command(Command::new(terraform()), args).output().expect("run terraform")
     }
 
+    /// Starts terraform in a process group of its own, so that a fault test
+    /// can kill it with its provider (`kill(-pid)`) and nothing else.
+    pub fn spawn_terraform(&self, args: &[&str]) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let mut command = self.terraform_command(Command::new(terraform()), args);
+        command.process_group(0).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        command.spawn().expect("start terraform")
+    }
+
     /// Runs terraform through a wrapper, e.g. `setpriv` to drop capabilities.
     pub fn terraform_via(&self, wrapper: &[&str], args: &[&str]) -> Output {
         let mut command = Command::new(wrapper[0]);
@@ -234,6 +243,8 @@ impl Workspace {
         assert_eq!(self.namespaces(), Vec::<String>::new(), "namespaces left");
         assert_eq!(self.agents(), Vec::new(), "agents left");
         assert!(!self.state_dir.join(&self.name).exists(), "runtime state left in {}", self.state_dir.display());
+        let lock = self.state_dir.join(format!("{}.lock", self.name));
+        assert!(!lock.exists(), "lock file left: {}", lock.display());
     }
 
     /// Runs a command inside one of the topology's namespaces.

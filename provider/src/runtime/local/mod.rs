@@ -24,7 +24,7 @@ mod host_limits;
 mod lock;
 mod overlay;
 
-use super::{EvmInfo, Failure, GroupStatus, Intent, Probe, ProbeOutcome, Recorded, Runtime, RuntimeError, TopologyStatus, agent_client, process};
+use super::{EvmInfo, Failure, GroupStatus, Intent, Probe, ProbeOutcome, Runtime, RuntimeError, TopologyStatus, agent_client, process};
 use crate::model::overlay::{GroupSpec, SubnetSpec, VpcSpec};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeInput, TreeSpec, Vswitch};
@@ -60,7 +60,7 @@ struct Record {
     spec: RecordedSpec,
     /// EPM name → agent pid.
     agents: BTreeMap<String, u32>,
-    /// A create of the topology succeeded (see [`Recorded`]). Records from
+    /// A create of the topology succeeded (see [`Intent`]). Records from
     /// before this field existed were made by successful creates.
     #[serde(default = "confirmed")]
     confirmed: bool,
@@ -536,14 +536,6 @@ impl Runtime for LocalRuntime {
             )));
         }
         Ok(())
-    }
-
-    async fn topology_recorded(&self, name: &str) -> Result<Recorded, RuntimeError> {
-        Ok(match self.load_record(name)? {
-            None => Recorded::Absent,
-            Some(record) if record.confirmed => Recorded::Confirmed,
-            Some(_) => Recorded::Unconfirmed,
-        })
     }
 
     async fn read_topology(&self, name: &str) -> Result<Option<(TreeSpec, TopologyStatus)>, RuntimeError> {
