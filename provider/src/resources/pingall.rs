@@ -228,6 +228,38 @@ mod tests {
         assert!(probes.iter().all(|p| p.from.ip != p.to || p.from.vpc != "blue"));
     }
 
+    /// A client may send ReadDataSource without validating first: the
+    /// settings are checked again before anything is sized by them.
+    #[tokio::test]
+    async fn read_refuses_settings_that_validation_would_have() {
+        let runtime = crate::runtime::local::LocalRuntime::new(std::env::temp_dir().join("merak-pingall-test-none"), "/nonexistent".into());
+        let config = |samples: Value, timeout: Value| {
+            crate::protocol::cty::object([
+                ("id", Value::Null),
+                ("topology_id", Value::string("lab")),
+                ("samples", samples),
+                ("timeout_ms", timeout),
+                ("sent", Value::Null),
+                ("expected_replies", Value::Null),
+                ("replies", Value::Null),
+                ("isolation_probes", Value::Null),
+                ("isolation_kept", Value::Null),
+                ("unexpected", Value::Null),
+                ("failures", Value::Null),
+            ])
+        };
+        for (samples, timeout, attribute) in [
+            (Value::int(1 << 40), Value::Null, "samples"),
+            (Value::int(-1), Value::Null, "samples"),
+            (Value::Null, Value::Number(crate::protocol::cty::Number::Decimal("1e30".into())), "timeout_ms"),
+            (Value::Null, Value::Number(crate::protocol::cty::Number::Float(5.5)), "timeout_ms"),
+        ] {
+            let error = Pingall.read(&runtime, &config(samples, timeout)).await.expect_err("refused");
+            let text = format!("{error:?}");
+            assert!(text.contains(&format!("Invalid {attribute}")), "{text}");
+        }
+    }
+
     #[test]
     fn large_subnets_are_sampled() {
         assert_eq!(sample_pairs(100, 10).len(), 10);

@@ -354,3 +354,93 @@ fn evms_placed_by_count_per_epm_stay_put_and_crowds_get_more_bridges() {
     ws.ok(&["destroy", "-auto-approve"]);
     ws.assert_nothing_left();
 }
+
+/// Everything new in one configuration: the checks that need a parent use
+/// the parent this same plan creates, so nothing is built before they fail.
+#[test]
+fn bad_input_is_refused_at_plan_when_the_parents_are_new_too() {
+    let ws = Workspace::new("ovlnew");
+    let base = r#"
+resource "merak_topology" "dc" {
+  name            = "{name}"
+  racks           = 1
+  hosts_per_rack  = 2
+  data_plane_cidr = "10.203.0.0/24"
+}
+
+resource "merak_vpc" "blue" {
+  topology_id = merak_topology.dc.id
+  name        = "blue"
+  cidr        = "10.0.0.0/16"
+}
+
+resource "merak_subnet" "web" {
+  vpc_id = merak_vpc.blue.id
+  name   = "web"
+  cidr   = "10.0.1.0/24"
+}
+
+resource "merak_subnet" "wide" {
+  vpc_id = merak_vpc.blue.id
+  name   = "wide"
+  cidr   = "10.0.128.0/17"
+}
+"#;
+    ws.write_config(base);
+    ws.init();
+    let cases = [
+        ("resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.9.0.0/24\"\n}", "Subnet outside its VPC", "cidr = \"10.9.0.0/24\""),
+        ("resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.0.1.128/25\"\n}", "Subnet overlaps a sibling", "cidr = \"10.0.1.128/25\""),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 1e9\n}", "Group does not fit its subnet", "evm_count = 1e9"),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = -1\n}", "cannot be negative", "evm_count = -1"),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.wide.id\n  name = \"x\"\n  evm_count = 3000\n  placement = \"pack\"\n}", "Group does not fit on its EPMs", "evm_count = 3000"),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-2\"]\n}", "No such EPM", "epms = [\"epm-2\"]"),
+        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = \"{name}/blue/nowhere\"\n  name = \"x\"\n  evm_count = 2\n}", "No such subnet", "subnet_id = "),
+        ("resource \"merak_vpc\" \"x\" {\n  topology_id = merak_topology.dc.id\n  name = \"x\"\n  cidr = \"10.0.0.0/16\"\n  vni = 1.5\n}", "Invalid vni", "vni = 1.5"),
+        ("data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  timeout_ms = 1e30\n}", "Invalid timeout_ms", "timeout_ms = 1e30"),
+        ("data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  timeout_ms = 5.5\n}", "Invalid timeout_ms", "timeout_ms = 5.5"),
+        ("data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  samples = -1\n}", "Invalid samples", "samples = -1"),
+        ("data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  samples = 1099511627776\n}", "Invalid samples", "samples = 1099511627776"),
+    ];
+    for (extra, summary, pinned) in cases {
+        ws.write_config(&format!("{base}\n{extra}\n"));
+        let stderr = ws.plan_error(extra);
+        assert!(stderr.contains(summary) && stderr.contains(pinned), "{extra}: wanted {summary:?} at {pinned:?} in {stderr}");
+        let apply = ws.terraform(&["apply", "-auto-approve"]);
+        assert!(!apply.status.success(), "{extra}: apply went ahead");
+        assert!(ws.namespaces().is_empty(), "{extra}: something was built");
+    }
+    ws.assert_nothing_left();
+}
+
+/// Replacing a group (veth to hybrid) frees its subnet's VNI on each EPM
+/// before the new group needs it: the first apply succeeds.
+#[test]
+fn a_replaced_group_is_rebuilt_in_one_apply() {
+    let ws = Workspace::new("ovlrepl");
+    let config = |model: &str| {
+        datacenter(1, 2, "10.204.0.0/24")
+            + &format!(
+                "resource \"merak_subnet\" \"web\" {{\n  vpc_id = merak_vpc.blue.id\n  name = \"web\"\n  cidr = \"10.0.1.0/24\"\n}}\n\n\
+                 resource \"merak_evm_group\" \"web\" {{\n  subnet_id = merak_subnet.web.id\n  name = \"web\"\n  evm_count = 4\n  device_model = \"{model}\"\n}}\n"
+            )
+            + &checks("merak_evm_group.web", "web")
+    };
+    ws.write_config(&config("veth"));
+    ws.init();
+    ws.apply();
+    assert_eq!(output(&ws, "unexpected"), 0, "{}", output(&ws, "failures"));
+    for _ in 0..2 {
+        for model in ["hybrid", "veth"] {
+            ws.write_config(&config(model));
+            let (code, plan) = ws.plan();
+            assert!(code == 2 && plan.contains("must be replaced"), "{plan}");
+            ws.apply();
+            assert_eq!(output(&ws, "unexpected"), 0, "{}", output(&ws, "failures"));
+            assert_eq!(ws.plan().0, 0);
+        }
+    }
+    ws.ok(&["destroy", "-auto-approve"]);
+    ws.assert_nothing_left();
+}
+

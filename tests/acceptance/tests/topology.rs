@@ -129,6 +129,7 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
     let ws = Workspace::new("bad");
     ws.write_config(&topology(1, 1, ""));
     ws.init();
+    let long_name = format!("name = \"{}\"", "a".repeat(63));
     let cases: &[(&str, &str, &str)] = &[
         ("name = \"{name}\"", "name = \"Not_A_Label\"", "Invalid topology name"),
         ("racks = 1", "racks = 0", "Invalid racks"),
@@ -140,6 +141,17 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
         ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"10.77.0.9/24\"", "Invalid data-plane CIDR"),
         ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"fd00::/64\"", "Invalid data-plane CIDR"),
         ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"10.77.0.0/31\"", "Data-plane CIDR too small"),
+        // A prefix length the provider would have to rewrite.
+        ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"10.77.0.0/+24\"", "Invalid data-plane CIDR"),
+        // Ranges where EPMs could not reach each other.
+        ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"0.0.0.0/0\"", "Reserved data-plane CIDR"),
+        ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"127.0.0.0/24\"", "Reserved data-plane CIDR"),
+        ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"224.0.0.0/24\"", "Reserved data-plane CIDR"),
+        ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"169.254.0.0/24\"", "Reserved data-plane CIDR"),
+        // A million EPMs would take gigabytes to plan.
+        ("racks = 1", "racks = 1000\n  hosts_per_rack = 1000", "Too many hosts"),
+        // A valid name, too long for the agent sockets under this state_dir.
+        ("name = \"{name}\"", long_name.as_str(), "Topology does not fit this runtime"),
     ];
     for (from, to, summary) in cases {
         let config = topology(1, 1, "").replace(from, to);
@@ -166,6 +178,21 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
         let stderr = ws.plan_error(settings);
         assert!(stderr.contains(summary) && stderr.contains(pinned), "wanted {summary:?} at {pinned:?} in {stderr}");
     }
+
+    // An agent binary that does not serve: the apply says why.
+    let main = format!(
+        "terraform {{\n  required_providers {{\n    merak = {{ source = \"merak/merak\" }}\n  }}\n}}\n\n\
+         provider \"merak\" {{\n  local {{\n    state_dir  = \"{}\"\n    agent_path = \"/bin/true\"\n  }}\n}}\n\n{}",
+        ws.state_dir.display(),
+        topology(1, 1, "").replace("{name}", &ws.name)
+    );
+    std::fs::write(ws.dir.join("main.tf"), main).unwrap();
+    let output = ws.terraform(&["apply", "-auto-approve"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("did not start: it exited with status 0") && stderr.contains("/bin/true"), "{stderr}");
+    ws.write_config(&topology(1, 1, ""));
+    ws.ok(&["destroy", "-auto-approve"]);
 
     // Without the capabilities the local runtime needs, configure says so.
     ws.write_config(&topology(1, 1, ""));
