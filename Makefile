@@ -14,7 +14,7 @@ CLI_CONFIG  = $(CURDIR)/target/terraformrc
 QUICKSTART  = examples/terraform/quickstart
 TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
 
-.PHONY: all deps build terraform mirror quickstart quickstart-destroy test docs bench
+.PHONY: all deps build terraform mirror quickstart quickstart-destroy test docs bench fuzz
 
 all: build
 
@@ -75,3 +75,24 @@ bench: terraform
 	$(CARGO) build --release --workspace
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-topology -- $(BENCH_TOPOLOGY)
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-evms -- $(BENCH_EVMS)
+
+# Fuzzing (not a test: minutes per target). libFuzzer through cargo-fuzz
+# (installed from crates.io when missing), with AddressSanitizer on a nightly
+# toolchain when there is one, else without a sanitizer on the stable one.
+# `make test` runs a short smoke of the same targets (tests/fuzz/tests/smoke.rs).
+#   make fuzz FUZZ_RUNS=1000000 FUZZ_TARGETS="msgpack plan"
+FUZZ_RUNS    ?= 1000000
+FUZZ_TARGETS ?= msgpack json plan agent_goal
+FUZZ_CARGO    = $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' && echo '$(CARGO) +nightly fuzz' || echo 'RUSTC_BOOTSTRAP=1 $(CARGO) fuzz')
+FUZZ_FLAGS    = $(shell rustup toolchain list 2>/dev/null | grep -q '^nightly' || echo '--sanitizer none')
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "== $$target: $(FUZZ_RUNS) runs"; \
+	  log=target/fuzz-$$target.log; mkdir -p target; \
+	  $(FUZZ_CARGO) run $(FUZZ_FLAGS) --fuzz-dir tests/fuzz --features libfuzzer $$target -- \
+	    -runs=$(FUZZ_RUNS) -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1 >$$log 2>&1 \
+	    || { tail -n 40 $$log; echo "$$target: crashed (log: $$log, input: tests/fuzz/artifacts/$$target/)"; exit 1; }; \
+	  grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' $$log; \
+	done
+

@@ -149,7 +149,7 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
         ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"224.0.0.0/24\"", "Reserved data-plane CIDR"),
         ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"169.254.0.0/24\"", "Reserved data-plane CIDR"),
         // A million EPMs would take gigabytes to plan.
-        ("racks = 1", "racks = 1000\n  hosts_per_rack = 1000", "Too many hosts"),
+        ("racks = 1\n  hosts_per_rack = 1", "racks = 1000\n  hosts_per_rack = 1000\n  hosts = 1000000", "Too many hosts"),
         // A valid name, too long for the agent sockets under this state_dir.
         ("name = \"{name}\"", long_name.as_str(), "Topology does not fit this runtime"),
     ];
