@@ -449,6 +449,8 @@ impl Runtime for LocalRuntime {
         }
         let dir = self.topology_dir(topology);
         fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
+        host_limits::ensure(&dir, host_limits::underlay_needs(u64::from(spec.hosts)))
+            .map_err(|e| RuntimeError::io("raising host limits (pid_max)", e))?;
         // A new record is unconfirmed until the create succeeds.
         let mut record = existing.unwrap_or_default();
 
