@@ -24,10 +24,42 @@ struct Args {
     /// The unix socket to serve the agent API on (created with mode 0600).
     #[arg(long)]
     socket: PathBuf,
+    /// A network namespace (its path, e.g. /run/netns/NAME) to enter first;
+    /// without it the agent serves the namespace it was started in.
+    #[arg(long)]
+    netns: Option<PathBuf>,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+/// Before any thread or descriptor of our own exists: leave the starter's
+/// session (the agent outlives it, and a signal to its process group must
+/// not reach us), close every descriptor we inherited (a CI runner's or
+/// Terraform's pipes would otherwise never close), and enter the EPM's
+/// namespace. The runtime starts agents with a plain spawn and leaves this
+/// to them (see the provider's runtime::process).
+fn detach_into(netns: Option<&std::path::Path>) -> anyhow::Result<()> {
+    // SAFETY: setsid(2) and close_range(2) take no pointers; nothing of
+    // ours is open above stderr yet.
+    unsafe {
+        libc::setsid();
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
+    if let Some(path) = netns {
+        let namespace = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: setns(2) on a descriptor we own; still one thread.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&namespace), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("entering {}", path.display()));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    detach_into(args.netns.as_deref())?;
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -36,7 +68,6 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let args = Args::parse();
 
     let netlink = Netlink::current().context("opening a netlink socket")?;
     match fs::remove_file(&args.socket) {

@@ -145,15 +145,19 @@ impl Provider for MerakProvider {
         request: Request<pb::upgrade_resource_state::Request>,
     ) -> Result<Response<pb::upgrade_resource_state::Response>, Status> {
         let request = request.into_inner();
-        // Schema version 0 is the only one so far: upgrading is re-encoding
-        // the stored JSON as msgpack under the current schema.
+        // The resource rewrites a state of an older schema version (as
+        // JSON), then it is re-encoded as msgpack under the current schema.
         let result = resource(&request.type_name).and_then(|resource| {
             let ty = resource.schema().value_type();
             let raw = request.raw_state.map(|raw| raw.json).unwrap_or_default();
+            let unreadable = |e: String| Diagnostics::from(Diagnostic::error("Unreadable stored state", e));
             let value = if raw.is_empty() {
                 Value::Null
             } else {
-                json::decode(&raw, &ty).map_err(|e| Diagnostics::from(Diagnostic::error("Unreadable stored state", e.to_string())))?
+                let stored: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| unreadable(e.to_string()))?;
+                let upgraded = resource.upgrade_state(request.version, stored);
+                let raw = serde_json::to_vec(&upgraded).map_err(|e| unreadable(e.to_string()))?;
+                json::decode(&raw, &ty).map_err(|e| unreadable(e.to_string()))?
             };
             encode(&value, &ty)
         });

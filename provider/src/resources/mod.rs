@@ -49,6 +49,12 @@ pub trait Resource: Send + Sync {
         }
     }
 
+    /// A stored state (JSON) of schema version `version`, rewritten for
+    /// the current schema. Most resources have had one version only.
+    fn upgrade_state(&self, _version: i64, state: serde_json::Value) -> serde_json::Value {
+        state
+    }
+
     /// Attributes whose change between `prior` and `planned` forces replacement.
     fn requires_replace(&self, prior: &Value, planned: &Value) -> Vec<&'static str> {
         self.schema()

@@ -26,7 +26,7 @@ fn lifecycle_apply_refresh_import_scale_repair_destroy() {
     assert_eq!(state["ready_epms"], 6);
     assert_eq!(state["vswitch_count"], 3);
     assert_eq!(state["link_count"], 8);
-    assert_eq!(state["epms"][5]["ip"], "10.77.0.6");
+    assert_eq!(state["epms"]["epm-5"]["ip"], "10.77.0.6");
     assert_eq!(ws.namespaces().len(), 9);
     assert_eq!(ws.agents().len(), 6);
     assert!(ws.pings("epm-0", "10.77.0.6"), "epm-0 reaches epm-5 across racks");

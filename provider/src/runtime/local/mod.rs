@@ -192,8 +192,11 @@ impl LocalRuntime {
         if netns::exists(name) {
             return Ok((netns::open(name).await?, false));
         }
-        let options = NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() };
-        Ok((netns::create(name, options).await?, true))
+        // IPv6 stays on in the namespace; each device gets address
+        // generation off instead (see `ipv6_off`): writing the namespace's
+        // disable_ipv6 sysctl costs a /proc/sys path walk whose dentry
+        // chains hold one entry per namespace, quadratic at 10,000 EPMs.
+        Ok((netns::create(name, NetnsOptions::default()).await?, true))
     }
 
     async fn ensure_vswitch(
@@ -248,6 +251,8 @@ impl LocalRuntime {
                 .link(&port)
                 .await?
                 .ok_or_else(|| RuntimeError::Unavailable(format!("port {port} vanished in {tor_namespace}")))?;
+            ipv6_off(&netlink, EPM_DATA_NIC).await?;
+            tor.disable_ipv6_addresses(port.index).await?;
             tor.set_link(port.index, Some(tor_bridge.index), None).await?;
         }
 
@@ -277,9 +282,8 @@ impl LocalRuntime {
     }
 
     async fn start_agent(&self, topology: &str, epm: &str, namespace: &str, socket: &Path) -> Result<u32, RuntimeError> {
-        let netns_fd = netns::open_fd(namespace)?;
         let log = self.agent_log(topology, epm);
-        let pid = process::spawn_agent(&self.agent_path, &netns_fd, epm, socket, &log).map_err(|e| {
+        let pid = process::spawn_agent(&self.agent_path, &netns::path_of(namespace), epm, socket, &log).map_err(|e| {
             RuntimeError::io(format!("starting {} for {epm}", self.agent_path.display()), e)
         })?;
         let deadline = Instant::now() + AGENT_START_TIMEOUT;
@@ -634,8 +638,21 @@ async fn ensure_bridge(netlink: &Netlink) -> Result<u32, RuntimeError> {
             netlink.set_link(bridge.index, None, None).await?;
             Ok(bridge.index)
         }
-        None => Ok(netlink.create_bridge(BRIDGE).await?),
+        None => {
+            // Up but without ports, so without carrier: no IPv6 address yet.
+            let index = netlink.create_bridge(BRIDGE).await?;
+            netlink.disable_ipv6_addresses(index).await?;
+            Ok(index)
+        }
     }
+}
+
+/// IPv6 address generation off on the link `name`, before it goes up: no
+/// link-local address, so no DAD, router solicitation or MLD that every
+/// bridge would flood (what made creation superlinear with IPv6 on).
+async fn ipv6_off(netlink: &Netlink, name: &str) -> Result<(), RuntimeError> {
+    let link = netlink.link(name).await?.ok_or_else(|| RuntimeError::Unavailable(format!("{name} vanished right after creation")))?;
+    Ok(netlink.disable_ipv6_addresses(link.index).await?)
 }
 
 /// Ensures a veth `local_port` (a port of the local bridge) whose peer
@@ -667,11 +684,13 @@ async fn connect(
         .link(remote_port)
         .await?
         .ok_or_else(|| RuntimeError::Unavailable(format!("port {remote_port} vanished in {remote_namespace}")))?;
+    remote.disable_ipv6_addresses(peer.index).await?;
     remote.set_link(peer.index, Some(remote_bridge.index), None).await?;
     let created = local
         .link(local_port)
         .await?
         .ok_or_else(|| RuntimeError::Unavailable(format!("port {local_port} vanished")))?;
+    local.disable_ipv6_addresses(created.index).await?;
     local.set_link(created.index, Some(local_bridge), None).await?;
     Ok(())
 }
