@@ -77,7 +77,7 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
     // growing pause: polling hard would compete with the teardown for RTNL.
     // Slow progress is fine (50,000 EVMs take the kernel minutes); only a
     // round of STALL with no port leaving at all is a failure.
-    let mut pause = std::time::Duration::from_millis(5);
+    let mut pause = std::time::Duration::from_millis(20);
     let mut progress = std::time::Instant::now();
     while !leaving.is_empty() {
         let mut still = HashMap::new();
@@ -110,7 +110,7 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
             break;
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(std::time::Duration::from_millis(200));
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
     }
 
     let bridges = choose_bridges(&routers, &batch.create, &mut reply).await;

@@ -54,20 +54,36 @@ pub async fn apply(epm: &Netlink, goal: &OverlayGoal) -> Result<Vec<String>, Ove
     Ok(actions)
 }
 
-/// Removes a router namespace, its subnet devices first. The kernel frees
-/// a deleted namespace's devices in the background, and until it has, a
-/// VXLAN device there still holds its VNI on the EPM's UDP port: a new
-/// device for the same VNI (the VPC coming back, a group replaced) would get
-/// "File exists". Deleting the devices first frees the VNI at once.
+/// Removes a router namespace. The kernel frees its devices in the
+/// background, in one batch with every other namespace going at the time
+/// (deleting them one by one first cost a grace period each: 7 s for 100
+/// routers after 10,000 EVMs). Until it has, a VXLAN device there still
+/// holds its VNI on the EPM's UDP port; [`create_vxlan`] waits that out.
 pub async fn remove_router(namespace: &str) -> Result<(), OverlayError> {
-    if let Ok(router) = netns::open(namespace).await {
-        for link in router.links().await? {
-            if bridges::trunk_of(&link.name).is_some() {
-                router.delete_link(link.index).await?;
+    Ok(netns::delete(namespace)?)
+}
+
+/// How long a VNI may stay held by a VXLAN device in a namespace being torn
+/// down before creating a new one for it counts as a real conflict.
+const VNI_RELEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Creates a subnet's VXLAN device. "File exists" for a device name the
+/// router does not have means another device holds the VNI: one in a router
+/// namespace the kernel is still tearing down (the subnet's VPC left this EPM
+/// and came back, a group was replaced), so the create is retried until the
+/// kernel has freed it.
+async fn create_vxlan(epm: &Netlink, name: &str, vni: u32, local: Ipv4Addr, underlay: u32, router_fd: &std::os::fd::OwnedFd) -> Result<(), OverlayError> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match epm.create_vxlan(name, vni, local, underlay, router_fd).await {
+            Err(e) if e.errno() == Some(libc::EEXIST) && started.elapsed() < VNI_RELEASE => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
             }
+            result => return Ok(result?),
         }
     }
-    Ok(netns::delete(namespace)?)
 }
 
 async fn apply_vpc(epm: &Netlink, underlay: u32, underlay_ip: Ipv4Addr, vpc: &VpcGoal, actions: &mut Vec<String>) -> Result<(), OverlayError> {
@@ -128,7 +144,7 @@ async fn apply_subnet(
         Some(vxlan) => vxlan,
         None => {
             let router_fd = netns::open_fd(router_ns)?;
-            epm.create_vxlan(&subnet.vxlan, subnet.vni, underlay_ip, underlay, &router_fd).await?;
+            create_vxlan(epm, &subnet.vxlan, subnet.vni, underlay_ip, underlay, &router_fd).await?;
             actions.push(format!("{router_ns}: vxlan {} VNI {}", subnet.vxlan, subnet.vni));
             router
                 .link(&subnet.vxlan)
