@@ -32,6 +32,8 @@ const ETH0_INDEX: u32 = 2;
 /// How long the kernel may go without removing any port of a batch being
 /// deleted before the deletion counts as stuck.
 const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+/// A link dump slower than this waited for the kernel's teardown (RTNL).
+const KERNEL_BUSY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A router namespace, opened once per batch.
 struct Router {
@@ -76,14 +78,22 @@ pub async fn apply(batch: &EvmBatch) -> EvmReply {
     // host port has left the router. One dump per router per round, with a
     // growing pause: polling hard would compete with the teardown for RTNL.
     // Slow progress is fine (50,000 EVMs take the kernel minutes); only a
-    // round of STALL with no port leaving at all is a failure.
+    // round of STALL with no port leaving at all is a failure. The kernel
+    // tears namespaces down in batches, under RTNL, and the ports of a batch
+    // leave together at its end: while it works, a dump waits for RTNL, and
+    // a slow answer counts as progress too.
     let mut pause = std::time::Duration::from_millis(20);
     let mut progress = std::time::Instant::now();
     while !leaving.is_empty() {
         let mut still = HashMap::new();
         for (router_namespace, specs) in leaving.drain() {
             let Some(router) = routers.get(router_namespace) else { continue };
-            match router.netlink.links().await {
+            let asked = std::time::Instant::now();
+            let links = router.netlink.links().await;
+            if asked.elapsed() > KERNEL_BUSY {
+                progress = std::time::Instant::now();
+            }
+            match links {
                 Ok(links) => {
                     let present: std::collections::HashSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
                     let (gone, left): (Vec<&EvmSpec>, Vec<&EvmSpec>) = specs.into_iter().partition(|s| !present.contains(eth0_peer(s).as_str()));

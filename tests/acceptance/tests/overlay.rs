@@ -202,29 +202,16 @@ fn tenants_connect_scale_repair_import_and_go_away() {
     ws.assert_nothing_left();
 }
 
+/// A 1×2 topology `dc`, VPC `blue` and its subnet `web` (10.0.1.0/24).
+fn web_subnet(data_plane_cidr: &str) -> String {
+    datacenter(1, 2, data_plane_cidr)
+        + "\nresource \"merak_subnet\" \"web\" {\n  vpc_id = merak_vpc.blue.id\n  name   = \"web\"\n  cidr   = \"10.0.1.0/24\"\n}\n"
+}
+
 #[test]
 fn bad_tenant_input_is_refused_before_anything_is_built() {
     let ws = Workspace::new("ovlbad");
-    let base = r#"
-resource "merak_topology" "dc" {
-  name            = "{name}"
-  racks           = 1
-  hosts_per_rack  = 2
-  data_plane_cidr = "10.202.0.0/24"
-}
-
-resource "merak_vpc" "blue" {
-  topology_id = merak_topology.dc.id
-  name        = "blue"
-  cidr        = "10.0.0.0/16"
-}
-
-resource "merak_subnet" "web" {
-  vpc_id = merak_vpc.blue.id
-  name   = "web"
-  cidr   = "10.0.1.0/24"
-}
-"#;
+    let base = &web_subnet("10.202.0.0/24");
     ws.write_config(base);
     ws.init();
     ws.apply();
@@ -360,32 +347,8 @@ fn evms_placed_by_count_per_epm_stay_put_and_crowds_get_more_bridges() {
 #[test]
 fn bad_input_is_refused_at_plan_when_the_parents_are_new_too() {
     let ws = Workspace::new("ovlnew");
-    let base = r#"
-resource "merak_topology" "dc" {
-  name            = "{name}"
-  racks           = 1
-  hosts_per_rack  = 2
-  data_plane_cidr = "10.203.0.0/24"
-}
-
-resource "merak_vpc" "blue" {
-  topology_id = merak_topology.dc.id
-  name        = "blue"
-  cidr        = "10.0.0.0/16"
-}
-
-resource "merak_subnet" "web" {
-  vpc_id = merak_vpc.blue.id
-  name   = "web"
-  cidr   = "10.0.1.0/24"
-}
-
-resource "merak_subnet" "wide" {
-  vpc_id = merak_vpc.blue.id
-  name   = "wide"
-  cidr   = "10.0.128.0/17"
-}
-"#;
+    let base = &(web_subnet("10.203.0.0/24")
+        + "\nresource \"merak_subnet\" \"wide\" {\n  vpc_id = merak_vpc.blue.id\n  name   = \"wide\"\n  cidr   = \"10.0.128.0/17\"\n}\n");
     ws.write_config(base);
     ws.init();
     let cases = [
