@@ -5,6 +5,7 @@
 pub mod bridges;
 pub mod evm;
 pub mod goal;
+pub mod host;
 pub mod netdev;
 pub mod netns;
 pub mod overlay;

@@ -1,17 +1,17 @@
 //! merak-agent: started by a runtime inside an EPM's network namespace; serves
 //! the agent API on a unix socket until told to stop (SIGTERM or SIGINT).
+//! With --host it serves many EPMs' agents from one process instead (the
+//! local runtime's way; see merak_agent::host).
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 use merak_agent::netdev::Netlink;
-use merak_agent::server::{AgentService, OverlayService};
-use merak_proto::agent::agent_server::AgentServer;
-use merak_proto::agent::overlay_server::OverlayServer;
-use tokio::net::UnixListener;
+use merak_agent::host::{self, HostService};
+use merak_agent::server::EpmNamespace;
+use merak_proto::agent::host_server::HostServer;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 
@@ -19,15 +19,22 @@ use tokio_stream::wrappers::UnixListenerStream;
 #[command(version, about = "The agent inside an Emulated Physical Machine")]
 struct Args {
     /// The EPM this agent serves (for reports and logs).
-    #[arg(long)]
-    epm: String,
+    #[arg(long, required_unless_present = "host")]
+    epm: Option<String>,
     /// The unix socket to serve the agent API on (created with mode 0600).
-    #[arg(long)]
-    socket: PathBuf,
+    #[arg(long, required_unless_present = "host")]
+    socket: Option<PathBuf>,
     /// A network namespace (its path, e.g. /run/netns/NAME) to enter first;
     /// without it the agent serves the namespace it was started in.
     #[arg(long)]
     netns: Option<PathBuf>,
+    /// Host the agents of many EPMs in this one process instead: they are
+    /// added and removed over the Host API served on --control.
+    #[arg(long, conflicts_with_all = ["epm", "socket", "netns"], requires = "control")]
+    host: bool,
+    /// The unix socket of the Host API (with --host; mode 0600).
+    #[arg(long)]
+    control: Option<PathBuf>,
 }
 
 /// Before any thread or descriptor of our own exists: leave the starter's
@@ -53,13 +60,25 @@ fn detach_into(netns: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    detach_into(args.netns.as_deref())?;
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?.block_on(serve(args))
+/// A host keeps two descriptors per EPM (its socket and its netlink
+/// connection) plus one per client: raise the open-file limit as far as the
+/// kernel allows (root may raise the hard limit too).
+fn raise_open_files() {
+    let ceiling = fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(1 << 20);
+    let wanted = libc::rlimit { rlim_cur: ceiling, rlim_max: ceiling };
+    // SAFETY: setrlimit/getrlimit with valid pointers to rlimit structs.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) == 0 {
+                current.rlim_cur = current.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &current);
+            }
+        }
+    }
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -68,34 +87,56 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+}
 
-    let netlink = Netlink::current().context("opening a netlink socket")?;
-    match fs::remove_file(&args.socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale {}", args.socket.display())),
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    detach_into(args.netns.as_deref())?;
+    if args.host {
+        raise_open_files();
+        let control = args.control.context("--host needs --control")?;
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(host(control))
+    } else {
+        let (epm, socket) = args.epm.zip(args.socket).context("--epm and --socket are required")?;
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?.block_on(standalone(epm, socket))
     }
-    let listener = UnixListener::bind(&args.socket)
-        .with_context(|| format!("binding {}", args.socket.display()))?;
-    fs::set_permissions(&args.socket, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {}", args.socket.display()))?;
-    tracing::info!(epm = %args.epm, socket = %args.socket.display(), "agent serving");
+}
 
+/// Resolves on SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let shutdown = async move {
+    Ok(async move {
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
         }
-    };
+    })
+}
+
+async fn standalone(epm: String, socket: PathBuf) -> anyhow::Result<()> {
+    init_logging();
+    let netlink = Netlink::current().context("opening a netlink socket")?;
+    let listener = host::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    tracing::info!(%epm, socket = %socket.display(), "agent serving");
+    host::serve_epm(epm.clone(), EpmNamespace::Held(netlink), listener, shutdown_signal()?).await.context("serving the agent API")?;
+    let _ = fs::remove_file(&socket);
+    tracing::info!(%epm, "agent stopped");
+    Ok(())
+}
+
+async fn host(control: PathBuf) -> anyhow::Result<()> {
+    init_logging();
+    let listener = host::bind(&control).with_context(|| format!("binding {}", control.display()))?;
+    let service = HostService::default();
+    tracing::info!(control = %control.display(), "agent host serving");
     tonic::transport::Server::builder()
-        .add_service(AgentServer::new(AgentService::new(args.epm.clone(), netlink.clone())))
-        .add_service(OverlayServer::new(OverlayService::new(netlink)).max_decoding_message_size(64 << 20))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .add_service(HostServer::new(service.clone()).max_decoding_message_size(64 << 20))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal()?)
         .await
-        .context("serving the agent API")?;
-    let _ = fs::remove_file(&args.socket);
-    tracing::info!(epm = %args.epm, "agent stopped");
+        .context("serving the host API")?;
+    service.release_all().await;
+    let _ = fs::remove_file(&control);
+    tracing::info!("agent host stopped");
     Ok(())
 }

@@ -179,6 +179,35 @@ fn persistent_tap(name: &str) -> io::Result<()> {
 /// Opens a netlink connection inside an existing named namespace.
 pub async fn open(name: &str) -> Result<Netlink, NetnsError> {
     let ns = open_fd(name)?;
+    open_in(ns, name).await
+}
+
+/// A namespace's identity: the (device, inode) of its nsfs file, which a
+/// namespace made anew under the same name does not share.
+pub type NamespaceId = (u64, u64);
+
+/// Opens a netlink connection inside the namespace mounted at `path` (any
+/// path, e.g. a pod's), and tells which namespace that is.
+pub async fn open_path(path: &Path) -> Result<(Netlink, NamespaceId), NetnsError> {
+    use std::os::unix::fs::MetadataExt;
+    let name = path.display().to_string();
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(NetnsError::NotFound { name }),
+        Err(e) => return Err(NetnsError::io("open", &name, e)),
+    };
+    let meta = file.metadata().map_err(|e| NetnsError::io("stat", &name, e))?;
+    let id = (meta.dev(), meta.ino());
+    Ok((open_in(file.into(), &name).await?, id))
+}
+
+/// The identity of the namespace mounted at `path`, if it is mounted.
+pub fn id_of(path: &Path) -> Option<NamespaceId> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+async fn open_in(ns: OwnedFd, name: &str) -> Result<Netlink, NetnsError> {
     let owned = name.to_string();
     let fd = on_worker(move || {
         enter(&ns).map_err(|e| NetnsError::io("setns", &owned, e))?;
@@ -297,40 +326,52 @@ fn netlink_socket() -> io::Result<OwnedFd> {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Runs `work` on the namespace worker: one long-lived OS thread that never
-/// belongs to the async runtime, goes back to its own namespace after every
-/// job (so it never keeps a namespace alive), and saves a thread spawn per
-/// namespace.
+/// Runs `work` on a namespace worker: long-lived OS threads that never
+/// belong to the async runtime, go back to their own namespace after every
+/// job (so they never keep a namespace alive), and save a thread spawn per
+/// namespace. One per core: a process that hosts many EPMs' agents builds
+/// their EVMs' namespaces side by side.
 async fn on_worker<T, F>(work: F) -> Result<T, NetnsError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, NetnsError> + Send + 'static,
 {
-    static WORKER: OnceLock<Result<std::sync::mpsc::Sender<Job>, String>> = OnceLock::new();
-    let worker = WORKER.get_or_init(start_worker).as_ref().map_err(|e| NetnsError::io("start namespace worker", "-", io::Error::other(e.clone())))?;
+    static WORKERS: OnceLock<Result<std::sync::mpsc::Sender<Job>, String>> = OnceLock::new();
+    let workers = WORKERS.get_or_init(start_workers).as_ref().map_err(|e| NetnsError::io("start namespace worker", "-", io::Error::other(e.clone())))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let _ = tx.send(work());
     });
-    worker.send(job).map_err(|_| NetnsError::io("namespace worker", "-", io::Error::other("worker stopped")))?;
+    workers.send(job).map_err(|_| NetnsError::io("namespace worker", "-", io::Error::other("worker stopped")))?;
     rx.await.map_err(|_| NetnsError::io("namespace worker", "-", io::Error::other("job panicked")))?
 }
 
-fn start_worker() -> Result<std::sync::mpsc::Sender<Job>, String> {
-    let home = File::open("/proc/thread-self/ns/net").map_err(|e| e.to_string())?;
+fn start_workers() -> Result<std::sync::mpsc::Sender<Job>, String> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
-    std::thread::Builder::new()
-        .name("netns-worker".into())
-        .spawn(move || {
-            for job in rx {
-                job();
-                if enter(&home).is_err() {
-                    // Cannot get home: stop taking jobs rather than run them in the wrong place.
-                    break;
+    let jobs = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    let count = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    for _ in 0..count {
+        let home = File::open("/proc/thread-self/ns/net").map_err(|e| e.to_string())?;
+        let jobs = std::sync::Arc::clone(&jobs);
+        std::thread::Builder::new()
+            .name("netns-worker".into())
+            .spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next job.
+                    let job = match jobs.lock() {
+                        Ok(receiver) => receiver.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok(job) = job else { break };
+                    job();
+                    if enter(&home).is_err() {
+                        // Cannot get home: stop taking jobs rather than run them in the wrong place.
+                        break;
+                    }
                 }
-            }
-        })
-        .map_err(|e| e.to_string())?;
+            })
+            .map_err(|e| e.to_string())?;
+    }
     Ok(tx)
 }
 

@@ -12,14 +12,42 @@ use tonic::{Request, Response, Status};
 
 use crate::netdev::{self, NetdevError, Netlink};
 
+/// Where an agent's netlink connection into its EPM comes from.
+#[derive(Clone)]
+pub enum EpmNamespace {
+    /// One connection for the agent's life (a standalone agent, or a test).
+    Held(Netlink),
+    /// A connection opened per request inside the namespace mounted at this
+    /// path: a host of many EPMs keeps one descriptor per EPM (its socket),
+    /// since the open-file limit cannot be raised everywhere (20,000 on some
+    /// hosts), and never keeps a deleted EPM's namespace alive.
+    At(std::path::PathBuf),
+}
+
+impl EpmNamespace {
+    async fn netlink(&self) -> Result<Netlink, Status> {
+        match self {
+            EpmNamespace::Held(netlink) => Ok(netlink.clone()),
+            EpmNamespace::At(path) => crate::netns::open_path(path)
+                .await
+                .map(|(netlink, _)| netlink)
+                .map_err(|e| Status::unavailable(e.to_string())),
+        }
+    }
+}
+
 pub struct AgentService {
     epm: String,
-    netlink: Netlink,
+    namespace: EpmNamespace,
 }
 
 impl AgentService {
     pub fn new(epm: String, netlink: Netlink) -> Self {
-        AgentService { epm, netlink }
+        Self::in_namespace(epm, EpmNamespace::Held(netlink))
+    }
+
+    pub fn in_namespace(epm: String, namespace: EpmNamespace) -> Self {
+        AgentService { epm, namespace }
     }
 
     async fn converge(&self, goal: &UnderlayGoal) -> Result<Vec<String>, Status> {
@@ -28,20 +56,21 @@ impl AgentService {
         let mac = netdev::parse_mac(&goal.mac)
             .ok_or_else(|| Status::invalid_argument(format!("bad MAC {:?}", goal.mac)))?;
         let mut actions = Vec::new();
+        let netlink = self.namespace.netlink().await?;
 
-        if let Some(lo) = self.netlink.link("lo").await.map_err(internal)?
+        if let Some(lo) = netlink.link("lo").await.map_err(internal)?
             && !lo.up
         {
-            self.netlink.set_link(lo.index, None, None).await.map_err(internal)?;
+            netlink.set_link(lo.index, None, None).await.map_err(internal)?;
             actions.push("lo up".to_string());
         }
 
-        let link = self.netlink.link(&goal.interface).await.map_err(internal)?.ok_or_else(|| {
+        let link = netlink.link(&goal.interface).await.map_err(internal)?.ok_or_else(|| {
             Status::failed_precondition(format!("interface {} does not exist", goal.interface))
         })?;
         let mac_differs = link.mac != Some(mac);
         if mac_differs || !link.up {
-            self.netlink.set_link(link.index, None, mac_differs.then_some(mac)).await.map_err(internal)?;
+            netlink.set_link(link.index, None, mac_differs.then_some(mac)).await.map_err(internal)?;
             if mac_differs {
                 actions.push(format!("{} mac {}", goal.interface, goal.mac));
             }
@@ -50,15 +79,15 @@ impl AgentService {
             }
         }
 
-        let present = self.netlink.addresses(link.index).await.map_err(internal)?;
+        let present = netlink.addresses(link.index).await.map_err(internal)?;
         for (other, other_len) in present.iter().filter(|(a, _)| a.is_ipv4()) {
             if (*other, *other_len) != (ip, prefix_len) {
-                self.netlink.delete_address(link.index, *other, *other_len).await.map_err(internal)?;
+                netlink.delete_address(link.index, *other, *other_len).await.map_err(internal)?;
                 actions.push(format!("{} del {other}/{other_len}", goal.interface));
             }
         }
         if !present.contains(&(ip, prefix_len)) {
-            self.netlink.add_address(link.index, ip, prefix_len).await.map_err(internal)?;
+            netlink.add_address(link.index, ip, prefix_len).await.map_err(internal)?;
             actions.push(format!("{} add {}", goal.interface, goal.address));
         }
         Ok(actions)
@@ -72,11 +101,11 @@ impl Agent for AgentService {
     }
 
     async fn get_info(&self, _: Request<GetInfoRequest>) -> Result<Response<EpmInfo>, Status> {
-        let links = self.netlink.links().await.map_err(internal)?;
+        let netlink = self.namespace.netlink().await?;
+        let links = netlink.links().await.map_err(internal)?;
         let mut interfaces = Vec::with_capacity(links.len());
         for link in links {
-            let addresses = self
-                .netlink
+            let addresses = netlink
                 .addresses(link.index)
                 .await
                 .map_err(internal)?
@@ -122,7 +151,9 @@ const PINGS_IN_FLIGHT: usize = 2;
 
 /// The agent's tenant-network service.
 pub struct OverlayService {
-    netlink: Netlink,
+    /// The EPM served (for logs: one process may host many).
+    epm: String,
+    namespace: EpmNamespace,
     /// One change at a time: bridges for new EVM ports are chosen from a
     /// dump of the router namespace, and two batches at once would both
     /// count the same free ports.
@@ -130,8 +161,12 @@ pub struct OverlayService {
 }
 
 impl OverlayService {
-    pub fn new(netlink: Netlink) -> Self {
-        OverlayService { netlink, changing: std::sync::Arc::default() }
+    pub fn new(epm: String, netlink: Netlink) -> Self {
+        Self::in_namespace(epm, EpmNamespace::Held(netlink))
+    }
+
+    pub fn in_namespace(epm: String, namespace: EpmNamespace) -> Self {
+        OverlayService { epm, namespace, changing: std::sync::Arc::default() }
     }
 
     /// Runs a change to its end, one at a time, in a task of its own: a
@@ -155,14 +190,15 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         &self,
         request: Request<merak_proto::agent::OverlayGoal>,
     ) -> Result<Response<ApplyReply>, Status> {
-        let (netlink, goal) = (self.netlink.clone(), request.into_inner());
+        let goal = request.into_inner();
+        let netlink = self.namespace.netlink().await?;
         crate::goal::overlay(&goal).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let actions = self
             .change(async move { crate::overlay::apply(&netlink, &goal).await })
             .await?
             .map_err(|e| Status::internal(e.to_string()))?;
         if !actions.is_empty() {
-            tracing::info!(?actions, "overlay converged");
+            tracing::info!(epm = %self.epm, ?actions, "overlay converged");
         }
         Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
     }
@@ -176,6 +212,7 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         let started = std::time::Instant::now();
         let reply = self.change(async move { crate::evm::apply(&batch).await }).await?;
         tracing::info!(
+            epm = %self.epm,
             created = reply.created,
             existing = reply.existing,
             deleted = reply.deleted,

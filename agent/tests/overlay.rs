@@ -103,8 +103,8 @@ async fn subnets_route_and_vpcs_stay_apart() {
             VpcGoal { namespace: format!("{prefix}{epm}.vpc2"), subnets: vec![subnet(epm, 201, "10.0.1.1/24", other)] },
         ],
     };
-    let agent_a = OverlayService::new(in_a.clone());
-    let agent_b = OverlayService::new(in_b.clone());
+    let agent_a = OverlayService::new("a".into(), in_a.clone());
+    let agent_b = OverlayService::new("b".into(), in_b.clone());
     let goal_a = goal("a", "192.168.50.1", "192.168.50.2");
     let goal_b = goal("b", "192.168.50.2", "192.168.50.1");
     assert!(agent_a.apply_overlay(Request::new(goal_a.clone())).await.unwrap().into_inner().changed);
@@ -160,7 +160,7 @@ async fn a_crowded_subnet_grows_leaf_bridges() {
     let prefix = format!("merak-test-leaf-{}.", std::process::id());
     let _cleanup = Cleanup(prefix.clone());
     let (in_a, in_b) = two_epms(&prefix).await;
-    let (agent_a, agent_b) = (OverlayService::new(in_a), OverlayService::new(in_b));
+    let (agent_a, agent_b) = (OverlayService::new("a".into(), in_a), OverlayService::new("b".into(), in_b));
     agent_a.apply_overlay(Request::new(one_subnet_goal(&prefix, "a", "192.168.50.1", "192.168.50.2", vec![]))).await.unwrap();
     agent_b.apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", vec![]))).await.unwrap();
 
@@ -211,7 +211,7 @@ async fn a_moved_address_is_forgotten_where_it_was_learned() {
     let prefix = format!("merak-test-move-{}.", std::process::id());
     let _cleanup = Cleanup(prefix.clone());
     let (in_a, in_b) = two_epms(&prefix).await;
-    let (agent_a, agent_b) = (OverlayService::new(in_a), OverlayService::new(in_b.clone()));
+    let (agent_a, agent_b) = (OverlayService::new("a".into(), in_a), OverlayService::new("b".into(), in_b.clone()));
     agent_a.apply_overlay(Request::new(one_subnet_goal(&prefix, "a", "192.168.50.1", "192.168.50.2", vec![]))).await.unwrap();
     agent_b.apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", vec![]))).await.unwrap();
     let mover_on_a = evm(&prefix, "a", "vpc1", "m", 101, "10.0.0.10/22", "10.0.0.1");

@@ -7,22 +7,17 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Starts `agent` for the network namespace mounted at `netns`, logging to
-/// `log`; returns its pid. The agent enters the namespace, leaves our
+/// Starts `agent` as the agent host of one topology, serving the Host API on
+/// `control` and logging to `log`; returns its pid. The agent leaves our
 /// session and closes what it inherited itself (see merak-agent's main), so
 /// that this is a plain spawn: std then uses posix_spawn (vfork-like), where
-/// a fork of this large, many-threaded process copied its page tables and
-/// made every later write fault (measured: a sixth of the time of building
-/// 4,000 EPMs).
-pub fn spawn_agent(agent: &Path, netns: &Path, epm: &str, socket: &Path, log: &Path) -> io::Result<u32> {
+/// a fork of this large, many-threaded process would copy its page tables.
+pub fn spawn_host(agent: &Path, control: &Path, log: &Path) -> io::Result<u32> {
     let log = OpenOptions::new().create(true).append(true).open(log)?;
     let child = Command::new(agent)
-        .arg("--epm")
-        .arg(epm)
-        .arg("--socket")
-        .arg(socket)
-        .arg("--netns")
-        .arg(netns)
+        .arg("--host")
+        .arg("--control")
+        .arg(control)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -30,20 +25,29 @@ pub fn spawn_agent(agent: &Path, netns: &Path, epm: &str, socket: &Path, log: &P
     Ok(child.id())
 }
 
-/// Whether `pid` is a live merak-agent serving `socket` (pids get reused, so
-/// the command line is checked before anything is signalled).
+/// The socket a merak-agent command line serves: a host's `--control` or a
+/// standalone agent's `--socket`.
+fn served_socket(args: &[&[u8]]) -> Option<std::path::PathBuf> {
+    args.windows(2)
+        .find(|w| w[0] == b"--control" || w[0] == b"--socket")
+        .map(|w| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(w[1])))
+}
+
+/// Whether `pid` is a live merak-agent serving `socket` (a host's control
+/// socket or a standalone agent's; pids get reused, so the command line is
+/// checked before anything is signalled).
 pub fn is_agent(pid: u32, socket: &Path) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let socket = socket.as_os_str().as_encoded_bytes();
-    let is_ours = args.first().is_some_and(|a| a.ends_with(b"merak-agent")) && args.contains(&socket);
+    let is_ours = args.first().is_some_and(|a| a.ends_with(b"merak-agent")) && served_socket(&args).as_deref() == Some(socket);
     is_ours && alive(pid)
 }
 
-/// Every live merak-agent whose socket lies in `dir`, as (pid, socket):
-/// finds agents a record lost track of (e.g. after a crash mid-apply).
+/// Every live merak-agent whose socket lies in `dir`, as (pid, socket): the
+/// topology's host, and agents a record lost track of (e.g. after a crash
+/// mid-apply, or standalone agents of an older version).
 pub fn agents_in(dir: &Path) -> Vec<(u32, std::path::PathBuf)> {
     let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
     let mut agents = Vec::new();
@@ -54,8 +58,7 @@ pub fn agents_in(dir: &Path) -> Vec<(u32, std::path::PathBuf)> {
         if !args.first().is_some_and(|a| a.ends_with(b"merak-agent")) {
             continue;
         }
-        let socket = args.windows(2).find(|w| w[0] == b"--socket").map(|w| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(w[1])));
-        if let Some(socket) = socket.filter(|s| s.parent() == Some(dir))
+        if let Some(socket) = served_socket(&args).filter(|s| s.parent() == Some(dir))
             && alive(pid)
         {
             agents.push((pid, socket));
@@ -84,7 +87,7 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// Stops the agent: SIGTERM, then SIGKILL if it has not exited in time.
+/// Stops the agent (or host): SIGTERM, then SIGKILL if it has not exited in time.
 pub async fn stop_agent(pid: u32, socket: &Path) {
     stop_agents(&[(pid, socket.to_path_buf())]).await;
 }

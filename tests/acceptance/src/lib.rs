@@ -213,8 +213,30 @@ impl Workspace {
         names
     }
 
-    /// Live agents of this test, as (pid, EPM name).
+    /// The EPMs of this test whose agent serves its socket, as (pid serving
+    /// it, EPM name): the pid is the listening process's (SO_PEERCRED), so
+    /// this reads what the kernel knows, not what the provider recorded.
     pub fn agents(&self) -> Vec<(u32, String)> {
+        let dir = self.state_dir.join(&self.name);
+        let mut agents = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Some(epm) = path.file_stem().and_then(|s| s.to_str()).filter(|s| s.starts_with("epm-")) else { continue };
+            if path.extension().is_none_or(|e| e != "sock") {
+                continue;
+            }
+            let Ok(stream) = std::os::unix::net::UnixStream::connect(&path) else { continue };
+            if let Some(pid) = peer_pid(&stream) {
+                agents.push((pid, epm.to_string()));
+            }
+        }
+        agents.sort_by(|a, b| a.1.cmp(&b.1));
+        agents
+    }
+
+    /// Live merak-agent processes of this test (its topology's agent host,
+    /// or any agent serving a socket in its state), as (pid, socket name).
+    pub fn agent_processes(&self) -> Vec<(u32, String)> {
         let dir = self.state_dir.join(&self.name);
         let mut agents = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -228,10 +250,10 @@ impl Workspace {
             if !args.first().is_some_and(|a| a.ends_with("merak-agent")) {
                 continue;
             }
-            let socket = args.windows(2).find(|w| w[0] == "--socket").map(|w| PathBuf::from(&w[1]));
+            let socket = args.windows(2).find(|w| w[0] == "--socket" || w[0] == "--control").map(|w| PathBuf::from(&w[1]));
             if let Some(socket) = socket.filter(|s| s.parent() == Some(dir.as_path())) {
-                let epm = socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                agents.push((pid, epm));
+                let name = socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                agents.push((pid, name));
             }
         }
         agents.sort_by(|a, b| a.1.cmp(&b.1));
@@ -241,7 +263,7 @@ impl Workspace {
     /// Asserts nothing of this test's topology is left on the host.
     pub fn assert_nothing_left(&self) {
         assert_eq!(self.namespaces(), Vec::<String>::new(), "namespaces left");
-        assert_eq!(self.agents(), Vec::new(), "agents left");
+        assert_eq!(self.agent_processes(), Vec::new(), "agents left");
         assert!(!self.state_dir.join(&self.name).exists(), "runtime state left in {}", self.state_dir.display());
         let lock = self.state_dir.join(format!("{}.lock", self.name));
         assert!(!lock.exists(), "lock file left: {}", lock.display());
@@ -268,7 +290,7 @@ impl Workspace {
             .args(["--destroy-topology", &self.name, "--state-dir"])
             .arg(&self.state_dir)
             .output();
-        for (pid, _) in self.agents() {
+        for (pid, _) in self.agent_processes() {
             // SAFETY: kill(2) on an agent of this test.
             unsafe {
                 libc::kill(pid as i32, libc::SIGKILL);
@@ -293,3 +315,15 @@ impl Drop for Workspace {
 }
 pub mod floor;
 pub mod host;
+
+/// The pid of the process at the other end of a unix socket connection.
+fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) SO_PEERCRED into a ucred of the given length.
+    let rc = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut credentials).cast(), &mut length)
+    };
+    (rc == 0 && credentials.pid > 0).then_some(credentials.pid as u32)
+}

@@ -1,5 +1,5 @@
 //! Faults through the real terraform binary: terraform and its provider, or
-//! the provider alone, or agents, killed (SIGKILL) at random moments of an
+//! the provider alone, or the agents' host, killed (SIGKILL) at random moments of an
 //! apply or a destroy; then the next apply must converge (an empty plan, a
 //! clean pingall, every EVM wired as the kernel sees it) and the next
 //! destroy must leave nothing. And two applies of one topology at once.
@@ -78,8 +78,8 @@ enum Fault {
     Terraform,
     /// The provider process alone; terraform sees its plugin vanish.
     Provider,
-    /// Some of the EPMs' agents.
-    Agents(u64),
+    /// The process serving every EPM's agent (the topology's agent host).
+    AgentHost,
 }
 
 fn pids_in_group(group: u32) -> Vec<(u32, String)> {
@@ -107,7 +107,7 @@ fn kill(pid: i32) {
 /// Injects `fault` into the running terraform `child` after `delay`;
 /// returns what terraform printed, and whether the fault was injected
 /// before it finished by itself.
-fn inject(ws: &Workspace, mut child: Child, fault: Fault, delay: Duration, random: &mut Random) -> (Output, bool) {
+fn inject(ws: &Workspace, mut child: Child, fault: Fault, delay: Duration) -> (Output, bool) {
     let started = Instant::now();
     let mut injected = false;
     while started.elapsed() < delay {
@@ -130,10 +130,8 @@ fn inject(ws: &Workspace, mut child: Child, fault: Fault, delay: Duration, rando
                 }
             }
         }
-        Fault::Agents(n) => {
-            let mut agents = ws.agents();
-            for _ in 0..n.min(agents.len() as u64) {
-                let (pid, _) = agents.remove(random.below(agents.len() as u64) as usize);
+        Fault::AgentHost => {
+            for (pid, _) in ws.agent_processes() {
                 kill(pid as i32);
                 injected = true;
             }
@@ -217,7 +215,7 @@ fn random_fault(random: &mut Random) -> Fault {
     match random.below(3) {
         0 => Fault::Terraform,
         1 => Fault::Provider,
-        _ => Fault::Agents(1 + random.below(u64::from(EPMS) - 1)),
+        _ => Fault::AgentHost,
     }
 }
 
@@ -245,7 +243,7 @@ fn kills_at_random_moments_converge_and_destroy_cleanly() {
         let delay = Duration::from_millis(300 + random.below(4000));
         let context = format!("run {run} (seed {run_seed}): {fault:?} after {delay:?} of an apply of {evms} EVMs{}", if scaling { " (scaling from 100)" } else { "" });
         eprintln!("{context}");
-        let (_, hit) = inject(&ws, ws.spawn_terraform(&["apply", "-auto-approve"]), fault, delay, &mut random);
+        let (_, hit) = inject(&ws, ws.spawn_terraform(&["apply", "-auto-approve"]), fault, delay);
         *injected.entry(format!("apply {fault:?}: {}", if hit { "injected" } else { "missed (apply had finished)" })).or_default() += 1;
 
         let output = converge(&ws, &context);
@@ -257,7 +255,7 @@ fn kills_at_random_moments_converge_and_destroy_cleanly() {
         let fault = random_fault(&mut random);
         let delay = Duration::from_millis(200 + random.below(2500));
         eprintln!("{context}; then {fault:?} after {delay:?} of a destroy");
-        let (_, hit) = inject(&ws, ws.spawn_terraform(&["destroy", "-auto-approve"]), fault, delay, &mut random);
+        let (_, hit) = inject(&ws, ws.spawn_terraform(&["destroy", "-auto-approve"]), fault, delay);
         *injected.entry(format!("destroy {fault:?}: {}", if hit { "injected" } else { "missed (destroy had finished)" })).or_default() += 1;
         ws.ok(&["destroy", "-auto-approve"]);
         ws.assert_nothing_left();
@@ -285,12 +283,14 @@ fn two_applies_of_one_topology_at_once_have_one_winner() {
         "the other apply is refused, saying why: {refusal}"
     );
     assert_eq!(first.agents().len(), EPMS as usize, "one agent per EPM");
+    assert_eq!(first.agent_processes().len(), 1, "one agent host");
     assert_eq!(winner.plan().0, 0);
     // The refused one must not take the topology over later either.
     let again = if loser == 0 { first.terraform(&["apply", "-auto-approve"]) } else { second.terraform(&["apply", "-auto-approve"]) };
     let again_text = flat(&String::from_utf8_lossy(&again.stderr));
     assert!(!again.status.success() && again_text.contains("terraform import merak_topology.NAME"), "{again_text}");
     assert_eq!(first.agents().len(), EPMS as usize, "still one agent per EPM");
+    assert_eq!(first.agent_processes().len(), 1, "still one agent host");
     winner.ok(&["destroy", "-auto-approve"]);
     first.assert_nothing_left();
 }

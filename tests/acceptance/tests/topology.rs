@@ -74,18 +74,27 @@ fn lifecycle_apply_refresh_import_scale_repair_destroy() {
     assert_eq!(inode(&epm0), inode_before);
     assert_eq!(ws.plan().0, 0);
 
-    // Drift: a deleted EPM namespace and a killed agent show in the plan...
-    let agent_of_epm2 = ws.agents().into_iter().find(|(_, epm)| epm == "epm-2").unwrap().0;
+    // Every EPM's agent is served by one process, the topology's agent host.
+    let hosts = ws.agent_processes();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert!(ws.agents().iter().all(|(pid, _)| *pid == hosts[0].0), "{:?}", ws.agents());
+
+    // Drift: a deleted EPM namespace shows in the plan...
     assert!(std::process::Command::new("ip").args(["netns", "delete", &format!("merak-{}.epm-1", ws.name)]).status().unwrap().success());
-    // SAFETY: kill(2) on this test's agent.
-    unsafe { libc::kill(agent_of_epm2 as i32, libc::SIGKILL) };
     let (code, plan) = ws.plan();
     assert_eq!(code, 2, "{plan}");
-    assert!(plan.contains("ready_epms") && plan.contains("3 -> 5"), "{plan}");
+    assert!(plan.contains("ready_epms") && plan.contains("4 -> 5"), "{plan}");
+    // ...so does a killed agent host (no EPM has an agent then)...
+    // SAFETY: kill(2) on this test's agent host.
+    unsafe { libc::kill(hosts[0].0 as i32, libc::SIGKILL) };
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2, "{plan}");
+    assert!(plan.contains("ready_epms") && plan.contains("0 -> 5"), "{plan}");
     // ...and apply repairs them.
     ws.apply();
     assert_eq!(ws.plan().0, 0);
     assert_eq!(ws.agents().len(), 5);
+    assert_eq!(ws.agent_processes().len(), 1);
     assert!(ws.pings("epm-1", "10.77.0.3"));
 
     // Replacement attributes say so in the plan.

@@ -10,9 +10,9 @@
 //!   broadcast in a subnet reaches every EVM of it through veths, each copy
 //!   queued on that backlog in one burst (measured: 2 million drops and 47 of
 //!   50 pings lost in a 30,000-EVM subnet);
-//! - the highest pid, `kernel.pid_max` (32768 on some hosts): every EPM runs
-//!   an agent of two threads, and 10,000 EPMs with their neighbours' threads
-//!   would run out of pids.
+//!
+//! (`kernel.pid_max` is no longer raised: a topology's agents share one
+//! process. A value an older version raised is still put back.)
 //!
 //! The runtime raises them to what the emulation needs, keeps the host's own
 //! values, and puts them back when the last topology on the host is gone.
@@ -26,9 +26,8 @@ use std::path::{Path, PathBuf};
 const THRESH2: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh2";
 const THRESH3: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh3";
 const BACKLOG: &str = "/proc/sys/net/core/netdev_max_backlog";
+/// Raised by versions that ran an agent process per EPM; only restored now.
 const PID_MAX: &str = "/proc/sys/kernel/pid_max";
-/// The kernel's ceiling for pid_max on 64-bit hosts.
-const PID_MAX_LIMIT: u64 = 1 << 22;
 /// Host-wide (not per state directory): every runtime on the host shares them.
 const REGISTRY: &str = "/run/merak/host-limits";
 /// The host's own values, kept while raised.
@@ -42,7 +41,6 @@ pub const PINGS_AT_ONCE: u64 = 4;
 pub struct Needs {
     arp_entries: u64,
     backlog: u64,
-    pids: u64,
 }
 
 /// For `epms` EPMs, `evms` EVMs in all, and `largest_subnet` EVMs in the
@@ -54,20 +52,15 @@ pub fn needs(epms: u64, evms: u64, largest_subnet: u64) -> Needs {
     Needs {
         arp_entries: (2 * (epms * epms + 4 * evms) + 1024).next_power_of_two(),
         backlog: (PINGS_AT_ONCE * largest_subnet + 1000).next_power_of_two(),
-        pids: pids(epms),
     }
 }
 
-/// What a topology alone needs: pids for its agents (its EPMs resolve
-/// only the neighbours they talk to, which the default ARP cap holds).
-pub fn underlay_needs(epms: u64) -> Needs {
-    Needs { arp_entries: 0, backlog: 0, pids: pids(epms) }
-}
-
-/// Agents' threads (two each, a few more while they ping), and room for
-/// everything else the host runs: 32768 (a common default) up to 4,000 EPMs.
-fn pids(epms: u64) -> u64 {
-    (4 * epms + 16384).next_power_of_two().min(PID_MAX_LIMIT)
+/// What a topology alone needs: nothing past the host's defaults (its EPMs
+/// resolve only the neighbours they talk to, which the default ARP cap
+/// holds); it still counts as a user, so that the limits its overlay raises
+/// stay until it is gone.
+pub fn underlay_needs() -> Needs {
+    Needs { arp_entries: 0, backlog: 0 }
 }
 
 fn read(path: &str) -> io::Result<u64> {
@@ -92,11 +85,10 @@ fn marker(topology_dir: &Path) -> PathBuf {
 pub fn ensure(topology_dir: &Path, needs: Needs) -> io::Result<()> {
     fs::create_dir_all(REGISTRY)?;
     fs::write(marker(topology_dir), topology_dir.as_os_str().as_encoded_bytes())?;
-    let current: BTreeMap<&str, u64> = [THRESH2, THRESH3, BACKLOG, PID_MAX].into_iter().map(|p| Ok((p, read(p)?))).collect::<io::Result<_>>()?;
+    let current: BTreeMap<&str, u64> = [THRESH2, THRESH3, BACKLOG].into_iter().map(|p| Ok((p, read(p)?))).collect::<io::Result<_>>()?;
     let raise_arp = current[THRESH3] < needs.arp_entries;
     let raise_backlog = current[BACKLOG] < needs.backlog;
-    let raise_pids = current[PID_MAX] < needs.pids;
-    if !raise_arp && !raise_backlog && !raise_pids {
+    if !raise_arp && !raise_backlog {
         return Ok(());
     }
     let saved = Path::new(REGISTRY).join(SAVED);
@@ -112,10 +104,7 @@ pub fn ensure(topology_dir: &Path, needs: Needs) -> io::Result<()> {
     if raise_backlog {
         write(BACKLOG, needs.backlog)?;
     }
-    if raise_pids {
-        write(PID_MAX, needs.pids)?;
-    }
-    tracing::info!(gc_thresh3 = needs.arp_entries, netdev_max_backlog = needs.backlog, pid_max = needs.pids, "raised host limits for the emulation");
+    tracing::info!(gc_thresh3 = needs.arp_entries, netdev_max_backlog = needs.backlog, "raised host limits for the emulation");
     Ok(())
 }
 

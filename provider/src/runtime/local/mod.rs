@@ -1,9 +1,12 @@
 //! The local runtime: the whole emulation on this host. EPMs and vswitches
 //! are named network namespaces, links are veth pairs created straight into
-//! their namespaces, and one merak-agent runs inside every EPM.
+//! their namespaces, and every EPM has an agent serving its own socket from
+//! inside its namespace. One merak-agent process per topology (the agent
+//! host) serves all of them: at 10,000 EPMs a process each cost more than
+//! their work (see merak_agent::host).
 //!
 //! The runtime keeps a record per topology under its state directory (the
-//! spec it last applied and the agents' pids), written atomically, so that
+//! spec it last applied and the host's pid), written atomically, so that
 //! Read and import work from the host alone and destroy finds every agent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,7 +19,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use merak_agent::netdev::{self, Netlink};
 use merak_agent::netns::{self, NetnsOptions};
-use merak_proto::agent::{GetInfoRequest, HealthRequest, UnderlayGoal};
+use merak_proto::agent::host_client::HostClient as HostApiClient;
+use merak_proto::agent::{GetInfoRequest, HealthRequest, HostedEpm, ReleaseRequest, ServeRequest, UnderlayGoal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -29,13 +33,15 @@ use crate::model::overlay::{GroupSpec, SubnetSpec, VpcSpec};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeInput, TreeSpec, Vswitch};
 
+type HostClient = HostApiClient<tonic::transport::Channel>;
+
 /// How many EPMs are worked on at once.
 const PARALLEL_EPMS: usize = 16;
 
 /// A veth end that vanishes with a namespace being deleted, seen from the
 /// other side: (namespace it lives in, its name).
 type PeerPort = (String, String);
-/// How long a new agent may take to answer.
+/// How long a new agent host may take to answer.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the kernel may take to tear namespaces down.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,8 +64,13 @@ pub struct LocalRuntime {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Record {
     spec: RecordedSpec,
-    /// EPM name → agent pid.
+    /// EPM name → pid of the process serving its agent (the host's).
     agents: BTreeMap<String, u32>,
+    /// The topology's agent host. Records from before hosts existed have
+    /// none (their EPMs had an agent process each; the next apply replaces
+    /// those).
+    #[serde(default)]
+    host: Option<u32>,
     /// A create of the topology succeeded (see [`Intent`]). Records from
     /// before this field existed were made by successful creates.
     #[serde(default = "confirmed")]
@@ -122,9 +133,10 @@ impl LocalRuntime {
         self.locks.acquire(&self.state_dir, topology)
     }
 
-    /// Brings back the agent of an EPM that stopped answering (killed,
-    /// crashed): the EPM's devices are kernel state and stay; the agent holds
-    /// nothing, and every goal the provider pushes is whole.
+    /// Brings back the agent of an EPM that stopped answering (its host
+    /// killed or crashed): the EPM's devices are kernel state and stay; the
+    /// agent holds nothing, and every goal the provider pushes is whole. A
+    /// host started anew serves every EPM of the topology again at once.
     async fn revive_agent(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
         let socket = self.agent_socket(topology, epm);
         if agent_answers(&socket).await {
@@ -138,13 +150,62 @@ impl LocalRuntime {
         let Some(mut record) = self.load_record(topology)? else {
             return Err(RuntimeError::Conflict(format!("topology {topology:?} does not exist")));
         };
-        if let Some(&pid) = record.agents.get(epm) {
-            process::stop_agent(pid, &socket).await;
+        if agent_answers(&socket).await {
+            return Ok(());
         }
-        tracing::info!(topology, epm, "restarting an agent that stopped answering");
-        let pid = self.start_agent(topology, epm, &namespace, &socket).await?;
-        record.agents.insert(epm.to_string(), pid);
+        tracing::info!(topology, epm, "serving again an agent that stopped answering");
+        let (pid, mut host, started) = self.ensure_host(topology, record.host).await?;
+        record.host = Some(pid);
+        let epms: Vec<String> = if started { record.agents.keys().cloned().collect() } else { vec![epm.to_string()] };
+        let hosted: Vec<HostedEpm> = epms
+            .iter()
+            .filter(|name| *name == epm || netns::exists(&naming::namespace(topology, name)))
+            .map(|name| self.hosted_epm(topology, name))
+            .collect();
+        let errors = serve(&mut host, hosted.clone()).await?;
+        for (entry, error) in hosted.iter().zip(errors) {
+            if error.is_empty() {
+                record.agents.insert(entry.epm.clone(), pid);
+            } else if entry.epm == epm {
+                self.save_record(topology, &record)?;
+                return Err(RuntimeError::Unavailable(format!("agent of {epm}: {error}")));
+            }
+        }
         self.save_record(topology, &record)
+    }
+
+    /// What the host needs to serve an EPM's agent.
+    fn hosted_epm(&self, topology: &str, epm: &str) -> HostedEpm {
+        HostedEpm {
+            epm: epm.to_string(),
+            netns: netns::path_of(&naming::namespace(topology, epm)).display().to_string(),
+            socket: self.agent_socket(topology, epm).display().to_string(),
+        }
+    }
+
+    /// The topology's agent host, started when none runs or when it runs an
+    /// older agent binary (after an upgrade): (pid, client, started anew).
+    async fn ensure_host(&self, topology: &str, known: Option<u32>) -> Result<(u32, HostClient, bool), RuntimeError> {
+        let control = self.host_socket(topology);
+        if let Some(pid) = known.filter(|pid| process::is_agent(*pid, &control)) {
+            if process::runs(pid, &self.agent_path)
+                && let Some(client) = host_answers(&control).await
+            {
+                return Ok((pid, client, false));
+            }
+            process::stop_agent(pid, &control).await;
+        }
+        // A host the record lost (a crash between its start and the save).
+        for (pid, socket) in process::agents_in(&self.topology_dir(topology)) {
+            if socket == control {
+                process::stop_agent(pid, &control).await;
+            }
+        }
+        let pid = self.start_host(topology).await?;
+        let client = host_answers(&control)
+            .await
+            .ok_or_else(|| RuntimeError::Unavailable(format!("the agent host of {topology} stopped right after it started")))?;
+        Ok((pid, client, true))
     }
 
     fn topology_dir(&self, topology: &str) -> PathBuf {
@@ -159,8 +220,14 @@ impl LocalRuntime {
         self.topology_dir(topology).join(format!("{epm}.sock"))
     }
 
-    fn agent_log(&self, topology: &str, epm: &str) -> PathBuf {
-        self.topology_dir(topology).join(format!("{epm}.log"))
+    /// The Host API of the topology's agent host.
+    fn host_socket(&self, topology: &str) -> PathBuf {
+        self.topology_dir(topology).join("agents.sock")
+    }
+
+    /// What the agent host (every EPM's agent) logs.
+    fn host_log(&self, topology: &str) -> PathBuf {
+        self.topology_dir(topology).join("agents.log")
     }
 
     fn load_record(&self, topology: &str) -> Result<Option<Record>, RuntimeError> {
@@ -217,24 +284,20 @@ impl LocalRuntime {
     }
 
     /// Builds or repairs one EPM: namespace, data-plane NIC wired to its
-    /// top-of-rack switch, a live agent, and the agent's underlay config.
+    /// top-of-rack switch, its agent served by the host, and the agent's
+    /// underlay config. Returns the pid serving the agent.
     async fn ensure_epm(
         &self,
         spec: &TreeSpec,
         epm: &Epm,
         tor: &Netlink,
+        host: &Result<(u32, HostClient), String>,
         known_agent: Option<u32>,
     ) -> Result<u32, RuntimeError> {
         let topology = &spec.name;
         let namespace = naming::namespace(topology, &epm.name);
         let socket = self.agent_socket(topology, &epm.name);
-        let (netlink, created) = self.ensure_namespace(&namespace).await?;
-        if created {
-            // An agent still running belongs to a namespace someone deleted.
-            if let Some(pid) = known_agent {
-                process::stop_agent(pid, &socket).await;
-            }
-        }
+        let (netlink, _) = self.ensure_namespace(&namespace).await?;
         let tor_namespace = naming::namespace(topology, &naming::vswitch_name(0, epm.rack));
         let tor_bridge = tor
             .link(BRIDGE)
@@ -256,15 +319,18 @@ impl LocalRuntime {
             tor.set_link(port.index, Some(tor_bridge.index), None).await?;
         }
 
-        let pid = match known_agent.filter(|pid| process::is_agent(*pid, &socket)) {
-            Some(pid) if process::runs(pid, &self.agent_path) && agent_answers(&socket).await => pid,
-            stale => {
-                if let Some(pid) = stale {
-                    process::stop_agent(pid, &socket).await;
-                }
-                self.start_agent(topology, &epm.name, &namespace, &socket).await?
-            }
-        };
+        // An agent process of its own (an older version's way) gives way
+        // to the host, which serves the same socket.
+        let (host_pid, host) = host.as_ref().map_err(|e| RuntimeError::Unavailable(e.clone()))?;
+        if let Some(pid) = known_agent.filter(|pid| pid != host_pid && process::is_agent(*pid, &socket)) {
+            process::stop_agent(pid, &socket).await;
+        }
+        // Serving is idempotent: the host keeps an agent that serves this
+        // very namespace, and serves one whose namespace was made anew.
+        let mut host = host.clone();
+        if let Some(error) = serve(&mut host, vec![self.hosted_epm(topology, &epm.name)]).await?.into_iter().find(|e| !e.is_empty()) {
+            return Err(RuntimeError::Unavailable(format!("agent of {}: {error}", epm.name)));
+        }
 
         let mut agent = agent_client::connect(&socket)
             .await
@@ -278,27 +344,27 @@ impl LocalRuntime {
             .apply_underlay(goal)
             .await
             .map_err(|status| RuntimeError::Unavailable(format!("agent of {}: {}", epm.name, status.message())))?;
-        Ok(pid)
+        Ok(*host_pid)
     }
 
-    async fn start_agent(&self, topology: &str, epm: &str, namespace: &str, socket: &Path) -> Result<u32, RuntimeError> {
-        let log = self.agent_log(topology, epm);
-        let pid = process::spawn_agent(&self.agent_path, &netns::path_of(namespace), epm, socket, &log).map_err(|e| {
-            RuntimeError::io(format!("starting {} for {epm}", self.agent_path.display()), e)
+    async fn start_host(&self, topology: &str) -> Result<u32, RuntimeError> {
+        let (control, log) = (self.host_socket(topology), self.host_log(topology));
+        let pid = process::spawn_host(&self.agent_path, &control, &log).map_err(|e| {
+            RuntimeError::io(format!("starting {} as the agent host of {topology}", self.agent_path.display()), e)
         })?;
         let deadline = Instant::now() + AGENT_START_TIMEOUT;
-        while !agent_answers(socket).await {
+        while host_answers(&control).await.is_none() {
             // Not is_agent(): until exec, the child still shows our command line.
             if Instant::now() > deadline || !process::alive(pid) {
                 let exit = process::exit_status(pid);
-                process::stop_agent(pid, socket).await;
+                process::stop_agent(pid, &control).await;
                 let why = exit.unwrap_or_else(|| format!("it did not answer within {} s", AGENT_START_TIMEOUT.as_secs()));
                 let text = fs::read_to_string(&log).unwrap_or_default();
                 let mut tail: Vec<&str> = text.lines().rev().take(5).collect();
                 tail.reverse();
                 let tail = if tail.is_empty() { "(empty)".to_string() } else { tail.join(" | ") };
                 return Err(RuntimeError::Unavailable(format!(
-                    "agent of {epm} ({}) did not start: {why}; its log {} ends: {tail}",
+                    "the agents of {topology} ({}) did not start: {why}; their log {} ends: {tail}",
                     self.agent_path.display(),
                     log.display()
                 )));
@@ -353,16 +419,6 @@ impl LocalRuntime {
     /// first, and waits until the kernel has torn the devices down. `spec` (the
     /// topology as last applied) tells which ports vanish with which namespace.
     async fn tear_down(&self, topology: &str, spec: Option<&TreeSpec>, keep: &HashSet<String>, record: &mut Record) -> Result<(), RuntimeError> {
-        // Stop the agents of leaving EPMs, including any the record lost.
-        let leaving = |socket: &Path| {
-            let epm = socket.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-            !keep.contains(&naming::namespace(topology, epm))
-        };
-        let mut agents = process::agents_in(&self.topology_dir(topology));
-        agents.retain(|(_, socket)| leaving(socket));
-        process::stop_agents(&agents).await;
-        record.agents.retain(|epm, _| keep.contains(&naming::namespace(topology, epm)));
-
         // Reshaping the underlay (a non-empty `keep`) only touches EPMs and
         // vswitches; destroying the topology removes everything it holds.
         let prefix = naming::topology_prefix(topology);
@@ -372,6 +428,31 @@ impl LocalRuntime {
             .into_iter()
             .filter(|ns| !keep.contains(ns) && in_scope(ns))
             .collect();
+
+        // Stop the agents of leaving EPMs first (an agent's netlink
+        // connection keeps its namespace alive), including any the record
+        // lost: the whole host when everything goes, else the host lets go
+        // of the leaving EPMs (or, not answering, stops).
+        let control = self.host_socket(topology);
+        let mut agents = process::agents_in(&self.topology_dir(topology));
+        if !keep.is_empty() {
+            let leaving: Vec<String> = existing.iter().filter_map(|ns| ns.strip_prefix(&prefix)).map(str::to_string).collect();
+            let released = leaving.is_empty() || match host_answers(&control).await {
+                Some(mut host) => host.release(ReleaseRequest { epms: leaving }).await.is_ok(),
+                None => false,
+            };
+            let leaving_socket = |socket: &Path| {
+                let epm = socket.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                !keep.contains(&naming::namespace(topology, epm))
+            };
+            agents.retain(|(_, socket)| if *socket == control { !released } else { leaving_socket(socket) });
+        }
+        process::stop_agents(&agents).await;
+        if keep.is_empty() {
+            record.host = None;
+        }
+        record.agents.retain(|epm, _| keep.contains(&naming::namespace(topology, epm)));
+
         // Waves: EPMs, then vswitches level by level from the leaves up. Each
         // wave's veth peers live in the next wave's namespaces; watching them
         // disappear is how we know the kernel has finished.
@@ -453,8 +534,8 @@ impl Runtime for LocalRuntime {
         }
         let dir = self.topology_dir(topology);
         fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(format!("creating {}", dir.display()), e))?;
-        host_limits::ensure(&dir, host_limits::underlay_needs(u64::from(spec.hosts)))
-            .map_err(|e| RuntimeError::io("raising host limits (pid_max)", e))?;
+        host_limits::ensure(&dir, host_limits::underlay_needs())
+            .map_err(|e| RuntimeError::io("registering with the host limits", e))?;
         // A new record is unconfirmed until the create succeeds.
         let mut record = existing.unwrap_or_default();
 
@@ -484,6 +565,18 @@ impl Runtime for LocalRuntime {
             }
         }
 
+        // Without a host every EPM fails with why (its devices are still
+        // built), so the state records what exists and destroy finds it.
+        let host = match self.ensure_host(topology, record.host).await {
+            Ok((pid, client, _)) => {
+                record.host = Some(pid);
+                self.save_record(topology, &record)?;
+                Ok((pid, client))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let host = &host;
+
         let record = Arc::new(Mutex::new(record));
         let switch_netlink = &switch_netlink;
         let results: Vec<(String, Result<(), RuntimeError>)> = futures::stream::iter(epms.iter().cloned())
@@ -494,7 +587,7 @@ impl Runtime for LocalRuntime {
                         return (epm.name.clone(), Err(RuntimeError::Unavailable("its top-of-rack vswitch failed".into())));
                     };
                     let known = record.lock().await.agents.get(&epm.name).copied();
-                    let result = self.ensure_epm(spec, &epm, tor, known).await;
+                    let result = self.ensure_epm(spec, &epm, tor, host, known).await;
                     let result = match result {
                         Ok(pid) => {
                             record.lock().await.agents.insert(epm.name.clone(), pid);
@@ -530,7 +623,10 @@ impl Runtime for LocalRuntime {
         // A unix socket's path must fit sockaddr_un's 108 bytes, NUL included.
         const SUN_PATH: usize = 108;
         let last_epm = naming::epm_name(spec.hosts.saturating_sub(1));
-        let socket = self.agent_socket(&spec.name, &last_epm);
+        let socket = [self.agent_socket(&spec.name, &last_epm), self.host_socket(&spec.name)]
+            .into_iter()
+            .max_by_key(|path| path.as_os_str().len())
+            .unwrap_or_default();
         let length = socket.as_os_str().len();
         if length >= SUN_PATH {
             return Err(RuntimeError::Conflict(format!(
@@ -693,6 +789,27 @@ async fn connect(
     local.disable_ipv6_addresses(created.index).await?;
     local.set_link(created.index, Some(local_bridge), None).await?;
     Ok(())
+}
+
+/// A client of the agent host on `control`, if it answers.
+async fn host_answers(control: &Path) -> Option<HostClient> {
+    let mut client = agent_client::connect_host(control).await.ok()?;
+    client.release(ReleaseRequest { epms: Vec::new() }).await.ok()?;
+    Some(client)
+}
+
+/// Asks the host to serve the EPMs; one error (empty: served) per EPM.
+async fn serve(host: &mut HostClient, epms: Vec<HostedEpm>) -> Result<Vec<String>, RuntimeError> {
+    let count = epms.len();
+    let reply = host
+        .serve(ServeRequest { epms })
+        .await
+        .map_err(|status| RuntimeError::Unavailable(format!("the agent host: {}", status.message())))?
+        .into_inner();
+    if reply.errors.len() != count {
+        return Err(RuntimeError::Unavailable(format!("the agent host answered {} of {count} EPMs", reply.errors.len())));
+    }
+    Ok(reply.errors)
 }
 
 async fn agent_answers(socket: &Path) -> bool {

@@ -29,9 +29,10 @@ fn main() {
     ws.apply();
     let apply = started.elapsed();
     let after = settled_mem_available();
-    let agents = ws.agents();
+    let agents = ws.agents().len();
+    let processes = ws.agent_processes();
     let vswitches = ws.resource_values("merak_topology.bench")["vswitch_count"].clone();
-    let agent_pss: u64 = agents.iter().map(|(pid, _)| pss_kib(*pid)).sum();
+    let agent_pss: u64 = processes.iter().map(|(pid, _)| pss_kib(*pid)).sum();
 
     let started = Instant::now();
     let (code, _) = ws.plan();
@@ -44,11 +45,14 @@ fn main() {
     let destroy = started.elapsed();
     ws.assert_nothing_left();
 
-    println!("topology: {racks} racks x {per_rack} hosts = {hosts} EPMs, {vswitches} vswitches, {} agents", agents.len());
+    println!(
+        "topology: {racks} racks x {per_rack} hosts = {hosts} EPMs, {vswitches} vswitches, {agents} agents served by {} process(es)",
+        processes.len()
+    );
     println!("terraform apply:   {:>7.2} s  ({:.1} ms per EPM)", apply.as_secs_f64(), apply.as_secs_f64() * 1000.0 / f64::from(hosts));
     println!("no-op plan:        {:>7.2} s", plan.as_secs_f64());
     println!("terraform destroy: {:>7.2} s  ({:.1} ms per EPM)", destroy.as_secs_f64(), destroy.as_secs_f64() * 1000.0 / f64::from(hosts));
     println!("memory per EPM:    {:>7.2} MiB  (MemAvailable drop / EPMs: kernel + agent)", before.saturating_sub(after) as f64 / 1024.0 / f64::from(hosts));
-    println!("agent PSS per EPM: {:>7.2} MiB", agent_pss as f64 / 1024.0 / agents.len().max(1) as f64);
+    println!("agent PSS per EPM: {:>7.2} MiB", agent_pss as f64 / 1024.0 / agents.max(1) as f64);
     println!("state file:        {:>7} bytes", state_bytes);
 }

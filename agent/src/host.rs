@@ -1,0 +1,157 @@
+//! Serving agents: one EPM's agent on its unix socket (what a standalone
+//! agent does), and the host that serves many EPMs' agents from one process
+//! (the Host service of agent.proto, used by the provider's local runtime).
+//!
+//! A hosted agent is the same as a standalone one to its clients: its own
+//! socket, netlink connections opened inside its EPM's namespace (per
+//! request: one descriptor per EPM, see `EpmNamespace`), the same Agent and
+//! Overlay services. What the host saves is a process per EPM
+//! (10,000 of them cost more than their work: exec and relocation, page
+//! tables, and the kernel's reverse-map walks over one file mapped 10,000
+//! times).
+
+use std::collections::HashMap;
+use std::fs;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use merak_proto::agent::agent_server::AgentServer;
+use merak_proto::agent::host_server::Host;
+use merak_proto::agent::overlay_server::OverlayServer;
+use merak_proto::agent::{HostedEpm, ReleaseReply, ReleaseRequest, ServeReply, ServeRequest};
+use tokio::net::UnixListener;
+use tokio::sync::{Mutex, oneshot};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::netns::{self, NamespaceId};
+use crate::server::{AgentService, EpmNamespace, OverlayService};
+
+/// The largest batch a Serve request may carry (an EPM count; each one
+/// costs a descriptor here, its socket).
+pub const MAX_HOSTED: usize = 100_000;
+
+/// How long a released agent may take to finish the requests it is serving.
+const RELEASE_GRACE: Duration = Duration::from_secs(5);
+
+/// Binds `socket` for an agent, replacing a stale one, readable by root only.
+pub fn bind(socket: &Path) -> std::io::Result<UnixListener> {
+    match fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(socket)?;
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves one EPM's agent on `listener` until `shutdown` completes.
+pub async fn serve_epm(
+    epm: String,
+    namespace: EpmNamespace,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(AgentServer::new(AgentService::in_namespace(epm.clone(), namespace.clone())))
+        .add_service(OverlayServer::new(OverlayService::in_namespace(epm, namespace)).max_decoding_message_size(64 << 20))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+}
+
+struct Hosted {
+    namespace: NamespaceId,
+    socket: PathBuf,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Hosted {
+    fn running(&self) -> bool {
+        !self.done.is_finished()
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(RELEASE_GRACE, self.done).await;
+        let _ = fs::remove_file(&self.socket);
+    }
+}
+
+/// The agents this process hosts, by EPM name.
+#[derive(Default, Clone)]
+pub struct HostService {
+    hosted: Arc<Mutex<HashMap<String, Hosted>>>,
+}
+
+impl HostService {
+    /// Starts (or keeps) serving one EPM's agent; an error says why not.
+    async fn serve_one(&self, request: HostedEpm) -> Result<(), String> {
+        let HostedEpm { epm, netns, socket } = request;
+        crate::goal::hosted(&epm, &netns, &socket).map_err(|e| e.to_string())?;
+        let (netns, socket) = (PathBuf::from(netns), PathBuf::from(socket));
+        let mut hosted = self.hosted.lock().await;
+        if let Some(current) = hosted.get(&epm)
+            && current.running()
+            && current.socket == socket
+            && netns::id_of(&netns) == Some(current.namespace)
+            && socket.exists()
+        {
+            return Ok(());
+        }
+        if let Some(previous) = hosted.remove(&epm) {
+            previous.stop().await;
+        }
+        let namespace = netns::id_of(&netns).ok_or_else(|| format!("network namespace {} does not exist", netns.display()))?;
+        let listener = bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let name = epm.clone();
+        let done = tokio::spawn(async move {
+            if let Err(e) = serve_epm(name.clone(), EpmNamespace::At(netns), listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            {
+                tracing::warn!(epm = %name, error = %e, "agent stopped serving");
+            }
+        });
+        tracing::info!(%epm, socket = %socket.display(), "agent serving");
+        hosted.insert(epm, Hosted { namespace, socket, stop, done });
+        Ok(())
+    }
+
+    /// Stops every hosted agent (the host is exiting).
+    pub async fn release_all(&self) {
+        let all: Vec<Hosted> = self.hosted.lock().await.drain().map(|(_, h)| h).collect();
+        futures::future::join_all(all.into_iter().map(Hosted::stop)).await;
+    }
+}
+
+#[tonic::async_trait]
+impl Host for HostService {
+    async fn serve(&self, request: Request<ServeRequest>) -> Result<Response<ServeReply>, Status> {
+        let epms = request.into_inner().epms;
+        if epms.len() > MAX_HOSTED {
+            return Err(Status::invalid_argument(format!("{} EPMs in one request; at most {MAX_HOSTED}", epms.len())));
+        }
+        let mut errors = Vec::with_capacity(epms.len());
+        for epm in epms {
+            errors.push(self.serve_one(epm).await.err().unwrap_or_default());
+        }
+        Ok(Response::new(ServeReply { errors }))
+    }
+
+    async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
+        let epms = request.into_inner().epms;
+        let leaving: Vec<Hosted> = {
+            let mut hosted = self.hosted.lock().await;
+            epms.iter().filter_map(|epm| hosted.remove(epm)).collect()
+        };
+        futures::future::join_all(leaving.into_iter().map(Hosted::stop)).await;
+        Ok(Response::new(ReleaseReply {}))
+    }
+}
