@@ -97,6 +97,24 @@ fn lifecycle_apply_refresh_import_scale_repair_destroy() {
     assert_eq!(ws.agent_processes().len(), 1);
     assert!(ws.pings("epm-1", "10.77.0.3"));
 
+    // Links that exist but carry nothing, as a kill between creating a
+    // veth and putting it on its bridge leaves them: an EPM's port on its
+    // top-of-rack switch, and a switch's uplink. Both show, and apply wires them.
+    let ip = |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
+    // Rack 1 (EPMs 3 and 4) hangs off top-of-rack switch s0-1; EPM 3's port there is e3.
+    let tor1 = format!("merak-{}.s0-1", ws.name);
+    ip(&["-n", &tor1, "link", "set", "e3", "nomaster"]);
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2, "{plan}");
+    assert!(plan.contains("ready_epms") && plan.contains("4 -> 5"), "{plan}");
+    ip(&["-n", &tor1, "link", "set", "dev", "up", "down"]);
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2, "{plan}");
+    assert!(plan.contains("ready_epms") && plan.contains("3 -> 5"), "rack 1's uplink down cuts off its EPMs: {plan}");
+    ws.apply();
+    assert_eq!(ws.plan().0, 0);
+    assert!(ws.pings("epm-3", "10.77.0.1") && ws.pings("epm-4", "10.77.0.1"), "rack 1 reaches rack 0 again");
+
     // Replacement attributes say so in the plan.
     ws.write_config(&topology(2, 3, "  hosts = 5\n").replace("10.77.0.0/24", "10.78.0.0/24"));
     let (code, plan) = ws.plan();

@@ -260,7 +260,7 @@ impl LocalRuntime {
             return Ok((netns::open(name).await?, false));
         }
         // IPv6 stays on in the namespace; each device gets address
-        // generation off instead (see `ipv6_off`): writing the namespace's
+        // generation off instead (see `ensure_pair`): writing the namespace's
         // disable_ipv6 sysctl costs a /proc/sys path walk whose dentry
         // chains hold one entry per namespace, quadratic at 10,000 EPMs.
         Ok((netns::create(name, NetnsOptions::default()).await?, true))
@@ -278,7 +278,11 @@ impl LocalRuntime {
         if let (Some(parent), Some(parent_name)) = (parent, switch.parent_name()) {
             let parent_namespace = naming::namespace(topology, &parent_name);
             let downlink = naming::downlink_port(switch.index);
-            connect(&netlink, UPLINK, bridge, parent, &parent_namespace, &downlink).await?;
+            let parent_bridge = parent
+                .link(BRIDGE)
+                .await?
+                .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {parent_namespace}")))?;
+            ensure_pair(&netlink, UPLINK, Some(bridge), parent, &parent_namespace, &downlink, parent_bridge.index).await?;
         }
         Ok(netlink)
     }
@@ -303,21 +307,8 @@ impl LocalRuntime {
             .link(BRIDGE)
             .await?
             .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {tor_namespace}")))?;
-        if netlink.link(EPM_DATA_NIC).await?.is_none() {
-            let port = naming::host_port(epm.index);
-            if let Some(stale) = tor.link(&port).await? {
-                tor.delete_link(stale.index).await?;
-            }
-            let tor_fd = netns::open_fd(&tor_namespace)?;
-            netlink.create_veth(EPM_DATA_NIC, &port, &tor_fd).await?;
-            let port = tor
-                .link(&port)
-                .await?
-                .ok_or_else(|| RuntimeError::Unavailable(format!("port {port} vanished in {tor_namespace}")))?;
-            ipv6_off(&netlink, EPM_DATA_NIC).await?;
-            tor.disable_ipv6_addresses(port.index).await?;
-            tor.set_link(port.index, Some(tor_bridge.index), None).await?;
-        }
+        // The NIC's agent brings it up with its address; its port goes up on the ToR's bridge.
+        ensure_pair(&netlink, EPM_DATA_NIC, None, tor, &tor_namespace, &naming::host_port(epm.index), tor_bridge.index).await?;
 
         // An agent process of its own (an older version's way) gives way
         // to the host, which serves the same socket.
@@ -398,16 +389,48 @@ impl LocalRuntime {
     }
 
     async fn status(&self, spec: &TreeSpec, agents: &BTreeMap<String, u32>) -> TopologyStatus {
-        // A missing vswitch cuts off every EPM below it.
+        // Each vswitch's ports, read once. A missing vswitch, or a link down
+        // or off its bridge (a kill mid-way through wiring it), cuts off
+        // every EPM below it.
+        let switches = spec.vswitches();
+        // Owned items: borrowing ones trip the higher-ranked lifetime check
+        // of futures streams inside async-trait methods.
+        let ports: HashMap<(u32, u32), Vec<netdev::LinkState>> = futures::stream::iter(switches.clone())
+            .map(|switch: Vswitch| async move {
+                let namespace = naming::namespace(&spec.name, &switch.name());
+                let links = match netns::open(&namespace).await {
+                    Ok(netlink) => netlink.links().await.ok(),
+                    Err(_) => None,
+                };
+                links.map(|links| ((switch.level, switch.index), links))
+            })
+            .buffer_unordered(PARALLEL_EPMS)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        let wired = |at: (u32, u32), port: &str| {
+            let Some(links) = ports.get(&at) else { return false };
+            let Some(bridge) = links.iter().find(|l| l.name == BRIDGE && l.up) else { return false };
+            links.iter().any(|l| l.name == port && on_bridge(l, bridge.index))
+        };
         let mut reachable: HashMap<(u32, u32), bool> = HashMap::new();
-        for switch in spec.vswitches() {
-            let present = netns::exists(&naming::namespace(&spec.name, &switch.name()));
-            let parent_reachable = switch.parent.is_none_or(|p| reachable[&(switch.level + 1, p)]);
-            reachable.insert((switch.level, switch.index), present && parent_reachable);
+        for switch in &switches {
+            let here = (switch.level, switch.index);
+            let linked = match switch.parent {
+                None => ports.get(&here).is_some_and(|links| links.iter().any(|l| l.name == BRIDGE && l.up)),
+                Some(parent) => {
+                    let above = (switch.level + 1, parent);
+                    reachable[&above] && wired(here, UPLINK) && wired(above, &naming::downlink_port(switch.index))
+                }
+            };
+            reachable.insert(here, linked);
         }
-        let reachable = &reachable;
+        let (reachable, wired) = (&reachable, &wired);
         let ready = futures::stream::iter(spec.epms())
-            .map(|epm| async move { reachable[&(0, epm.rack)] && self.epm_ready(spec, &epm, agents.get(&epm.name).copied()).await })
+            .map(|epm| async move {
+                let tor = (0, epm.rack);
+                reachable[&tor] && wired(tor, &naming::host_port(epm.index)) && self.epm_ready(spec, &epm, agents.get(&epm.name).copied()).await
+            })
             .buffer_unordered(PARALLEL_EPMS)
             .filter(|ready| futures::future::ready(*ready))
             .count()
@@ -743,52 +766,53 @@ async fn ensure_bridge(netlink: &Netlink) -> Result<u32, RuntimeError> {
     }
 }
 
-/// IPv6 address generation off on the link `name`, before it goes up: no
-/// link-local address, so no DAD, router solicitation or MLD that every
-/// bridge would flood (what made creation superlinear with IPv6 on).
-async fn ipv6_off(netlink: &Netlink, name: &str) -> Result<(), RuntimeError> {
-    let link = netlink.link(name).await?.ok_or_else(|| RuntimeError::Unavailable(format!("{name} vanished right after creation")))?;
-    Ok(netlink.disable_ipv6_addresses(link.index).await?)
+/// Ensures the veth pair `near_name` (in `near`) — `far_name` (in
+/// `far_namespace`): the far end up on `far_bridge`, the near end up on
+/// `near_bridge` when given (an EPM's NIC has none: its agent brings it up
+/// with its address), IPv6 address generation off on each end before it goes
+/// up. Repairs what a kill mid-way leaves: a lone end (deleting one end of a
+/// veth takes the other, so a lone one is stale), or an end down or off its
+/// bridge — a pair that exists but carries nothing would pass for wired.
+async fn ensure_pair(
+    near: &Netlink,
+    near_name: &str,
+    near_bridge: Option<u32>,
+    far: &Netlink,
+    far_namespace: &str,
+    far_name: &str,
+    far_bridge: u32,
+) -> Result<(), RuntimeError> {
+    let (mut near_link, mut far_link) = (near.link(near_name).await?, far.link(far_name).await?);
+    if near_link.is_none() || far_link.is_none() {
+        for (netlink, stale) in [(near, near_link.take()), (far, far_link.take())] {
+            if let Some(stale) = stale {
+                netlink.delete_link(stale.index).await?;
+            }
+        }
+        near.create_veth(near_name, far_name, &netns::open_fd(far_namespace)?).await?;
+        (near_link, far_link) = (near.link(near_name).await?, far.link(far_name).await?);
+    }
+    let vanished = |name: &str| RuntimeError::Unavailable(format!("port {name} vanished right after creation"));
+    let near_link = near_link.ok_or_else(|| vanished(near_name))?;
+    let far_link = far_link.ok_or_else(|| vanished(far_name))?;
+    if !on_bridge(&far_link, far_bridge) {
+        far.disable_ipv6_addresses(far_link.index).await?;
+        far.set_link(far_link.index, Some(far_bridge), None).await?;
+    }
+    match near_bridge {
+        Some(bridge) if !on_bridge(&near_link, bridge) => {
+            near.disable_ipv6_addresses(near_link.index).await?;
+            near.set_link(near_link.index, Some(bridge), None).await?;
+        }
+        None if !near_link.up => near.disable_ipv6_addresses(near_link.index).await?,
+        _ => {}
+    }
+    Ok(())
 }
 
-/// Ensures a veth `local_port` (a port of the local bridge) whose peer
-/// `remote_port` is a port of the bridge in `remote_namespace`, both up.
-async fn connect(
-    local: &Netlink,
-    local_port: &str,
-    local_bridge: u32,
-    remote: &Netlink,
-    remote_namespace: &str,
-    remote_port: &str,
-) -> Result<(), RuntimeError> {
-    let remote_bridge = remote
-        .link(BRIDGE)
-        .await?
-        .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {remote_namespace}")))?;
-    if let Some(existing) = local.link(local_port).await? {
-        if !existing.up || existing.controller != Some(local_bridge) {
-            local.set_link(existing.index, Some(local_bridge), None).await?;
-        }
-        return Ok(());
-    }
-    if let Some(stale) = remote.link(remote_port).await? {
-        remote.delete_link(stale.index).await?;
-    }
-    let remote_fd = netns::open_fd(remote_namespace)?;
-    local.create_veth(local_port, remote_port, &remote_fd).await?;
-    let peer = remote
-        .link(remote_port)
-        .await?
-        .ok_or_else(|| RuntimeError::Unavailable(format!("port {remote_port} vanished in {remote_namespace}")))?;
-    remote.disable_ipv6_addresses(peer.index).await?;
-    remote.set_link(peer.index, Some(remote_bridge.index), None).await?;
-    let created = local
-        .link(local_port)
-        .await?
-        .ok_or_else(|| RuntimeError::Unavailable(format!("port {local_port} vanished")))?;
-    local.disable_ipv6_addresses(created.index).await?;
-    local.set_link(created.index, Some(local_bridge), None).await?;
-    Ok(())
+/// Whether a port is up on `bridge`: the last step of wiring it.
+fn on_bridge(port: &netdev::LinkState, bridge: u32) -> bool {
+    port.up && port.controller == Some(bridge)
 }
 
 /// A client of the agent host on `control`, if it answers.
