@@ -6,8 +6,9 @@ use std::sync::{Arc, LazyLock};
 use crate::protocol::cty::{Type, Value};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
-use crate::runtime::Runtime;
+use crate::controller::Controller;
 use crate::runtime::local::LocalRuntime;
+use crate::store::FileStore;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/merak";
 const AGENT_BINARY: &str = "merak-agent";
@@ -70,7 +71,7 @@ pub fn validate(config: &Value) -> Diagnostics {
 
 /// Builds the runtime the configuration asks for, checking that this host
 /// and process can run it.
-pub fn configure(config: &Value) -> Result<Arc<dyn Runtime>, Diagnostics> {
+pub fn configure(config: &Value) -> Result<Arc<Controller>, Diagnostics> {
     let diagnostics = validate(config);
     if diagnostics.has_errors() {
         return Err(diagnostics);
@@ -108,7 +109,13 @@ pub fn configure(config: &Value) -> Result<Arc<dyn Runtime>, Diagnostics> {
         )
     })?;
     tracing::info!(state_dir = %state_dir.display(), agent = %agent_path.display(), "local runtime configured");
-    Ok(Arc::new(LocalRuntime::new(state_dir, agent_path)))
+    Ok(Arc::new(local_controller(state_dir, agent_path)))
+}
+
+/// The controller over the local runtime, its records as files under `state_dir`.
+pub fn local_controller(state_dir: PathBuf, agent_path: PathBuf) -> Controller {
+    let store = Arc::new(FileStore::new(state_dir.clone()));
+    Controller::new(Arc::new(LocalRuntime::new(state_dir, agent_path, store.clone())), store)
 }
 
 /// The local runtime makes namespaces (CAP_SYS_ADMIN) and links (CAP_NET_ADMIN).

@@ -14,15 +14,15 @@ use super::schema::{Presence, Schema};
 use super::{json, msgpack};
 use crate::config;
 use crate::resources::{self, DataSource, Resource};
-use crate::runtime::Runtime;
+use crate::controller::Controller;
 
 #[derive(Default, Clone)]
 pub struct MerakProvider {
-    runtime: Arc<RwLock<Option<Arc<dyn Runtime>>>>,
+    runtime: Arc<RwLock<Option<Arc<Controller>>>>,
 }
 
 impl MerakProvider {
-    fn runtime(&self) -> Result<Arc<dyn Runtime>, Diagnostics> {
+    fn runtime(&self) -> Result<Arc<Controller>, Diagnostics> {
         self.runtime
             .read()
             .ok()

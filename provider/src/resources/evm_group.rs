@@ -11,7 +11,7 @@ use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
 use crate::model::TreeSpec;
-use crate::runtime::{GroupStatus, Intent, Runtime};
+use crate::controller::{Controller, GroupStatus, Intent};
 
 use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
 
@@ -190,7 +190,7 @@ impl Resource for EvmGroup {
         config_of(config, Source::Config).err().unwrap_or_default()
     }
 
-    async fn plan(&self, runtime: Option<&dyn Runtime>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+    async fn plan(&self, runtime: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         if any_unknown(config, INPUTS) {
             return Ok(super::unknown_computed(&SCHEMA, config));
         }
@@ -258,7 +258,7 @@ impl Resource for EvmGroup {
         Ok(planned)
     }
 
-    async fn apply(&self, runtime: &dyn Runtime, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+    async fn apply(&self, runtime: &Controller, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
         let group = match config_of(planned, Source::Plan) {
             Ok(group) => group,
             Err(diagnostics) => return (None, diagnostics),
@@ -286,7 +286,7 @@ impl Resource for EvmGroup {
         }
     }
 
-    async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics {
+    async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics {
         let Some(parts) = known_str(prior, "id").and_then(|id| split_id(id, 4)) else { return Diagnostics::default() };
         runtime
             .delete_group(parts[0], parts[3])
@@ -296,7 +296,7 @@ impl Resource for EvmGroup {
             .unwrap_or_default()
     }
 
-    async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+    async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
         let Some(parts) = split_id(id, 4) else { return Ok(None) };
         let read = |e| runtime_error(format!("Could not read EVM group {id}"), e);
         let Some((spec, status)) = runtime.read_group(parts[0], parts[3]).await.map_err(read)? else { return Ok(None) };

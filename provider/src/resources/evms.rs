@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::runtime::Runtime;
+use crate::controller::Controller;
 
 use super::{DataSource, known_str, runtime_error};
 
@@ -62,7 +62,7 @@ impl DataSource for Evms {
         }
     }
 
-    async fn read(&self, runtime: &dyn Runtime, config: &Value) -> Result<Value, Diagnostics> {
+    async fn read(&self, runtime: &Controller, config: &Value) -> Result<Value, Diagnostics> {
         let topology = known_str(config, "topology_id").unwrap_or_default();
         let group = known_str(config, "group");
         let epm = known_str(config, "epm");

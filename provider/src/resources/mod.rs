@@ -13,7 +13,7 @@ use crate::model::SpecError;
 use crate::protocol::cty::Value;
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::Schema;
-use crate::runtime::{Failure, Runtime, RuntimeError};
+use crate::controller::{Controller, Failure, RuntimeError};
 
 impl From<SpecError> for Diagnostic {
     fn from(error: SpecError) -> Self {
@@ -33,16 +33,16 @@ pub trait Resource: Send + Sync {
     fn validate(&self, config: &Value) -> Diagnostics;
     /// The planned state for `config`; `runtime` is there to check the plan
     /// against what exists (it may be absent when the provider is not configured).
-    async fn plan(&self, runtime: Option<&dyn Runtime>, prior: &Value, config: &Value) -> Result<Value, Diagnostics>;
+    async fn plan(&self, runtime: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics>;
     /// Creates or updates to `planned`. Returns the state of what exists,
     /// also when something failed.
-    async fn apply(&self, runtime: &dyn Runtime, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics);
-    async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics;
+    async fn apply(&self, runtime: &Controller, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics);
+    async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics;
     /// The state of the resource with import ID `id`, or None when there is none.
-    async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics>;
+    async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics>;
     /// The resource as it is, or None when it is gone. Every resource's `id`
     /// is its import ID, so reading is importing it again.
-    async fn read(&self, runtime: &dyn Runtime, current: &Value) -> Result<Option<Value>, Diagnostics> {
+    async fn read(&self, runtime: &Controller, current: &Value) -> Result<Option<Value>, Diagnostics> {
         match known_str(current, "id") {
             Some(id) => self.import(runtime, id).await,
             None => Ok(None),
@@ -72,7 +72,7 @@ pub trait DataSource: Send + Sync {
     fn type_name(&self) -> &'static str;
     fn schema(&self) -> &'static Schema;
     fn validate(&self, config: &Value) -> Diagnostics;
-    async fn read(&self, runtime: &dyn Runtime, config: &Value) -> Result<Value, Diagnostics>;
+    async fn read(&self, runtime: &Controller, config: &Value) -> Result<Value, Diagnostics>;
 }
 
 pub static RESOURCES: &[&dyn Resource] = &[&topology::Topology, &vpc::Vpc, &subnet::Subnet, &evm_group::EvmGroup];

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use crate::protocol::cty::{Type, Value};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::runtime::{EvmInfo, Probe, Runtime};
+use crate::controller::{Controller, EvmInfo, Probe};
 
 use super::{DataSource, known_str, runtime_error};
 
@@ -149,7 +149,7 @@ impl DataSource for Pingall {
         settings(config).err().unwrap_or_default()
     }
 
-    async fn read(&self, runtime: &dyn Runtime, config: &Value) -> Result<Value, Diagnostics> {
+    async fn read(&self, runtime: &Controller, config: &Value) -> Result<Value, Diagnostics> {
         let topology = known_str(config, "topology_id").unwrap_or_default();
         // Checked again here: a client may skip validation.
         let (samples, timeout) = settings(config)?;
@@ -232,7 +232,7 @@ mod tests {
     /// settings are checked again before anything is sized by them.
     #[tokio::test]
     async fn read_refuses_settings_that_validation_would_have() {
-        let runtime = crate::runtime::local::LocalRuntime::new(std::env::temp_dir().join("merak-pingall-test-none"), "/nonexistent".into());
+        let controller = crate::config::local_controller(std::env::temp_dir().join("merak-pingall-test-none"), "/nonexistent".into());
         let config = |samples: Value, timeout: Value| {
             crate::protocol::cty::object([
                 ("id", Value::Null),
@@ -254,7 +254,7 @@ mod tests {
             (Value::Null, Value::Number(crate::protocol::cty::Number::Decimal("1e30".into())), "timeout_ms"),
             (Value::Null, Value::Number(crate::protocol::cty::Number::Float(5.5)), "timeout_ms"),
         ] {
-            let error = Pingall.read(&runtime, &config(samples, timeout)).await.expect_err("refused");
+            let error = Pingall.read(&controller, &config(samples, timeout)).await.expect_err("refused");
             let text = format!("{error:?}");
             assert!(text.contains(&format!("Invalid {attribute}")), "{text}");
         }

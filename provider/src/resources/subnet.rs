@@ -7,7 +7,7 @@ use crate::model::overlay::{SubnetSpec, VpcSpec};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::runtime::Runtime;
+use crate::controller::Controller;
 
 use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
 
@@ -59,7 +59,7 @@ fn state_of(spec: &SubnetSpec) -> Value {
 
 /// Refuses a subnet that overlaps a sibling of its VPC, or takes another
 /// subnet's VNI: siblings on record and siblings this plan creates.
-async fn check_siblings(runtime: &dyn Runtime, spec: &SubnetSpec) -> Result<(), Diagnostics> {
+async fn check_siblings(runtime: &Controller, spec: &SubnetSpec) -> Result<(), Diagnostics> {
     let mut subnets = runtime.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
     subnets.extend(super::planned::subnets(&spec.topology));
     for other in subnets.iter().filter(|o| !(o.vpc == spec.vpc && o.name == spec.name)) {
@@ -78,7 +78,7 @@ async fn check_siblings(runtime: &dyn Runtime, spec: &SubnetSpec) -> Result<(), 
     Ok(())
 }
 
-async fn recorded_vpc(runtime: &dyn Runtime, config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
+async fn recorded_vpc(runtime: &Controller, config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
     let (topology, vpc) = vpc_of(config)?;
     runtime.read_vpc(&topology, &vpc).await.map_err(|e| runtime_error(format!("Could not read VPC {vpc}"), e))
 }
@@ -100,7 +100,7 @@ impl Resource for Subnet {
         vpc_of(config).err().unwrap_or_default()
     }
 
-    async fn plan(&self, runtime: Option<&dyn Runtime>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+    async fn plan(&self, runtime: Option<&Controller>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         if any_unknown(config, INPUTS) {
             return Ok(super::unknown_computed(&SCHEMA, config));
         }
@@ -121,7 +121,7 @@ impl Resource for Subnet {
         Ok(state_of(&spec))
     }
 
-    async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+    async fn apply(&self, runtime: &Controller, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
         let vpc = match recorded_vpc(runtime, planned).await {
             Ok(Some(vpc)) => vpc,
             Ok(None) => {
@@ -140,7 +140,7 @@ impl Resource for Subnet {
         }
     }
 
-    async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics {
+    async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics {
         let Some(parts) = known_str(prior, "id").and_then(|id| split_id(id, 3)) else { return Diagnostics::default() };
         runtime
             .delete_subnet(parts[0], parts[1], parts[2])
@@ -150,7 +150,7 @@ impl Resource for Subnet {
             .unwrap_or_default()
     }
 
-    async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+    async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
         let Some(parts) = split_id(id, 3) else { return Ok(None) };
         let subnet = runtime
             .read_subnet(parts[0], parts[1], parts[2])

@@ -6,7 +6,7 @@ use crate::model::{TreeInput, TreeSpec, naming};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::runtime::{Intent, Runtime, TopologyStatus};
+use crate::controller::{Controller, Intent, TopologyStatus};
 
 use super::Resource;
 
@@ -27,7 +27,7 @@ impl Resource for Topology {
         spec_of(config).err().unwrap_or_default()
     }
 
-    async fn plan(&self, runtime: Option<&dyn Runtime>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+    async fn plan(&self, runtime: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let planned = plan(config)?;
         if let (Some(runtime), Ok(Some(spec))) = (runtime, spec_of(config))
             && let Err(error) = runtime.check_fits(&spec)
@@ -53,12 +53,12 @@ impl Resource for Topology {
         Ok(planned)
     }
 
-    async fn apply(&self, runtime: &dyn Runtime, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+    async fn apply(&self, runtime: &Controller, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
         let intent = if prior.is_null() { Intent::Create } else { Intent::Update };
         apply(runtime, planned, intent).await
     }
 
-    async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics {
+    async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics {
         let id = prior.attr("id").as_str().unwrap_or_default();
         match runtime.destroy_topology(id).await {
             Ok(()) => Diagnostics::default(),
@@ -66,7 +66,7 @@ impl Resource for Topology {
         }
     }
 
-    async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+    async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
         read(runtime, id).await
     }
 
@@ -258,7 +258,7 @@ fn plan(config: &Value) -> Result<Value, Diagnostics> {
 
 /// Builds or changes the topology to match `planned`. The returned state
 /// always says what exists, also when some of it failed.
-async fn apply(runtime: &dyn Runtime, planned: &Value, intent: Intent) -> (Option<Value>, Diagnostics) {
+async fn apply(runtime: &Controller, planned: &Value, intent: Intent) -> (Option<Value>, Diagnostics) {
     let spec = match spec_of(planned) {
         Ok(Some(spec)) => spec,
         Ok(None) => return (None, super::unknown_at_apply()),
@@ -280,7 +280,7 @@ fn failures_to_diagnostics(spec: &TreeSpec, status: &TopologyStatus) -> Diagnost
 }
 
 /// The topology as it is on the host, or None when it no longer exists.
-async fn read(runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+async fn read(runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
     match runtime.read_topology(id).await {
         Ok(Some((spec, status))) => Ok(Some(state_of(&spec, status.ready_epms))),
         Ok(None) => Ok(None),

@@ -7,7 +7,7 @@ use crate::model::overlay::VpcSpec;
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::runtime::Runtime;
+use crate::controller::Controller;
 
 use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
 
@@ -71,7 +71,7 @@ impl Resource for Vpc {
         spec_of(config).err().unwrap_or_default()
     }
 
-    async fn plan(&self, runtime: Option<&dyn Runtime>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+    async fn plan(&self, runtime: Option<&Controller>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let Some(spec) = spec_of(config)? else { return Ok(super::unknown_computed(&SCHEMA, config)) };
         if let Some(runtime) = runtime
             && super::planned::topology(&spec.topology).is_none()
@@ -84,7 +84,7 @@ impl Resource for Vpc {
         Ok(state_of(&spec))
     }
 
-    async fn apply(&self, runtime: &dyn Runtime, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+    async fn apply(&self, runtime: &Controller, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
         let spec = match spec_of(planned) {
             Ok(Some(spec)) => spec,
             Ok(None) => return (None, super::unknown_at_apply()),
@@ -96,12 +96,12 @@ impl Resource for Vpc {
         }
     }
 
-    async fn destroy(&self, runtime: &dyn Runtime, prior: &Value) -> Diagnostics {
+    async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics {
         let (topology, name) = (known_str(prior, "topology_id").unwrap_or_default(), known_str(prior, "name").unwrap_or_default());
         runtime.delete_vpc(topology, name).await.err().map(|e| runtime_error(format!("Could not delete VPC {name}"), e)).unwrap_or_default()
     }
 
-    async fn import(&self, runtime: &dyn Runtime, id: &str) -> Result<Option<Value>, Diagnostics> {
+    async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
         let Some(parts) = split_id(id, 2) else { return Ok(None) };
         let vpc = runtime.read_vpc(parts[0], parts[1]).await.map_err(|e| runtime_error(format!("Could not read VPC {id}"), e))?;
         Ok(vpc.as_ref().map(state_of))

@@ -1,15 +1,18 @@
-//! Where emulated data centers are built. One trait; `local` (network
-//! namespaces on this host) implements it now, `kubernetes` (pods) next. The
-//! resources only ever talk to this trait.
+//! Where emulated data centers are built: the [`Substrate`] trait, one
+//! implementation per runtime (`local`: network namespaces on this host;
+//! `kubernetes`, pods, next). The controller drives a substrate; nothing
+//! above the controller sees one.
 
 pub mod agent_client;
 pub mod local;
 mod process;
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
+
+use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec};
+use tonic::transport::Channel;
 
 use crate::model::TreeSpec;
-use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec, VpcSpec};
 
 /// Whether Terraform is creating an object or changing one its state holds.
 /// Creating an object whose record exists is refused unless that record was
@@ -47,47 +50,6 @@ pub struct Failure {
     pub error: String,
 }
 
-/// How much of an EVM group is up, and what it holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GroupStatus {
-    pub ready: u32,
-    /// Host indexes of its subnet the group holds.
-    pub ranges: Ranges,
-    /// EPM name → EVMs placed there.
-    pub per_epm: BTreeMap<String, u32>,
-    /// The EPMs the group spreads or packs over (fixed when it is created).
-    pub placed_on: Vec<String>,
-    pub failures: Vec<Failure>,
-    /// A create of the group succeeded once (see [`Intent`]).
-    pub confirmed: bool,
-}
-
-/// One EVM, as the `merak_evms` data source lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EvmInfo {
-    pub name: String,
-    pub group: String,
-    pub vpc: String,
-    pub subnet: String,
-    pub epm: String,
-    pub ip: std::net::Ipv4Addr,
-    pub mac: [u8; 6],
-    pub namespace: String,
-}
-
-/// A ping from one EVM to an address, and whether it should get through.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
-    pub from: EvmInfo,
-    pub to: std::net::Ipv4Addr,
-    pub to_name: String,
-    pub expect_reply: bool,
-}
-
-/// What became of a probe: it got a reply or not, or it could not be sent
-/// (e.g. its EVM's namespace is gone), and why.
-pub type ProbeOutcome = Result<bool, String>;
-
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(transparent)]
@@ -100,19 +62,13 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the runtime's record of topology {topology} is unreadable ({detail}); remove {path} to start over")]
-    CorruptRecord { topology: String, path: String, detail: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Unavailable(String),
     /// The request contradicts what exists (overlap, missing parent, ...).
     #[error("{0}")]
     Conflict(String),
-    #[error(
-        "topology {topology} is being changed by another Terraform run: {holder} holds its lock ({path}). \
-         Wait until that apply or destroy has finished, then run this again; the lock goes away with \
-         its process, also when that process is killed."
-    )]
-    Locked { topology: String, holder: String, path: String },
 }
 
 impl RuntimeError {
@@ -121,48 +77,50 @@ impl RuntimeError {
     }
 }
 
+/// Where EPMs live: what each runtime implements. A substrate places EPMs
+/// and vswitches, wires the underlay, starts, upgrades and stops the agents,
+/// tells what of it stands (drift), and tears it down. It knows nothing of
+/// VPCs, subnets or EVM groups: the controller drives those through the
+/// agents, which the substrate lets it reach. The controller takes the
+/// topology's writer lock before calling anything that changes it.
 #[tonic::async_trait]
-pub trait Runtime: Send + Sync {
-    /// Makes the host match `spec`: creates what is missing, repairs what
-    /// drifted and removes what the spec no longer has. Failures of single
-    /// objects are reported in the status; an `Err` means nothing could be done.
-    async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError>;
-
+pub trait Substrate: Send + Sync + std::fmt::Debug {
     /// Refuses a topology this runtime cannot hold as configured (e.g. a
     /// name too long for the paths it becomes), before anything is built.
     fn check_fits(&self, spec: &TreeSpec) -> Result<(), RuntimeError>;
 
+    /// Makes the EPMs and underlay match `spec`: creates what is missing,
+    /// repairs what drifted and removes what the spec no longer has.
+    /// Failures of single objects are reported in the status; an `Err`
+    /// means nothing could be done.
+    async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError>;
 
     /// The recorded spec of a topology and how much of it is up; `None` when
     /// the runtime has no such topology.
     async fn read_topology(&self, name: &str) -> Result<Option<(TreeSpec, TopologyStatus)>, RuntimeError>;
 
-    /// The recorded spec of a topology, without checking the host (cheap).
+    /// The recorded spec of a topology, without checking its EPMs (cheap).
     async fn topology_spec(&self, name: &str) -> Result<Option<TreeSpec>, RuntimeError>;
 
-    /// Removes everything of the topology and waits until its devices are gone.
+    /// Removes everything of the topology and waits until it is gone.
     async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError>;
 
-    async fn apply_vpc(&self, spec: &VpcSpec) -> Result<(), RuntimeError>;
-    async fn read_vpc(&self, topology: &str, name: &str) -> Result<Option<VpcSpec>, RuntimeError>;
-    /// Refused while the VPC has subnets.
-    async fn delete_vpc(&self, topology: &str, name: &str) -> Result<(), RuntimeError>;
+    /// A connection to the agent of an EPM.
+    async fn agent_channel(&self, topology: &str, epm: &str) -> Result<Channel, RuntimeError>;
 
-    /// Refused when the subnet overlaps a sibling or its VNI is taken.
-    async fn apply_subnet(&self, spec: &SubnetSpec) -> Result<(), RuntimeError>;
-    async fn read_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<Option<SubnetSpec>, RuntimeError>;
-    /// Every recorded subnet of the topology (for checks against siblings).
-    async fn list_subnets(&self, topology: &str) -> Result<Vec<SubnetSpec>, RuntimeError>;
-    /// Refused while the subnet has EVM groups.
-    async fn delete_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError>;
+    /// Brings back the agent of an EPM that stopped answering; the EPM's
+    /// devices stay (every goal the controller pushes is whole).
+    async fn revive_agent(&self, topology: &str, epm: &str) -> Result<(), RuntimeError>;
 
-    /// Creates, scales or repairs the group; only the difference is built or removed.
-    async fn apply_group(&self, spec: &GroupSpec, intent: Intent) -> Result<GroupStatus, RuntimeError>;
-    async fn read_group(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError>;
-    async fn delete_group(&self, topology: &str, name: &str) -> Result<(), RuntimeError>;
+    /// Deletes EVMs of an EPM whose agent does not answer, without it: a
+    /// dead agent must never block a destroy.
+    async fn delete_evms_without_agent(&self, topology: &str, epm: &str, batch: &EvmBatch) -> Result<EvmReply, RuntimeError>;
 
-    /// EVMs of the topology, optionally of one group and/or one EPM.
-    async fn list_evms(&self, topology: &str, group: Option<&str>, epm: Option<&str>) -> Result<Vec<EvmInfo>, RuntimeError>;
-    /// Runs the probes from inside the EVMs; one outcome per probe.
-    async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<ProbeOutcome>, RuntimeError>;
+    /// Of these EVMs, the ones (by namespace) that are whole: built to the
+    /// last step, not left half-made by a kill.
+    async fn whole_evms(&self, topology: &str, evms: &[&EvmSpec]) -> Result<HashSet<String>, RuntimeError>;
+
+    /// Makes room for this many EVMs (e.g. kernel tables sized for them)
+    /// before they are built.
+    async fn make_room(&self, topology: &str, epms: u64, evms: u64, largest_subnet: u64) -> Result<(), RuntimeError>;
 }

@@ -20,18 +20,17 @@ use futures::StreamExt;
 use merak_agent::netdev::{self, Netlink};
 use merak_agent::netns::{self, NetnsOptions};
 use merak_proto::agent::host_client::HostClient as HostApiClient;
-use merak_proto::agent::{GetInfoRequest, HealthRequest, HostedEpm, ReleaseRequest, ServeRequest, UnderlayGoal};
+use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec, GetInfoRequest, HealthRequest, HostedEpm, ReleaseRequest, ServeRequest, UnderlayGoal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+mod evms;
 mod host_limits;
-mod lock;
-mod overlay;
 
-use super::{EvmInfo, Failure, GroupStatus, Intent, Probe, ProbeOutcome, Runtime, RuntimeError, TopologyStatus, agent_client, process};
-use crate::model::overlay::{GroupSpec, SubnetSpec, VpcSpec};
+use super::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, agent_client, process};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeInput, TreeSpec, Vswitch};
+use crate::store::{self as records, RecordStore, StoreError};
 
 type HostClient = HostApiClient<tonic::transport::Channel>;
 
@@ -46,18 +45,19 @@ const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the kernel may take to tear namespaces down.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The record kind of a topology (`topology.json` in a file store).
+const TOPOLOGY: &str = "topology";
+
 #[derive(Debug)]
 pub struct LocalRuntime {
+    /// Per topology a directory: its agents' sockets and log.
     state_dir: PathBuf,
     agent_path: PathBuf,
-    /// Serializes changes to the tenant-network records (Terraform applies
-    /// resources in parallel).
-    overlay_lock: Mutex<()>,
+    /// Where the topology records live (files in the same directories).
+    store: Arc<dyn RecordStore>,
     /// Serializes changes to the topology records' agent pids (agents are
     /// restarted from many EPM tasks at once).
     agents_lock: Mutex<()>,
-    /// The topologies this process changes: one writer per topology.
-    locks: lock::Locks,
 }
 
 /// What the runtime remembers of a topology.
@@ -117,27 +117,15 @@ impl RecordedSpec {
 }
 
 impl LocalRuntime {
-    pub fn new(state_dir: PathBuf, agent_path: PathBuf) -> Self {
-        LocalRuntime {
-            state_dir,
-            agent_path,
-            overlay_lock: Mutex::new(()),
-            agents_lock: Mutex::new(()),
-            locks: lock::Locks::default(),
-        }
-    }
-
-    /// Takes the topology's writer lock (held until this process exits).
-    fn lock(&self, topology: &str) -> Result<(), RuntimeError> {
-        fs::create_dir_all(&self.state_dir).map_err(|e| RuntimeError::io(format!("creating {}", self.state_dir.display()), e))?;
-        self.locks.acquire(&self.state_dir, topology)
+    pub fn new(state_dir: PathBuf, agent_path: PathBuf, store: Arc<dyn RecordStore>) -> Self {
+        LocalRuntime { state_dir, agent_path, store, agents_lock: Mutex::new(()) }
     }
 
     /// Brings back the agent of an EPM that stopped answering (its host
     /// killed or crashed): the EPM's devices are kernel state and stay; the
     /// agent holds nothing, and every goal the provider pushes is whole. A
     /// host started anew serves every EPM of the topology again at once.
-    async fn revive_agent(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
+    async fn serve_again(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
         let socket = self.agent_socket(topology, epm);
         if agent_answers(&socket).await {
             return Ok(());
@@ -212,10 +200,6 @@ impl LocalRuntime {
         self.state_dir.join(topology)
     }
 
-    fn record_path(&self, topology: &str) -> PathBuf {
-        self.topology_dir(topology).join("topology.json")
-    }
-
     fn agent_socket(&self, topology: &str, epm: &str) -> PathBuf {
         self.topology_dir(topology).join(format!("{epm}.sock"))
     }
@@ -231,27 +215,18 @@ impl LocalRuntime {
     }
 
     fn load_record(&self, topology: &str) -> Result<Option<Record>, RuntimeError> {
-        let path = self.record_path(topology);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| RuntimeError::CorruptRecord {
-                topology: topology.to_string(),
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RuntimeError::io(format!("reading {}", path.display()), e)),
-        }
+        Ok(records::load_json(self.store.as_ref(), topology, TOPOLOGY)?)
     }
 
-    /// Writes the record so that a crash leaves either the old or the new one.
     fn save_record(&self, topology: &str, record: &Record) -> Result<(), RuntimeError> {
-        let path = self.record_path(topology);
-        let temporary = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(record)
-            .map_err(|e| RuntimeError::io("encoding the topology record", io::Error::other(e)))?;
-        fs::write(&temporary, bytes)
-            .and_then(|()| fs::rename(&temporary, &path))
-            .map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))
+        Ok(records::save_json(self.store.as_ref(), topology, TOPOLOGY, record)?)
+    }
+
+    /// The spec a record holds; a record whose spec no longer validates is corrupt.
+    fn spec_of(&self, topology: &str, record: &Record) -> Result<TreeSpec, RuntimeError> {
+        record.spec.to_spec().map_err(|detail| {
+            RuntimeError::Store(StoreError::Corrupt { topology: topology.into(), location: self.store.location(topology, TOPOLOGY), detail })
+        })
     }
 
     /// Opens (or creates) a namespace; `created` tells which.
@@ -546,10 +521,9 @@ async fn wait_until_gone(watched: Vec<(Netlink, Vec<String>)>) -> Result<(), Run
 }
 
 #[tonic::async_trait]
-impl Runtime for LocalRuntime {
+impl Substrate for LocalRuntime {
     async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
         let topology = &spec.name;
-        self.lock(topology)?;
         netns::prepare_run_dir().map_err(|e| RuntimeError::io("preparing /run/netns", e))?;
         let existing = self.load_record(topology)?;
         if intent == Intent::Create && existing.as_ref().is_some_and(|r| r.confirmed) {
@@ -667,72 +641,40 @@ impl Runtime for LocalRuntime {
         let Some(record) = self.load_record(name)? else {
             return Ok(None);
         };
-        let spec = record.spec.to_spec().map_err(|detail| RuntimeError::CorruptRecord {
-            topology: name.to_string(),
-            path: self.record_path(name).display().to_string(),
-            detail,
-        })?;
+        let spec = self.spec_of(name, &record)?;
         let status = self.status(&spec, &record.agents).await;
         Ok(Some((spec, status)))
     }
 
     async fn topology_spec(&self, name: &str) -> Result<Option<TreeSpec>, RuntimeError> {
-        match self.load_record(name)? {
-            Some(_) => self.tree(name).map(Some),
-            None => Ok(None),
-        }
+        self.load_record(name)?.map(|record| self.spec_of(name, &record)).transpose()
     }
 
-    async fn apply_vpc(&self, spec: &VpcSpec) -> Result<(), RuntimeError> {
-        self.apply_vpc_impl(spec).await
+    async fn agent_channel(&self, topology: &str, epm: &str) -> Result<tonic::transport::Channel, RuntimeError> {
+        agent_client::channel(&self.agent_socket(topology, epm))
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("agent of {epm}: {e}")))
     }
 
-    async fn read_vpc(&self, topology: &str, name: &str) -> Result<Option<VpcSpec>, RuntimeError> {
-        self.read_vpc_impl(topology, name).await
+    async fn revive_agent(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
+        self.serve_again(topology, epm).await
     }
 
-    async fn delete_vpc(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
-        self.delete_vpc_impl(topology, name).await
+    /// This host can remove what the agent would: the EVMs' namespaces and ports.
+    async fn delete_evms_without_agent(&self, _topology: &str, _epm: &str, batch: &EvmBatch) -> Result<EvmReply, RuntimeError> {
+        Ok(merak_agent::evm::apply(batch).await)
     }
 
-    async fn apply_subnet(&self, spec: &SubnetSpec) -> Result<(), RuntimeError> {
-        self.apply_subnet_impl(spec).await
+    async fn whole_evms(&self, topology: &str, evms: &[&EvmSpec]) -> Result<HashSet<String>, RuntimeError> {
+        evms::whole(topology, evms).await
     }
 
-    async fn read_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<Option<SubnetSpec>, RuntimeError> {
-        self.read_subnet_impl(topology, vpc, name).await
-    }
-
-    async fn list_subnets(&self, topology: &str) -> Result<Vec<SubnetSpec>, RuntimeError> {
-        self.list_subnets_impl(topology).await
-    }
-
-    async fn delete_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError> {
-        self.delete_subnet_impl(topology, vpc, name).await
-    }
-
-    async fn apply_group(&self, spec: &GroupSpec, intent: Intent) -> Result<GroupStatus, RuntimeError> {
-        self.apply_group_impl(spec, intent).await
-    }
-
-    async fn read_group(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError> {
-        self.read_group_impl(topology, name).await
-    }
-
-    async fn delete_group(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
-        self.delete_group_impl(topology, name).await
-    }
-
-    async fn list_evms(&self, topology: &str, group: Option<&str>, epm: Option<&str>) -> Result<Vec<EvmInfo>, RuntimeError> {
-        self.list_evms_impl(topology, group, epm).await
-    }
-
-    async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<ProbeOutcome>, RuntimeError> {
-        self.ping_impl(topology, probes, timeout_ms).await
+    async fn make_room(&self, topology: &str, epms: u64, evms: u64, largest_subnet: u64) -> Result<(), RuntimeError> {
+        host_limits::ensure(&self.topology_dir(topology), host_limits::needs(epms, evms, largest_subnet))
+            .map_err(|e| RuntimeError::io("raising host network limits (gc_thresh3, netdev_max_backlog)", e))
     }
 
     async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError> {
-        self.lock(name)?;
         let mut record = self.load_record(name)?.unwrap_or_default();
         let spec = record.spec.to_spec().ok();
         self.tear_down(name, spec.as_ref(), &HashSet::new(), &mut record).await?;
@@ -744,7 +686,6 @@ impl Runtime for LocalRuntime {
         }
         // The last topology on the host gone, the host gets its limits back.
         host_limits::release(&dir).map_err(|e| RuntimeError::io("restoring host network limits", e))?;
-        self.locks.remove(&self.state_dir, name);
         Ok(())
     }
 }

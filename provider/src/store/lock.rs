@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::runtime::RuntimeError;
+use super::StoreError;
 
 /// The locks this process holds, by topology.
 #[derive(Debug, Default)]
@@ -28,22 +28,22 @@ pub fn path(state_dir: &Path, topology: &str) -> PathBuf {
 
 impl Locks {
     /// Takes the topology's lock unless this process holds it already.
-    pub fn acquire(&self, state_dir: &Path, topology: &str) -> Result<(), RuntimeError> {
-        let mut held = self.held.lock().map_err(|_| RuntimeError::Unavailable("the lock table is poisoned".into()))?;
+    pub fn acquire(&self, state_dir: &Path, topology: &str) -> Result<(), StoreError> {
+        let mut held = self.held.lock().map_err(|_| StoreError::io("the lock table", io::Error::other("poisoned by a panic")))?;
         if held.contains_key(topology) {
             return Ok(());
         }
         let path = path(state_dir, topology);
-        let file = take(&path).map_err(|e| RuntimeError::io(format!("locking {}", path.display()), e))?;
+        let file = take(&path).map_err(|e| StoreError::io(format!("locking {}", path.display()), e))?;
         match file {
             Ok(file) => {
                 held.insert(topology.to_string(), file);
                 Ok(())
             }
-            Err(holder) => Err(RuntimeError::Locked {
+            Err(holder) => Err(StoreError::Locked {
                 topology: topology.to_string(),
                 holder,
-                path: path.display().to_string(),
+                location: path.display().to_string(),
             }),
         }
     }
@@ -118,7 +118,7 @@ mod tests {
         first.acquire(&dir, "lab").unwrap();
         let second = Locks::default();
         match second.acquire(&dir, "lab") {
-            Err(RuntimeError::Locked { holder, .. }) => assert!(holder.contains(&std::process::id().to_string()), "{holder}"),
+            Err(StoreError::Locked { holder, .. }) => assert!(holder.contains(&std::process::id().to_string()), "{holder}"),
             other => panic!("expected Locked, got {other:?}"),
         }
         // Other topologies are independent.
