@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use self::records::{Evm, Forget, GroupRecord, OverlayRecord, SubnetRecord, VpcRecord, candidates, epm_named, evms, subnet_key};
+use self::records::{Evm, Forget, GroupRecord, OverlayRecord, evms, subnet_key};
 use crate::model::TreeSpec;
-use crate::model::overlay::{self, GroupSpec, Placement, Ranges, SubnetSpec, VpcSpec};
+use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec, VpcSpec};
 pub use crate::runtime::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, owned_elsewhere};
 use crate::store::{self, RecordStore};
 
@@ -162,10 +162,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
         let _guard = self.overlay_lock.lock().await;
         self.tree(&spec.topology).await?;
         let mut record = self.load_overlay(&spec.topology)?;
-        if let Some((other, _)) = record.vpcs.iter().find(|(name, v)| **name != spec.name && v.vni == spec.vni) {
-            return Err(RuntimeError::Conflict(format!("VNI {} is already VPC {other}'s; set a different vni", spec.vni)));
-        }
-        record.vpcs.insert(spec.name.clone(), VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni });
+        record.put_vpc(spec)?;
         self.save_overlay(&spec.topology, &record)
     }
 
@@ -181,10 +178,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
         self.store.lock(topology)?;
         let _guard = self.overlay_lock.lock().await;
         let mut record = self.load_overlay(topology)?;
-        if let Some(subnet) = record.subnets.values().find(|s| s.vpc == name) {
-            return Err(RuntimeError::Conflict(format!("VPC {name} still has subnet {}; delete it first", subnet.name)));
-        }
-        if record.vpcs.remove(name).is_some() && self.topology_exists(topology).await? {
+        if record.remove_vpc(name)? && self.topology_exists(topology).await? {
             self.save_overlay(topology, &record)?;
         }
         Ok(())
@@ -195,41 +189,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
         let _guard = self.overlay_lock.lock().await;
         let tree = self.tree(&spec.topology).await?;
         let mut record = self.load_overlay(&spec.topology)?;
-        if !record.vpcs.contains_key(&spec.vpc) {
-            return Err(RuntimeError::Conflict(format!("VPC {} does not exist", spec.vpc)));
-        }
-        let key = subnet_key(&spec.vpc, &spec.name);
-        for (other_key, other) in &record.subnets {
-            if *other_key == key {
-                continue;
-            }
-            let other_cidr: crate::model::Ipv4Cidr = other.cidr.parse().map_err(|_| RuntimeError::Conflict("unreadable subnet record".into()))?;
-            if other.vpc == spec.vpc && other_cidr.overlaps(&spec.cidr) {
-                return Err(RuntimeError::Conflict(format!("{} overlaps subnet {} ({other_cidr}) of the same VPC", spec.cidr, other.name)));
-            }
-            if other.vni == spec.vni {
-                return Err(RuntimeError::Conflict(format!("VNI {} is already subnet {}'s", spec.vni, other.name)));
-            }
-        }
-        let (id, used_below) = match record.subnets.get(&key) {
-            Some(existing) => (existing.id, existing.used_below),
-            None => {
-                record.next_id += 1;
-                (record.next_id, 0)
-            }
-        };
-        record.subnets.insert(
-            key,
-            SubnetRecord {
-                vpc: spec.vpc.clone(),
-                name: spec.name.clone(),
-                cidr: spec.cidr.to_string(),
-                gateway: spec.gateway.to_string(),
-                vni: spec.vni,
-                id,
-                used_below,
-            },
-        );
+        record.put_subnet(spec)?;
         self.save_overlay(&spec.topology, &record)?;
         // EPMs hosting the VPC get the new subnet's gateway too.
         if record.groups.values().any(|g| g.vpc == spec.vpc) {
@@ -302,94 +262,14 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
             }
         }
         let key = subnet_key(&spec.vpc, &spec.subnet);
-        let subnet_record = record
-            .subnets
-            .get(&key)
-            .ok_or_else(|| RuntimeError::Conflict(format!("subnet {} of VPC {} does not exist", spec.subnet, spec.vpc)))?
-            .clone();
-        let subnet = subnet_record.spec(topology)?;
         let previous = record.groups.get(&spec.name).cloned();
-        if let Some(previous) = &previous {
-            let moved = previous.vpc != spec.vpc || previous.subnet != spec.subnet;
-            if moved || previous.device_model != spec.device_model.name() || previous.placement != spec.placement.name() {
-                return Err(RuntimeError::Conflict(format!("group {} already exists with another subnet, device model or placement; replace it", spec.name)));
-            }
-        }
-        // Where the EVMs go. By formula: on the EPMs the group was first
-        // placed on (growing the topology must not move them); by counts:
-        // the recorded slots, adjusted.
-        let (placed_on, counts, slots) = match &spec.placement {
-            Placement::Counts(counts) => {
-                for name in counts.keys() {
-                    epm_named(&tree, name)?;
-                }
-                let mut slots = previous.as_ref().map(|g| g.slots.clone()).unwrap_or_default();
-                overlay::assign_slots(&mut slots, counts);
-                (Vec::new(), counts.clone(), slots)
-            }
-            _ => {
-                let placed_on: Vec<String> = match &previous {
-                    Some(previous) if !previous.placed_on.is_empty() => previous.placed_on.clone(),
-                    _ => candidates(&tree, &spec.epms)?.into_iter().map(|e| e.name).collect(),
-                };
-                spec.check_fits(placed_on.len()).map_err(|e| RuntimeError::Conflict(e.detail))?;
-                (placed_on, BTreeMap::new(), BTreeMap::new())
-            }
-        };
-        let id = previous.as_ref().map(|g| g.id).unwrap_or_else(|| {
-            record.next_id += 1;
-            record.next_id
-        });
+        let used_before = record.put_group(&tree, spec)?;
         let old_evms = match &previous {
             Some(previous) => evms(&tree, &record, &spec.name, previous)?,
             None => Vec::new(),
         };
-        // Addresses: one per EVM index in use (by counts, indexes freed on
-        // one EPM and not yet taken by another leave holes).
-        let indexes = match &spec.placement {
-            Placement::Counts(_) => slots.values().map(Ranges::end).max().unwrap_or(0),
-            _ => u64::from(spec.count),
-        };
-        let mut ranges = previous.as_ref().map(|g| g.ranges.clone()).unwrap_or_default();
-        let taken: Vec<&Ranges> = record
-            .groups
-            .iter()
-            .filter(|(name, g)| **name != spec.name && g.vpc == spec.vpc && g.subnet == spec.subnet)
-            .map(|(_, g)| &g.ranges)
-            .collect();
-        let gateway_index = subnet.cidr.index_of(subnet.gateway);
-        if overlay::grow(&mut ranges, indexes, subnet.cidr.host_capacity(), gateway_index, &taken).is_none() {
-            return Err(RuntimeError::Conflict(format!("subnet {} ({}) has no room for {indexes} EVMs of group {}", subnet.name, subnet.cidr, spec.name)));
-        }
-        ranges.truncate(indexes);
-        let group = GroupRecord {
-            vpc: spec.vpc.clone(),
-            subnet: spec.subnet.clone(),
-            count: spec.count,
-            placement: spec.placement.name().into(),
-            epms: spec.epms.clone(),
-            placed_on,
-            device_model: spec.device_model.name().into(),
-            id,
-            ranges: ranges.clone(),
-            counts,
-            slots,
-            confirmed: previous.as_ref().is_some_and(|g| g.confirmed),
-        };
-        // Addresses below the subnet's high-water mark may be remembered by
-        // some EPM as living elsewhere (see push_overlay's `forget`).
-        let used_before = record
-            .groups
-            .values()
-            .filter(|g| g.vpc == spec.vpc && g.subnet == spec.subnet)
-            .map(|g| g.ranges.end())
-            .fold(subnet_record.used_below, u64::max);
-        record.groups.insert(spec.name.clone(), group.clone());
+        let group = record.groups.get(&spec.name).cloned().ok_or_else(|| RuntimeError::Conflict(format!("group {} vanished from its record", spec.name)))?;
         let evms = evms(&tree, &record, &spec.name, &group)?;
-        Self::check_bridges(&tree, &record, &spec.vpc, &spec.subnet)?;
-        if let Some(subnet) = record.subnets.get_mut(&key) {
-            subnet.used_below = used_before.max(ranges.end());
-        }
         self.substrate.make_room(topology, u64::from(tree.hosts), record.evm_count(), record.largest_subnet()).await?;
 
         // EVMs that leave, or leave their EPM (by counts, an index one EPM
@@ -425,24 +305,6 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
             status.confirmed = true;
         }
         Ok(status)
-    }
-
-    /// Refuses more EVMs of one subnet on one EPM, over all its groups,
-    /// than that EPM's bridges hold.
-    fn check_bridges(tree: &TreeSpec, record: &OverlayRecord, vpc: &str, subnet: &str) -> Result<(), RuntimeError> {
-        let mut per_epm: BTreeMap<String, u64> = BTreeMap::new();
-        for (name, group) in record.groups.iter().filter(|(_, g)| g.vpc == vpc && g.subnet == subnet) {
-            for (_, epm) in group.layout(tree, name)? {
-                *per_epm.entry(epm.name).or_default() += 1;
-            }
-        }
-        match per_epm.into_iter().find(|(_, n)| *n > u64::from(overlay::MAX_EVMS_PER_SUBNET_PER_EPM)) {
-            Some((epm, n)) => Err(RuntimeError::Conflict(format!(
-                "{n} EVMs of subnet {subnet} on {epm}, over all its groups: an EPM holds at most {} EVMs of a subnet. Place some elsewhere.",
-                overlay::MAX_EVMS_PER_SUBNET_PER_EPM
-            ))),
-            None => Ok(()),
-        }
     }
 
     pub async fn read_group(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError> {

@@ -9,7 +9,7 @@ use merak_proto::agent::{EvmSpec, OverlayGoal, SubnetGoal, VpcGoal};
 use serde::{Deserialize, Serialize};
 
 use super::EvmInfo;
-use crate::model::overlay::{self, DeviceModel, GroupSpec, Placement, Ranges, SubnetSpec};
+use crate::model::overlay::{self, DeviceModel, GroupSpec, Placement, Ranges, SubnetSpec, VpcSpec};
 use crate::model::{Epm, TreeSpec, naming};
 use crate::runtime::RuntimeError;
 
@@ -89,6 +89,177 @@ impl OverlayRecord {
             *per_subnet.entry((&group.vpc, &group.subnet)).or_default() += u64::from(group.count);
         }
         per_subnet.into_values().max().unwrap_or(0)
+    }
+}
+
+/// Changes to the record, each checked against what it already holds.
+impl OverlayRecord {
+    /// Records a VPC (new, or the same again); its VNI must be its own.
+    pub(super) fn put_vpc(&mut self, spec: &VpcSpec) -> Result<(), RuntimeError> {
+        if let Some((other, _)) = self.vpcs.iter().find(|(name, v)| **name != spec.name && v.vni == spec.vni) {
+            return Err(RuntimeError::Conflict(format!("VNI {} is already VPC {other}'s; set a different vni", spec.vni)));
+        }
+        self.vpcs.insert(spec.name.clone(), VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni });
+        Ok(())
+    }
+
+    /// Forgets a VPC that has no subnets; whether there was one.
+    pub(super) fn remove_vpc(&mut self, name: &str) -> Result<bool, RuntimeError> {
+        if let Some(subnet) = self.subnets.values().find(|s| s.vpc == name) {
+            return Err(RuntimeError::Conflict(format!("VPC {name} still has subnet {}; delete it first", subnet.name)));
+        }
+        Ok(self.vpcs.remove(name).is_some())
+    }
+
+    /// Records a subnet of a recorded VPC: no overlap with its siblings, a
+    /// VNI of its own. A subnet recorded again keeps its id.
+    pub(super) fn put_subnet(&mut self, spec: &SubnetSpec) -> Result<(), RuntimeError> {
+        if !self.vpcs.contains_key(&spec.vpc) {
+            return Err(RuntimeError::Conflict(format!("VPC {} does not exist", spec.vpc)));
+        }
+        let key = subnet_key(&spec.vpc, &spec.name);
+        for (other_key, other) in &self.subnets {
+            if *other_key == key {
+                continue;
+            }
+            let other_cidr: crate::model::Ipv4Cidr = other.cidr.parse().map_err(|_| RuntimeError::Conflict("unreadable subnet record".into()))?;
+            if other.vpc == spec.vpc && other_cidr.overlaps(&spec.cidr) {
+                return Err(RuntimeError::Conflict(format!("{} overlaps subnet {} ({other_cidr}) of the same VPC", spec.cidr, other.name)));
+            }
+            if other.vni == spec.vni {
+                return Err(RuntimeError::Conflict(format!("VNI {} is already subnet {}'s", spec.vni, other.name)));
+            }
+        }
+        let (id, used_below) = match self.subnets.get(&key) {
+            Some(existing) => (existing.id, existing.used_below),
+            None => {
+                self.next_id += 1;
+                (self.next_id, 0)
+            }
+        };
+        self.subnets.insert(
+            key,
+            SubnetRecord {
+                vpc: spec.vpc.clone(),
+                name: spec.name.clone(),
+                cidr: spec.cidr.to_string(),
+                gateway: spec.gateway.to_string(),
+                vni: spec.vni,
+                id,
+                used_below,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records a group as `spec` asks, on the EPMs of `tree`: where its
+    /// EVMs go (an existing group's stay where they are), which addresses
+    /// of its subnet it holds. Returns the subnet's high-water mark before
+    /// this change: addresses below it may be remembered elsewhere.
+    pub(super) fn put_group(&mut self, tree: &TreeSpec, spec: &GroupSpec) -> Result<u64, RuntimeError> {
+        let key = subnet_key(&spec.vpc, &spec.subnet);
+        let subnet_record = self
+            .subnets
+            .get(&key)
+            .ok_or_else(|| RuntimeError::Conflict(format!("subnet {} of VPC {} does not exist", spec.subnet, spec.vpc)))?
+            .clone();
+        let subnet = subnet_record.spec(&tree.name)?;
+        let previous = self.groups.get(&spec.name).cloned();
+        if let Some(previous) = &previous {
+            let moved = previous.vpc != spec.vpc || previous.subnet != spec.subnet;
+            if moved || previous.device_model != spec.device_model.name() || previous.placement != spec.placement.name() {
+                return Err(RuntimeError::Conflict(format!("group {} already exists with another subnet, device model or placement; replace it", spec.name)));
+            }
+        }
+        // Where the EVMs go. By formula: on the EPMs the group was first
+        // placed on (growing the topology must not move them); by counts:
+        // the recorded slots, adjusted.
+        let (placed_on, counts, slots) = match &spec.placement {
+            Placement::Counts(counts) => {
+                for name in counts.keys() {
+                    epm_named(tree, name)?;
+                }
+                let mut slots = previous.as_ref().map(|g| g.slots.clone()).unwrap_or_default();
+                overlay::assign_slots(&mut slots, counts);
+                (Vec::new(), counts.clone(), slots)
+            }
+            _ => {
+                let placed_on: Vec<String> = match &previous {
+                    Some(previous) if !previous.placed_on.is_empty() => previous.placed_on.clone(),
+                    _ => candidates(tree, &spec.epms)?.into_iter().map(|e| e.name).collect(),
+                };
+                spec.check_fits(placed_on.len()).map_err(|e| RuntimeError::Conflict(e.detail))?;
+                (placed_on, BTreeMap::new(), BTreeMap::new())
+            }
+        };
+        let id = previous.as_ref().map(|g| g.id).unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id
+        });
+        // Addresses: one per EVM index in use (by counts, indexes freed on
+        // one EPM and not yet taken by another leave holes).
+        let indexes = match &spec.placement {
+            Placement::Counts(_) => slots.values().map(Ranges::end).max().unwrap_or(0),
+            _ => u64::from(spec.count),
+        };
+        let mut ranges = previous.as_ref().map(|g| g.ranges.clone()).unwrap_or_default();
+        let taken: Vec<&Ranges> = self
+            .groups
+            .iter()
+            .filter(|(name, g)| **name != spec.name && g.vpc == spec.vpc && g.subnet == spec.subnet)
+            .map(|(_, g)| &g.ranges)
+            .collect();
+        let gateway_index = subnet.cidr.index_of(subnet.gateway);
+        if overlay::grow(&mut ranges, indexes, subnet.cidr.host_capacity(), gateway_index, &taken).is_none() {
+            return Err(RuntimeError::Conflict(format!("subnet {} ({}) has no room for {indexes} EVMs of group {}", subnet.name, subnet.cidr, spec.name)));
+        }
+        ranges.truncate(indexes);
+        let group = GroupRecord {
+            vpc: spec.vpc.clone(),
+            subnet: spec.subnet.clone(),
+            count: spec.count,
+            placement: spec.placement.name().into(),
+            epms: spec.epms.clone(),
+            placed_on,
+            device_model: spec.device_model.name().into(),
+            id,
+            ranges: ranges.clone(),
+            counts,
+            slots,
+            confirmed: previous.as_ref().is_some_and(|g| g.confirmed),
+        };
+        // Addresses below the subnet's high-water mark may be remembered by
+        // some EPM as living elsewhere (see push_overlay's `forget`).
+        let used_before = self
+            .groups
+            .values()
+            .filter(|g| g.vpc == spec.vpc && g.subnet == spec.subnet)
+            .map(|g| g.ranges.end())
+            .fold(subnet_record.used_below, u64::max);
+        self.groups.insert(spec.name.clone(), group);
+        check_bridges(tree, self, &spec.vpc, &spec.subnet)?;
+        if let Some(subnet) = self.subnets.get_mut(&key) {
+            subnet.used_below = used_before.max(ranges.end());
+        }
+        Ok(used_before)
+    }
+}
+
+/// Refuses more EVMs of one subnet on one EPM, over all its groups,
+/// than that EPM's bridges hold.
+fn check_bridges(tree: &TreeSpec, record: &OverlayRecord, vpc: &str, subnet: &str) -> Result<(), RuntimeError> {
+    let mut per_epm: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, group) in record.groups.iter().filter(|(_, g)| g.vpc == vpc && g.subnet == subnet) {
+        for (_, epm) in group.layout(tree, name)? {
+            *per_epm.entry(epm.name).or_default() += 1;
+        }
+    }
+    match per_epm.into_iter().find(|(_, n)| *n > u64::from(overlay::MAX_EVMS_PER_SUBNET_PER_EPM)) {
+        Some((epm, n)) => Err(RuntimeError::Conflict(format!(
+            "{n} EVMs of subnet {subnet} on {epm}, over all its groups: an EPM holds at most {} EVMs of a subnet. Place some elsewhere.",
+            overlay::MAX_EVMS_PER_SUBNET_PER_EPM
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -304,4 +475,139 @@ pub(super) fn overlay_goals(tree: &TreeSpec, record: &OverlayRecord, forget: &Fo
         goals.push((epm, goal));
     }
     Ok(goals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TreeInput;
+    use crate::model::overlay::GroupInput;
+    use crate::store::{self, MemoryStore};
+
+    fn tree(hosts: i64) -> TreeSpec {
+        let input = TreeInput { name: "lab", racks: 1, hosts_per_rack: 8, hosts: Some(hosts), ports_per_vswitch: 8, data_plane_cidr: "10.9.0.0/24" };
+        TreeSpec::validate(&input).expect("valid topology")
+    }
+
+    fn vpc(name: &str, cidr: &str, vni: i64) -> VpcSpec {
+        VpcSpec::validate("lab", name, cidr, Some(vni)).expect("valid VPC")
+    }
+
+    fn subnet(vpc: &VpcSpec, name: &str, cidr: &str) -> SubnetSpec {
+        SubnetSpec::validate(vpc, name, cidr, None).expect("valid subnet")
+    }
+
+    fn group(subnet: &SubnetSpec, name: &str, count: i64, epms: &[&str]) -> GroupSpec {
+        let input = GroupInput {
+            name: name.into(),
+            evm_count: Some(count),
+            epms: epms.iter().map(|e| e.to_string()).collect(),
+            device_model: "veth".into(),
+            ..GroupInput::default()
+        };
+        GroupSpec::validate(subnet, input).expect("valid group")
+    }
+
+    fn conflict(result: Result<impl std::fmt::Debug, RuntimeError>) -> String {
+        match result {
+            Err(RuntimeError::Conflict(text)) => text,
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vpcs_and_subnets_keep_their_vnis_and_addresses_apart() {
+        let mut record = OverlayRecord::default();
+        let blue = vpc("blue", "10.0.0.0/16", 100);
+        record.put_vpc(&blue).unwrap();
+        record.put_vpc(&blue).unwrap();
+        assert!(conflict(record.put_vpc(&vpc("red", "10.0.0.0/16", 100))).contains("already VPC blue's"));
+
+        let web = subnet(&blue, "web", "10.0.1.0/24");
+        record.put_subnet(&web).unwrap();
+        let id = record.subnets["blue/web"].id;
+        record.put_subnet(&web).unwrap();
+        assert_eq!(record.subnets["blue/web"].id, id, "recorded again, a subnet keeps its id");
+        assert!(conflict(record.put_subnet(&subnet(&blue, "db", "10.0.1.128/25"))).contains("overlaps subnet web"));
+        let orphan = subnet(&vpc("green", "10.1.0.0/16", 7), "x", "10.1.0.0/24");
+        assert!(conflict(record.put_subnet(&orphan)).contains("VPC green does not exist"));
+
+        assert!(conflict(record.remove_vpc("blue")).contains("still has subnet web"));
+        assert!(!record.remove_vpc("never").unwrap());
+    }
+
+    #[test]
+    fn a_group_stays_on_its_epms_when_the_topology_grows_and_fits_its_subnet() {
+        let mut record = OverlayRecord::default();
+        let blue = vpc("blue", "10.0.0.0/16", 100);
+        let web = subnet(&blue, "web", "10.0.1.0/28");
+        record.put_vpc(&blue).unwrap();
+        record.put_subnet(&web).unwrap();
+
+        let small = tree(2);
+        assert_eq!(record.put_group(&small, &group(&web, "g", 4, &[])).unwrap(), 0);
+        let placed = |record: &OverlayRecord, tree: &TreeSpec| -> Vec<String> {
+            evms(tree, record, "g", &record.groups["g"]).unwrap().into_iter().map(|e| e.info.epm).collect()
+        };
+        assert_eq!(placed(&record, &small), ["epm-0", "epm-1", "epm-0", "epm-1"]);
+
+        // Four EPMs now, and two more EVMs: the old ones stay where they are.
+        let grown = tree(4);
+        let mark = record.groups["g"].ranges.end();
+        assert_eq!(record.put_group(&grown, &group(&web, "g", 6, &[])).unwrap(), mark, "the high-water mark before");
+        assert_eq!(placed(&record, &grown), ["epm-0", "epm-1", "epm-0", "epm-1", "epm-0", "epm-1"]);
+
+        // A /28 holds 13 EVMs besides the gateway: 14 do not fit.
+        let refused = conflict(record.put_group(&grown, &group(&web, "h", 8, &[])));
+        assert!(refused.contains("has no room for 8 EVMs"), "{refused}");
+        assert!(!record.groups.contains_key("h"), "a refused group is not recorded");
+        // Another shape of an existing group is a replacement, not a change.
+        let mut packed = group(&web, "g", 6, &[]);
+        packed.placement = Placement::Pack;
+        assert!(conflict(record.put_group(&grown, &packed)).contains("replace it"));
+    }
+
+    #[test]
+    fn each_epm_gets_the_vpcs_it_hosts_and_floods_to_the_others() {
+        let mut record = OverlayRecord::default();
+        let blue = vpc("blue", "10.0.0.0/16", 100);
+        let (web, db) = (subnet(&blue, "web", "10.0.1.0/24"), subnet(&blue, "db", "10.0.2.0/24"));
+        record.put_vpc(&blue).unwrap();
+        record.put_subnet(&web).unwrap();
+        record.put_subnet(&db).unwrap();
+        let lab = tree(3);
+        record.put_group(&lab, &group(&web, "w", 2, &["epm-0", "epm-1"])).unwrap();
+        record.put_group(&lab, &group(&db, "d", 1, &["epm-1"])).unwrap();
+
+        let goals = overlay_goals(&lab, &record, &Forget::new()).unwrap();
+        let of = |epm: &str| goals.iter().find(|(e, _)| e.name == epm).map(|(_, g)| g.clone()).unwrap();
+        assert!(of("epm-2").vpcs.is_empty(), "an EPM without EVMs of a VPC has none of its devices");
+        let epm0 = of("epm-0");
+        assert_eq!(epm0.vpcs.len(), 1);
+        // Every subnet of the VPC has its gateway there (routing is local)...
+        assert_eq!(epm0.vpcs[0].subnets.len(), 2);
+        let flood = |goal: &OverlayGoal, vni: u32| goal.vpcs[0].subnets.iter().find(|s| s.vni == vni).unwrap().flood.clone();
+        // ...each flooding to the other EPMs holding EVMs of that subnet.
+        assert_eq!(flood(&epm0, web.vni), [lab.epm(1).ip.to_string()]);
+        assert_eq!(flood(&epm0, db.vni), [lab.epm(1).ip.to_string()]);
+        assert_eq!(flood(&of("epm-1"), web.vni), [lab.epm(0).ip.to_string()]);
+        assert!(flood(&of("epm-1"), db.vni).is_empty());
+    }
+
+    #[test]
+    fn a_record_survives_its_store() {
+        let mut record = OverlayRecord::default();
+        let blue = vpc("blue", "10.0.0.0/16", 100);
+        let web = subnet(&blue, "web", "10.0.1.0/24");
+        record.put_vpc(&blue).unwrap();
+        record.put_subnet(&web).unwrap();
+        record.put_group(&tree(2), &group(&web, "g", 3, &[])).unwrap();
+        let memory = MemoryStore::default();
+        store::save_json(&memory, "lab", "overlay", &record).unwrap();
+        let back: OverlayRecord = store::load_json(&memory, "lab", "overlay").unwrap().unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&record).unwrap());
+        let lab = tree(2);
+        let (before, after) = (evms(&lab, &record, "g", &record.groups["g"]).unwrap(), evms(&lab, &back, "g", &back.groups["g"]).unwrap());
+        assert_eq!(before.iter().map(|e| &e.spec).collect::<Vec<_>>(), after.iter().map(|e| &e.spec).collect::<Vec<_>>());
+    }
 }
