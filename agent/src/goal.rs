@@ -40,16 +40,23 @@ pub fn interface(name: &str) -> Result<(), OverlayError> {
 /// An EPM to host: a short name (it appears in logs and replies), the
 /// namespace to serve it in and the socket to serve it on, both absolute
 /// paths; the socket's must fit a unix socket address.
-pub fn hosted(epm: &str, netns: &str, socket: &str) -> Result<(), OverlayError> {
+pub fn hosted(epm: &str, netns: &str, socket: &str, tcp: bool) -> Result<(), OverlayError> {
     const SUN_PATH: usize = 108;
     let name_ok = !epm.is_empty() && epm.len() <= 63 && epm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if !name_ok {
         return Err(invalid(format!("{epm:?} is not an EPM name (1 to 63 letters, digits, '-', '_' or '.')")));
     }
-    for (what, path) in [("namespace", netns), ("socket", socket)] {
+    let paths: &[(&str, &str)] = if tcp { &[("namespace", netns)] } else { &[("namespace", netns), ("socket", socket)] };
+    for (what, path) in paths {
         if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
             return Err(invalid(format!("the {what} of {epm} must be an absolute path, not {path:?}")));
         }
+    }
+    if tcp {
+        return match socket.parse::<std::net::SocketAddr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(invalid(format!("the TCP address of {epm} must be IP:PORT, not {socket:?}"))),
+        };
     }
     if socket.len() >= SUN_PATH {
         return Err(invalid(format!("the socket of {epm} ({} bytes) is longer than a unix socket path may be ({} bytes)", socket.len(), SUN_PATH - 1)));

@@ -1,6 +1,7 @@
-//! Serving agents: one EPM's agent on its unix socket (what a standalone
-//! agent does), and the host that serves many EPMs' agents from one process
-//! (the Host service of agent.proto, used by the provider's local runtime).
+//! Serving agents: one EPM's agent on its unix socket or on TCP with mutual
+//! TLS (what a standalone agent does), and the host that serves many EPMs'
+//! agents from one process (the Host service of agent.proto, used by the
+//! provider's local runtime).
 //!
 //! A hosted agent is the same as a standalone one to its clients: its own
 //! socket, netlink connections opened inside its EPM's namespace (per
@@ -22,8 +23,9 @@ use merak_proto::agent::agent_server::AgentServer;
 use merak_proto::agent::host_server::Host;
 use merak_proto::agent::overlay_server::OverlayServer;
 use merak_proto::agent::{HostedEpm, ReleaseReply, ReleaseRequest, ServeReply, ServeRequest};
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Mutex, oneshot};
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
@@ -49,23 +51,33 @@ pub fn bind(socket: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves one EPM's agent on `listener` until `shutdown` completes.
-pub async fn serve_epm(
-    epm: String,
-    namespace: EpmNamespace,
-    listener: UnixListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(AgentServer::new(AgentService::in_namespace(epm.clone(), namespace.clone())))
-        .add_service(OverlayServer::new(OverlayService::in_namespace(epm, namespace)).max_decoding_message_size(64 << 20))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
+/// Where an agent takes its clients.
+pub enum Listener {
+    /// A unix socket (mode 0600: root's clients only).
+    Unix(UnixListener),
+    /// TCP, each connection mutual TLS (see crate::tls).
+    Tls(TcpListener, TlsAcceptor),
 }
+
+/// Serves one EPM's agent on `listener` until `shutdown` completes.
+pub async fn serve_epm(epm: String, namespace: EpmNamespace, listener: Listener, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+    let router = tonic::transport::Server::builder()
+        .add_service(AgentServer::new(AgentService::in_namespace(epm.clone(), namespace.clone())))
+        .add_service(OverlayServer::new(OverlayService::in_namespace(epm, namespace)).max_decoding_message_size(64 << 20));
+    match listener {
+        Listener::Unix(listener) => router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await,
+        Listener::Tls(listener, acceptor) => router.serve_with_incoming_shutdown(crate::tls::incoming(listener, acceptor), shutdown).await,
+    }
+}
+
+/// Where a hosted agent was asked to listen: (socket or address, TCP).
+type Listen = (String, bool);
 
 struct Hosted {
     namespace: NamespaceId,
-    socket: PathBuf,
+    listen: Listen,
+    /// Where it listens: the socket, or the address with the port bound.
+    address: String,
     stop: oneshot::Sender<()>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -78,36 +90,55 @@ impl Hosted {
     async fn stop(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(RELEASE_GRACE, self.done).await;
-        let _ = fs::remove_file(&self.socket);
+        if !self.listen.1 {
+            let _ = fs::remove_file(&self.address);
+        }
+    }
+
+    /// Still serving as asked, where it was asked to.
+    fn serves(&self, listen: &Listen, namespace: Option<NamespaceId>) -> bool {
+        let listening = if listen.1 { true } else { Path::new(&self.address).exists() };
+        self.running() && self.listen == *listen && namespace == Some(self.namespace) && listening
     }
 }
 
 /// The agents this process hosts, by EPM name.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct HostService {
     hosted: Arc<Mutex<HashMap<String, Hosted>>>,
+    /// The identity agents on TCP present (none: unix sockets only).
+    tls: Option<TlsAcceptor>,
 }
 
 impl HostService {
-    /// Starts (or keeps) serving one EPM's agent; an error says why not.
-    async fn serve_one(&self, request: HostedEpm) -> Result<(), String> {
-        let HostedEpm { epm, netns, socket } = request;
-        crate::goal::hosted(&epm, &netns, &socket).map_err(|e| e.to_string())?;
-        let (netns, socket) = (PathBuf::from(netns), PathBuf::from(socket));
+    pub fn new(tls: Option<TlsAcceptor>) -> Self {
+        HostService { hosted: Arc::default(), tls }
+    }
+
+    /// Starts (or keeps) serving one EPM's agent; where it listens, or why not.
+    async fn serve_one(&self, request: HostedEpm) -> Result<String, String> {
+        let HostedEpm { epm, netns, socket, tcp } = request;
+        crate::goal::hosted(&epm, &netns, &socket, tcp).map_err(|e| e.to_string())?;
+        let listen: Listen = (socket.clone(), tcp);
+        let netns = PathBuf::from(netns);
         let mut hosted = self.hosted.lock().await;
         if let Some(current) = hosted.get(&epm)
-            && current.running()
-            && current.socket == socket
-            && netns::id_of(&netns) == Some(current.namespace)
-            && socket.exists()
+            && current.serves(&listen, netns::id_of(&netns))
         {
-            return Ok(());
+            return Ok(current.address.clone());
         }
         if let Some(previous) = hosted.remove(&epm) {
             previous.stop().await;
         }
         let namespace = netns::id_of(&netns).ok_or_else(|| format!("network namespace {} does not exist", netns.display()))?;
-        let listener = bind(&socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
+        let (listener, address) = if tcp {
+            let acceptor = self.tls.clone().ok_or("this agent host has no TLS identity (--tls-dir): it serves agents over TCP only with mutual TLS")?;
+            let listener = TcpListener::bind(&socket).await.map_err(|e| format!("binding {socket}: {e}"))?;
+            let address = listener.local_addr().map_err(|e| format!("binding {socket}: {e}"))?.to_string();
+            (Listener::Tls(listener, acceptor), address)
+        } else {
+            (Listener::Unix(bind(Path::new(&socket)).map_err(|e| format!("binding {socket}: {e}"))?), socket.clone())
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let name = epm.clone();
         let done = tokio::spawn(async move {
@@ -119,9 +150,9 @@ impl HostService {
                 tracing::warn!(epm = %name, error = %e, "agent stopped serving");
             }
         });
-        tracing::info!(%epm, socket = %socket.display(), "agent serving");
-        hosted.insert(epm, Hosted { namespace, socket, stop, done });
-        Ok(())
+        tracing::info!(%epm, %address, "agent serving");
+        hosted.insert(epm, Hosted { namespace, listen, address: address.clone(), stop, done });
+        Ok(address)
     }
 
     /// Stops every hosted agent (the host is exiting).
@@ -138,11 +169,16 @@ impl Host for HostService {
         if epms.len() > MAX_HOSTED {
             return Err(Status::invalid_argument(format!("{} EPMs in one request; at most {MAX_HOSTED}", epms.len())));
         }
-        let mut errors = Vec::with_capacity(epms.len());
+        let (mut errors, mut addresses) = (Vec::with_capacity(epms.len()), Vec::with_capacity(epms.len()));
         for epm in epms {
-            errors.push(self.serve_one(epm).await.err().unwrap_or_default());
+            let (error, address) = match self.serve_one(epm).await {
+                Ok(address) => (String::new(), address),
+                Err(error) => (error, String::new()),
+            };
+            errors.push(error);
+            addresses.push(address);
         }
-        Ok(Response::new(ServeReply { errors }))
+        Ok(Response::new(ServeReply { errors, addresses }))
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {

@@ -3,6 +3,7 @@
 //! local runtime.
 
 pub mod bridges;
+pub mod build;
 pub mod evm;
 pub mod goal;
 pub mod host;
@@ -10,4 +11,6 @@ pub mod netdev;
 pub mod netns;
 pub mod overlay;
 pub mod ping;
+pub mod pki;
 pub mod server;
+pub mod tls;

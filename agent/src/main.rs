@@ -1,5 +1,6 @@
 //! merak-agent: started by a runtime inside an EPM's network namespace; serves
-//! the agent API on a unix socket until told to stop (SIGTERM or SIGINT).
+//! the agent API on a unix socket, or on TCP with mutual TLS, until told to
+//! stop (SIGTERM or SIGINT).
 //! With --host it serves many EPMs' agents from one process instead (the
 //! local runtime's way; see merak_agent::host).
 
@@ -11,6 +12,8 @@ use clap::Parser;
 use merak_agent::netdev::Netlink;
 use merak_agent::host::{self, HostService};
 use merak_agent::server::EpmNamespace;
+use merak_agent::tls;
+use tokio_rustls::TlsAcceptor;
 use merak_proto::agent::host_server::HostServer;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -22,15 +25,23 @@ struct Args {
     #[arg(long, required_unless_present = "host")]
     epm: Option<String>,
     /// The unix socket to serve the agent API on (created with mode 0600).
-    #[arg(long, required_unless_present = "host")]
+    #[arg(long, required_unless_present_any = ["host", "listen"], conflicts_with = "listen")]
     socket: Option<PathBuf>,
+    /// Serve the agent API on this TCP address instead (e.g. 0.0.0.0:7443),
+    /// mutual TLS only, with the certificates in --tls-dir.
+    #[arg(long, requires = "tls_dir")]
+    listen: Option<std::net::SocketAddr>,
+    /// The directory of ca.pem, agent.pem and agent.key: the identity agents
+    /// on TCP present, and the CA their clients must be signed by.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
     /// A network namespace (its path, e.g. /run/netns/NAME) to enter first;
     /// without it the agent serves the namespace it was started in.
     #[arg(long)]
     netns: Option<PathBuf>,
     /// Host the agents of many EPMs in this one process instead: they are
     /// added and removed over the Host API served on --control.
-    #[arg(long, conflicts_with_all = ["epm", "socket", "netns"], requires = "control")]
+    #[arg(long, conflicts_with_all = ["epm", "socket", "listen", "netns"], requires = "control")]
     host: bool,
     /// The unix socket of the Host API (with --host; mode 0600).
     #[arg(long)]
@@ -92,13 +103,22 @@ fn init_logging() {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     detach_into(args.netns.as_deref())?;
+    let tls = match &args.tls_dir {
+        Some(dir) => Some(tls::acceptor_from_dir(dir).with_context(|| format!("loading the TLS identity in {}", dir.display()))?),
+        None => None,
+    };
     if args.host {
         raise_open_files();
         let control = args.control.context("--host needs --control")?;
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(host(control))
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(host(control, tls))
     } else {
-        let (epm, socket) = args.epm.zip(args.socket).context("--epm and --socket are required")?;
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?.block_on(standalone(epm, socket))
+        let epm = args.epm.context("--epm is required")?;
+        let listen = match (args.socket, args.listen, tls) {
+            (Some(socket), None, _) => Listen::Unix(socket),
+            (None, Some(address), Some(tls)) => Listen::Tcp(address, tls),
+            _ => anyhow::bail!("give --socket, or --listen with --tls-dir"),
+        };
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?.block_on(standalone(epm, listen))
     }
 }
 
@@ -114,21 +134,35 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-async fn standalone(epm: String, socket: PathBuf) -> anyhow::Result<()> {
+/// Where a standalone agent listens.
+enum Listen {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr, TlsAcceptor),
+}
+
+async fn standalone(epm: String, listen: Listen) -> anyhow::Result<()> {
     init_logging();
     let netlink = Netlink::current().context("opening a netlink socket")?;
-    let listener = host::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
-    tracing::info!(%epm, socket = %socket.display(), "agent serving");
+    let (listener, socket) = match listen {
+        Listen::Unix(socket) => (host::Listener::Unix(host::bind(&socket).with_context(|| format!("binding {}", socket.display()))?), Some(socket)),
+        Listen::Tcp(address, tls) => {
+            let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
+            (host::Listener::Tls(listener, tls), None)
+        }
+    };
+    tracing::info!(%epm, "agent serving");
     host::serve_epm(epm.clone(), EpmNamespace::Held(netlink), listener, shutdown_signal()?).await.context("serving the agent API")?;
-    let _ = fs::remove_file(&socket);
+    if let Some(socket) = socket {
+        let _ = fs::remove_file(&socket);
+    }
     tracing::info!(%epm, "agent stopped");
     Ok(())
 }
 
-async fn host(control: PathBuf) -> anyhow::Result<()> {
+async fn host(control: PathBuf, tls: Option<TlsAcceptor>) -> anyhow::Result<()> {
     init_logging();
     let listener = host::bind(&control).with_context(|| format!("binding {}", control.display()))?;
-    let service = HostService::default();
+    let service = HostService::new(tls);
     tracing::info!(control = %control.display(), "agent host serving");
     tonic::transport::Server::builder()
         .add_service(HostServer::new(service.clone()).max_decoding_message_size(64 << 20))

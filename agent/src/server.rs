@@ -97,7 +97,7 @@ impl AgentService {
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
-        Ok(Response::new(HealthReply { epm: self.epm.clone(), pid: std::process::id() }))
+        Ok(Response::new(HealthReply { epm: self.epm.clone(), pid: std::process::id(), build_id: crate::build::current().to_string() }))
     }
 
     async fn get_info(&self, _: Request<GetInfoRequest>) -> Result<Response<EpmInfo>, Status> {

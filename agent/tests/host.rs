@@ -34,6 +34,7 @@ impl Fixture {
             epm: format!("epm-{index}"),
             netns: netns::path_of(&self.namespaces[index]).display().to_string(),
             socket: self.socket(index).display().to_string(),
+            tcp: false,
         }
     }
 
@@ -81,7 +82,7 @@ async fn one_host_serves_each_epm_inside_its_own_namespace() {
     in_0.create_bridge("br-zero").await.unwrap();
     in_1.create_bridge("br-one").await.unwrap();
 
-    let host = HostService::default();
+    let host = HostService::new(None);
     assert_eq!(serve(&host, vec![fixture.hosted(0), fixture.hosted(1)]).await, vec![String::new(), String::new()]);
 
     // Each socket answers as its EPM, with its own namespace's devices.
