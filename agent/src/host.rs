@@ -188,6 +188,6 @@ impl Host for HostService {
             epms.iter().filter_map(|epm| hosted.remove(epm)).collect()
         };
         futures::future::join_all(leaving.into_iter().map(Hosted::stop)).await;
-        Ok(Response::new(ReleaseReply {}))
+        Ok(Response::new(ReleaseReply { build_id: crate::build::current().to_string() }))
     }
 }

@@ -7,7 +7,7 @@ use crate::protocol::cty::{Type, Value};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::controller::Controller;
-use crate::runtime::local::LocalRuntime;
+use crate::runtime::local::{AgentTransport, LocalRuntime};
 use crate::store::FileStore;
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/merak";
@@ -38,6 +38,15 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                         Type::String,
                         "Path of the `merak-agent` binary. Default: next to the provider binary, then on `PATH`.",
                     ),
+                    Attribute::optional(
+                        "agent_transport",
+                        Type::String,
+                        "How the provider reaches the agents: `unix` (default), each agent's unix socket under \
+                         `state_dir` (mode 0600); or `tcp`, loopback TCP with mutual TLS, the agents and the \
+                         provider holding certificates of a CA made for the topology (kept in \
+                         `state_dir/<topology>/tls`, keys readable by root only). Changing it is an in-place \
+                         change: the next apply serves the agents the new way.",
+                    ),
                 ],
                 blocks: Vec::new(),
             },
@@ -56,6 +65,15 @@ pub fn validate(config: &Value) -> Diagnostics {
             "Unsupported runtime",
             format!("runtime is {other:?}; the supported runtime is \"local\"."),
         )),
+    }
+    if let Some(transport) = config.attr("local").attr("agent_transport").as_str()
+        && AgentTransport::parse(transport).is_none()
+    {
+        diagnostics.push(Diagnostic::attribute_error(
+            &["local", "agent_transport"],
+            "Unsupported agent_transport",
+            format!("agent_transport is {transport:?}; use \"unix\" or \"tcp\"."),
+        ));
     }
     if let Some(dir) = config.attr("local").attr("state_dir").as_str()
         && !Path::new(dir).is_absolute()
@@ -109,13 +127,16 @@ pub fn configure(config: &Value) -> Result<Arc<Controller>, Diagnostics> {
         )
     })?;
     tracing::info!(state_dir = %state_dir.display(), agent = %agent_path.display(), "local runtime configured");
-    Ok(Arc::new(local_controller(state_dir, agent_path)))
+    // validate() refused anything else.
+    let transport = local.attr("agent_transport").as_str().and_then(AgentTransport::parse).unwrap_or(AgentTransport::Unix);
+    tracing::info!(?transport, "agent transport");
+    Ok(Arc::new(local_controller(state_dir, agent_path, transport)))
 }
 
 /// The controller over the local runtime, its records as files under `state_dir`.
-pub fn local_controller(state_dir: PathBuf, agent_path: PathBuf) -> Controller {
+pub fn local_controller(state_dir: PathBuf, agent_path: PathBuf, transport: AgentTransport) -> Controller {
     let store = Arc::new(FileStore::new(state_dir.clone()));
-    Controller::new(Arc::new(LocalRuntime::new(state_dir, agent_path, store.clone())), store)
+    Controller::new(Arc::new(LocalRuntime::new(state_dir, agent_path, transport, store.clone())), store)
 }
 
 /// The local runtime makes namespaces (CAP_SYS_ADMIN) and links (CAP_NET_ADMIN).

@@ -232,7 +232,7 @@ mod tests {
     /// settings are checked again before anything is sized by them.
     #[tokio::test]
     async fn read_refuses_settings_that_validation_would_have() {
-        let controller = crate::config::local_controller(std::env::temp_dir().join("merak-pingall-test-none"), "/nonexistent".into());
+        let controller = crate::config::local_controller(std::env::temp_dir().join("merak-pingall-test-none"), "/nonexistent".into(), crate::runtime::local::AgentTransport::Unix);
         let config = |samples: Value, timeout: Value| {
             crate::protocol::cty::object([
                 ("id", Value::Null),

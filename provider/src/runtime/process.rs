@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 /// session and closes what it inherited itself (see merak-agent's main), so
 /// that this is a plain spawn: std then uses posix_spawn (vfork-like), where
 /// a fork of this large, many-threaded process would copy its page tables.
-pub fn spawn_host(agent: &Path, control: &Path, log: &Path) -> io::Result<u32> {
+pub fn spawn_host(agent: &Path, control: &Path, tls_dir: &Path, log: &Path) -> io::Result<u32> {
     let log = OpenOptions::new().create(true).append(true).open(log)?;
     let child = Command::new(agent)
         .arg("--host")
         .arg("--control")
         .arg(control)
+        .arg("--tls-dir")
+        .arg(tls_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -110,12 +110,20 @@ impl Workspace {
         other
     }
 
+    /// How the provider reaches the agents in this run: $MERAK_AGENT_TRANSPORT
+    /// (`unix` or `tcp`), or the provider's default (`unix`).
+    pub fn transport() -> String {
+        std::env::var("MERAK_AGENT_TRANSPORT").unwrap_or_else(|_| "unix".into())
+    }
+
     /// Writes main.tf: the provider block pointing at this test's state
-    /// directory, then `resources` with `{name}` replaced by the topology name.
+    /// directory (and agent transport, see [`Workspace::transport`]), then
+    /// `resources` with `{name}` replaced by the topology name.
     pub fn write_config(&self, resources: &str) {
+        let transport = std::env::var("MERAK_AGENT_TRANSPORT").map(|t| format!("    agent_transport = \"{t}\"\n")).unwrap_or_default();
         let config = format!(
             "terraform {{\n  required_providers {{\n    merak = {{ source = \"merak/merak\" }}\n  }}\n}}\n\n\
-             provider \"merak\" {{\n  local {{\n    state_dir = \"{}\"\n{}  }}\n}}\n\n{}\n",
+             provider \"merak\" {{\n  local {{\n    state_dir = \"{}\"\n{}{transport}  }}\n}}\n\n{}\n",
             self.state_dir.display(),
             self.agent_path.as_ref().map(|p| format!("    agent_path = \"{}\"\n", p.display())).unwrap_or_default(),
             resources.replace("{name}", &self.name)

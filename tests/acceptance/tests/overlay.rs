@@ -128,6 +128,19 @@ fn tenants_connect_scale_repair_import_and_go_away() {
     ws.write_config(&tenants(6, 4));
     ws.init();
     ws.apply();
+    // The agents are reached the way this run asks: over TCP no EPM has a
+    // socket, and the topology's keys are root's alone.
+    let topology_dir = ws.state_dir.join(&ws.name);
+    let sockets = std::fs::read_dir(&topology_dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("epm-")).count();
+    if Workspace::transport() == "tcp" {
+        assert_eq!(sockets, 0, "agents on TCP have no unix sockets");
+        for key in ["ca.key", "agent.key", "controller.key"] {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(topology_dir.join("tls").join(key)).unwrap().permissions());
+            assert_eq!(mode & 0o077, 0, "{key} is readable by others: {mode:o}");
+        }
+    } else {
+        assert_eq!(sockets, 4, "one socket per EPM");
+    }
 
     // Connectivity, checked from inside the EVMs by the provider...
     assert_eq!(output(&ws, "unexpected"), 0, "{}", output(&ws, "failures"));

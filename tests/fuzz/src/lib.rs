@@ -16,8 +16,9 @@ use std::sync::LazyLock;
 use merak_provider::protocol::cty::{Type, Value};
 use merak_provider::protocol::{json, msgpack};
 use merak_provider::resources::{DATA_SOURCES, RESOURCES};
-use merak_provider::runtime::Runtime;
-use merak_provider::runtime::local::LocalRuntime;
+use merak_provider::controller::Controller;
+use merak_provider::runtime::local::{AgentTransport, LocalRuntime};
+use merak_provider::store::MemoryStore;
 use prost::Message;
 
 /// Every value type the provider decodes: the provider block, each
@@ -62,13 +63,16 @@ fn decode_and_round_trip<E>(data: &[u8], decode: fn(&[u8], &Type) -> Result<Valu
 
 struct PlanHarness {
     tokio: tokio::runtime::Runtime,
-    runtime: LocalRuntime,
+    runtime: Controller,
 }
 
 fn harness() -> &'static PlanHarness {
     static HARNESS: LazyLock<PlanHarness> = LazyLock::new(|| {
         let state_dir = std::env::temp_dir().join(format!("merak-fuzz-{}", std::process::id()));
-        let runtime = LocalRuntime::new(state_dir, "/nonexistent/merak-agent".into());
+        // Records in memory: fuzzing writes nothing to the host.
+        let store = std::sync::Arc::new(MemoryStore::default());
+        let substrate = LocalRuntime::new(state_dir, "/nonexistent/merak-agent".into(), AgentTransport::Unix, store.clone());
+        let runtime = Controller::new(std::sync::Arc::new(substrate), store);
         let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
         let harness = PlanHarness { tokio, runtime };
         // Parents a group's plan can find, as if planned earlier in the same plan.
@@ -121,7 +125,7 @@ pub fn plan(data: &[u8]) {
     if let Some(resource) = RESOURCES.get(which) {
         let Ok(config) = msgpack::decode(bytes, &resource.schema().value_type()) else { return };
         let _ = resource.validate(&config);
-        let _ = harness.tokio.block_on(resource.plan(Some(&harness.runtime as &dyn Runtime), &Value::Null, &config));
+        let _ = harness.tokio.block_on(resource.plan(Some(&harness.runtime), &Value::Null, &config));
     } else if let Some(source) = DATA_SOURCES.get(which - RESOURCES.len()) {
         let Ok(config) = msgpack::decode(bytes, &source.schema().value_type()) else { return };
         let _ = source.validate(&config);

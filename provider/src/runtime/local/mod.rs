@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 
 mod evms;
 mod host_limits;
+mod tls;
 
 use super::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, agent_client, process};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
@@ -48,16 +49,53 @@ const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The record kind of a topology (`topology.json` in a file store).
 const TOPOLOGY: &str = "topology";
 
+/// How the controller reaches the agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentTransport {
+    /// Each agent's unix socket under the state directory (mode 0600).
+    Unix,
+    /// TCP on loopback, mutual TLS with the topology's CA.
+    Tcp,
+}
+
+impl AgentTransport {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "unix" => Some(AgentTransport::Unix),
+            "tcp" => Some(AgentTransport::Tcp),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct LocalRuntime {
-    /// Per topology a directory: its agents' sockets and log.
+    /// Per topology a directory: its agents' sockets, certificates and log.
     state_dir: PathBuf,
     agent_path: PathBuf,
+    transport: AgentTransport,
     /// Where the topology records live (files in the same directories).
     store: Arc<dyn RecordStore>,
     /// Serializes changes to the topology records' agent pids (agents are
     /// restarted from many EPM tasks at once).
     agents_lock: Mutex<()>,
+    /// Over TCP, per topology: each EPM agent's address (read from the
+    /// record once, then kept current), and the controller's TLS connector.
+    tcp_agents: std::sync::Mutex<HashMap<String, TcpAgents>>,
+    /// The build id of the installed agent binary (computed once).
+    installed_build: std::sync::OnceLock<String>,
+}
+
+#[derive(Clone)]
+struct TcpAgents {
+    addresses: HashMap<String, std::net::SocketAddr>,
+    connector: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for TcpAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpAgents").field("addresses", &self.addresses).finish_non_exhaustive()
+    }
 }
 
 /// What the runtime remembers of a topology.
@@ -66,6 +104,9 @@ struct Record {
     spec: RecordedSpec,
     /// EPM name → pid of the process serving its agent (the host's).
     agents: BTreeMap<String, u32>,
+    /// Over TCP, EPM name → where its agent listens.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    addresses: BTreeMap<String, String>,
     /// The topology's agent host. Records from before hosts existed have
     /// none (their EPMs had an agent process each; the next apply replaces
     /// those).
@@ -117,8 +158,75 @@ impl RecordedSpec {
 }
 
 impl LocalRuntime {
-    pub fn new(state_dir: PathBuf, agent_path: PathBuf, store: Arc<dyn RecordStore>) -> Self {
-        LocalRuntime { state_dir, agent_path, store, agents_lock: Mutex::new(()) }
+    pub fn new(state_dir: PathBuf, agent_path: PathBuf, transport: AgentTransport, store: Arc<dyn RecordStore>) -> Self {
+        LocalRuntime {
+            state_dir,
+            agent_path,
+            transport,
+            store,
+            agents_lock: Mutex::new(()),
+            tcp_agents: std::sync::Mutex::default(),
+            installed_build: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn installed_build(&self) -> &str {
+        self.installed_build.get_or_init(|| merak_agent::build::id_of(&self.agent_path).unwrap_or_default())
+    }
+
+    fn tls_dir(&self, topology: &str) -> PathBuf {
+        self.topology_dir(topology).join("tls")
+    }
+
+    /// Remembers where the host says EPMs' agents listen (TCP only).
+    fn note_addresses(&self, topology: &str, served: &[(String, String)]) {
+        if self.transport != AgentTransport::Tcp {
+            return;
+        }
+        if let Ok(mut all) = self.tcp_agents.lock() {
+            let agents = all.entry(topology.to_string()).or_insert_with(|| TcpAgents { addresses: HashMap::new(), connector: None });
+            for (epm, address) in served {
+                if let Ok(address) = address.parse() {
+                    agents.addresses.insert(epm.clone(), address);
+                }
+            }
+        }
+    }
+
+    /// Where an EPM's agent listens on TCP, and the connector to it.
+    fn tcp_agent(&self, topology: &str, epm: &str) -> Result<(std::net::SocketAddr, tokio_rustls::TlsConnector), RuntimeError> {
+        let mut all = self.tcp_agents.lock().map_err(|_| RuntimeError::Unavailable("the agent address table is poisoned".into()))?;
+        if !all.contains_key(topology) {
+            let record = self.load_record(topology)?.unwrap_or_default();
+            let addresses = record.addresses.iter().filter_map(|(epm, a)| Some((epm.clone(), a.parse().ok()?))).collect();
+            all.insert(topology.to_string(), TcpAgents { addresses, connector: None });
+        }
+        let agents = all.get_mut(topology).ok_or_else(|| RuntimeError::Unavailable("the agent address table lost an entry".into()))?;
+        let address = *agents
+            .addresses
+            .get(epm)
+            .ok_or_else(|| RuntimeError::Unavailable(format!("agent of {epm}: no TCP address recorded (apply the topology to serve it over TCP)")))?;
+        let connector = match &agents.connector {
+            Some(connector) => connector.clone(),
+            None => {
+                let connector = tls::connector(&self.tls_dir(topology))?;
+                agents.connector = Some(connector.clone());
+                connector
+            }
+        };
+        Ok((address, connector))
+    }
+
+    /// A client of an EPM's agent, over the configured transport.
+    async fn agent(&self, topology: &str, epm: &str) -> Result<agent_client::Client, RuntimeError> {
+        Ok(agent_client::Client::new(self.agent_channel(topology, epm).await?))
+    }
+
+    async fn agent_answers(&self, topology: &str, epm: &str) -> bool {
+        match self.agent(topology, epm).await {
+            Ok(mut client) => client.health(HealthRequest {}).await.is_ok(),
+            Err(_) => false,
+        }
     }
 
     /// Brings back the agent of an EPM that stopped answering (its host
@@ -126,8 +234,7 @@ impl LocalRuntime {
     /// agent holds nothing, and every goal the provider pushes is whole. A
     /// host started anew serves every EPM of the topology again at once.
     async fn serve_again(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
-        let socket = self.agent_socket(topology, epm);
-        if agent_answers(&socket).await {
+        if self.agent_answers(topology, epm).await {
             return Ok(());
         }
         let namespace = naming::namespace(topology, epm);
@@ -138,7 +245,7 @@ impl LocalRuntime {
         let Some(mut record) = self.load_record(topology)? else {
             return Err(RuntimeError::Conflict(format!("topology {topology:?} does not exist")));
         };
-        if agent_answers(&socket).await {
+        if self.agent_answers(topology, epm).await {
             return Ok(());
         }
         tracing::info!(topology, epm, "serving again an agent that stopped answering");
@@ -150,24 +257,33 @@ impl LocalRuntime {
             .filter(|name| *name == epm || netns::exists(&naming::namespace(topology, name)))
             .map(|name| self.hosted_epm(topology, name))
             .collect();
-        let errors = serve(&mut host, hosted.clone()).await?;
-        for (entry, error) in hosted.iter().zip(errors) {
+        let served = serve(&mut host, hosted.clone()).await?;
+        let mut listening = Vec::new();
+        for (entry, (error, address)) in hosted.iter().zip(served) {
             if error.is_empty() {
                 record.agents.insert(entry.epm.clone(), pid);
+                if self.transport == AgentTransport::Tcp {
+                    record.addresses.insert(entry.epm.clone(), address.clone());
+                    listening.push((entry.epm.clone(), address));
+                }
             } else if entry.epm == epm {
                 self.save_record(topology, &record)?;
                 return Err(RuntimeError::Unavailable(format!("agent of {epm}: {error}")));
             }
         }
+        self.note_addresses(topology, &listening);
         self.save_record(topology, &record)
     }
 
     /// What the host needs to serve an EPM's agent.
     fn hosted_epm(&self, topology: &str, epm: &str) -> HostedEpm {
+        let tcp = self.transport == AgentTransport::Tcp;
         HostedEpm {
             epm: epm.to_string(),
             netns: netns::path_of(&naming::namespace(topology, epm)).display().to_string(),
-            socket: self.agent_socket(topology, epm).display().to_string(),
+            // Any free port on loopback: the host says which it bound.
+            socket: if tcp { "127.0.0.1:0".to_string() } else { self.agent_socket(topology, epm).display().to_string() },
+            tcp,
         }
     }
 
@@ -176,8 +292,8 @@ impl LocalRuntime {
     async fn ensure_host(&self, topology: &str, known: Option<u32>) -> Result<(u32, HostClient, bool), RuntimeError> {
         let control = self.host_socket(topology);
         if let Some(pid) = known.filter(|pid| process::is_agent(*pid, &control)) {
-            if process::runs(pid, &self.agent_path)
-                && let Some(client) = host_answers(&control).await
+            if let Some((client, build)) = host_answers(&control).await
+                && build == self.installed_build()
             {
                 return Ok((pid, client, false));
             }
@@ -190,7 +306,7 @@ impl LocalRuntime {
             }
         }
         let pid = self.start_host(topology).await?;
-        let client = host_answers(&control)
+        let (client, _) = host_answers(&control)
             .await
             .ok_or_else(|| RuntimeError::Unavailable(format!("the agent host of {topology} stopped right after it started")))?;
         Ok((pid, client, true))
@@ -264,7 +380,7 @@ impl LocalRuntime {
 
     /// Builds or repairs one EPM: namespace, data-plane NIC wired to its
     /// top-of-rack switch, its agent served by the host, and the agent's
-    /// underlay config. Returns the pid serving the agent.
+    /// underlay config. Returns the pid serving the agent, and where it listens.
     async fn ensure_epm(
         &self,
         spec: &TreeSpec,
@@ -272,7 +388,7 @@ impl LocalRuntime {
         tor: &Netlink,
         host: &Result<(u32, HostClient), String>,
         known_agent: Option<u32>,
-    ) -> Result<u32, RuntimeError> {
+    ) -> Result<(u32, String), RuntimeError> {
         let topology = &spec.name;
         let namespace = naming::namespace(topology, &epm.name);
         let socket = self.agent_socket(topology, &epm.name);
@@ -294,13 +410,14 @@ impl LocalRuntime {
         // Serving is idempotent: the host keeps an agent that serves this
         // very namespace, and serves one whose namespace was made anew.
         let mut host = host.clone();
-        if let Some(error) = serve(&mut host, vec![self.hosted_epm(topology, &epm.name)]).await?.into_iter().find(|e| !e.is_empty()) {
+        let served = serve(&mut host, vec![self.hosted_epm(topology, &epm.name)]).await?;
+        let (error, address) = served.into_iter().next().unwrap_or_default();
+        if !error.is_empty() {
             return Err(RuntimeError::Unavailable(format!("agent of {}: {error}", epm.name)));
         }
+        self.note_addresses(topology, &[(epm.name.clone(), address.clone())]);
 
-        let mut agent = agent_client::connect(&socket)
-            .await
-            .map_err(|e| RuntimeError::Unavailable(format!("agent of {}: {e}", epm.name)))?;
+        let mut agent = self.agent(topology, &epm.name).await?;
         let goal = UnderlayGoal {
             interface: EPM_DATA_NIC.to_string(),
             address: format!("{}/{}", epm.ip, spec.data_plane.prefix_len()),
@@ -310,12 +427,14 @@ impl LocalRuntime {
             .apply_underlay(goal)
             .await
             .map_err(|status| RuntimeError::Unavailable(format!("agent of {}: {}", epm.name, status.message())))?;
-        Ok(*host_pid)
+        Ok((*host_pid, address))
     }
 
     async fn start_host(&self, topology: &str) -> Result<u32, RuntimeError> {
         let (control, log) = (self.host_socket(topology), self.host_log(topology));
-        let pid = process::spawn_host(&self.agent_path, &control, &log).map_err(|e| {
+        let tls_dir = self.tls_dir(topology);
+        tls::ensure(&tls_dir, topology)?;
+        let pid = process::spawn_host(&self.agent_path, &control, &tls_dir, &log).map_err(|e| {
             RuntimeError::io(format!("starting {} as the agent host of {topology}", self.agent_path.display()), e)
         })?;
         let deadline = Instant::now() + AGENT_START_TIMEOUT;
@@ -350,7 +469,7 @@ impl LocalRuntime {
         if !agent.is_some_and(|pid| process::runs(pid, &self.agent_path)) {
             return false;
         }
-        let Ok(mut agent) = agent_client::connect(&self.agent_socket(&spec.name, &epm.name)).await else {
+        let Ok(mut agent) = self.agent(&spec.name, &epm.name).await else {
             return false;
         };
         let Ok(info) = agent.get_info(GetInfoRequest {}).await else {
@@ -436,7 +555,7 @@ impl LocalRuntime {
         if !keep.is_empty() {
             let leaving: Vec<String> = existing.iter().filter_map(|ns| ns.strip_prefix(&prefix)).map(str::to_string).collect();
             let released = leaving.is_empty() || match host_answers(&control).await {
-                Some(mut host) => host.release(ReleaseRequest { epms: leaving }).await.is_ok(),
+                Some((mut host, _)) => host.release(ReleaseRequest { epms: leaving }).await.is_ok(),
                 None => false,
             };
             let leaving_socket = |socket: &Path| {
@@ -586,8 +705,14 @@ impl Substrate for LocalRuntime {
                     let known = record.lock().await.agents.get(&epm.name).copied();
                     let result = self.ensure_epm(spec, &epm, tor, host, known).await;
                     let result = match result {
-                        Ok(pid) => {
-                            record.lock().await.agents.insert(epm.name.clone(), pid);
+                        Ok((pid, address)) => {
+                            let mut record = record.lock().await;
+                            record.agents.insert(epm.name.clone(), pid);
+                            if self.transport == AgentTransport::Tcp {
+                                record.addresses.insert(epm.name.clone(), address);
+                            } else {
+                                record.addresses.remove(&epm.name);
+                            }
                             Ok(())
                         }
                         Err(e) => Err(e),
@@ -651,9 +776,14 @@ impl Substrate for LocalRuntime {
     }
 
     async fn agent_channel(&self, topology: &str, epm: &str) -> Result<tonic::transport::Channel, RuntimeError> {
-        agent_client::channel(&self.agent_socket(topology, epm))
-            .await
-            .map_err(|e| RuntimeError::Unavailable(format!("agent of {epm}: {e}")))
+        let channel = match self.transport {
+            AgentTransport::Unix => agent_client::channel(&self.agent_socket(topology, epm)).await,
+            AgentTransport::Tcp => {
+                let (address, connector) = self.tcp_agent(topology, epm)?;
+                merak_agent::tls::channel(address, connector).await
+            }
+        };
+        channel.map_err(|e| RuntimeError::Unavailable(format!("agent of {epm}: {e}")))
     }
 
     async fn revive_agent(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
@@ -756,15 +886,16 @@ fn on_bridge(port: &netdev::LinkState, bridge: u32) -> bool {
     port.up && port.controller == Some(bridge)
 }
 
-/// A client of the agent host on `control`, if it answers.
-async fn host_answers(control: &Path) -> Option<HostClient> {
+/// A client of the agent host on `control`, if it answers, and its build id.
+async fn host_answers(control: &Path) -> Option<(HostClient, String)> {
     let mut client = agent_client::connect_host(control).await.ok()?;
-    client.release(ReleaseRequest { epms: Vec::new() }).await.ok()?;
-    Some(client)
+    let reply = client.release(ReleaseRequest { epms: Vec::new() }).await.ok()?;
+    Some((client, reply.into_inner().build_id))
 }
 
-/// Asks the host to serve the EPMs; one error (empty: served) per EPM.
-async fn serve(host: &mut HostClient, epms: Vec<HostedEpm>) -> Result<Vec<String>, RuntimeError> {
+/// Asks the host to serve the EPMs; per EPM an error (empty: served) and
+/// where its agent listens.
+async fn serve(host: &mut HostClient, epms: Vec<HostedEpm>) -> Result<Vec<(String, String)>, RuntimeError> {
     let count = epms.len();
     let reply = host
         .serve(ServeRequest { epms })
@@ -774,12 +905,7 @@ async fn serve(host: &mut HostClient, epms: Vec<HostedEpm>) -> Result<Vec<String
     if reply.errors.len() != count {
         return Err(RuntimeError::Unavailable(format!("the agent host answered {} of {count} EPMs", reply.errors.len())));
     }
-    Ok(reply.errors)
-}
-
-async fn agent_answers(socket: &Path) -> bool {
-    match agent_client::connect(socket).await {
-        Ok(mut client) => client.health(HealthRequest {}).await.is_ok(),
-        Err(_) => false,
-    }
+    // A host of a build before addresses were answered: unix sockets only.
+    let addresses = reply.addresses.into_iter().chain(std::iter::repeat(String::new()));
+    Ok(reply.errors.into_iter().zip(addresses).collect())
 }
