@@ -69,17 +69,6 @@ pub fn agents_in(dir: &Path) -> Vec<(u32, std::path::PathBuf)> {
     agents
 }
 
-/// Whether `pid` runs the file at `binary` now. False after an upgrade
-/// replaced it: the process still runs the old, unlinked file.
-pub fn runs(pid: u32, binary: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/<pid>/exe resolves to the very file the process executes.
-    match (fs::metadata(format!("/proc/{pid}/exe")), fs::metadata(binary)) {
-        (Ok(running), Ok(installed)) => (running.dev(), running.ino()) == (installed.dev(), installed.ino()),
-        _ => false,
-    }
-}
-
 /// Alive and not a zombie.
 pub fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {

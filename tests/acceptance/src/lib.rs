@@ -89,12 +89,17 @@ impl Workspace {
         self
     }
 
-    /// Installs the agent binary anew, as an upgrade does: a new file
+    /// Installs another build of the agent, as an upgrade does: a new file
+    /// (here the same program with bytes appended, so its build id differs)
     /// renamed over the old one (running agents keep the old, unlinked one).
     pub fn upgrade_agent(&self) {
+        use std::io::Write;
         let path = self.agent_path.as_ref().expect("with_agent_copy first");
         let fresh = path.with_extension("new");
         std::fs::copy(binary("merak-agent"), &fresh).expect("copy agent");
+        let mut file = std::fs::OpenOptions::new().append(true).open(&fresh).expect("open the new build");
+        writeln!(file, "another build {:?}", std::time::SystemTime::now()).expect("mark the new build");
+        drop(file);
         std::fs::rename(&fresh, path).expect("install agent");
     }
 

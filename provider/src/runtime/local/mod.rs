@@ -459,14 +459,11 @@ impl LocalRuntime {
         Ok(pid)
     }
 
-    /// Whether an EPM is fully up: namespace, an agent running the installed
-    /// agent binary (after an upgrade, the next apply restarts the old
-    /// ones), and its NIC up with the goal address.
-    async fn epm_ready(&self, spec: &TreeSpec, epm: &Epm, agent: Option<u32>) -> bool {
-        if !netns::exists(&naming::namespace(&spec.name, &epm.name)) {
-            return false;
-        }
-        if !agent.is_some_and(|pid| process::runs(pid, &self.agent_path)) {
+    /// Whether an EPM is fully up: namespace, an agent served by a host
+    /// of the installed build (`served`: after an upgrade, the next apply
+    /// restarts the old host), and its NIC up with the goal address.
+    async fn epm_ready(&self, spec: &TreeSpec, epm: &Epm, served: bool) -> bool {
+        if !served || !netns::exists(&naming::namespace(&spec.name, &epm.name)) {
             return false;
         }
         let Ok(mut agent) = self.agent(&spec.name, &epm.name).await else {
@@ -482,7 +479,14 @@ impl LocalRuntime {
             .any(|i| i.name == EPM_DATA_NIC && i.up && i.addresses.contains(&address))
     }
 
-    async fn status(&self, spec: &TreeSpec, agents: &BTreeMap<String, u32>) -> TopologyStatus {
+    async fn status(&self, spec: &TreeSpec, record: &Record) -> TopologyStatus {
+        // The host, asked once: alive, answering, and of the installed build.
+        let control = self.host_socket(&spec.name);
+        let host_current = match record.host {
+            Some(pid) if process::is_agent(pid, &control) => host_answers(&control).await.is_some_and(|(_, build)| build == self.installed_build()),
+            _ => false,
+        };
+        let served = |epm: &str| host_current && record.host.is_some() && record.agents.get(epm) == record.host.as_ref();
         // Each vswitch's ports, read once. A missing vswitch, or a link down
         // or off its bridge (a kill mid-way through wiring it), cuts off
         // every EPM below it.
@@ -519,11 +523,11 @@ impl LocalRuntime {
             };
             reachable.insert(here, linked);
         }
-        let (reachable, wired) = (&reachable, &wired);
+        let (reachable, wired, served) = (&reachable, &wired, &served);
         let ready = futures::stream::iter(spec.epms())
             .map(|epm| async move {
                 let tor = (0, epm.rack);
-                reachable[&tor] && wired(tor, &naming::host_port(epm.index)) && self.epm_ready(spec, &epm, agents.get(&epm.name).copied()).await
+                reachable[&tor] && wired(tor, &naming::host_port(epm.index)) && self.epm_ready(spec, &epm, served(&epm.name)).await
             })
             .buffer_unordered(PARALLEL_EPMS)
             .filter(|ready| futures::future::ready(*ready))
@@ -731,7 +735,7 @@ impl Substrate for LocalRuntime {
                 failures.push(Failure { object, error: e.to_string() });
             }
         }
-        let mut status = self.status(spec, &record.agents).await;
+        let mut status = self.status(spec, &record).await;
         failures.sort_by(|a, b| a.object.cmp(&b.object));
         status.failures = failures;
         if !record.confirmed && status.failures.is_empty() && status.ready_epms == spec.hosts {
@@ -767,7 +771,7 @@ impl Substrate for LocalRuntime {
             return Ok(None);
         };
         let spec = self.spec_of(name, &record)?;
-        let status = self.status(&spec, &record.agents).await;
+        let status = self.status(&spec, &record).await;
         Ok(Some((spec, status)))
     }
 
