@@ -58,9 +58,12 @@ quickstart-destroy: mirror terraform
 
 # Unit, kernel and acceptance tests (the acceptance tests drive the real
 # terraform binary against the provider and agent built here).
+# The overlay suite runs a third time with the agents reached over TCP and
+# mutual TLS instead of unix sockets.
 test: build terraform
 	MERAK_TERRAFORM=$(TERRAFORM) $(CARGO) test --workspace -- --test-threads=2
 	MERAK_TERRAFORM=$(TERRAFORM_OLDEST) $(CARGO) test -p merak-acceptance -- --test-threads=2
+	MERAK_TERRAFORM=$(TERRAFORM) MERAK_AGENT_TRANSPORT=tcp $(CARGO) test -p merak-acceptance --test overlay -- --test-threads=2
 
 docs:
 	$(CARGO) run -q -p terraform-provider-merak -- --generate-docs docs
