@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
 use crate::netdev::{LinkState, Netlink};
-use crate::overlay::OverlayError;
+use crate::error::OverlayError;
 
 /// EVM ports on one bridge.
 pub const EVM_PORTS_PER_BRIDGE: usize = 1000;

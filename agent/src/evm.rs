@@ -21,7 +21,7 @@ use merak_proto::agent::{EvmBatch, EvmFailure, EvmReply, EvmSpec};
 use crate::bridges;
 use crate::netdev::{LinkState, Netlink};
 use crate::netns::{self, NetnsOptions};
-use crate::overlay::OverlayError;
+use crate::error::OverlayError;
 
 /// EVMs worked on at once. The kernel serializes the work under RTNL; a few
 /// in flight hide the round trips.

@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingRequest};
 
 use crate::netdev;
-use crate::overlay::{OverlayError, parse_cidr, parse_mac_range};
+use crate::error::OverlayError;
+use crate::overlay::{parse_cidr, parse_mac_range};
 
 /// Every namespace the agent makes or removes starts with this.
 pub const NAMESPACE_PREFIX: &str = "merak-";

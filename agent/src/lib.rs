@@ -1,16 +1,16 @@
-//! merak-agent: the process inside every Emulated Physical Machine, and the
-//! netlink library that builds network devices for it and for the provider's
-//! local runtime.
+//! merak-agent: the process inside every Emulated Physical Machine. It builds
+//! devices with merak-netdev (re-exported as `netdev` and `netns`).
 
 pub mod bridges;
 pub mod build;
+pub mod error;
 pub mod evm;
 pub mod goal;
 pub mod host;
-pub mod netdev;
-pub mod netns;
 pub mod overlay;
 pub mod ping;
 pub mod pki;
 pub mod server;
 pub mod tls;
+
+pub use merak_netdev::{netdev, netns};

@@ -13,18 +13,10 @@ use std::net::Ipv4Addr;
 use merak_proto::agent::{OverlayGoal, SubnetGoal, VpcGoal};
 
 use crate::bridges;
-use crate::netdev::{self, NetdevError, Netlink};
-use crate::netns::{self, NetnsError, NetnsOptions};
+use crate::netdev::{self, Netlink};
+use crate::netns::{self, NetnsOptions};
 
-#[derive(Debug, thiserror::Error)]
-pub enum OverlayError {
-    #[error(transparent)]
-    Netns(#[from] NetnsError),
-    #[error(transparent)]
-    Netdev(#[from] NetdevError),
-    #[error("{0}")]
-    Invalid(String),
-}
+pub use crate::error::OverlayError;
 
 /// Converges the EPM's overlay to `goal`; returns what it changed.
 pub async fn apply(epm: &Netlink, goal: &OverlayGoal) -> Result<Vec<String>, OverlayError> {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use merak_agent::netdev;
+use merak_netdev::netdev;
 use merak_proto::agent::{EvmSpec, OverlayGoal, SubnetGoal, VpcGoal};
 use serde::{Deserialize, Serialize};
 

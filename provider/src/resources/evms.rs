@@ -80,7 +80,7 @@ impl DataSource for Evms {
                     ("subnet", Value::string(evm.subnet)),
                     ("epm", Value::string(evm.epm)),
                     ("ip", Value::string(evm.ip.to_string())),
-                    ("mac", Value::string(merak_agent::netdev::format_mac(&evm.mac))),
+                    ("mac", Value::string(merak_netdev::netdev::format_mac(&evm.mac))),
                     ("namespace", Value::string(evm.namespace)),
                 ])
             })

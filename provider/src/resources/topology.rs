@@ -215,7 +215,7 @@ pub fn state_of(spec: &TreeSpec, ready_epms: u32) -> Value {
                 ("name", Value::string(&epm.name)),
                 ("rack", Value::int(i64::from(epm.rack))),
                 ("ip", Value::string(epm.ip.to_string())),
-                ("mac", Value::string(merak_agent::netdev::format_mac(&epm.mac))),
+                ("mac", Value::string(merak_netdev::netdev::format_mac(&epm.mac))),
                 ("namespace", Value::string(naming::namespace(&spec.name, &epm.name))),
             ]);
             (name, attributes)

@@ -53,9 +53,9 @@ pub struct Failure {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(transparent)]
-    Netns(#[from] merak_agent::netns::NetnsError),
+    Netns(#[from] merak_netdev::netns::NetnsError),
     #[error(transparent)]
-    Netdev(#[from] merak_agent::netdev::NetdevError),
+    Netdev(#[from] merak_netdev::netdev::NetdevError),
     #[error("{context}: {source}")]
     Io {
         context: String,

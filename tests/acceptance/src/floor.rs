@@ -226,7 +226,7 @@ pub fn home_namespace() -> io::Result<File> {
 }
 
 /// The floor runs on the same `/run/netns` as the provider: a private mount
-/// point (see merak_agent::netns::prepare_run_dir).
+/// point (see merak_netdev::netns::prepare_run_dir).
 pub fn prepare() -> io::Result<()> {
-    merak_agent::netns::prepare_run_dir()
+    merak_netdev::netns::prepare_run_dir()
 }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::StreamExt;
-use merak_agent::{netdev, netns};
+use merak_netdev::{netdev, netns};
 use merak_proto::agent::EvmSpec;
 
 use super::PARALLEL_EPMS;

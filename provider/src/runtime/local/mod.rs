@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use merak_agent::netdev::{self, Netlink};
-use merak_agent::netns::{self, NetnsOptions};
+use merak_netdev::netdev::{self, Netlink};
+use merak_netdev::netns::{self, NetnsOptions};
 use merak_proto::agent::host_client::HostClient as HostApiClient;
 use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec, GetInfoRequest, HealthRequest, HostedEpm, ReleaseRequest, ServeRequest, UnderlayGoal};
 use serde::{Deserialize, Serialize};
