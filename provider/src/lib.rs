@@ -10,3 +10,13 @@ pub mod protocol;
 pub mod resources;
 pub mod runtime;
 pub mod store;
+
+/// The provider as the protocol layer serves it: this crate's schema,
+/// configuration, resources and data sources, the controller their client.
+pub static PROVIDER: protocol::provider::Definition<controller::Controller> = protocol::provider::Definition {
+    schema: || &config::SCHEMA,
+    validate: config::validate,
+    configure: config::configure,
+    resources: resources::RESOURCES,
+    data_sources: resources::DATA_SOURCES,
+};

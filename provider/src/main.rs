@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use merak_provider::protocol::plugin::{self, ServeOptions, Transport};
-use merak_provider::protocol::server::MerakProvider;
+use merak_provider::protocol::server::ProviderService;
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,5 +63,5 @@ fn run(debug: bool) -> anyhow::Result<()> {
         _ => Transport::Unix,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    runtime.block_on(plugin::serve(MerakProvider::default(), ServeOptions { transport, debug }))
+    runtime.block_on(plugin::serve(ProviderService::new(&merak_provider::PROVIDER), ServeOptions { transport, debug }))
 }

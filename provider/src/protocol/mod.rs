@@ -6,6 +6,7 @@ pub mod diagnostics;
 pub mod json;
 pub mod msgpack;
 pub mod plugin;
+pub mod provider;
 pub mod schema;
 pub mod server;
 pub mod tls;

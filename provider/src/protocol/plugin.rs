@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
-use super::server::MerakProvider;
+use super::server::ProviderService;
 use super::tls;
 
 pub const MAGIC_COOKIE_KEY: &str = "TF_PLUGIN_MAGIC_COOKIE";
@@ -48,7 +48,7 @@ pub struct ServeOptions {
 }
 
 /// Runs the plugin until the host shuts it down.
-pub async fn serve(provider: MerakProvider, options: ServeOptions) -> anyhow::Result<()> {
+pub async fn serve<C: Send + Sync + 'static>(provider: ProviderService<C>, options: ServeOptions) -> anyhow::Result<()> {
     let tls = match std::env::var("PLUGIN_CLIENT_CERT") {
         Ok(pem) if !options.debug && !pem.trim().is_empty() => {
             let client = tls::parse_client_certificate(&pem)?;

@@ -1,5 +1,6 @@
 //! The tfplugin6 Provider service: decodes requests, dispatches to the
-//! provider configuration and the resources, encodes answers. RPCs this
+//! provider definition it was given (configuration, resources), encodes
+//! answers. RPCs this
 //! provider does not need are not declared in our proto, so tonic answers
 //! them UNIMPLEMENTED.
 
@@ -12,33 +13,39 @@ use super::cty::{Type, Value};
 use super::diagnostics::{Diagnostic, Diagnostics};
 use super::schema::{Presence, Schema};
 use super::{json, msgpack};
-use crate::config;
-use crate::resources::{self, DataSource, Resource};
-use crate::controller::Controller;
+use super::provider::{DataSource, Definition, Resource};
 
-#[derive(Default, Clone)]
-pub struct MerakProvider {
-    runtime: Arc<RwLock<Option<Arc<Controller>>>>,
+/// The tfplugin6 service of a provider [`Definition`]; `C` is what
+/// configuring it yields, handed to every resource.
+pub struct ProviderService<C: Sync + 'static> {
+    definition: &'static Definition<C>,
+    runtime: Arc<RwLock<Option<Arc<C>>>>,
 }
 
-impl MerakProvider {
-    fn runtime(&self) -> Result<Arc<Controller>, Diagnostics> {
+impl<C: Sync + 'static> ProviderService<C> {
+    pub fn new(definition: &'static Definition<C>) -> Self {
+        ProviderService { definition, runtime: Arc::default() }
+    }
+
+    fn runtime(&self) -> Result<Arc<C>, Diagnostics> {
         self.runtime
             .read()
             .ok()
             .and_then(|runtime| runtime.clone())
             .ok_or_else(|| Diagnostic::error("Provider not configured", "ConfigureProvider was not called before this operation.").into())
     }
-}
 
-fn resource(type_name: &str) -> Result<&'static dyn Resource, Diagnostics> {
-    resources::resource(type_name)
-        .ok_or_else(|| Diagnostic::error("Unknown resource type", format!("This provider has no resource type {type_name:?}.")).into())
-}
+    fn resource(&self, type_name: &str) -> Result<&'static dyn Resource<C>, Diagnostics> {
+        self.definition
+            .resource(type_name)
+            .ok_or_else(|| Diagnostic::error("Unknown resource type", format!("This provider has no resource type {type_name:?}.")).into())
+    }
 
-fn data_source(type_name: &str) -> Result<&'static dyn DataSource, Diagnostics> {
-    resources::data_source(type_name)
-        .ok_or_else(|| Diagnostic::error("Unknown data source", format!("This provider has no data source {type_name:?}.")).into())
+    fn data_source(&self, type_name: &str) -> Result<&'static dyn DataSource<C>, Diagnostics> {
+        self.definition
+            .data_source(type_name)
+            .ok_or_else(|| Diagnostic::error("Unknown data source", format!("This provider has no data source {type_name:?}.")).into())
+    }
 }
 
 fn schemas<T: ?Sized>(items: &[&T], name: impl Fn(&T) -> &'static str, schema: impl Fn(&T) -> &'static Schema) -> std::collections::HashMap<String, pb::Schema> {
@@ -72,16 +79,16 @@ fn diagnostics_of<T>(result: Result<T, Diagnostics>) -> (Option<T>, Vec<pb::Diag
 }
 
 #[tonic::async_trait]
-impl Provider for MerakProvider {
+impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
     async fn get_metadata(&self, _: Request<pb::get_metadata::Request>) -> Result<Response<pb::get_metadata::Response>, Status> {
         Ok(Response::new(pb::get_metadata::Response {
             server_capabilities: Some(pb::ServerCapabilities::default()),
             diagnostics: Vec::new(),
-            data_sources: resources::DATA_SOURCES
+            data_sources: self.definition.data_sources
                 .iter()
                 .map(|d| pb::get_metadata::DataSourceMetadata { type_name: d.type_name().to_string() })
                 .collect(),
-            resources: resources::RESOURCES
+            resources: self.definition.resources
                 .iter()
                 .map(|r| pb::get_metadata::ResourceMetadata { type_name: r.type_name().to_string() })
                 .collect(),
@@ -93,9 +100,9 @@ impl Provider for MerakProvider {
         _: Request<pb::get_provider_schema::Request>,
     ) -> Result<Response<pb::get_provider_schema::Response>, Status> {
         Ok(Response::new(pb::get_provider_schema::Response {
-            provider: Some(config::SCHEMA.to_proto()),
-            resource_schemas: schemas(resources::RESOURCES, |r| r.type_name(), |r| r.schema()),
-            data_source_schemas: schemas(resources::DATA_SOURCES, |d| d.type_name(), |d| d.schema()),
+            provider: Some((self.definition.schema)().to_proto()),
+            resource_schemas: schemas(self.definition.resources, |r| r.type_name(), |r| r.schema()),
+            data_source_schemas: schemas(self.definition.data_sources, |d| d.type_name(), |d| d.schema()),
             diagnostics: Vec::new(),
             provider_meta: None,
             server_capabilities: Some(pb::ServerCapabilities::default()),
@@ -107,8 +114,8 @@ impl Provider for MerakProvider {
         request: Request<pb::validate_provider_config::Request>,
     ) -> Result<Response<pb::validate_provider_config::Response>, Status> {
         let request = request.into_inner();
-        let diagnostics = match decode(request.config.as_ref(), &config::SCHEMA.value_type()) {
-            Ok(value) => config::validate(&value),
+        let diagnostics = match decode(request.config.as_ref(), &(self.definition.schema)().value_type()) {
+            Ok(value) => (self.definition.validate)(&value),
             Err(diagnostics) => diagnostics,
         };
         Ok(Response::new(pb::validate_provider_config::Response { diagnostics: diagnostics.to_proto() }))
@@ -119,7 +126,7 @@ impl Provider for MerakProvider {
         request: Request<pb::validate_resource_config::Request>,
     ) -> Result<Response<pb::validate_resource_config::Response>, Status> {
         let request = request.into_inner();
-        let result = resource(&request.type_name)
+        let result = self.resource(&request.type_name)
             .and_then(|resource| Ok(resource.validate(&decode(request.config.as_ref(), &resource.schema().value_type())?)));
         let diagnostics = match result {
             Ok(diagnostics) | Err(diagnostics) => diagnostics,
@@ -132,7 +139,7 @@ impl Provider for MerakProvider {
         request: Request<pb::validate_data_resource_config::Request>,
     ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
         let request = request.into_inner();
-        let result = data_source(&request.type_name)
+        let result = self.data_source(&request.type_name)
             .and_then(|source| Ok(source.validate(&decode(request.config.as_ref(), &source.schema().value_type())?)));
         let diagnostics = match result {
             Ok(diagnostics) | Err(diagnostics) => diagnostics,
@@ -147,7 +154,7 @@ impl Provider for MerakProvider {
         let request = request.into_inner();
         // The resource rewrites a state of an older schema version (as
         // JSON), then it is re-encoded as msgpack under the current schema.
-        let result = resource(&request.type_name).and_then(|resource| {
+        let result = self.resource(&request.type_name).and_then(|resource| {
             let ty = resource.schema().value_type();
             let raw = request.raw_state.map(|raw| raw.json).unwrap_or_default();
             let unreadable = |e: String| Diagnostics::from(Diagnostic::error("Unreadable stored state", e));
@@ -170,7 +177,7 @@ impl Provider for MerakProvider {
         request: Request<pb::configure_provider::Request>,
     ) -> Result<Response<pb::configure_provider::Response>, Status> {
         let request = request.into_inner();
-        let result = decode(request.config.as_ref(), &config::SCHEMA.value_type()).and_then(|value| config::configure(&value));
+        let result = decode(request.config.as_ref(), &(self.definition.schema)().value_type()).and_then(|value| (self.definition.configure)(&value));
         let diagnostics = match result {
             Ok(runtime) => {
                 if let Ok(mut slot) = self.runtime.write() {
@@ -186,7 +193,7 @@ impl Provider for MerakProvider {
     async fn read_resource(&self, request: Request<pb::read_resource::Request>) -> Result<Response<pb::read_resource::Response>, Status> {
         let request = request.into_inner();
         let result = async {
-            let resource = resource(&request.type_name)?;
+            let resource = self.resource(&request.type_name)?;
             let ty = resource.schema().value_type();
             let current = decode(request.current_state.as_ref(), &ty)?;
             if current.is_null() {
@@ -207,7 +214,7 @@ impl Provider for MerakProvider {
     ) -> Result<Response<pb::plan_resource_change::Response>, Status> {
         let request = request.into_inner();
         let result: Result<(pb::DynamicValue, Vec<pb::AttributePath>), Diagnostics> = async {
-            let resource = resource(&request.type_name)?;
+            let resource = self.resource(&request.type_name)?;
             let ty = resource.schema().value_type();
             let prior = decode(request.prior_state.as_ref(), &ty)?;
             let proposed = decode(request.proposed_new_state.as_ref(), &ty)?;
@@ -249,7 +256,7 @@ impl Provider for MerakProvider {
     ) -> Result<Response<pb::apply_resource_change::Response>, Status> {
         let request = request.into_inner();
         let result: Result<(pb::DynamicValue, Diagnostics), Diagnostics> = async {
-            let resource = resource(&request.type_name)?;
+            let resource = self.resource(&request.type_name)?;
             let ty = resource.schema().value_type();
             let prior = decode(request.prior_state.as_ref(), &ty)?;
             let planned = decode(request.planned_state.as_ref(), &ty)?;
@@ -282,7 +289,7 @@ impl Provider for MerakProvider {
     ) -> Result<Response<pb::import_resource_state::Response>, Status> {
         let request = request.into_inner();
         let result = async {
-            let resource = resource(&request.type_name)?;
+            let resource = self.resource(&request.type_name)?;
             let runtime = self.runtime()?;
             let state = resource.import(runtime.as_ref(), &request.id).await?.ok_or_else(|| {
                 Diagnostics::from(Diagnostic::error(
@@ -307,7 +314,7 @@ impl Provider for MerakProvider {
     ) -> Result<Response<pb::read_data_source::Response>, Status> {
         let request = request.into_inner();
         let result = async {
-            let source = data_source(&request.type_name)?;
+            let source = self.data_source(&request.type_name)?;
             let ty = source.schema().value_type();
             let config = decode(request.config.as_ref(), &ty)?;
             let runtime = self.runtime()?;

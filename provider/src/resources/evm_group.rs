@@ -13,7 +13,8 @@ use crate::protocol::schema::{Attribute, Block, Schema};
 use crate::model::TreeSpec;
 use crate::controller::{Controller, GroupStatus, Intent};
 
-use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
+use crate::protocol::provider::Resource;
+use super::{any_unknown, known_str, runtime_error, spec_errors, split_id};
 
 pub struct EvmGroup;
 
@@ -174,7 +175,7 @@ fn state_of(spec: &GroupSpec, subnet: Option<&SubnetSpec>, status: &GroupStatus)
 }
 
 #[tonic::async_trait]
-impl Resource for EvmGroup {
+impl Resource<Controller> for EvmGroup {
     fn type_name(&self) -> &'static str {
         "merak_evm_group"
     }

@@ -8,7 +8,8 @@ use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
 use crate::controller::Controller;
 
-use super::{DataSource, known_str, runtime_error};
+use crate::protocol::provider::DataSource;
+use super::{known_str, runtime_error};
 
 pub struct Evms;
 
@@ -46,7 +47,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
 });
 
 #[tonic::async_trait]
-impl DataSource for Evms {
+impl DataSource<Controller> for Evms {
     fn type_name(&self) -> &'static str {
         "merak_evms"
     }

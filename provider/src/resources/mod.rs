@@ -1,5 +1,6 @@
 //! Resources and data sources: each maps configuration to the model and the
-//! model to runtime calls. The protocol server only sees these two traits.
+//! model to controller calls, implementing the protocol layer's
+//! `Resource` and `DataSource` traits for the [`Controller`].
 
 pub mod evm_group;
 pub mod evms;
@@ -25,66 +26,12 @@ pub fn spec_errors(errors: Vec<SpecError>) -> Diagnostics {
     Diagnostics(errors.into_iter().map(Diagnostic::from).collect())
 }
 
-#[tonic::async_trait]
-pub trait Resource: Send + Sync {
-    fn type_name(&self) -> &'static str;
-    fn schema(&self) -> &'static Schema;
-    /// Checks the configuration without the runtime (values may be unknown).
-    fn validate(&self, config: &Value) -> Diagnostics;
-    /// The planned state for `config`; `runtime` is there to check the plan
-    /// against what exists (it may be absent when the provider is not configured).
-    async fn plan(&self, runtime: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics>;
-    /// Creates or updates to `planned`. Returns the state of what exists,
-    /// also when something failed.
-    async fn apply(&self, runtime: &Controller, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics);
-    async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics;
-    /// The state of the resource with import ID `id`, or None when there is none.
-    async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics>;
-    /// The resource as it is, or None when it is gone. Every resource's `id`
-    /// is its import ID, so reading is importing it again.
-    async fn read(&self, runtime: &Controller, current: &Value) -> Result<Option<Value>, Diagnostics> {
-        match known_str(current, "id") {
-            Some(id) => self.import(runtime, id).await,
-            None => Ok(None),
-        }
-    }
+/// What the protocol layer serves, with the controller as the configured client.
+pub type Resource = dyn crate::protocol::provider::Resource<Controller>;
+pub type DataSource = dyn crate::protocol::provider::DataSource<Controller>;
 
-    /// A stored state (JSON) of schema version `version`, rewritten for
-    /// the current schema. Most resources have had one version only.
-    fn upgrade_state(&self, _version: i64, state: serde_json::Value) -> serde_json::Value {
-        state
-    }
-
-    /// Attributes whose change between `prior` and `planned` forces replacement.
-    fn requires_replace(&self, prior: &Value, planned: &Value) -> Vec<&'static str> {
-        self.schema()
-            .block
-            .attributes
-            .iter()
-            .filter(|a| a.forces_replacement && prior.attr(a.name) != planned.attr(a.name))
-            .map(|a| a.name)
-            .collect()
-    }
-}
-
-#[tonic::async_trait]
-pub trait DataSource: Send + Sync {
-    fn type_name(&self) -> &'static str;
-    fn schema(&self) -> &'static Schema;
-    fn validate(&self, config: &Value) -> Diagnostics;
-    async fn read(&self, runtime: &Controller, config: &Value) -> Result<Value, Diagnostics>;
-}
-
-pub static RESOURCES: &[&dyn Resource] = &[&topology::Topology, &vpc::Vpc, &subnet::Subnet, &evm_group::EvmGroup];
-pub static DATA_SOURCES: &[&dyn DataSource] = &[&evms::Evms, &pingall::Pingall];
-
-pub fn resource(type_name: &str) -> Option<&'static dyn Resource> {
-    RESOURCES.iter().copied().find(|r| r.type_name() == type_name)
-}
-
-pub fn data_source(type_name: &str) -> Option<&'static dyn DataSource> {
-    DATA_SOURCES.iter().copied().find(|d| d.type_name() == type_name)
-}
+pub static RESOURCES: &[&Resource] = &[&topology::Topology, &vpc::Vpc, &subnet::Subnet, &evm_group::EvmGroup];
+pub static DATA_SOURCES: &[&DataSource] = &[&evms::Evms, &pingall::Pingall];
 
 /// A runtime failure as a diagnostic.
 pub fn runtime_error(summary: impl Into<String>, error: RuntimeError) -> Diagnostics {

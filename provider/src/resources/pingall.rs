@@ -10,7 +10,8 @@ use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
 use crate::controller::{Controller, EvmInfo, Probe};
 
-use super::{DataSource, known_str, runtime_error};
+use crate::protocol::provider::DataSource;
+use super::{known_str, runtime_error};
 
 pub struct Pingall;
 
@@ -136,7 +137,7 @@ pub fn probes(evms: &[EvmInfo], samples: usize) -> Vec<Probe> {
 }
 
 #[tonic::async_trait]
-impl DataSource for Pingall {
+impl DataSource<Controller> for Pingall {
     fn type_name(&self) -> &'static str {
         "merak_pingall"
     }

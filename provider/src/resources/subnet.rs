@@ -9,7 +9,8 @@ use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
 use crate::controller::Controller;
 
-use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
+use crate::protocol::provider::Resource;
+use super::{any_unknown, known_str, runtime_error, spec_errors, split_id};
 
 pub struct Subnet;
 
@@ -84,7 +85,7 @@ async fn recorded_vpc(runtime: &Controller, config: &Value) -> Result<Option<Vpc
 }
 
 #[tonic::async_trait]
-impl Resource for Subnet {
+impl Resource<Controller> for Subnet {
     fn type_name(&self) -> &'static str {
         "merak_subnet"
     }

@@ -8,13 +8,13 @@ use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
 use crate::controller::{Controller, Intent, TopologyStatus};
 
-use super::Resource;
+use crate::protocol::provider::Resource;
 
 /// The `merak_topology` resource.
 pub struct Topology;
 
 #[tonic::async_trait]
-impl Resource for Topology {
+impl Resource<Controller> for Topology {
     fn type_name(&self) -> &'static str {
         TYPE_NAME
     }

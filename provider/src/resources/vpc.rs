@@ -9,7 +9,8 @@ use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
 use crate::controller::Controller;
 
-use super::{Resource, any_unknown, known_str, runtime_error, spec_errors, split_id};
+use crate::protocol::provider::Resource;
+use super::{any_unknown, known_str, runtime_error, spec_errors, split_id};
 
 pub struct Vpc;
 
@@ -58,7 +59,7 @@ fn state_of(spec: &VpcSpec) -> Value {
 }
 
 #[tonic::async_trait]
-impl Resource for Vpc {
+impl Resource<Controller> for Vpc {
     fn type_name(&self) -> &'static str {
         "merak_vpc"
     }
