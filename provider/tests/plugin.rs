@@ -12,13 +12,15 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 
 const PROVIDER: &str = env!("CARGO_BIN_EXE_terraform-provider-merak");
 
-/// A provider process that is killed if a test fails before it exits.
+/// A provider process that is killed if a test fails before it exits, and
+/// its socket directory removed (a killed provider cannot).
 struct Plugin(Child);
 
 impl Drop for Plugin {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("plugin-merak-{}", self.0.id())));
     }
 }
 
@@ -83,6 +85,17 @@ fn unix_socket_by_default_in_a_private_directory() {
     assert!(socket.metadata().unwrap().file_type().is_socket());
     let dir_mode = socket.parent().unwrap().metadata().unwrap().permissions().mode();
     assert_eq!(dir_mode & 0o777, 0o700);
+}
+
+#[test]
+fn a_killed_providers_socket_directory_is_removed_by_the_next() {
+    let (mut killed, line) = start(&[]);
+    let dir = std::path::PathBuf::from(line.split('|').nth(3).unwrap()).parent().unwrap().to_owned();
+    killed.0.kill().unwrap(); // SIGKILL: it cannot clean up after itself
+    killed.0.wait().unwrap();
+    assert!(dir.exists());
+    let (_next, _) = start(&[]);
+    assert!(!dir.exists(), "{} outlived its provider", dir.display());
 }
 
 #[test]

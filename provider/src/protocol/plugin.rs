@@ -117,6 +117,25 @@ pub async fn serve<C: Send + Sync + 'static>(provider: ProviderService<C>, optio
     Ok(())
 }
 
+/// Socket directories are `<tmp>/plugin-merak-<pid>`.
+const SOCKET_DIR_PREFIX: &str = "plugin-merak-";
+
+/// A provider that was killed (Terraform's own kill after its grace period,
+/// a test's) could not remove its socket directory: the next provider to
+/// start removes those whose process is gone, so they do not pile up.
+fn remove_dead_providers_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(SOCKET_DIR_PREFIX)).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 enum Listener {
     Unix(UnixListener),
     Tcp(TcpListener),
@@ -125,8 +144,9 @@ enum Listener {
 async fn listen(transport: Transport) -> anyhow::Result<(Listener, String)> {
     match transport {
         Transport::Unix => {
+            remove_dead_providers_dirs();
             // A private directory: only this user can reach the socket.
-            let dir = std::env::temp_dir().join(format!("plugin-merak-{}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("{SOCKET_DIR_PREFIX}{}", std::process::id()));
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
