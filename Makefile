@@ -14,7 +14,7 @@ CLI_CONFIG  = $(CURDIR)/target/terraformrc
 QUICKSTART  = examples/terraform/quickstart
 TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
 
-.PHONY: all deps build terraform mirror quickstart quickstart-destroy test docs bench fuzz
+.PHONY: all deps build terraform mirror quickstart quickstart-destroy test docs bench fuzz agent-image
 
 all: build
 
@@ -67,6 +67,14 @@ test: build terraform
 
 docs:
 	$(CARGO) run -q -p terraform-provider-merak -- --generate-docs docs
+
+# The agent's OCI image (from scratch: the release binary and the libraries
+# it links), tagged in the local container storage and written to target/.
+# Push it with: podman push $(AGENT_IMAGE) docker://REGISTRY/merak-agent:$(VERSION)
+AGENT_IMAGE ?= localhost/merak-agent:$(VERSION)
+agent-image: deps
+	$(CARGO) build --release -p merak-agent
+	agent/image/build.sh target/release/merak-agent target/merak-agent-$(VERSION).oci.tar $(AGENT_IMAGE)
 
 # Benchmarks (not tests): release build, real terraform.
 #   make bench                         topology (BENCH_TOPOLOGY="RACKS HOSTS_PER_RACK") and EVMs

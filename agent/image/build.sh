@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The agent's OCI image, built with buildah from scratch: the merak-agent
+# binary and the shared libraries it links (as ldd lists them), nothing else.
+# No base image, no registry pull: what runs in the pod is exactly what was
+# built and tested here.
+#
+#   agent/image/build.sh BINARY ARCHIVE [NAME]
+#
+# Commits NAME (default localhost/merak-agent:latest) to the local container
+# storage and writes it to ARCHIVE as an oci-archive (podman load -i ARCHIVE,
+# or skopeo/podman push it to a registry).
+set -euo pipefail
+binary=$1
+archive=$2
+name=${3:-localhost/merak-agent:latest}
+for command in buildah ldd; do
+  command -v "$command" >/dev/null || { echo "$command is missing: run 'make deps' (apt-get install buildah)" >&2; exit 1; }
+done
+[ -x "$binary" ] || { echo "$binary: no such executable (build the agent first)" >&2; exit 1; }
+
+# The dynamic loader and each library, at the path the binary asks for.
+libraries=$(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+
+container=$(buildah from --quiet scratch)
+trap 'buildah rm "$container" >/dev/null 2>&1 || true' EXIT
+buildah copy --quiet --chmod 0755 "$container" "$binary" /usr/bin/merak-agent >/dev/null
+for library in $libraries; do
+  buildah copy --quiet "$container" "$(readlink -f "$library")" "$library" >/dev/null
+done
+buildah config \
+  --entrypoint '["/usr/bin/merak-agent"]' --cmd '' \
+  --label org.opencontainers.image.title=merak-agent \
+  --label org.opencontainers.image.description="merak-agent: the network-device agent inside an EPM" \
+  --label "org.opencontainers.image.version=$("$binary" --version | awk '{ print $2 }')" \
+  "$container"
+buildah commit --quiet "$container" "$name" >/dev/null
+mkdir -p "$(dirname "$archive")"
+rm -f "$archive"
+buildah push --quiet "$name" "oci-archive:$archive:$name" >/dev/null
+echo "$name -> $archive"
