@@ -152,16 +152,34 @@ pub fn connector(ca: &[u8], certificate: &[u8], key: &[u8]) -> Result<tokio_rust
 
 /// A channel to the agent at `address` over mutual TLS.
 pub async fn channel(address: std::net::SocketAddr, connector: tokio_rustls::TlsConnector) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    // The URI is required by the API but unused: the connector dials the address.
+    channel_over(
+        move || async move {
+            let stream = TcpStream::connect(address).await?;
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        },
+        connector,
+    )
+    .await
+}
+
+/// A channel to an agent over mutual TLS on streams that `dial` opens
+/// (a TCP connection made in another namespace, a port-forward stream).
+pub async fn channel_over<D, F, S>(dial: D, connector: tokio_rustls::TlsConnector) -> Result<tonic::transport::Channel, tonic::transport::Error>
+where
+    D: Fn() -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = io::Result<S>> + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The URI is required by the API but unused: the connector dials.
     tonic::transport::Endpoint::from_static("http://merak-agent")
         .connect_timeout(std::time::Duration::from_secs(2))
         // Large EVM batches take a while; the agent answers when done.
         .timeout(std::time::Duration::from_secs(600))
         .connect_with_connector(tower::service_fn(move |_| {
-            let connector = connector.clone();
+            let (connector, dial) = (connector.clone(), dial.clone());
             async move {
-                let stream = TcpStream::connect(address).await?;
-                let _ = stream.set_nodelay(true);
+                let stream = dial().await?;
                 let name = rustls::pki_types::ServerName::try_from(AGENT_NAME).map_err(io::Error::other)?;
                 let tls = connector.connect(name, stream).await?;
                 Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))

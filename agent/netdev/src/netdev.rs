@@ -262,6 +262,19 @@ impl Netlink {
             .map_err(|e| NetdevError::new(format!("create veth {name} <-> {peer}"), e))
     }
 
+    /// Sets a link's MTU.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::Mtu(mtu));
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| NetdevError::new(format!("MTU {mtu} on link {index}"), e))
+    }
+
     /// Turns IPv6 address generation off on a link (no link-local address,
     /// so no DAD, router solicitation or MLD when it goes up). The kernel
     /// refuses this attribute in the request that creates a link.

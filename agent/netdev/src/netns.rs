@@ -239,6 +239,18 @@ pub fn enter(ns: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
+/// Opens a TCP connection from inside the named namespace (a socket stays
+/// in the namespace it was made in, so the stream works from any thread).
+pub async fn connect_in(namespace: &str, address: std::net::SocketAddr, timeout: std::time::Duration) -> Result<std::net::TcpStream, NetnsError> {
+    let ns = open_fd(namespace)?;
+    let owned = namespace.to_string();
+    on_worker(move || {
+        enter(&ns).map_err(|e| NetnsError::io("setns", &owned, e))?;
+        std::net::TcpStream::connect_timeout(&address, timeout).map_err(|e| NetnsError::io("connect", &owned, e))
+    })
+    .await
+}
+
 /// Removes the name. The kernel frees the namespace, and every device in
 /// it, once nothing else (a process, an open fd) holds it. Deleting a name
 /// that does not exist is not an error.
