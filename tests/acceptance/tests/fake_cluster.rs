@@ -169,3 +169,103 @@ async fn kubectl_lists_describes_and_deletes_what_runs_in_the_fake() {
     drop(running);
     assert!(merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(), "the fake left namespaces behind");
 }
+
+async fn kube_client(running: &Running) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&running.kubeconfig).expect("the fake's kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await.expect("a client configuration");
+    kube::Client::try_from(config).expect("a client")
+}
+
+/// What the provider's kubernetes runtime does through kube: typed objects
+/// in and out, a conflict on a stale resourceVersion, a watch, and the
+/// agent in a pod reached through the API server's port-forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_clients_create_watch_and_port_forward_through_the_fake() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+    use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
+
+    let dir = std::env::temp_dir().join(format!("merak-fake-kube-{}", std::process::id()));
+    let image = format!("{IMAGE}={}", binary("merak-agent").display());
+    let running = Running::start(&binary("merak-fake-cluster"), &dir, &["--nodes".into(), "2".into(), "--image".into(), image]).expect("the fake cluster starts");
+    let client = kube_client(&running).await;
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap();
+    namespaces.create(&PostParams::default(), &namespace).await.expect("create the namespace");
+    let (authority, _) = Authority::create("kube").expect("a CA");
+    let agent = authority.issue(Role::Agent).expect("an agent certificate");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "agent-tls"},
+        "stringData": {"ca.pem": authority.certificate, "agent.pem": agent.certificate, "agent.key": agent.key},
+    }))
+    .unwrap();
+    secrets.create(&PostParams::default(), &secret).await.expect("create the secret");
+
+    // A stale resourceVersion is a 409 Conflict.
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let map: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "record"}, "data": {"v": "1"}})).unwrap();
+    let first = maps.create(&PostParams::default(), &map).await.expect("create the config map");
+    let mut second = first.clone();
+    second.data = Some([("v".to_string(), "2".to_string())].into());
+    maps.replace("record", &PostParams::default(), &second).await.expect("replace at the current version");
+    let stale = maps.replace("record", &PostParams::default(), &second).await.expect_err("a stale replace");
+    assert!(matches!(&stale, kube::Error::Api(status) if status.code == 409), "{stale:?}");
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let pod: Pod = serde_json::from_value(agent_pod("epm-0", IMAGE, json!({}))).unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.expect("create the pod");
+    let from = created.metadata.resource_version.clone().expect("a resourceVersion");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ready = loop {
+        let pod = pods.get("epm-0").await.expect("get the pod");
+        let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        if conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+            break pod;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pod did not get ready: {:?}", pod.status);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(ready.status.and_then(|s| s.pod_ip).is_some_and(|ip| ip.starts_with("10.244.")));
+
+    // The agent, through port-forward: a new forwarded stream per connection.
+    let controller = authority.issue(Role::Controller).expect("a client certificate");
+    let connector = merak_agent::tls::connector(authority.certificate.as_bytes(), controller.certificate.as_bytes(), controller.key.as_bytes()).unwrap();
+    let forwarding = pods.clone();
+    let dial = move || {
+        let pods = forwarding.clone();
+        async move {
+            let mut forwarder = pods.portforward("epm-0", &[7443]).await.map_err(std::io::Error::other)?;
+            forwarder.take_stream(7443).ok_or_else(|| std::io::Error::other("no stream for port 7443"))
+        }
+    };
+    let channel = merak_agent::tls::channel_over(dial, connector).await.expect("a channel through port-forward");
+    let reply = merak_proto::agent::agent_client::AgentClient::new(channel).health(merak_proto::agent::HealthRequest {}).await.expect("health through port-forward").into_inner();
+    assert_eq!(reply.epm, "epm-0");
+
+    // A watch from the pod's creation sees it modified (scheduled, started) and then deleted.
+    let mut events = pods.watch(&WatchParams::default().fields("metadata.name=epm-0").timeout(30), &from).await.expect("a watch").boxed();
+    pods.delete("epm-0", &DeleteParams::default()).await.expect("delete the pod");
+    let mut seen = Vec::new();
+    while let Some(event) = events.next().await {
+        match event.expect("a watch event") {
+            WatchEvent::Modified(_) => seen.push("MODIFIED"),
+            WatchEvent::Deleted(_) => {
+                seen.push("DELETED");
+                break;
+            }
+            WatchEvent::Added(_) => seen.push("ADDED"),
+            other => panic!("unexpected watch event {other:?}"),
+        }
+    }
+    assert!(seen.first() == Some(&"MODIFIED") && seen.last() == Some(&"DELETED"), "{seen:?}");
+
+    namespaces.delete(NAMESPACE, &DeleteParams::default()).await.expect("delete the namespace");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while namespaces.get_opt(NAMESPACE).await.expect("get the namespace").is_some() {
+        assert!(std::time::Instant::now() < deadline, "the namespace was not removed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(running.pod_sandboxes().is_empty());
+}

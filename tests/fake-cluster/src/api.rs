@@ -33,6 +33,10 @@ fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
     let mut response = Response::new(full(value.to_string()));
     *response.status_mut() = code;
@@ -196,6 +200,11 @@ async fn serve(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Result<Res
     };
     if !cluster.allowed(verb, &rbac_name) {
         return Err(forbidden(verb, resource, namespace.as_deref()));
+    }
+    if sub.as_deref() == Some("portforward") {
+        let pod = cluster.store.get("pods", namespace.as_deref().unwrap_or_default(), name.as_deref().unwrap_or_default());
+        let pod = pod.ok_or_else(|| ApiError::not_found("pods", name.as_deref().unwrap_or_default()))?;
+        return crate::portforward::upgrade(cluster, request, &pod);
     }
     let wants_table = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("as=Table"));
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
@@ -645,7 +654,7 @@ impl Cluster {
     fn inject_fault(&self) -> Result<(), ApiError> {
         let Some(every) = self.config.fail_every else { return Ok(()) };
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % every != 0 {
+        if !n.is_multiple_of(every) {
             return Ok(());
         }
         if (n / every) % 2 == 1 {

@@ -19,7 +19,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
-use crate::network::{self, Network};
+use crate::network;
 use crate::store::{Change, Event};
 use crate::{Cluster, meta, resources};
 
@@ -78,7 +78,6 @@ struct Nodes {
 
 pub struct Kubelet {
     cluster: Arc<Cluster>,
-    network: Network,
     held: Mutex<HashMap<String, Held>>,
     nodes: Mutex<Nodes>,
     sandboxes: std::sync::atomic::AtomicU64,
@@ -96,10 +95,10 @@ fn namespace_of(pod: &Value) -> String {
 }
 
 impl Kubelet {
-    pub fn new(cluster: Arc<Cluster>, network: Network) -> Arc<Kubelet> {
+    pub fn new(cluster: Arc<Cluster>) -> Arc<Kubelet> {
         let count = cluster.config.nodes;
         let nodes = Nodes { bound: HashMap::new(), per_node: vec![0; count], slots: vec![BTreeSet::new(); count] };
-        Arc::new(Kubelet { cluster, network, held: Mutex::default(), nodes: Mutex::new(nodes), sandboxes: Default::default(), terminating: Mutex::default() })
+        Arc::new(Kubelet { cluster, held: Mutex::default(), nodes: Mutex::new(nodes), sandboxes: Default::default(), terminating: Mutex::default() })
     }
 
     /// Follows the store until it closes.
@@ -269,7 +268,7 @@ impl Kubelet {
         while !lock(&self.held).is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.network.remove();
+        self.cluster.network.remove();
     }
 
     fn on_namespace(self: &Arc<Self>, namespace: &Value) {
@@ -345,8 +344,8 @@ impl Kubelet {
         };
         let ip = network::pod_ip(node, slot).context("no pod IP for this slot")?;
         let sequence = self.sandboxes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let sandbox = Sandbox { netns: format!("{}-{sequence}", self.network.prefix), slot, ip };
-        if let Err(e) = self.network.add_pod(&sandbox.netns, &format!("veth{sequence}"), ip).await {
+        let sandbox = Sandbox { netns: format!("{}-{sequence}", self.cluster.network.prefix), slot, ip };
+        if let Err(e) = self.cluster.network.add_pod(&sandbox.netns, &format!("veth{sequence}"), ip).await {
             let _ = merak_netdev::netns::delete(&sandbox.netns);
             lock(&self.nodes).slots[node].remove(&slot);
             return Err(e);
@@ -552,7 +551,7 @@ impl Kubelet {
         let Some(port) = container["readinessProbe"]["tcpSocket"]["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else { return true };
         let address = std::net::SocketAddr::from((sandbox.ip, port));
         loop {
-            if self.network.connect(address).await.is_ok() {
+            if self.cluster.network.connect(address).await.is_ok() {
                 return true;
             }
             if *stopped.borrow() || matches!(child.try_wait(), Ok(Some(_))) {

@@ -15,6 +15,7 @@ pub mod api;
 pub mod kubelet;
 pub mod meta;
 pub mod network;
+pub mod portforward;
 pub mod resources;
 pub mod select;
 pub mod store;
@@ -66,6 +67,7 @@ pub struct Cluster {
     pub address: String,
     /// The bearer token of the one user (written into the kubeconfig).
     token: String,
+    pub network: network::Network,
     requests: AtomicU64,
 }
 
@@ -164,7 +166,7 @@ pub async fn run(config: Config, ready: tokio::sync::oneshot::Sender<Endpoint>, 
     let (ca, acceptor) = tls_identity().context("making the API server's certificate")?;
     let token = meta::hex_suffix() + &meta::hex_suffix();
     let network = network::Network::create(&config.prefix, config.mtu).await?;
-    let cluster = Arc::new(Cluster { store: Store::default(), config, address: address.to_string(), token, requests: AtomicU64::new(0) });
+    let cluster = Arc::new(Cluster { store: Store::default(), config, address: address.to_string(), token, network, requests: AtomicU64::new(0) });
     cluster.store.create("namespaces", "", "namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "uid": meta::uid(), "creationTimestamp": meta::now(), "labels": {"kubernetes.io/metadata.name": "default"}}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}))?;
     for index in 0..cluster.config.nodes {
         let mut node = kubelet::node_object(index, cluster.config.pods_per_node);
@@ -172,7 +174,7 @@ pub async fn run(config: Config, ready: tokio::sync::oneshot::Sender<Endpoint>, 
         node["metadata"]["creationTimestamp"] = json!(meta::now());
         cluster.store.create("nodes", "", "nodes", node)?;
     }
-    let kubelet = kubelet::Kubelet::new(Arc::clone(&cluster), network);
+    let kubelet = kubelet::Kubelet::new(Arc::clone(&cluster));
     let kubelet_task = tokio::spawn(Arc::clone(&kubelet).run());
     let kubeconfig_path = cluster.config.dir.join("kubeconfig");
     let temporary = cluster.config.dir.join(".kubeconfig.tmp");

@@ -25,7 +25,7 @@ const CRUD: &[&str] = &["create", "delete", "deletecollection", "get", "list", "
 pub const RESOURCES: &[Resource] = &[
     core("namespaces", "namespace", "Namespace", false, &["ns"], &["status"]),
     core("nodes", "node", "Node", false, &["no"], &["status"]),
-    core("pods", "pod", "Pod", true, &["po"], &["status", "log"]),
+    core("pods", "pod", "Pod", true, &["po"], &["status", "log", "portforward"]),
     core("configmaps", "configmap", "ConfigMap", true, &["cm"], &[]),
     core("secrets", "secret", "Secret", true, &[], &[]),
     core("events", "event", "Event", true, &["ev"], &[]),
