@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingRequest};
+use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingRequest, SwitchGoal};
 
 use crate::netdev;
 use crate::error::OverlayError;
@@ -122,10 +122,33 @@ pub fn ping(request: &PingRequest) -> Result<(), OverlayError> {
     if request.probes.len() > MAX_BATCH {
         return Err(invalid(format!("a ping request holds at most {MAX_BATCH} probes")));
     }
+    if request.payload_bytes > crate::ping::MAX_PAYLOAD {
+        return Err(invalid(format!("a ping payload is at most {} bytes", crate::ping::MAX_PAYLOAD)));
+    }
     request.probes.iter().try_for_each(|probe| {
         namespace(&probe.from_namespace)?;
         ipv4(&probe.to).map(drop)
     })
+}
+
+/// A vswitch goal: interface names, at most one port per name, each a tunnel.
+pub fn switch(goal: &SwitchGoal) -> Result<(), OverlayError> {
+    interface(&goal.bridge)?;
+    if goal.ports.len() > MAX_BATCH {
+        return Err(invalid(format!("a vswitch holds at most {MAX_BATCH} ports")));
+    }
+    let mut names = std::collections::HashSet::new();
+    for port in &goal.ports {
+        interface(&port.name)?;
+        if port.name == goal.bridge || !names.insert(port.name.as_str()) {
+            return Err(invalid(format!("port {:?} is named twice", port.name)));
+        }
+        match &port.tunnel {
+            Some(tunnel) => crate::underlay::wanted(tunnel).map(drop)?,
+            None => return Err(invalid(format!("port {:?} has no tunnel", port.name))),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

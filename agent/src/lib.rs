@@ -12,5 +12,6 @@ pub mod ping;
 pub mod pki;
 pub mod server;
 pub mod tls;
+pub mod underlay;
 
 pub use merak_netdev::{netdev, netns};

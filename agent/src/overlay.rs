@@ -28,7 +28,7 @@ pub async fn apply(epm: &Netlink, goal: &OverlayGoal) -> Result<Vec<String>, Ove
         .links()
         .await?
         .into_iter()
-        .find(|l| l.name == "eth1")
+        .find(|l| l.name == crate::underlay::DATA_NIC)
         .ok_or_else(|| OverlayError::Invalid("the EPM has no eth1".into()))?;
     let mut actions = Vec::new();
 

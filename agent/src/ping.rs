@@ -1,5 +1,7 @@
 //! ICMP echo from inside an EVM's namespace: a raw socket opened on a thread
-//! that entered the namespace, so no `ping` process is spawned.
+//! that entered the namespace, so no `ping` process is spawned. Echo
+//! requests go with DF set: a packet too big for a hop is lost, never
+//! fragmented, so a full-size probe tests the path's MTU.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -8,8 +10,14 @@ use std::time::{Duration, Instant};
 
 use crate::netns;
 
-/// Whether `to` answers one echo request sent from namespace `from` within `timeout`.
-pub fn ping(from: &str, to: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
+/// The largest echo payload asked for (a jumbo frame's, less headers).
+pub const MAX_PAYLOAD: u32 = 9000 - 28;
+/// The payload of a probe that asks for none.
+const DEFAULT_PAYLOAD: usize = 8;
+
+/// Whether `to` answers one echo request of `payload` bytes (0: a small
+/// one) sent from namespace `from` within `timeout`.
+pub fn ping(from: &str, to: Ipv4Addr, payload: u32, timeout: Duration) -> io::Result<bool> {
     let ns = netns::open_fd(from).map_err(io::Error::other)?;
     // The socket belongs to the namespace it was created in.
     let socket = std::thread::scope(|scope| {
@@ -22,7 +30,22 @@ pub fn ping(from: &str, to: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
                     return Err(io::Error::last_os_error());
                 }
                 // SAFETY: fd is fresh and owned here.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+                let dont_fragment: libc::c_int = libc::IP_PMTUDISC_DO;
+                // SAFETY: setsockopt(2) with a c_int option value.
+                let set = unsafe {
+                    libc::setsockopt(
+                        socket.as_raw_fd(),
+                        libc::IPPROTO_IP,
+                        libc::IP_MTU_DISCOVER,
+                        (&dont_fragment as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if set != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(socket)
             })
             .join()
             .map_err(|_| io::Error::other("ping thread panicked"))?
@@ -40,9 +63,10 @@ pub fn ping(from: &str, to: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
     // echo requests spread over the timeout; any reply counts.
     const ATTEMPTS: u32 = 3;
     let started = Instant::now();
-    let mut buffer = [0u8; 1500];
+    let payload = if payload == 0 { DEFAULT_PAYLOAD } else { payload.min(MAX_PAYLOAD) as usize };
+    let mut buffer = vec![0u8; payload + 128];
     for attempt in 0..ATTEMPTS {
-        if !send_echo(&socket, &address, id, attempt as u16 + 1)? {
+        if !send_echo(&socket, &address, id, attempt as u16 + 1, payload)? {
             return Ok(false);
         }
         let deadline = started + timeout * (attempt + 1) / ATTEMPTS;
@@ -54,12 +78,14 @@ pub fn ping(from: &str, to: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
 }
 
 /// Sends one echo request; false when the kernel says the address is unreachable.
-fn send_echo(socket: &OwnedFd, address: &libc::sockaddr_in, id: u16, sequence: u16) -> io::Result<bool> {
-    let mut packet = [0u8; 16];
+fn send_echo(socket: &OwnedFd, address: &libc::sockaddr_in, id: u16, sequence: u16, payload: usize) -> io::Result<bool> {
+    let mut packet = vec![0u8; 8 + payload];
     packet[0] = 8; // echo request
     packet[4..6].copy_from_slice(&id.to_be_bytes());
     packet[6..8].copy_from_slice(&sequence.to_be_bytes());
-    packet[8..16].copy_from_slice(b"merak-pi");
+    for (byte, fill) in packet[8..].iter_mut().zip(b"merak-pi".iter().cycle()) {
+        *byte = *fill;
+    }
     let checksum = internet_checksum(&packet);
     packet[2..4].copy_from_slice(&checksum.to_be_bytes());
     // SAFETY: sendto(2) with a valid buffer and sockaddr_in.
@@ -75,9 +101,10 @@ fn send_echo(socket: &OwnedFd, address: &libc::sockaddr_in, id: u16, sequence: u
     };
     if sent < 0 {
         let error = io::Error::last_os_error();
-        // No route or no neighbour: unreachable, not a failure of the probe.
+        // No route or no neighbour: unreachable, not a failure of the
+        // probe; larger than the EVM's own MTU: it cannot pass either.
         return match error.raw_os_error() {
-            Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => Ok(false),
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EMSGSIZE) => Ok(false),
             _ => Err(error),
         };
     }

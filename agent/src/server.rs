@@ -6,7 +6,7 @@ use futures::StreamExt;
 
 use merak_proto::agent::agent_server::Agent;
 use merak_proto::agent::{
-    ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, UnderlayGoal,
+    ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, SwitchGoal, UnderlayGoal,
 };
 use tonic::{Request, Response, Status};
 
@@ -65,6 +65,10 @@ impl AgentService {
             actions.push("lo up".to_string());
         }
 
+        if let Some(tunnel) = &goal.tunnel {
+            let (_, action) = crate::underlay::ensure_tunnel(&netlink, &goal.interface, tunnel).await.map_err(overlay_status)?;
+            actions.extend(action);
+        }
         let link = netlink.link(&goal.interface).await.map_err(internal)?.ok_or_else(|| {
             Status::failed_precondition(format!("interface {} does not exist", goal.interface))
         })?;
@@ -132,10 +136,28 @@ impl Agent for AgentService {
         }
         Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
     }
+
+    async fn apply_switch(&self, request: Request<SwitchGoal>) -> Result<Response<ApplyReply>, Status> {
+        let goal = request.into_inner();
+        crate::goal::switch(&goal).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let netlink = self.namespace.netlink().await?;
+        let actions = crate::underlay::apply_switch(&netlink, &goal).await.map_err(overlay_status)?;
+        if !actions.is_empty() {
+            tracing::info!(vswitch = %self.epm, ?actions, "vswitch converged");
+        }
+        Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
+    }
 }
 
 fn internal(error: NetdevError) -> Status {
     Status::internal(error.to_string())
+}
+
+fn overlay_status(error: crate::error::OverlayError) -> Status {
+    match error {
+        crate::error::OverlayError::Invalid(message) => Status::invalid_argument(message),
+        other => Status::internal(other.to_string()),
+    }
 }
 
 fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
@@ -210,7 +232,16 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         let batch = request.into_inner();
         crate::goal::batch(&batch).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let started = std::time::Instant::now();
-        let reply = self.change(async move { crate::evm::apply(&batch).await }).await?;
+        // The overlay's MTU, read once per batch: the data-plane NIC's less
+        // the VXLAN header (its subnet's VXLAN device has exactly that).
+        let mtu = match batch.create.is_empty() {
+            true => None,
+            false => {
+                let netlink = self.namespace.netlink().await?;
+                netlink.link(crate::underlay::DATA_NIC).await.map_err(internal)?.map(|nic| nic.mtu.saturating_sub(crate::netdev::VXLAN_OVERHEAD))
+            }
+        };
+        let reply = self.change(async move { crate::evm::apply(&batch, mtu).await }).await?;
         tracing::info!(
             epm = %self.epm,
             created = reply.created,
@@ -230,6 +261,7 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         let request = request.into_inner();
         crate::goal::ping(&request).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let timeout = std::time::Duration::from_millis(u64::from(request.timeout_ms.clamp(10, 10_000)));
+        let payload = request.payload_bytes;
         // A few at a time: every first ping of a pair floods an ARP request
         // to all EPMs of the subnet, and a burst of hundreds overflows the
         // kernel's per-CPU backlog, dropping packets that then look like
@@ -238,7 +270,7 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
             tokio::task::spawn_blocking(move || {
                 let to = probe.to.parse().map_err(|_| format!("bad address {:?}", probe.to))?;
                 let started = std::time::Instant::now();
-                let result = crate::ping::ping(&probe.from_namespace, to, timeout).map_err(|e| format!("{}: {e}", probe.from_namespace));
+                let result = crate::ping::ping(&probe.from_namespace, to, payload, timeout).map_err(|e| format!("{}: {e}", probe.from_namespace));
                 tracing::debug!(from = %probe.from_namespace, to = %probe.to, ?result, elapsed = ?started.elapsed(), "ping");
                 result
             })

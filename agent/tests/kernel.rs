@@ -79,7 +79,7 @@ async fn underlay_goal_is_idempotent() {
     in_epm.create_veth("eth1", "e0", &netns::open_fd(tor).unwrap()).await.unwrap();
 
     let agent = AgentService::new("epm-0".into(), netns::open(epm).await.unwrap());
-    let goal = UnderlayGoal { interface: "eth1".into(), address: "10.9.0.1/24".into(), mac: "02:4d:00:00:00:01".into() };
+    let goal = UnderlayGoal { interface: "eth1".into(), address: "10.9.0.1/24".into(), mac: "02:4d:00:00:00:01".into(), tunnel: None };
     let first = agent.apply_underlay(Request::new(goal.clone())).await.unwrap().into_inner();
     assert!(first.changed, "{first:?}");
     let second = agent.apply_underlay(Request::new(goal.clone())).await.unwrap().into_inner();

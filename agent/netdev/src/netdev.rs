@@ -57,6 +57,15 @@ pub struct LinkState {
     pub up: bool,
     pub mtu: u32,
     pub controller: Option<u32>,
+    /// A VXLAN device's VNI and unicast remote (a point-to-point tunnel has one).
+    pub vxlan: Option<VxlanState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanState {
+    pub vni: u32,
+    pub remote: Option<Ipv4Addr>,
+    pub port: u16,
 }
 
 impl LinkState {
@@ -68,6 +77,7 @@ impl LinkState {
             up: message.header.flags.contains(LinkFlags::Up),
             mtu: 0,
             controller: None,
+            vxlan: None,
         };
         for attribute in &message.attributes {
             match attribute {
@@ -75,11 +85,29 @@ impl LinkState {
                 LinkAttribute::Address(bytes) => state.mac = bytes.as_slice().try_into().ok(),
                 LinkAttribute::Mtu(mtu) => state.mtu = *mtu,
                 LinkAttribute::Controller(index) => state.controller = Some(*index),
+                LinkAttribute::LinkInfo(infos) => state.vxlan = vxlan_state(infos),
                 _ => {}
             }
         }
         state
     }
+}
+
+fn vxlan_state(infos: &[LinkInfo]) -> Option<VxlanState> {
+    let attributes = infos.iter().find_map(|info| match info {
+        LinkInfo::Data(InfoData::Vxlan(attributes)) => Some(attributes),
+        _ => None,
+    })?;
+    let mut state = VxlanState { vni: 0, remote: None, port: 0 };
+    for attribute in attributes {
+        match attribute {
+            InfoVxlan::Id(vni) => state.vni = *vni,
+            InfoVxlan::Group(remote) => state.remote = Some(*remote),
+            InfoVxlan::Port(port) => state.port = *port,
+            _ => {}
+        }
+    }
+    Some(state)
 }
 
 /// A netlink route connection; cheap to clone.
@@ -149,7 +177,7 @@ impl Netlink {
     /// directly in the namespace `peer_ns` (one request; the pair never shows
     /// up in the root namespace). Both ends start down.
     pub async fn create_veth(&self, name: &str, peer: &str, peer_ns: &impl AsRawFd) -> Result<()> {
-        self.create_veth_at(name, 0, None, peer, peer_ns).await
+        self.create_veth_at(name, 0, None, None, peer, peer_ns).await
     }
 
     /// Sets a link up and, when given, its controller (bridge) and MAC, in
@@ -237,16 +265,22 @@ impl Netlink {
 
 /// The UDP port of VXLAN (IANA).
 pub const VXLAN_PORT: u16 = 4789;
+/// What VXLAN over IPv4 adds to a frame: outer Ethernet, IP, UDP and VXLAN headers.
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 impl Netlink {
     /// Like [`Netlink::create_veth`], and the local end gets interface index
     /// `index` (0: any; a fixed one is deterministic in a fresh namespace) and,
     /// when given, MAC `mac`.
-    pub async fn create_veth_at(&self, name: &str, index: u32, mac: Option<Mac>, peer: &str, peer_ns: &impl AsRawFd) -> Result<()> {
+    pub async fn create_veth_at(&self, name: &str, index: u32, mac: Option<Mac>, mtu: Option<u32>, peer: &str, peer_ns: &impl AsRawFd) -> Result<()> {
         let mut peer_message = named(peer);
         peer_message.attributes.push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
         let mut message = named(name);
         message.header.index = index;
+        if let Some(mtu) = mtu {
+            message.attributes.push(LinkAttribute::Mtu(mtu));
+            peer_message.attributes.push(LinkAttribute::Mtu(mtu));
+        }
         if let Some(mac) = mac {
             message.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
@@ -350,6 +384,30 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| NetdevError::new(format!("create vxlan {name} (VNI {vni})"), e))
+    }
+
+    /// Creates a point-to-point VXLAN tunnel (down) in this connection's
+    /// namespace: its frames go to `remote` on UDP `port` over whatever
+    /// route leads there (a pod's eth0), with VNI `vni`, and its MTU is set
+    /// explicitly (the kernel derives none without a lower device).
+    pub async fn create_tunnel(&self, name: &str, vni: u32, remote: Ipv4Addr, port: u16, mtu: u32) -> Result<()> {
+        let mut message = named(name);
+        message.attributes.push(LinkAttribute::Mtu(mtu));
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(vni),
+                InfoVxlan::Group(remote),
+                InfoVxlan::Port(port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| NetdevError::new(format!("create tunnel {name} (VNI {vni} to {remote})"), e))
     }
 
     /// Head-end replication: flood unknown and broadcast frames of the VXLAN

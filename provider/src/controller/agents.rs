@@ -133,6 +133,7 @@ impl Controller {
                 let request = PingRequest {
                     probes: indexes.iter().map(|&i| PingProbe { from_namespace: probes[i].from.namespace.clone(), to: probes[i].to.to_string() }).collect(),
                     timeout_ms,
+                    payload_bytes: 0,
                 };
                 let reply = client.ping(request).await.map_err(|s| RuntimeError::Unavailable(format!("{epm}: {}", s.message())))?;
                 Ok((indexes, reply.into_inner()))

@@ -422,6 +422,7 @@ impl LocalRuntime {
             interface: EPM_DATA_NIC.to_string(),
             address: format!("{}/{}", epm.ip, spec.data_plane.prefix_len()),
             mac: netdev::format_mac(&epm.mac),
+            tunnel: None,
         };
         agent
             .apply_underlay(goal)
@@ -796,7 +797,7 @@ impl Substrate for LocalRuntime {
 
     /// This host can remove what the agent would: the EVMs' namespaces and ports.
     async fn delete_evms_without_agent(&self, _topology: &str, _epm: &str, batch: &EvmBatch) -> Result<EvmReply, RuntimeError> {
-        Ok(merak_agent::evm::apply(batch).await)
+        Ok(merak_agent::evm::apply(batch, None).await)
     }
 
     async fn whole_evms(&self, topology: &str, evms: &[&EvmSpec]) -> Result<HashSet<String>, RuntimeError> {
