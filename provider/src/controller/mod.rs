@@ -90,7 +90,7 @@ impl Controller {
     /// drifted and removes what the spec no longer has. Failures of single
     /// objects are reported in the status; an `Err` means nothing could be done.
     pub async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
-        self.store.lock(&spec.name)?;
+        self.store.lock(&spec.name).await?;
         self.substrate.apply_topology(spec, intent).await
     }
 
@@ -108,10 +108,10 @@ impl Controller {
     /// Removes everything of the topology, its records last, and waits
     /// until its devices are gone.
     pub async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError> {
-        self.store.lock(name)?;
+        self.store.lock(name).await?;
         self.substrate.destroy_topology(name).await?;
-        self.store.remove(name)?;
-        self.store.unlock(name);
+        self.store.remove(name).await?;
+        self.store.unlock(name).await;
         Ok(())
     }
 
@@ -127,12 +127,12 @@ impl Controller {
         Ok(self.substrate.topology_spec(topology).await?.is_some())
     }
 
-    fn load_overlay(&self, topology: &str) -> Result<OverlayRecord, RuntimeError> {
-        Ok(store::load_json(self.store.as_ref(), topology, OVERLAY)?.unwrap_or_default())
+    async fn load_overlay(&self, topology: &str) -> Result<OverlayRecord, RuntimeError> {
+        Ok(store::load_json(self.store.as_ref(), topology, OVERLAY).await?.unwrap_or_default())
     }
 
-    fn save_overlay(&self, topology: &str, record: &OverlayRecord) -> Result<(), RuntimeError> {
-        Ok(store::save_json(self.store.as_ref(), topology, OVERLAY, record)?)
+    async fn save_overlay(&self, topology: &str, record: &OverlayRecord) -> Result<(), RuntimeError> {
+        Ok(store::save_json(self.store.as_ref(), topology, OVERLAY, record).await?)
     }
 
     /// The EVMs (by namespace) that are whole, as the substrate reads them.
@@ -158,39 +158,39 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
     }
 
     pub async fn apply_vpc(&self, spec: &VpcSpec) -> Result<(), RuntimeError> {
-        self.store.lock(&spec.topology)?;
+        self.store.lock(&spec.topology).await?;
         let _guard = self.overlay_lock.lock().await;
         self.tree(&spec.topology).await?;
-        let mut record = self.load_overlay(&spec.topology)?;
+        let mut record = self.load_overlay(&spec.topology).await?;
         record.put_vpc(spec)?;
-        self.save_overlay(&spec.topology, &record)
+        self.save_overlay(&spec.topology, &record).await
     }
 
     pub async fn read_vpc(&self, topology: &str, name: &str) -> Result<Option<VpcSpec>, RuntimeError> {
         if !self.topology_exists(topology).await? {
             return Ok(None);
         }
-        let record = self.load_overlay(topology)?;
+        let record = self.load_overlay(topology).await?;
         Ok(record.vpcs.get(name).and_then(|v| VpcSpec::validate(topology, name, &v.cidr, Some(i64::from(v.vni))).ok()))
     }
 
     pub async fn delete_vpc(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
-        self.store.lock(topology)?;
+        self.store.lock(topology).await?;
         let _guard = self.overlay_lock.lock().await;
-        let mut record = self.load_overlay(topology)?;
+        let mut record = self.load_overlay(topology).await?;
         if record.remove_vpc(name)? && self.topology_exists(topology).await? {
-            self.save_overlay(topology, &record)?;
+            self.save_overlay(topology, &record).await?;
         }
         Ok(())
     }
 
     pub async fn apply_subnet(&self, spec: &SubnetSpec) -> Result<(), RuntimeError> {
-        self.store.lock(&spec.topology)?;
+        self.store.lock(&spec.topology).await?;
         let _guard = self.overlay_lock.lock().await;
         let tree = self.tree(&spec.topology).await?;
-        let mut record = self.load_overlay(&spec.topology)?;
+        let mut record = self.load_overlay(&spec.topology).await?;
         record.put_subnet(spec)?;
-        self.save_overlay(&spec.topology, &record)?;
+        self.save_overlay(&spec.topology, &record).await?;
         // EPMs hosting the VPC get the new subnet's gateway too.
         if record.groups.values().any(|g| g.vpc == spec.vpc) {
             let failures = self.push_overlay(&tree, &record, &Forget::new()).await?;
@@ -205,7 +205,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
         if !self.topology_exists(topology).await? {
             return Ok(None);
         }
-        let record = self.load_overlay(topology)?;
+        let record = self.load_overlay(topology).await?;
         record.subnets.get(&subnet_key(vpc, name)).map(|s| s.spec(topology)).transpose()
     }
 
@@ -213,13 +213,13 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
         if !self.topology_exists(topology).await? {
             return Ok(Vec::new());
         }
-        self.load_overlay(topology)?.subnets.values().map(|s| s.spec(topology)).collect()
+        self.load_overlay(topology).await?.subnets.values().map(|s| s.spec(topology)).collect()
     }
 
     pub async fn delete_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError> {
-        self.store.lock(topology)?;
+        self.store.lock(topology).await?;
         let _guard = self.overlay_lock.lock().await;
-        let mut record = self.load_overlay(topology)?;
+        let mut record = self.load_overlay(topology).await?;
         let of_subnet = |g: &GroupRecord| g.vpc == vpc && g.subnet == name;
         if let Some((group, _)) = record.groups.iter().find(|(_, g)| of_subnet(g) && g.confirmed) {
             return Err(RuntimeError::Conflict(format!("subnet {name} still has EVM group {group}; delete it first")));
@@ -232,20 +232,20 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
             for orphan in orphans {
                 self.remove_group(&tree, &mut record, &orphan).await?;
             }
-            record = self.load_overlay(topology)?;
+            record = self.load_overlay(topology).await?;
         }
         if record.subnets.remove(&subnet_key(vpc, name)).is_some() && self.topology_exists(topology).await? {
-            self.save_overlay(topology, &record)?;
+            self.save_overlay(topology, &record).await?;
         }
         Ok(())
     }
 
     pub async fn apply_group(&self, spec: &GroupSpec, intent: Intent) -> Result<GroupStatus, RuntimeError> {
-        self.store.lock(&spec.topology)?;
+        self.store.lock(&spec.topology).await?;
         let _guard = self.overlay_lock.lock().await;
         let topology = &spec.topology;
         let tree = self.tree(topology).await?;
-        let mut record = self.load_overlay(topology)?;
+        let mut record = self.load_overlay(topology).await?;
         if let Some(existing) = record.groups.get(&spec.name) {
             let incompatible = existing.vpc != spec.vpc
                 || existing.subnet != spec.subnet
@@ -258,7 +258,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
             // Left by a failed create with another shape: start over.
             if incompatible && !existing.confirmed {
                 self.remove_group(&tree, &mut record, &spec.name).await?;
-                record = self.load_overlay(topology)?;
+                record = self.load_overlay(topology).await?;
             }
         }
         let key = subnet_key(&spec.vpc, &spec.subnet);
@@ -284,7 +284,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
         }
         // The record says what should exist before anything is built, so an
         // interrupted apply is finished by the next one.
-        self.save_overlay(topology, &record)?;
+        self.save_overlay(topology, &record).await?;
 
         let whole = self.whole_evms(topology, &evms).await?;
         let missing: Vec<&Evm> = evms.iter().filter(|e| !whole.contains(&e.info.namespace)).collect();
@@ -301,7 +301,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
             if let Some(saved) = record.groups.get_mut(&spec.name) {
                 saved.confirmed = true;
             }
-            self.save_overlay(topology, &record)?;
+            self.save_overlay(topology, &record).await?;
             status.confirmed = true;
         }
         Ok(status)
@@ -309,7 +309,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
 
     pub async fn read_group(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError> {
         let Ok(tree) = self.tree(topology).await else { return Ok(None) };
-        let record = self.load_overlay(topology)?;
+        let record = self.load_overlay(topology).await?;
         let Some(group) = record.groups.get(name) else { return Ok(None) };
         let evms = evms(&tree, &record, name, group)?;
         let whole = self.whole_evms(topology, &evms).await?;
@@ -319,10 +319,10 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
     }
 
     pub async fn delete_group(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
-        self.store.lock(topology)?;
+        self.store.lock(topology).await?;
         let _guard = self.overlay_lock.lock().await;
         let Ok(tree) = self.tree(topology).await else { return Ok(()) };
-        let mut record = self.load_overlay(topology)?;
+        let mut record = self.load_overlay(topology).await?;
         self.remove_group(&tree, &mut record, name).await
     }
 
@@ -340,7 +340,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
             return Err(RuntimeError::Unavailable(format!("deleting {} EVMs failed, first {}: {}", failures.len(), failure.object, failure.error)));
         }
         record.groups.remove(name);
-        self.save_overlay(topology, record)?;
+        self.save_overlay(topology, record).await?;
         for failure in self.push_overlay(tree, record, &Forget::new()).await? {
             tracing::warn!(epm = failure.object, error = failure.error, "could not remove router devices the group left; they go with the topology");
         }
@@ -349,7 +349,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
 
     pub async fn list_evms(&self, topology: &str, group: Option<&str>, epm: Option<&str>) -> Result<Vec<EvmInfo>, RuntimeError> {
         let tree = self.tree(topology).await?;
-        let record = self.load_overlay(topology)?;
+        let record = self.load_overlay(topology).await?;
         let mut all = Vec::new();
         for (name, g) in &record.groups {
             if group.is_some_and(|wanted| wanted != name) {

@@ -594,8 +594,8 @@ mod tests {
         assert!(flood(&of("epm-1"), db.vni).is_empty());
     }
 
-    #[test]
-    fn a_record_survives_its_store() {
+    #[tokio::test]
+    async fn a_record_survives_its_store() {
         let mut record = OverlayRecord::default();
         let blue = vpc("blue", "10.0.0.0/16", 100);
         let web = subnet(&blue, "web", "10.0.1.0/24");
@@ -603,8 +603,8 @@ mod tests {
         record.put_subnet(&web).unwrap();
         record.put_group(&tree(2), &group(&web, "g", 3, &[])).unwrap();
         let memory = MemoryStore::default();
-        store::save_json(&memory, "lab", "overlay", &record).unwrap();
-        let back: OverlayRecord = store::load_json(&memory, "lab", "overlay").unwrap().unwrap();
+        store::save_json(&memory, "lab", "overlay", &record).await.unwrap();
+        let back: OverlayRecord = store::load_json(&memory, "lab", "overlay").await.unwrap().unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&record).unwrap());
         let lab = tree(2);
         let (before, after) = (evms(&lab, &record, "g", &record.groups["g"]).unwrap(), evms(&lab, &back, "g", &back.groups["g"]).unwrap());

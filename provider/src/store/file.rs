@@ -31,8 +31,9 @@ impl FileStore {
     }
 }
 
+#[tonic::async_trait]
 impl RecordStore for FileStore {
-    fn load(&self, topology: &str, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn load(&self, topology: &str, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.path(topology, kind);
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
@@ -41,7 +42,7 @@ impl RecordStore for FileStore {
         }
     }
 
-    fn save(&self, topology: &str, kind: &str, document: &[u8]) -> Result<(), StoreError> {
+    async fn save(&self, topology: &str, kind: &str, document: &[u8]) -> Result<(), StoreError> {
         let dir = self.topology_dir(topology);
         fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let path = self.path(topology, kind);
@@ -51,7 +52,7 @@ impl RecordStore for FileStore {
             .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))
     }
 
-    fn remove(&self, topology: &str) -> Result<(), StoreError> {
+    async fn remove(&self, topology: &str) -> Result<(), StoreError> {
         let dir = self.topology_dir(topology);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -75,12 +76,12 @@ impl RecordStore for FileStore {
         self.path(topology, kind).display().to_string()
     }
 
-    fn lock(&self, topology: &str) -> Result<(), StoreError> {
+    async fn lock(&self, topology: &str) -> Result<(), StoreError> {
         fs::create_dir_all(&self.dir).map_err(|e| StoreError::io(format!("creating {}", self.dir.display()), e))?;
         self.locks.acquire(&self.dir, topology)
     }
 
-    fn unlock(&self, topology: &str) {
+    async fn unlock(&self, topology: &str) {
         self.locks.remove(&self.dir, topology);
     }
 }
@@ -89,11 +90,11 @@ impl RecordStore for FileStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_file_store_behaves_as_a_store() {
+    #[tokio::test]
+    async fn the_file_store_behaves_as_a_store() {
         let dir = std::env::temp_dir().join(format!("merak-store-test-{}", std::process::id()));
         let store = FileStore::new(dir.clone());
-        super::super::tests::behaves_as_a_store(&store);
+        super::super::tests::behaves_as_a_store(&store).await;
         assert!(!store.topology_dir("lab").exists(), "removing the records removes their directory");
         fs::remove_dir_all(&dir).unwrap();
     }

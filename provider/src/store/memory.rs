@@ -17,19 +17,20 @@ fn poisoned() -> StoreError {
     StoreError::io("the in-memory store", std::io::Error::other("poisoned by a panic"))
 }
 
+#[tonic::async_trait]
 impl RecordStore for MemoryStore {
-    fn load(&self, topology: &str, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn load(&self, topology: &str, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let records = self.records.lock().map_err(|_| poisoned())?;
         Ok(records.get(&(topology.to_string(), kind.to_string())).cloned())
     }
 
-    fn save(&self, topology: &str, kind: &str, document: &[u8]) -> Result<(), StoreError> {
+    async fn save(&self, topology: &str, kind: &str, document: &[u8]) -> Result<(), StoreError> {
         let mut records = self.records.lock().map_err(|_| poisoned())?;
         records.insert((topology.to_string(), kind.to_string()), document.to_vec());
         Ok(())
     }
 
-    fn remove(&self, topology: &str) -> Result<(), StoreError> {
+    async fn remove(&self, topology: &str) -> Result<(), StoreError> {
         let mut records = self.records.lock().map_err(|_| poisoned())?;
         records.retain(|(t, _), _| t != topology);
         Ok(())
@@ -39,12 +40,12 @@ impl RecordStore for MemoryStore {
         format!("memory:{topology}/{kind}")
     }
 
-    fn lock(&self, topology: &str) -> Result<(), StoreError> {
+    async fn lock(&self, topology: &str) -> Result<(), StoreError> {
         self.locked.lock().map_err(|_| poisoned())?.insert(topology.to_string());
         Ok(())
     }
 
-    fn unlock(&self, topology: &str) {
+    async fn unlock(&self, topology: &str) {
         if let Ok(mut locked) = self.locked.lock() {
             locked.remove(topology);
         }

@@ -42,24 +42,25 @@ impl StoreError {
 /// Records by topology and kind (`topology`, `overlay`, ...). A save
 /// replaces the whole document atomically: a crash leaves the old one or
 /// the new one, never a mix.
+#[tonic::async_trait]
 pub trait RecordStore: Send + Sync + std::fmt::Debug {
-    fn load(&self, topology: &str, kind: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    fn save(&self, topology: &str, kind: &str, document: &[u8]) -> Result<(), StoreError>;
+    async fn load(&self, topology: &str, kind: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn save(&self, topology: &str, kind: &str, document: &[u8]) -> Result<(), StoreError>;
     /// Every record of the topology; no error when there are none.
-    fn remove(&self, topology: &str) -> Result<(), StoreError>;
+    async fn remove(&self, topology: &str) -> Result<(), StoreError>;
     /// Where a record lives, for messages (a path, an object's name).
     fn location(&self, topology: &str, kind: &str) -> String;
     /// Takes the topology's writer lock for this process, held until the
     /// process exits or [`RecordStore::unlock`]; refused, naming the
     /// holder, while another process holds it. Taking it again is a no-op.
-    fn lock(&self, topology: &str) -> Result<(), StoreError>;
+    async fn lock(&self, topology: &str) -> Result<(), StoreError>;
     /// Lets go of the lock of a topology that is gone.
-    fn unlock(&self, topology: &str);
+    async fn unlock(&self, topology: &str);
 }
 
 /// A record decoded; `None` when there is none.
-pub fn load_json<T: DeserializeOwned>(store: &dyn RecordStore, topology: &str, kind: &str) -> Result<Option<T>, StoreError> {
-    let Some(document) = store.load(topology, kind)? else { return Ok(None) };
+pub async fn load_json<T: DeserializeOwned>(store: &dyn RecordStore, topology: &str, kind: &str) -> Result<Option<T>, StoreError> {
+    let Some(document) = store.load(topology, kind).await? else { return Ok(None) };
     serde_json::from_slice(&document).map(Some).map_err(|e| StoreError::Corrupt {
         topology: topology.to_string(),
         location: store.location(topology, kind),
@@ -67,9 +68,9 @@ pub fn load_json<T: DeserializeOwned>(store: &dyn RecordStore, topology: &str, k
     })
 }
 
-pub fn save_json<T: Serialize>(store: &dyn RecordStore, topology: &str, kind: &str, record: &T) -> Result<(), StoreError> {
+pub async fn save_json<T: Serialize>(store: &dyn RecordStore, topology: &str, kind: &str, record: &T) -> Result<(), StoreError> {
     let document = serde_json::to_vec_pretty(record).map_err(|e| StoreError::io(format!("encoding the {kind} record"), std::io::Error::other(e)))?;
-    store.save(topology, kind, &document)
+    store.save(topology, kind, &document).await
 }
 
 #[cfg(test)]
@@ -77,30 +78,30 @@ mod tests {
     use super::*;
 
     /// What every store must do, run against each implementation.
-    pub(super) fn behaves_as_a_store(store: &dyn RecordStore) {
-        assert_eq!(store.load("lab", "overlay").unwrap(), None);
-        save_json(store, "lab", "overlay", &serde_json::json!({"next_id": 1})).unwrap();
-        save_json(store, "lab", "overlay", &serde_json::json!({"next_id": 2})).unwrap();
-        save_json(store, "other", "overlay", &serde_json::json!({"next_id": 9})).unwrap();
-        let back: serde_json::Value = load_json(store, "lab", "overlay").unwrap().unwrap();
+    pub(crate) async fn behaves_as_a_store(store: &dyn RecordStore) {
+        assert_eq!(store.load("lab", "overlay").await.unwrap(), None);
+        save_json(store, "lab", "overlay", &serde_json::json!({"next_id": 1})).await.unwrap();
+        save_json(store, "lab", "overlay", &serde_json::json!({"next_id": 2})).await.unwrap();
+        save_json(store, "other", "overlay", &serde_json::json!({"next_id": 9})).await.unwrap();
+        let back: serde_json::Value = load_json(store, "lab", "overlay").await.unwrap().unwrap();
         assert_eq!(back["next_id"], 2, "a save replaces the record");
-        store.save("lab", "topology", b"{not json").unwrap();
-        match load_json::<serde_json::Value>(store, "lab", "topology") {
+        store.save("lab", "topology", b"{not json").await.unwrap();
+        match load_json::<serde_json::Value>(store, "lab", "topology").await {
             Err(StoreError::Corrupt { location, .. }) => assert_eq!(location, store.location("lab", "topology")),
             other => panic!("expected a corrupt record, got {other:?}"),
         }
-        store.remove("lab").unwrap();
-        store.remove("lab").unwrap();
-        assert_eq!(store.load("lab", "overlay").unwrap(), None);
-        assert!(store.load("other", "overlay").unwrap().is_some(), "other topologies keep theirs");
-        store.lock("lab").unwrap();
-        store.lock("lab").unwrap();
-        store.unlock("lab");
-        store.remove("other").unwrap();
+        store.remove("lab").await.unwrap();
+        store.remove("lab").await.unwrap();
+        assert_eq!(store.load("lab", "overlay").await.unwrap(), None);
+        assert!(store.load("other", "overlay").await.unwrap().is_some(), "other topologies keep theirs");
+        store.lock("lab").await.unwrap();
+        store.lock("lab").await.unwrap();
+        store.unlock("lab").await;
+        store.remove("other").await.unwrap();
     }
 
-    #[test]
-    fn the_memory_store_behaves_as_a_store() {
-        behaves_as_a_store(&MemoryStore::default());
+    #[tokio::test]
+    async fn the_memory_store_behaves_as_a_store() {
+        behaves_as_a_store(&MemoryStore::default()).await;
     }
 }

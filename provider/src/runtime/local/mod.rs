@@ -194,10 +194,17 @@ impl LocalRuntime {
     }
 
     /// Where an EPM's agent listens on TCP, and the connector to it.
-    fn tcp_agent(&self, topology: &str, epm: &str) -> Result<(std::net::SocketAddr, tokio_rustls::TlsConnector), RuntimeError> {
-        let mut all = self.tcp_agents.lock().map_err(|_| RuntimeError::Unavailable("the agent address table is poisoned".into()))?;
-        if !all.contains_key(topology) {
-            let record = self.load_record(topology)?.unwrap_or_default();
+    async fn tcp_agent(&self, topology: &str, epm: &str) -> Result<(std::net::SocketAddr, tokio_rustls::TlsConnector), RuntimeError> {
+        let poisoned = || RuntimeError::Unavailable("the agent address table is poisoned".into());
+        let known = self.tcp_agents.lock().map_err(|_| poisoned())?.contains_key(topology);
+        let recorded = match known {
+            true => None,
+            false => Some(self.load_record(topology).await?.unwrap_or_default()),
+        };
+        let mut all = self.tcp_agents.lock().map_err(|_| poisoned())?;
+        if let Some(record) = recorded
+            && !all.contains_key(topology)
+        {
             let addresses = record.addresses.iter().filter_map(|(epm, a)| Some((epm.clone(), a.parse().ok()?))).collect();
             all.insert(topology.to_string(), TcpAgents { addresses, connector: None });
         }
@@ -242,7 +249,7 @@ impl LocalRuntime {
             return Err(RuntimeError::Unavailable(format!("EPM {epm} is gone (namespace {namespace}); apply the topology to rebuild it")));
         }
         let _guard = self.agents_lock.lock().await;
-        let Some(mut record) = self.load_record(topology)? else {
+        let Some(mut record) = self.load_record(topology).await? else {
             return Err(RuntimeError::Conflict(format!("topology {topology:?} does not exist")));
         };
         if self.agent_answers(topology, epm).await {
@@ -267,12 +274,12 @@ impl LocalRuntime {
                     listening.push((entry.epm.clone(), address));
                 }
             } else if entry.epm == epm {
-                self.save_record(topology, &record)?;
+                self.save_record(topology, &record).await?;
                 return Err(RuntimeError::Unavailable(format!("agent of {epm}: {error}")));
             }
         }
         self.note_addresses(topology, &listening);
-        self.save_record(topology, &record)
+        self.save_record(topology, &record).await
     }
 
     /// What the host needs to serve an EPM's agent.
@@ -330,12 +337,12 @@ impl LocalRuntime {
         self.topology_dir(topology).join("agents.log")
     }
 
-    fn load_record(&self, topology: &str) -> Result<Option<Record>, RuntimeError> {
-        Ok(records::load_json(self.store.as_ref(), topology, TOPOLOGY)?)
+    async fn load_record(&self, topology: &str) -> Result<Option<Record>, RuntimeError> {
+        Ok(records::load_json(self.store.as_ref(), topology, TOPOLOGY).await?)
     }
 
-    fn save_record(&self, topology: &str, record: &Record) -> Result<(), RuntimeError> {
-        Ok(records::save_json(self.store.as_ref(), topology, TOPOLOGY, record)?)
+    async fn save_record(&self, topology: &str, record: &Record) -> Result<(), RuntimeError> {
+        Ok(records::save_json(self.store.as_ref(), topology, TOPOLOGY, record).await?)
     }
 
     /// The spec a record holds; a record whose spec no longer validates is corrupt.
@@ -649,7 +656,7 @@ impl Substrate for LocalRuntime {
     async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
         let topology = &spec.name;
         netns::prepare_run_dir().map_err(|e| RuntimeError::io("preparing /run/netns", e))?;
-        let existing = self.load_record(topology)?;
+        let existing = self.load_record(topology).await?;
         if intent == Intent::Create && existing.as_ref().is_some_and(|r| r.confirmed) {
             return Err(super::owned_elsewhere("merak_topology", "topology", topology));
         }
@@ -667,7 +674,7 @@ impl Substrate for LocalRuntime {
         let previous = record.spec.to_spec().ok();
         self.tear_down(topology, previous.as_ref(), &keep, &mut record).await?;
         record.spec = RecordedSpec::of(spec);
-        self.save_record(topology, &record)?;
+        self.save_record(topology, &record).await?;
 
         // Vswitches root first, so every parent exists before its children.
         let mut failures = Vec::new();
@@ -691,7 +698,7 @@ impl Substrate for LocalRuntime {
         let host = match self.ensure_host(topology, record.host).await {
             Ok((pid, client, _)) => {
                 record.host = Some(pid);
-                self.save_record(topology, &record)?;
+                self.save_record(topology, &record).await?;
                 Ok((pid, client))
             }
             Err(e) => Err(e.to_string()),
@@ -729,7 +736,7 @@ impl Substrate for LocalRuntime {
             .collect()
             .await;
         let mut record = record.lock().await;
-        self.save_record(topology, &record)?;
+        self.save_record(topology, &record).await?;
 
         for (object, result) in results {
             if let Err(e) = result {
@@ -741,7 +748,7 @@ impl Substrate for LocalRuntime {
         status.failures = failures;
         if !record.confirmed && status.failures.is_empty() && status.ready_epms == spec.hosts {
             record.confirmed = true;
-            self.save_record(topology, &record)?;
+            self.save_record(topology, &record).await?;
         }
         Ok(status)
     }
@@ -768,7 +775,7 @@ impl Substrate for LocalRuntime {
     }
 
     async fn read_topology(&self, name: &str) -> Result<Option<(TreeSpec, TopologyStatus)>, RuntimeError> {
-        let Some(record) = self.load_record(name)? else {
+        let Some(record) = self.load_record(name).await? else {
             return Ok(None);
         };
         let spec = self.spec_of(name, &record)?;
@@ -777,14 +784,14 @@ impl Substrate for LocalRuntime {
     }
 
     async fn topology_spec(&self, name: &str) -> Result<Option<TreeSpec>, RuntimeError> {
-        self.load_record(name)?.map(|record| self.spec_of(name, &record)).transpose()
+        self.load_record(name).await?.map(|record| self.spec_of(name, &record)).transpose()
     }
 
     async fn agent_channel(&self, topology: &str, epm: &str) -> Result<tonic::transport::Channel, RuntimeError> {
         let channel = match self.transport {
             AgentTransport::Unix => agent_client::channel(&self.agent_socket(topology, epm)).await,
             AgentTransport::Tcp => {
-                let (address, connector) = self.tcp_agent(topology, epm)?;
+                let (address, connector) = self.tcp_agent(topology, epm).await?;
                 merak_agent::tls::channel(address, connector).await
             }
         };
@@ -810,7 +817,7 @@ impl Substrate for LocalRuntime {
     }
 
     async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError> {
-        let mut record = self.load_record(name)?.unwrap_or_default();
+        let mut record = self.load_record(name).await?.unwrap_or_default();
         let spec = record.spec.to_spec().ok();
         self.tear_down(name, spec.as_ref(), &HashSet::new(), &mut record).await?;
         let dir = self.topology_dir(name);
