@@ -252,6 +252,37 @@ async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32, mtu: Option<u32>) 
     Ok(true)
 }
 
+/// Of these EVMs, whose namespaces exist, the ones (by namespace) that are
+/// whole: the EVM's port is up on a bridge in its router namespace, the
+/// last step of building one. A namespace alone may be a half-built EVM
+/// left by a kill. One link dump per router namespace.
+pub async fn whole(evms: &[&EvmSpec]) -> std::collections::HashSet<String> {
+    // Owned items: borrowed ones trip the higher-ranked lifetime check of
+    // futures streams inside async-trait methods.
+    let mut by_router: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for evm in evms {
+        by_router.entry(evm.router_namespace.clone()).or_default().push((evm.namespace.clone(), eth0_peer(evm)));
+    }
+    let whole: Vec<Vec<String>> = futures::stream::iter(by_router)
+        .map(|(router, evms): (String, Vec<(String, String)>)| async move {
+            // A router that is gone or unreadable holds no whole EVM.
+            let Ok(netlink) = netns::open(&router).await else { return Vec::new() };
+            let Ok(links) = netlink.links().await else { return Vec::new() };
+            let ports: HashMap<&str, &LinkState> = links.iter().map(|l| (l.name.as_str(), l)).collect();
+            evms.into_iter()
+                .filter(|(_, port)| ports.get(port.as_str()).is_some_and(|l| is_whole(l)))
+                .map(|(namespace, _)| namespace)
+                .collect()
+        })
+        .buffer_unordered(ROUTERS_IN_FLIGHT)
+        .collect()
+        .await;
+    whole.into_iter().flatten().collect()
+}
+
+/// Router namespaces read at once by [`whole`].
+const ROUTERS_IN_FLIGHT: usize = 16;
+
 /// Whether an EVM whose eth0 peer is `peer` is whole: the peer is up on a
 /// bridge, the last step of building it.
 pub fn is_whole(peer: &LinkState) -> bool {

@@ -123,6 +123,8 @@ impl Agent for AgentService {
                 up: link.up,
                 mtu: link.mtu,
                 addresses,
+                controller: link.controller.unwrap_or(0),
+                tunnel_remote: link.vxlan.and_then(|v| v.remote).map(|ip| ip.to_string()).unwrap_or_default(),
             });
         }
         Ok(Response::new(EpmInfo { epm: self.epm.clone(), interfaces }))
@@ -252,6 +254,17 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
             "EVM batch"
         );
         Ok(Response::new(reply))
+    }
+
+    async fn whole_evms(
+        &self,
+        request: Request<merak_proto::agent::EvmBatch>,
+    ) -> Result<Response<merak_proto::agent::WholeEvmsReply>, Status> {
+        let batch = request.into_inner();
+        crate::goal::batch(&batch).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let specs: Vec<&merak_proto::agent::EvmSpec> = batch.create.iter().filter(|spec| crate::netns::exists(&spec.namespace)).collect();
+        let namespaces = crate::evm::whole(&specs).await.into_iter().collect();
+        Ok(Response::new(merak_proto::agent::WholeEvmsReply { namespaces }))
     }
 
     async fn ping(
