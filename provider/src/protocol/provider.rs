@@ -14,8 +14,9 @@ pub struct Definition<C: Sync + 'static> {
     pub schema: fn() -> &'static Schema,
     /// Checks the provider block without touching anything.
     pub validate: fn(&Value) -> Diagnostics,
-    /// Checks the provider block and this host, and makes the client.
-    pub configure: fn(&Value) -> Result<Arc<C>, Diagnostics>,
+    /// Checks the provider block and what it names (this host, a
+    /// cluster), and makes the client.
+    pub configure: fn(Value) -> futures::future::BoxFuture<'static, Result<Arc<C>, Diagnostics>>,
     pub resources: &'static [&'static dyn Resource<C>],
     pub data_sources: &'static [&'static dyn DataSource<C>],
 }

@@ -177,7 +177,10 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
         request: Request<pb::configure_provider::Request>,
     ) -> Result<Response<pb::configure_provider::Response>, Status> {
         let request = request.into_inner();
-        let result = decode(request.config.as_ref(), &(self.definition.schema)().value_type()).and_then(|value| (self.definition.configure)(&value));
+        let result = match decode(request.config.as_ref(), &(self.definition.schema)().value_type()) {
+            Ok(value) => (self.definition.configure)(value).await,
+            Err(diagnostics) => Err(diagnostics),
+        };
         let diagnostics = match result {
             Ok(runtime) => {
                 if let Ok(mut slot) = self.runtime.write() {

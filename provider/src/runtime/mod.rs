@@ -4,8 +4,12 @@
 //! above the controller sees one.
 
 pub mod agent_client;
+pub mod kubernetes;
 pub mod local;
 mod process;
+mod recorded;
+
+pub use recorded::RecordedSpec;
 
 use std::collections::HashSet;
 

@@ -28,9 +28,9 @@ mod evms;
 mod host_limits;
 mod tls;
 
-use super::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, agent_client, process};
+use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, agent_client, process};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
-use crate::model::{Epm, TreeInput, TreeSpec, Vswitch};
+use crate::model::{Epm, TreeSpec, Vswitch};
 use crate::store::{self as records, RecordStore, StoreError};
 
 type HostClient = HostApiClient<tonic::transport::Channel>;
@@ -120,41 +120,6 @@ struct Record {
 
 fn confirmed() -> bool {
     true
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct RecordedSpec {
-    name: String,
-    racks: u32,
-    hosts_per_rack: u32,
-    hosts: u32,
-    ports_per_vswitch: u32,
-    data_plane_cidr: String,
-}
-
-impl RecordedSpec {
-    fn of(spec: &TreeSpec) -> Self {
-        RecordedSpec {
-            name: spec.name.clone(),
-            racks: spec.racks,
-            hosts_per_rack: spec.hosts_per_rack,
-            hosts: spec.hosts,
-            ports_per_vswitch: spec.ports_per_vswitch,
-            data_plane_cidr: spec.data_plane.to_string(),
-        }
-    }
-
-    fn to_spec(&self) -> Result<TreeSpec, String> {
-        TreeSpec::validate(&TreeInput {
-            name: &self.name,
-            racks: i64::from(self.racks),
-            hosts_per_rack: i64::from(self.hosts_per_rack),
-            hosts: Some(i64::from(self.hosts)),
-            ports_per_vswitch: i64::from(self.ports_per_vswitch),
-            data_plane_cidr: &self.data_plane_cidr,
-        })
-        .map_err(|errors| errors.into_iter().map(|e| e.detail).collect::<Vec<_>>().join("; "))
-    }
 }
 
 impl LocalRuntime {

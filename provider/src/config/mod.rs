@@ -1,5 +1,7 @@
 //! The provider block: which runtime builds the emulation, and its settings.
 
+mod kubernetes;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
@@ -21,9 +23,10 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             "runtime",
             Type::String,
             "Where the emulation runs: `local` (default), network namespaces on the host running \
-             Terraform, which needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN).",
+             Terraform, which needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); or `kubernetes`, pods in a \
+             cluster (see the `kubernetes` block). Every resource block stays the same.",
         )],
-        blocks: vec![NestedBlock {
+        blocks: vec![kubernetes::block(), NestedBlock {
             name: "local",
             block: Block {
                 description: "Settings of the `local` runtime.",
@@ -54,18 +57,27 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     },
 });
 
+/// The runtime the configuration selects (`None` while unknown).
+fn runtime(config: &Value) -> Option<&str> {
+    match config.attr("runtime") {
+        Value::Null => Some("local"),
+        Value::String(runtime) => Some(runtime),
+        _ => None,
+    }
+}
+
 /// Checks the configuration without touching the host.
 pub fn validate(config: &Value) -> Diagnostics {
     let mut diagnostics = Diagnostics::default();
-    match config.attr("runtime") {
-        Value::Null | Value::Unknown => {}
-        Value::String(runtime) if runtime == "local" => {}
-        other => diagnostics.push(Diagnostic::attribute_error(
+    match runtime(config) {
+        None | Some("local" | "kubernetes") => {}
+        Some(other) => diagnostics.push(Diagnostic::attribute_error(
             &["runtime"],
             "Unsupported runtime",
-            format!("runtime is {other:?}; the supported runtime is \"local\"."),
+            format!("runtime is {other:?}; use \"local\" or \"kubernetes\"."),
         )),
     }
+    kubernetes::validate(config, runtime(config) == Some("kubernetes"), &mut diagnostics);
     if let Some(transport) = config.attr("local").attr("agent_transport").as_str()
         && AgentTransport::parse(transport).is_none()
     {
@@ -88,12 +100,21 @@ pub fn validate(config: &Value) -> Diagnostics {
 }
 
 /// Builds the runtime the configuration asks for, checking that this host
-/// and process can run it.
-pub fn configure(config: &Value) -> Result<Arc<Controller>, Diagnostics> {
-    let diagnostics = validate(config);
-    if diagnostics.has_errors() {
-        return Err(diagnostics);
-    }
+/// and process (or the cluster) can run it.
+pub fn configure(config: Value) -> futures::future::BoxFuture<'static, Result<Arc<Controller>, Diagnostics>> {
+    Box::pin(async move {
+        let diagnostics = validate(&config);
+        if diagnostics.has_errors() {
+            return Err(diagnostics);
+        }
+        match runtime(&config) {
+            Some("kubernetes") => kubernetes::configure(&config).await,
+            _ => configure_local(&config),
+        }
+    })
+}
+
+fn configure_local(config: &Value) -> Result<Arc<Controller>, Diagnostics> {
     check_privileges()?;
     let local = config.attr("local");
     let state_dir = PathBuf::from(local.attr("state_dir").as_str().unwrap_or(DEFAULT_STATE_DIR));
