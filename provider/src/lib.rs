@@ -17,6 +17,7 @@ pub static PROVIDER: protocol::provider::Definition<controller::Controller> = pr
     schema: || &config::SCHEMA,
     validate: config::validate,
     configure: config::configure,
+    release: |controller| Box::pin(async move { controller.release().await }),
     resources: resources::RESOURCES,
     data_sources: resources::DATA_SOURCES,
 };

@@ -115,6 +115,12 @@ impl Controller {
         Ok(())
     }
 
+    /// Lets go of the topology locks this process holds where its exit does
+    /// not release them (in a cluster); Terraform is done with the provider.
+    pub async fn release(&self) {
+        self.store.release_all().await;
+    }
+
     /// The topology's spec; its tenant networks need it to exist.
     async fn tree(&self, topology: &str) -> Result<TreeSpec, RuntimeError> {
         self.substrate

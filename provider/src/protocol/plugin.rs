@@ -89,12 +89,16 @@ pub async fn serve<C: Send + Sync + 'static>(provider: ProviderService<C>, optio
     // connections get a moment to finish; the host may keep its connection
     // open, and must not keep us alive.
     let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+    let release = provider.releaser();
     let stop_signal = async move {
         if options.debug {
             let _ = tokio::signal::ctrl_c().await;
         } else {
             shutdown.notified().await;
         }
+        // Before the host's patience runs out (it kills a plugin that
+        // lingers): what outlives us must be let go now.
+        release().await;
         let _ = stopped_tx.send(true);
     };
     let server = tonic::transport::Server::builder()

@@ -17,6 +17,9 @@ pub struct Definition<C: Sync + 'static> {
     /// Checks the provider block and what it names (this host, a
     /// cluster), and makes the client.
     pub configure: fn(Value) -> futures::future::BoxFuture<'static, Result<Arc<C>, Diagnostics>>,
+    /// Lets go of what the client holds beyond this process (a lock kept
+    /// in a cluster), once Terraform is done with the provider.
+    pub release: fn(Arc<C>) -> futures::future::BoxFuture<'static, ()>,
     pub resources: &'static [&'static dyn Resource<C>],
     pub data_sources: &'static [&'static dyn DataSource<C>],
 }

@@ -26,7 +26,24 @@ impl<C: Sync + 'static> ProviderService<C> {
     pub fn new(definition: &'static Definition<C>) -> Self {
         ProviderService { definition, runtime: Arc::default() }
     }
+}
 
+impl<C: Send + Sync + 'static> ProviderService<C> {
+    /// What lets go of the configured client's holdings when Terraform is
+    /// done (see [`Definition::release`]); usable after the service moved.
+    pub fn releaser(&self) -> impl FnOnce() -> futures::future::BoxFuture<'static, ()> + Send + 'static {
+        let (definition, runtime) = (self.definition, Arc::clone(&self.runtime));
+        move || {
+            let configured = runtime.read().ok().and_then(|runtime| runtime.clone());
+            match configured {
+                Some(configured) => (definition.release)(configured),
+                None => Box::pin(async {}),
+            }
+        }
+    }
+}
+
+impl<C: Sync + 'static> ProviderService<C> {
     fn runtime(&self) -> Result<Arc<C>, Diagnostics> {
         self.runtime
             .read()

@@ -56,6 +56,9 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     async fn lock(&self, topology: &str) -> Result<(), StoreError>;
     /// Lets go of the lock of a topology that is gone.
     async fn unlock(&self, topology: &str);
+    /// Lets go of every lock this process holds. A store whose locks go
+    /// with the process (a file lock) has nothing to do.
+    async fn release_all(&self) {}
 }
 
 /// A record decoded; `None` when there is none.

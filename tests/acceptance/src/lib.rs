@@ -42,6 +42,19 @@ pub fn terraform() -> &'static Path {
     })
 }
 
+/// $MERAK_KUBECTL, else kubectl on PATH, else the one install-deps.sh put
+/// in Python's scripts directory.
+pub fn kubectl() -> PathBuf {
+    if let Some(path) = std::env::var_os("MERAK_KUBECTL") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("kubectl")).find(|p| p.is_file());
+    on_path.unwrap_or_else(|| {
+        let output = Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]).output().expect("python3 runs");
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("kubectl")
+    })
+}
+
 /// A Terraform working directory for one test, with its own topology name,
 /// state directory and provider mirror. Dropping it destroys whatever the
 /// test built and removes anything left of it on the host.
@@ -52,6 +65,8 @@ pub struct Workspace {
     pub state_dir: PathBuf,
     /// The agent binary the provider is told to use, when not its default.
     agent_path: Option<PathBuf>,
+    /// The provider block, when not the local runtime's default one.
+    provider: Option<String>,
     destroy_on_drop: bool,
 }
 
@@ -75,7 +90,13 @@ impl Workspace {
             mirror.display()
         );
         std::fs::write(dir.join("cli.tfrc"), cli_config).expect("write CLI config");
-        Workspace { dir, name, state_dir, agent_path: None, destroy_on_drop: true }
+        Workspace { dir, name, state_dir, agent_path: None, provider: None, destroy_on_drop: true }
+    }
+
+    /// Writes `block` as the provider block instead of the local runtime's.
+    pub fn with_provider(mut self, block: String) -> Self {
+        self.provider = Some(block);
+        self
     }
 
     /// Has the provider run this workspace's own copy of the agent binary,
@@ -125,6 +146,14 @@ impl Workspace {
     /// directory (and agent transport, see [`Workspace::transport`]), then
     /// `resources` with `{name}` replaced by the topology name.
     pub fn write_config(&self, resources: &str) {
+        if let Some(provider) = &self.provider {
+            let config = format!(
+                "terraform {{\n  required_providers {{\n    merak = {{ source = \"merak/merak\" }}\n  }}\n}}\n\n{provider}\n\n{}\n",
+                resources.replace("{name}", &self.name)
+            );
+            std::fs::write(self.dir.join("main.tf"), config).expect("write main.tf");
+            return;
+        }
         let transport = std::env::var("MERAK_AGENT_TRANSPORT").map(|t| format!("    agent_transport = \"{t}\"\n")).unwrap_or_default();
         let config = format!(
             "terraform {{\n  required_providers {{\n    merak = {{ source = \"merak/merak\" }}\n  }}\n}}\n\n\

@@ -3,7 +3,6 @@
 //! runs in it, and the agents inside its pods answer over mutual TLS from
 //! the cluster network. Needs root (pods are network namespaces).
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use merak_acceptance::binary;
@@ -13,19 +12,6 @@ use serde_json::{Value, json};
 
 const IMAGE: &str = "localhost/merak-agent:test";
 const NAMESPACE: &str = "merak-kubectl";
-
-/// $MERAK_KUBECTL, else kubectl on PATH, else the one install-deps.sh put
-/// in Python's scripts directory.
-fn kubectl_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("MERAK_KUBECTL") {
-        return PathBuf::from(path);
-    }
-    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("kubectl")).find(|p| p.is_file());
-    on_path.unwrap_or_else(|| {
-        let output = Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]).output().expect("python3 runs");
-        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("kubectl")
-    })
-}
 
 struct Kubectl<'a>(&'a Running);
 
@@ -40,7 +26,7 @@ impl Kubectl<'_> {
     }
 
     fn try_run(&self, args: &[&str]) -> Result<String, String> {
-        let output = Command::new(kubectl_binary()).env("KUBECONFIG", &self.0.kubeconfig).args(args).output().expect("kubectl runs (make deps installs it)");
+        let output = Command::new(merak_acceptance::kubectl()).env("KUBECONFIG", &self.0.kubeconfig).args(args).output().expect("kubectl runs (make deps installs it)");
         if output.status.success() { Ok(String::from_utf8_lossy(&output.stdout).into_owned()) } else { Err(String::from_utf8_lossy(&output.stderr).into_owned()) }
     }
 

@@ -370,7 +370,7 @@ impl KubernetesRuntime {
                 let dial = move || {
                     let (pods, name) = (pods.clone(), name.clone());
                     async move {
-                        let mut forwarder = pods.portforward(&name, &[AGENT_PORT]).await.map_err(std::io::Error::other)?;
+                        let mut forwarder = retrying("port-forwarding", || pods.portforward(&name, &[AGENT_PORT])).await.map_err(std::io::Error::other)?;
                         forwarder.take_stream(AGENT_PORT).ok_or_else(|| std::io::Error::other(format!("no port-forward stream to {name}")))
                     }
                 };
@@ -380,7 +380,7 @@ impl KubernetesRuntime {
                 let dial = move || {
                     let (pods, name) = (pods.clone(), name.clone());
                     async move {
-                        let pod = pods.get(&name).await.map_err(std::io::Error::other)?;
+                        let pod = retrying("reading a pod", || pods.get(&name)).await.map_err(std::io::Error::other)?;
                         let ip = pod.status.and_then(|s| s.pod_ip).ok_or_else(|| std::io::Error::other(format!("pod {name} has no IP")))?;
                         let address: std::net::IpAddr = ip.parse().map_err(std::io::Error::other)?;
                         let stream = tokio::net::TcpStream::connect((address, AGENT_PORT)).await?;

@@ -234,6 +234,13 @@ impl RecordStore for ClusterStore {
         Ok(())
     }
 
+    async fn release_all(&self) {
+        let held: Vec<String> = self.renewing.lock().map(|renewing| renewing.keys().cloned().collect()).unwrap_or_default();
+        for topology in held {
+            self.unlock(&topology).await;
+        }
+    }
+
     async fn unlock(&self, topology: &str) {
         if let Ok(mut renewing) = self.renewing.lock()
             && let Some(task) = renewing.remove(topology)

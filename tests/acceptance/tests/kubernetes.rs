@@ -1,0 +1,215 @@
+//! The kubernetes runtime through the real terraform, against the fake
+//! cluster (tests/fake-cluster: an API server and kubelets that run every
+//! pod for real as a network namespace on this host, with the agent binary
+//! as its container): the quickstart's data center from
+//! examples/terraform/kubernetes, pingall across tunnels between pods, a
+//! deleted pod seen by plan and repaired by apply, import from a fresh
+//! directory, missing permissions refused at plan, an API server that
+//! refuses a share of requests, and destroy leaving nothing in the cluster
+//! or on the host. kubectl checks what the provider made. Needs root.
+
+use std::path::Path;
+use std::process::Command;
+
+use merak_acceptance::{Workspace, binary, kubectl, repo_root};
+use merak_fake_cluster::Running;
+
+const IMAGE: &str = "localhost/merak-agent:test";
+
+fn fake_cluster(dir: &Path, extra: &[&str]) -> Running {
+    let mut args = vec!["--nodes".to_string(), "3".into(), "--image".into(), format!("{IMAGE}={}", binary("merak-agent").display())];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Running::start(&binary("merak-fake-cluster"), dir, &args).expect("the fake cluster starts")
+}
+
+fn kubectl_ok(cluster: &Running, args: &[&str]) -> String {
+    let output = Command::new(kubectl()).env("KUBECONFIG", &cluster.kubeconfig).args(args).output().expect("kubectl runs");
+    assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn provider_block(cluster: &Running) -> String {
+    format!(
+        "provider \"merak\" {{\n  runtime = \"kubernetes\"\n  kubernetes {{\n    kubeconfig        = \"{}\"\n    agent_image       = \"{IMAGE}\"\n    pod_ready_timeout = 60\n  }}\n}}\n",
+        cluster.kubeconfig.display()
+    )
+}
+
+/// The example, applied with this test's topology name and the fake's kubeconfig.
+fn example_workspace(test: &str, cluster: &Running) -> (Workspace, Vec<String>) {
+    let ws = Workspace::new(test).with_provider(provider_block(cluster));
+    let example = std::fs::read_to_string(repo_root().join("examples/terraform/kubernetes/main.tf")).expect("the example");
+    std::fs::write(ws.dir.join("main.tf"), example).expect("write main.tf");
+    let vars = vec![
+        "-var".to_string(),
+        format!("name={}", ws.name),
+        "-var".into(),
+        format!("kubeconfig={}", cluster.kubeconfig.display()),
+        "-var".into(),
+        format!("agent_image={IMAGE}"),
+    ];
+    (ws, vars)
+}
+
+fn with<'a>(command: &[&'a str], vars: &'a [String]) -> Vec<&'a str> {
+    command.iter().copied().chain(vars.iter().map(String::as_str)).collect()
+}
+
+fn pod_names(cluster: &Running, namespace: &str) -> Vec<String> {
+    let listed = kubectl_ok(cluster, &["get", "pods", "-n", namespace, "-l", "app.kubernetes.io/managed-by=terraform-provider-merak", "-o", "name"]);
+    let mut names: Vec<String> = listed.lines().map(|l| l.trim_start_matches("pod/").to_string()).collect();
+    names.sort();
+    names
+}
+
+/// Terraform wraps diagnostics: compare words, not lines.
+fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn the_quickstart_runs_on_kubernetes_repairs_imports_and_goes_away() {
+    let dir = std::env::temp_dir().join(format!("merak-k8s-quick-{}", std::process::id()));
+    let cluster = fake_cluster(&dir, &[]);
+    let (ws, vars) = example_workspace("k8s", &cluster);
+    let namespace = format!("merak-{}", ws.name);
+    ws.init();
+    let output = ws.ok(&with(&["apply", "-auto-approve"], &vars));
+    assert!(output.contains("6 of 6 EPMs ready, 3 vswitches, 8 links"), "{output}");
+    assert!(output.contains("38/38 replies, 1/1 isolation probes blocked"), "{output}");
+
+    // kubectl sees a pod per EPM and vswitch, running, spread over the nodes.
+    let mut expected: Vec<String> = (0..6).map(|i| format!("epm-{i}")).chain(["s0-0", "s0-1", "s1-0"].map(String::from)).collect();
+    expected.sort();
+    assert_eq!(pod_names(&cluster, &namespace), expected);
+    let wide = kubectl_ok(&cluster, &["get", "pods", "-n", &namespace, "-o", "wide"]);
+    let nodes: std::collections::HashSet<&str> = wide.lines().skip(1).filter_map(|l| l.split_whitespace().nth(6)).collect();
+    assert!(nodes.len() >= 2, "the pods went to one node: {wide}");
+    assert!(wide.lines().skip(1).all(|l| l.contains("Running")), "{wide}");
+    let described = kubectl_ok(&cluster, &["describe", "pod", "epm-0", "-n", &namespace]);
+    assert!(described.contains(IMAGE) && described.contains("Started"), "{described}");
+    let plan = ws.terraform(&with(&["plan", "-detailed-exitcode"], &vars));
+    assert_eq!(plan.status.code(), Some(0), "a fresh apply leaves nothing to do: {}{}", String::from_utf8_lossy(&plan.stdout), String::from_utf8_lossy(&plan.stderr));
+
+    // A deleted EPM pod: plan shows it, apply makes it anew with its EVMs.
+    kubectl_ok(&cluster, &["delete", "pod", "epm-2", "-n", &namespace]);
+    let plan = ws.terraform(&with(&["plan", "-detailed-exitcode"], &vars));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(2), "the deleted pod is drift: {text}");
+    assert!(text.contains("ready_epms"), "{text}");
+    let output = ws.ok(&with(&["apply", "-auto-approve"], &vars));
+    assert!(output.contains("6 of 6 EPMs ready"), "{output}");
+    assert!(output.contains("38/38 replies, 1/1 isolation probes blocked"), "after the repair: {output}");
+    assert_eq!(pod_names(&cluster, &namespace), expected);
+
+    // A fresh directory with the same kubeconfig finds the topology.
+    let fresh = Workspace::new("k8s-import").with_provider(provider_block(&cluster));
+    fresh.write_config(&format!("resource \"merak_topology\" \"dc\" {{\n  name = \"{}\"\n  racks = 2\n  hosts_per_rack = 3\n  data_plane_cidr = \"10.0.0.0/24\"\n}}\n", ws.name));
+    fresh.init();
+    fresh.ok(&["import", "merak_topology.dc", &ws.name]);
+    let imported = fresh.resource_values("merak_topology.dc");
+    assert_eq!((imported["hosts"].as_i64(), imported["ready_epms"].as_i64()), (Some(6), Some(6)), "{imported}");
+    std::fs::remove_file(fresh.dir.join("terraform.tfstate")).expect("forget the import: the first directory destroys");
+    drop(fresh);
+
+    ws.ok(&with(&["destroy", "-auto-approve"], &vars));
+    let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
+    assert_eq!(namespaces.trim(), "namespace/default", "destroy leaves no namespace of the topology");
+    assert!(cluster.pod_sandboxes().is_empty(), "pod sandboxes left: {:?}", cluster.pod_sandboxes());
+    let prefix = cluster.prefix.clone();
+    drop(ws);
+    drop(cluster);
+    assert!(merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(), "namespaces left on the host");
+}
+
+#[test]
+fn missing_permissions_are_refused_at_plan_naming_them() {
+    let dir = std::env::temp_dir().join(format!("merak-k8s-rbac-{}", std::process::id()));
+    let cluster = fake_cluster(&dir, &["--deny", "create:pods", "--deny", "create:pods/portforward"]);
+    let ws = Workspace::new("k8s-rbac").with_provider(provider_block(&cluster));
+    ws.write_config("resource \"merak_topology\" \"dc\" {\n  name = \"{name}\"\n  racks = 1\n  hosts_per_rack = 2\n  data_plane_cidr = \"10.0.0.0/24\"\n}\n");
+    ws.init();
+    let error = words(&ws.plan_error("plan without the rights to create pods"));
+    assert!(error.contains("lack permissions") && error.contains("create pods") && error.contains("create pods/portforward"), "{error}");
+    assert!(error.contains("rbac.yaml"), "the fix is named: {error}");
+    let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
+    assert_eq!(namespaces.trim(), "namespace/default", "nothing was made");
+}
+
+#[test]
+fn an_unreachable_api_server_is_refused_at_plan() {
+    let ws = Workspace::new("k8s-down");
+    let kubeconfig = ws.dir.join("kubeconfig");
+    // A port nobody listens on: loopback only.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\n    insecure-skip-tls-verify: true\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n",
+    )
+    .expect("write a kubeconfig");
+    let ws = ws.with_provider(format!(
+        "provider \"merak\" {{\n  runtime = \"kubernetes\"\n  kubernetes {{\n    kubeconfig  = \"{}\"\n    agent_image = \"{IMAGE}\"\n  }}\n}}\n",
+        kubeconfig.display()
+    ));
+    ws.write_config("resource \"merak_topology\" \"dc\" {\n  name = \"{name}\"\n  racks = 1\n  hosts_per_rack = 2\n  data_plane_cidr = \"10.0.0.0/24\"\n}\n");
+    ws.init();
+    let error = words(&ws.plan_error("plan against an API server that is down"));
+    assert!(error.contains("does not answer") && error.contains("kubectl version"), "{error}");
+
+    // And a kubernetes runtime without an image is refused before any call.
+    let ws = ws.with_provider("provider \"merak\" {\n  runtime = \"kubernetes\"\n}\n".into());
+    ws.write_config("resource \"merak_topology\" \"dc\" {\n  name = \"{name}\"\n  racks = 1\n  hosts_per_rack = 2\n  data_plane_cidr = \"10.0.0.0/24\"\n}\n");
+    let error = words(&ws.plan_error("plan without agent_image"));
+    assert!(error.contains("agent_image is required"), "{error}");
+}
+
+#[test]
+fn apply_converges_while_the_api_server_refuses_a_share_of_requests() {
+    let dir = std::env::temp_dir().join(format!("merak-k8s-flaky-{}", std::process::id()));
+    let cluster = fake_cluster(&dir, &["--fail-every", "5"]);
+    let ws = Workspace::new("k8s-flaky").with_provider(provider_block(&cluster));
+    ws.write_config(
+        r#"
+resource "merak_topology" "dc" {
+  name            = "{name}"
+  racks           = 2
+  hosts_per_rack  = 2
+  data_plane_cidr = "10.0.0.0/24"
+}
+
+resource "merak_vpc" "blue" {
+  topology_id = merak_topology.dc.id
+  name        = "blue"
+  cidr        = "10.1.0.0/16"
+}
+
+resource "merak_subnet" "web" {
+  vpc_id = merak_vpc.blue.id
+  name   = "web"
+  cidr   = "10.1.1.0/24"
+}
+
+resource "merak_evm_group" "web" {
+  subnet_id = merak_subnet.web.id
+  name      = "web"
+  evm_count = 6
+}
+
+data "merak_pingall" "check" {
+  topology_id = merak_topology.dc.id
+  depends_on  = [merak_evm_group.web]
+}
+
+output "pingall" {
+  value = "${data.merak_pingall.check.replies}/${data.merak_pingall.check.expected_replies}"
+}
+"#,
+    );
+    ws.init();
+    let output = ws.apply();
+    let line = output.lines().rev().find(|l| l.contains("pingall =")).unwrap_or_default().to_string();
+    let (got, of) = line.trim_matches(|c: char| !c.is_ascii_digit() && c != '/').split_once('/').unwrap_or(("", "x"));
+    assert!(got == of && !got.is_empty() && got != "0", "every ping answered though the API server refused every 5th request: {output}");
+    ws.ok(&["destroy", "-auto-approve"]);
+    let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
+    assert_eq!(namespaces.trim(), "namespace/default");
+}
