@@ -15,12 +15,21 @@ pub const MAX_PAYLOAD: u32 = 9000 - 28;
 /// The payload of a probe that asks for none.
 const DEFAULT_PAYLOAD: usize = 8;
 
-/// Whether `to` answers one echo request of `payload` bytes (0: a small
-/// one) sent from namespace `from` within `timeout`.
-pub fn ping(from: &str, to: Ipv4Addr, payload: u32, timeout: Duration) -> io::Result<bool> {
+/// How big the echo requests are.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload {
+    /// This many bytes (0: a small probe).
+    Bytes(u32),
+    /// The largest the EVM's eth0 MTU allows: the MTU less the IP and ICMP headers.
+    FullSize,
+}
+
+/// Whether `to` answers one echo request with `payload` sent from
+/// namespace `from` within `timeout`.
+pub fn ping(from: &str, to: Ipv4Addr, payload: Payload, timeout: Duration) -> io::Result<bool> {
     let ns = netns::open_fd(from).map_err(io::Error::other)?;
     // The socket belongs to the namespace it was created in.
-    let socket = std::thread::scope(|scope| {
+    let (socket, eth0_mtu) = std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 netns::enter(&ns)?;
@@ -45,7 +54,11 @@ pub fn ping(from: &str, to: Ipv4Addr, payload: u32, timeout: Duration) -> io::Re
                 if set != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                Ok(socket)
+                let mtu = match payload {
+                    Payload::FullSize => Some(interface_mtu(&socket, "eth0")?),
+                    Payload::Bytes(_) => None,
+                };
+                Ok((socket, mtu))
             })
             .join()
             .map_err(|_| io::Error::other("ping thread panicked"))?
@@ -63,7 +76,11 @@ pub fn ping(from: &str, to: Ipv4Addr, payload: u32, timeout: Duration) -> io::Re
     // echo requests spread over the timeout; any reply counts.
     const ATTEMPTS: u32 = 3;
     let started = Instant::now();
-    let payload = if payload == 0 { DEFAULT_PAYLOAD } else { payload.min(MAX_PAYLOAD) as usize };
+    let payload = match (payload, eth0_mtu) {
+        (Payload::FullSize, Some(mtu)) => mtu.saturating_sub(28).min(MAX_PAYLOAD) as usize,
+        (Payload::Bytes(0), _) | (Payload::FullSize, None) => DEFAULT_PAYLOAD,
+        (Payload::Bytes(bytes), _) => bytes.min(MAX_PAYLOAD) as usize,
+    };
     let mut buffer = vec![0u8; payload + 128];
     for attempt in 0..ATTEMPTS {
         if !send_echo(&socket, &address, id, attempt as u16 + 1, payload)? {
@@ -138,6 +155,21 @@ fn wait_reply(socket: &OwnedFd, deadline: Instant, id: u16, to: Ipv4Addr, buffer
             return true;
         }
     }
+}
+
+/// The MTU of interface `name` in the namespace `socket` was made in.
+fn interface_mtu(socket: &OwnedFd, name: &str) -> io::Result<u32> {
+    // SAFETY: an all-zero ifreq is valid; the name is copied in bounded.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU fills ifr_ifru.ifru_mtu of the ifreq we own.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFMTU, &mut request) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel set the mtu member.
+    Ok(unsafe { request.ifr_ifru.ifru_mtu }.max(0) as u32)
 }
 
 fn internet_checksum(data: &[u8]) -> u16 {

@@ -274,7 +274,7 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         let request = request.into_inner();
         crate::goal::ping(&request).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let timeout = std::time::Duration::from_millis(u64::from(request.timeout_ms.clamp(10, 10_000)));
-        let payload = request.payload_bytes;
+        let payload = if request.full_size { crate::ping::Payload::FullSize } else { crate::ping::Payload::Bytes(request.payload_bytes) };
         // A few at a time: every first ping of a pair floods an ARP request
         // to all EPMs of the subnet, and a burst of hundreds overflows the
         // kernel's per-CPU backlog, dropping packets that then look like

@@ -176,7 +176,7 @@ async fn the_image_runs_the_agent_as_a_privileged_container() {
         PingProbe { from_namespace: on_a.namespace.clone(), to: "10.0.0.1".into() },  // its gateway
         PingProbe { from_namespace: on_a.namespace.clone(), to: "10.0.0.11".into() }, // the other container's EVM
     ];
-    let reply = OverlayClient::new(channel_a).ping(PingRequest { probes, timeout_ms: 3000, payload_bytes: 0 }).await.unwrap().into_inner();
+    let reply = OverlayClient::new(channel_a).ping(PingRequest { probes, timeout_ms: 3000, payload_bytes: 0, full_size: false }).await.unwrap().into_inner();
     assert_eq!(reply.reached, [true, true], "{:?}", reply.errors);
     // The EVMs live inside the containers: the host sees none of them.
     let host_namespaces = run("ip", &["netns", "list"]);

@@ -86,7 +86,7 @@ fn ping(from: &EvmSpec, to: &str) -> PingProbe {
 }
 
 async fn reached(agent: &OverlayService, probes: Vec<PingProbe>) -> Vec<bool> {
-    agent.ping(Request::new(PingRequest { probes, timeout_ms: 2000, payload_bytes: 0 })).await.unwrap().into_inner().reached
+    agent.ping(Request::new(PingRequest { probes, timeout_ms: 2000, payload_bytes: 0, full_size: false })).await.unwrap().into_inner().reached
 }
 
 #[tokio::test]
@@ -139,7 +139,7 @@ async fn subnets_route_and_vpcs_stay_apart() {
     // A probe from an EVM that is gone fails alone, saying why.
     let mut gone = on_a[0].clone();
     gone.namespace = format!("{prefix}a.missing");
-    let request = PingRequest { probes: vec![ping(&gone, "10.0.1.11"), ping(&on_a[0], "10.0.1.11")], timeout_ms: 2000, payload_bytes: 0 };
+    let request = PingRequest { probes: vec![ping(&gone, "10.0.1.11"), ping(&on_a[0], "10.0.1.11")], timeout_ms: 2000, payload_bytes: 0, full_size: false };
     let reply = agent_a.ping(Request::new(request)).await.unwrap().into_inner();
     assert_eq!(reply.reached, vec![false, true]);
     assert!(reply.errors[0].contains("missing") && reply.errors[1].is_empty(), "{:?}", reply.errors);

@@ -92,7 +92,7 @@ fn evm(prefix: &str, epm: &str, address: &str, last: u8) -> EvmSpec {
 
 async fn ping(agent: &OverlayService, from: &EvmSpec, to: &str, payload_bytes: u32) -> bool {
     let probes = vec![PingProbe { from_namespace: from.namespace.clone(), to: to.into() }];
-    let reply = agent.ping(Request::new(PingRequest { probes, timeout_ms: 1500, payload_bytes })).await.unwrap().into_inner();
+    let reply = agent.ping(Request::new(PingRequest { probes, timeout_ms: 1500, payload_bytes, full_size: false })).await.unwrap().into_inner();
     reply.reached[0]
 }
 
@@ -138,6 +138,9 @@ async fn tunnels_over_a_pod_network_carry_full_size_packets() {
     assert!(ping(&overlay_a, &on_a, "10.0.0.11", full).await, "a full-size ping with DF across the tunnels");
     assert!(!ping(&overlay_a, &on_a, "10.0.0.11", full + 1).await, "one byte more does not fit, and is not fragmented");
     assert!(ping(&overlay_b, &on_b, "10.0.0.10", full).await, "and back");
+    let probes = vec![PingProbe { from_namespace: on_a.namespace.clone(), to: "10.0.0.11".into() }];
+    let reply = overlay_a.ping(Request::new(PingRequest { probes, timeout_ms: 1500, payload_bytes: 0, full_size: true })).await.unwrap().into_inner();
+    assert_eq!(reply.reached, [true], "a full-size probe sized by the agent from the EVM's MTU");
 
     // The EPM b pod made anew elsewhere (another pod IP): the vswitch's
     // port follows it, and traffic flows again.

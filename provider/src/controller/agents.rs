@@ -119,7 +119,7 @@ impl Controller {
             .await
     }
 
-    pub(super) async fn ping_agents(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<ProbeOutcome>, RuntimeError> {
+    pub(super) async fn ping_agents(&self, topology: &str, probes: &[Probe], timeout_ms: u32, full_size: bool) -> Result<Vec<ProbeOutcome>, RuntimeError> {
         // Owned keys: borrowing ones trip the higher-ranked lifetime check
         // of futures streams inside async-trait methods.
         let mut by_epm: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -134,6 +134,7 @@ impl Controller {
                     probes: indexes.iter().map(|&i| PingProbe { from_namespace: probes[i].from.namespace.clone(), to: probes[i].to.to_string() }).collect(),
                     timeout_ms,
                     payload_bytes: 0,
+                    full_size,
                 };
                 let reply = client.ping(request).await.map_err(|s| RuntimeError::Unavailable(format!("{epm}: {}", s.message())))?;
                 Ok((indexes, reply.into_inner()))

@@ -147,8 +147,9 @@ impl Controller {
         self.substrate.whole_evms(topology, &specs).await
     }
 
-    pub async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32) -> Result<Vec<ProbeOutcome>, RuntimeError> {
-        self.ping_agents(topology, probes, timeout_ms).await
+    /// Pings from inside EVMs; `full_size`: each as large as its EVM's MTU allows, DF set.
+    pub async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32, full_size: bool) -> Result<Vec<ProbeOutcome>, RuntimeError> {
+        self.ping_agents(topology, probes, timeout_ms, full_size).await
     }
 
 fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> GroupStatus {

@@ -35,6 +35,13 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Attribute::required("topology_id", Type::String, "The `id` of the `merak_topology`."),
             Attribute::optional("samples", Type::Number, "Pairs per subnet (and per pair of subnets) when there are too many to try all; default 10."),
             Attribute::optional("timeout_ms", Type::Number, "How long each ping waits for its reply; default 2000 (a first ping also waits for ARP)."),
+            Attribute::optional(
+                "full_size",
+                Type::Bool,
+                "Pings carry the largest payload the sending EVM's MTU allows, with DF set, so a reply proves that \
+                 full-size packets cross the overlay unfragmented (EVMs' MTU is the underlay's less the VXLAN \
+                 header; on the kubernetes runtime the pod network's less two). Default false: small pings.",
+            ),
             Attribute::computed("sent", Type::Number, "Probes tried: `expected_replies` plus `isolation_probes`."),
             Attribute::computed("expected_replies", Type::Number, "Probes within a VPC, each of which must get a reply (reachability)."),
             Attribute::computed("replies", Type::Number, "Of those, the probes that got their reply. Equal to `expected_replies` when every EVM reaches every other in its VPC."),
@@ -156,7 +163,8 @@ impl DataSource<Controller> for Pingall {
         let (samples, timeout) = settings(config)?;
         let evms = runtime.list_evms(topology, None, None).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
         let probes = probes(&evms, samples);
-        let outcomes = runtime.ping(topology, &probes, timeout).await.map_err(|e| runtime_error("Could not ping", e))?;
+        let full_size = config.attr("full_size").as_bool().unwrap_or(false);
+        let outcomes = runtime.ping(topology, &probes, timeout, full_size).await.map_err(|e| runtime_error("Could not ping", e))?;
         let mut failures = Vec::new();
         let mut unexpected = 0;
         for (probe, outcome) in probes.iter().zip(&outcomes) {

@@ -78,6 +78,16 @@ fn the_quickstart_runs_on_kubernetes_repairs_imports_and_goes_away() {
     assert!(output.contains("6 of 6 EPMs ready, 3 vswitches, 8 links"), "{output}");
     assert!(output.contains("38/38 replies, 1/1 isolation probes blocked"), "{output}");
 
+    // Full-size packets with DF set cross the tunnels (VXLAN in VXLAN over
+    // the fake's 1450-byte pod network): EVMs' MTU leaves room for both.
+    std::fs::write(
+        ws.dir.join("full_size.tf"),
+        "data \"merak_pingall\" \"full\" {\n  topology_id = merak_topology.dc.id\n  full_size   = true\n  depends_on  = [merak_evm_group.web, merak_evm_group.db, merak_evm_group.red]\n}\n\noutput \"full_size\" {\n  value = \"${data.merak_pingall.full.replies}/${data.merak_pingall.full.expected_replies} full-size replies\"\n}\n",
+    )
+    .expect("write full_size.tf");
+    let output = ws.ok(&with(&["apply", "-auto-approve"], &vars));
+    assert!(output.contains("38/38 full-size replies"), "{output}");
+
     // kubectl sees a pod per EPM and vswitch, running, spread over the nodes.
     let mut expected: Vec<String> = (0..6).map(|i| format!("epm-{i}")).chain(["s0-0", "s0-1", "s1-0"].map(String::from)).collect();
     expected.sort();
@@ -209,6 +219,27 @@ output "pingall" {
     let line = output.lines().rev().find(|l| l.contains("pingall =")).unwrap_or_default().to_string();
     let (got, of) = line.trim_matches(|c: char| !c.is_ascii_digit() && c != '/').split_once('/').unwrap_or(("", "x"));
     assert!(got == of && !got.is_empty() && got != "0", "every ping answered though the API server refused every 5th request: {output}");
+    ws.ok(&["destroy", "-auto-approve"]);
+    let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
+    assert_eq!(namespaces.trim(), "namespace/default");
+}
+
+#[test]
+fn a_pod_that_cannot_run_is_reported_with_its_node_and_reason() {
+    let dir = std::env::temp_dir().join(format!("merak-k8s-image-{}", std::process::id()));
+    let cluster = fake_cluster(&dir, &[]);
+    let block = provider_block(&cluster).replace(IMAGE, "localhost/merak-agent:missing");
+    let ws = Workspace::new("k8s-image").with_provider(block);
+    ws.write_config("resource \"merak_topology\" \"dc\" {\n  name = \"{name}\"\n  racks = 1\n  hosts_per_rack = 2\n  data_plane_cidr = \"10.0.0.0/24\"\n}\n");
+    ws.init();
+    let output = ws.terraform(&["apply", "-auto-approve"]);
+    let error = words(&String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "an image no node has cannot run");
+    assert!(error.contains("pod merak-k8s-image-") && error.contains("/epm-0 on node fake-node-"), "the pod and its node: {error}");
+    assert!(error.contains("ErrImagePull") || error.contains("ImagePullBackOff"), "the reason: {error}");
+    // The state records what exists, and destroy removes it.
+    let listed = ws.ok(&["state", "list"]);
+    assert!(listed.contains("merak_topology.dc"), "{listed}");
     ws.ok(&["destroy", "-auto-approve"]);
     let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
     assert_eq!(namespaces.trim(), "namespace/default");
