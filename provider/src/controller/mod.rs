@@ -73,11 +73,17 @@ pub struct Controller {
     /// Serializes changes to the tenant-network records (Terraform applies
     /// resources in parallel).
     overlay_lock: Mutex<()>,
+    /// Changes to tenant networks wait for a change to the underlay in
+    /// progress: Terraform may apply an EVM group while the topology it
+    /// depends on through unchanged resources is being repaired (1.0.3 does
+    /// not order updates through resources without changes), and must find
+    /// the rebuilt EPMs whole.
+    underlay_lock: tokio::sync::RwLock<()>,
 }
 
 impl Controller {
     pub fn new(substrate: Arc<dyn Substrate>, store: Arc<dyn RecordStore>) -> Self {
-        Controller { substrate, store, overlay_lock: Mutex::new(()) }
+        Controller { substrate, store, overlay_lock: Mutex::new(()), underlay_lock: tokio::sync::RwLock::new(()) }
     }
 
     /// Refuses a topology the runtime cannot hold as configured (e.g. a
@@ -91,6 +97,7 @@ impl Controller {
     /// objects are reported in the status; an `Err` means nothing could be done.
     pub async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
         self.store.lock(&spec.name).await?;
+        let _underlay = self.underlay_lock.write().await;
         self.substrate.apply_topology(spec, intent).await
     }
 
@@ -109,6 +116,7 @@ impl Controller {
     /// until its devices are gone.
     pub async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError> {
         self.store.lock(name).await?;
+        let _underlay = self.underlay_lock.write().await;
         self.substrate.destroy_topology(name).await?;
         self.store.remove(name).await?;
         self.store.unlock(name).await;
@@ -166,6 +174,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
 
     pub async fn apply_vpc(&self, spec: &VpcSpec) -> Result<(), RuntimeError> {
         self.store.lock(&spec.topology).await?;
+        let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         self.tree(&spec.topology).await?;
         let mut record = self.load_overlay(&spec.topology).await?;
@@ -183,6 +192,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
 
     pub async fn delete_vpc(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
         self.store.lock(topology).await?;
+        let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         let mut record = self.load_overlay(topology).await?;
         if record.remove_vpc(name)? && self.topology_exists(topology).await? {
@@ -193,6 +203,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
 
     pub async fn apply_subnet(&self, spec: &SubnetSpec) -> Result<(), RuntimeError> {
         self.store.lock(&spec.topology).await?;
+        let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         let tree = self.tree(&spec.topology).await?;
         let mut record = self.load_overlay(&spec.topology).await?;
@@ -225,6 +236,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
 
     pub async fn delete_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError> {
         self.store.lock(topology).await?;
+        let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         let mut record = self.load_overlay(topology).await?;
         let of_subnet = |g: &GroupRecord| g.vpc == vpc && g.subnet == name;
@@ -249,6 +261,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
 
     pub async fn apply_group(&self, spec: &GroupSpec, intent: Intent) -> Result<GroupStatus, RuntimeError> {
         self.store.lock(&spec.topology).await?;
+        let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         let topology = &spec.topology;
         let tree = self.tree(topology).await?;
@@ -327,6 +340,7 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
 
     pub async fn delete_group(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
         self.store.lock(topology).await?;
+        let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         let Ok(tree) = self.tree(topology).await else { return Ok(()) };
         let mut record = self.load_overlay(topology).await?;

@@ -46,6 +46,20 @@ const VXLAN_OVERHEAD: u32 = merak_netdev::netdev::VXLAN_OVERHEAD;
 /// How long a namespace may take to go away with everything in it.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(300);
 const TOPOLOGY: &str = "topology";
+/// Tries at connecting to an agent before its error counts.
+const CONNECT_ATTEMPTS: u32 = 4;
+
+/// An error with its causes: tonic's transport errors say only "transport error".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Record {
@@ -75,8 +89,6 @@ pub struct KubernetesRuntime {
     store: Arc<dyn RecordStore>,
     /// Per topology, the controller's TLS connector to its agents.
     connectors: Mutex<HashMap<String, TlsConnector>>,
-    /// Per (topology, pod), a channel to its agent (channels reconnect).
-    channels: Mutex<HashMap<(String, String), Channel>>,
 }
 
 impl std::fmt::Debug for KubernetesRuntime {
@@ -120,7 +132,7 @@ fn epm_of_router(topology: &str, router_namespace: &str) -> Option<String> {
 
 impl KubernetesRuntime {
     pub fn new(client: kube::Client, settings: PodSettings, access: Access, store: Arc<dyn RecordStore>) -> Self {
-        KubernetesRuntime { client, settings, access, store, connectors: Mutex::default(), channels: Mutex::default() }
+        KubernetesRuntime { client, settings, access, store, connectors: Mutex::default() }
     }
 
     fn pods(&self, topology: &str) -> Api<Pod> {
@@ -355,17 +367,34 @@ impl KubernetesRuntime {
         latest
     }
 
-    /// A channel to the agent of a pod, made once and kept (it reconnects,
-    /// dialling again: a pod made anew is found by name).
+    /// A channel to the agent of a pod, made for the caller's work: a kept
+    /// one would fail its first call after the pod was made anew (its
+    /// stream went with the old pod), and every goal must reach the pod
+    /// that is there now. Dialled by pod name (port-forward) or its current IP.
     async fn channel(&self, topology: &str, pod: &str) -> Result<Channel, RuntimeError> {
-        let key = (topology.to_string(), pod.to_string());
-        if let Some(channel) = self.channels.lock().ok().and_then(|c| c.get(&key).cloned()) {
-            return Ok(channel);
-        }
         let connector = self.connector(topology).await?;
+        // A handshake through the API server can miss the connect timeout
+        // on a busy host (every agent of a topology dialled at once): a few
+        // tries, with a growing pause, before the error counts.
+        let mut pause = Duration::from_millis(100);
+        for attempt in 1.. {
+            match self.dial(topology, pod, connector.clone()).await {
+                Ok(channel) => return Ok(channel),
+                Err(error) if attempt < CONNECT_ATTEMPTS => {
+                    tracing::debug!(pod, attempt, error = %error_chain(&error), "connecting to an agent failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(error) => return Err(RuntimeError::Unavailable(format!("agent of {pod}: {}", error_chain(&error)))),
+            }
+        }
+        Err(RuntimeError::Unavailable(format!("agent of {pod}: no connection attempt was made")))
+    }
+
+    async fn dial(&self, topology: &str, pod: &str, connector: TlsConnector) -> Result<Channel, tonic::transport::Error> {
         let pods = self.pods(topology);
         let name = pod.to_string();
-        let channel = match self.access {
+        match self.access {
             Access::PortForward => {
                 let dial = move || {
                     let (pods, name) = (pods.clone(), name.clone());
@@ -391,11 +420,6 @@ impl KubernetesRuntime {
                 merak_agent::tls::channel_over(dial, connector).await
             }
         }
-        .map_err(|e| RuntimeError::Unavailable(format!("agent of {pod}: {e}")))?;
-        if let Ok(mut channels) = self.channels.lock() {
-            channels.insert(key, channel.clone());
-        }
-        Ok(channel)
     }
 
     async fn info(&self, topology: &str, pod: &str) -> Result<EpmInfo, RuntimeError> {
@@ -547,9 +571,6 @@ impl KubernetesRuntime {
     }
 
     fn forget(&self, topology: &str) {
-        if let Ok(mut channels) = self.channels.lock() {
-            channels.retain(|(t, _), _| t != topology);
-        }
         if let Ok(mut connectors) = self.connectors.lock() {
             connectors.remove(topology);
         }
