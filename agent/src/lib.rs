@@ -5,6 +5,7 @@ pub mod bridges;
 pub mod build;
 pub mod error;
 pub mod evm;
+pub mod gateway;
 pub mod goal;
 pub mod host;
 pub mod overlay;
@@ -15,3 +16,15 @@ pub mod tls;
 pub mod underlay;
 
 pub use merak_netdev::{netdev, netns};
+
+/// An error with its causes: tonic's transport errors say only "transport error".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}

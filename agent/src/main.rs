@@ -22,10 +22,10 @@ use tokio_stream::wrappers::UnixListenerStream;
 #[command(version, about = "The agent inside an Emulated Physical Machine")]
 struct Args {
     /// The EPM this agent serves (for reports and logs).
-    #[arg(long, required_unless_present = "host")]
+    #[arg(long, required_unless_present_any = ["host", "gateway"])]
     epm: Option<String>,
     /// The unix socket to serve the agent API on (created with mode 0600).
-    #[arg(long, required_unless_present_any = ["host", "listen"], conflicts_with = "listen")]
+    #[arg(long, required_unless_present_any = ["host", "listen", "gateway"], conflicts_with = "listen")]
     socket: Option<PathBuf>,
     /// Serve the agent API on this TCP address instead (e.g. 0.0.0.0:7443),
     /// mutual TLS only, with the certificates in --tls-dir.
@@ -46,6 +46,14 @@ struct Args {
     /// The unix socket of the Host API (with --host; mode 0600).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// Forward calls to the agents they name instead (see
+    /// merak_agent::gateway), serving on --listen; --tls-dir holds
+    /// gateway.pem and gateway.key too, its identity towards the agents.
+    #[arg(long, conflicts_with_all = ["epm", "socket", "netns", "host"], requires_all = ["listen", "tls_dir"])]
+    gateway: bool,
+    /// The port the agents listen on (with --gateway).
+    #[arg(long, default_value_t = 7443)]
+    agent_port: u16,
 }
 
 /// Before any thread or descriptor of our own exists: leave the starter's
@@ -107,7 +115,11 @@ fn main() -> anyhow::Result<()> {
         Some(dir) => Some(tls::acceptor_from_dir(dir).with_context(|| format!("loading the TLS identity in {}", dir.display()))?),
         None => None,
     };
-    if args.host {
+    if args.gateway {
+        let (Some(address), Some(tls), Some(dir)) = (args.listen, tls, args.tls_dir.as_deref()) else { anyhow::bail!("--gateway needs --listen and --tls-dir") };
+        let connector = tls::gateway_connector_from_dir(dir).with_context(|| format!("loading the gateway's identity in {}", dir.display()))?;
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(gateway(address, tls, connector, args.agent_port))
+    } else if args.host {
         raise_open_files();
         let control = args.control.context("--host needs --control")?;
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(host(control, tls))
@@ -156,6 +168,15 @@ async fn standalone(epm: String, listen: Listen) -> anyhow::Result<()> {
         let _ = fs::remove_file(&socket);
     }
     tracing::info!(%epm, "agent stopped");
+    Ok(())
+}
+
+async fn gateway(address: std::net::SocketAddr, tls: TlsAcceptor, connector: tokio_rustls::TlsConnector, agent_port: u16) -> anyhow::Result<()> {
+    init_logging();
+    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
+    tracing::info!(%address, agent_port, "gateway serving");
+    merak_agent::gateway::Gateway::new(connector, agent_port).serve(listener, tls, shutdown_signal()?).await;
+    tracing::info!("gateway stopped");
     Ok(())
 }
 

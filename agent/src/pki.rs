@@ -32,6 +32,9 @@ pub enum Role {
     Agent,
     /// The controller: a client.
     Controller,
+    /// The gateway that forwards the controller's calls to the agents (see
+    /// crate::gateway): a client of the agents, as the controller is.
+    Gateway,
 }
 
 pub struct Authority {
@@ -79,8 +82,9 @@ impl Authority {
                 params.subject_alt_names = vec![SanType::DnsName(crate::tls::AGENT_NAME.try_into().map_err(failed("the agent's name"))?)];
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             }
-            Role::Controller => {
-                params.distinguished_name.push(DnType::CommonName, "merak controller");
+            Role::Controller | Role::Gateway => {
+                let name = if matches!(role, Role::Gateway) { "merak gateway" } else { "merak controller" };
+                params.distinguished_name.push(DnType::CommonName, name);
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             }
         }

@@ -47,6 +47,12 @@ pub fn acceptor_from_dir(dir: &Path) -> Result<TlsAcceptor, TlsError> {
     acceptor(&read(dir, "ca.pem")?, &read(dir, "agent.pem")?, &read(dir, "agent.key")?)
 }
 
+/// The gateway's connector to the agents from the files in `dir`: the CA
+/// and `gateway.pem`, `gateway.key` (see crate::gateway).
+pub fn gateway_connector_from_dir(dir: &Path) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    connector(&read(dir, "ca.pem")?, &read(dir, "gateway.pem")?, &read(dir, "gateway.key")?)
+}
+
 /// A TLS acceptor presenting `certificate` (PEM, with `key`) that demands
 /// a client certificate signed by `ca` (PEM).
 pub fn acceptor(ca: &[u8], certificate: &[u8], key: &[u8]) -> Result<TlsAcceptor, TlsError> {

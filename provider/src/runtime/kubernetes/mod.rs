@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use kube::api::{Api, ListParams};
+use merak_agent::error_chain;
 use merak_agent::pki::{Authority, Role};
 use merak_proto::agent::agent_client::AgentClient;
 use merak_proto::agent::overlay_client::OverlayClient;
@@ -48,18 +49,6 @@ const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(300);
 const TOPOLOGY: &str = "topology";
 /// Tries at connecting to an agent before its error counts.
 const CONNECT_ATTEMPTS: u32 = 4;
-
-/// An error with its causes: tonic's transport errors say only "transport error".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
-}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Record {
