@@ -14,7 +14,7 @@ CLI_CONFIG  = $(CURDIR)/target/terraformrc
 QUICKSTART  = examples/terraform/quickstart
 TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
 
-.PHONY: all deps build terraform mirror quickstart quickstart-destroy test docs bench fuzz agent-image
+.PHONY: all deps build terraform mirror quickstart quickstart-destroy test docs bench bench-kubernetes fuzz agent-image
 
 all: build
 
@@ -86,6 +86,14 @@ bench: terraform
 	$(CARGO) build --release --workspace
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-topology -- $(BENCH_TOPOLOGY)
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-evms -- $(BENCH_EVMS)
+
+# The kubernetes runtime at scale against the fake cluster (release build):
+# BENCH_K8S="EPMS LATENCY_MS..." (the issue's targets: 200 pods/s with no
+# latency, 50 pods/s with 20 ms per API call).
+BENCH_K8S ?= 2000 0 20
+bench-kubernetes: terraform
+	$(CARGO) build --release --workspace
+	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-kubernetes -- $(BENCH_K8S)
 
 # Fuzzing (not a test: minutes per target). libFuzzer through cargo-fuzz
 # (installed from crates.io when missing), with AddressSanitizer on a nightly

@@ -12,6 +12,7 @@ use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingProbe, PingReply, P
 use super::records::{Evm, Forget, OverlayRecord, overlay_goals};
 use super::{Controller, Probe, ProbeOutcome};
 use crate::model::TreeSpec;
+use crate::runtime::agent_client::AgentChannel;
 use crate::runtime::{Failure, RuntimeError};
 
 /// EPMs talked to at once.
@@ -27,7 +28,7 @@ const BATCH: usize = 2000;
 
 impl Controller {
 
-    async fn overlay_client(&self, topology: &str, epm: &str) -> Result<OverlayClient<tonic::transport::Channel>, RuntimeError> {
+    async fn overlay_client(&self, topology: &str, epm: &str) -> Result<OverlayClient<AgentChannel>, RuntimeError> {
         let channel = self.substrate.agent_channel(topology, epm).await?;
         Ok(OverlayClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
     }

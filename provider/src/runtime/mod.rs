@@ -14,7 +14,7 @@ pub use recorded::RecordedSpec;
 use std::collections::HashSet;
 
 use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec};
-use tonic::transport::Channel;
+use self::agent_client::AgentChannel;
 
 use crate::model::TreeSpec;
 
@@ -110,7 +110,7 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError>;
 
     /// A connection to the agent of an EPM.
-    async fn agent_channel(&self, topology: &str, epm: &str) -> Result<Channel, RuntimeError>;
+    async fn agent_channel(&self, topology: &str, epm: &str) -> Result<AgentChannel, RuntimeError>;
 
     /// Brings back the agent of an EPM that stopped answering; the EPM's
     /// devices stay (every goal the controller pushes is whole).

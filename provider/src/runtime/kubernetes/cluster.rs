@@ -32,6 +32,9 @@ pub const NEEDED: &[(&str, &str, &str)] = &[
     ("update", "configmaps", ""),
     ("delete", "configmaps", ""),
     ("list", "events", ""),
+    ("create", "deployments", "apps"),
+    ("get", "deployments", "apps"),
+    ("update", "deployments", "apps"),
 ];
 
 #[cfg(test)]

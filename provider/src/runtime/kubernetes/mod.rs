@@ -8,8 +8,9 @@
 //! network's less the VXLAN header, and the EVMs' is that less another.
 //!
 //! The provider reaches agents over mutual TLS with the topology's CA (its
-//! key in a Secret only the provider reads), through the API server's
-//! port-forward or straight to the pod IPs. The records live in the
+//! key in a Secret only the provider reads): through one port-forward to
+//! the topology's gateway, which forwards every call to the pod IP it names
+//! (see merak_agent::gateway), or straight to the pod IPs. The records live in the
 //! cluster (see [`store`]); deleting the namespace removes everything.
 
 pub mod cluster;
@@ -17,10 +18,12 @@ pub mod objects;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use kube::api::{Api, ListParams};
 use merak_agent::error_chain;
@@ -33,7 +36,8 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::Channel;
 
 use self::cluster::{DELETE, DELETE_IN_BACKGROUND, POST, is_conflict, is_not_found, retrying};
-use self::objects::{AGENT_PORT, AGENT_TLS, Access, CONTROLLER_TLS, PodSettings, namespace_name};
+use self::objects::{AGENT_PORT, AGENT_TLS, Access, CONTROLLER_TLS, GATEWAY, GATEWAY_ROLE, GATEWAY_TLS, PodSettings, namespace_name};
+use super::agent_client::AgentChannel;
 use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeSpec};
@@ -57,6 +61,18 @@ struct Record {
     confirmed: bool,
 }
 
+/// Where a topology's agents are, as its pods were last listed.
+#[derive(Default)]
+struct Routes {
+    /// Running agents' pod IPs, by pod name.
+    ips: HashMap<String, IpAddr>,
+    /// The gateway's running pod.
+    gateway_pod: Option<String>,
+    /// The channel through the gateway, and the pod it goes to: one
+    /// connection for every call to the topology's agents.
+    gateway: Option<(String, Channel)>,
+}
+
 /// What the runtime knows of a pod it found.
 #[derive(Debug, Clone)]
 struct PodState {
@@ -78,6 +94,7 @@ pub struct KubernetesRuntime {
     store: Arc<dyn RecordStore>,
     /// Per topology, the controller's TLS connector to its agents.
     connectors: Mutex<HashMap<String, TlsConnector>>,
+    routes: Mutex<HashMap<String, Routes>>,
 }
 
 impl std::fmt::Debug for KubernetesRuntime {
@@ -121,7 +138,7 @@ fn epm_of_router(topology: &str, router_namespace: &str) -> Option<String> {
 
 impl KubernetesRuntime {
     pub fn new(client: kube::Client, settings: PodSettings, access: Access, store: Arc<dyn RecordStore>) -> Self {
-        KubernetesRuntime { client, settings, access, store, connectors: Mutex::default() }
+        KubernetesRuntime { client, settings, access, store, connectors: Mutex::default(), routes: Mutex::default() }
     }
 
     fn pods(&self, topology: &str) -> Api<Pod> {
@@ -173,16 +190,46 @@ impl KubernetesRuntime {
                 }
             }
         }
+        if self.access == Access::PortForward && retrying("reading a secret", || secrets.get_opt(GATEWAY_TLS)).await.map_err(|e| api("reading the gateway's certificates", e))?.is_none() {
+            self.make_gateway_identity(topology, &secrets).await?;
+        }
         self.connector(topology).await
+    }
+
+    /// The gateway's Secret: a server identity as an agent's (the provider
+    /// checks it as one) and a client identity the agents accept, both
+    /// issued by the topology's CA, whose key stays in the provider's Secret.
+    async fn make_gateway_identity(&self, topology: &str, secrets: &Api<Secret>) -> Result<(), RuntimeError> {
+        let data = self.controller_files(topology).await?;
+        let text = |name: &str| data.get(name).map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned()).ok_or_else(|| RuntimeError::Unavailable(format!("secret {CONTROLLER_TLS} has no {name}")));
+        let pki = |e: merak_agent::pki::PkiError| RuntimeError::Unavailable(format!("making the gateway's certificates of {topology}: {e}"));
+        let authority = Authority::load(topology, &text("ca.pem")?, &text("ca.key")?).map_err(pki)?;
+        let server = authority.issue(Role::Agent).map_err(pki)?;
+        let client = authority.issue(Role::Gateway).map_err(pki)?;
+        let secret = objects::tls_secret(
+            topology,
+            GATEWAY_TLS,
+            &[("ca.pem", &authority.certificate), ("agent.pem", &server.certificate), ("agent.key", &server.key), ("gateway.pem", &client.certificate), ("gateway.key", &client.key)],
+        )
+        .map_err(RuntimeError::Unavailable)?;
+        match retrying("creating a secret", || secrets.create(&POST, &secret)).await {
+            // Made meanwhile by another run: the same CA signed it.
+            Err(e) if is_conflict(&e) => Ok(()),
+            other => other.map(drop).map_err(|e| api("storing the gateway's certificates", e)),
+        }
+    }
+
+    async fn controller_files(&self, topology: &str) -> Result<BTreeMap<String, k8s_openapi::ByteString>, RuntimeError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace_name(topology));
+        let secret = retrying("reading a secret", || secrets.get(CONTROLLER_TLS)).await.map_err(|e| api(format!("reading secret {}/{CONTROLLER_TLS}", namespace_name(topology)), e))?;
+        Ok(secret.data.unwrap_or_default())
     }
 
     async fn connector(&self, topology: &str) -> Result<TlsConnector, RuntimeError> {
         if let Some(connector) = self.connectors.lock().ok().and_then(|c| c.get(topology).cloned()) {
             return Ok(connector);
         }
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace_name(topology));
-        let secret = retrying("reading a secret", || secrets.get(CONTROLLER_TLS)).await.map_err(|e| api(format!("reading secret {}/{CONTROLLER_TLS}", namespace_name(topology)), e))?;
-        let data = secret.data.unwrap_or_default();
+        let data = self.controller_files(topology).await?;
         let file = |name: &str| data.get(name).map(|bytes| bytes.0.clone()).ok_or_else(|| RuntimeError::Unavailable(format!("secret {CONTROLLER_TLS} has no {name}")));
         let connector = merak_agent::tls::connector(&file("ca.pem")?, &file("controller.pem")?, &file("controller.key")?)
             .map_err(|e| RuntimeError::Unavailable(format!("the controller's certificate of {topology}: {e}")))?;
@@ -192,14 +239,88 @@ impl KubernetesRuntime {
         Ok(connector)
     }
 
-    /// The topology's pods by name.
+    /// The topology's pods by name, the gateway's apart; where the agents
+    /// are is noted on the way (see [`Routes`]).
     async fn list_pods(&self, topology: &str) -> Result<HashMap<String, Pod>, RuntimeError> {
+        Ok(self.list_all_pods(topology).await?.0)
+    }
+
+    /// The agents' pods by name, and the gateway's pods.
+    async fn list_all_pods(&self, topology: &str) -> Result<(HashMap<String, Pod>, Vec<Pod>), RuntimeError> {
         let selector = ListParams::default().labels(&format!("{}={},{}={topology}", objects::MANAGED_BY.0, objects::MANAGED_BY.1, objects::TOPOLOGY_LABEL));
         let pods = self.pods(topology);
-        match retrying("listing pods", || pods.list(&selector)).await {
-            Ok(list) => Ok(list.items.into_iter().filter_map(|pod| Some((pod.metadata.name.clone()?, pod))).collect()),
-            Err(e) if is_not_found(&e) => Ok(HashMap::new()),
-            Err(e) => Err(api(format!("listing the pods of {}", namespace_name(topology)), e)),
+        let items = match retrying("listing pods", || pods.list(&selector)).await {
+            Ok(list) => list.items,
+            Err(e) if is_not_found(&e) => Vec::new(),
+            Err(e) => return Err(api(format!("listing the pods of {}", namespace_name(topology)), e)),
+        };
+        let is_gateway = |pod: &Pod| pod.metadata.labels.as_ref().and_then(|l| l.get(objects::ROLE_LABEL)).is_some_and(|role| role == GATEWAY_ROLE);
+        let (gateways, agents): (Vec<Pod>, Vec<Pod>) = items.into_iter().partition(is_gateway);
+        let agents: HashMap<String, Pod> = agents.into_iter().filter_map(|pod| Some((pod.metadata.name.clone()?, pod))).collect();
+        let running = |pod: &Pod| {
+            let state = pod_state(pod, None);
+            (state.ready && !state.stale).then_some(state.ip).flatten().and_then(|ip| ip.parse::<IpAddr>().ok())
+        };
+        let ips = agents.iter().filter_map(|(name, pod)| Some((name.clone(), running(pod)?))).collect();
+        let gateway_pod = gateways.iter().find(|pod| running(pod).is_some()).and_then(|pod| pod.metadata.name.clone());
+        if let Ok(mut routes) = self.routes.lock() {
+            let routes = routes.entry(topology.to_string()).or_default();
+            routes.ips = ips;
+            routes.gateway_pod = gateway_pod;
+        }
+        Ok((agents, gateways))
+    }
+
+    /// Makes the gateway's Deployment, or brings it to the settings.
+    async fn converge_gateway(&self, topology: &str) -> Result<(), RuntimeError> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &namespace_name(topology));
+        let mut wanted = objects::gateway(topology, &self.settings).map_err(RuntimeError::Unavailable)?;
+        let digest = |d: &Deployment| d.metadata.annotations.as_ref().and_then(|a| a.get(objects::SPEC_ANNOTATION)).cloned();
+        let found = retrying("reading a deployment", || deployments.get_opt(GATEWAY)).await.map_err(|e| api(format!("reading deployment {GATEWAY}"), e))?;
+        match found {
+            None => match retrying("creating a deployment", || deployments.create(&POST, &wanted)).await {
+                Err(e) if !is_conflict(&e) => Err(api(format!("creating deployment {}/{GATEWAY}", namespace_name(topology)), e)),
+                _ => Ok(()),
+            },
+            Some(found) if digest(&found) != digest(&wanted) => {
+                tracing::info!(topology, "updating the gateway to the provider's settings");
+                wanted.metadata.resource_version = found.metadata.resource_version;
+                retrying("updating a deployment", || deployments.replace(GATEWAY, &POST, &wanted))
+                    .await
+                    .map(drop)
+                    .map_err(|e| api(format!("updating deployment {}/{GATEWAY}", namespace_name(topology)), e))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Waits until the gateway's pod runs; a failure naming why when it
+    /// does not within pod_ready_timeout, or cannot.
+    async fn wait_gateway(&self, topology: &str) -> Result<Option<Failure>, RuntimeError> {
+        let deadline = Instant::now() + self.settings.pod_ready_timeout;
+        loop {
+            let (_, gateways) = self.list_all_pods(topology).await?;
+            let states: Vec<(String, PodState)> = gateways.iter().map(|pod| (pod.metadata.name.clone().unwrap_or_default(), pod_state(pod, None))).collect();
+            if states.iter().any(|(_, s)| s.ready && !s.stale && s.ip.is_some()) {
+                return Ok(None);
+            }
+            let hopeless = states.iter().find(|(_, s)| s.hopeless);
+            if hopeless.is_some() || Instant::now() > deadline {
+                let events = self.events(topology).await;
+                let (name, reason) = match hopeless.or(states.first()) {
+                    Some((name, state)) => {
+                        let node = state.node.as_deref().map(|n| format!(" on node {n}")).unwrap_or_else(|| " (not scheduled)".into());
+                        let why = state.waiting.clone().or_else(|| events.get(name).cloned()).unwrap_or_else(|| "no reason given in its status or events".into());
+                        (format!("{name}{node}"), why)
+                    }
+                    None => ("(none made)".into(), events.get(GATEWAY).cloned().unwrap_or_else(|| "the deployment made no pod".into())),
+                };
+                return Ok(Some(Failure {
+                    object: GATEWAY.into(),
+                    error: format!("the gateway (deployment {}/{GATEWAY}, pod {name}) is not running: {reason}", namespace_name(topology)),
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -356,57 +477,86 @@ impl KubernetesRuntime {
         latest
     }
 
-    /// A channel to the agent of a pod, made for the caller's work: a kept
-    /// one would fail its first call after the pod was made anew (its
-    /// stream went with the old pod), and every goal must reach the pod
-    /// that is there now. Dialled by pod name (port-forward) or its current IP.
-    async fn channel(&self, topology: &str, pod: &str) -> Result<Channel, RuntimeError> {
-        let connector = self.connector(topology).await?;
-        // A handshake through the API server can miss the connect timeout
-        // on a busy host (every agent of a topology dialled at once): a few
-        // tries, with a growing pause, before the error counts.
-        let mut pause = Duration::from_millis(100);
-        for attempt in 1.. {
-            match self.dial(topology, pod, connector.clone()).await {
-                Ok(channel) => return Ok(channel),
-                Err(error) if attempt < CONNECT_ATTEMPTS => {
-                    tracing::debug!(pod, attempt, error = %error_chain(&error), "connecting to an agent failed; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(error) => return Err(RuntimeError::Unavailable(format!("agent of {pod}: {}", error_chain(&error)))),
-            }
+    /// The IP of a pod's agent, as last listed (listed anew when unknown).
+    async fn agent_ip(&self, topology: &str, pod: &str) -> Result<IpAddr, RuntimeError> {
+        let known = |this: &Self| this.routes.lock().ok().and_then(|r| r.get(topology).and_then(|r| r.ips.get(pod).copied()));
+        if let Some(ip) = known(self) {
+            return Ok(ip);
         }
-        Err(RuntimeError::Unavailable(format!("agent of {pod}: no connection attempt was made")))
+        self.list_pods(topology).await?;
+        known(self).ok_or_else(|| RuntimeError::Unavailable(format!("pod {}/{pod} is not running", namespace_name(topology))))
     }
 
-    async fn dial(&self, topology: &str, pod: &str, connector: TlsConnector) -> Result<Channel, tonic::transport::Error> {
-        let pods = self.pods(topology);
-        let name = pod.to_string();
+    /// A channel to the agent of a pod: through the gateway's one
+    /// connection (port-forward), or one of its own to the pod's IP (direct).
+    async fn channel(&self, topology: &str, pod: &str) -> Result<AgentChannel, RuntimeError> {
+        let ip = self.agent_ip(topology, pod).await?;
         match self.access {
-            Access::PortForward => {
-                let dial = move || {
-                    let (pods, name) = (pods.clone(), name.clone());
-                    async move {
-                        let mut forwarder = retrying("port-forwarding", || pods.portforward(&name, &[AGENT_PORT])).await.map_err(std::io::Error::other)?;
-                        forwarder.take_stream(AGENT_PORT).ok_or_else(|| std::io::Error::other(format!("no port-forward stream to {name}")))
-                    }
-                };
-                merak_agent::tls::channel_over(dial, connector).await
-            }
+            Access::PortForward => Ok(AgentChannel::through_gateway(self.gateway_channel(topology).await?, ip)),
             Access::Direct => {
-                let dial = move || {
-                    let (pods, name) = (pods.clone(), name.clone());
-                    async move {
-                        let pod = retrying("reading a pod", || pods.get(&name)).await.map_err(std::io::Error::other)?;
-                        let ip = pod.status.and_then(|s| s.pod_ip).ok_or_else(|| std::io::Error::other(format!("pod {name} has no IP")))?;
-                        let address: std::net::IpAddr = ip.parse().map_err(std::io::Error::other)?;
-                        let stream = tokio::net::TcpStream::connect((address, AGENT_PORT)).await?;
-                        let _ = stream.set_nodelay(true);
-                        Ok(stream)
-                    }
+                let connector = self.connector(topology).await?;
+                let dial = move || async move {
+                    let stream = tokio::net::TcpStream::connect((ip, AGENT_PORT)).await?;
+                    let _ = stream.set_nodelay(true);
+                    Ok(stream)
                 };
-                merak_agent::tls::channel_over(dial, connector).await
+                let channel = Self::connect_with_retries(pod, || merak_agent::tls::channel_over(dial, connector.clone())).await?;
+                Ok(AgentChannel::direct(channel))
+            }
+        }
+    }
+
+    /// The channel through the topology's gateway, kept while its pod is
+    /// the one running; a gateway made anew is dialled anew.
+    async fn gateway_channel(&self, topology: &str) -> Result<Channel, RuntimeError> {
+        let current = |this: &Self| this.routes.lock().ok().and_then(|r| r.get(topology).map(|r| (r.gateway_pod.clone(), r.gateway.clone())));
+        let (mut pod, kept) = current(self).unwrap_or_default();
+        if let (Some(pod), Some((kept_pod, channel))) = (&pod, kept)
+            && *pod == kept_pod
+        {
+            return Ok(channel);
+        }
+        if pod.is_none() {
+            self.list_pods(topology).await?;
+            pod = current(self).and_then(|(pod, _)| pod);
+        }
+        let pod = pod.ok_or_else(|| RuntimeError::Unavailable(format!("the gateway of {} (deployment {GATEWAY}) has no running pod; apply the topology", namespace_name(topology))))?;
+        let connector = self.connector(topology).await?;
+        let pods = self.pods(topology);
+        let name = pod.clone();
+        let dial = move || {
+            let (pods, name) = (pods.clone(), name.clone());
+            async move {
+                let mut forwarder = retrying("port-forwarding", || pods.portforward(&name, &[AGENT_PORT])).await.map_err(std::io::Error::other)?;
+                forwarder.take_stream(AGENT_PORT).ok_or_else(|| std::io::Error::other(format!("no port-forward stream to {name}")))
+            }
+        };
+        let channel = Self::connect_with_retries(&pod, || merak_agent::tls::channel_over(dial.clone(), connector.clone())).await?;
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.entry(topology.to_string()).or_default().gateway = Some((pod, channel.clone()));
+        }
+        Ok(channel)
+    }
+
+    /// A handshake through the API server can miss the connect timeout on
+    /// a busy host: a few tries, with a growing pause, before the error counts.
+    async fn connect_with_retries<C, F>(pod: &str, connect: C) -> Result<Channel, RuntimeError>
+    where
+        C: Fn() -> F,
+        F: std::future::Future<Output = Result<Channel, tonic::transport::Error>>,
+    {
+        let mut pause = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match connect().await {
+                Ok(channel) => return Ok(channel),
+                Err(error) if attempt < CONNECT_ATTEMPTS => {
+                    tracing::debug!(pod, attempt, error = %error_chain(&error), "connecting failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(error) => return Err(RuntimeError::Unavailable(format!("{pod}: {}", error_chain(&error)))),
             }
         }
     }
@@ -563,6 +713,9 @@ impl KubernetesRuntime {
         if let Ok(mut connectors) = self.connectors.lock() {
             connectors.remove(topology);
         }
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.remove(topology);
+        }
     }
 }
 
@@ -583,9 +736,17 @@ impl Substrate for KubernetesRuntime {
         record.spec = RecordedSpec::of(spec);
         self.save_record(topology, &record).await?;
         self.ensure_tls(topology).await?;
+        if self.access == Access::PortForward {
+            self.converge_gateway(topology).await?;
+        }
 
         let mut failures = Vec::new();
         let pods = self.converge_pods(spec, &mut failures).await?;
+        if self.access == Access::PortForward
+            && let Some(failure) = self.wait_gateway(topology).await?
+        {
+            failures.push(failure);
+        }
         let infos = self.infos(topology, &pods).await;
         for (name, info) in &infos {
             if let Err(e) = info {
@@ -639,7 +800,7 @@ impl Substrate for KubernetesRuntime {
         Ok(())
     }
 
-    async fn agent_channel(&self, topology: &str, epm: &str) -> Result<Channel, RuntimeError> {
+    async fn agent_channel(&self, topology: &str, epm: &str) -> Result<AgentChannel, RuntimeError> {
         self.channel(topology, epm).await
     }
 
@@ -648,9 +809,9 @@ impl Substrate for KubernetesRuntime {
     async fn revive_agent(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let pods = self.pods(topology);
-            let pod = retrying("reading a pod", || pods.get_opt(epm)).await.map_err(|e| api(format!("reading pod {epm}"), e))?;
-            let state = pod.as_ref().map(|p| pod_state(p, None));
+            // Listed, not read: the routes to it (its IP, the gateway) are noted anew.
+            let pods = self.list_pods(topology).await?;
+            let state = pods.get(epm).map(|p| pod_state(p, None));
             match state {
                 Some(state) if state.ready && self.info(topology, epm).await.is_ok() => return Ok(()),
                 Some(state) if !state.stale && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,

@@ -1,12 +1,14 @@
 //! What the kubernetes runtime puts in a cluster, built from the topology
 //! and the provider's settings alone (no cluster needed, so tested alone):
 //! a namespace per topology, a pod per EPM and per vswitch running
-//! merak-agent, the Secrets of the topology's certificates, and the
+//! merak-agent, a Deployment of the gateway that forwards the provider's
+//! calls to them, the Secrets of the topology's certificates, and the
 //! ConfigMaps holding its records.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Toleration};
 use serde_json::{Value, json};
 
@@ -25,6 +27,12 @@ pub const AGENT_PORT: u16 = 7443;
 pub const AGENT_TLS: &str = "merak-agent-tls";
 /// The Secret only the provider reads: the CA's key and the controller's identity.
 pub const CONTROLLER_TLS: &str = "merak-controller-tls";
+/// The Secret only the gateway's pod mounts: the CA's certificate, a
+/// server identity as the agents have, and its client identity towards them.
+pub const GATEWAY_TLS: &str = "merak-gateway-tls";
+/// The gateway's Deployment, and the role label of its pod.
+pub const GATEWAY: &str = "merak-gateway";
+pub const GATEWAY_ROLE: &str = "gateway";
 const TLS_DIR: &str = "/run/merak/tls";
 /// A Kubernetes name is a DNS label of at most 63 characters.
 pub const NAME_LIMIT: usize = 63;
@@ -165,6 +173,42 @@ pub fn pod(topology: &str, object: &PodObject, settings: &PodSettings) -> Result
     }))
 }
 
+/// The gateway (see merak_agent::gateway): one replica of merak-agent in
+/// its gateway mode, which needs no privilege (it only opens connections),
+/// so the provider needs one port-forward whatever the number of agents.
+pub fn gateway(topology: &str, settings: &PodSettings) -> Result<Deployment, String> {
+    let mut labels = labels(topology);
+    labels.insert(ROLE_LABEL.into(), GATEWAY_ROLE.into());
+    let pod_spec = json!({
+        "nodeSelector": settings.node_selector,
+        "tolerations": settings.tolerations,
+        "enableServiceLinks": false,
+        "automountServiceAccountToken": false,
+        "terminationGracePeriodSeconds": 5,
+        "containers": [{
+            "name": "gateway",
+            "image": settings.agent_image,
+            "imagePullPolicy": settings.image_pull_policy,
+            "args": ["--gateway", "--listen", format!("0.0.0.0:{AGENT_PORT}"), "--tls-dir", TLS_DIR, "--agent-port", AGENT_PORT.to_string()],
+            "ports": [{"name": "gateway", "containerPort": AGENT_PORT, "protocol": "TCP"}],
+            "env": [{"name": "MERAK_AGENT_LOG", "value": "info"}],
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            "readinessProbe": {"tcpSocket": {"port": AGENT_PORT}, "periodSeconds": 2},
+            "volumeMounts": [{"name": "tls", "mountPath": TLS_DIR, "readOnly": true}],
+        }],
+        "volumes": [{"name": "tls", "secret": {"secretName": GATEWAY_TLS, "defaultMode": 0o400}}],
+    });
+    let digest = format!("{:016x}", fnv1a(pod_spec.to_string().as_bytes()));
+    typed(json!({
+        "metadata": {"name": GATEWAY, "namespace": namespace_name(topology), "labels": labels, "annotations": {SPEC_ANNOTATION: digest}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {TOPOLOGY_LABEL: topology, ROLE_LABEL: GATEWAY_ROLE}},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }))
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
@@ -272,6 +316,25 @@ mod tests {
         assert_eq!(spec.volumes.unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some(AGENT_TLS));
         let requests = agent.resources.as_ref().unwrap().requests.as_ref().unwrap();
         assert_eq!(requests["cpu"].0, "50m");
+    }
+
+    #[test]
+    fn the_gateway_is_one_unprivileged_replica_selecting_its_own_pod() {
+        let deployment = gateway("lab", &settings()).unwrap();
+        assert_eq!(deployment.metadata.name.as_deref(), Some(GATEWAY));
+        let spec = deployment.spec.unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        let template_labels = spec.template.metadata.unwrap().labels.unwrap();
+        for (key, value) in spec.selector.match_labels.unwrap() {
+            assert_eq!(template_labels[&key], value, "the selector matches the template");
+        }
+        assert_eq!(template_labels[MANAGED_BY.0], MANAGED_BY.1, "listed with the topology's pods");
+        let pod = spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.args.as_ref().unwrap()[0], "--gateway");
+        let security = container.security_context.as_ref().unwrap();
+        assert!(security.privileged.is_none() && security.allow_privilege_escalation == Some(false));
+        assert_eq!(pod.volumes.unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some(GATEWAY_TLS));
     }
 
     #[test]

@@ -752,7 +752,7 @@ impl Substrate for LocalRuntime {
         self.load_record(name).await?.map(|record| self.spec_of(name, &record)).transpose()
     }
 
-    async fn agent_channel(&self, topology: &str, epm: &str) -> Result<tonic::transport::Channel, RuntimeError> {
+    async fn agent_channel(&self, topology: &str, epm: &str) -> Result<agent_client::AgentChannel, RuntimeError> {
         let channel = match self.transport {
             AgentTransport::Unix => agent_client::channel(&self.agent_socket(topology, epm)).await,
             AgentTransport::Tcp => {
@@ -760,7 +760,7 @@ impl Substrate for LocalRuntime {
                 merak_agent::tls::channel(address, connector).await
             }
         };
-        channel.map_err(|e| RuntimeError::Unavailable(format!("agent of {epm}: {e}")))
+        channel.map(agent_client::AgentChannel::direct).map_err(|e| RuntimeError::Unavailable(format!("agent of {epm}: {e}")))
     }
 
     async fn revive_agent(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
