@@ -61,8 +61,10 @@ pub fn block() -> NestedBlock {
                 Attribute::optional(
                     "access",
                     Type::String,
-                    "How the provider reaches the agents: `port-forward` (default), through the API server; or \
-                     `direct`, to the pod IPs, when the provider runs where they route (in the cluster).",
+                    "How the provider reaches the agents: `port-forward` (default), one port-forward through the API \
+                     server to the topology's gateway (a Deployment `merak-gateway`), which forwards every call to \
+                     the agents' pod IPs; or `direct`, to the pod IPs, when the provider runs where they route \
+                     (in the cluster), with no gateway.",
                 ),
             ],
             blocks: Vec::new(),

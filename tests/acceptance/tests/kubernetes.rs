@@ -56,7 +56,7 @@ fn with<'a>(command: &[&'a str], vars: &'a [String]) -> Vec<&'a str> {
 }
 
 fn pod_names(cluster: &Running, namespace: &str) -> Vec<String> {
-    let listed = kubectl_ok(cluster, &["get", "pods", "-n", namespace, "-l", "app.kubernetes.io/managed-by=terraform-provider-merak", "-o", "name"]);
+    let listed = kubectl_ok(cluster, &["get", "pods", "-n", namespace, "-l", "app.kubernetes.io/managed-by=terraform-provider-merak,merak.dev/role!=gateway", "-o", "name"]);
     let mut names: Vec<String> = listed.lines().map(|l| l.trim_start_matches("pod/").to_string()).collect();
     names.sort();
     names
@@ -111,6 +111,19 @@ fn the_quickstart_runs_on_kubernetes_repairs_imports_and_goes_away() {
     assert!(output.contains("6 of 6 EPMs ready"), "{output}");
     assert!(output.contains("38/38 replies, 1/1 isolation probes blocked"), "after the repair: {output}");
     assert_eq!(pod_names(&cluster, &namespace), expected);
+
+    // Every call to the agents went through the gateway, a Deployment; its
+    // pod deleted, the Deployment makes another and a plan meanwhile finds
+    // the topology whole through it.
+    let deployments = kubectl_ok(&cluster, &["get", "deployments", "-n", &namespace]);
+    assert!(deployments.lines().any(|l| l.starts_with("merak-gateway ") && l.contains("1/1")), "{deployments}");
+    let gateway = kubectl_ok(&cluster, &["get", "pods", "-n", &namespace, "-l", "merak.dev/role=gateway", "-o", "name"]);
+    assert_eq!(gateway.lines().count(), 1, "{gateway}");
+    kubectl_ok(&cluster, &["delete", "-n", &namespace, gateway.trim()]);
+    let plan = ws.terraform(&with(&["plan", "-detailed-exitcode"], &vars));
+    assert_eq!(plan.status.code(), Some(0), "the gateway made anew: {}{}", String::from_utf8_lossy(&plan.stdout), String::from_utf8_lossy(&plan.stderr));
+    let again = kubectl_ok(&cluster, &["get", "pods", "-n", &namespace, "-l", "merak.dev/role=gateway", "-o", "name"]);
+    assert_ne!(again.trim(), gateway.trim(), "a new gateway pod");
 
     // A fresh directory with the same kubeconfig finds the topology.
     let fresh = Workspace::new("k8s-import").with_provider(provider_block(&cluster));

@@ -51,6 +51,8 @@ const VXLAN_OVERHEAD: u32 = merak_netdev::netdev::VXLAN_OVERHEAD;
 /// How long a namespace may take to go away with everything in it.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(300);
 const TOPOLOGY: &str = "topology";
+/// How long a read waits for the gateway's Deployment to bring back its pod.
+const GATEWAY_RETURN: Duration = Duration::from_secs(60);
 /// Tries at connecting to an agent before its error counts.
 const CONNECT_ATTEMPTS: u32 = 4;
 
@@ -516,11 +518,20 @@ impl KubernetesRuntime {
         {
             return Ok(channel);
         }
-        if pod.is_none() {
+        // A gateway pod that went away is made anew by its Deployment within
+        // seconds: a read meanwhile waits for it rather than seeing no agent.
+        let deadline = Instant::now() + self.settings.pod_ready_timeout.min(GATEWAY_RETURN);
+        while pod.is_none() {
             self.list_pods(topology).await?;
             pod = current(self).and_then(|(pod, _)| pod);
+            if pod.is_none() {
+                if Instant::now() > deadline {
+                    return Err(RuntimeError::Unavailable(format!("the gateway of {} (deployment {GATEWAY}) has no running pod; apply the topology", namespace_name(topology))));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
-        let pod = pod.ok_or_else(|| RuntimeError::Unavailable(format!("the gateway of {} (deployment {GATEWAY}) has no running pod; apply the topology", namespace_name(topology))))?;
+        let Some(pod) = pod else { return Err(RuntimeError::Unavailable("no gateway pod".into())) };
         let connector = self.connector(topology).await?;
         let pods = self.pods(topology);
         let name = pod.clone();
