@@ -1,7 +1,9 @@
 //! The fake cluster checked against real clients: `kubectl` (v1.32) creates,
 //! waits on (a watch), lists, describes, reads logs of and deletes what
-//! runs in it, and the agents inside its pods answer over mutual TLS from
-//! the cluster network. Needs root (pods are network namespaces).
+//! runs in it, rolls out a Deployment and sees its ReplicaSet replace a
+//! deleted pod and go with it, and the agents inside its pods answer over
+//! mutual TLS from the cluster network and from pods on other nodes. Needs
+//! root (pods are network namespaces).
 
 use std::process::Command;
 
@@ -63,8 +65,12 @@ fn agent_pod(name: &str, image: &str, node_selector: Value) -> Value {
 }
 
 async fn health(running: &Running, ip: &str, ca: &str, client: &merak_agent::pki::Identity) -> Result<(String, String), String> {
+    health_from(format!("{}-net", running.prefix), ip, ca, client).await
+}
+
+/// The agent's health at `ip`, asked from inside the network namespace `network`.
+async fn health_from(network: String, ip: &str, ca: &str, client: &merak_agent::pki::Identity) -> Result<(String, String), String> {
     let address: std::net::SocketAddr = format!("{ip}:7443").parse().map_err(|e| format!("{e}"))?;
-    let network = format!("{}-net", running.prefix);
     let dial = move || {
         let network = network.clone();
         async move {
@@ -150,6 +156,231 @@ async fn kubectl_lists_describes_and_deletes_what_runs_in_the_fake() {
     kubectl.run(&["delete", "namespace", NAMESPACE, "--timeout=60s"]);
     let namespaces = kubectl.run(&["get", "namespaces", "-o", "name"]);
     assert_eq!(namespaces.trim(), "namespace/default");
+    assert!(running.pod_sandboxes().is_empty(), "sandboxes left: {:?}", running.pod_sandboxes());
+    let prefix = running.prefix.clone();
+    drop(running);
+    assert!(merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(), "the fake left namespaces behind");
+}
+
+/// The namespace, and the Secret with the agents' certificates, that agent
+/// pods mount.
+fn namespace_with_agent_tls(kubectl: &Kubectl<'_>, authority: &Authority) {
+    let agent = authority.issue(Role::Agent).expect("an agent certificate");
+    kubectl.create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}));
+    kubectl.create(&json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-tls", "namespace": NAMESPACE},
+        "stringData": {"ca.pem": authority.certificate, "agent.pem": agent.certificate, "agent.key": agent.key},
+    }));
+}
+
+/// Polls `check` every 100 ms for up to 60 s; its last answer.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null() && pod["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// A Deployment, made with kubectl, is rolled out by the fake's controllers
+/// as by kube-controller-manager: its ReplicaSet `<deployment>-<hash>` and
+/// pod `<replicaset>-<5>`, owner references, statuses, conditions and
+/// events kubectl reads; a deleted pod comes back under a new name, and
+/// deleting the Deployment takes its ReplicaSet and pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_rolls_out_a_deployment_whose_pods_come_back_and_go_with_it() {
+    let dir = std::env::temp_dir().join(format!("merak-fake-deployment-{}", std::process::id()));
+    let image = format!("{IMAGE}={}", binary("merak-agent").display());
+    let running = Running::start(&binary("merak-fake-cluster"), &dir, &["--nodes".into(), "2".into(), "--image".into(), image]).expect("the fake cluster starts");
+    let kubectl = Kubectl(&running);
+    let (authority, _) = Authority::create("deployment").expect("a CA");
+    namespace_with_agent_tls(&kubectl, &authority);
+    let controller = authority.issue(Role::Controller).expect("a client certificate");
+
+    let pod = agent_pod("gateway", IMAGE, json!({}));
+    kubectl.create(&json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "gateway", "namespace": NAMESPACE, "labels": {"app.kubernetes.io/managed-by": "merak-test"}},
+        "spec": {
+            "selector": {"matchLabels": {"merak.dev/role": "gateway"}},
+            "template": {"metadata": {"labels": {"merak.dev/role": "gateway", "app.kubernetes.io/managed-by": "merak-test"}}, "spec": pod["spec"]},
+        },
+    }));
+    let rolled = kubectl.run(&["rollout", "status", "deployment/gateway", "-n", NAMESPACE, "--timeout=60s"]);
+    assert!(rolled.contains("deployment \"gateway\" successfully rolled out"), "{rolled}");
+
+    // The Deployment with the API server's defaults and the controller's status.
+    let deployment: Value = serde_json::from_str(&kubectl.run(&["get", "deployment", "gateway", "-n", NAMESPACE, "-o", "json"])).expect("JSON");
+    let spec = &deployment["spec"];
+    assert_eq!((spec["replicas"].as_i64(), spec["revisionHistoryLimit"].as_i64(), spec["progressDeadlineSeconds"].as_i64()), (Some(1), Some(10), Some(600)));
+    assert_eq!(spec["strategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+    let status = &deployment["status"];
+    assert_eq!(status["observedGeneration"], deployment["metadata"]["generation"]);
+    for field in ["replicas", "updatedReplicas", "readyReplicas", "availableReplicas"] {
+        assert_eq!(status[field], 1, "status.{field} in {status}");
+    }
+    let reasons: Vec<(String, String)> = status["conditions"].as_array().expect("conditions").iter().map(|c| (c["type"].as_str().unwrap().to_string(), c["reason"].as_str().unwrap().to_string())).collect();
+    assert!(reasons.contains(&("Available".into(), "MinimumReplicasAvailable".into())) && reasons.contains(&("Progressing".into(), "NewReplicaSetAvailable".into())), "{reasons:?}");
+    assert_eq!(deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+
+    // Its ReplicaSet and pod, as named, labelled and owned by the controllers.
+    let replica_sets: Value = serde_json::from_str(&kubectl.run(&["get", "rs", "-n", NAMESPACE, "-o", "json"])).expect("JSON");
+    let [replica_set] = replica_sets["items"].as_array().expect("items").as_slice() else { panic!("one ReplicaSet: {replica_sets}") };
+    let rs_name = replica_set["metadata"]["name"].as_str().expect("a name").to_string();
+    let hash = replica_set["metadata"]["labels"]["pod-template-hash"].as_str().expect("the pod-template-hash label").to_string();
+    assert_eq!(rs_name, format!("gateway-{hash}"));
+    assert_eq!(replica_set["spec"]["selector"]["matchLabels"]["pod-template-hash"], hash.as_str());
+    assert_eq!(replica_set["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    let owner = &replica_set["metadata"]["ownerReferences"][0];
+    assert_eq!((owner["kind"].as_str(), owner["name"].as_str(), owner["controller"].as_bool(), owner["blockOwnerDeletion"].as_bool()), (Some("Deployment"), Some("gateway"), Some(true), Some(true)));
+    assert_eq!(owner["uid"], deployment["metadata"]["uid"]);
+    assert_eq!((replica_set["status"]["replicas"].as_i64(), replica_set["status"]["readyReplicas"].as_i64(), replica_set["status"]["availableReplicas"].as_i64()), (Some(1), Some(1), Some(1)));
+
+    let gateway_pods = || -> Vec<Value> {
+        let list: Value = serde_json::from_str(&kubectl.run(&["get", "pods", "-n", NAMESPACE, "-l", "merak.dev/role=gateway", "-o", "json"])).expect("JSON");
+        list["items"].as_array().cloned().unwrap_or_default()
+    };
+    let pods = gateway_pods();
+    let [first] = pods.as_slice() else { panic!("one pod: {pods:?}") };
+    let first_name = first["metadata"]["name"].as_str().expect("a name").to_string();
+    let suffix = first_name.strip_prefix(&format!("{rs_name}-")).unwrap_or_else(|| panic!("{first_name} is not named after {rs_name}"));
+    assert!(suffix.len() == 5 && suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "{first_name}");
+    assert_eq!(first["metadata"]["labels"]["pod-template-hash"], hash.as_str());
+    assert_eq!(first["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+    assert_eq!(first["metadata"]["ownerReferences"][0]["uid"], replica_set["metadata"]["uid"]);
+
+    let table = kubectl.run(&["get", "deploy,rs,pods", "-n", NAMESPACE]);
+    let row = |prefix: &str| table.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no row {prefix} in\n{table}")).split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let headers: Vec<Vec<&str>> = table.lines().filter(|l| l.starts_with("NAME ")).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(headers, [vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"], vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"]], "{table}");
+    assert_eq!(row("deployment.apps/gateway")[1..4], ["1/1", "1", "1"], "{table}");
+    assert_eq!(row(&format!("replicaset.apps/{rs_name}"))[1..4], ["1", "1", "1"], "{table}");
+    assert_eq!(row(&format!("pod/{first_name}"))[1..3], ["1/1", "Running"], "{table}");
+
+    let described = kubectl.run(&["describe", "deployment", "gateway", "-n", NAMESPACE]);
+    for expected in [
+        "Replicas:               1 desired | 1 updated | 1 total | 1 available | 0 unavailable".to_string(),
+        "RollingUpdateStrategy:  25% max unavailable, 25% max surge".to_string(),
+        format!("NewReplicaSet:   {rs_name} (1/1 replicas created)"),
+        format!("Scaled up replica set {rs_name} from 0 to 1"),
+        "MinimumReplicasAvailable".to_string(),
+        "NewReplicaSetAvailable".to_string(),
+    ] {
+        assert!(described.contains(&expected), "describe deployment lacks {expected:?}:\n{described}");
+    }
+    let described = kubectl.run(&["describe", "rs", &rs_name, "-n", NAMESPACE]);
+    assert!(described.contains("Controlled By:  Deployment/gateway") && described.contains(&format!("Created pod: {first_name}")), "{described}");
+
+    // The agent in the Deployment's pod answers.
+    let ip = first["status"]["podIP"].as_str().expect("a pod IP").to_string();
+    let (epm, _) = health(&running, &ip, &authority.certificate, &controller).await.expect("the agent in the deployment's pod answers");
+    assert_eq!(epm, "gateway");
+
+    // A deleted pod is replaced by one of another name, which gets ready and answers.
+    let deleted = kubectl.run(&["delete", "pod", &first_name, "-n", NAMESPACE]);
+    assert!(deleted.contains(&format!("\"{first_name}\" deleted")), "{deleted}");
+    let second = eventually("a new ready pod", || gateway_pods().into_iter().find(|p| p["metadata"]["name"] != first_name.as_str() && is_ready(p))).await;
+    let second_name = second["metadata"]["name"].as_str().expect("a name").to_string();
+    assert!(second_name.starts_with(&format!("{rs_name}-")), "{second_name}");
+    let rolled = kubectl.run(&["rollout", "status", "deployment/gateway", "-n", NAMESPACE, "--timeout=60s"]);
+    assert!(rolled.contains("successfully rolled out"), "{rolled}");
+    let ip = second["status"]["podIP"].as_str().expect("a pod IP").to_string();
+    let (epm, _) = health(&running, &ip, &authority.certificate, &controller).await.expect("the replacement's agent answers");
+    assert_eq!(epm, "gateway");
+    let described = kubectl.run(&["describe", "rs", &rs_name, "-n", NAMESPACE]);
+    assert!(described.contains(&format!("Created pod: {second_name}")), "{described}");
+
+    // Deleting the Deployment takes its ReplicaSet and pods (background propagation).
+    let deleted = kubectl.run(&["delete", "deployment", "gateway", "-n", NAMESPACE]);
+    assert!(deleted.contains("deployment.apps \"gateway\" deleted"), "{deleted}");
+    eventually("the ReplicaSet and pods to go", || kubectl.run(&["get", "deploy,rs,pods", "-n", NAMESPACE, "-o", "name"]).trim().is_empty().then_some(())).await;
+    eventually("the sandboxes to go", || running.pod_sandboxes().is_empty().then_some(())).await;
+
+    kubectl.run(&["delete", "namespace", NAMESPACE, "--timeout=60s"]);
+    let prefix = running.prefix.clone();
+    drop(running);
+    assert!(merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(), "the fake left namespaces behind");
+}
+
+/// Runs `ip` with `args`; its output.
+fn ip(args: &[&str]) -> String {
+    let output = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(output.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Each node's pods are on that node's bridge, in its pod CIDR, routed via
+/// its bridge's address; pods on two nodes reach each other through the
+/// cluster namespace (the agent in one answers mutual TLS asked from inside
+/// the other), with the pod network's MTU on every bridge and veth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_different_nodes_reach_each_other_over_their_nodes_bridges() {
+    let dir = std::env::temp_dir().join(format!("merak-fake-bridges-{}", std::process::id()));
+    let image = format!("{IMAGE}={}", binary("merak-agent").display());
+    let running = Running::start(&binary("merak-fake-cluster"), &dir, &["--nodes".into(), "3".into(), "--mtu".into(), "1400".into(), "--image".into(), image]).expect("the fake cluster starts");
+    let kubectl = Kubectl(&running);
+    let (authority, _) = Authority::create("bridges").expect("a CA");
+    namespace_with_agent_tls(&kubectl, &authority);
+    let controller = authority.issue(Role::Controller).expect("a client certificate");
+    for (name, node) in [("epm-a", "fake-node-1"), ("epm-b", "fake-node-3")] {
+        kubectl.create(&agent_pod(name, IMAGE, json!({"kubernetes.io/hostname": node})));
+    }
+    kubectl.run(&["wait", "--for=condition=Ready", "pod/epm-a", "pod/epm-b", "-n", NAMESPACE, "--timeout=60s"]);
+    let (a, b) = (kubectl.pod("epm-a"), kubectl.pod("epm-b"));
+    let ip_of = |pod: &Value| pod["status"]["podIP"].as_str().expect("a pod IP").to_string();
+    let (ip_a, ip_b) = (ip_of(&a), ip_of(&b));
+    for (pod, node, cidr) in [(&a, "fake-node-1", "10.244.1."), (&b, "fake-node-3", "10.244.3.")] {
+        assert_eq!(pod["spec"]["nodeName"], node);
+        assert!(ip_of(pod).starts_with(cidr), "{} is not in {node}'s pod CIDR", ip_of(pod));
+        let advertised = kubectl.run(&["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"]);
+        assert_eq!(advertised, format!("{cidr}0/24"));
+    }
+
+    // The sandboxes: eth0 at the pod IP in the node's /24, default route via the node's bridge.
+    let mut sandbox_of = std::collections::HashMap::new();
+    for sandbox in running.pod_sandboxes() {
+        let addresses = ip(&["-n", &sandbox, "-4", "-o", "addr", "show", "dev", "eth0"]);
+        let links = ip(&["-n", &sandbox, "-o", "link", "show", "dev", "eth0"]);
+        assert!(links.contains("mtu 1400"), "{links}");
+        for (pod_ip, gateway) in [(&ip_a, "10.244.1.1"), (&ip_b, "10.244.3.1")] {
+            if addresses.contains(&format!("inet {pod_ip}/24 ")) {
+                let route = ip(&["-n", &sandbox, "-4", "route", "show", "default"]);
+                assert!(route.contains(&format!("default via {gateway} dev eth0")), "{route}");
+                sandbox_of.insert(pod_ip.clone(), sandbox.clone());
+            }
+        }
+    }
+    assert_eq!(sandbox_of.len(), 2, "a sandbox for each pod: {sandbox_of:?}");
+
+    // The cluster namespace: a bridge per node with its gateway address, each pod's veth on its node's bridge.
+    let network = format!("{}-net", running.prefix);
+    for (bridge, address, ports) in [("cbr0", "10.244.1.1/24", 1), ("cbr1", "10.244.2.1/24", 0), ("cbr2", "10.244.3.1/24", 1)] {
+        let shown = ip(&["-n", &network, "-4", "-o", "addr", "show", "dev", bridge]);
+        assert!(shown.contains(&format!("inet {address} ")), "{shown}");
+        assert!(ip(&["-n", &network, "-o", "link", "show", "dev", bridge]).contains("mtu 1400"));
+        let attached = ip(&["-n", &network, "-o", "link", "show", "master", bridge]);
+        assert_eq!(attached.lines().count(), ports, "ports of {bridge}: {attached}");
+        assert!(attached.lines().all(|l| l.contains("mtu 1400")), "{attached}");
+    }
+    assert!(ip(&["-n", &network, "-o", "link", "show"]).lines().all(|l| !l.contains("cni0")), "no single cluster bridge any more");
+
+    // Pod to pod across nodes, both ways: the agent answers mutual TLS asked from inside the other pod.
+    let (epm, _) = health_from(sandbox_of[&ip_a].clone(), &ip_b, &authority.certificate, &controller).await.expect("epm-b answers epm-a across nodes");
+    assert_eq!(epm, "epm-b");
+    let (epm, _) = health_from(sandbox_of[&ip_b].clone(), &ip_a, &authority.certificate, &controller).await.expect("epm-a answers epm-b across nodes");
+    assert_eq!(epm, "epm-a");
+    // A full-size packet with DF set crosses the routed hop (the pod MTU less 28 bytes of headers).
+    let ping = Command::new("ip").args(["netns", "exec", &sandbox_of[&ip_a], "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1372", &ip_b]).output().expect("ping runs");
+    assert!(ping.status.success(), "{}{}", String::from_utf8_lossy(&ping.stdout), String::from_utf8_lossy(&ping.stderr));
+
+    kubectl.run(&["delete", "namespace", NAMESPACE, "--timeout=60s"]);
     assert!(running.pod_sandboxes().is_empty(), "sandboxes left: {:?}", running.pod_sandboxes());
     let prefix = running.prefix.clone();
     drop(running);

@@ -250,6 +250,12 @@ async fn serve(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Result<Res
             let created = create(cluster, &target, object)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
+        ("GET", Some(name), Some("scale")) => Ok(json_response(StatusCode::OK, &scale_of(&target.get(cluster, name)?))),
+        ("PUT" | "PATCH", Some(name), Some("scale")) => {
+            let given = parse_json(&body)?;
+            let scaled = scale(cluster, &target, name, method == Method::PATCH, &given)?;
+            Ok(json_response(StatusCode::OK, &scale_of(&scaled)))
+        }
         ("PUT", Some(name), sub @ (None | Some("status"))) => {
             let object = parse_json(&body)?;
             let updated = replace(cluster, &target, name, sub.is_some(), object)?;
@@ -265,16 +271,18 @@ async fn serve(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Result<Res
         }
         ("DELETE", Some(name), None) => {
             let options = if body.is_empty() { Value::Null } else { parse_json(&body)? };
-            let grace = query.get("gracePeriodSeconds").and_then(|g| g.parse::<u64>().ok()).or_else(|| options["gracePeriodSeconds"].as_u64());
-            let answer = cluster.delete(resource, ns, name, grace)?;
+            let options = DeleteOptions::from_request(&query, &options)?;
+            let answer = cluster.delete_with(resource, ns, name, &options)?;
             Ok(json_response(StatusCode::OK, &answer))
         }
         ("DELETE", None, None) => {
+            let options = if body.is_empty() { Value::Null } else { parse_json(&body)? };
+            let options = DeleteOptions { preconditions: Value::Null, ..DeleteOptions::from_request(&query, &options)? };
             let (items, _) = cluster.store.list(&resource.key(), Some(ns), &query.selector("labelSelector")?, &query.selector("fieldSelector")?);
             let mut deleted = Vec::new();
             for item in &items {
                 let name = item["metadata"]["name"].as_str().unwrap_or_default();
-                if cluster.delete(resource, ns, name, None).is_ok() {
+                if cluster.delete_with(resource, ns, name, &options).is_ok() {
                     deleted.push(item.clone());
                 }
             }
@@ -292,7 +300,7 @@ fn forbidden(verb: &str, resource: &Resource, namespace: Option<&str>) -> ApiErr
     ApiError::new(
         403,
         "Forbidden",
-        format!("{} is forbidden: User \"merak-fake-admin\" cannot {verb} resource \"{}\" in API group \"{}\"{scope}", resource.plural, resource.plural, resource.group),
+        format!("{} is forbidden: User \"merak-fake-admin\" cannot {verb} resource \"{}\" in API group \"{}\"{scope}", resource.key(), resource.plural, resource.group),
     )
 }
 
@@ -335,7 +343,7 @@ pub struct Target {
 
 impl Target {
     fn get(&self, cluster: &Cluster, name: &str) -> Result<Value, ApiError> {
-        cluster.store.get(&self.resource.key(), &self.namespace, name).ok_or_else(|| ApiError::not_found(self.resource.plural, name))
+        cluster.store.get(&self.resource.key(), &self.namespace, name).ok_or_else(|| ApiError::not_found(&self.resource.key(), name))
     }
 }
 
@@ -369,10 +377,9 @@ pub fn create(cluster: &Cluster, target: &Target, mut object: Value) -> Result<V
     if !object["metadata"].is_object() {
         object["metadata"] = json!({});
     }
-    if object["metadata"]["name"].as_str().is_none_or(str::is_empty)
-        && let Some(prefix) = object["metadata"]["generateName"].as_str()
-    {
-        object["metadata"]["name"] = json!(format!("{prefix}{}", meta::name_suffix()));
+    let generated = object["metadata"]["name"].as_str().is_none_or(str::is_empty) && object["metadata"]["generateName"].as_str().is_some_and(|p| !p.is_empty());
+    if generated {
+        object["metadata"]["name"] = json!(generate_name(object["metadata"]["generateName"].as_str().unwrap_or_default()));
     }
     let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
     if name.is_empty() {
@@ -391,7 +398,7 @@ pub fn create(cluster: &Cluster, target: &Target, mut object: Value) -> Result<V
         }
         let namespace = cluster.store.get("namespaces", "", ns).ok_or_else(|| ApiError::not_found("namespaces", ns))?;
         if !namespace["metadata"]["deletionTimestamp"].is_null() {
-            return Err(ApiError::new(403, "Forbidden", format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", resource.plural)));
+            return Err(ApiError::new(403, "Forbidden", format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", resource.key())));
         }
     } else if let Value::Object(metadata) = &mut object["metadata"] {
         metadata.remove("namespace");
@@ -410,6 +417,11 @@ pub fn create(cluster: &Cluster, target: &Target, mut object: Value) -> Result<V
             object["status"] = json!({"phase": "Active"});
         }
         "pods" => default_pod(&mut object, &name)?,
+        "deployments" | "replicasets" if resource.is_workload() => {
+            default_workload(resource, &mut object, &name)?;
+            object["metadata"]["generation"] = json!(1);
+            object["status"] = json!({});
+        }
         "secrets" => {
             if object["type"].is_null() {
                 object["type"] = json!("Opaque");
@@ -429,15 +441,49 @@ pub fn create(cluster: &Cluster, target: &Target, mut object: Value) -> Result<V
     if matches!(resource.plural, "configmaps" | "secrets") && data_size(&object) > MAX_DATA {
         return Err(invalid(resource.kind, &name, "[]", &format!("Too long: must have at most {MAX_DATA} bytes")));
     }
-    cluster.store.create(&resource.key(), &target.namespace, resource.plural, object)
+    let key = resource.key();
+    let mut created = cluster.store.create(&key, &target.namespace, &key, object.clone());
+    // A generated name that is taken is generated again (as RetryGenerateName does).
+    for _ in 0..7 {
+        match &created {
+            Err(e) if generated && e.code == 409 => {
+                object["metadata"]["name"] = json!(generate_name(object["metadata"]["generateName"].as_str().unwrap_or_default()));
+                created = cluster.store.create(&key, &target.namespace, &key, object.clone());
+            }
+            _ => break,
+        }
+    }
+    created
+}
+
+/// `metadata.generateName` made a name: the prefix, cut to leave room,
+/// and five random characters (the API server's SimpleNameGenerator).
+fn generate_name(prefix: &str) -> String {
+    const MAX_PREFIX: usize = 63 - 5;
+    let cut = prefix.char_indices().nth(MAX_PREFIX).map_or(prefix.len(), |(i, _)| i);
+    format!("{}{}", &prefix[..cut], meta::name_suffix())
 }
 
 fn default_pod(pod: &mut Value, name: &str) -> Result<(), ApiError> {
-    let containers = pod["spec"]["containers"].as_array_mut().filter(|c| !c.is_empty()).ok_or_else(|| invalid("Pod", name, "spec.containers", "Required value"))?;
-    for container in containers.iter_mut() {
+    default_pod_spec(&mut pod["spec"], "Pod", name, "spec")?;
+    let spec = &mut pod["spec"];
+    for (field, value) in [("serviceAccountName", json!("default")), ("enableServiceLinks", json!(true)), ("priority", json!(0))] {
+        if spec[field].is_null() {
+            spec[field] = value;
+        }
+    }
+    pod["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+    Ok(())
+}
+
+/// The defaults of a pod spec, in a pod or a pod template (the service
+/// account, service links and priority are the pod's, from admission).
+fn default_pod_spec(spec: &mut Value, kind: &str, name: &str, path: &str) -> Result<(), ApiError> {
+    let containers = spec["containers"].as_array_mut().filter(|c| !c.is_empty()).ok_or_else(|| invalid(kind, name, &format!("{path}.containers"), "Required value"))?;
+    for (index, container) in containers.iter_mut().enumerate() {
         let image = container["image"].as_str().unwrap_or_default().to_string();
         if image.is_empty() {
-            return Err(invalid("Pod", name, "spec.containers[0].image", "Required value"));
+            return Err(invalid(kind, name, &format!("{path}.containers[{index}].image"), "Required value"));
         }
         if container["imagePullPolicy"].is_null() {
             let latest = !image.rsplit('/').next().unwrap_or_default().contains(':') || image.ends_with(":latest");
@@ -448,22 +494,158 @@ fn default_pod(pod: &mut Value, name: &str) -> Result<(), ApiError> {
             container["terminationMessagePolicy"] = json!("File");
         }
     }
-    let spec = &mut pod["spec"];
     for (field, value) in [
         ("restartPolicy", json!("Always")),
         ("terminationGracePeriodSeconds", json!(30)),
         ("dnsPolicy", json!("ClusterFirst")),
         ("schedulerName", json!("default-scheduler")),
-        ("serviceAccountName", json!("default")),
-        ("enableServiceLinks", json!(true)),
-        ("priority", json!(0)),
     ] {
         if spec[field].is_null() {
             spec[field] = value;
         }
     }
-    pod["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
     Ok(())
+}
+
+/// What the API server's defaulting and validation do to a Deployment or a
+/// ReplicaSet (apps/v1) on every write.
+fn default_workload(resource: &Resource, object: &mut Value, name: &str) -> Result<(), ApiError> {
+    let kind = resource.kind;
+    let spec = &mut object["spec"];
+    if !spec.is_object() {
+        *spec = json!({});
+    }
+    if spec["replicas"].is_null() {
+        spec["replicas"] = json!(1);
+    }
+    match spec["replicas"].as_i64() {
+        Some(n) if n >= 0 && n <= i64::from(i32::MAX) => {}
+        Some(n) => return Err(invalid(kind, name, "spec.replicas", &format!("Invalid value: {n}: must be greater than or equal to 0"))),
+        None => return Err(ApiError::bad_request(format!("{kind} in version \"v1\" cannot be handled as a {kind}: spec.replicas: expected an integer"))),
+    }
+    if kind == "Deployment" {
+        if spec["strategy"]["type"].is_null() {
+            spec["strategy"]["type"] = json!("RollingUpdate");
+        }
+        match spec["strategy"]["type"].as_str() {
+            Some("RollingUpdate") => {
+                for field in ["maxUnavailable", "maxSurge"] {
+                    if spec["strategy"]["rollingUpdate"][field].is_null() {
+                        spec["strategy"]["rollingUpdate"][field] = json!("25%");
+                    }
+                }
+            }
+            Some("Recreate") => {
+                if !spec["strategy"]["rollingUpdate"].is_null() {
+                    return Err(invalid(kind, name, "spec.strategy.rollingUpdate", "Forbidden: may not be specified when strategy `type` is 'Recreate'"));
+                }
+            }
+            other => {
+                let other = other.map_or_else(|| spec["strategy"]["type"].to_string(), str::to_string);
+                return Err(invalid(kind, name, "spec.strategy.type", &format!("Unsupported value: \"{other}\": supported values: \"Recreate\", \"RollingUpdate\"")));
+            }
+        }
+        if spec["revisionHistoryLimit"].is_null() {
+            spec["revisionHistoryLimit"] = json!(10);
+        }
+        if spec["progressDeadlineSeconds"].is_null() {
+            spec["progressDeadlineSeconds"] = json!(600);
+        }
+    }
+    if spec["selector"].is_null() {
+        return Err(invalid(kind, name, "spec.selector", "Required value"));
+    }
+    let selector = crate::select::label_selector_string(&spec["selector"]).map_err(|e| invalid(kind, name, "spec.selector", &e))?;
+    if selector.is_empty() {
+        return Err(invalid(kind, name, "spec.selector", &format!("Invalid value: {}: empty selector is invalid for {}", spec["selector"], kind.to_lowercase())));
+    }
+    let labels = &spec["template"]["metadata"]["labels"];
+    let matches = crate::select::from_label_selector(&spec["selector"]).is_some_and(|s| s.matches_labels(&spec["template"]));
+    if !matches {
+        return Err(invalid(kind, name, "spec.template.metadata.labels", &format!("Invalid value: {labels}: `selector` does not match template `labels`")));
+    }
+    default_pod_spec(&mut spec["template"]["spec"], kind, name, "spec.template.spec")?;
+    let template = &mut spec["template"]["spec"];
+    if template["securityContext"].is_null() {
+        template["securityContext"] = json!({});
+    }
+    if let Some(policy) = template["restartPolicy"].as_str().filter(|p| *p != "Always") {
+        return Err(invalid(kind, name, "spec.template.spec.restartPolicy", &format!("Unsupported value: \"{policy}\": supported values: \"Always\"")));
+    }
+    Ok(())
+}
+
+/// What a write of the object itself (not its status) may change of a
+/// Deployment or ReplicaSet, and the generation it then has: the old one,
+/// or one more when the spec changed.
+fn admit_update(resource: &Resource, name: &str, old: &Value, new: &mut Value) -> Result<(), ApiError> {
+    if !resource.is_workload() {
+        return Ok(());
+    }
+    if new["spec"]["selector"] != old["spec"]["selector"] {
+        return Err(invalid(resource.kind, name, "spec.selector", &format!("Invalid value: {}: field is immutable", new["spec"]["selector"])));
+    }
+    default_workload(resource, new, name)?;
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+    new["metadata"]["generation"] = json!(if new["spec"] != old["spec"] { generation + 1 } else { generation });
+    Ok(())
+}
+
+/// Keeps a metadata field the server owns as it was (absent if it was).
+fn keep_metadata(object: &mut Value, old: &Value, field: &str) {
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    if let Value::Object(metadata) = &mut object["metadata"] {
+        match old["metadata"].get(field) {
+            Some(value) => metadata.insert(field.to_string(), value.clone()),
+            None => metadata.remove(field),
+        };
+    }
+}
+
+/// An object being deleted goes once its last finalizer is removed.
+fn remove_if_finalized(cluster: &Cluster, resource: &Resource, namespace: &str, object: Value) -> Result<Value, ApiError> {
+    let deleting = !object["metadata"]["deletionTimestamp"].is_null();
+    let finalized = object["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
+    if deleting && finalized && !matches!(resource.plural, "pods" | "namespaces") {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let _ = cluster.store.remove(&resource.key(), namespace, &name, &resource.key());
+    }
+    Ok(object)
+}
+
+/// The autoscaling/v1 Scale of a Deployment or ReplicaSet.
+fn scale_of(object: &Value) -> Value {
+    let metadata = &object["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {"name": metadata["name"], "namespace": metadata["namespace"], "uid": metadata["uid"], "resourceVersion": metadata["resourceVersion"], "creationTimestamp": metadata["creationTimestamp"]},
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(0)},
+        "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0), "selector": crate::select::label_selector_string(&object["spec"]["selector"]).unwrap_or_default()},
+    })
+}
+
+/// PUT or PATCH of `<object>/scale`: sets spec.replicas.
+fn scale(cluster: &Cluster, target: &Target, name: &str, patch: bool, given: &Value) -> Result<Value, ApiError> {
+    let resource = target.resource;
+    let key = resource.key();
+    let updated = cluster.store.update(&key, &target.namespace, name, &key, |current| {
+        check_revision(resource, name, given, current)?;
+        let replicas = if patch {
+            let mut scale = scale_of(current);
+            merge_patch(&mut scale, given);
+            scale["spec"]["replicas"].clone()
+        } else {
+            given["spec"]["replicas"].clone()
+        };
+        let replicas = replicas.as_i64().filter(|n| *n >= 0).ok_or_else(|| invalid("Scale", name, "spec.replicas", &format!("Invalid value: {replicas}: must be greater than or equal to 0")))?;
+        let old = current.clone();
+        current["spec"]["replicas"] = json!(replicas);
+        admit_update(resource, name, &old, current)
+    })?;
+    Ok(updated)
 }
 
 fn check_revision(resource: &Resource, name: &str, given: &Value, current: &Value) -> Result<(), ApiError> {
@@ -483,15 +665,18 @@ fn replace(cluster: &Cluster, target: &Target, name: &str, status_only: bool, ob
     if object["metadata"]["name"].as_str().is_some_and(|n| n != name) {
         return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
     }
-    let updated = cluster.store.update(&resource.key(), &target.namespace, name, resource.plural, |current| {
+    let updated = cluster.store.update(&resource.key(), &target.namespace, name, &resource.key(), |current| {
         check_revision(resource, name, &object, current)?;
         if status_only {
             current["status"] = object["status"].clone();
         } else {
+            let old = current.clone();
             let status = current["status"].clone();
             let deletion = current["metadata"]["deletionTimestamp"].clone();
             let (kind, api_version) = (current["kind"].clone(), current["apiVersion"].clone());
             *current = object.clone();
+            keep_metadata(current, &old, "generation");
+            admit_update(resource, name, &old, current)?;
             current["kind"] = kind;
             current["apiVersion"] = api_version;
             if !status.is_null() {
@@ -506,7 +691,7 @@ fn replace(cluster: &Cluster, target: &Target, name: &str, status_only: bool, ob
         }
         check_data_size(resource, name, current)
     })?;
-    Ok(updated)
+    remove_if_finalized(cluster, resource, &target.namespace, updated)
 }
 
 fn check_data_size(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
@@ -518,17 +703,23 @@ fn check_data_size(resource: &Resource, name: &str, object: &Value) -> Result<()
 
 fn patch_object(cluster: &Cluster, target: &Target, name: &str, status_only: bool, patch: &Value) -> Result<Value, ApiError> {
     let resource = target.resource;
-    cluster.store.update(&resource.key(), &target.namespace, name, resource.plural, |current| {
+    let updated = cluster.store.update(&resource.key(), &target.namespace, name, &resource.key(), |current| {
         check_revision(resource, name, patch, current)?;
         if status_only {
             merge_patch(&mut current["status"], &patch["status"]);
         } else {
+            let old = current.clone();
             let status = current["status"].clone();
             merge_patch(current, patch);
             current["status"] = status;
+            for field in ["generation", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+                keep_metadata(current, &old, field);
+            }
+            admit_update(resource, name, &old, current)?;
         }
         check_data_size(resource, name, current)
-    })
+    })?;
+    remove_if_finalized(cluster, resource, &target.namespace, updated)
 }
 
 /// `?watch=true`: newline-delimited watch events until the timeout, or
@@ -592,36 +783,136 @@ fn frame(event: &Value) -> Result<Frame<Bytes>, Infallible> {
     Ok(Frame::data(Bytes::from(line)))
 }
 
+/// How dependents go with their owner (`propagationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Propagation {
+    /// The owner goes at once; the garbage collector deletes its dependents after.
+    #[default]
+    Background,
+    /// The owner stays (with the `foregroundDeletion` finalizer) until the
+    /// garbage collector has deleted every dependent that blocks it.
+    Foreground,
+    /// The owner stays (with the `orphan` finalizer) until the garbage
+    /// collector has taken its references off every dependent.
+    Orphan,
+}
+
+/// What a DELETE asks (query or body): DeleteOptions.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    pub grace: Option<u64>,
+    pub propagation: Propagation,
+    /// `preconditions.uid` and `preconditions.resourceVersion`.
+    pub preconditions: Value,
+}
+
+impl DeleteOptions {
+    fn from_request(query: &Query, body: &Value) -> Result<DeleteOptions, ApiError> {
+        let grace = query.get("gracePeriodSeconds").and_then(|g| g.parse::<u64>().ok()).or_else(|| body["gracePeriodSeconds"].as_u64());
+        let policy = query.get("propagationPolicy").map(str::to_string).or_else(|| body["propagationPolicy"].as_str().map(str::to_string));
+        let orphan = query.get("orphanDependents").map(|o| o == "true").or_else(|| body["orphanDependents"].as_bool());
+        let propagation = match (policy.as_deref(), orphan) {
+            (Some(_), Some(_)) => return Err(invalid("DeleteOptions", "", "propagationPolicy", "Invalid value: \"orphanDependents\": orphanDependents and propagationPolicy cannot both be set")),
+            (Some("Background"), None) | (None, Some(false)) | (None, None) => Propagation::Background,
+            (Some("Foreground"), None) => Propagation::Foreground,
+            (Some("Orphan"), None) | (None, Some(true)) => Propagation::Orphan,
+            (Some(other), None) => return Err(invalid("DeleteOptions", "", "propagationPolicy", &format!("Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""))),
+        };
+        Ok(DeleteOptions { grace, propagation, preconditions: body["preconditions"].clone() })
+    }
+}
+
 impl Cluster {
+    /// Deletes with the defaults (background propagation, the object's own
+    /// grace period).
+    pub fn delete(&self, resource: &Resource, namespace: &str, name: &str, grace: Option<u64>) -> Result<Value, ApiError> {
+        self.delete_with(resource, namespace, name, &DeleteOptions { grace, ..DeleteOptions::default() })
+    }
+
     /// Deletes as a real server does: pods on a node and namespaces only get
     /// a deletionTimestamp (the kubelet and the namespace controller finish
-    /// the job); everything else goes at once.
-    pub fn delete(&self, resource: &Resource, namespace: &str, name: &str, grace: Option<u64>) -> Result<Value, ApiError> {
+    /// the job); an object with finalizers (the garbage collector's for
+    /// Foreground and Orphan propagation among them) gets a deletionTimestamp
+    /// and goes when the last is removed; everything else goes at once (its
+    /// dependents after it, by the garbage collector).
+    pub fn delete_with(&self, resource: &Resource, namespace: &str, name: &str, options: &DeleteOptions) -> Result<Value, ApiError> {
         let key = resource.key();
-        let current = self.store.get(&key, namespace, name).ok_or_else(|| ApiError::not_found(resource.plural, name))?;
+        let current = self.store.get(&key, namespace, name).ok_or_else(|| ApiError::not_found(&key, name))?;
+        let conflict = |what: &str, given: &str, actual: &Value| {
+            ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {key} \"{name}\": Precondition failed: {what} in precondition: {given}, {what} in object meta: {}", actual.as_str().unwrap_or_default()))
+        };
+        if let Some(uid) = options.preconditions["uid"].as_str().filter(|u| *u != current["metadata"]["uid"]) {
+            return Err(conflict("UID", uid, &current["metadata"]["uid"]));
+        }
+        if let Some(version) = options.preconditions["resourceVersion"].as_str().filter(|v| *v != current["metadata"]["resourceVersion"]) {
+            return Err(conflict("ResourceVersion", version, &current["metadata"]["resourceVersion"]));
+        }
         let graceful = match resource.plural {
             "pods" => current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()),
             "namespaces" => true,
             _ => false,
         };
-        if !graceful {
-            let removed = self.store.remove(&key, namespace, name, resource.plural)?;
-            return Ok(json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                "details": {"name": name, "kind": resource.plural, "uid": removed["metadata"]["uid"]},
-            }));
+        if graceful {
+            return self.store.update(&key, namespace, name, &key, |object| {
+                if object["metadata"]["deletionTimestamp"].is_null() {
+                    object["metadata"]["deletionTimestamp"] = json!(meta::now());
+                    let default_grace = object["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+                    object["metadata"]["deletionGracePeriodSeconds"] = json!(options.grace.unwrap_or(default_grace));
+                    if resource.plural == "namespaces" {
+                        object["status"]["phase"] = json!("Terminating");
+                    }
+                }
+                Ok(())
+            });
         }
-        self.store.update(&key, namespace, name, resource.plural, |object| {
+        let finalizer = match options.propagation {
+            // Pods have no dependents here; they go as pods go.
+            _ if resource.plural == "pods" => None,
+            Propagation::Background => None,
+            Propagation::Foreground => Some("foregroundDeletion"),
+            Propagation::Orphan => Some("orphan"),
+        };
+        let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if finalizer.is_none() && !has_finalizers {
+            let removed = self.store.remove(&key, namespace, name, &key)?;
+            let mut details = json!({"name": name, "kind": resource.plural, "uid": removed["metadata"]["uid"]});
+            if !resource.group.is_empty() {
+                details["group"] = json!(resource.group);
+            }
+            return Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}));
+        }
+        self.store.update(&key, namespace, name, &key, |object| {
             if object["metadata"]["deletionTimestamp"].is_null() {
                 object["metadata"]["deletionTimestamp"] = json!(meta::now());
-                let default_grace = object["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
-                object["metadata"]["deletionGracePeriodSeconds"] = json!(grace.unwrap_or(default_grace));
-                if resource.plural == "namespaces" {
-                    object["status"]["phase"] = json!("Terminating");
+                object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                if let Some(finalizer) = finalizer {
+                    let mut finalizers = object["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+                    if !finalizers.iter().any(|f| f == finalizer) {
+                        finalizers.push(json!(finalizer));
+                    }
+                    object["metadata"]["finalizers"] = json!(finalizers);
                 }
             }
             Ok(())
         })
+    }
+
+    /// Takes `finalizer` off an object being deleted, and removes the
+    /// object when it was the last (what a controller's update does).
+    pub fn remove_finalizer(&self, resource: &Resource, namespace: &str, name: &str, finalizer: &str) -> Result<(), ApiError> {
+        let key = resource.key();
+        let updated = self.store.update(&key, namespace, name, &key, |object| {
+            if let Some(finalizers) = object["metadata"]["finalizers"].as_array_mut() {
+                finalizers.retain(|f| f != finalizer);
+                if finalizers.is_empty()
+                    && let Value::Object(metadata) = &mut object["metadata"]
+                {
+                    metadata.remove("finalizers");
+                }
+            }
+            Ok(())
+        })?;
+        remove_if_finalized(self, resource, namespace, updated).map(drop)
     }
 
     /// Answers a SelfSubjectAccessReview from the configured denials.
@@ -684,7 +975,10 @@ mod tests {
         let Route::Objects { resource, namespace, .. } = route("/api/v1/pods").unwrap() else { panic!("not an object route") };
         assert_eq!((resource.plural, namespace), ("pods", None));
         assert_eq!(route("/api/v1/namespaces/a/pods/b/exec").unwrap_err().code, 404);
-        assert_eq!(route("/apis/apps/v1/deployments").unwrap_err().code, 404);
+        let Route::Objects { resource, namespace, name, sub } = route("/apis/apps/v1/namespaces/a/deployments/gw/scale").unwrap() else { panic!("not an object route") };
+        assert_eq!((resource.key(), namespace.as_deref(), name.as_deref(), sub.as_deref()), ("deployments.apps".to_string(), Some("a"), Some("gw"), Some("scale")));
+        assert_eq!(route("/apis/apps/v1/namespaces/a/deployments/gw/log").unwrap_err().code, 404);
+        assert_eq!(route("/apis/apps/v1/statefulsets").unwrap_err().code, 404);
         assert!(matches!(route("/apis/authorization.k8s.io/v1").unwrap(), Route::ResourceList(_)));
     }
 

@@ -1,10 +1,12 @@
 //! The cluster's moving parts, driven by the store's change stream: the
 //! scheduler (binds pods to nodes by nodeSelector and capacity), the
 //! kubelet of every node (runs each bound pod for real: a network namespace
-//! as its sandbox, `eth0` on the cluster bridge, the container's program in
+//! as its sandbox, `eth0` on its node's bridge, the container's program in
 //! a mount namespace of its own, status and events as a kubelet writes
 //! them, restarts with back-off, graceful deletion), and the namespace
-//! controller (a deleted namespace takes everything in it).
+//! controller (a deleted namespace takes everything in it, each object
+//! deleted as a client's DELETE would: pods gracefully, Deployments and
+//! ReplicaSets with their dependents collected after them).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
@@ -51,7 +53,7 @@ pub fn node_object(index: usize, pods: usize) -> Value {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": node_name(index), "labels": node_labels(index)},
-        "spec": {"podCIDR": format!("10.244.{}.0/24", index + 1)},
+        "spec": {"podCIDR": network::pod_cidr(index), "podCIDRs": [network::pod_cidr(index)]},
         "status": {
             "capacity": {"cpu": "2", "memory": "8Gi", "pods": pods.to_string()},
             "allocatable": {"cpu": "2", "memory": "8Gi", "pods": pods.to_string()},
@@ -281,17 +283,19 @@ impl Kubelet {
         }
         let kubelet = Arc::clone(self);
         tokio::spawn(async move {
-            let pods = resources::find("", "v1", "pods").expect("pods are served");
             loop {
                 let keys = kubelet.cluster.store.keys_in_namespace(&name);
                 if keys.is_empty() {
                     break;
                 }
                 for (resource, object) in keys {
-                    if resource == "pods" {
-                        let _ = kubelet.cluster.delete(pods, &name, &object, None);
-                    } else {
-                        let _ = kubelet.cluster.store.remove(&resource, &name, &object, &resource);
+                    match resources::by_key(&resource) {
+                        Some(served) => {
+                            let _ = kubelet.cluster.delete(served, &name, &object, None);
+                        }
+                        None => {
+                            let _ = kubelet.cluster.store.remove(&resource, &name, &object, &resource);
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -338,14 +342,14 @@ impl Kubelet {
         let slot = {
             let mut nodes = lock(&self.nodes);
             let slots = &mut nodes.slots[node];
-            let slot = (0..253).find(|s| !slots.contains(s)).context("the node has no pod IP left")?;
+            let slot = (0..network::MAX_PODS_PER_NODE).find(|s| !slots.contains(s)).context("the node has no pod IP left")?;
             slots.insert(slot);
             slot
         };
         let ip = network::pod_ip(node, slot).context("no pod IP for this slot")?;
         let sequence = self.sandboxes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sandbox = Sandbox { netns: format!("{}-{sequence}", self.cluster.network.prefix), slot, ip };
-        if let Err(e) = self.cluster.network.add_pod(&sandbox.netns, &format!("veth{sequence}"), ip).await {
+        if let Err(e) = self.cluster.network.add_pod(&sandbox.netns, &format!("veth{sequence}"), node, ip).await {
             let _ = merak_netdev::netns::delete(&sandbox.netns);
             lock(&self.nodes).slots[node].remove(&slot);
             return Err(e);

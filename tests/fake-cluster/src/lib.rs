@@ -5,13 +5,17 @@
 //! bearer token, the real paths and JSON bodies, discovery, resourceVersion
 //! with 409 conflicts, 404/403/422 Status errors, label and field
 //! selectors, watches, Tables for `kubectl get`, SelfSubjectAccessReview.
-//! Pods run for real: a network namespace as the sandbox, a pod IP on a
-//! bridge standing for the cluster network, simulated nodes, the program an
-//! image names started as the container. What it leaves out: everything the
-//! provider does not call (no Deployments yet, no Services, no admission
-//! webhooks, no server-side apply, no protobuf).
+//! Pods run for real: a network namespace as the sandbox, a pod IP from its
+//! node's pod CIDR on that node's bridge, the nodes' bridges routed to each
+//! other (see [`network`]), simulated nodes, the program an image names
+//! started as the container. Deployments and ReplicaSets (apps/v1) are run
+//! by controllers as kube-controller-manager runs them, with garbage
+//! collection by owner references (see [`controllers`]). What it leaves
+//! out: everything the provider does not call (no StatefulSets, DaemonSets
+//! or Services, no admission webhooks, no server-side apply, no protobuf).
 
 pub mod api;
+pub mod controllers;
 pub mod kubelet;
 pub mod meta;
 pub mod network;
@@ -165,7 +169,7 @@ pub async fn run(config: Config, ready: tokio::sync::oneshot::Sender<Endpoint>, 
     let address = listener.local_addr()?;
     let (ca, acceptor) = tls_identity().context("making the API server's certificate")?;
     let token = meta::hex_suffix() + &meta::hex_suffix();
-    let network = network::Network::create(&config.prefix, config.mtu).await?;
+    let network = network::Network::create(&config.prefix, config.mtu, config.nodes).await?;
     let cluster = Arc::new(Cluster { store: Store::default(), config, address: address.to_string(), token, network, requests: AtomicU64::new(0) });
     cluster.store.create("namespaces", "", "namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "uid": meta::uid(), "creationTimestamp": meta::now(), "labels": {"kubernetes.io/metadata.name": "default"}}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}))?;
     for index in 0..cluster.config.nodes {
@@ -176,6 +180,7 @@ pub async fn run(config: Config, ready: tokio::sync::oneshot::Sender<Endpoint>, 
     }
     let kubelet = kubelet::Kubelet::new(Arc::clone(&cluster));
     let kubelet_task = tokio::spawn(Arc::clone(&kubelet).run());
+    let controllers_task = tokio::spawn(controllers::run(Arc::clone(&cluster)));
     let kubeconfig_path = cluster.config.dir.join("kubeconfig");
     let temporary = cluster.config.dir.join(".kubeconfig.tmp");
     std::fs::write(&temporary, kubeconfig(address, &ca, &cluster.token))?;
@@ -207,6 +212,8 @@ pub async fn run(config: Config, ready: tokio::sync::oneshot::Sender<Endpoint>, 
         _ = shutdown => {}
     }
     tracing::info!("stopping the fake cluster");
+    // The controllers first, or they would replace the pods the kubelet stops.
+    controllers_task.abort();
     kubelet_task.abort();
     kubelet.shutdown().await;
     Ok(())

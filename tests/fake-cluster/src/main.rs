@@ -51,12 +51,13 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MERAK_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    anyhow::ensure!(args.nodes > 0 && args.nodes <= 250, "--nodes must be between 1 and 250");
+    let max_nodes = merak_fake_cluster::network::MAX_NODES;
+    anyhow::ensure!(args.nodes > 0 && args.nodes <= max_nodes, "--nodes must be between 1 and {max_nodes}");
     let prefix = args.prefix.unwrap_or_else(default_prefix);
     let config = Config {
         dir: args.dir,
         nodes: args.nodes,
-        pods_per_node: args.pods_per_node.min(253),
+        pods_per_node: args.pods_per_node.min(merak_fake_cluster::network::MAX_PODS_PER_NODE),
         images: args.images,
         latency: Duration::from_millis(args.latency_ms),
         fail_every: args.fail_every.filter(|n| *n > 0),

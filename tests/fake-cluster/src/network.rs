@@ -1,9 +1,17 @@
-//! The cluster network the fake stands up: one namespace holding a bridge
-//! (`cni0`, 10.244.0.1/16) that every pod's `eth0` is plugged into, each
-//! node with its own /24 of pod IPs (node i: 10.244.<i+1>.0/24), and an MTU
-//! below 1500 as on an overlay CNI. Nothing of it is in the host's root
-//! namespace: the API server reaches pods by opening its sockets in the
-//! cluster namespace.
+//! The cluster network the fake stands up, laid out as kubenet or flannel's
+//! host-gw lay it out: one namespace standing for the nodes and the network
+//! between them, holding a bridge per node (node i: `cbr<i>`, 10.244.<i+1>.1/24,
+//! the node's pod CIDR that its Node object advertises as `spec.podCIDR`).
+//! Every pod's `eth0` is a veth whose other end is a port of its node's
+//! bridge; the pod's default route is via that bridge's address. The cluster
+//! namespace forwards between the node bridges (their /24s are connected
+//! routes there), so pods on different nodes reach each other routed, as on
+//! a host-gw network, and no bridge holds more than one node's pods (a Linux
+//! bridge takes at most 1,024 ports; a node at most 253 pods). Every bridge
+//! and veth has the configured MTU, below 1500 as on an overlay CNI. Nothing
+//! of it is in the host's root namespace: the API server reaches pods by
+//! opening its sockets in the cluster namespace, which reaches every node's
+//! pod CIDR.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -11,15 +19,39 @@ use std::time::Duration;
 use anyhow::Context;
 use merak_netdev::netns::{self, NetnsOptions};
 
-pub const BRIDGE: &str = "cni0";
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
-const PREFIX_LEN: u8 = 16;
+/// The length of a node's pod CIDR.
+const PREFIX_LEN: u8 = 24;
+
+/// The most nodes the fake's addressing has room for (10.244.1.0/24 to
+/// 10.244.250.0/24).
+pub const MAX_NODES: usize = 250;
+
+/// The most pods a node takes: the pod IPs of its /24 but the network, the
+/// gateway and the broadcast address (.2 to .254).
+pub const MAX_PODS_PER_NODE: usize = 253;
+
+/// The bridge of node `node` (0-based) in the cluster namespace.
+pub fn bridge_name(node: usize) -> String {
+    format!("cbr{node}")
+}
+
+/// Node `node`'s gateway: its bridge's address, 10.244.<node+1>.1.
+pub fn gateway(node: usize) -> Option<Ipv4Addr> {
+    let third = u8::try_from(node + 1).ok().filter(|t| *t < 255)?;
+    Some(Ipv4Addr::new(10, 244, third, 1))
+}
+
+/// Node `node`'s pod CIDR, as its Node object advertises it.
+pub fn pod_cidr(node: usize) -> String {
+    format!("10.244.{}.0/{PREFIX_LEN}", node + 1)
+}
 
 pub struct Network {
     /// Prefix of every namespace the fake makes (unique per instance).
     pub prefix: String,
     pub mtu: u32,
-    bridge: u32,
+    /// Each node's bridge (interface index in the cluster namespace).
+    bridges: Vec<u32>,
     cluster: merak_netdev::netdev::Netlink,
 }
 
@@ -28,31 +60,40 @@ impl Network {
         format!("{}-net", self.prefix)
     }
 
-    pub async fn create(prefix: &str, mtu: u32) -> anyhow::Result<Network> {
+    pub async fn create(prefix: &str, mtu: u32, nodes: usize) -> anyhow::Result<Network> {
+        anyhow::ensure!(nodes <= MAX_NODES, "the fake's pod network has room for {MAX_NODES} nodes, not {nodes}");
         let name = format!("{prefix}-net");
         let cluster = netns::create(&name, NetnsOptions { disable_ipv6: true, forwarding: true }).await.with_context(|| format!("creating the cluster network namespace {name}"))?;
-        let bridge = cluster.create_bridge(BRIDGE).await.context("creating the cluster bridge")?;
-        cluster.set_mtu(bridge, mtu).await?;
-        cluster.add_address(bridge, GATEWAY.into(), PREFIX_LEN).await?;
         cluster.set_link_by_name("lo", None).await?;
-        Ok(Network { prefix: prefix.to_string(), mtu, bridge, cluster })
+        let mut bridges = Vec::with_capacity(nodes);
+        for node in 0..nodes {
+            let bridge_name = bridge_name(node);
+            let bridge = cluster.create_bridge(&bridge_name).await.with_context(|| format!("creating the bridge of node {}", node + 1))?;
+            cluster.set_mtu(bridge, mtu).await?;
+            let gateway = gateway(node).context("no gateway for this node")?;
+            cluster.add_address(bridge, gateway.into(), PREFIX_LEN).await.with_context(|| format!("addressing {bridge_name}"))?;
+            bridges.push(bridge);
+        }
+        Ok(Network { prefix: prefix.to_string(), mtu, bridges, cluster })
     }
 
-    /// The pod sandbox: a namespace with `lo` up and `eth0` on the bridge
-    /// at `ip`, routed through the bridge.
-    pub async fn add_pod(&self, sandbox: &str, host_end: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    /// The pod sandbox: a namespace with `lo` up and `eth0` at `ip` on
+    /// node `node`'s bridge, routed through that bridge's address.
+    pub async fn add_pod(&self, sandbox: &str, host_end: &str, node: usize, ip: Ipv4Addr) -> anyhow::Result<()> {
+        let bridge = *self.bridges.get(node).with_context(|| format!("node {node} has no bridge"))?;
+        let gateway = gateway(node).context("no gateway for this node")?;
         let pod = netns::create(sandbox, NetnsOptions { disable_ipv6: true, forwarding: false }).await.with_context(|| format!("creating the pod sandbox {sandbox}"))?;
         let pod_fd = netns::open_fd(sandbox)?;
         self.cluster.create_veth(host_end, "eth0", &pod_fd).await?;
         let host = self.cluster.link(host_end).await?.context("the pod's veth vanished")?;
         self.cluster.set_mtu(host.index, self.mtu).await?;
-        self.cluster.set_link(host.index, Some(self.bridge), None).await?;
+        self.cluster.set_link(host.index, Some(bridge), None).await?;
         let eth0 = pod.link("eth0").await?.context("the pod's eth0 vanished")?;
         pod.set_mtu(eth0.index, self.mtu).await?;
         pod.add_address(eth0.index, ip.into(), PREFIX_LEN).await?;
         pod.set_link(eth0.index, None, None).await?;
         pod.set_link_by_name("lo", None).await?;
-        pod.add_default_route(GATEWAY).await?;
+        pod.add_default_route(gateway).await?;
         Ok(())
     }
 
@@ -63,7 +104,7 @@ impl Network {
         tokio::net::TcpStream::from_std(stream)
     }
 
-    /// Removes the cluster namespace (with the bridge and every veth end in it).
+    /// Removes the cluster namespace (with the bridges and every veth end in it).
     pub fn remove(&self) {
         if let Err(e) = netns::delete(&self.namespace()) {
             tracing::warn!("removing the cluster network: {e}");
@@ -71,11 +112,13 @@ impl Network {
     }
 }
 
-/// The i-th pod IP of node `node` (0-based): 10.244.<node+1>.<i+2>.
+/// The i-th pod IP of node `node` (0-based): 10.244.<node+1>.<i+2>, so
+/// slots 0 to 252 (the kubelet's) are .2 to .254.
 pub fn pod_ip(node: usize, index: usize) -> Option<Ipv4Addr> {
-    let third = u8::try_from(node + 1).ok()?;
+    let gateway = gateway(node)?;
     let fourth = u8::try_from(index + 2).ok().filter(|f| *f < 255)?;
-    Some(Ipv4Addr::new(10, 244, third, fourth))
+    let [a, b, c, _] = gateway.octets();
+    Some(Ipv4Addr::new(a, b, c, fourth))
 }
 
 #[cfg(test)]
@@ -88,5 +131,27 @@ mod tests {
         assert_eq!(pod_ip(2, 252), Some(Ipv4Addr::new(10, 244, 3, 254)));
         assert_eq!(pod_ip(0, 253), None);
         assert_eq!(pod_ip(255, 0), None);
+        assert_eq!(pod_ip(254, 0), None, "10.244.255.0/24 is no node's");
+    }
+
+    #[test]
+    fn every_node_has_its_bridge_gateway_and_cidr() {
+        assert_eq!(bridge_name(0), "cbr0");
+        assert_eq!(gateway(0), Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(gateway(9), Some(Ipv4Addr::new(10, 244, 10, 1)));
+        assert_eq!(pod_cidr(9), "10.244.10.0/24");
+        // The benchmark's 253 pods per node on 10 nodes: every slot has an IP.
+        for node in 0..10 {
+            for slot in 0..MAX_PODS_PER_NODE {
+                let ip = pod_ip(node, slot).expect("an IP for every slot");
+                assert_eq!(ip.octets()[2] as usize, node + 1);
+                assert_ne!(Some(ip), gateway(node));
+            }
+        }
+        for node in 0..MAX_NODES {
+            assert!(gateway(node).is_some() && pod_ip(node, MAX_PODS_PER_NODE - 1).is_some(), "node {node}");
+        }
+        // Interface names fit IFNAMSIZ.
+        assert!(bridge_name(MAX_NODES - 1).len() < 16);
     }
 }

@@ -30,6 +30,8 @@ pub const RESOURCES: &[Resource] = &[
     core("secrets", "secret", "Secret", true, &[], &[]),
     core("events", "event", "Event", true, &["ev"], &[]),
     core("serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], &[]),
+    apps("deployments", "deployment", "Deployment", &["deploy"], &["status", "scale"]),
+    apps("replicasets", "replicaset", "ReplicaSet", &["rs"], &["status", "scale"]),
     Resource {
         group: "authorization.k8s.io",
         version: "v1",
@@ -54,6 +56,11 @@ const fn core(
     Resource { group: "", version: "v1", plural, singular, kind, namespaced, short_names, subresources, virtual_only: false }
 }
 
+/// A namespaced kind of `apps/v1`.
+const fn apps(plural: &'static str, singular: &'static str, kind: &'static str, short_names: &'static [&'static str], subresources: &'static [&'static str]) -> Resource {
+    Resource { group: "apps", version: "v1", plural, singular, kind, namespaced: true, short_names, subresources, virtual_only: false }
+}
+
 impl Resource {
     pub fn api_version(&self) -> String {
         if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
@@ -67,6 +74,26 @@ impl Resource {
     fn verbs(&self) -> &'static [&'static str] {
         if self.virtual_only { &["create"] } else { CRUD }
     }
+
+    /// The categories discovery lists (`kubectl get all` reads them).
+    fn categories(&self) -> &'static [&'static str] {
+        match (self.group, self.plural) {
+            ("", "pods") | ("apps", "deployments") | ("apps", "replicasets") => &["all"],
+            _ => &[],
+        }
+    }
+
+    /// The workload kinds of apps/v1, which get a generation, defaults and
+    /// a controller.
+    pub fn is_workload(&self) -> bool {
+        self.group == "apps" && matches!(self.plural, "deployments" | "replicasets")
+    }
+}
+
+/// The resource of an object's `apiVersion` and `kind` (as an owner
+/// reference names it).
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| !r.virtual_only && r.kind == kind && r.api_version() == api_version)
 }
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
@@ -112,21 +139,32 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     }
     let mut resources = Vec::new();
     for r in served {
-        resources.push(json!({
+        let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
             "verbs": r.verbs(),
             "shortNames": r.short_names,
-        }));
+        });
+        if !r.categories().is_empty() {
+            entry["categories"] = json!(r.categories());
+        }
+        resources.push(entry);
         for sub in r.subresources {
             let (kind, verbs): (&str, &[&str]) = match *sub {
                 "portforward" => ("PodPortForwardOptions", &["create", "get"]),
                 "log" => ("Pod", &["get"]),
                 _ => (r.kind, &["get", "patch", "update"]),
             };
-            resources.push(json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs}));
+            let mut entry = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
+            if *sub == "scale" {
+                // The scale subresource speaks autoscaling/v1 Scale, whatever the group.
+                entry["kind"] = json!("Scale");
+                entry["group"] = json!("autoscaling");
+                entry["version"] = json!("v1");
+            }
+            resources.push(entry);
         }
     }
     let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
@@ -144,7 +182,24 @@ mod tests {
         assert!(names.contains(&"pods") && names.contains(&"pods/log") && names.contains(&"configmaps"));
         assert!(!names.contains(&"selfsubjectaccessreviews"));
         assert_eq!(resource_list("apps", "v2"), None);
-        assert_eq!(group_list()["groups"][0]["name"], "authorization.k8s.io");
+        let list = group_list();
+        let groups: Vec<&str> = list["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+        assert_eq!(groups, ["apps", "authorization.k8s.io"]);
+    }
+
+    #[test]
+    fn apps_serves_deployments_and_replicasets_with_status_and_scale() {
+        let apps = resource_list("apps", "v1").expect("the apps group");
+        assert_eq!(apps["groupVersion"], "apps/v1");
+        let entries = apps["resources"].as_array().unwrap();
+        let entry = |name: &str| entries.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no {name}"));
+        assert_eq!(entry("deployments")["shortNames"], json!(["deploy"]));
+        assert_eq!(entry("replicasets")["shortNames"], json!(["rs"]));
+        assert_eq!(entry("deployments")["categories"], json!(["all"]));
+        assert_eq!(entry("deployments/status")["kind"], "Deployment");
+        assert_eq!((entry("replicasets/scale")["kind"].as_str(), entry("replicasets/scale")["group"].as_str()), (Some("Scale"), Some("autoscaling")));
+        assert_eq!(by_kind("apps/v1", "ReplicaSet").unwrap().key(), "replicasets.apps");
+        assert!(by_kind("v1", "ReplicaSet").is_none());
     }
 
     #[test]

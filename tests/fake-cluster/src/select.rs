@@ -100,6 +100,46 @@ impl Selector {
     }
 }
 
+/// A `metav1.LabelSelector` (`matchLabels`, `matchExpressions`) in the
+/// string form of `?labelSelector=`, requirements sorted by key as
+/// `LabelSelectorAsSelector(...).String()` prints them; "" selects
+/// everything. An error names what is wrong, as the API server's validation
+/// does.
+pub fn label_selector_string(selector: &Value) -> Result<String, String> {
+    let mut requirements: Vec<(String, String)> = Vec::new();
+    for (key, value) in selector["matchLabels"].as_object().into_iter().flatten() {
+        let value = value.as_str().ok_or_else(|| format!("matchLabels[{key}]: must be a string"))?;
+        requirements.push((key.clone(), format!("{key}={value}")));
+    }
+    for expression in selector["matchExpressions"].as_array().into_iter().flatten() {
+        let key = expression["key"].as_str().filter(|k| !k.is_empty()).ok_or("matchExpressions.key: Required value")?;
+        let mut values: Vec<&str> = expression["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        values.sort_unstable();
+        let operator = expression["operator"].as_str().unwrap_or_default();
+        let text = match operator {
+            "In" | "NotIn" if values.is_empty() => return Err(format!("matchExpressions[{key}].values: Required value: must be specified when `operator` is 'In' or 'NotIn'")),
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" | "DoesNotExist" if !values.is_empty() => return Err(format!("matchExpressions[{key}].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            other => return Err(format!("matchExpressions[{key}].operator: Invalid value: \"{other}\": not a valid selector operator")),
+        };
+        requirements.push((key.to_string(), text));
+    }
+    requirements.sort();
+    Ok(requirements.into_iter().map(|(_, text)| text).collect::<Vec<_>>().join(","))
+}
+
+/// The Selector a `metav1.LabelSelector` stands for; None when it is not
+/// one (absent: a nil selector selects nothing).
+pub fn from_label_selector(selector: &Value) -> Option<Selector> {
+    if !selector.is_object() {
+        return None;
+    }
+    Selector::parse(&label_selector_string(selector).ok()?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +162,18 @@ mod tests {
             assert_eq!(Selector::parse(selector).unwrap().matches_labels(&pod), expected, "{selector}");
         }
         assert!(Selector::parse("tier in epm").is_err());
+    }
+
+    #[test]
+    fn label_selector_objects_print_sorted_and_select() {
+        let selector = json!({"matchLabels": {"tier": "gw", "app": "merak"}, "matchExpressions": [{"key": "zone", "operator": "In", "values": ["b", "a"]}, {"key": "old", "operator": "DoesNotExist"}]});
+        assert_eq!(label_selector_string(&selector).unwrap(), "app=merak,!old,tier=gw,zone in (a,b)");
+        let pod = json!({"metadata": {"labels": {"app": "merak", "tier": "gw", "zone": "a"}}});
+        assert!(from_label_selector(&selector).unwrap().matches_labels(&pod));
+        assert!(!from_label_selector(&json!({"matchLabels": {"app": "other"}})).unwrap().matches_labels(&pod));
+        assert!(from_label_selector(&json!({})).unwrap().matches_labels(&pod), "an empty selector selects everything");
+        assert!(from_label_selector(&Value::Null).is_none());
+        assert!(label_selector_string(&json!({"matchExpressions": [{"key": "a", "operator": "In"}]})).is_err());
     }
 
     #[test]

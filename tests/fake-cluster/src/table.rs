@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::resources::Resource;
 
 /// Seconds since an RFC 3339 time written by crate::meta::rfc3339.
-fn age_seconds(timestamp: &str) -> Option<u64> {
+pub(crate) fn age_seconds(timestamp: &str) -> Option<u64> {
     let (date, time) = timestamp.strip_suffix('Z')?.split_once('T')?;
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (year, month, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
@@ -95,6 +95,33 @@ fn columns_and_cells(resource: &Resource, object: &Value) -> (Vec<Value>, Vec<Va
                 vec![age, json!(object["type"]), json!(object["reason"]), json!(target), json!(object["message"])],
             )
         }
+        "deployments" | "replicasets" => {
+            let (spec, status) = (&object["spec"], &object["status"]);
+            let count = |v: &Value| json!(v.as_i64().unwrap_or(0));
+            let containers = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+            let joined = |field: &str| json!(containers.iter().filter_map(|c| c[field].as_str()).collect::<Vec<_>>().join(","));
+            let selector = match crate::select::label_selector_string(&spec["selector"]) {
+                Ok(text) if !text.is_empty() => text,
+                _ => "<none>".to_string(),
+            };
+            let wide = [column("Containers", "string", 1), column("Images", "string", 1), column("Selector", "string", 1)];
+            let wide_cells = [joined("name"), joined("image"), json!(selector)];
+            let (mut columns, mut cells) = if resource.plural == "deployments" {
+                let ready = format!("{}/{}", status["readyReplicas"].as_i64().unwrap_or(0), spec["replicas"].as_i64().unwrap_or(0));
+                (
+                    vec![column("Name", "string", 0), column("Ready", "string", 0), column("Up-to-date", "string", 0), column("Available", "string", 0), column("Age", "string", 0)],
+                    vec![name, json!(ready), count(&status["updatedReplicas"]), count(&status["availableReplicas"]), age],
+                )
+            } else {
+                (
+                    vec![column("Name", "string", 0), column("Desired", "integer", 0), column("Current", "integer", 0), column("Ready", "integer", 0), column("Age", "string", 0)],
+                    vec![name, count(&spec["replicas"]), count(&status["replicas"]), count(&status["readyReplicas"]), age],
+                )
+            };
+            columns.extend(wide);
+            cells.extend(wide_cells);
+            (columns, cells)
+        }
         _ => (vec![column("Name", "string", 0), column("Age", "string", 0)], vec![name, age]),
     }
 }
@@ -146,5 +173,29 @@ mod tests {
         assert!(cells[4].as_str().unwrap().ends_with('s'));
         assert_eq!(cells[6], "node-1");
         assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn deployments_and_replica_sets_show_their_counts() {
+        let template = json!({"metadata": {"labels": {"app": "gw"}}, "spec": {"containers": [{"name": "agent", "image": "merak-agent:1"}]}});
+        let deployment = json!({
+            "metadata": {"name": "gw", "creationTimestamp": crate::meta::now()},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "gw"}}, "template": template},
+            "status": {"replicas": 2, "updatedReplicas": 2, "readyReplicas": 1, "availableReplicas": 1},
+        });
+        let table = table(find("apps", "v1", "deployments").unwrap(), &[deployment], 3, None);
+        let names: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().filter(|c| c["priority"] == 0).map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["Name", "Ready", "Up-to-date", "Available", "Age"]);
+        let cells = &table["rows"][0]["cells"];
+        assert_eq!((cells[1].as_str(), cells[2].as_i64(), cells[3].as_i64()), (Some("1/2"), Some(2), Some(1)));
+        assert_eq!((cells[5].as_str(), cells[6].as_str(), cells[7].as_str()), (Some("agent"), Some("merak-agent:1"), Some("app=gw")));
+
+        let replica_set = json!({"metadata": {"name": "gw-5d4b6c7f8"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "gw", "pod-template-hash": "5d4b6c7f8"}}, "template": template}, "status": {"replicas": 1}});
+        let table = super::table(find("apps", "v1", "replicasets").unwrap(), &[replica_set], 3, None);
+        let names: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().filter(|c| c["priority"] == 0).map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["Name", "Desired", "Current", "Ready", "Age"]);
+        let cells = &table["rows"][0]["cells"];
+        assert_eq!((cells[1].as_i64(), cells[2].as_i64(), cells[3].as_i64()), (Some(1), Some(1), Some(0)));
+        assert_eq!(cells[7], "app=gw,pod-template-hash=5d4b6c7f8");
     }
 }
