@@ -80,7 +80,7 @@ fn detach_into(netns: Option<&std::path::Path>) -> anyhow::Result<()> {
 }
 
 /// A host keeps two descriptors per EPM (its socket and its netlink
-/// connection) plus one per client: raise the open-file limit as far as the
+/// connection) plus one per client, a gateway one per agent: raise the open-file limit as far as the
 /// kernel allows (root may raise the hard limit too).
 fn raise_open_files() {
     let ceiling = fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(1 << 20);
@@ -116,6 +116,8 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
     if args.gateway {
+        // A connection to every agent of the topology, kept.
+        raise_open_files();
         let (Some(address), Some(tls), Some(dir)) = (args.listen, tls, args.tls_dir.as_deref()) else { anyhow::bail!("--gateway needs --listen and --tls-dir") };
         let connector = tls::gateway_connector_from_dir(dir).with_context(|| format!("loading the gateway's identity in {}", dir.display()))?;
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(gateway(address, tls, connector, args.agent_port))

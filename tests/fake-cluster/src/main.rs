@@ -45,7 +45,22 @@ fn parse_image(text: &str) -> Result<(String, PathBuf), String> {
     Ok((reference.to_string(), program))
 }
 
+/// Thousands of pods mean thousands of probes, port-forwards and children
+/// at once: the open-file limit as high as the hard limit allows, as a
+/// container runtime sets it.
+fn raise_open_files() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    raise_open_files();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MERAK_LOG").unwrap_or_else(|_| "info".into()))
