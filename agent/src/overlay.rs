@@ -83,7 +83,7 @@ async fn apply_vpc(epm: &Netlink, underlay: u32, underlay_ip: Ipv4Addr, vpc: &Vp
         netns::open(&vpc.namespace).await?
     } else {
         actions.push(format!("created {}", vpc.namespace));
-        netns::create(&vpc.namespace, NetnsOptions { disable_ipv6: true, forwarding: true }).await?
+        netns::create(&vpc.namespace, NetnsOptions { disable_ipv6: true, forwarding: true, ..NetnsOptions::default() }).await?
     };
     for subnet in &vpc.subnets {
         apply_subnet(epm, &router, &vpc.namespace, underlay, underlay_ip, subnet, actions).await?;

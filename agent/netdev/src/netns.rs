@@ -46,6 +46,11 @@ pub struct NetnsOptions {
     pub disable_ipv6: bool,
     /// Route between interfaces (`net.ipv4.ip_forward`), for router namespaces.
     pub forwarding: bool,
+    /// Announce a device's addresses when it comes up (gratuitous ARP,
+    /// `arp_notify`), as container networks do for a new pod: neighbours
+    /// that cached the MAC of an address's previous holder learn the new
+    /// one at once instead of after their entry goes stale.
+    pub announce: bool,
 }
 
 pub fn path_of(name: &str) -> PathBuf {
@@ -315,6 +320,11 @@ fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, N
         }
         if options.forwarding {
             fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetnsError::io("enable forwarding", name, e))?;
+        }
+        if options.announce {
+            for knob in ["all", "default"] {
+                fs::write(format!("/proc/sys/net/ipv4/conf/{knob}/arp_notify"), "1").map_err(|e| NetnsError::io("announce addresses", name, e))?;
+            }
         }
         netlink_socket().map_err(|e| NetnsError::io("open netlink", name, e))
     })();

@@ -63,7 +63,7 @@ impl Network {
     pub async fn create(prefix: &str, mtu: u32, nodes: usize) -> anyhow::Result<Network> {
         anyhow::ensure!(nodes <= MAX_NODES, "the fake's pod network has room for {MAX_NODES} nodes, not {nodes}");
         let name = format!("{prefix}-net");
-        let cluster = netns::create(&name, NetnsOptions { disable_ipv6: true, forwarding: true }).await.with_context(|| format!("creating the cluster network namespace {name}"))?;
+        let cluster = netns::create(&name, NetnsOptions { disable_ipv6: true, forwarding: true, ..NetnsOptions::default() }).await.with_context(|| format!("creating the cluster network namespace {name}"))?;
         cluster.set_link_by_name("lo", None).await?;
         let mut bridges = Vec::with_capacity(nodes);
         for node in 0..nodes {
@@ -82,7 +82,7 @@ impl Network {
     pub async fn add_pod(&self, sandbox: &str, host_end: &str, node: usize, ip: Ipv4Addr) -> anyhow::Result<()> {
         let bridge = *self.bridges.get(node).with_context(|| format!("node {node} has no bridge"))?;
         let gateway = gateway(node).context("no gateway for this node")?;
-        let pod = netns::create(sandbox, NetnsOptions { disable_ipv6: true, forwarding: false }).await.with_context(|| format!("creating the pod sandbox {sandbox}"))?;
+        let pod = netns::create(sandbox, NetnsOptions { disable_ipv6: true, forwarding: false, announce: true }).await.with_context(|| format!("creating the pod sandbox {sandbox}"))?;
         let pod_fd = netns::open_fd(sandbox)?;
         self.cluster.create_veth(host_end, "eth0", &pod_fd).await?;
         let host = self.cluster.link(host_end).await?.context("the pod's veth vanished")?;

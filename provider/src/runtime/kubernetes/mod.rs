@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod objects;
 pub mod store;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -130,6 +131,15 @@ fn pod_state(pod: &Pod, digest: Option<&str>) -> PodState {
         waiting = Some(format!("{}: {}", unscheduled.reason.clone().unwrap_or_default(), unscheduled.message.clone().unwrap_or_default()));
     }
     PodState { ip: status.pod_ip.filter(|ip| !ip.is_empty()), node: pod.spec.as_ref().and_then(|s| s.node_name.clone()), ready: ready && phase == "Running", stale, waiting, hopeless }
+}
+
+fn is_gateway(pod: &Pod) -> bool {
+    pod.metadata.labels.as_ref().and_then(|l| l.get(objects::ROLE_LABEL)).is_some_and(|role| role == GATEWAY_ROLE)
+}
+
+/// Every pod of a topology: its agents' and its gateway's.
+fn topology_selector(topology: &str) -> String {
+    format!("{}={},{}={topology}", objects::MANAGED_BY.0, objects::MANAGED_BY.1, objects::TOPOLOGY_LABEL)
 }
 
 /// The EPM an EVM's router namespace is on (`merak-<t>.<epm>.r.<vpc>`).
@@ -249,28 +259,41 @@ impl KubernetesRuntime {
 
     /// The agents' pods by name, and the gateway's pods.
     async fn list_all_pods(&self, topology: &str) -> Result<(HashMap<String, Pod>, Vec<Pod>), RuntimeError> {
-        let selector = ListParams::default().labels(&format!("{}={},{}={topology}", objects::MANAGED_BY.0, objects::MANAGED_BY.1, objects::TOPOLOGY_LABEL));
+        let selector = ListParams::default().labels(&topology_selector(topology));
         let pods = self.pods(topology);
         let items = match retrying("listing pods", || pods.list(&selector)).await {
             Ok(list) => list.items,
             Err(e) if is_not_found(&e) => Vec::new(),
             Err(e) => return Err(api(format!("listing the pods of {}", namespace_name(topology)), e)),
         };
-        let is_gateway = |pod: &Pod| pod.metadata.labels.as_ref().and_then(|l| l.get(objects::ROLE_LABEL)).is_some_and(|role| role == GATEWAY_ROLE);
+        self.note_routes(topology, &items);
         let (gateways, agents): (Vec<Pod>, Vec<Pod>) = items.into_iter().partition(is_gateway);
         let agents: HashMap<String, Pod> = agents.into_iter().filter_map(|pod| Some((pod.metadata.name.clone()?, pod))).collect();
+        Ok((agents, gateways))
+    }
+
+    /// Notes where the running agents and the gateway are, from every pod
+    /// of the topology as just listed.
+    fn note_routes<'a>(&self, topology: &str, pods: impl IntoIterator<Item = &'a Pod>) {
         let running = |pod: &Pod| {
             let state = pod_state(pod, None);
             (state.ready && !state.stale).then_some(state.ip).flatten().and_then(|ip| ip.parse::<IpAddr>().ok())
         };
-        let ips = agents.iter().filter_map(|(name, pod)| Some((name.clone(), running(pod)?))).collect();
-        let gateway_pod = gateways.iter().find(|pod| running(pod).is_some()).and_then(|pod| pod.metadata.name.clone());
+        let mut ips = HashMap::new();
+        let mut gateway_pod = None;
+        for pod in pods {
+            let (Some(ip), Some(name)) = (running(pod), pod.metadata.name.clone()) else { continue };
+            if is_gateway(pod) {
+                gateway_pod = Some(name);
+            } else {
+                ips.insert(name, ip);
+            }
+        }
         if let Ok(mut routes) = self.routes.lock() {
             let routes = routes.entry(topology.to_string()).or_default();
             routes.ips = ips;
             routes.gateway_pod = gateway_pod;
         }
-        Ok((agents, gateways))
     }
 
     /// Makes the gateway's Deployment, or brings it to the settings.
@@ -425,8 +448,10 @@ impl KubernetesRuntime {
         let topology = &spec.name;
         let deadline = Instant::now() + self.settings.pod_ready_timeout;
         let mut reported = Instant::now();
+        let watching = |e| api(format!("watching the pods of {}", namespace_name(topology)), e);
+        let mut watch = watch::PodWatch::start(self.pods(topology), topology_selector(topology)).await.map_err(watching)?;
         loop {
-            let existing = self.list_pods(topology).await?;
+            let existing = &watch.pods;
             let states: HashMap<String, PodState> = wanted
                 .iter()
                 .filter_map(|(name, _)| existing.get(name).map(|pod| (name.clone(), pod_state(pod, None))))
@@ -453,13 +478,14 @@ impl KubernetesRuntime {
                         failures.push(Failure { object: name.clone(), error: format!("pod {}/{name}{node} is not running{waited}: {reason}", namespace_name(topology)) });
                     }
                 }
+                self.note_routes(topology, watch.pods.values());
                 return Ok(states);
             }
             if reported.elapsed() > Duration::from_secs(5) {
                 tracing::info!(topology, "{running} of {} pods running", wanted.len());
                 reported = Instant::now();
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            watch.changed(deadline.min(Instant::now() + Duration::from_secs(5))).await.map_err(watching)?;
         }
     }
 
