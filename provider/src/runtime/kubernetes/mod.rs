@@ -111,9 +111,10 @@ fn api(what: impl std::fmt::Display, error: kube::Error) -> RuntimeError {
 }
 
 fn pod_state(pod: &Pod, digest: Option<&str>) -> PodState {
-    let status = pod.status.clone().unwrap_or_default();
+    let unknown = k8s_openapi::api::core::v1::PodStatus::default();
+    let status = pod.status.as_ref().unwrap_or(&unknown);
     let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
-    let phase = status.phase.clone().unwrap_or_default();
+    let phase = status.phase.as_deref().unwrap_or_default();
     let made_from = pod.metadata.annotations.as_ref().and_then(|a| a.get(objects::SPEC_ANNOTATION)).map(String::as_str);
     let stale = pod.metadata.deletion_timestamp.is_some() || phase == "Failed" || phase == "Succeeded" || (digest.is_some() && made_from != digest);
     let mut waiting = None;
@@ -130,7 +131,7 @@ fn pod_state(pod: &Pod, digest: Option<&str>) -> PodState {
     {
         waiting = Some(format!("{}: {}", unscheduled.reason.clone().unwrap_or_default(), unscheduled.message.clone().unwrap_or_default()));
     }
-    PodState { ip: status.pod_ip.filter(|ip| !ip.is_empty()), node: pod.spec.as_ref().and_then(|s| s.node_name.clone()), ready: ready && phase == "Running", stale, waiting, hopeless }
+    PodState { ip: status.pod_ip.clone().filter(|ip| !ip.is_empty()), node: pod.spec.as_ref().and_then(|s| s.node_name.clone()), ready: ready && phase == "Running", stale, waiting, hopeless }
 }
 
 fn is_gateway(pod: &Pod) -> bool {

@@ -16,6 +16,8 @@ use super::cluster::{is_not_found, retrying};
 /// How long one watch request lasts before it is made again (the API
 /// server's own limit is longer; a shorter one survives idle proxies).
 const WATCH_SECONDS: u32 = 240;
+/// How long changes are gathered after the first (see [`PodWatch::changed`]).
+const GATHER: Duration = Duration::from_millis(200);
 
 pub struct PodWatch {
     api: Api<Pod>,
@@ -76,8 +78,9 @@ impl PodWatch {
         Ok(())
     }
 
-    /// Waits until the pods change or `until` comes; every change that has
-    /// arrived by then is taken in at once (they come in bursts).
+    /// Waits until the pods change or `until` comes, then takes in the
+    /// changes of the next [`GATHER`] too: pods change one at a time, by
+    /// the thousand, and the caller looks at all of them after each call.
     pub async fn changed(&mut self, until: Instant) -> Result<(), kube::Error> {
         if self.events.is_none() {
             let params = WatchParams::default().labels(&self.selector).timeout(WATCH_SECONDS);
@@ -96,6 +99,7 @@ impl PodWatch {
             Err(_) => return Ok(()),
             Ok(next) => next,
         };
+        let gathered = Instant::now() + GATHER;
         let mut next = first;
         loop {
             match next {
@@ -116,10 +120,14 @@ impl PodWatch {
                 }
             }
             let Some(events) = self.events.as_mut() else { return Ok(()) };
-            match events.next().now_or_never() {
-                Some(more) => next = more,
+            next = match events.next().now_or_never() {
+                Some(more) => more,
+                None if Instant::now() < gathered => match tokio::time::timeout_at(gathered.into(), events.next()).await {
+                    Ok(more) => more,
+                    Err(_) => return Ok(()),
+                },
                 None => return Ok(()),
-            }
+            };
         }
     }
 }

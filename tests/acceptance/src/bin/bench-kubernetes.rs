@@ -37,18 +37,25 @@ async fn kube_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-/// Pods that run and are ready, of those `selector` picks in `namespace`.
-async fn running(client: &kube::Client, namespace: &str, selector: &str) -> usize {
+/// Of the pods `selector` picks in `namespace`: how many exist, and how
+/// many of them run and are ready.
+async fn counted(client: &kube::Client, namespace: &str, selector: &str) -> (usize, usize) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let Ok(list) = pods.list(&ListParams::default().labels(selector)).await else { return 0 };
-    list.items
+    let Ok(list) = pods.list(&ListParams::default().labels(selector)).await else { return (0, 0) };
+    let running = list
+        .items
         .iter()
         .filter(|pod| {
             let status = pod.status.as_ref();
             status.and_then(|s| s.phase.as_deref()) == Some("Running")
                 && status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
-        .count()
+        .count();
+    (list.items.len(), running)
+}
+
+async fn running(client: &kube::Client, namespace: &str, selector: &str) -> usize {
+    counted(client, namespace, selector).await.1
 }
 
 async fn wait_namespace_gone(client: &kube::Client, name: &str) -> anyhow::Result<()> {
@@ -85,17 +92,34 @@ async fn floor(kubeconfig: &Path, count: usize) -> anyhow::Result<(Duration, Dur
                 let name = format!("floor-{i}");
                 let pod: Pod = serde_json::from_value(json!({
                     "metadata": {"name": name, "labels": {"merak.dev/bench": "floor"}},
+                    // The shape of the runtime's EPM pods (objects::pod).
                     "spec": {
                         "terminationGracePeriodSeconds": 5,
+                        "enableServiceLinks": false,
+                        "automountServiceAccountToken": false,
+                        "topologySpreadConstraints": [{
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": {"merak.dev/bench": "floor"}},
+                        }],
                         "containers": [{
                             "name": "agent",
                             "image": IMAGE,
                             "args": ["--epm", name, "--listen", "0.0.0.0:7443", "--tls-dir", "/run/merak/tls"],
-                            "securityContext": {"privileged": true},
+                            "ports": [{"name": "agent", "containerPort": 7443, "protocol": "TCP"}],
+                            "env": [{"name": "MERAK_AGENT_LOG", "value": "info"}],
+                            "securityContext": {"privileged": true, "capabilities": {"add": ["NET_ADMIN", "SYS_ADMIN"]}},
                             "readinessProbe": {"tcpSocket": {"port": 7443}, "periodSeconds": 2},
-                            "volumeMounts": [{"name": "tls", "mountPath": "/run/merak/tls", "readOnly": true}],
+                            "volumeMounts": [
+                                {"name": "tls", "mountPath": "/run/merak/tls", "readOnly": true},
+                                {"name": "tun", "mountPath": "/dev/net/tun"},
+                            ],
                         }],
-                        "volumes": [{"name": "tls", "secret": {"secretName": "agent-tls", "defaultMode": 0o400}}],
+                        "volumes": [
+                            {"name": "tls", "secret": {"secretName": "agent-tls", "defaultMode": 0o400}},
+                            {"name": "tun", "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}},
+                        ],
                     },
                 }))
                 .map_err(kube::Error::SerdeError)?;
@@ -138,9 +162,19 @@ fn provider_cpu(seen: &mut std::collections::HashMap<u32, f64>) {
     }
 }
 
-/// Runs terraform with `args`, sampling the provider's CPU and the pods
-/// running; returns (wall time, provider CPU s, when all `pods` ran).
-fn timed_terraform(ws: &Workspace, args: &[&str], kubeconfig: &Path, namespace: &str, pods: usize) -> (Duration, f64, Option<Duration>) {
+/// What a timed terraform run measured.
+struct Timed {
+    wall: Duration,
+    /// The provider's CPU time (user + system), seconds.
+    cpu: f64,
+    /// When every pod asked for existed, and when every one ran.
+    all_created: Option<Duration>,
+    all_running: Option<Duration>,
+}
+
+/// Runs terraform with `args`, sampling the provider's CPU and (once a
+/// second) how many of `pods` exist and run.
+fn timed_terraform(ws: &Workspace, args: &[&str], kubeconfig: &Path, namespace: &str, pods: usize) -> Timed {
     let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let sampler = {
@@ -149,7 +183,7 @@ fn timed_terraform(ws: &Workspace, args: &[&str], kubeconfig: &Path, namespace: 
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
             let client = runtime.block_on(kube_client(&kubeconfig)).ok();
             let mut cpu = std::collections::HashMap::new();
-            let mut all_running = None;
+            let (mut all_created, mut all_running) = (None, None);
             let mut last_count = Instant::now() - Duration::from_secs(1);
             while !done.load(Ordering::Relaxed) {
                 provider_cpu(&mut cpu);
@@ -159,20 +193,24 @@ fn timed_terraform(ws: &Workspace, args: &[&str], kubeconfig: &Path, namespace: 
                     && last_count.elapsed() >= Duration::from_secs(1)
                 {
                     last_count = Instant::now();
-                    if runtime.block_on(running(client, &namespace, "app.kubernetes.io/managed-by=terraform-provider-merak")) >= pods {
+                    let (existing, running) = runtime.block_on(counted(client, &namespace, "app.kubernetes.io/managed-by=terraform-provider-merak"));
+                    if existing >= pods && all_created.is_none() {
+                        all_created = Some(started.elapsed());
+                    }
+                    if running >= pods {
                         all_running = Some(started.elapsed());
                     }
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            (cpu.values().sum::<f64>(), all_running)
+            (cpu.values().sum::<f64>(), all_created, all_running)
         })
     };
     ws.ok(args);
     let wall = started.elapsed();
     done.store(true, Ordering::Relaxed);
-    let (cpu, all_running) = sampler.join().expect("the sampler");
-    (wall, cpu, all_running)
+    let (cpu, all_created, all_running) = sampler.join().expect("the sampler");
+    Timed { wall, cpu, all_created, all_running }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -215,7 +253,8 @@ fn main() -> anyhow::Result<()> {
         merak_acceptance::host::settle();
 
         // Its pods: one per EPM, per vswitch and the gateway's.
-        let (apply, apply_cpu, all_running) = timed_terraform(&ws, &["apply", "-auto-approve"], &cluster.kubeconfig, &namespace, pods);
+        let applied = timed_terraform(&ws, &["apply", "-auto-approve"], &cluster.kubeconfig, &namespace, pods);
+        let (apply, apply_cpu) = (applied.wall, applied.cpu);
         let values = ws.resource_values("merak_topology.bench");
         let ready = values["ready_epms"].as_u64().unwrap_or(0);
         let vswitches = values["vswitch_count"].as_u64().unwrap_or(0);
@@ -225,7 +264,8 @@ fn main() -> anyhow::Result<()> {
         let (code, _) = ws.plan();
         let plan = started.elapsed();
         anyhow::ensure!(code == 0, "the plan after apply is not empty");
-        let (destroy, destroy_cpu, _) = timed_terraform(&ws, &["destroy", "-auto-approve"], &cluster.kubeconfig, &namespace, 0);
+        let destroyed = timed_terraform(&ws, &["destroy", "-auto-approve"], &cluster.kubeconfig, &namespace, 0);
+        let (destroy, destroy_cpu) = (destroyed.wall, destroyed.cpu);
         drop(ws);
         drop(cluster);
         merak_acceptance::host::settle();
@@ -244,7 +284,10 @@ fn main() -> anyhow::Result<()> {
             per_second(total, apply),
             apply.as_secs_f64() / floor_up.as_secs_f64().max(1e-9)
         );
-        if let Some(at) = all_running {
+        if let Some(at) = applied.all_created {
+            println!("  every pod made    {:>6.2} s into the apply (sampled each second)", at.as_secs_f64());
+        }
+        if let Some(at) = applied.all_running {
             println!("  every pod running {:>6.2} s into the apply; the agents' underlay after that", at.as_secs_f64());
         }
         println!("  provider CPU:    {:>7.2} s  ({:.2} ms per pod)", apply_cpu, apply_cpu * 1000.0 / total as f64);
