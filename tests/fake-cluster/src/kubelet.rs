@@ -76,6 +76,11 @@ struct Nodes {
     per_node: Vec<usize>,
     /// Pod-IP slots in use, per node.
     slots: Vec<BTreeSet<usize>>,
+    /// The slot each node gave last: the next pod gets the next free one
+    /// after it, wrapping round, as host-local IPAM does, so an address
+    /// is not handed out again while neighbours may still cache the MAC
+    /// of the pod that had it.
+    last_slot: Vec<Option<usize>>,
 }
 
 pub struct Kubelet {
@@ -99,7 +104,7 @@ fn namespace_of(pod: &Value) -> String {
 impl Kubelet {
     pub fn new(cluster: Arc<Cluster>) -> Arc<Kubelet> {
         let count = cluster.config.nodes;
-        let nodes = Nodes { bound: HashMap::new(), per_node: vec![0; count], slots: vec![BTreeSet::new(); count] };
+        let nodes = Nodes { bound: HashMap::new(), per_node: vec![0; count], slots: vec![BTreeSet::new(); count], last_slot: vec![None; count] };
         Arc::new(Kubelet { cluster, held: Mutex::default(), nodes: Mutex::new(nodes), sandboxes: Default::default(), terminating: Mutex::default() })
     }
 
@@ -341,9 +346,14 @@ impl Kubelet {
     async fn make_sandbox(&self, node: usize) -> anyhow::Result<Sandbox> {
         let slot = {
             let mut nodes = lock(&self.nodes);
+            let start = nodes.last_slot[node].map_or(0, |last| last + 1);
             let slots = &mut nodes.slots[node];
-            let slot = (0..network::MAX_PODS_PER_NODE).find(|s| !slots.contains(s)).context("the node has no pod IP left")?;
+            let slot = (0..network::MAX_PODS_PER_NODE)
+                .map(|offset| (start + offset) % network::MAX_PODS_PER_NODE)
+                .find(|s| !slots.contains(s))
+                .context("the node has no pod IP left")?;
             slots.insert(slot);
+            nodes.last_slot[node] = Some(slot);
             slot
         };
         let ip = network::pod_ip(node, slot).context("no pod IP for this slot")?;

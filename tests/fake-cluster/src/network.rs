@@ -70,7 +70,14 @@ impl Network {
             let bridge_name = bridge_name(node);
             let bridge = cluster.create_bridge(&bridge_name).await.with_context(|| format!("creating the bridge of node {}", node + 1))?;
             cluster.set_mtu(bridge, mtu).await?;
+            // A bridge whose MAC is not set takes the lowest of its ports',
+            // and changes it when that pod goes: every other pod of the node
+            // would keep sending to the gateway's old MAC until its ARP entry
+            // went stale. Set, it stays (0a:58 and the gateway's IPv4, as
+            // CNIs derive MACs from addresses).
             let gateway = gateway(node).context("no gateway for this node")?;
+            let [a, b, c, d] = gateway.octets();
+            cluster.set_link(bridge, None, Some([0x0a, 0x58, a, b, c, d])).await.with_context(|| format!("setting the MAC of {bridge_name}"))?;
             cluster.add_address(bridge, gateway.into(), PREFIX_LEN).await.with_context(|| format!("addressing {bridge_name}"))?;
             bridges.push(bridge);
         }

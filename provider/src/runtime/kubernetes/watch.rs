@@ -96,7 +96,9 @@ impl PodWatch {
         }
         let Some(events) = self.events.as_mut() else { return Ok(()) };
         let first = match tokio::time::timeout_at(until.into(), events.next()).await {
-            Err(_) => return Ok(()),
+            // Quiet until the caller's deadline: list again, so that a
+            // change a watch never delivered is seen all the same.
+            Err(_) => return self.relist().await,
             Ok(next) => next,
         };
         let gathered = Instant::now() + GATHER;
