@@ -45,15 +45,59 @@ pub fn vpc(topology: &str, name: &str) -> Option<VpcSpec> {
     planned().vpcs.get(&format!("{topology}/{name}")).cloned()
 }
 
-pub fn plan_subnet(spec: &SubnetSpec) {
-    planned().subnets.insert(format!("{}/{}/{}", spec.topology, spec.vpc, spec.name), spec.clone());
+/// Plans `spec` unless `clash` finds, among the `recorded` subnets and those
+/// planned so far, one it conflicts with. The check and the record happen
+/// under one lock: Terraform plans sibling subnets concurrently, and two
+/// that overlap must not both pass a check that neither has recorded yet.
+pub fn plan_subnet<E>(spec: &SubnetSpec, recorded: &[SubnetSpec], clash: impl Fn(&SubnetSpec) -> Option<E>) -> Result<(), E> {
+    let mut planned = planned();
+    let key = format!("{}/{}/{}", spec.topology, spec.vpc, spec.name);
+    let others = recorded.iter().chain(planned.subnets.iter().filter(|(k, _)| **k != key).map(|(_, s)| s));
+    if let Some(error) = others.filter(|o| o.topology == spec.topology && !(o.vpc == spec.vpc && o.name == spec.name)).find_map(&clash) {
+        return Err(error);
+    }
+    planned.subnets.insert(key, spec.clone());
+    Ok(())
 }
 
 pub fn subnet(topology: &str, vpc: &str, name: &str) -> Option<SubnetSpec> {
     planned().subnets.get(&format!("{topology}/{vpc}/{name}")).cloned()
 }
 
-/// Every subnet planned in the topology.
-pub fn subnets(topology: &str) -> Vec<SubnetSpec> {
-    planned().subnets.values().filter(|s| s.topology == topology).cloned().collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two overlapping siblings planned at the same moment: exactly one is
+    /// planned, the other is refused, however the threads interleave.
+    #[test]
+    fn overlapping_siblings_planned_at_once_cannot_both_pass() {
+        let vpc = VpcSpec::validate("planned-race", "blue", "10.0.0.0/16", None).expect("valid VPC");
+        for round in 0..200 {
+            let wide = SubnetSpec::validate(&vpc, &format!("wide{round}"), "10.0.1.0/24", None).expect("valid subnet");
+            let narrow = SubnetSpec::validate(&vpc, &format!("narrow{round}"), "10.0.1.128/25", None).expect("valid subnet");
+            let barrier = std::sync::Barrier::new(2);
+            let plan = |spec: &SubnetSpec| {
+                barrier.wait();
+                plan_subnet(spec, &[], |other| other.cidr.overlaps(&spec.cidr).then_some(other.name.clone())).is_ok()
+            };
+            let passed = std::thread::scope(|scope| {
+                let first = scope.spawn(|| plan(&wide));
+                let second = scope.spawn(|| plan(&narrow));
+                [first.join().expect("no panic"), second.join().expect("no panic")]
+            });
+            assert_eq!(passed.iter().filter(|p| **p).count(), 1, "round {round}: {passed:?}");
+            planned().subnets.retain(|_, s| s.topology != "planned-race");
+        }
+    }
+
+    #[test]
+    fn a_subnet_planned_again_does_not_clash_with_itself() {
+        let vpc = VpcSpec::validate("planned-again", "blue", "10.0.0.0/16", None).expect("valid VPC");
+        let web = SubnetSpec::validate(&vpc, "web", "10.0.1.0/24", None).expect("valid subnet");
+        let clash = |other: &SubnetSpec| other.cidr.overlaps(&web.cidr).then_some(());
+        assert!(plan_subnet(&web, &[web.clone()], clash).is_ok());
+        assert!(plan_subnet(&web, &[web.clone()], clash).is_ok());
+        assert_eq!(subnet("planned-again", "blue", "web").map(|s| s.cidr), Some(web.cidr));
+    }
 }

@@ -58,25 +58,21 @@ fn state_of(spec: &SubnetSpec) -> Value {
     ])
 }
 
-/// Refuses a subnet that overlaps a sibling of its VPC, or takes another
+/// Plans `spec` unless it overlaps a sibling of its VPC or takes another
 /// subnet's VNI: siblings on record and siblings this plan creates.
-async fn check_siblings(runtime: &Controller, spec: &SubnetSpec) -> Result<(), Diagnostics> {
-    let mut subnets = runtime.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
-    subnets.extend(super::planned::subnets(&spec.topology));
-    for other in subnets.iter().filter(|o| !(o.vpc == spec.vpc && o.name == spec.name)) {
+async fn plan_among_siblings(runtime: &Controller, spec: &SubnetSpec) -> Result<(), Diagnostics> {
+    let recorded = runtime.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
+    super::planned::plan_subnet(spec, &recorded, |other| {
         if other.vpc == spec.vpc && other.cidr.overlaps(&spec.cidr) {
-            return Err(Diagnostic::attribute_error(
-                &["cidr"],
-                "Subnet overlaps a sibling",
-                format!("{} overlaps subnet {} ({}) of VPC {}. Choose a prefix no other subnet of the VPC uses.", spec.cidr, other.name, other.cidr, spec.vpc),
-            )
-            .into());
+            let detail = format!("{} overlaps subnet {} ({}) of VPC {}. Choose a prefix no other subnet of the VPC uses.", spec.cidr, other.name, other.cidr, spec.vpc);
+            Some(Diagnostic::attribute_error(&["cidr"], "Subnet overlaps a sibling", detail).into())
+        } else if other.vni == spec.vni {
+            let detail = format!("The VNI derived for this subnet ({}) is subnet {}/{}'s; rename the subnet.", spec.vni, other.vpc, other.name);
+            Some(Diagnostic::attribute_error(&["name"], "VNI taken", detail).into())
+        } else {
+            None
         }
-        if other.vni == spec.vni {
-            return Err(Diagnostic::attribute_error(&["name"], "VNI taken", format!("The VNI derived for this subnet ({}) is subnet {}/{}'s; rename the subnet.", spec.vni, other.vpc, other.name)).into());
-        }
-    }
-    Ok(())
+    })
 }
 
 async fn recorded_vpc(runtime: &Controller, config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
@@ -117,8 +113,7 @@ impl Resource<Controller> for Subnet {
             return Err(Diagnostic::attribute_error(&["vpc_id"], "No such VPC", detail).into());
         };
         let spec = spec_of(config, &vpc)?;
-        check_siblings(runtime, &spec).await?;
-        super::planned::plan_subnet(&spec);
+        plan_among_siblings(runtime, &spec).await?;
         Ok(state_of(&spec))
     }
 
