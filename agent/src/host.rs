@@ -61,13 +61,18 @@ pub enum Listener {
 
 /// Serves one EPM's agent on `listener` until `shutdown` completes.
 pub async fn serve_epm(epm: String, namespace: EpmNamespace, listener: Listener, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+    let agent = AgentService::in_namespace(epm.clone(), namespace.clone());
+    let supervisor = agent.supervisor();
     let router = tonic::transport::Server::builder()
-        .add_service(AgentServer::new(AgentService::in_namespace(epm.clone(), namespace.clone())))
+        .add_service(AgentServer::new(agent))
         .add_service(OverlayServer::new(OverlayService::in_namespace(epm, namespace)).max_decoding_message_size(64 << 20));
-    match listener {
+    let served = match listener {
         Listener::Unix(listener) => router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await,
         Listener::Tls(listener, acceptor) => router.serve_with_incoming_shutdown(crate::tls::incoming(listener, acceptor), shutdown).await,
-    }
+    };
+    // An agent that stops serving stops what it supervises.
+    supervisor.stop_all().await;
+    served
 }
 
 /// Where a hosted agent was asked to listen: (socket or address, TCP).

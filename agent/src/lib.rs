@@ -12,6 +12,7 @@ pub mod overlay;
 pub mod ping;
 pub mod pki;
 pub mod server;
+pub mod supervisor;
 pub mod tls;
 pub mod underlay;
 

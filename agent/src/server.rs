@@ -1,16 +1,19 @@
 //! The agent's gRPC service: reports the EPM and converges its underlay.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use futures::StreamExt;
 
 use merak_proto::agent::agent_server::Agent;
 use merak_proto::agent::{
-    ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, SwitchGoal, UnderlayGoal,
+    ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, SuperviseGoal, SupervisedReply, SupervisedRequest,
+    SwitchGoal, UnderlayGoal,
 };
 use tonic::{Request, Response, Status};
 
 use crate::netdev::{self, NetdevError, Netlink};
+use crate::supervisor::Supervisor;
 
 /// Where an agent's netlink connection into its EPM comes from.
 #[derive(Clone)]
@@ -39,6 +42,7 @@ impl EpmNamespace {
 pub struct AgentService {
     epm: String,
     namespace: EpmNamespace,
+    supervisor: Arc<Supervisor>,
 }
 
 impl AgentService {
@@ -47,7 +51,16 @@ impl AgentService {
     }
 
     pub fn in_namespace(epm: String, namespace: EpmNamespace) -> Self {
-        AgentService { epm, namespace }
+        let netns = match &namespace {
+            EpmNamespace::Held(_) => None,
+            EpmNamespace::At(path) => Some(path.clone()),
+        };
+        AgentService { epm, namespace, supervisor: Arc::new(Supervisor::new(netns)) }
+    }
+
+    /// The processes this agent supervises (to stop them when it stops).
+    pub fn supervisor(&self) -> Arc<Supervisor> {
+        self.supervisor.clone()
     }
 
     async fn converge(&self, goal: &UnderlayGoal) -> Result<Vec<String>, Status> {
@@ -148,6 +161,15 @@ impl Agent for AgentService {
             tracing::info!(vswitch = %self.epm, ?actions, "vswitch converged");
         }
         Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
+    }
+
+    async fn supervise(&self, request: Request<SuperviseGoal>) -> Result<Response<SupervisedReply>, Status> {
+        let processes = self.supervisor.apply(request.into_inner().processes).await.map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(SupervisedReply { processes }))
+    }
+
+    async fn supervised(&self, _: Request<SupervisedRequest>) -> Result<Response<SupervisedReply>, Status> {
+        Ok(Response::new(SupervisedReply { processes: self.supervisor.status().await }))
     }
 }
 
