@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::config;
-use crate::protocol::schema::{Block, Presence, Schema};
+use crate::protocol::schema::{Block, Nesting, Presence, Schema};
 use crate::resources;
 
 /// One page: where it goes and what it says.
@@ -105,7 +105,11 @@ fn write_block(out: &mut String, block: &Block, anchor: &str) {
             let _ = writeln!(out, "- `{}` ({}) {}", attribute.name, attribute.ty.friendly_name(), attribute.description);
         }
         for nested in &blocks {
-            let _ = writeln!(out, "- `{}` (Block, at most one) {} (see [below for nested schema](#nestedblock--{}))", nested.name, nested.block.description, nested.name);
+            let how_many = match nested.nesting {
+                Nesting::Single => "Block, at most one",
+                Nesting::List => "Block List",
+            };
+            let _ = writeln!(out, "- `{}` ({how_many}) {} (see [below for nested schema](#nestedblock--{}))", nested.name, nested.block.description, nested.name);
         }
         out.push('\n');
     }

@@ -256,6 +256,29 @@ pub async fn connect_in(namespace: &str, address: std::net::SocketAddr, timeout:
     .await
 }
 
+/// Kills (SIGKILL) every process that runs in one of the named namespaces;
+/// how many. Namespaces that do not exist are skipped.
+pub fn kill_processes_in(names: &[impl AsRef<str>]) -> io::Result<usize> {
+    use std::os::unix::fs::MetadataExt;
+    let wanted: std::collections::HashSet<NamespaceId> = names.iter().filter_map(|n| id_of(&path_of(n.as_ref()))).collect();
+    if wanted.is_empty() {
+        return Ok(0);
+    }
+    let mut killed = 0;
+    for entry in fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) else { continue };
+        // A process that exits meanwhile has no ns/net any more: skip it.
+        let Ok(meta) = fs::metadata(format!("/proc/{pid}/ns/net")) else { continue };
+        if wanted.contains(&(meta.dev(), meta.ino())) && pid > 1 {
+            // SAFETY: kill(2); a process gone since is ESRCH.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+    }
+    Ok(killed)
+}
+
 /// Removes the name. The kernel frees the namespace, and every device in
 /// it, once nothing else (a process, an open fd) holds it. Deleting a name
 /// that does not exist is not an error.

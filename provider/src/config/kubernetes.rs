@@ -23,9 +23,9 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(300);
 const TOLERATION_KEYS: [&str; 5] = ["key", "operator", "value", "effect", "toleration_seconds"];
 
 pub fn block() -> NestedBlock {
-    NestedBlock {
-        name: "kubernetes",
-        block: Block {
+    NestedBlock::single(
+        "kubernetes",
+        Block {
             description: "Settings of the `kubernetes` runtime: every EPM and vswitch a pod running merak-agent, in a \
                           namespace `merak-<topology>` of its own.",
             attributes: vec![
@@ -69,7 +69,7 @@ pub fn block() -> NestedBlock {
             ],
             blocks: Vec::new(),
         },
-    }
+    )
 }
 
 /// What the configuration alone decides about the block.

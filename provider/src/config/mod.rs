@@ -26,9 +26,9 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
              Terraform, which needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); or `kubernetes`, pods in a \
              cluster (see the `kubernetes` block). Every resource block stays the same.",
         )],
-        blocks: vec![kubernetes::block(), NestedBlock {
-            name: "local",
-            block: Block {
+        blocks: vec![kubernetes::block(), NestedBlock::single(
+            "local",
+            Block {
                 description: "Settings of the `local` runtime.",
                 attributes: vec![
                     Attribute::optional(
@@ -53,7 +53,7 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                 ],
                 blocks: Vec::new(),
             },
-        }],
+        )],
     },
 });
 

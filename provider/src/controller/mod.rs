@@ -10,6 +10,7 @@
 
 mod agents;
 mod records;
+mod under_test;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -18,12 +19,23 @@ use tokio::sync::Mutex;
 
 use self::records::{Evm, Forget, GroupRecord, OverlayRecord, evms, subnet_key};
 use crate::model::TreeSpec;
+use crate::model::epm_agent::EpmAgentSpec;
 use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec, VpcSpec};
+pub use self::under_test::UnderTestStatus;
 pub use crate::runtime::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, owned_elsewhere};
 use crate::store::{self, RecordStore};
 
 /// The record kind of the tenant networks (`overlay.json` in a file store).
 const OVERLAY: &str = "overlay";
+
+/// A topology as it stands: its underlay and its agents under test.
+#[derive(Debug, Clone)]
+pub struct TopologyView {
+    pub spec: TreeSpec,
+    pub status: TopologyStatus,
+    pub agents: Vec<EpmAgentSpec>,
+    pub agents_status: UnderTestStatus,
+}
 
 /// How much of an EVM group is up, and what it holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,24 +99,39 @@ impl Controller {
     }
 
     /// Refuses a topology the runtime cannot hold as configured (e.g. a
-    /// name too long for the paths it becomes), before anything is built.
-    pub fn check_fits(&self, spec: &TreeSpec) -> Result<(), RuntimeError> {
-        self.substrate.check_fits(spec)
+    /// name too long for the paths it becomes, or agents under test it
+    /// cannot run), before anything is built.
+    pub fn check_fits(&self, spec: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<(), RuntimeError> {
+        self.substrate.check_fits(spec)?;
+        if !agents.is_empty() {
+            self.substrate.supervised_logs(&spec.name)?;
+        }
+        Ok(())
     }
 
     /// Makes the runtime match `spec`: creates what is missing, repairs what
-    /// drifted and removes what the spec no longer has. Failures of single
-    /// objects are reported in the status; an `Err` means nothing could be done.
-    pub async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
+    /// drifted and removes what the spec no longer has, then runs `agents`
+    /// in every EPM. Failures of single objects are reported in the status;
+    /// an `Err` means nothing could be done.
+    pub async fn apply_topology(&self, spec: &TreeSpec, agents: &[EpmAgentSpec], intent: Intent) -> Result<TopologyView, RuntimeError> {
         self.store.lock(&spec.name).await?;
         let _underlay = self.underlay_lock.write().await;
-        self.substrate.apply_topology(spec, intent).await
+        let status = self.substrate.apply_topology(spec, intent).await?;
+        let agents_status = self.apply_epm_agents(spec, agents, status.ready_epms).await?;
+        Ok(TopologyView { spec: spec.clone(), status, agents: agents.to_vec(), agents_status })
     }
 
-    /// The recorded spec of a topology and how much of it is up; `None` when
-    /// the runtime has no such topology.
-    pub async fn read_topology(&self, name: &str) -> Result<Option<(TreeSpec, TopologyStatus)>, RuntimeError> {
-        self.substrate.read_topology(name).await
+    /// The recorded topology and how much of it is up; `None` when the
+    /// runtime has no such topology.
+    pub async fn read_topology(&self, name: &str) -> Result<Option<TopologyView>, RuntimeError> {
+        let Some((spec, status)) = self.substrate.read_topology(name).await? else { return Ok(None) };
+        let agents = self.load_epm_agents(name).await?;
+        let agents_status = if agents.is_empty() {
+            UnderTestStatus { ready_epms: status.ready_epms, failures: Vec::new() }
+        } else {
+            self.epm_agents_status(&spec, &agents).await
+        };
+        Ok(Some(TopologyView { spec, status, agents, agents_status }))
     }
 
     /// The recorded spec of a topology, without checking its EPMs (cheap).

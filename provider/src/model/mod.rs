@@ -2,6 +2,7 @@
 //! I/O here, so every rule can be tested exhaustively.
 
 pub mod cidr;
+pub mod epm_agent;
 pub mod naming;
 pub mod overlay;
 pub mod tree;

@@ -8,7 +8,8 @@ pub struct Diagnostic {
     pub error: bool,
     pub summary: String,
     pub detail: String,
-    /// Path of attribute names, e.g. `["local", "state_dir"]`.
+    /// Path of attribute names, e.g. `["local", "state_dir"]`; a step
+    /// `[N]` is the Nth element of a list (`["epm_agent", "[1]", "command"]`).
     pub attribute: Vec<String>,
 }
 
@@ -32,7 +33,14 @@ impl Diagnostic {
             steps: self
                 .attribute
                 .iter()
-                .map(|name| Step { selector: Some(Selector::AttributeName(name.clone())) })
+                .map(|name| {
+                    let index = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).and_then(|n| n.parse().ok());
+                    let selector = match index {
+                        Some(index) => Selector::ElementKeyInt(index),
+                        None => Selector::AttributeName(name.clone()),
+                    };
+                    Step { selector: Some(selector) }
+                })
                 .collect(),
         });
         pb::Diagnostic {

@@ -64,11 +64,39 @@ impl Attribute {
     }
 }
 
-/// A nested block with single nesting: `local { ... }`, at most one.
+/// How many of a nested block a configuration may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Nesting {
+    /// At most one, `local { ... }`: its value is an object, or null.
+    #[default]
+    Single,
+    /// Any number, `epm_agent { ... }` repeated: a list of objects, empty when none.
+    List,
+}
+
+/// A nested block.
 #[derive(Debug, Clone)]
 pub struct NestedBlock {
     pub name: &'static str,
     pub block: Block,
+    pub nesting: Nesting,
+}
+
+impl NestedBlock {
+    pub fn single(name: &'static str, block: Block) -> Self {
+        NestedBlock { name, block, nesting: Nesting::Single }
+    }
+
+    pub fn list(name: &'static str, block: Block) -> Self {
+        NestedBlock { name, block, nesting: Nesting::List }
+    }
+
+    fn value_type(&self) -> Type {
+        match self.nesting {
+            Nesting::Single => self.block.value_type(),
+            Nesting::List => Type::list(self.block.value_type()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -82,7 +110,7 @@ impl Block {
     /// The object type of a value of this block.
     pub fn value_type(&self) -> Type {
         let attributes = self.attributes.iter().map(|a| (a.name, a.ty.clone()));
-        let blocks = self.blocks.iter().map(|b| (b.name, b.block.value_type()));
+        let blocks = self.blocks.iter().map(|b| (b.name, b.value_type()));
         Type::object(attributes.chain(blocks))
     }
 
@@ -100,9 +128,12 @@ impl Block {
                 .map(|nested| pb::schema::NestedBlock {
                     type_name: nested.name.to_string(),
                     block: Some(nested.block.to_proto()),
-                    nesting: pb::schema::nested_block::NestingMode::Single as i32,
+                    nesting: match nested.nesting {
+                        Nesting::Single => pb::schema::nested_block::NestingMode::Single,
+                        Nesting::List => pb::schema::nested_block::NestingMode::List,
+                    } as i32,
                     min_items: 0,
-                    max_items: 1,
+                    max_items: if nested.nesting == Nesting::Single { 1 } else { 0 },
                 })
                 .collect(),
             description: self.description.to_string(),

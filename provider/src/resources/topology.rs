@@ -2,11 +2,14 @@
 
 use std::sync::LazyLock;
 
+use std::collections::BTreeMap;
+
+use crate::model::epm_agent::{self, EpmAgentSpec};
 use crate::model::{TreeInput, TreeSpec, naming};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::controller::{Controller, Intent, TopologyStatus};
+use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
+use crate::controller::{Controller, Intent, TopologyView};
 
 use crate::protocol::provider::Resource;
 
@@ -24,15 +27,18 @@ impl Resource<Controller> for Topology {
     }
 
     fn validate(&self, config: &Value) -> Diagnostics {
-        spec_of(config).err().unwrap_or_default()
+        let mut diagnostics = spec_of(config).err().unwrap_or_default();
+        diagnostics.0.extend(agents_of(config).err().unwrap_or_default().0);
+        diagnostics
     }
 
     async fn plan(&self, runtime: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let planned = plan(config)?;
-        if let (Some(runtime), Ok(Some(spec))) = (runtime, spec_of(config))
-            && let Err(error) = runtime.check_fits(&spec)
+        if let (Some(runtime), Ok(Some(spec)), Ok(Some(agents))) = (runtime, spec_of(config), agents_of(config))
+            && let Err(error) = runtime.check_fits(&spec, &agents)
         {
-            return Err(Diagnostic::attribute_error(&["name"], "Topology does not fit this runtime", error.to_string()).into());
+            let attribute = if agents.is_empty() { "name" } else { EPM_AGENT };
+            return Err(Diagnostic::attribute_error(&[attribute], "Topology does not fit this runtime", error.to_string()).into());
         }
         // Shrinking must not pull EPMs out from under EVMs.
         if let (Some(runtime), Some(old), Some(new)) = (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())
@@ -156,10 +162,94 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                 "EPMs that are fully up: namespace, live agent, addressed data-plane NIC, and every \
                  vswitch up to the root. Drops when something drifts; the next apply repairs it.",
             ),
+            Attribute::computed(
+                "epm_agents_ready",
+                Type::Number,
+                "EPMs where every `epm_agent` runs and passes its `ready_command` (without `epm_agent` \
+                 blocks: `ready_epms`). An agent that crashed, or stopped being ready, is drift the next \
+                 plan shows; apply waits for them again.",
+            ),
         ],
-        blocks: Vec::new(),
+        blocks: vec![NestedBlock::list(EPM_AGENT, epm_agent_block())],
     },
 });
+
+const EPM_AGENT: &str = "epm_agent";
+
+/// The `epm_agent` block: the user's agent under test, run in every EPM.
+fn epm_agent_block() -> Block {
+    Block {
+        description: "An agent under test (yours: a host agent, a routing daemon, an SDN node agent) that \
+            merak-agent runs in every EPM's network namespace, as `ip netns exec` would, and keeps \
+            running: restarted with backoff when it exits, its output appended to \
+            `<state_dir>/<topology>/<epm>.<name>.log`. In `command`, `env` and `ready_command`, \
+            `${epm}`, `${epm_ip}` (the data-plane address) and `${epm_index}` are replaced per EPM; \
+            write them `$${epm}` in HCL, which keeps `${` for the provider. Other `${...}` are left \
+            as they are. Changing a block restarts that agent on every EPM, in place. The `local` \
+            runtime only, for now.",
+        attributes: vec![
+            Attribute::required("name", Type::String, "Unique among the topology's agents: a DNS label of at most 32 characters."),
+            Attribute::required("command", Type::list(Type::String), "The program (looked up on `PATH`) and its arguments, e.g. `[\"bgpd\", \"-f\", \"/etc/frr/$${epm}.conf\"]`. Run in the foreground: a program that detaches leaves the supervisor, which then restarts it."),
+            Attribute::optional("env", Type::map(Type::String), "The environment, besides a default `PATH` (which it may set)."),
+            Attribute::optional("ready_command", Type::list(Type::String), "Run in the EPM with the same environment; the agent counts as ready while it exits 0 within 5 s. Default: running for a second."),
+            Attribute::optional("ready_timeout_s", Type::Number, "How long apply waits for the agent to be ready on every EPM (default 60)."),
+        ],
+        blocks: Vec::new(),
+    }
+}
+
+/// The `epm_agent` blocks. `Ok(None)` when part of them is not known yet.
+pub fn agents_of(config: &Value) -> Result<Option<Vec<EpmAgentSpec>>, Diagnostics> {
+    let blocks = match config.attr(EPM_AGENT) {
+        Value::Null => return Ok(Some(Vec::new())),
+        Value::List(blocks) => blocks,
+        _ => return Ok(None),
+    };
+    if blocks.iter().any(|b| !b.is_wholly_known()) {
+        return Ok(None);
+    }
+    let mut diagnostics = Diagnostics::default();
+    let strings = |value: &Value| -> Option<Vec<String>> { value.as_list().map(|items| items.iter().map(|i| i.as_str().unwrap_or_default().to_string()).collect()) };
+    let mut agents = Vec::with_capacity(blocks.len());
+    for (index, block) in blocks.iter().enumerate() {
+        let ready_timeout_s = match block.attr("ready_timeout_s") {
+            Value::Null => None,
+            value => match value.as_i64().ok_or_else(|| "ready_timeout_s must be a whole number of seconds.".to_string()).and_then(epm_agent::ready_timeout_s) {
+                Ok(seconds) => Some(seconds),
+                Err(detail) => {
+                    diagnostics.push(Diagnostic::attribute_error(&[EPM_AGENT, &format!("[{index}]"), "ready_timeout_s"], "Invalid ready_timeout_s", detail));
+                    None
+                }
+            },
+        };
+        let env = match block.attr("env") {
+            Value::Map(env) => Some(env.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect::<BTreeMap<_, _>>()),
+            _ => None,
+        };
+        agents.push(EpmAgentSpec {
+            name: block.attr("name").as_str().unwrap_or_default().to_string(),
+            command: strings(block.attr("command")).unwrap_or_default(),
+            env,
+            ready_command: strings(block.attr("ready_command")),
+            ready_timeout_s,
+        });
+    }
+    for error in epm_agent::validate(&agents, false) {
+        diagnostics.push(Diagnostic::attribute_error(&[EPM_AGENT, &format!("[{}]", error.index), error.attribute], error.summary, error.detail));
+    }
+    if diagnostics.has_errors() { Err(diagnostics) } else { Ok(Some(agents)) }
+}
+
+fn agent_value(agent: &EpmAgentSpec) -> Value {
+    let strings = |items: &[String]| Value::List(items.iter().map(Value::string).collect());
+    object([
+        ("name", Value::string(&agent.name)),
+        ("command", strings(&agent.command)),
+        ("env", agent.env.as_ref().map_or(Value::Null, |env| Value::Map(env.iter().map(|(k, v)| (k.clone(), Value::string(v))).collect()))),
+        ("ready_command", agent.ready_command.as_deref().map_or(Value::Null, strings)),
+        ("ready_timeout_s", agent.ready_timeout_s.map_or(Value::Null, |s| Value::int(i64::from(s)))),
+    ])
+}
 
 /// The spec a configuration (or planned state) describes. `Ok(None)` when
 /// part of it is not known yet.
@@ -205,8 +295,9 @@ pub fn spec_of(config: &Value) -> Result<Option<TreeSpec>, Diagnostics> {
         .map_err(|errors| Diagnostics(errors.into_iter().map(Diagnostic::from).collect()))
 }
 
-/// The full state of a topology built from `spec` with `ready_epms` up.
-pub fn state_of(spec: &TreeSpec, ready_epms: u32) -> Value {
+/// The full state of a topology built from `spec` with `ready_epms` up and
+/// its `agents` ready on `agents_ready` EPMs.
+pub fn state_of(spec: &TreeSpec, ready_epms: u32, agents: &[EpmAgentSpec], agents_ready: u32) -> Value {
     let epms = spec
         .epms()
         .map(|epm| {
@@ -234,18 +325,27 @@ pub fn state_of(spec: &TreeSpec, ready_epms: u32) -> Value {
         ("link_count", Value::int(spec.link_count() as i64)),
         ("namespace_prefix", Value::string(naming::topology_prefix(&spec.name))),
         ("ready_epms", Value::int(i64::from(ready_epms))),
+        ("epm_agents_ready", Value::int(i64::from(agents_ready))),
+        (EPM_AGENT, Value::List(agents.iter().map(agent_value).collect())),
     ])
 }
 
+fn state_of_view(view: &TopologyView) -> Value {
+    state_of(&view.spec, view.status.ready_epms, &view.agents, view.agents_status.ready_epms)
+}
+
 /// The planned state: everything derives from the spec, so it is all known
-/// at plan time; `ready_epms` is planned as "all of them".
+/// at plan time; `ready_epms` and `epm_agents_ready` are planned as "all of them".
 fn plan(config: &Value) -> Result<Value, Diagnostics> {
-    match spec_of(config)? {
-        Some(spec) => {
+    match (spec_of(config)?, agents_of(config)?) {
+        (Some(spec), Some(agents)) => {
             super::planned::plan_topology(&spec);
-            Ok(state_of(&spec, spec.hosts))
+            Ok(state_of(&spec, spec.hosts, &agents, spec.hosts))
         }
-        None => {
+        (spec, _) => {
+            if let Some(spec) = &spec {
+                super::planned::plan_topology(spec);
+            }
             let mut planned = super::unknown_computed(&SCHEMA, config);
             if let (Some(name), Value::Map(attributes)) = (config.attr("name").as_str(), &mut planned) {
                 attributes.insert("id".into(), Value::string(name));
@@ -259,30 +359,43 @@ fn plan(config: &Value) -> Result<Value, Diagnostics> {
 /// Builds or changes the topology to match `planned`. The returned state
 /// always says what exists, also when some of it failed.
 async fn apply(runtime: &Controller, planned: &Value, intent: Intent) -> (Option<Value>, Diagnostics) {
-    let spec = match spec_of(planned) {
-        Ok(Some(spec)) => spec,
-        Ok(None) => return (None, super::unknown_at_apply()),
-        Err(diagnostics) => return (None, diagnostics),
+    let (spec, agents) = match (spec_of(planned), agents_of(planned)) {
+        (Ok(Some(spec)), Ok(Some(agents))) => (spec, agents),
+        (Err(diagnostics), _) | (_, Err(diagnostics)) => return (None, diagnostics),
+        _ => return (None, super::unknown_at_apply()),
     };
-    match runtime.apply_topology(&spec, intent).await {
-        Ok(status) => (Some(state_of(&spec, status.ready_epms)), failures_to_diagnostics(&spec, &status)),
+    match runtime.apply_topology(&spec, &agents, intent).await {
+        Ok(view) => (Some(state_of_view(&view)), failures_to_diagnostics(&view)),
         Err(error) => (None, Diagnostic::error(format!("Could not build topology {}", spec.name), error.to_string()).into()),
     }
 }
 
-fn failures_to_diagnostics(spec: &TreeSpec, status: &TopologyStatus) -> Diagnostics {
-    super::incomplete(
+fn failures_to_diagnostics(view: &TopologyView) -> Diagnostics {
+    let (spec, status) = (&view.spec, &view.status);
+    let mut diagnostics = super::incomplete(
         format!("{} objects of topology {} failed", status.failures.len(), spec.name),
         &status.failures,
         status.ready_epms == spec.hosts,
         format!("{} of {} EPMs are ready.", status.ready_epms, spec.hosts),
-    )
+    );
+    // Agents under test that do not come up are the system under test's
+    // failure, said apart from the underlay's.
+    if diagnostics.0.is_empty() {
+        let agents = &view.agents_status;
+        diagnostics = super::incomplete(
+            format!("Agents under test are not ready on {} EPMs of topology {}", spec.hosts.saturating_sub(agents.ready_epms), spec.name),
+            &agents.failures,
+            agents.ready_epms == spec.hosts,
+            format!("{} of {} EPMs run every epm_agent.", agents.ready_epms, spec.hosts),
+        );
+    }
+    diagnostics
 }
 
 /// The topology as it is on the host, or None when it no longer exists.
 async fn read(runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
     match runtime.read_topology(id).await {
-        Ok(Some((spec, status))) => Ok(Some(state_of(&spec, status.ready_epms))),
+        Ok(Some(view)) => Ok(Some(state_of_view(&view))),
         Ok(None) => Ok(None),
         Err(error) => Err(Diagnostic::error(format!("Could not read topology {id}"), error.to_string()).into()),
     }

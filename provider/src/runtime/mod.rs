@@ -124,6 +124,11 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     /// last step, not left half-made by a kill.
     async fn whole_evms(&self, topology: &str, evms: &[&EvmSpec]) -> Result<HashSet<String>, RuntimeError>;
 
+    /// The directory the logs of an EPM's supervised processes (the user's
+    /// agents under test) go to, `<epm>.<name>.log`; an error when this
+    /// runtime cannot run them.
+    fn supervised_logs(&self, topology: &str) -> Result<std::path::PathBuf, RuntimeError>;
+
     /// Makes room for this many EVMs (e.g. kernel tables sized for them)
     /// before they are built.
     async fn make_room(&self, topology: &str, epms: u64, evms: u64, largest_subnet: u64) -> Result<(), RuntimeError>;

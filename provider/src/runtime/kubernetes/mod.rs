@@ -763,6 +763,16 @@ impl Substrate for KubernetesRuntime {
         objects::fits(spec).map_err(RuntimeError::Conflict)
     }
 
+    fn supervised_logs(&self, _topology: &str) -> Result<std::path::PathBuf, RuntimeError> {
+        // The agent image holds nothing but the agent: a user's agent needs
+        // an image of its own, a container next to the agent in the EPM pod.
+        Err(RuntimeError::Conflict(
+            "epm_agent blocks run on the local runtime; on kubernetes each is to be a container of its own in the EPM pods, \
+             which this provider version does not build yet. Remove the blocks or use runtime = \"local\"."
+                .into(),
+        ))
+    }
+
     async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
         let topology = &spec.name;
         objects::fits(spec).map_err(RuntimeError::Conflict)?;

@@ -542,6 +542,15 @@ impl LocalRuntime {
             agents.retain(|(_, socket)| if *socket == control { !released } else { leaving_socket(socket) });
         }
         process::stop_agents(&agents).await;
+        // The agents took what they supervised with them, but not what a
+        // supervised process detached from its group: nothing may keep a
+        // namespace of the topology alive, or run on after it.
+        let leaving: Vec<&String> = existing.iter().collect();
+        match netns::kill_processes_in(&leaving) {
+            Ok(0) => {}
+            Ok(killed) => tracing::warn!(topology, killed, "killed processes left in the topology's namespaces"),
+            Err(e) => tracing::warn!(topology, error = %e, "could not look for processes left in the topology's namespaces"),
+        }
         if keep.is_empty() {
             record.host = None;
         }
@@ -716,6 +725,10 @@ impl Substrate for LocalRuntime {
             self.save_record(topology, &record).await?;
         }
         Ok(status)
+    }
+
+    fn supervised_logs(&self, topology: &str) -> Result<PathBuf, RuntimeError> {
+        Ok(self.topology_dir(topology))
     }
 
     fn check_fits(&self, spec: &TreeSpec) -> Result<(), RuntimeError> {
