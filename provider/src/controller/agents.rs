@@ -52,7 +52,7 @@ impl Controller {
             .map(|(epm, goal)| async move {
                 // An agent that stopped answering is restarted and gets the goal again.
                 let result = match self.send_overlay(&tree.name, &epm.name, goal.clone()).await {
-                    Err(_) if self.substrate.revive_agent(&tree.name, &epm.name).await.is_ok() => self.send_overlay(&tree.name, &epm.name, goal).await,
+                    Err(_) if self.revive(tree, &epm.name).await.is_ok() => self.send_overlay(&tree.name, &epm.name, goal).await,
                     result => result,
                 };
                 result.err().map(|e| Failure { object: epm.name.clone(), error: format!("overlay: {e}") })
@@ -102,7 +102,7 @@ impl Controller {
                         self.substrate.delete_evms_without_agent(topology, &epm, &batch).await
                     }
                     // An agent that stopped answering is restarted, once.
-                    Err(e) => match self.substrate.revive_agent(topology, &epm).await {
+                    Err(e) => match self.revive(tree, &epm).await {
                         Ok(()) => self.send_evms(topology, &epm, batch).await,
                         Err(revival) => Err(RuntimeError::Unavailable(format!("{e}; restarting it failed: {revival}"))),
                     },

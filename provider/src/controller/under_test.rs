@@ -10,7 +10,7 @@ use merak_proto::agent::agent_client::AgentClient;
 use merak_proto::agent::{SuperviseGoal, SupervisedProcess, SupervisedRequest, SupervisedStatus};
 
 use super::Controller;
-use crate::model::TreeSpec;
+use crate::model::{Epm, TreeSpec};
 use crate::model::epm_agent::{EpmAgentSpec, Placeholders};
 use crate::runtime::{Failure, RuntimeError};
 use crate::store;
@@ -47,26 +47,7 @@ impl Controller {
         // finishes, and read reports what it was meant to run.
         store::save_json(self.store.as_ref(), &tree.name, EPM_AGENTS, &agents).await?;
         let log_dir = self.substrate.supervised_logs(&tree.name)?;
-        let goals: Vec<(String, SuperviseGoal)> = tree
-            .epms()
-            .map(|epm| {
-                let at = Placeholders { epm: &epm.name, epm_ip: epm.ip, epm_index: epm.index, controller_url: None };
-                let processes = agents
-                    .iter()
-                    .map(|agent| {
-                        let rendered = agent.render(&at);
-                        SupervisedProcess {
-                            name: agent.name.clone(),
-                            command: rendered.command,
-                            env: rendered.env.into_iter().collect(),
-                            ready_command: rendered.ready_command,
-                            log: log_path(&log_dir, &epm.name, &agent.name),
-                        }
-                    })
-                    .collect();
-                (epm.name.clone(), SuperviseGoal { processes })
-            })
-            .collect();
+        let goals: Vec<(String, SuperviseGoal)> = tree.epms().map(|epm| (epm.name.clone(), goal_for(&epm, agents, &log_dir))).collect();
         let pushed: Vec<Failure> = futures::stream::iter(goals)
             .map(|(epm, goal)| async move {
                 let result = match self.supervise(&tree.name, &epm, goal.clone()).await {
@@ -116,6 +97,30 @@ impl Controller {
         UnderTestStatus { ready_epms: tree.hosts.saturating_sub(failures.len() as u32), failures }
     }
 
+    /// Brings back an EPM's agent that stopped answering, and with it the
+    /// agents under test it supervised (they died with it). Those are
+    /// restarted best-effort: the change that needed the agent goes on, and
+    /// agents under test that stay down are the topology's drift.
+    pub(super) async fn revive(&self, tree: &TreeSpec, epm: &str) -> Result<(), RuntimeError> {
+        self.substrate.revive_agent(&tree.name, epm).await?;
+        let agents = match self.load_epm_agents(&tree.name).await {
+            Ok(agents) => agents,
+            Err(e) => {
+                tracing::warn!(epm, error = %e, "could not read the agents under test to restart");
+                return Ok(());
+            }
+        };
+        let Some(epm) = tree.epms().find(|e| e.name == epm).filter(|_| !agents.is_empty()) else { return Ok(()) };
+        let restarted = match self.substrate.supervised_logs(&tree.name) {
+            Ok(log_dir) => self.supervise(&tree.name, &epm.name, goal_for(&epm, &agents, &log_dir)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = restarted {
+            tracing::warn!(epm = %epm.name, error = %e, "could not restart the agents under test");
+        }
+        Ok(())
+    }
+
     async fn agent_client(&self, topology: &str, epm: &str) -> Result<AgentClient<crate::runtime::agent_client::AgentChannel>, RuntimeError> {
         Ok(AgentClient::new(self.substrate.agent_channel(topology, epm).await?))
     }
@@ -131,6 +136,25 @@ impl Controller {
         let reply = client.supervised(SupervisedRequest {}).await.map_err(|s| RuntimeError::Unavailable(s.message().to_string()))?;
         Ok(reply.into_inner().processes)
     }
+}
+
+/// What one EPM's agent runs: the agents rendered for that EPM.
+fn goal_for(epm: &Epm, agents: &[EpmAgentSpec], log_dir: &std::path::Path) -> SuperviseGoal {
+    let at = Placeholders { epm: &epm.name, epm_ip: epm.ip, epm_index: epm.index, controller_url: None };
+    let processes = agents
+        .iter()
+        .map(|agent| {
+            let rendered = agent.render(&at);
+            SupervisedProcess {
+                name: agent.name.clone(),
+                command: rendered.command,
+                env: rendered.env.into_iter().collect(),
+                ready_command: rendered.ready_command,
+                log: log_path(log_dir, &epm.name, &agent.name),
+            }
+        })
+        .collect();
+    SuperviseGoal { processes }
 }
 
 /// `<dir>/<epm>.<agent>.log`.
