@@ -160,6 +160,22 @@ fn missing_permissions_are_refused_at_plan_naming_them() {
 }
 
 #[test]
+fn agents_under_test_are_refused_at_plan_on_kubernetes_for_now() {
+    let dir = std::env::temp_dir().join(format!("merak-k8s-epmagent-{}", std::process::id()));
+    let cluster = fake_cluster(&dir, &[]);
+    let ws = Workspace::new("k8s-agt").with_provider(provider_block(&cluster));
+    ws.write_config(
+        "resource \"merak_topology\" \"dc\" {\n  name = \"{name}\"\n  racks = 1\n  hosts_per_rack = 2\n  data_plane_cidr = \"10.0.0.0/24\"\n\
+         epm_agent {\n    name = \"bgpd\"\n    command = [\"bgpd\"]\n  }\n}\n",
+    );
+    ws.init();
+    let error = words(&ws.plan_error("plan with an epm_agent on kubernetes"));
+    assert!(error.contains("epm_agent blocks run on the local runtime") && error.contains("runtime = \"local\""), "{error}");
+    let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
+    assert_eq!(namespaces.trim(), "namespace/default", "nothing was made");
+}
+
+#[test]
 fn an_unreachable_api_server_is_refused_at_plan() {
     let ws = Workspace::new("k8s-down");
     let kubeconfig = ws.dir.join("kubeconfig");
