@@ -11,6 +11,11 @@
 //! is up on a bridge ([`is_whole`]): that request is sent only after all the
 //! others succeeded, so an agent killed mid-way leaves an EVM that is seen
 //! as half-built, and rebuilt.
+//!
+//! An EVM of an external controller's VPC is left unattached
+//! (`EvmSpec.leave_unattached`): its peer stays in the EPM's own namespace,
+//! up on no bridge, for the system under test to attach; there is no static
+//! neighbour for the gateway, and it is whole once that peer is up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -132,8 +137,9 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
     // higher-ranked lifetime check inside async-trait methods.
     let results: Vec<(EvmSpec, Result<bool, String>)> = futures::stream::iter(batch.create.iter().cloned())
         .map(|spec: EvmSpec| async move {
-            let result = match (routers.get(&spec.router_namespace), bridges.get(&spec.namespace)) {
-                (Some(router), Some(bridge)) => ensure(&spec, router, *bridge, mtu).await.map_err(|e| e.to_string()),
+            let bridge = if spec.leave_unattached { Some(None) } else { bridges.get(&spec.namespace).map(|b| Some(*b)) };
+            let result = match (routers.get(&spec.router_namespace), bridge) {
+                (Some(router), Some(bridge)) => ensure(&spec, router, bridge, mtu).await.map_err(|e| e.to_string()),
                 _ => Err(format!("router namespace {} unavailable", spec.router_namespace)),
             };
             (spec, result)
@@ -150,7 +156,13 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
         }
     }
     // Leaves the deletions emptied, or failed creations left empty.
-    let mut trunks: Vec<(&str, &str)> = batch.create.iter().chain(&batch.delete).map(|s| (s.router_namespace.as_str(), s.bridge.as_str())).collect();
+    let mut trunks: Vec<(&str, &str)> = batch
+        .create
+        .iter()
+        .chain(&batch.delete)
+        .filter(|s| !s.leave_unattached)
+        .map(|s| (s.router_namespace.as_str(), s.bridge.as_str()))
+        .collect();
     trunks.sort_unstable();
     trunks.dedup();
     for (router_namespace, trunk) in trunks {
@@ -169,7 +181,7 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
 async fn choose_bridges(routers: &HashMap<String, Router>, create: &[EvmSpec], reply: &mut EvmReply) -> HashMap<String, u32> {
     let mut chosen = HashMap::with_capacity(create.len());
     for (router_namespace, router) in routers {
-        let specs: Vec<&EvmSpec> = create.iter().filter(|s| &s.router_namespace == router_namespace).collect();
+        let specs: Vec<&EvmSpec> = create.iter().filter(|s| &s.router_namespace == router_namespace && !s.leave_unattached).collect();
         if specs.is_empty() {
             continue;
         }
@@ -206,11 +218,11 @@ async fn open_router(namespace: &str) -> Result<Router, OverlayError> {
     Ok(Router { netlink, fd })
 }
 
-/// Creates the EVM unless it is already whole, its port joining `bridge`;
-/// true when it was created.
-async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32, mtu: Option<u32>) -> Result<bool, OverlayError> {
+/// Creates the EVM unless it is already whole, its port joining `bridge`
+/// (`None`: left unattached); true when it was created.
+async fn ensure(spec: &EvmSpec, router: &Router, bridge: Option<u32>, mtu: Option<u32>) -> Result<bool, OverlayError> {
     if netns::exists(&spec.namespace) {
-        if router.netlink.link(&eth0_peer(spec)).await?.as_ref().is_some_and(is_whole) {
+        if router.netlink.link(&eth0_peer(spec)).await?.as_ref().is_some_and(|peer| is_whole(spec, peer)) {
             return Ok(false);
         }
         // Half-made (an agent or provider killed mid-creation): start over.
@@ -222,7 +234,7 @@ async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32, mtu: Option<u32>) 
     let hybrid = spec.device_model == "hybrid";
     // Hybrid: the per-EVM bridge (with its tap, and its veth pair to the
     // subnet's bridge) is what eth0's peer joins.
-    let eth0_peer_bridge = if hybrid { build_hybrid_plug(spec, router, bridge, mtu).await? } else { bridge };
+    let eth0_peer_bridge = if hybrid { Some(build_hybrid_plug(spec, router, bridge, mtu).await?) } else { bridge };
     let eth0_peer = eth0_peer(spec);
     let evm = netns::create(&spec.namespace, NetnsOptions::default()).await?;
     let built = async {
@@ -231,17 +243,23 @@ async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32, mtu: Option<u32>) 
         // EVMs 29.5 s -> 26.2 s). `biased` polls, and so sends, the requests
         // in this order, and the kernel handles one socket's requests in the
         // order they arrive (the route needs the address and link up first).
+        let neighbour = async {
+            match gateway_mac {
+                Some(gateway_mac) => evm.add_neighbour(ETH0_INDEX, gateway, gateway_mac).await,
+                None => Ok(()),
+            }
+        };
         tokio::try_join!(
             biased;
             evm.disable_ipv6_addresses(ETH0_INDEX),
             evm.add_address(ETH0_INDEX, address.into(), prefix_len),
             evm.set_link(ETH0_INDEX, None, None),
             evm.set_link(LOOPBACK_INDEX, None, None),
-            evm.add_neighbour(ETH0_INDEX, gateway, gateway_mac),
+            neighbour,
             evm.add_default_route(gateway),
         )?;
         // Last, on the router's own socket: the mark of a whole EVM.
-        router.netlink.set_link_by_name(&eth0_peer, Some(eth0_peer_bridge)).await?;
+        router.netlink.set_link_by_name(&eth0_peer, eth0_peer_bridge).await?;
         Ok::<_, OverlayError>(())
     }
     .await;
@@ -259,19 +277,19 @@ async fn ensure(spec: &EvmSpec, router: &Router, bridge: u32, mtu: Option<u32>) 
 pub async fn whole(evms: &[&EvmSpec]) -> std::collections::HashSet<String> {
     // Owned items: borrowed ones trip the higher-ranked lifetime check of
     // futures streams inside async-trait methods.
-    let mut by_router: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut by_router: BTreeMap<String, Vec<(EvmSpec, String)>> = BTreeMap::new();
     for evm in evms {
-        by_router.entry(evm.router_namespace.clone()).or_default().push((evm.namespace.clone(), eth0_peer(evm)));
+        by_router.entry(evm.router_namespace.clone()).or_default().push(((*evm).clone(), eth0_peer(evm)));
     }
     let whole: Vec<Vec<String>> = futures::stream::iter(by_router)
-        .map(|(router, evms): (String, Vec<(String, String)>)| async move {
+        .map(|(router, evms): (String, Vec<(EvmSpec, String)>)| async move {
             // A router that is gone or unreadable holds no whole EVM.
             let Ok(netlink) = netns::open(&router).await else { return Vec::new() };
             let Ok(links) = netlink.links().await else { return Vec::new() };
             let ports: HashMap<&str, &LinkState> = links.iter().map(|l| (l.name.as_str(), l)).collect();
             evms.into_iter()
-                .filter(|(_, port)| ports.get(port.as_str()).is_some_and(|l| is_whole(l)))
-                .map(|(namespace, _)| namespace)
+                .filter(|(spec, port)| ports.get(port.as_str()).is_some_and(|l| is_whole(spec, l)))
+                .map(|(spec, _)| spec.namespace)
                 .collect()
         })
         .buffer_unordered(ROUTERS_IN_FLIGHT)
@@ -284,9 +302,11 @@ pub async fn whole(evms: &[&EvmSpec]) -> std::collections::HashSet<String> {
 const ROUTERS_IN_FLIGHT: usize = 16;
 
 /// Whether an EVM whose eth0 peer is `peer` is whole: the peer is up on a
-/// bridge, the last step of building it.
-pub fn is_whole(peer: &LinkState) -> bool {
-    peer.up && peer.controller.is_some()
+/// bridge, the last step of building it. Left unattached, up is enough:
+/// the system under test may put it on a bridge of its own, or on none (a
+/// userspace switch reads it through a packet socket).
+pub fn is_whole(spec: &EvmSpec, peer: &LinkState) -> bool {
+    peer.up && (spec.leave_unattached || peer.controller.is_some())
 }
 
 /// The router-side end of the EVM's eth0: it leaves when the kernel has torn
@@ -306,7 +326,7 @@ fn hybrid_name(kind: char, host_port: &str) -> String {
 }
 
 /// Builds the router side of a hybrid plug; returns the per-EVM bridge's index.
-async fn build_hybrid_plug(spec: &EvmSpec, router: &Router, subnet_bridge: u32, mtu: Option<u32>) -> Result<u32, OverlayError> {
+async fn build_hybrid_plug(spec: &EvmSpec, router: &Router, subnet_bridge: Option<u32>, mtu: Option<u32>) -> Result<u32, OverlayError> {
     let netlink = &router.netlink;
     let qbr = hybrid_name('q', &spec.host_port);
     let tap = hybrid_name('t', &spec.host_port);
@@ -322,7 +342,7 @@ async fn build_hybrid_plug(spec: &EvmSpec, router: &Router, subnet_bridge: u32, 
     }
     netlink.set_link_by_name(&tap, Some(qbr_index)).await?;
     netlink.create_veth_at(&spec.host_port, 0, None, mtu, &inner, &router.fd).await?;
-    netlink.set_link_by_name(&spec.host_port, Some(subnet_bridge)).await?;
+    netlink.set_link_by_name(&spec.host_port, subnet_bridge).await?;
     netlink.set_link_by_name(&inner, Some(qbr_index)).await?;
     Ok(qbr_index)
 }

@@ -74,16 +74,21 @@ fn ipv4(text: &str) -> Result<Ipv4Addr, OverlayError> {
 }
 
 /// One EVM's spec, parsed: (address, prefix length, gateway, MAC, gateway MAC).
-pub fn evm(spec: &EvmSpec) -> Result<(Ipv4Addr, u8, Ipv4Addr, netdev::Mac, netdev::Mac), OverlayError> {
+/// The gateway's MAC is `None` for an EVM left unattached (see
+/// `EvmSpec.leave_unattached`): the system under test answers for it.
+pub fn evm(spec: &EvmSpec) -> Result<(Ipv4Addr, u8, Ipv4Addr, netdev::Mac, Option<netdev::Mac>), OverlayError> {
     namespace(&spec.namespace)?;
     namespace(&spec.router_namespace)?;
-    interface(&spec.bridge)?;
+    if !spec.leave_unattached {
+        interface(&spec.bridge)?;
+    }
     interface(&spec.host_port)?;
     if !matches!(spec.device_model.as_str(), "" | "veth" | "hybrid") {
         return Err(invalid(format!("unknown device model {:?}", spec.device_model)));
     }
     let (address, prefix_len) = parse_cidr(&spec.address)?;
-    Ok((address, prefix_len, ipv4(&spec.gateway)?, mac(&spec.mac)?, mac(&spec.gateway_mac)?))
+    let gateway_mac = if spec.leave_unattached { None } else { Some(mac(&spec.gateway_mac)?) };
+    Ok((address, prefix_len, ipv4(&spec.gateway)?, mac(&spec.mac)?, gateway_mac))
 }
 
 /// A batch: bounded, and every EVM in it well-formed.

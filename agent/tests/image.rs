@@ -125,6 +125,7 @@ fn evm(epm: &str, last_octet: u8, gateway_mac: &str) -> EvmSpec {
         gateway: "10.0.0.1".into(),
         gateway_mac: gateway_mac.into(),
         device_model: "veth".into(),
+        leave_unattached: false,
     }
 }
 

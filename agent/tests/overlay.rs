@@ -52,6 +52,7 @@ fn evm(prefix: &str, epm: &str, vpc: &str, name: &str, vni: u32, address: &str, 
         gateway: gateway.into(),
         gateway_mac: gateway_mac(epm),
         device_model: "veth".into(),
+        leave_unattached: false,
     }
 }
 
@@ -238,4 +239,53 @@ async fn a_moved_address_is_forgotten_where_it_was_learned() {
     // The stayer first: a ping from the mover would teach the bridges anyway.
     assert_eq!(reached(&agent_b, vec![ping(&stayer, "10.0.0.10")]).await, vec![true]);
     assert_eq!(reached(&agent_b, vec![ping(&mover_on_b, "10.0.0.11")]).await, vec![true]);
+}
+
+/// EVMs of an external controller's VPC: their EPM ends wait, up and on no
+/// bridge, in the EPM's own namespace, for the system under test; here a
+/// bridge made by the test stands for it. Both device models.
+#[tokio::test]
+async fn unattached_evms_wait_in_the_epm_for_the_system_under_test() {
+    let prefix = format!("merak-test-ext-{}.", std::process::id());
+    let _cleanup = Cleanup(prefix.clone());
+    let (in_a, _in_b) = two_epms(&prefix).await;
+    let agent = OverlayService::new("a".into(), in_a.clone());
+    let unattached = |name: &str, address: &str, model: &str, port: &str| EvmSpec {
+        router_namespace: format!("{prefix}a"),
+        bridge: String::new(),
+        gateway_mac: String::new(),
+        host_port: port.into(),
+        device_model: model.into(),
+        leave_unattached: true,
+        ..evm(&prefix, "a", "vpc", name, 301, address, "10.3.0.1")
+    };
+    let evms = vec![unattached("u1", "10.3.0.10/24", "veth", "ou1"), unattached("u2", "10.3.0.11/24", "hybrid", "ou2")];
+    let batch = EvmBatch { create: evms.clone(), delete: vec![] };
+    let created = agent.apply_evms(Request::new(batch.clone())).await.unwrap().into_inner();
+    assert_eq!((created.created, created.failures.len()), (2, 0), "{created:?}");
+    for port in ["ou1", "ou2"] {
+        let link = in_a.link(port).await.unwrap().unwrap_or_else(|| panic!("{port} is not in the EPM's namespace"));
+        assert!(link.up && link.controller.is_none(), "{port}: {link:?}");
+    }
+    let whole = agent.whole_evms(Request::new(batch.clone())).await.unwrap().into_inner().namespaces;
+    assert_eq!(whole.len(), 2, "{whole:?}");
+    let again = agent.apply_evms(Request::new(batch.clone())).await.unwrap().into_inner();
+    assert_eq!((again.created, again.existing), (0, 2));
+    // No static neighbour: the gateway is the system under test's to answer for.
+    let neighbours = std::process::Command::new("ip").args(["-n", &evms[0].namespace, "neigh", "show", "permanent"]).output().unwrap();
+    assert!(neighbours.stdout.is_empty(), "{}", String::from_utf8_lossy(&neighbours.stdout));
+
+    // The "system under test" attaches both ends to a switch of its own.
+    let switch = in_a.create_bridge("sut").await.unwrap();
+    in_a.add_address(switch, "10.3.0.1".parse().unwrap(), 24).await.unwrap();
+    for port in ["ou1", "ou2"] {
+        in_a.set_link_by_name(port, Some(switch)).await.unwrap();
+    }
+    assert_eq!(reached(&agent, vec![ping(&evms[0], "10.3.0.11"), ping(&evms[1], "10.3.0.1")]).await, vec![true, true]);
+
+    let gone = agent.apply_evms(Request::new(EvmBatch { create: vec![], delete: evms.clone() })).await.unwrap().into_inner();
+    assert_eq!((gone.deleted, gone.failures.len()), (2, 0), "{gone:?}");
+    for port in ["ou1", "ou2", "qu2", "tu2"] {
+        assert!(in_a.link(port).await.unwrap().is_none(), "{port} outlived its EVM");
+    }
 }

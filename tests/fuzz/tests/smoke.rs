@@ -116,6 +116,7 @@ fn agent_goal_checks() {
         gateway: "10.1.1.1".into(),
         gateway_mac: "0a:01:00:00:00:00".into(),
         device_model: "veth".into(),
+        leave_unattached: false,
     };
     let subnet = SubnetGoal {
         vni: 100,
