@@ -53,6 +53,7 @@ pub fn pages() -> Vec<Page> {
             text: page(name, " Data Source - terraform-provider-merak", source.schema(), example, None),
         });
     }
+    pages.push(Page { path: "controller-api.md".into(), text: crate::controller::port_api::reference() });
     pages
 }
 

@@ -172,7 +172,7 @@ fn settings(block: &Value) -> Result<(PodSettings, Access), Diagnostics> {
 
 /// Connects to the cluster and checks, before anything is built, that it
 /// answers and that the credentials may do everything the runtime does.
-pub async fn configure(config: &Value) -> Result<Arc<Controller>, Diagnostics> {
+pub async fn configure(config: &Value) -> Result<Controller, Diagnostics> {
     let block = config.attr("kubernetes");
     let (settings, access) = settings(block)?;
     let kubeconfig = block.attr("kubeconfig").as_str().map(PathBuf::from);
@@ -204,5 +204,5 @@ pub async fn configure(config: &Value) -> Result<Arc<Controller>, Diagnostics> {
     }
     tracing::info!(%version, image = %settings.agent_image, ?access, "kubernetes runtime configured");
     let store = Arc::new(ClusterStore::new(client.clone()));
-    Ok(Arc::new(Controller::new(Arc::new(KubernetesRuntime::new(client, settings, access, store.clone())), store)))
+    Ok(Controller::new(Arc::new(KubernetesRuntime::new(client, settings, access, store.clone())), store))
 }

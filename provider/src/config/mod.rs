@@ -9,6 +9,8 @@ use crate::protocol::cty::{Type, Value};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::controller::Controller;
+use crate::controller::network::NetworkController;
+use crate::model::network_controller::{ControllerInput, ControllerSpec};
 use crate::runtime::local::{AgentTransport, LocalRuntime};
 use crate::store::FileStore;
 
@@ -26,7 +28,7 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
              Terraform, which needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); or `kubernetes`, pods in a \
              cluster (see the `kubernetes` block). Every resource block stays the same.",
         )],
-        blocks: vec![kubernetes::block(), NestedBlock::single(
+        blocks: vec![kubernetes::block(), controller_block(), NestedBlock::single(
             "local",
             Block {
                 description: "Settings of the `local` runtime.",
@@ -57,6 +59,63 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     },
 });
 
+fn controller_block() -> NestedBlock {
+    NestedBlock::single(
+        "controller",
+        Block {
+            description: "The user's own network controller, which programs the ports of VPCs with \
+                `controller = \"external\"`: the provider sends it every such EVM's port (name, MAC, IP, subnet, \
+                VPC, VNI, EPM and the device to attach) in batches, as JSON over HTTP; see docs/controller-api.md. \
+                Agents under test find it as `${controller_url}`.",
+            attributes: vec![
+                Attribute::required("url", Type::String, "The controller's base URL, e.g. `http://127.0.0.1:8080`: plain HTTP, no query. The API's paths (`/v1/ports`) follow it."),
+                Attribute::optional("headers", Type::map(Type::String), "HTTP headers sent with every request, e.g. `{ Authorization = \"Bearer ...\" }`.").sensitive(),
+                Attribute::optional(
+                    "timeout_s",
+                    Type::Number,
+                    "Seconds one request may take (1 to 600; default 10). Requests that time out, fail to connect, or \
+                     are answered 408, 429 or 5xx are retried with backoff, 5 attempts in all.",
+                ),
+                Attribute::optional("batch_size", Type::Number, "Ports per request (1 to 10000; default 500)."),
+            ],
+            blocks: Vec::new(),
+        },
+    )
+}
+
+/// The `controller` block, checked; `Ok(None)` without one (or while unknown).
+fn controller_spec(config: &Value) -> Result<Option<ControllerSpec>, Diagnostics> {
+    let block = config.attr("controller");
+    let Some(url) = block.attr("url").as_str() else { return Ok(None) };
+    let number = |name: &str| -> Result<Option<i64>, Diagnostics> {
+        match block.attr(name) {
+            Value::Null => Ok(None),
+            value => value.as_i64().map(Some).ok_or_else(|| {
+                Diagnostic::attribute_error(&["controller", name], format!("Invalid {name}"), format!("{name} is {}; give a whole number.", value.describe())).into()
+            }),
+        }
+    };
+    let headers = match block.attr("headers") {
+        Value::Map(headers) => headers.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect(),
+        _ => Default::default(),
+    };
+    let input = ControllerInput { url: url.to_string(), headers, timeout_s: number("timeout_s")?, batch_size: number("batch_size")? };
+    ControllerSpec::validate(input).map(Some).map_err(|errors| {
+        let mut diagnostics = Diagnostics::default();
+        for error in errors {
+            diagnostics.push(Diagnostic::attribute_error(&["controller", error.attribute], error.summary, error.detail));
+        }
+        diagnostics
+    })
+}
+
+/// The network controller client, when the configuration has one.
+fn network_controller(config: &Value) -> Result<Option<NetworkController>, Diagnostics> {
+    let Some(spec) = controller_spec(config)? else { return Ok(None) };
+    tracing::info!(url = spec.url, batch_size = spec.batch_size, "external network controller");
+    NetworkController::new(spec).map(Some).map_err(|e| Diagnostic::attribute_error(&["controller"], "Cannot configure the controller client", e).into())
+}
+
 /// The runtime the configuration selects (`None` while unknown).
 fn runtime(config: &Value) -> Option<&str> {
     match config.attr("runtime") {
@@ -78,6 +137,9 @@ pub fn validate(config: &Value) -> Diagnostics {
         )),
     }
     kubernetes::validate(config, runtime(config) == Some("kubernetes"), &mut diagnostics);
+    if let Err(errors) = controller_spec(config) {
+        diagnostics.0.extend(errors.0);
+    }
     if let Some(transport) = config.attr("local").attr("agent_transport").as_str()
         && AgentTransport::parse(transport).is_none()
     {
@@ -107,14 +169,19 @@ pub fn configure(config: Value) -> futures::future::BoxFuture<'static, Result<Ar
         if diagnostics.has_errors() {
             return Err(diagnostics);
         }
-        match runtime(&config) {
-            Some("kubernetes") => kubernetes::configure(&config).await,
-            _ => configure_local(&config),
-        }
+        let network = network_controller(&config)?;
+        let controller = match runtime(&config) {
+            Some("kubernetes") => kubernetes::configure(&config).await?,
+            _ => configure_local(&config)?,
+        };
+        Ok(Arc::new(match network {
+            Some(network) => controller.with_network_controller(network),
+            None => controller,
+        }))
     })
 }
 
-fn configure_local(config: &Value) -> Result<Arc<Controller>, Diagnostics> {
+fn configure_local(config: &Value) -> Result<Controller, Diagnostics> {
     check_privileges()?;
     let local = config.attr("local");
     let state_dir = PathBuf::from(local.attr("state_dir").as_str().unwrap_or(DEFAULT_STATE_DIR));
@@ -151,7 +218,7 @@ fn configure_local(config: &Value) -> Result<Arc<Controller>, Diagnostics> {
     // validate() refused anything else.
     let transport = local.attr("agent_transport").as_str().and_then(AgentTransport::parse).unwrap_or(AgentTransport::Unix);
     tracing::info!(?transport, "agent transport");
-    Ok(Arc::new(local_controller(state_dir, agent_path, transport)))
+    Ok(local_controller(state_dir, agent_path, transport))
 }
 
 /// The controller over the local runtime, its records as files under `state_dir`.

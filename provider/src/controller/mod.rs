@@ -9,6 +9,9 @@
 //! without I/O; [`agents`] is the traffic with the agents.
 
 mod agents;
+pub mod network;
+pub mod port_api;
+mod ports;
 mod records;
 mod under_test;
 
@@ -17,9 +20,11 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use self::network::NetworkController;
 use self::records::{Evm, Forget, GroupRecord, OverlayRecord, evms, subnet_key};
 use crate::model::TreeSpec;
 use crate::model::epm_agent::EpmAgentSpec;
+use crate::model::network_controller::VpcController;
 use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec, VpcSpec};
 pub use self::under_test::UnderTestStatus;
 pub use crate::runtime::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, owned_elsewhere};
@@ -91,11 +96,37 @@ pub struct Controller {
     /// not order updates through resources without changes), and must find
     /// the rebuilt EPMs whole.
     underlay_lock: tokio::sync::RwLock<()>,
+    /// The user's network controller (the provider's `controller` block),
+    /// which programs the ports of external VPCs.
+    network: Option<Arc<NetworkController>>,
 }
 
 impl Controller {
     pub fn new(substrate: Arc<dyn Substrate>, store: Arc<dyn RecordStore>) -> Self {
-        Controller { substrate, store, overlay_lock: Mutex::new(()), underlay_lock: tokio::sync::RwLock::new(()) }
+        Controller { substrate, store, overlay_lock: Mutex::new(()), underlay_lock: tokio::sync::RwLock::new(()), network: None }
+    }
+
+    pub fn with_network_controller(mut self, network: NetworkController) -> Self {
+        self.network = Some(Arc::new(network));
+        self
+    }
+
+    /// The network controller's base URL (what `${controller_url}` names).
+    pub fn network_controller_url(&self) -> Option<&str> {
+        self.network.as_deref().map(NetworkController::url)
+    }
+
+    /// Refuses an external VPC that nothing could program: no `controller`
+    /// block, or a runtime that cannot leave EVMs to a system under test.
+    pub fn check_external_vpc(&self) -> Result<(), RuntimeError> {
+        if self.network.is_none() {
+            return Err(RuntimeError::Conflict(
+                "controller is \"external\", but the provider block has no controller { url = \"http://...\" } to program the VPC's ports. \
+                 Add one to the provider block, or use controller = \"builtin\"."
+                    .into(),
+            ));
+        }
+        self.substrate.check_external_vpc()
     }
 
     /// Refuses a topology the runtime cannot hold as configured (e.g. a
@@ -187,7 +218,16 @@ impl Controller {
         self.ping_agents(topology, probes, timeout_ms, full_size).await
     }
 
-fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> GroupStatus {
+    /// The EVMs (by namespace) that are ready: whole, and in an external
+    /// VPC with their ports accepted by the controller.
+    fn ready_evms(record: &OverlayRecord, group: &GroupRecord, evms: &[Evm], whole: HashSet<String>) -> HashSet<String> {
+        if !record.is_external(&group.vpc) {
+            return whole;
+        }
+        evms.iter().filter(|e| whole.contains(&e.info.namespace) && group.announced.contains(e.host_index)).map(|e| e.info.namespace.clone()).collect()
+    }
+
+    fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> GroupStatus {
         let ready = evms.iter().filter(|e| whole.contains(&e.info.namespace)).count() as u32;
         GroupStatus {
             ready,
@@ -214,7 +254,11 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
             return Ok(None);
         }
         let record = self.load_overlay(topology).await?;
-        Ok(record.vpcs.get(name).and_then(|v| VpcSpec::validate(topology, name, &v.cidr, Some(i64::from(v.vni))).ok()))
+        Ok(record.vpcs.get(name).and_then(|v| {
+            let mut spec = VpcSpec::validate(topology, name, &v.cidr, Some(i64::from(v.vni))).ok()?;
+            spec.controller = if v.external { VpcController::External } else { VpcController::Builtin };
+            Some(spec)
+        }))
     }
 
     pub async fn delete_vpc(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
@@ -325,6 +369,17 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
         // deletion is retried by the next apply.
         let staying: HashSet<(&str, u32)> = evms.iter().map(|e| (e.info.namespace.as_str(), e.epm_index)).collect();
         let leaving: Vec<&Evm> = old_evms.iter().filter(|e| !staying.contains(&(e.info.namespace.as_str(), e.epm_index))).collect();
+        let external = record.is_external(&spec.vpc);
+        if external && !leaving.is_empty() {
+            // The controller lets go of the ports first; the record on disk
+            // forgets it had them before anything else can fail.
+            self.withdraw(&tree, &spec.vpc, &leaving).await?;
+            let mut on_disk = self.load_overlay(topology).await?;
+            for group in on_disk.groups.get_mut(&spec.name).into_iter().chain(record.groups.get_mut(&spec.name)) {
+                group.announced = ports::without(&group.announced, &leaving);
+            }
+            self.save_overlay(topology, &on_disk).await?;
+        }
         let failures = self.push_evms(topology, &tree, Vec::new(), leaving).await;
         if let Some(failure) = failures.first() {
             return Err(RuntimeError::Unavailable(format!("removing {} EVMs failed, first {}: {}", failures.len(), failure.object, failure.error)));
@@ -338,11 +393,27 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
         tracing::info!(group = %spec.name, evms = evms.len(), to_build = missing.len(), "EVM group");
         let reused = missing.iter().filter(|e| e.host_index < used_before).map(|e| e.info.mac);
         let forget = Forget::from([(key, merak_agent::overlay::mac_ranges(reused))]);
-        let mut failures = self.push_overlay(&tree, &record, &forget).await?;
+        let mut failures = if external { Vec::new() } else { self.push_overlay(&tree, &record, &forget).await? };
         failures.extend(self.push_evms(topology, &tree, missing, Vec::new()).await);
 
         let whole = self.whole_evms(topology, &evms).await?;
-        let mut status = Self::group_status(&group, &evms, &whole);
+        if external {
+            // Whole EVMs the controller has not accepted yet (new, or refused
+            // before) are announced; what it accepts is recorded at once.
+            let announced = record.groups.get(&spec.name).map(|g| g.announced.clone()).unwrap_or_default();
+            let unannounced: Vec<&Evm> = evms.iter().filter(|e| whole.contains(&e.info.namespace) && !announced.contains(e.host_index)).collect();
+            let (accepted, refused) = self.announce(&tree, &record, &spec.vpc, &unannounced).await?;
+            failures.extend(refused);
+            if !accepted.is_empty()
+                && let Some(saved) = record.groups.get_mut(&spec.name)
+            {
+                saved.announced = Ranges::from_indexes(announced.iter().chain(accepted));
+                self.save_overlay(topology, &record).await?;
+            }
+        }
+        let group = record.groups.get(&spec.name).cloned().unwrap_or(group);
+        let ready = Self::ready_evms(&record, &group, &evms, whole);
+        let mut status = Self::group_status(&group, &evms, &ready);
         status.failures = failures;
         if !group.confirmed && status.failures.is_empty() && status.ready == group.count {
             if let Some(saved) = record.groups.get_mut(&spec.name) {
@@ -360,7 +431,8 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
         let Some(group) = record.groups.get(name) else { return Ok(None) };
         let evms = evms(&tree, &record, name, group)?;
         let whole = self.whole_evms(topology, &evms).await?;
-        let mut status = Self::group_status(group, &evms, &whole);
+        let ready = Self::ready_evms(&record, group, &evms, whole);
+        let mut status = Self::group_status(group, &evms, &ready);
         status.placed_on = group.placement_epms().to_vec();
         Ok(Some((group.spec(topology, name), status)))
     }
@@ -383,12 +455,20 @@ fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> G
         let Some(group) = record.groups.get(name).cloned() else { return Ok(()) };
         let evms = evms(tree, record, name, &group)?;
         tracing::info!(group = name, evms = evms.len(), "deleting EVM group");
+        let external = record.is_external(&group.vpc);
+        if external {
+            // Until the controller confirms, the group stays recorded.
+            self.withdraw(tree, &group.vpc, &evms.iter().collect::<Vec<_>>()).await?;
+        }
         let failures = self.push_evms(topology, tree, Vec::new(), evms.iter().collect()).await;
         if let Some(failure) = failures.first() {
             return Err(RuntimeError::Unavailable(format!("deleting {} EVMs failed, first {}: {}", failures.len(), failure.object, failure.error)));
         }
         record.groups.remove(name);
         self.save_overlay(topology, record).await?;
+        if external {
+            return Ok(());
+        }
         for failure in self.push_overlay(tree, record, &Forget::new()).await? {
             tracing::warn!(epm = failure.object, error = failure.error, "could not remove router devices the group left; they go with the topology");
         }

@@ -9,6 +9,7 @@ use merak_proto::agent::{EvmSpec, OverlayGoal, SubnetGoal, VpcGoal};
 use serde::{Deserialize, Serialize};
 
 use super::EvmInfo;
+use crate::model::network_controller::VpcController;
 use crate::model::overlay::{self, DeviceModel, GroupSpec, Placement, Ranges, SubnetSpec, VpcSpec};
 use crate::model::{Epm, TreeSpec, naming};
 use crate::runtime::RuntimeError;
@@ -27,6 +28,9 @@ pub struct OverlayRecord {
 pub(super) struct VpcRecord {
     pub(super) cidr: String,
     pub(super) vni: u32,
+    /// Its ports are the external controller's (see VpcController).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) external: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +74,10 @@ pub(super) struct GroupRecord {
     /// create and deleted with its subnet.
     #[serde(default = "confirmed")]
     pub(super) confirmed: bool,
+    /// In an external VPC: the host indexes of the EVMs whose ports the
+    /// controller accepted (an EVM is ready when it is whole and here).
+    #[serde(default, skip_serializing_if = "Ranges::is_empty")]
+    pub(super) announced: Ranges,
 }
 
 fn confirmed() -> bool {
@@ -77,6 +85,11 @@ fn confirmed() -> bool {
 }
 
 impl OverlayRecord {
+    /// Whether the VPC's ports are the external controller's.
+    pub(super) fn is_external(&self, vpc: &str) -> bool {
+        self.vpcs.get(vpc).is_some_and(|v| v.external)
+    }
+
     /// EVMs of all groups.
     pub fn evm_count(&self) -> u64 {
         self.groups.values().map(|g| u64::from(g.count)).sum()
@@ -99,7 +112,14 @@ impl OverlayRecord {
         if let Some((other, _)) = self.vpcs.iter().find(|(name, v)| **name != spec.name && v.vni == spec.vni) {
             return Err(RuntimeError::Conflict(format!("VNI {} is already VPC {other}'s; set a different vni", spec.vni)));
         }
-        self.vpcs.insert(spec.name.clone(), VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni });
+        if let Some(existing) = self.vpcs.get(&spec.name)
+            && existing.external != (spec.controller == VpcController::External)
+            && self.subnets.values().any(|s| s.vpc == spec.name)
+        {
+            return Err(RuntimeError::Conflict(format!("VPC {} already exists with another controller; replace it", spec.name)));
+        }
+        let external = spec.controller == VpcController::External;
+        self.vpcs.insert(spec.name.clone(), VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni, external });
         Ok(())
     }
 
@@ -227,6 +247,7 @@ impl OverlayRecord {
             counts,
             slots,
             confirmed: previous.as_ref().is_some_and(|g| g.confirmed),
+            announced: previous.as_ref().map(|g| g.announced.clone()).unwrap_or_default(),
         };
         // Addresses below the subnet's high-water mark may be remembered by
         // some EPM as living elsewhere (see push_overlay's `forget`).
@@ -371,6 +392,7 @@ pub(super) fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &
         .ok_or_else(|| RuntimeError::Conflict(format!("subnet {} of group {name} is gone", group.subnet)))?;
     let subnet_spec = subnet.spec(&tree.name)?;
     let device_model = group.spec(&tree.name, name).device_model;
+    let external = record.is_external(&group.vpc);
     let mut evms = Vec::with_capacity(group.count as usize);
     for (k, epm) in group.layout(tree, name)? {
         let Some((index, ip)) = group.ranges.index_of(u64::from(k)).and_then(|i| Some((i, subnet_spec.cidr.host(i)?))) else { break };
@@ -381,8 +403,9 @@ pub(super) fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &
             host_index: index,
             spec: EvmSpec {
                 namespace: namespace.clone(),
-                router_namespace: naming::router_namespace(&tree.name, &epm.name, &group.vpc),
-                bridge: naming::subnet_bridge(subnet.id),
+                // External: the EPM end waits in the EPM for the system under test.
+                router_namespace: if external { naming::namespace(&tree.name, &epm.name) } else { naming::router_namespace(&tree.name, &epm.name, &group.vpc) },
+                bridge: if external { String::new() } else { naming::subnet_bridge(subnet.id) },
                 host_port: match device_model {
                     DeviceModel::Veth => naming::evm_port(group.id, k),
                     DeviceModel::Hybrid => naming::hybrid_port(group.id, k),
@@ -390,8 +413,9 @@ pub(super) fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &
                 address: format!("{ip}/{}", subnet_spec.cidr.prefix_len()),
                 mac: netdev::format_mac(&mac),
                 gateway: subnet_spec.gateway.to_string(),
-                gateway_mac: netdev::format_mac(&overlay::gateway_mac(epm.index)),
+                gateway_mac: if external { String::new() } else { netdev::format_mac(&overlay::gateway_mac(epm.index)) },
                 device_model: device_model.name().into(),
+                leave_unattached: external,
             },
             info: EvmInfo {
                 name: naming::evm_name(name, k),
@@ -416,7 +440,8 @@ pub(super) fn overlay_goals(tree: &TreeSpec, record: &OverlayRecord, forget: &Fo
     // EPM indexes holding EVMs, per VPC and per subnet.
     let mut vpc_hosts: HashMap<&str, Vec<u32>> = HashMap::new();
     let mut subnet_hosts: HashMap<(&str, &str), Vec<u32>> = HashMap::new();
-    for (name, group) in &record.groups {
+    // External VPCs have no overlay of merak's.
+    for (name, group) in record.groups.iter().filter(|(_, g)| !record.is_external(&g.vpc)) {
         let used: Vec<u32> = match group.placement.as_str() {
             "counts" => group.slots.keys().map(|name| epm_named(tree, name).map(|e| e.index)).collect::<Result<_, _>>()?,
             _ => {

@@ -47,7 +47,7 @@ impl Controller {
         // finishes, and read reports what it was meant to run.
         store::save_json(self.store.as_ref(), &tree.name, EPM_AGENTS, &agents).await?;
         let log_dir = self.substrate.supervised_logs(&tree.name)?;
-        let goals: Vec<(String, SuperviseGoal)> = tree.epms().map(|epm| (epm.name.clone(), goal_for(&epm, agents, &log_dir))).collect();
+        let goals: Vec<(String, SuperviseGoal)> = tree.epms().map(|epm| (epm.name.clone(), goal_for(&epm, agents, &log_dir, self.network_controller_url()))).collect();
         let pushed: Vec<Failure> = futures::stream::iter(goals)
             .map(|(epm, goal)| async move {
                 let result = match self.supervise(&tree.name, &epm, goal.clone()).await {
@@ -112,7 +112,7 @@ impl Controller {
         };
         let Some(epm) = tree.epms().find(|e| e.name == epm).filter(|_| !agents.is_empty()) else { return Ok(()) };
         let restarted = match self.substrate.supervised_logs(&tree.name) {
-            Ok(log_dir) => self.supervise(&tree.name, &epm.name, goal_for(&epm, &agents, &log_dir)).await,
+            Ok(log_dir) => self.supervise(&tree.name, &epm.name, goal_for(&epm, &agents, &log_dir, self.network_controller_url())).await,
             Err(e) => Err(e),
         };
         if let Err(e) = restarted {
@@ -139,8 +139,8 @@ impl Controller {
 }
 
 /// What one EPM's agent runs: the agents rendered for that EPM.
-fn goal_for(epm: &Epm, agents: &[EpmAgentSpec], log_dir: &std::path::Path) -> SuperviseGoal {
-    let at = Placeholders { epm: &epm.name, epm_ip: epm.ip, epm_index: epm.index, controller_url: None };
+fn goal_for(epm: &Epm, agents: &[EpmAgentSpec], log_dir: &std::path::Path, controller_url: Option<&str>) -> SuperviseGoal {
+    let at = Placeholders { epm: &epm.name, epm_ip: epm.ip, epm_index: epm.index, controller_url };
     let processes = agents
         .iter()
         .map(|agent| {

@@ -130,7 +130,7 @@ pub fn validate(agents: &[EpmAgentSpec], has_controller: bool) -> Vec<AgentError
         if !has_controller
             && let Some((attribute, _)) = agent.texts().find(|(_, t)| t.contains(CONTROLLER_URL))
         {
-            error(attribute, "No controller to name", format!("{attribute} uses ${{controller_url}}, but the provider configures no external controller; remove it."));
+            error(attribute, "No controller to name", format!("{attribute} uses ${{controller_url}}, but the provider block has no controller {{ url = ... }}; add one, or remove the placeholder."));
         }
     }
     errors

@@ -3,6 +3,7 @@
 
 pub mod cidr;
 pub mod epm_agent;
+pub mod network_controller;
 pub mod naming;
 pub mod overlay;
 pub mod tree;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::cidr::{Ipv4Cidr, parse_attribute as parse_cidr};
+use super::network_controller::VpcController;
 use super::{SpecError, naming};
 
 /// VNIs are 24 bits; 0 is not used.
@@ -23,6 +24,8 @@ pub struct VpcSpec {
     pub name: String,
     pub cidr: Ipv4Cidr,
     pub vni: u32,
+    /// Who programs its ports (validate leaves the default, builtin).
+    pub controller: VpcController,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +136,7 @@ impl VpcSpec {
             }
         };
         match (cidr, vni) {
-            (Some(cidr), Some(vni)) if errors.is_empty() => Ok(VpcSpec { topology: topology.into(), name: name.into(), cidr, vni }),
+            (Some(cidr), Some(vni)) if errors.is_empty() => Ok(VpcSpec { topology: topology.into(), name: name.into(), cidr, vni, controller: VpcController::Builtin }),
             _ => Err(errors),
         }
     }
@@ -413,6 +416,25 @@ impl Ranges {
         self.0.iter().map(|(start, n)| start + n).max().unwrap_or(0)
     }
 
+    pub fn contains(&self, index: u64) -> bool {
+        self.0.iter().any(|&(start, n)| (start..start + n).contains(&index))
+    }
+
+    /// The set of these indexes, in any order and with repeats.
+    pub fn from_indexes(indexes: impl IntoIterator<Item = u64>) -> Self {
+        let mut sorted: Vec<u64> = indexes.into_iter().collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for index in sorted {
+            match ranges.last_mut() {
+                Some((start, n)) if *start + *n == index => *n += 1,
+                _ => ranges.push((index, 1)),
+            }
+        }
+        Ranges(ranges)
+    }
+
     /// Keeps the first `n` indexes (EVMs are removed from the end).
     pub fn truncate(&mut self, mut n: u64) {
         let mut kept = Vec::new();
@@ -501,6 +523,14 @@ mod tests {
         assert!(VpcSpec::validate("t", "blue", "10.0.0.0/8", Some(1 << 24)).is_err());
         assert_eq!(vpc().vni, vpc().vni);
         assert!((1..=MAX_VNI).contains(&derived_vni(&["anything"])));
+    }
+
+    #[test]
+    fn ranges_from_indexes_are_a_set() {
+        let set = Ranges::from_indexes([7, 3, 4, 5, 4, 10]);
+        assert_eq!(set, Ranges(vec![(3, 3), (7, 1), (10, 1)]));
+        assert!(set.contains(5) && set.contains(10) && !set.contains(6) && !set.contains(11));
+        assert_eq!(Ranges::from_indexes(set.iter().filter(|i| *i != 7)), Ranges(vec![(3, 3), (10, 1)]));
     }
 
     #[test]

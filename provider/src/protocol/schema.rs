@@ -21,11 +21,13 @@ pub struct Attribute {
     pub presence: Presence,
     /// Changing it destroys and recreates the resource.
     pub forces_replacement: bool,
+    /// Terraform hides its value in plans and output (e.g. credentials).
+    pub sensitive: bool,
 }
 
 impl Attribute {
     fn new(name: &'static str, ty: Type, presence: Presence, description: &'static str) -> Self {
-        Attribute { name, ty, description, presence, forces_replacement: false }
+        Attribute { name, ty, description, presence, forces_replacement: false, sensitive: false }
     }
 
     pub fn required(name: &'static str, ty: Type, description: &'static str) -> Self {
@@ -50,6 +52,11 @@ impl Attribute {
         self
     }
 
+    pub fn sensitive(mut self) -> Self {
+        self.sensitive = true;
+        self
+    }
+
     fn to_proto(&self) -> pb::schema::Attribute {
         pb::schema::Attribute {
             name: self.name.to_string(),
@@ -59,6 +66,7 @@ impl Attribute {
             required: self.presence == Presence::Required,
             optional: matches!(self.presence, Presence::Optional | Presence::OptionalComputed),
             computed: matches!(self.presence, Presence::Computed | Presence::OptionalComputed),
+            sensitive: self.sensitive,
             ..Default::default()
         }
     }

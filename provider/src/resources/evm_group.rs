@@ -46,7 +46,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                 "`veth` (default): a veth pair per EVM. `hybrid`: the devices of an OpenStack hybrid plug, for agents that must cope with them: the EVM's veth ends on a per-EVM bridge that also holds a persistent tap, joined to the subnet's bridge by a second veth pair.",
             )
             .forces_replacement(),
-            Attribute::computed("ready_count", Type::Number, "EVMs that exist on the host. Drops when one is deleted behind Terraform's back; the next apply recreates it."),
+            Attribute::computed("ready_count", Type::Number, "EVMs that exist on the host (in an external VPC: whose ports the controller also accepted). Drops when one is deleted behind Terraform's back; the next apply recreates it."),
             Attribute::computed("address_ranges", Type::list(Type::String), "The address ranges the group holds in its subnet, e.g. `10.0.1.2-10.0.1.101`."),
             Attribute::optional_computed(
                 "epm_counts",

@@ -34,11 +34,12 @@ impl Resource<Controller> for Topology {
 
     async fn plan(&self, runtime: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let planned = plan(config)?;
-        if let (Some(runtime), Ok(Some(spec)), Ok(Some(agents))) = (runtime, spec_of(config), agents_of(config))
-            && let Err(error) = runtime.check_fits(&spec, &agents)
-        {
-            let attribute = if agents.is_empty() { "name" } else { EPM_AGENT };
-            return Err(Diagnostic::attribute_error(&[attribute], "Topology does not fit this runtime", error.to_string()).into());
+        if let (Some(runtime), Ok(Some(spec)), Ok(Some(agents))) = (runtime, spec_of(config), agents_of(config)) {
+            check_controller_url(runtime, &agents)?;
+            if let Err(error) = runtime.check_fits(&spec, &agents) {
+                let attribute = if agents.is_empty() { "name" } else { EPM_AGENT };
+                return Err(Diagnostic::attribute_error(&[attribute], "Topology does not fit this runtime", error.to_string()).into());
+            }
         }
         // Shrinking must not pull EPMs out from under EVMs.
         if let (Some(runtime), Some(old), Some(new)) = (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())
@@ -234,10 +235,25 @@ pub fn agents_of(config: &Value) -> Result<Option<Vec<EpmAgentSpec>>, Diagnostic
             ready_timeout_s,
         });
     }
-    for error in epm_agent::validate(&agents, false) {
-        diagnostics.push(Diagnostic::attribute_error(&[EPM_AGENT, &format!("[{}]", error.index), error.attribute], error.summary, error.detail));
+    // Whether the provider has a controller for ${controller_url} is
+    // known at plan (see check_controller_url), not here.
+    for error in epm_agent::validate(&agents, true) {
+        diagnostics.push(agent_diagnostic(error));
     }
     if diagnostics.has_errors() { Err(diagnostics) } else { Ok(Some(agents)) }
+}
+
+fn agent_diagnostic(error: epm_agent::AgentError) -> Diagnostic {
+    Diagnostic::attribute_error(&[EPM_AGENT, &format!("[{}]", error.index), error.attribute], error.summary, error.detail)
+}
+
+/// `${controller_url}` needs the provider's `controller` block.
+fn check_controller_url(runtime: &Controller, agents: &[EpmAgentSpec]) -> Result<(), Diagnostics> {
+    let errors = epm_agent::validate(agents, runtime.network_controller_url().is_some());
+    match errors.into_iter().next() {
+        Some(error) => Err(agent_diagnostic(error).into()),
+        None => Ok(()),
+    }
 }
 
 fn agent_value(agent: &EpmAgentSpec) -> Value {

@@ -3,6 +3,7 @@
 
 use std::sync::LazyLock;
 
+use crate::model::network_controller::VpcController;
 use crate::model::overlay::VpcSpec;
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
@@ -26,12 +27,22 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Attribute::required("name", Type::String, "Name of the VPC, unique in its topology: a DNS label of at most 32 characters.").forces_replacement(),
             Attribute::required("cidr", Type::String, "The VPC's IPv4 prefix, e.g. `10.1.0.0/16`; its subnets lie within it.").forces_replacement(),
             Attribute::optional_computed("vni", Type::Number, "The VPC's VXLAN network identifier (1 to 16777215). Default: derived from the names.").forces_replacement(),
+            Attribute::optional_computed(
+                "controller",
+                Type::String,
+                "Who programs the VPC's ports: `builtin` (default), merak's own overlay; or `external`, the \
+                 provider's `controller`: merak builds each EVM's devices and leaves their EPM end (the port's `device`, \
+                 in the EPM's namespace, up on no bridge) for the system under test to attach, builds no overlay \
+                 of its own, and tells the controller about every port (see docs/controller-api.md). An EVM of \
+                 an external VPC is ready once the controller accepted its port.",
+            )
+            .forces_replacement(),
         ],
         blocks: Vec::new(),
     },
 });
 
-const INPUTS: &[&str] = &["topology_id", "name", "cidr", "vni"];
+const INPUTS: &[&str] = &["topology_id", "name", "cidr", "vni", "controller"];
 
 fn spec_of(config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
     if any_unknown(config, INPUTS) {
@@ -45,7 +56,16 @@ fn spec_of(config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
         let detail = format!("vni is {}; it must be a whole number from 1 to 16777215.", vni.describe());
         return Err(Diagnostic::attribute_error(&["vni"], "Invalid vni", detail).into());
     }
-    VpcSpec::validate(topology, name, cidr, vni.as_i64()).map(Some).map_err(spec_errors)
+    let controller = match known_str(config, "controller") {
+        None => VpcController::Builtin,
+        Some(text) => VpcController::parse(text).ok_or_else(|| {
+            let detail = format!("controller is {text:?}; use \"builtin\" (merak's own overlay) or \"external\" (the provider's controller block).");
+            Diagnostics::from(Diagnostic::attribute_error(&["controller"], "Unsupported controller", detail))
+        })?,
+    };
+    let mut spec = VpcSpec::validate(topology, name, cidr, vni.as_i64()).map_err(spec_errors)?;
+    spec.controller = controller;
+    Ok(Some(spec))
 }
 
 fn state_of(spec: &VpcSpec) -> Value {
@@ -55,6 +75,7 @@ fn state_of(spec: &VpcSpec) -> Value {
         ("name", Value::string(&spec.name)),
         ("cidr", Value::string(spec.cidr.to_string())),
         ("vni", Value::int(i64::from(spec.vni))),
+        ("controller", Value::string(spec.controller.name())),
     ])
 }
 
@@ -80,6 +101,12 @@ impl Resource<Controller> for Vpc {
         {
             let detail = format!("No topology {:?} exists or is planned by this configuration; use merak_topology.<name>.id.", spec.topology);
             return Err(Diagnostic::attribute_error(&["topology_id"], "No such topology", detail).into());
+        }
+        if let Some(runtime) = runtime
+            && spec.controller == VpcController::External
+            && let Err(error) = runtime.check_external_vpc()
+        {
+            return Err(Diagnostic::attribute_error(&["controller"], "No external controller", error.to_string()).into());
         }
         super::planned::plan_vpc(&spec);
         Ok(state_of(&spec))

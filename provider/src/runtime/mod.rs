@@ -129,6 +129,12 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     /// runtime cannot run them.
     fn supervised_logs(&self, topology: &str) -> Result<std::path::PathBuf, RuntimeError>;
 
+    /// Refuses external VPCs where EVMs cannot be left to a system under
+    /// test (their EPM ends must sit where the user's agents run).
+    fn check_external_vpc(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     /// Makes room for this many EVMs (e.g. kernel tables sized for them)
     /// before they are built.
     async fn make_room(&self, topology: &str, epms: u64, evms: u64, largest_subnet: u64) -> Result<(), RuntimeError>;

@@ -763,6 +763,15 @@ impl Substrate for KubernetesRuntime {
         objects::fits(spec).map_err(RuntimeError::Conflict)
     }
 
+    fn check_external_vpc(&self) -> Result<(), RuntimeError> {
+        // Their EPM ends are for agents under test, which run locally only.
+        Err(RuntimeError::Conflict(
+            "external VPCs run on the local runtime: their ports are left to agents under test (epm_agent), which this \
+             provider version runs on the local runtime only. Use controller = \"builtin\" or runtime = \"local\"."
+                .into(),
+        ))
+    }
+
     fn supervised_logs(&self, _topology: &str) -> Result<std::path::PathBuf, RuntimeError> {
         // The agent image holds nothing but the agent: a user's agent needs
         // an image of its own, a container next to the agent in the EPM pod.
