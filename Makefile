@@ -14,7 +14,7 @@ CLI_CONFIG  = $(CURDIR)/target/terraformrc
 QUICKSTART  = examples/terraform/quickstart
 TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
 
-.PHONY: all deps build terraform mirror quickstart quickstart-destroy test docs bench bench-kubernetes fuzz agent-image
+.PHONY: all deps build terraform mirror quickstart quickstart-destroy test docs bench bench-external bench-kubernetes fuzz agent-image
 
 all: build
 
@@ -77,7 +77,7 @@ agent-image: deps
 	agent/image/build.sh target/release/merak-agent target/merak-agent-$(VERSION).oci.tar $(AGENT_IMAGE)
 
 # Benchmarks (not tests): release build, real terraform.
-#   make bench                         topology (BENCH_TOPOLOGY="RACKS HOSTS_PER_RACK") and EVMs
+#   make bench                         topology (BENCH_TOPOLOGY="RACKS HOSTS_PER_RACK"), EVMs, external VPCs
 #   make bench BENCH_EVMS="30000 100 --pingall"
 BENCH_TOPOLOGY ?= 8 8
 BENCH_EVMS     ?= 10000 100
@@ -86,6 +86,14 @@ bench: terraform
 	$(CARGO) build --release --workspace
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-topology -- $(BENCH_TOPOLOGY)
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-evms -- $(BENCH_EVMS)
+	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-external -- $(BENCH_EXTERNAL)
+
+# External against builtin VPCs: BENCH_EXTERNAL="EVMS EPMS" (the goal: the
+# controller's round trips add at most 20 % to the apply).
+BENCH_EXTERNAL ?= 5000 50
+bench-external: terraform
+	$(CARGO) build --release --workspace
+	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-external -- $(BENCH_EXTERNAL)
 
 # The kubernetes runtime at scale against the fake cluster (release build):
 # BENCH_K8S="EPMS LATENCY_MS..." (the issue's targets: 200 pods/s with no

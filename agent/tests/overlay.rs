@@ -274,6 +274,10 @@ async fn unattached_evms_wait_in_the_epm_for_the_system_under_test() {
     // No static neighbour: the gateway is the system under test's to answer for.
     let neighbours = std::process::Command::new("ip").args(["-n", &evms[0].namespace, "neigh", "show", "permanent"]).output().unwrap();
     assert!(neighbours.stdout.is_empty(), "{}", String::from_utf8_lossy(&neighbours.stdout));
+    // eth0 computes its checksums: a userspace switch would not.
+    let features = std::process::Command::new("ip").args(["netns", "exec", &evms[0].namespace, "ethtool", "-k", "eth0"]).output().unwrap();
+    let features = String::from_utf8_lossy(&features.stdout);
+    assert!(features.lines().any(|l| l.trim() == "tx-checksumming: off"), "{features}");
 
     // The "system under test" attaches both ends to a switch of its own.
     let switch = in_a.create_bridge("sut").await.unwrap();

