@@ -141,7 +141,10 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
         .map(|spec: EvmSpec| async move {
             let bridge = if spec.leave_unattached { Some(None) } else { bridges.get(&spec.namespace).map(|b| Some(*b)) };
             let result = match (routers.get(&spec.router_namespace), bridge) {
-                (Some(router), Some(bridge)) => ensure(&spec, router, bridge, mtu).await.map_err(|e| e.to_string()),
+                (Some(router), Some(bridge)) => {
+                    let mtu = if spec.mtu > 0 { Some(spec.mtu) } else { mtu };
+                    ensure(&spec, router, bridge, mtu).await.map_err(|e| e.to_string())
+                }
                 _ => Err(format!("router namespace {} unavailable", spec.router_namespace)),
             };
             (spec, result)

@@ -86,6 +86,9 @@ pub fn evm(spec: &EvmSpec) -> Result<(Ipv4Addr, u8, Ipv4Addr, netdev::Mac, Optio
     if !matches!(spec.device_model.as_str(), "" | "veth" | "hybrid") {
         return Err(invalid(format!("unknown device model {:?}", spec.device_model)));
     }
+    if spec.mtu != 0 && !(68..=65535).contains(&spec.mtu) {
+        return Err(invalid(format!("MTU {} is outside 68 to 65535", spec.mtu)));
+    }
     let (address, prefix_len) = parse_cidr(&spec.address)?;
     let gateway_mac = if spec.leave_unattached { None } else { Some(mac(&spec.gateway_mac)?) };
     Ok((address, prefix_len, ipv4(&spec.gateway)?, mac(&spec.mac)?, gateway_mac))

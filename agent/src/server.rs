@@ -96,6 +96,14 @@ impl AgentService {
             }
         }
 
+        // A system under test may have moved the address onto a device of
+        // its own that took the NIC as a port (an Open vSwitch bridge does,
+        // for its userspace tunnels): the EPM keeps its address, so leave it.
+        for other in netlink.links().await.map_err(internal)?.iter().filter(|l| l.index != link.index && l.up) {
+            if netlink.addresses(other.index).await.map_err(internal)?.contains(&(ip, prefix_len)) {
+                return Ok(actions);
+            }
+        }
         let present = netlink.addresses(link.index).await.map_err(internal)?;
         for (other, other_len) in present.iter().filter(|(a, _)| a.is_ipv4()) {
             if (*other, *other_len) != (ip, prefix_len) {

@@ -126,6 +126,7 @@ fn evm(epm: &str, last_octet: u8, gateway_mac: &str) -> EvmSpec {
         gateway_mac: gateway_mac.into(),
         device_model: "veth".into(),
         leave_unattached: false,
+        mtu: 0,
     }
 }
 

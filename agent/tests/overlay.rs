@@ -53,6 +53,7 @@ fn evm(prefix: &str, epm: &str, vpc: &str, name: &str, vni: u32, address: &str, 
         gateway_mac: gateway_mac(epm),
         device_model: "veth".into(),
         leave_unattached: false,
+        mtu: 0,
     }
 }
 

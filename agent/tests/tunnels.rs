@@ -88,6 +88,7 @@ fn evm(prefix: &str, epm: &str, address: &str, last: u8) -> EvmSpec {
         gateway_mac: format!("0a:01:00:00:00:0{}", if epm == "a" { 'a' } else { 'b' }),
         device_model: "veth".into(),
         leave_unattached: false,
+        mtu: 0,
     }
 }
 

@@ -257,6 +257,7 @@ impl Controller {
         Ok(record.vpcs.get(name).and_then(|v| {
             let mut spec = VpcSpec::validate(topology, name, &v.cidr, Some(i64::from(v.vni))).ok()?;
             spec.controller = if v.external { VpcController::External } else { VpcController::Builtin };
+            spec.mtu = v.mtu;
             Some(spec)
         }))
     }

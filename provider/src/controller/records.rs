@@ -31,6 +31,9 @@ pub(super) struct VpcRecord {
     /// Its ports are the external controller's (see VpcController).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(super) external: bool,
+    /// Its EVMs' MTU, when not the overlay's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,13 +116,13 @@ impl OverlayRecord {
             return Err(RuntimeError::Conflict(format!("VNI {} is already VPC {other}'s; set a different vni", spec.vni)));
         }
         if let Some(existing) = self.vpcs.get(&spec.name)
-            && existing.external != (spec.controller == VpcController::External)
+            && (existing.external != (spec.controller == VpcController::External) || existing.mtu != spec.mtu)
             && self.subnets.values().any(|s| s.vpc == spec.name)
         {
-            return Err(RuntimeError::Conflict(format!("VPC {} already exists with another controller; replace it", spec.name)));
+            return Err(RuntimeError::Conflict(format!("VPC {} already exists with another controller or MTU; replace it", spec.name)));
         }
         let external = spec.controller == VpcController::External;
-        self.vpcs.insert(spec.name.clone(), VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni, external });
+        self.vpcs.insert(spec.name.clone(), VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni, external, mtu: spec.mtu });
         Ok(())
     }
 
@@ -416,6 +419,7 @@ pub(super) fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &
                 gateway_mac: if external { String::new() } else { netdev::format_mac(&overlay::gateway_mac(epm.index)) },
                 device_model: device_model.name().into(),
                 leave_unattached: external,
+                mtu: record.vpcs.get(&group.vpc).and_then(|v| v.mtu).unwrap_or(0),
             },
             info: EvmInfo {
                 name: naming::evm_name(name, k),

@@ -26,6 +26,8 @@ pub struct VpcSpec {
     pub vni: u32,
     /// Who programs its ports (validate leaves the default, builtin).
     pub controller: VpcController,
+    /// Its EVMs' MTU; `None`: the overlay's (validate leaves it so).
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +138,7 @@ impl VpcSpec {
             }
         };
         match (cidr, vni) {
-            (Some(cidr), Some(vni)) if errors.is_empty() => Ok(VpcSpec { topology: topology.into(), name: name.into(), cidr, vni, controller: VpcController::Builtin }),
+            (Some(cidr), Some(vni)) if errors.is_empty() => Ok(VpcSpec { topology: topology.into(), name: name.into(), cidr, vni, controller: VpcController::Builtin, mtu: None }),
             _ => Err(errors),
         }
     }

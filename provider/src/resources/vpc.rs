@@ -37,12 +37,20 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                  an external VPC is ready once the controller accepted its port.",
             )
             .forces_replacement(),
+            Attribute::optional(
+                "mtu",
+                Type::Number,
+                "The MTU of the VPC's EVMs (576 to 9000). Default: what merak's overlay carries, the data-plane \
+                 MTU less VXLAN's 50 bytes (1450). An external controller's encapsulation may need less: OVN's \
+                 Geneve takes 58 bytes, so 1442 at most over a 1500 data plane.",
+            )
+            .forces_replacement(),
         ],
         blocks: Vec::new(),
     },
 });
 
-const INPUTS: &[&str] = &["topology_id", "name", "cidr", "vni", "controller"];
+const INPUTS: &[&str] = &["topology_id", "name", "cidr", "vni", "controller", "mtu"];
 
 fn spec_of(config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
     if any_unknown(config, INPUTS) {
@@ -63,8 +71,19 @@ fn spec_of(config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
             Diagnostics::from(Diagnostic::attribute_error(&["controller"], "Unsupported controller", detail))
         })?,
     };
+    let mtu = match config.attr("mtu") {
+        Value::Null => None,
+        value => match value.as_i64() {
+            Some(mtu) if (576..=9000).contains(&mtu) => Some(mtu as u32),
+            _ => {
+                let detail = format!("mtu is {}; give a whole number from 576 to 9000, or leave it out for the overlay's (1450).", value.describe());
+                return Err(Diagnostic::attribute_error(&["mtu"], "Invalid mtu", detail).into());
+            }
+        },
+    };
     let mut spec = VpcSpec::validate(topology, name, cidr, vni.as_i64()).map_err(spec_errors)?;
     spec.controller = controller;
+    spec.mtu = mtu;
     Ok(Some(spec))
 }
 
@@ -76,6 +95,7 @@ fn state_of(spec: &VpcSpec) -> Value {
         ("cidr", Value::string(spec.cidr.to_string())),
         ("vni", Value::int(i64::from(spec.vni))),
         ("controller", Value::string(spec.controller.name())),
+        ("mtu", spec.mtu.map_or(Value::Null, |mtu| Value::int(i64::from(mtu)))),
     ])
 }
 

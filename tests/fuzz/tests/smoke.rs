@@ -117,6 +117,7 @@ fn agent_goal_checks() {
         gateway_mac: "0a:01:00:00:00:00".into(),
         device_model: "veth".into(),
         leave_unattached: false,
+        mtu: 0,
     };
     let subnet = SubnetGoal {
         vni: 100,

@@ -445,11 +445,11 @@ impl LocalRuntime {
         let Ok(info) = agent.get_info(GetInfoRequest {}).await else {
             return false;
         };
+        // The NIC up, and the address on it, or on a device a system under
+        // test made of it (see the agent's underlay convergence).
         let address = format!("{}/{}", epm.ip, spec.data_plane.prefix_len());
-        info.into_inner()
-            .interfaces
-            .iter()
-            .any(|i| i.name == EPM_DATA_NIC && i.up && i.addresses.contains(&address))
+        let interfaces = info.into_inner().interfaces;
+        interfaces.iter().any(|i| i.name == EPM_DATA_NIC && i.up) && interfaces.iter().any(|i| i.up && i.addresses.contains(&address))
     }
 
     async fn status(&self, spec: &TreeSpec, record: &Record) -> TopologyStatus {

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""An external controller for merak that programs OVN: it runs OVN's
+central part (the northbound and southbound databases and ovn-northd) and
+serves merak's controller API (docs/controller-api.md), turning port
+batches into logical switches, routers and ports, and attaching each EVM's
+device to br-int on its EPM's chassis (examples/controllers/ovn/ovn-chassis.sh,
+run by an epm_agent).
+
+    adapter.py --dir /var/lib/ovn-lab --listen 127.0.0.1:8080
+
+Chassis reach the southbound database at unix:DIR/sb.sock and keep their
+state in DIR/chassis/<epm>. Logical topology, per merak VPC: a logical
+router <topology>.<vpc>; per subnet a logical switch <topology>.<vpc>.<subnet>
+joined to the router at the subnet's gateway; per EVM a logical switch port
+named after the port id. VPCs share nothing, so they stay apart.
+Standard library only, plus the ovs and ovn command-line tools.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def run(*command):
+    """Runs an ovs/ovn tool; raises with its stderr on failure."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])}...: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+def router_mac(name):
+    """A locally administered MAC, stable for the router port's name."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return "0a:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+class Ovn:
+    def __init__(self, directory):
+        self.dir = directory
+        self.children = []
+        self.lock = threading.Lock()
+        os.makedirs(os.path.join(directory, "chassis"), exist_ok=True)
+
+    def nb(self, *args):
+        return run("ovn-nbctl", f"--db=unix:{self.dir}/nb.sock", *args)
+
+    def start(self):
+        for db, schema in (("nb", "/usr/share/ovn/ovn-nb.ovsschema"), ("sb", "/usr/share/ovn/ovn-sb.ovsschema")):
+            path = os.path.join(self.dir, f"{db}.db")
+            if not os.path.exists(path):
+                run("ovsdb-tool", "create", path, schema)
+            self.children.append(subprocess.Popen([
+                "ovsdb-server", path, f"--remote=punix:{self.dir}/{db}.sock", f"--unixctl={self.dir}/{db}.ctl",
+                f"--pidfile={self.dir}/{db}.pid", f"--log-file={self.dir}/{db}.log", "-vconsole:off"]))
+        for _ in range(200):
+            if all(os.path.exists(os.path.join(self.dir, f"{db}.sock")) for db in ("nb", "sb")):
+                break
+            threading.Event().wait(0.05)
+        self.children.append(subprocess.Popen([
+            "ovn-northd", f"--ovnnb-db=unix:{self.dir}/nb.sock", f"--ovnsb-db=unix:{self.dir}/sb.sock",
+            f"--unixctl={self.dir}/northd.ctl", f"--pidfile={self.dir}/northd.pid", f"--log-file={self.dir}/northd.log", "-vconsole:off"]))
+
+    def stop(self):
+        for child in reversed(self.children):
+            child.terminate()
+        for child in self.children:
+            child.wait(timeout=10)
+
+    def chassis_db(self, epm):
+        return f"unix:{self.dir}/chassis/{epm}/run/db.sock"
+
+    def ensure_subnet(self, port):
+        """The VPC's router and the subnet's switch, joined at the gateway."""
+        router = f"{port['topology']}.{port['vpc']}"
+        switch = f"{router}.{port['subnet']}"
+        prefix = port["subnet_cidr"].split("/")[1]
+        router_port = f"rp-{switch}"
+        self.nb("--may-exist", "lr-add", router)
+        self.nb("--may-exist", "ls-add", switch)
+        if not self.nb("--bare", "--columns=name", "find", "Logical_Router_Port", f"name={router_port}").strip():
+            self.nb("lrp-add", router, router_port, router_mac(router_port), f"{port['gateway']}/{prefix}")
+        self.nb("--may-exist", "lsp-add", switch, f"sp-{switch}", "--", "lsp-set-type", f"sp-{switch}", "router",
+                "--", "lsp-set-addresses", f"sp-{switch}", "router", "--", "lsp-set-options", f"sp-{switch}", f"router-port={router_port}")
+        return switch
+
+    def put(self, port):
+        with self.lock:
+            switch = self.ensure_subnet(port)
+            self.nb("--may-exist", "lsp-add", switch, port["id"], "--", "lsp-set-addresses", port["id"], f"{port['mac']} {port['ip']}")
+        # The device, on its EPM's chassis: iface-id binds it to the port.
+        run("ovs-vsctl", f"--db={self.chassis_db(port['epm'])}", "--timeout=10", "--may-exist", "add-port", "br-int", port["device"],
+            "--", "set", "Interface", port["device"], f"external_ids:iface-id={port['id']}", f"external_ids:merak-port={port['id']}")
+
+    def delete(self, port_id):
+        with self.lock:
+            self.nb("--if-exists", "lsp-del", port_id)
+        # Whichever chassis holds the device lets it go.
+        for epm in os.listdir(os.path.join(self.dir, "chassis")):
+            db = self.chassis_db(epm)
+            if not os.path.exists(db[len("unix:"):]):
+                continue
+            names = run("ovs-vsctl", f"--db={db}", "--timeout=10", "--bare", "--columns=name", "find", "Interface", f"external_ids:merak-port=\"{port_id}\"").split()
+            for name in names:
+                run("ovs-vsctl", f"--db={db}", "--timeout=10", "--if-exists", "del-port", "br-int", name)
+
+
+def handler(ovn):
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self, status, body):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def change(self, method):
+            if self.path != "/v1/ports":
+                return self.answer(404, {"message": f"no such path {self.path}"})
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            except ValueError as e:
+                return self.answer(400, {"message": f"not JSON: {e}"})
+            results = []
+            items = body.get("ports", []) if method == "PUT" else body.get("ids", [])
+            for item in items:
+                port_id = item["id"] if method == "PUT" else item
+                try:
+                    ovn.put(item) if method == "PUT" else ovn.delete(port_id)
+                    results.append({"id": port_id, "ok": True})
+                except (RuntimeError, KeyError, subprocess.TimeoutExpired) as e:
+                    results.append({"id": port_id, "ok": False, "message": str(e)})
+            self.answer(200, {"results": results})
+
+        def do_PUT(self):
+            self.change("PUT")
+
+        def do_DELETE(self):
+            self.change("DELETE")
+
+        def log_message(self, format, *args):
+            sys.stderr.write("adapter: " + format % args + "\n")
+
+    return Handler
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", required=True, help="OVN's databases and logs; chassis state under DIR/chassis")
+    parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port of merak's controller API")
+    args = parser.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
+    ovn = Ovn(os.path.abspath(args.dir))
+    ovn.start()
+    host, port = args.listen.rsplit(":", 1)
+    server = ThreadingHTTPServer((host, int(port)), handler(ovn))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"listening on {host}:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        ovn.stop()
+
+
+if __name__ == "__main__":
+    main()
