@@ -14,7 +14,7 @@ CLI_CONFIG  = $(CURDIR)/target/terraformrc
 QUICKSTART  = examples/terraform/quickstart
 TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
 
-.PHONY: all deps build terraform mirror quickstart quickstart-destroy test docs bench bench-external bench-kubernetes fuzz agent-image
+.PHONY: all deps build terraform mirror quickstart quickstart-destroy graph test docs bench bench-external bench-kubernetes fuzz agent-image
 
 all: build
 
@@ -55,6 +55,17 @@ quickstart: deps mirror terraform
 
 quickstart-destroy: mirror terraform
 	$(TF) destroy -auto-approve
+
+# The quickstart's picture (its merak_topology_graph, read at plan: nothing
+# is built) rendered by Graphviz to docs/quickstart.svg.
+graph: deps mirror terraform
+	rm -f $(QUICKSTART)/.terraform.lock.hcl
+	$(TF) init -upgrade >/dev/null
+	$(TF) plan -out=$(CURDIR)/target/quickstart.tfplan >/dev/null
+	$(TF) show -json $(CURDIR)/target/quickstart.tfplan \
+	  | python3 -c 'import json, sys; print(json.load(sys.stdin)["planned_values"]["outputs"]["topology_dot"]["value"])' \
+	  | dot -Tsvg -o docs/quickstart.svg
+	@echo "docs/quickstart.svg"
 
 # Unit, kernel and acceptance tests (the acceptance tests drive the real
 # terraform binary against the provider and agent built here).

@@ -28,6 +28,7 @@ const RESOURCE_DOCS: &[(&str, &str, &str)] = &[
 const DATA_SOURCE_DOCS: &[(&str, &str)] = &[
     ("merak_evms", include_str!("../../examples/terraform/resources/data_merak_evms.tf")),
     ("merak_pingall", include_str!("../../examples/terraform/resources/data_merak_pingall.tf")),
+    ("merak_topology_graph", include_str!("../../examples/terraform/resources/data_merak_topology_graph.tf")),
 ];
 
 pub fn pages() -> Vec<Page> {

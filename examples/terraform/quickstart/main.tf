@@ -35,11 +35,28 @@ provider "merak" {
   }
 }
 
+locals {
+  # Shared by the topology and its picture (which is then known at plan).
+  dc = {
+    racks           = 2
+    hosts_per_rack  = 3
+    data_plane_cidr = "10.0.0.0/24"
+  }
+}
+
 resource "merak_topology" "dc" {
   name            = var.name
-  racks           = 2
-  hosts_per_rack  = 3
-  data_plane_cidr = "10.0.0.0/24"
+  racks           = local.dc.racks
+  hosts_per_rack  = local.dc.hosts_per_rack
+  data_plane_cidr = local.dc.data_plane_cidr
+}
+
+# A picture of the topology: `make graph` renders it to docs/quickstart.svg.
+data "merak_topology_graph" "dc" {
+  name            = var.name
+  racks           = local.dc.racks
+  hosts_per_rack  = local.dc.hosts_per_rack
+  data_plane_cidr = local.dc.data_plane_cidr
 }
 
 resource "merak_vpc" "blue" {
@@ -107,4 +124,9 @@ output "epms" {
 
 output "ready" {
   value = "${merak_topology.dc.ready_epms} of ${merak_topology.dc.hosts} EPMs ready, ${merak_topology.dc.vswitch_count} vswitches, ${merak_topology.dc.link_count} links"
+}
+
+output "topology_dot" {
+  description = "The topology in Graphviz's language (make graph renders it)."
+  value       = data.merak_topology_graph.dc.dot
 }

@@ -3,6 +3,7 @@
 
 pub mod cidr;
 pub mod epm_agent;
+pub mod graph;
 pub mod network_controller;
 pub mod naming;
 pub mod overlay;

@@ -8,6 +8,7 @@ pub mod pingall;
 pub mod planned;
 pub mod subnet;
 pub mod topology;
+pub mod topology_graph;
 pub mod vpc;
 
 use crate::model::SpecError;
@@ -31,7 +32,7 @@ pub type Resource = dyn crate::protocol::provider::Resource<Controller>;
 pub type DataSource = dyn crate::protocol::provider::DataSource<Controller>;
 
 pub static RESOURCES: &[&Resource] = &[&topology::Topology, &vpc::Vpc, &subnet::Subnet, &evm_group::EvmGroup];
-pub static DATA_SOURCES: &[&DataSource] = &[&evms::Evms, &pingall::Pingall];
+pub static DATA_SOURCES: &[&DataSource] = &[&evms::Evms, &pingall::Pingall, &topology_graph::TopologyGraph];
 
 /// A runtime failure as a diagnostic.
 pub fn runtime_error(summary: impl Into<String>, error: RuntimeError) -> Diagnostics {

@@ -76,7 +76,7 @@ fn large_scenario_reuses_the_module_at_another_size() {
 fn documentation_examples_apply_and_destroy() {
     let ws = Workspace::new("docex");
     let dir = repo_root().join("examples/terraform/resources");
-    let files = ["merak_topology.tf", "merak_vpc.tf", "merak_subnet.tf", "merak_evm_group.tf", "data_merak_evms.tf", "data_merak_pingall.tf"];
+    let files = ["merak_topology.tf", "merak_vpc.tf", "merak_subnet.tf", "merak_evm_group.tf", "data_merak_evms.tf", "data_merak_pingall.tf", "data_merak_topology_graph.tf"];
     let example: String = files.iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap() + "\n").collect();
     // The example's topology name becomes this test's unique one.
     let example: Vec<String> = example
@@ -88,6 +88,7 @@ fn documentation_examples_apply_and_destroy() {
     let output = ws.apply();
     assert!(output.contains("epm-7"), "{output}");
     assert_pingall_clean(&output);
+    assert!(output.contains("graph TD"), "{output}");
     assert_eq!(ws.resource_values("merak_topology.lab")["ready_epms"], 8);
     assert_eq!(ws.resource_values("merak_evm_group.db")["epm_counts"], serde_json::json!({"epm-6": 4}));
     ws.ok(&["destroy", "-auto-approve"]);

@@ -1,0 +1,183 @@
+//! A picture of a topology, from its spec alone (so it is known at plan):
+//! its switches, EPMs and links as a graph, written as Graphviz `dot` or
+//! GitHub's Mermaid. Above a size, each rack's EPMs collapse into one node
+//! that says how many there are.
+
+use std::fmt::Write;
+
+use super::TreeSpec;
+
+/// EPMs drawn one by one up to this many; above it, one node per rack.
+pub const DEFAULT_COLLAPSE_ABOVE: u32 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Switch,
+    Epm,
+    /// A rack's EPMs, collapsed.
+    Rack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Unique in the graph, safe in both languages (letters, digits, `_`).
+    pub id: String,
+    pub label: String,
+    pub kind: NodeKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    /// Links, as indexes into `nodes` (parent, child).
+    pub edges: Vec<(usize, usize)>,
+    /// Whether racks were collapsed.
+    pub collapsed: bool,
+}
+
+impl Graph {
+    /// The tree of `spec`: switches root first, each EPM (or each rack's
+    /// EPMs, when there are more than `collapse_above`) under its top-of-rack switch.
+    pub fn of_tree(spec: &TreeSpec, collapse_above: u32) -> Graph {
+        let mut nodes = Vec::new();
+        let mut edges = Vec::new();
+        let mut index_of = std::collections::HashMap::new();
+        for switch in spec.vswitches() {
+            let name = switch.name();
+            let at = nodes.len();
+            index_of.insert((switch.level, switch.index), at);
+            nodes.push(Node { id: node_id(&name), label: name, kind: NodeKind::Switch });
+            if let Some(parent) = switch.parent.and_then(|p| index_of.get(&(switch.level + 1, p))) {
+                edges.push((*parent, at));
+            }
+        }
+        let collapsed = spec.hosts > collapse_above;
+        if collapsed {
+            for rack in 0..spec.racks {
+                let first = rack * spec.hosts_per_rack;
+                let count = spec.hosts.saturating_sub(first).min(spec.hosts_per_rack);
+                if count == 0 {
+                    continue;
+                }
+                let at = nodes.len();
+                let label = format!("rack {rack}: {count} EPMs (epm-{first} to epm-{})", first + count - 1);
+                nodes.push(Node { id: format!("rack_{rack}"), label, kind: NodeKind::Rack });
+                if let Some(tor) = index_of.get(&(0, rack)) {
+                    edges.push((*tor, at));
+                }
+            }
+        } else {
+            for epm in spec.epms() {
+                let at = nodes.len();
+                nodes.push(Node { id: node_id(&epm.name), label: format!("{}\n{}", epm.name, epm.ip), kind: NodeKind::Epm });
+                if let Some(tor) = index_of.get(&(0, epm.rack)) {
+                    edges.push((*tor, at));
+                }
+            }
+        }
+        Graph { nodes, edges, collapsed }
+    }
+
+    /// Graphviz, top to bottom: switches as boxes, EPMs as ellipses, racks as folders.
+    pub fn dot(&self, title: &str) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "graph {} {{", quoted(title));
+        let _ = writeln!(out, "  rankdir=TB;\n  node [fontname=\"Helvetica\"];");
+        for node in &self.nodes {
+            let shape = match node.kind {
+                NodeKind::Switch => "box",
+                NodeKind::Epm => "ellipse",
+                NodeKind::Rack => "folder",
+            };
+            let _ = writeln!(out, "  {} [label={}, shape={shape}];", node.id, quoted(&node.label.replace('\n', "\\n")));
+        }
+        for (from, to) in &self.edges {
+            let _ = writeln!(out, "  {} -- {};", self.nodes[*from].id, self.nodes[*to].id);
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// Mermaid in the form GitHub renders: `graph TD`, every label quoted.
+    pub fn mermaid(&self) -> String {
+        let mut out = String::from("graph TD\n");
+        for node in &self.nodes {
+            let label = node.label.replace('"', "'").replace('\n', "<br/>");
+            let _ = match node.kind {
+                NodeKind::Switch => writeln!(out, "  {}[\"{label}\"]", node.id),
+                NodeKind::Epm => writeln!(out, "  {}([\"{label}\"])", node.id),
+                NodeKind::Rack => writeln!(out, "  {}[[\"{label}\"]]", node.id),
+            };
+        }
+        for (from, to) in &self.edges {
+            let _ = writeln!(out, "  {} --- {}", self.nodes[*from].id, self.nodes[*to].id);
+        }
+        out
+    }
+}
+
+/// Names like `epm-3` and `s1-0` as identifiers: `epm_3`, `s1_0`.
+fn node_id(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+/// A dot string: quoted, with quotes and backslashes escaped (but `\n`
+/// line breaks kept).
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' if chars.peek() == Some(&'n') => out.push('\\'),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TreeInput;
+
+    fn tree(racks: i64, hosts_per_rack: i64, hosts: Option<i64>) -> TreeSpec {
+        let input = TreeInput { name: "lab", racks, hosts_per_rack, hosts, ports_per_vswitch: 4, data_plane_cidr: "10.0.0.0/16" };
+        TreeSpec::validate(&input).expect("a valid tree")
+    }
+
+    #[test]
+    fn nodes_and_edges_are_the_topologys_switches_epms_and_links() {
+        for (racks, per_rack, hosts) in [(2, 3, None), (9, 4, Some(34)), (1, 1, None)] {
+            let spec = tree(racks, per_rack, hosts);
+            let graph = Graph::of_tree(&spec, DEFAULT_COLLAPSE_ABOVE);
+            assert_eq!(graph.nodes.len() as u64, spec.vswitch_count() + u64::from(spec.hosts));
+            assert_eq!(graph.edges.len() as u64, spec.link_count());
+            assert!(!graph.collapsed);
+        }
+    }
+
+    #[test]
+    fn big_topologies_collapse_to_one_node_per_rack() {
+        let spec = tree(10, 10, Some(95));
+        let graph = Graph::of_tree(&spec, 64);
+        assert!(graph.collapsed);
+        let racks: Vec<&Node> = graph.nodes.iter().filter(|n| n.kind == NodeKind::Rack).collect();
+        assert_eq!(racks.len(), 10);
+        assert_eq!(racks[9].label, "rack 9: 5 EPMs (epm-90 to epm-94)");
+        assert_eq!(graph.edges.len() as u64, spec.vswitch_count() - 1 + 10);
+    }
+
+    #[test]
+    fn both_languages_quote_their_labels() {
+        let graph = Graph::of_tree(&tree(2, 2, None), DEFAULT_COLLAPSE_ABOVE);
+        let dot = graph.dot("lab \"x\"");
+        assert!(dot.starts_with("graph \"lab \\\"x\\\"\" {") && dot.contains("epm_0 [label=\"epm-0\\n10.0.0.1\", shape=ellipse];"), "{dot}");
+        assert!(dot.contains("s1_0 -- s0_1;"), "{dot}");
+        let mermaid = graph.mermaid();
+        assert!(mermaid.starts_with("graph TD\n") && mermaid.contains("  epm_0([\"epm-0<br/>10.0.0.1\"])") && mermaid.contains("  s0_0 --- epm_1"), "{mermaid}");
+    }
+}
