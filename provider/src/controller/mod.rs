@@ -23,11 +23,11 @@ use tokio::sync::Mutex;
 use self::network::NetworkController;
 use self::records::{Evm, Forget, GroupRecord, OverlayRecord, evms, subnet_key};
 use crate::model::TreeSpec;
-use crate::model::epm_agent::EpmAgentSpec;
+use crate::model::epm_agent::{AgentHost, EpmAgentSpec};
 use crate::model::network_controller::VpcController;
 use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec, VpcSpec};
 pub use self::under_test::UnderTestStatus;
-pub use crate::runtime::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, owned_elsewhere};
+pub use crate::runtime::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, UnderTest, owned_elsewhere};
 use crate::store::{self, RecordStore};
 
 /// The record kind of the tenant networks (`overlay.json` in a file store).
@@ -134,10 +134,15 @@ impl Controller {
     /// cannot run), before anything is built.
     pub fn check_fits(&self, spec: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<(), RuntimeError> {
         self.substrate.check_fits(spec)?;
-        if !agents.is_empty() {
+        if !agents.is_empty() && self.agent_host() == AgentHost::Namespace {
             self.substrate.supervised_logs(&spec.name)?;
         }
         Ok(())
+    }
+
+    /// How the runtime runs agents under test (whether they need an image).
+    pub fn agent_host(&self) -> AgentHost {
+        self.substrate.agent_host()
     }
 
     /// Makes the runtime match `spec`: creates what is missing, repairs what
@@ -147,9 +152,41 @@ impl Controller {
     pub async fn apply_topology(&self, spec: &TreeSpec, agents: &[EpmAgentSpec], intent: Intent) -> Result<TopologyView, RuntimeError> {
         self.store.lock(&spec.name).await?;
         let _underlay = self.underlay_lock.write().await;
-        let status = self.substrate.apply_topology(spec, intent).await?;
+        self.record_epm_agents(spec, agents).await?;
+        let under_test = UnderTest { agents, controller_url: self.network_controller_url() };
+        let mut status = self.substrate.apply_topology(spec, under_test, intent).await?;
+        if !status.remade.is_empty() {
+            status.failures.extend(self.rebuild_evms(spec, &status.remade).await?);
+        }
         let agents_status = self.apply_epm_agents(spec, agents, status.ready_epms).await?;
         Ok(TopologyView { spec: spec.clone(), status, agents: agents.to_vec(), agents_status })
+    }
+
+    /// Builds again the EVMs of EPMs the substrate made anew (a replaced
+    /// pod takes its namespaces with it): the overlay goals, then every
+    /// group's EVMs placed there, announced again where a controller
+    /// programs their VPC. Their groups' plans stay empty.
+    async fn rebuild_evms(&self, tree: &TreeSpec, remade: &[String]) -> Result<Vec<Failure>, RuntimeError> {
+        let _guard = self.overlay_lock.lock().await;
+        let record = self.load_overlay(&tree.name).await?;
+        if record.groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let remade: HashSet<&str> = remade.iter().map(String::as_str).collect();
+        let mut failures = self.push_overlay(tree, &record, &Forget::default()).await?;
+        for (name, group) in &record.groups {
+            let rebuilt: Vec<Evm> = evms(tree, &record, name, group)?.into_iter().filter(|e| remade.contains(tree.epm(e.epm_index).name.as_str())).collect();
+            if rebuilt.is_empty() {
+                continue;
+            }
+            tracing::info!(topology = %tree.name, group = %name, evms = rebuilt.len(), "rebuilding the EVMs of EPMs made anew");
+            let rebuilt: Vec<&Evm> = rebuilt.iter().collect();
+            failures.extend(self.push_evms(&tree.name, tree, rebuilt.clone(), Vec::new()).await);
+            if record.is_external(&group.vpc) {
+                failures.extend(self.announce(tree, &record, &group.vpc, &rebuilt).await?.1);
+            }
+        }
+        Ok(failures)
     }
 
     /// The recorded topology and how much of it is up; `None` when the

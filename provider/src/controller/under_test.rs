@@ -11,7 +11,7 @@ use merak_proto::agent::{SuperviseGoal, SupervisedProcess, SupervisedRequest, Su
 
 use super::Controller;
 use crate::model::{Epm, TreeSpec};
-use crate::model::epm_agent::{EpmAgentSpec, Placeholders};
+use crate::model::epm_agent::{AgentHost, EpmAgentSpec, Placeholders};
 use crate::runtime::{Failure, RuntimeError};
 use crate::store;
 
@@ -36,30 +36,32 @@ impl Controller {
         Ok(store::load_json(self.store.as_ref(), topology, EPM_AGENTS).await?.unwrap_or_default())
     }
 
-    /// Records `agents`, pushes every EPM's goal and waits (up to the
-    /// longest ready timeout) until they are ready.
-    pub(super) async fn apply_epm_agents(&self, tree: &TreeSpec, agents: &[EpmAgentSpec], ready_epms: u32) -> Result<UnderTestStatus, RuntimeError> {
+    /// Records `agents` unless the record already says so; false when
+    /// there are none and never were (nothing to run or stop).
+    pub(super) async fn record_epm_agents(&self, tree: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<bool, RuntimeError> {
         let recorded = self.load_epm_agents(&tree.name).await?;
         if agents.is_empty() && recorded.is_empty() {
+            return Ok(false);
+        }
+        // Recorded before anything runs: an interrupted apply leaves the
+        // goal the next one finishes, and read reports what it was meant to run.
+        if recorded != agents {
+            store::save_json(self.store.as_ref(), &tree.name, EPM_AGENTS, &agents).await?;
+        }
+        Ok(true)
+    }
+
+    /// Runs the recorded `agents` (supervised: pushes every EPM's goal;
+    /// containers: the substrate built them with the EPMs) and waits, up to
+    /// the longest ready timeout, until they are ready.
+    pub(super) async fn apply_epm_agents(&self, tree: &TreeSpec, agents: &[EpmAgentSpec], ready_epms: u32) -> Result<UnderTestStatus, RuntimeError> {
+        if !self.record_epm_agents(tree, agents).await? {
             return Ok(UnderTestStatus { ready_epms, failures: Vec::new() });
         }
-        // Recorded first: an interrupted apply leaves the goal the next one
-        // finishes, and read reports what it was meant to run.
-        store::save_json(self.store.as_ref(), &tree.name, EPM_AGENTS, &agents).await?;
-        let log_dir = self.substrate.supervised_logs(&tree.name)?;
-        let goals: Vec<(String, SuperviseGoal)> = tree.epms().map(|epm| (epm.name.clone(), goal_for(&epm, agents, &log_dir, self.network_controller_url()))).collect();
-        let pushed: Vec<Failure> = futures::stream::iter(goals)
-            .map(|(epm, goal)| async move {
-                let result = match self.supervise(&tree.name, &epm, goal.clone()).await {
-                    Err(_) if self.substrate.revive_agent(&tree.name, &epm).await.is_ok() => self.supervise(&tree.name, &epm, goal).await,
-                    result => result,
-                };
-                result.err().map(|e| Failure { object: epm, error: format!("epm_agent: {e}") })
-            })
-            .buffer_unordered(PARALLEL_EPMS)
-            .filter_map(futures::future::ready)
-            .collect()
-            .await;
+        let pushed = match self.substrate.agent_host() {
+            AgentHost::Namespace => self.push_supervise_goals(tree, agents).await?,
+            AgentHost::Container => Vec::new(),
+        };
         if agents.is_empty() {
             return Ok(UnderTestStatus { ready_epms, failures: pushed });
         }
@@ -77,8 +79,33 @@ impl Controller {
         }
     }
 
+    /// Sends every EPM's merak-agent what to supervise; the EPMs it could not tell.
+    async fn push_supervise_goals(&self, tree: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<Vec<Failure>, RuntimeError> {
+        let log_dir = self.substrate.supervised_logs(&tree.name)?;
+        let goals: Vec<(String, SuperviseGoal)> = tree.epms().map(|epm| (epm.name.clone(), goal_for(&epm, agents, &log_dir, self.network_controller_url()))).collect();
+        let pushed = futures::stream::iter(goals)
+            .map(|(epm, goal)| async move {
+                let result = match self.supervise(&tree.name, &epm, goal.clone()).await {
+                    Err(_) if self.substrate.revive_agent(&tree.name, &epm).await.is_ok() => self.supervise(&tree.name, &epm, goal).await,
+                    result => result,
+                };
+                result.err().map(|e| Failure { object: epm, error: format!("epm_agent: {e}") })
+            })
+            .buffer_unordered(PARALLEL_EPMS)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        Ok(pushed)
+    }
+
     /// How many EPMs run every agent under test, and why the others do not.
     pub(super) async fn epm_agents_status(&self, tree: &TreeSpec, agents: &[EpmAgentSpec]) -> UnderTestStatus {
+        if self.substrate.agent_host() == AgentHost::Container {
+            return match self.substrate.agent_containers_status(tree, agents).await {
+                Ok(failures) => UnderTestStatus { ready_epms: tree.hosts.saturating_sub(failures.len() as u32), failures },
+                Err(e) => UnderTestStatus { ready_epms: 0, failures: vec![Failure { object: tree.name.clone(), error: format!("reading the agents under test: {e}") }] },
+            };
+        }
         let log_dir = self.substrate.supervised_logs(&tree.name).ok();
         let log = |epm: &str, agent: &str| log_dir.as_ref().map(|dir| log_path(dir, epm, agent)).unwrap_or_default();
         let mut failures: Vec<Failure> = futures::stream::iter(tree.epms().map(|e| e.name))
@@ -110,7 +137,9 @@ impl Controller {
                 return Ok(());
             }
         };
-        let Some(epm) = tree.epms().find(|e| e.name == epm).filter(|_| !agents.is_empty()) else { return Ok(()) };
+        // Containers are the kubelet's to restart.
+        let supervised = self.substrate.agent_host() == AgentHost::Namespace;
+        let Some(epm) = tree.epms().find(|e| e.name == epm).filter(|_| supervised && !agents.is_empty()) else { return Ok(()) };
         let restarted = match self.substrate.supervised_logs(&tree.name) {
             Ok(log_dir) => self.supervise(&tree.name, &epm.name, goal_for(&epm, &agents, &log_dir, self.network_controller_url())).await,
             Err(e) => Err(e),
@@ -192,7 +221,7 @@ mod tests {
 
     #[test]
     fn an_epm_is_ready_when_every_agent_is() {
-        let agent = |name: &str| EpmAgentSpec { name: name.into(), command: vec!["true".into()], env: None, ready_command: None, ready_timeout_s: None };
+        let agent = |name: &str| EpmAgentSpec { name: name.into(), command: vec!["true".into()], env: None, ready_command: None, ready_timeout_s: None, image: None };
         let agents = [agent("a"), agent("b")];
         assert_eq!(not_ready(&agents, &[status("a", true), status("b", true)]), None);
         let (agent, why) = not_ready(&agents, &[status("a", true), status("b", false)]).expect("b is down");

@@ -34,6 +34,10 @@ pub struct EpmAgentSpec {
     pub ready_command: Option<Vec<String>>,
     #[serde(default)]
     pub ready_timeout_s: Option<u32>,
+    /// The container image to run `command` from, where EPMs are pods
+    /// (the kubernetes runtime); locally the host's programs run.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// A rule an `epm_agent` block breaks: the block's index, the attribute in
@@ -136,6 +140,52 @@ pub fn validate(agents: &[EpmAgentSpec], has_controller: bool) -> Vec<AgentError
     errors
 }
 
+/// Where a runtime runs agents under test, which decides whether an
+/// `epm_agent` needs an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentHost {
+    /// Supervised by merak-agent in the EPM's namespace: the host's programs.
+    Namespace,
+    /// A container of its own next to merak-agent in the EPM pod.
+    Container,
+}
+
+/// The container merak-agent runs as in an EPM pod: no agent under test
+/// may take its name.
+pub const AGENT_CONTAINER: &str = "agent";
+/// Longer would not be an image reference any registry takes.
+const MAX_IMAGE: usize = 4096;
+
+/// What the runtime's way of running agents asks of the blocks.
+pub fn validate_for(agents: &[EpmAgentSpec], host: AgentHost) -> Vec<AgentError> {
+    let mut errors = Vec::new();
+    for (index, agent) in agents.iter().enumerate() {
+        let mut error = |attribute: &'static str, summary: &str, detail: String| {
+            errors.push(AgentError { index, attribute, summary: summary.into(), detail });
+        };
+        match (host, agent.image.as_deref()) {
+            (AgentHost::Namespace, Some(_)) => error(
+                "image",
+                "image needs the kubernetes runtime",
+                "On the local runtime an agent under test runs this host's programs in the EPM's namespace; remove image, or use runtime = \"kubernetes\", where it becomes a container of the EPM pod.".into(),
+            ),
+            (AgentHost::Container, None) => error(
+                "image",
+                "Missing epm_agent image",
+                format!("On the kubernetes runtime agent {:?} is a container of every EPM pod, sharing its network namespace; set image to the image holding its command, e.g. image = \"registry.example/my-agent:1.0\".", agent.name),
+            ),
+            (_, Some(image)) if image.is_empty() || image.len() > MAX_IMAGE || image.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                error("image", "Invalid epm_agent image", format!("{image:?} is not an image reference: it is empty, longer than {MAX_IMAGE} characters, or holds spaces or control characters."))
+            }
+            _ => {}
+        }
+        if host == AgentHost::Container && agent.name == AGENT_CONTAINER {
+            error("name", "Reserved epm_agent name", format!("{AGENT_CONTAINER:?} names merak-agent's own container in the EPM pods; give the agent under test another name."));
+        }
+    }
+    errors
+}
+
 /// A ready timeout as configured, checked.
 pub fn ready_timeout_s(value: i64) -> Result<u32, String> {
     if (1..=MAX_READY_TIMEOUT_S).contains(&value) {
@@ -150,7 +200,7 @@ mod tests {
     use super::*;
 
     fn agent(name: &str, command: &[&str]) -> EpmAgentSpec {
-        EpmAgentSpec { name: name.into(), command: command.iter().map(|s| s.to_string()).collect(), env: None, ready_command: None, ready_timeout_s: None }
+        EpmAgentSpec { name: name.into(), command: command.iter().map(|s| s.to_string()).collect(), env: None, ready_command: None, ready_timeout_s: None, image: None }
     }
 
     #[test]
@@ -176,6 +226,23 @@ mod tests {
         assert_eq!(found, [(1, "name"), (2, "name"), (3, "command"), (4, "command"), (5, "env"), (6, "ready_command"), (7, "command")]);
         assert!(validate(&agents[7..], true).is_empty(), "with a controller, ${{controller_url}} is fine");
         assert!(validate(&vec![agent("a", &["true"]); MAX_AGENTS + 1], false).iter().any(|e| e.summary.contains("Too many")));
+    }
+
+    #[test]
+    fn the_runtime_decides_whether_an_agent_needs_an_image() {
+        let mut pod = agent("ovn", &["ovn-controller"]);
+        pod.image = Some("registry.example/ovn:24.03".into());
+        let host = agent("bgpd", &["bgpd"]);
+        assert!(validate_for(&[host.clone()], AgentHost::Namespace).is_empty());
+        assert!(validate_for(std::slice::from_ref(&pod), AgentHost::Container).is_empty());
+        let found = |agents: &[EpmAgentSpec], at: AgentHost| -> Vec<(usize, &'static str)> { validate_for(agents, at).iter().map(|e| (e.index, e.attribute)).collect() };
+        assert_eq!(found(&[host.clone(), pod.clone()], AgentHost::Namespace), [(1, "image")]);
+        assert_eq!(found(&[pod.clone(), host], AgentHost::Container), [(1, "image")]);
+        let mut blank = pod.clone();
+        blank.image = Some("a b".into());
+        let mut reserved = pod;
+        reserved.name = AGENT_CONTAINER.into();
+        assert_eq!(found(&[blank, reserved], AgentHost::Container), [(0, "image"), (1, "name")]);
     }
 
     #[test]

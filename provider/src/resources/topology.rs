@@ -35,7 +35,7 @@ impl Resource<Controller> for Topology {
     async fn plan(&self, runtime: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let planned = plan(config)?;
         if let (Some(runtime), Ok(Some(spec)), Ok(Some(agents))) = (runtime, spec_of(config), agents_of(config)) {
-            check_controller_url(runtime, &agents)?;
+            check_agents_against_provider(runtime, &agents)?;
             if let Err(error) = runtime.check_fits(&spec, &agents) {
                 let attribute = if agents.is_empty() { "name" } else { EPM_AGENT };
                 return Err(Diagnostic::attribute_error(&[attribute], "Topology does not fit this runtime", error.to_string()).into());
@@ -180,20 +180,25 @@ const EPM_AGENT: &str = "epm_agent";
 /// The `epm_agent` block: the user's agent under test, run in every EPM.
 fn epm_agent_block() -> Block {
     Block {
-        description: "An agent under test (yours: a host agent, a routing daemon, an SDN node agent) that \
-            merak-agent runs in every EPM's network namespace, as `ip netns exec` would, and keeps \
-            running: restarted with backoff when it exits, its output appended to \
-            `<state_dir>/<topology>/<epm>.<name>.log`. In `command`, `env` and `ready_command`, \
-            `${epm}`, `${epm_ip}` (the data-plane address) and `${epm_index}` are replaced per EPM; \
-            write them `$${epm}` in HCL, which keeps `${` for the provider. Other `${...}` are left \
-            as they are. Changing a block restarts that agent on every EPM, in place. The `local` \
-            runtime only, for now.",
+        description: "An agent under test (yours: a host agent, a routing daemon, an SDN node agent) run \
+            in every EPM and kept running. On the `local` runtime merak-agent runs `command` from this \
+            host in the EPM's network namespace, as `ip netns exec` would, restarts it with backoff when \
+            it exits, and appends its output to `<state_dir>/<topology>/<epm>.<name>.log`. On the \
+            `kubernetes` runtime it is a container of `image` in every EPM pod, sharing the pod's network \
+            namespace (the EPM's `eth1` and the EVMs' EPM ends), restarted by the kubelet, its output \
+            in `kubectl logs <epm> -c <name>`. In `command`, `env` and `ready_command`, `${epm}`, \
+            `${epm_ip}` (the data-plane address), `${epm_index}` and `${controller_url}` are replaced \
+            per EPM; write them `$${epm}` in HCL, which keeps `${` for the provider. Other `${...}` are \
+            left as they are. Changing a block restarts that agent on every EPM, in place (on \
+            kubernetes a pod's containers cannot change: its EPM pods are made anew and their EVMs \
+            rebuilt in the same apply).",
         attributes: vec![
             Attribute::required("name", Type::String, "Unique among the topology's agents: a DNS label of at most 32 characters."),
             Attribute::required("command", Type::list(Type::String), "The program (looked up on `PATH`) and its arguments, e.g. `[\"bgpd\", \"-f\", \"/etc/frr/$${epm}.conf\"]`. Run in the foreground: a program that detaches leaves the supervisor, which then restarts it."),
             Attribute::optional("env", Type::map(Type::String), "The environment, besides a default `PATH` (which it may set)."),
             Attribute::optional("ready_command", Type::list(Type::String), "Run in the EPM with the same environment; the agent counts as ready while it exits 0 within 5 s. Default: running for a second."),
             Attribute::optional("ready_timeout_s", Type::Number, "How long apply waits for the agent to be ready on every EPM (default 60)."),
+            Attribute::optional("image", Type::String, "The container image holding `command`: required on the `kubernetes` runtime (pulled with the provider's `image_pull_policy`), refused on `local`. The container runs privileged, as merak-agent's does, so a virtual switch or routing daemon can program the pod's network."),
         ],
         blocks: Vec::new(),
     }
@@ -233,10 +238,11 @@ pub fn agents_of(config: &Value) -> Result<Option<Vec<EpmAgentSpec>>, Diagnostic
             env,
             ready_command: strings(block.attr("ready_command")),
             ready_timeout_s,
+            image: block.attr("image").as_str().map(str::to_string),
         });
     }
     // Whether the provider has a controller for ${controller_url} is
-    // known at plan (see check_controller_url), not here.
+    // known at plan (see check_agents_against_provider), not here.
     for error in epm_agent::validate(&agents, true) {
         diagnostics.push(agent_diagnostic(error));
     }
@@ -247,13 +253,12 @@ fn agent_diagnostic(error: epm_agent::AgentError) -> Diagnostic {
     Diagnostic::attribute_error(&[EPM_AGENT, &format!("[{}]", error.index), error.attribute], error.summary, error.detail)
 }
 
-/// `${controller_url}` needs the provider's `controller` block.
-fn check_controller_url(runtime: &Controller, agents: &[EpmAgentSpec]) -> Result<(), Diagnostics> {
-    let errors = epm_agent::validate(agents, runtime.network_controller_url().is_some());
-    match errors.into_iter().next() {
-        Some(error) => Err(agent_diagnostic(error).into()),
-        None => Ok(()),
-    }
+/// What the provider's settings decide: `${controller_url}` needs its
+/// `controller` block, and the runtime whether an agent needs an image.
+fn check_agents_against_provider(runtime: &Controller, agents: &[EpmAgentSpec]) -> Result<(), Diagnostics> {
+    let mut errors = epm_agent::validate(agents, runtime.network_controller_url().is_some());
+    errors.extend(epm_agent::validate_for(agents, runtime.agent_host()));
+    if errors.is_empty() { Ok(()) } else { Err(Diagnostics(errors.into_iter().map(agent_diagnostic).collect())) }
 }
 
 fn agent_value(agent: &EpmAgentSpec) -> Value {
@@ -264,6 +269,7 @@ fn agent_value(agent: &EpmAgentSpec) -> Value {
         ("env", agent.env.as_ref().map_or(Value::Null, |env| Value::Map(env.iter().map(|(k, v)| (k.clone(), Value::string(v))).collect()))),
         ("ready_command", agent.ready_command.as_deref().map_or(Value::Null, strings)),
         ("ready_timeout_s", agent.ready_timeout_s.map_or(Value::Null, |s| Value::int(i64::from(s)))),
+        ("image", agent.image.as_deref().map_or(Value::Null, Value::string)),
     ])
 }
 

@@ -17,6 +17,7 @@ use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec};
 use self::agent_client::AgentChannel;
 
 use crate::model::TreeSpec;
+use crate::model::epm_agent::{AgentHost, EpmAgentSpec};
 
 /// Whether Terraform is creating an object or changing one its state holds.
 /// Creating an object whose record exists is refused unless that record was
@@ -45,6 +46,19 @@ pub struct TopologyStatus {
     pub ready_epms: u32,
     /// Objects that could not be built or repaired, with why.
     pub failures: Vec<Failure>,
+    /// EPMs this apply made anew (a pod replaced), empty of the EVMs they
+    /// held: the controller rebuilds those before the apply ends.
+    pub remade: Vec<String>,
+}
+
+/// The agents under test of a topology, for a runtime that builds them
+/// into its EPMs (containers of the EPM pods); each EPM's commands are
+/// rendered with its placeholders.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnderTest<'a> {
+    pub agents: &'a [EpmAgentSpec],
+    /// What `${controller_url}` stands for.
+    pub controller_url: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +111,9 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     /// repairs what drifted and removes what the spec no longer has.
     /// Failures of single objects are reported in the status; an `Err`
     /// means nothing could be done.
-    async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError>;
+    /// `under_test` matters to runtimes whose agents under test are
+    /// containers ([`AgentHost::Container`]); others ignore it.
+    async fn apply_topology(&self, spec: &TreeSpec, under_test: UnderTest<'_>, intent: Intent) -> Result<TopologyStatus, RuntimeError>;
 
     /// The recorded spec of a topology and how much of it is up; `None` when
     /// the runtime has no such topology.
@@ -124,10 +140,21 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     /// last step, not left half-made by a kill.
     async fn whole_evms(&self, topology: &str, evms: &[&EvmSpec]) -> Result<HashSet<String>, RuntimeError>;
 
+    /// How this runtime runs agents under test: supervised by each EPM's
+    /// merak-agent, or as containers it builds into the EPMs.
+    fn agent_host(&self) -> AgentHost;
+
     /// The directory the logs of an EPM's supervised processes (the user's
     /// agents under test) go to, `<epm>.<name>.log`; an error when this
-    /// runtime cannot run them.
+    /// runtime does not supervise them ([`AgentHost::Container`]).
     fn supervised_logs(&self, topology: &str) -> Result<std::path::PathBuf, RuntimeError>;
+
+    /// Where agents under test are containers: per EPM of `spec`, why its
+    /// agents are not all ready (the EPMs not listed are).
+    async fn agent_containers_status(&self, spec: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<Vec<Failure>, RuntimeError> {
+        let _ = (spec, agents);
+        Err(RuntimeError::Conflict("this runtime runs agents under test in the EPMs' namespaces, not as containers".into()))
+    }
 
     /// Refuses external VPCs where EVMs cannot be left to a system under
     /// test (their EPM ends must sit where the user's agents run).

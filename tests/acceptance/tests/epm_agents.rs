@@ -174,6 +174,7 @@ fn bad_epm_agents_are_refused_at_plan() {
         (block("    name = \"a\"\n    command = [\"true\"]\n    ready_command = []"), "Empty ready_command"),
         (block("    name = \"a\"\n    command = [\"true\"]\n    ready_timeout_s = 0"), "Invalid ready_timeout_s"),
         (block("    name = \"a\"\n    command = [\"true\"]\n    env = { \"A=B\" = \"c\" }"), "Invalid environment variable name"),
+        (block("    name = \"a\"\n    command = [\"true\"]\n    image = \"localhost/a:1\""), "image needs the kubernetes runtime"),
     ];
     for (agents, summary) in cases {
         ws.write_config(&topology(&agents));

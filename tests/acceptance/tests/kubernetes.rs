@@ -5,8 +5,9 @@
 //! examples/terraform/kubernetes, pingall across tunnels between pods, a
 //! deleted pod seen by plan and repaired by apply, import from a fresh
 //! directory, missing permissions refused at plan, an API server that
-//! refuses a share of requests, and destroy leaving nothing in the cluster
-//! or on the host. kubectl checks what the provider made. Needs root.
+//! refuses a share of requests, agents under test as containers of the EPM
+//! pods, and destroy leaving nothing in the cluster or on the host. kubectl
+//! checks what the provider made. Needs root.
 
 use std::path::Path;
 use std::process::Command;
@@ -159,18 +160,156 @@ fn missing_permissions_are_refused_at_plan_naming_them() {
     assert_eq!(namespaces.trim(), "namespace/default", "nothing was made");
 }
 
+/// The image of the agents under test: the fake runs its containers from
+/// this host's Python.
+const PYTHON_IMAGE: &str = "localhost/python:3";
+
+/// An agent under test in every EPM pod: a name server bound to the EPM's
+/// data-plane address (so it runs in the pod's network namespace, where
+/// eth1 holds that address), ready when it answers there with its EPM's
+/// name; `crash` swaps it for a program that exits 3.
+const UNDER_TEST: &str = r#"
+variable "port" {
+  type    = number
+  default = 8000
+}
+
+variable "crash" {
+  type    = bool
+  default = false
+}
+
+locals {
+  server = <<-EOT
+    import http.server, sys
+    class Name(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(sys.argv[1].encode())
+    http.server.HTTPServer((sys.argv[2], int(sys.argv[3])), Name).serve_forever()
+  EOT
+}
+
+resource "merak_topology" "dc" {
+  name            = "{name}"
+  racks           = 1
+  hosts_per_rack  = 2
+  data_plane_cidr = "10.0.0.0/24"
+  epm_agent {
+    name            = "name-server"
+    image           = "localhost/python:3"
+    command         = var.crash ? ["python3", "-c", "raise SystemExit(3)"] : ["python3", "-c", local.server, "$${epm}", "$${epm_ip}", tostring(var.port)]
+    ready_command   = ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://$${epm_ip}:${var.port}/', timeout=2).read() != b'$${epm}')"]
+    ready_timeout_s = var.crash ? 6 : 60
+  }
+}
+
+resource "merak_vpc" "blue" {
+  topology_id = merak_topology.dc.id
+  name        = "blue"
+  cidr        = "10.1.0.0/16"
+}
+
+resource "merak_subnet" "web" {
+  vpc_id = merak_vpc.blue.id
+  name   = "web"
+  cidr   = "10.1.1.0/24"
+}
+
+resource "merak_evm_group" "web" {
+  subnet_id = merak_subnet.web.id
+  name      = "web"
+  evm_count = 4
+}
+
+data "merak_pingall" "check" {
+  topology_id = merak_topology.dc.id
+  depends_on  = [merak_topology.dc, merak_evm_group.web]
+}
+
+output "agents_ready" {
+  value = merak_topology.dc.epm_agents_ready
+}
+
+output "pingall" {
+  value = "${data.merak_pingall.check.replies}/${data.merak_pingall.check.expected_replies} replies"
+}
+"#;
+
+/// The `pingall` output says every expected reply came.
+fn all_replied(output: &str) -> bool {
+    let Some(line) = output.lines().find(|l| l.trim_start().starts_with("pingall = ")) else { return false };
+    let counts = line.split('"').nth(1).and_then(|t| t.strip_suffix(" replies")).and_then(|t| t.split_once('/'));
+    counts.is_some_and(|(got, expected)| got == expected && expected.parse::<u32>().is_ok_and(|n| n > 0))
+}
+
+fn python() -> String {
+    let found = Command::new("sh").args(["-c", "command -v python3"]).output().expect("sh runs");
+    String::from_utf8_lossy(&found.stdout).trim().to_string()
+}
+
 #[test]
-fn agents_under_test_are_refused_at_plan_on_kubernetes_for_now() {
+fn agents_under_test_run_as_containers_of_the_epm_pods() {
     let dir = std::env::temp_dir().join(format!("merak-k8s-epmagent-{}", std::process::id()));
-    let cluster = fake_cluster(&dir, &[]);
+    let cluster = fake_cluster(&dir, &["--image", &format!("{PYTHON_IMAGE}={}", python())]);
     let ws = Workspace::new("k8s-agt").with_provider(provider_block(&cluster));
+    ws.write_config(UNDER_TEST);
+    ws.init();
+    let namespace = format!("merak-{}", ws.name);
+    let output = ws.apply();
+    assert!(output.contains("agents_ready = 2") && all_replied(&output), "{output}");
+
+    // kubectl sees the agent under test as a container of each EPM pod,
+    // next to merak-agent, ready; its output is the container's log.
+    let containers = kubectl_ok(&cluster, &["get", "pod", "epm-1", "-n", &namespace, "-o", "jsonpath={.spec.containers[*].name}"]);
+    assert_eq!(containers, "agent name-server");
+    let ready = kubectl_ok(&cluster, &["get", "pod", "epm-1", "-n", &namespace, "-o", "jsonpath={.status.containerStatuses[*].ready}"]);
+    assert_eq!(ready, "true true");
+    let log = kubectl_ok(&cluster, &["logs", "epm-1", "-n", &namespace, "-c", "name-server"]);
+    assert!(log.contains("\"GET / HTTP/1.1\" 200"), "the ready command reached the server on the EPM's address: {log}");
+    assert_eq!(ws.plan().0, 0, "a fresh apply leaves nothing to do");
+
+    // Another command is an update in place: the pods' containers cannot
+    // change, so they are made anew, and their EVMs rebuilt in the same apply.
+    let uid = |pod: &str| kubectl_ok(&cluster, &["get", "pod", pod, "-n", &namespace, "-o", "jsonpath={.metadata.uid}"]);
+    let before = uid("epm-0");
+    let plan = ws.ok(&["plan", "-var", "port=8001"]);
+    assert!(plan.contains("updated in-place") && !plan.contains("must be replaced"), "{plan}");
+    let output = ws.ok(&["apply", "-auto-approve", "-var", "port=8001"]);
+    assert!(output.contains("agents_ready = 2") && all_replied(&output), "{output}");
+    assert_ne!(uid("epm-0"), before, "the pod was made anew");
+    let plan = ws.terraform(&["plan", "-detailed-exitcode", "-var", "port=8001"]);
+    assert_eq!(plan.status.code(), Some(0), "the EVMs were rebuilt: {}", String::from_utf8_lossy(&plan.stdout));
+
+    // An agent that keeps crashing fails the apply naming it, its exit code
+    // and where its output is; the next plan shows the drift.
+    let output = ws.terraform(&["apply", "-auto-approve", "-var", "crash=true"]);
+    let error = words(&String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "a crashing agent under test fails the apply");
+    assert!(error.contains("agent name-server:") && error.contains("last exited with code 3"), "{error}");
+    assert!(error.contains(&format!("kubectl logs -n {namespace} epm-0 -c name-server")), "{error}");
+    let plan = ws.terraform(&["plan", "-detailed-exitcode", "-var", "crash=true"]);
+    assert_eq!(plan.status.code(), Some(2), "crashed agents are drift: {}", String::from_utf8_lossy(&plan.stdout));
+
+    ws.ok(&["destroy", "-auto-approve", "-var", "crash=true"]);
+    let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
+    assert_eq!(namespaces.trim(), "namespace/default", "nothing is left in the cluster");
+}
+
+#[test]
+fn agents_under_test_need_an_image_on_kubernetes() {
+    let dir = std::env::temp_dir().join(format!("merak-k8s-noimage-{}", std::process::id()));
+    let cluster = fake_cluster(&dir, &[]);
+    let ws = Workspace::new("k8s-noimg").with_provider(provider_block(&cluster));
     ws.write_config(
         "resource \"merak_topology\" \"dc\" {\n  name = \"{name}\"\n  racks = 1\n  hosts_per_rack = 2\n  data_plane_cidr = \"10.0.0.0/24\"\n\
-         epm_agent {\n    name = \"bgpd\"\n    command = [\"bgpd\"]\n  }\n}\n",
+         epm_agent {\n    name = \"bgpd\"\n    command = [\"bgpd\"]\n  }\n  epm_agent {\n    name = \"agent\"\n    command = [\"x\"]\n    image = \"localhost/x:1\"\n  }\n}\n",
     );
     ws.init();
-    let error = words(&ws.plan_error("plan with an epm_agent on kubernetes"));
-    assert!(error.contains("epm_agent blocks run on the local runtime") && error.contains("runtime = \"local\""), "{error}");
+    let error = words(&ws.plan_error("plan with an epm_agent without an image on kubernetes"));
+    assert!(error.contains("Missing epm_agent image") && error.contains("\"bgpd\""), "{error}");
+    assert!(error.contains("Reserved epm_agent name") && error.contains("merak-agent's own container"), "{error}");
     let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
     assert_eq!(namespaces.trim(), "namespace/default", "nothing was made");
 }

@@ -311,20 +311,23 @@ impl Kubelet {
     }
 
     /// Runs the pod until it is deleted; the sandbox it made, if any.
+    /// Its containers run side by side in the sandbox's network namespace,
+    /// each supervised on its own, their statuses published together.
     async fn run_pod(&self, pod: Value, node: usize, mut stopped: watch::Receiver<bool>) -> Option<Sandbox> {
         let (namespace, name) = (namespace_of(&pod), name_of(&pod));
         let containers = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
-        let [container] = containers.as_slice() else {
-            self.fail_to_start(&pod, "FailedCreatePodSandBox", "the fake kubelet runs pods of exactly one container");
+        if containers.is_empty() {
+            self.fail_to_start(&pod, "FailedCreatePodSandBox", "the pod has no containers");
             wait_for_stop(&mut stopped).await;
             return None;
-        };
-        let image = container["image"].as_str().unwrap_or_default().to_string();
-        let Some(program) = self.cluster.config.program_of(&image) else {
-            self.image_not_found(&pod, container, &image, &mut stopped).await;
+        }
+        let statuses = PodStatuses::new(&pod, &containers, node);
+        let programs: Vec<Option<PathBuf>> = containers.iter().map(|c| self.cluster.config.program_of(c["image"].as_str().unwrap_or_default())).collect();
+        if programs.iter().all(Option::is_none) {
+            let missing = containers.iter().enumerate().map(|(slot, container)| self.image_not_found(&statuses, slot, container, stopped.clone()));
+            futures::future::join_all(missing).await;
             return None;
-        };
-        self.cluster.event(&pod, "Normal", "Pulled", &format!("Container image \"{image}\" already present on machine"), "kubelet");
+        }
         let sandbox = match self.make_sandbox(node).await {
             Ok(sandbox) => sandbox,
             Err(e) => {
@@ -333,14 +336,27 @@ impl Kubelet {
                 return None;
             }
         };
-        let host_ip = format!("10.243.0.{}", node + 1);
-        let started = match self.prepare(&pod, container, &program, &sandbox, &host_ip, &mut stopped).await {
-            Some(prepared) => prepared,
-            None => return Some(sandbox),
-        };
-        self.supervise(&pod, container, started, &sandbox, &host_ip, &mut stopped).await;
+        *lock(&statuses.sandbox_ip) = Some(sandbox.ip.to_string());
+        let runs = containers.iter().zip(programs).enumerate().map(|(slot, (container, program))| {
+            let (statuses, sandbox, stopped) = (&statuses, &sandbox, stopped.clone());
+            async move {
+                match program {
+                    Some(program) => self.run_container(statuses, slot, container, &program, sandbox, stopped).await,
+                    None => self.image_not_found(statuses, slot, container, stopped).await,
+                }
+            }
+        });
+        futures::future::join_all(runs).await;
         tracing::debug!(pod = %format!("{namespace}/{name}"), "stopped");
         Some(sandbox)
+    }
+
+    async fn run_container(&self, statuses: &PodStatuses, slot: usize, container: &Value, program: &Path, sandbox: &Sandbox, mut stopped: watch::Receiver<bool>) {
+        let image = container["image"].as_str().unwrap_or_default();
+        self.cluster.event(&statuses.pod, "Normal", "Pulled", &format!("Container image \"{image}\" already present on machine"), "kubelet");
+        if let Some(launch) = self.prepare(&statuses.pod, container, program, sandbox, &statuses.host_ip, &mut stopped).await {
+            self.supervise(statuses, slot, container, launch, sandbox, &mut stopped).await;
+        }
     }
 
     async fn make_sandbox(&self, node: usize) -> anyhow::Result<Sandbox> {
@@ -371,29 +387,31 @@ impl Kubelet {
         self.cluster.event(pod, "Warning", reason, message, "kubelet");
     }
 
-    async fn image_not_found(&self, pod: &Value, container: &Value, image: &str, stopped: &mut watch::Receiver<bool>) {
+    async fn image_not_found(&self, statuses: &PodStatuses, slot: usize, container: &Value, mut stopped: watch::Receiver<bool>) {
+        let image = container["image"].as_str().unwrap_or_default();
         let message = format!("Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found");
-        self.set_waiting(pod, container, "ErrImagePull", &message, 0);
-        self.cluster.event(pod, "Warning", "Failed", &message, "kubelet");
+        self.set_waiting(statuses, slot, "ErrImagePull", &message, 0);
+        self.cluster.event(&statuses.pod, "Warning", "Failed", &message, "kubelet");
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = wait_for_stop(stopped) => return,
+            _ = wait_for_stop(&mut stopped) => return,
         }
         let back_off = format!("Back-off pulling image \"{image}\"");
-        self.set_waiting(pod, container, "ImagePullBackOff", &back_off, 0);
-        self.cluster.event(pod, "Normal", "BackOff", &back_off, "kubelet");
-        wait_for_stop(stopped).await;
+        self.set_waiting(statuses, slot, "ImagePullBackOff", &back_off, 0);
+        self.cluster.event(&statuses.pod, "Normal", "BackOff", &back_off, "kubelet");
+        wait_for_stop(&mut stopped).await;
     }
 
-    fn set_waiting(&self, pod: &Value, container: &Value, reason: &str, message: &str, restarts: u64) {
-        let status = json!([{
+    fn set_waiting(&self, statuses: &PodStatuses, slot: usize, reason: &str, message: &str, restarts: u64) {
+        let container = &statuses.containers[slot];
+        let mut status = json!({
             "name": container["name"], "image": container["image"], "imageID": "", "ready": false, "started": false,
             "restartCount": restarts, "state": {"waiting": {"reason": reason, "message": message}},
-        }]);
-        let _ = self.cluster.store.update("pods", &namespace_of(pod), &name_of(pod), "pods", |pod| {
-            pod["status"]["containerStatuses"] = status;
-            Ok(())
         });
+        if let Some(last) = lock(&statuses.slots)[slot].get("lastState").cloned() {
+            status["lastState"] = last;
+        }
+        self.publish(statuses, slot, status);
     }
 
     /// Volumes and environment for the container; None when the pod was
@@ -492,8 +510,10 @@ impl Kubelet {
 
     /// Starts the container, keeps its status, restarts it when it exits,
     /// and stops it when the pod is deleted.
-    async fn supervise(&self, pod: &Value, container: &Value, launch: Launch, sandbox: &Sandbox, host_ip: &str, stopped: &mut watch::Receiver<bool>) {
+    async fn supervise(&self, statuses: &PodStatuses, slot: usize, container: &Value, launch: Launch, sandbox: &Sandbox, stopped: &mut watch::Receiver<bool>) {
+        let pod = &statuses.pod;
         let (namespace, name) = (namespace_of(pod), name_of(pod));
+        let container_name = container["name"].as_str().unwrap_or_default();
         let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_string();
         let grace = Duration::from_secs(pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30)).min(MAX_GRACE);
         let mut restarts = 0u64;
@@ -503,29 +523,43 @@ impl Kubelet {
             let mut child = match launch.spawn(&sandbox.netns) {
                 Ok(child) => child,
                 Err(e) => {
-                    self.fail_to_start(pod, "Failed", &format!("Error: failed to start container \"{}\": {e:#}", container["name"].as_str().unwrap_or_default()));
-                    self.set_waiting(pod, container, "CreateContainerError", &format!("{e:#}"), restarts);
+                    self.fail_to_start(pod, "Failed", &format!("Error: failed to start container \"{container_name}\": {e:#}"));
+                    self.set_waiting(statuses, slot, "CreateContainerError", &format!("{e:#}"), restarts);
                     wait_for_stop(stopped).await;
                     return;
                 }
             };
             let started_at = meta::now();
             if restarts == 0 {
-                self.cluster.event(pod, "Normal", "Created", &format!("Created container {}", container["name"].as_str().unwrap_or_default()), "kubelet");
-                self.cluster.event(pod, "Normal", "Started", &format!("Started container {}", container["name"].as_str().unwrap_or_default()), "kubelet");
+                self.cluster.event(pod, "Normal", "Created", &format!("Created container {container_name}"), "kubelet");
+                self.cluster.event(pod, "Normal", "Started", &format!("Started container {container_name}"), "kubelet");
             }
             let pid = child.id().unwrap_or_default();
-            self.set_running(pod, container, sandbox, host_ip, &started_at, restarts, &last_state, pid, false);
-            let ready = self.wait_ready(container, sandbox, &mut child, stopped).await;
+            let running = {
+                let (previous, restarts, started_at) = (last_state.clone(), restarts, started_at.clone());
+                move |ready: bool| {
+                    let mut status = json!({
+                        "name": container["name"], "image": container["image"], "imageID": format!("merak-fake://{}", container["image"].as_str().unwrap_or_default()),
+                        "containerID": format!("merak-fake://{pid}"), "ready": ready, "started": true, "restartCount": restarts,
+                        "state": {"running": {"startedAt": started_at}},
+                    });
+                    if !previous.is_null() {
+                        status["lastState"] = previous.clone();
+                    }
+                    status
+                }
+            };
+            self.publish(statuses, slot, running(false));
+            let ready = self.wait_ready(container, &launch, sandbox, &mut child, stopped).await;
             if ready {
-                self.set_running(pod, container, sandbox, host_ip, &started_at, restarts, &last_state, pid, true);
+                self.publish(statuses, slot, running(true));
             }
             let exit = tokio::select! {
                 status = child.wait() => status.ok(),
                 _ = wait_for_stop(stopped) => None,
             };
             let Some(exit) = exit else {
-                self.cluster.event(pod, "Normal", "Killing", &format!("Stopping container {}", container["name"].as_str().unwrap_or_default()), "kubelet");
+                self.cluster.event(pod, "Normal", "Killing", &format!("Stopping container {container_name}"), "kubelet");
                 terminate(&mut child, grace).await;
                 return;
             };
@@ -537,20 +571,22 @@ impl Kubelet {
                 _ => true,
             };
             if !restart {
-                let phase = if code == 0 { "Succeeded" } else { "Failed" };
-                let _ = self.cluster.store.update("pods", &namespace, &name, "pods", |pod| {
-                    pod["status"]["phase"] = json!(phase);
-                    pod["status"]["containerStatuses"][0]["state"] = last_state.clone();
-                    pod["status"]["containerStatuses"][0]["ready"] = json!(false);
-                    Ok(())
-                });
+                let mut status = running(false);
+                status["state"] = last_state.clone();
+                status.as_object_mut().map(|s| s.remove("lastState"));
+                self.publish(statuses, slot, status);
                 wait_for_stop(stopped).await;
                 return;
             }
             restarts += 1;
-            let message = format!("back-off {}s restarting failed container={} pod={name}", backoff.as_secs().max(1), container["name"].as_str().unwrap_or_default());
-            self.set_waiting(pod, container, "CrashLoopBackOff", &message, restarts);
-            self.cluster.event(pod, "Warning", "BackOff", &format!("Back-off restarting failed container {} in pod {name}", container["name"].as_str().unwrap_or_default()), "kubelet");
+            let message = format!("back-off {}s restarting failed container={container_name} pod={name}", backoff.as_secs().max(1));
+            let mut waiting = running(false);
+            waiting["state"] = json!({"waiting": {"reason": "CrashLoopBackOff", "message": message}});
+            waiting["lastState"] = last_state.clone();
+            waiting["restartCount"] = json!(restarts);
+            self.publish(statuses, slot, waiting);
+            self.cluster.event(pod, "Warning", "BackOff", &format!("Back-off restarting failed container {container_name} in pod {name}"), "kubelet");
+            tracing::debug!(pod = %format!("{namespace}/{name}"), container = container_name, code, "container exited");
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = wait_for_stop(stopped) => return,
@@ -560,52 +596,115 @@ impl Kubelet {
     }
 
     /// Ready at once without a readiness probe; with a tcpSocket probe, once
-    /// the port accepts a connection from the cluster network.
-    async fn wait_ready(&self, container: &Value, sandbox: &Sandbox, child: &mut tokio::process::Child, stopped: &mut watch::Receiver<bool>) -> bool {
-        let Some(port) = container["readinessProbe"]["tcpSocket"]["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else { return true };
-        let address = std::net::SocketAddr::from((sandbox.ip, port));
+    /// the port accepts a connection from the cluster network; with an exec
+    /// probe, once its command exits 0 within timeoutSeconds, run in the
+    /// container (its network and mount namespaces, its environment) every
+    /// periodSeconds.
+    async fn wait_ready(&self, container: &Value, launch: &Launch, sandbox: &Sandbox, child: &mut tokio::process::Child, stopped: &mut watch::Receiver<bool>) -> bool {
+        let probe = &container["readinessProbe"];
+        let period = Duration::from_secs(probe["periodSeconds"].as_u64().unwrap_or(10).max(1));
+        let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
+        let tcp = probe["tcpSocket"]["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+        let exec: Option<Vec<String>> = probe["exec"]["command"].as_array().map(|c| c.iter().filter_map(Value::as_str).map(str::to_string).collect());
+        if tcp.is_none() && exec.is_none() {
+            return true;
+        }
         loop {
-            if self.cluster.network.connect(address).await.is_ok() {
+            let passed = match (&exec, tcp) {
+                (Some(command), _) => match child.id() {
+                    Some(pid) => launch.probe(command, pid, &sandbox.netns, timeout).await,
+                    None => false,
+                },
+                (None, Some(port)) => self.cluster.network.connect(std::net::SocketAddr::from((sandbox.ip, port))).await.is_ok(),
+                (None, None) => true,
+            };
+            if passed {
                 return true;
             }
             if *stopped.borrow() || matches!(child.try_wait(), Ok(Some(_))) {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let pause = if exec.is_some() { period } else { Duration::from_millis(100) };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = wait_for_stop(stopped) => return false,
+                _ = child.wait() => return false,
+            }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn set_running(&self, pod: &Value, container: &Value, sandbox: &Sandbox, host_ip: &str, started_at: &str, restarts: u64, last_state: &Value, pid: u32, ready: bool) {
-        let now = meta::now();
-        let ready_text = if ready { "True" } else { "False" };
-        let mut status = json!({
-            "name": container["name"], "image": container["image"], "imageID": format!("merak-fake://{}", container["image"].as_str().unwrap_or_default()),
-            "containerID": format!("merak-fake://{pid}"), "ready": ready, "started": true, "restartCount": restarts,
-            "state": {"running": {"startedAt": started_at}},
-        });
-        if !last_state.is_null() {
-            status["lastState"] = last_state.clone();
-        }
-        let _ = self.cluster.store.update("pods", &namespace_of(pod), &name_of(pod), "pods", |pod| {
+    /// Sets one container's status and writes the pod's: running once its
+    /// sandbox has an IP and a container started, ready when every
+    /// container is, done when every container ended for good.
+    fn publish(&self, statuses: &PodStatuses, slot: usize, status: Value) {
+        let all: Vec<Value> = {
+            let mut slots = lock(&statuses.slots);
+            slots[slot] = status;
+            slots.clone()
+        };
+        let sandbox_ip = lock(&statuses.sandbox_ip).clone();
+        let host_ip = statuses.host_ip.clone();
+        let _ = self.cluster.store.update("pods", &namespace_of(&statuses.pod), &name_of(&statuses.pod), "pods", |pod| {
+            let started = all.iter().any(|c| c["started"] == true);
+            let (Some(ip), true) = (sandbox_ip.as_ref(), started) else {
+                pod["status"]["containerStatuses"] = json!(all);
+                return Ok(());
+            };
+            let now = meta::now();
             let start_time = pod["status"]["startTime"].as_str().map(str::to_string).unwrap_or_else(|| now.clone());
+            let ready = all.iter().all(|c| c["ready"] == true);
+            let ended: Vec<i64> = all.iter().filter_map(|c| c["state"]["terminated"]["exitCode"].as_i64()).collect();
+            let phase = match ended.len() == all.len() {
+                true if ended.iter().all(|code| *code == 0) => "Succeeded",
+                true => "Failed",
+                false => "Running",
+            };
+            let ready_text = if ready { "True" } else { "False" };
+            let was_ready = pod["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Ready").map(|c| (c["status"].clone(), c["lastTransitionTime"].clone()));
+            let transition = match was_ready {
+                Some((status, at)) if status == ready_text => at,
+                _ => json!(now),
+            };
             pod["status"] = json!({
-                "phase": "Running",
+                "phase": phase,
                 "qosClass": pod["status"]["qosClass"],
                 "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
-                "podIP": sandbox.ip.to_string(), "podIPs": [{"ip": sandbox.ip.to_string()}],
+                "podIP": ip, "podIPs": [{"ip": ip}],
                 "startTime": start_time,
                 "conditions": [
                     {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": null, "lastTransitionTime": start_time},
                     {"type": "Initialized", "status": "True", "lastProbeTime": null, "lastTransitionTime": start_time},
-                    {"type": "Ready", "status": ready_text, "lastProbeTime": null, "lastTransitionTime": now},
-                    {"type": "ContainersReady", "status": ready_text, "lastProbeTime": null, "lastTransitionTime": now},
+                    {"type": "Ready", "status": ready_text, "lastProbeTime": null, "lastTransitionTime": transition},
+                    {"type": "ContainersReady", "status": ready_text, "lastProbeTime": null, "lastTransitionTime": transition},
                     {"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": start_time},
                 ],
-                "containerStatuses": [status],
+                "containerStatuses": all,
             });
             Ok(())
         });
+    }
+}
+
+/// The statuses of a pod's containers, in the order of its spec.
+struct PodStatuses {
+    pod: Value,
+    containers: Vec<Value>,
+    host_ip: String,
+    /// Set once the sandbox has its address.
+    sandbox_ip: Mutex<Option<String>>,
+    slots: Mutex<Vec<Value>>,
+}
+
+impl PodStatuses {
+    fn new(pod: &Value, containers: &[Value], node: usize) -> PodStatuses {
+        let waiting = |c: &Value| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false, "started": false, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}});
+        PodStatuses {
+            pod: pod.clone(),
+            containers: containers.to_vec(),
+            host_ip: format!("10.243.0.{}", node + 1),
+            sandbox_ip: Mutex::new(None),
+            slots: Mutex::new(containers.iter().map(waiting).collect()),
+        }
     }
 }
 
@@ -661,6 +760,39 @@ fn c_string(path: &Path) -> anyhow::Result<CString> {
 }
 
 impl Launch {
+    /// Runs an exec probe's command in the container whose process is
+    /// `pid` (its network and mount namespaces, its environment): whether
+    /// it exits 0 within `timeout`.
+    async fn probe(&self, command: &[String], pid: u32, netns: &str, timeout: Duration) -> bool {
+        use std::os::unix::process::CommandExt;
+        let Some((program, args)) = command.split_first() else { return false };
+        let (Ok(net), Ok(mnt)) = (merak_netdev::netns::open_fd(netns), std::fs::File::open(format!("/proc/{pid}/ns/mnt"))) else { return false };
+        let mut probe = std::process::Command::new(program);
+        probe.args(args).env_clear().envs(self.env.iter().map(|(k, v)| (k, v))).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).process_group(0);
+        let (net_fd, mnt_fd) = (net.as_raw_fd(), mnt.as_raw_fd());
+        // SAFETY: only setns(2), async-signal-safe, on descriptors opened above.
+        unsafe {
+            probe.pre_exec(move || {
+                let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+                check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+                check(libc::setns(net_fd, libc::CLONE_NEWNET))?;
+                check(libc::setns(mnt_fd, libc::CLONE_NEWNS))
+            });
+        }
+        let Ok(mut child) = tokio::process::Command::from(probe).kill_on_drop(true).spawn() else { return false };
+        drop((net, mnt));
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => {
+                if let Some(pid) = child.id() {
+                    // SAFETY: signalling the probe's own process group.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                }
+                false
+            }
+        }
+    }
+
     /// Forks the container: in the pod's network namespace, in a mount
     /// namespace of its own with a fresh tmpfs on /run (so namespaces the
     /// agent names under /run/netns are the pod's, as in a real container),

@@ -41,7 +41,16 @@ struct Args {
 
 fn parse_image(text: &str) -> Result<(String, PathBuf), String> {
     let (reference, program) = text.split_once('=').ok_or("expected REFERENCE=PROGRAM")?;
-    let program = std::fs::canonicalize(program).map_err(|e| format!("{program}: {e}"))?;
+    // The directory made absolute, the name kept: a container's command
+    // names the program as the image does (`python3`, not what the link
+    // points to).
+    let path = std::path::Path::new(program);
+    let name = path.file_name().ok_or_else(|| format!("{program}: not a file name"))?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let program = std::fs::canonicalize(parent).map_err(|e| format!("{program}: {e}"))?.join(name);
+    if !program.is_file() {
+        return Err(format!("{}: no such program", program.display()));
+    }
     Ok((reference.to_string(), program))
 }
 

@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod objects;
 pub mod store;
+mod under_test;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -39,7 +40,8 @@ use tonic::transport::Channel;
 use self::cluster::{DELETE, DELETE_IN_BACKGROUND, POST, is_conflict, is_not_found, retrying};
 use self::objects::{AGENT_PORT, AGENT_TLS, Access, CONTROLLER_TLS, GATEWAY, GATEWAY_ROLE, GATEWAY_TLS, PodSettings, namespace_name};
 use super::agent_client::AgentChannel;
-use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus};
+use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest};
+use crate::model::epm_agent::{AGENT_CONTAINER, AgentHost, EpmAgentSpec};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeSpec};
 use crate::store::{self as records, RecordStore, StoreError};
@@ -113,13 +115,19 @@ fn api(what: impl std::fmt::Display, error: kube::Error) -> RuntimeError {
 fn pod_state(pod: &Pod, digest: Option<&str>) -> PodState {
     let unknown = k8s_openapi::api::core::v1::PodStatus::default();
     let status = pod.status.as_ref().unwrap_or(&unknown);
-    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+    // Where merak-agent shares its pod with agents under test, its own
+    // container says whether the EPM runs; theirs are reported apart.
+    let agent = status.container_statuses.iter().flatten().find(|c| c.name == AGENT_CONTAINER);
+    let ready = match agent {
+        Some(agent) => agent.ready,
+        None => status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True"),
+    };
     let phase = status.phase.as_deref().unwrap_or_default();
     let made_from = pod.metadata.annotations.as_ref().and_then(|a| a.get(objects::SPEC_ANNOTATION)).map(String::as_str);
     let stale = pod.metadata.deletion_timestamp.is_some() || phase == "Failed" || phase == "Succeeded" || (digest.is_some() && made_from != digest);
     let mut waiting = None;
     let mut hopeless = false;
-    for container in status.container_statuses.iter().flatten() {
+    for container in status.container_statuses.iter().flatten().filter(|c| agent.is_none_or(|agent| agent.name == c.name)) {
         if let Some(state) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) {
             let reason = state.reason.clone().unwrap_or_default();
             hopeless |= matches!(reason.as_str(), "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull");
@@ -372,11 +380,12 @@ impl KubernetesRuntime {
     /// Makes the pods the spec has and the cluster lacks (or holds stale),
     /// removes those it no longer has, and waits until each is running or
     /// cannot be: the pods by name, as they are at the end.
-    async fn converge_pods(&self, spec: &TreeSpec, failures: &mut Vec<Failure>) -> Result<HashMap<String, PodState>, RuntimeError> {
+    /// `made`: the pods it created.
+    async fn converge_pods(&self, spec: &TreeSpec, under_test: UnderTest<'_>, failures: &mut Vec<Failure>, made: &mut Vec<String>) -> Result<HashMap<String, PodState>, RuntimeError> {
         let topology = &spec.name;
         let wanted: Vec<(String, k8s_openapi::api::core::v1::Pod)> = objects::pod_objects(spec)
             .iter()
-            .map(|object| objects::pod(topology, object, &self.settings).map(|pod| (object.name(), pod)))
+            .map(|object| objects::pod(topology, object, &self.settings, under_test).map(|pod| (object.name(), pod)))
             .collect::<Result<_, String>>()
             .map_err(RuntimeError::Unavailable)?;
         let digest = |pod: &Pod| pod.metadata.annotations.as_ref().and_then(|a| a.get(objects::SPEC_ANNOTATION)).cloned();
@@ -421,8 +430,9 @@ impl KubernetesRuntime {
             .collect()
             .await;
         for (name, result) in created {
-            if let Err(e) = result {
-                failures.push(Failure { object: name.clone(), error: format!("creating pod {}/{name}: {e}", namespace_name(topology)) });
+            match result {
+                Ok(()) => made.push(name),
+                Err(e) => failures.push(Failure { object: name.clone(), error: format!("creating pod {}/{name}: {e}", namespace_name(topology)) }),
             }
         }
         self.wait_running(spec, &wanted, failures).await
@@ -744,7 +754,7 @@ impl KubernetesRuntime {
         let existing = self.list_pods(&spec.name).await?;
         let pods: HashMap<String, PodState> = existing.iter().map(|(name, pod)| (name.clone(), pod_state(pod, None))).collect();
         let infos = self.infos(&spec.name, &pods).await;
-        Ok(TopologyStatus { ready_epms: Self::ready_epms(spec, &pods, &infos), failures: Vec::new() })
+        Ok(TopologyStatus { ready_epms: Self::ready_epms(spec, &pods, &infos), ..TopologyStatus::default() })
     }
 
     fn forget(&self, topology: &str) {
@@ -764,25 +774,30 @@ impl Substrate for KubernetesRuntime {
     }
 
     fn check_external_vpc(&self) -> Result<(), RuntimeError> {
-        // Their EPM ends are for agents under test, which run locally only.
+        // Their EPM ends are for agents under test to attach, which no
+        // acceptance test has proven in pods yet.
         Err(RuntimeError::Conflict(
-            "external VPCs run on the local runtime: their ports are left to agents under test (epm_agent), which this \
-             provider version runs on the local runtime only. Use controller = \"builtin\" or runtime = \"local\"."
+            "external VPCs run on the local runtime in this provider version: the kubernetes runtime runs agents under \
+             test (epm_agent with image), but leaving EVMs' ports to them in pods is not built yet. Use controller = \"builtin\" \
+             or runtime = \"local\"."
                 .into(),
         ))
+    }
+
+    fn agent_host(&self) -> AgentHost {
+        AgentHost::Container
     }
 
     fn supervised_logs(&self, _topology: &str) -> Result<std::path::PathBuf, RuntimeError> {
-        // The agent image holds nothing but the agent: a user's agent needs
-        // an image of its own, a container next to the agent in the EPM pod.
-        Err(RuntimeError::Conflict(
-            "epm_agent blocks run on the local runtime; on kubernetes each is to be a container of its own in the EPM pods, \
-             which this provider version does not build yet. Remove the blocks or use runtime = \"local\"."
-                .into(),
-        ))
+        Err(RuntimeError::Conflict("on kubernetes, agents under test are containers: their output is in kubectl logs".into()))
     }
 
-    async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
+    async fn agent_containers_status(&self, spec: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<Vec<Failure>, RuntimeError> {
+        let pods = self.list_pods(&spec.name).await?;
+        Ok(under_test::failures(spec, agents, &pods))
+    }
+
+    async fn apply_topology(&self, spec: &TreeSpec, under_test: UnderTest<'_>, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
         let topology = &spec.name;
         objects::fits(spec).map_err(RuntimeError::Conflict)?;
         let existing = self.load_record(topology).await?;
@@ -798,7 +813,8 @@ impl Substrate for KubernetesRuntime {
         }
 
         let mut failures = Vec::new();
-        let pods = self.converge_pods(spec, &mut failures).await?;
+        let mut made = Vec::new();
+        let pods = self.converge_pods(spec, under_test, &mut failures, &mut made).await?;
         if self.access == Access::PortForward
             && let Some(failure) = self.wait_gateway(topology).await?
         {
@@ -817,6 +833,8 @@ impl Substrate for KubernetesRuntime {
         failures.sort_by(|a, b| a.object.cmp(&b.object));
         failures.dedup_by(|a, b| a.object == b.object);
         status.failures = failures;
+        let epms: HashSet<String> = spec.epms().map(|e| e.name).collect();
+        status.remade = made.into_iter().filter(|name| epms.contains(name)).collect();
         if !record.confirmed && status.failures.is_empty() && status.ready_epms == spec.hosts {
             record.confirmed = true;
             self.save_record(topology, &record).await?;

@@ -12,7 +12,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Toleration};
 use serde_json::{Value, json};
 
+use crate::model::epm_agent::{AGENT_CONTAINER, Placeholders};
 use crate::model::{Epm, TreeSpec, Vswitch};
+use crate::runtime::UnderTest;
 
 /// The label every object of the runtime carries.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "terraform-provider-merak");
@@ -116,19 +118,22 @@ pub fn record_map(topology: &str, kind: &str, document: &str, resource_version: 
     }))
 }
 
+/// A ConfigMap's name is a DNS subdomain: a kind's `_` becomes `-`
+/// (`epm_agents` → `merak-record-epm-agents`).
 pub fn record_name(kind: &str) -> String {
-    format!("merak-record-{kind}")
+    format!("merak-record-{}", kind.replace('_', "-"))
 }
 
 /// The pod of an EPM or a vswitch: merak-agent listening on TCP with the
 /// topology's certificates, privileged enough to make namespaces, veths,
-/// taps and VXLAN devices, ready when its port answers.
-pub fn pod(topology: &str, object: &PodObject, settings: &PodSettings) -> Result<Pod, String> {
+/// taps and VXLAN devices, ready when its port answers. An EPM's pod also
+/// holds a container per agent under test.
+pub fn pod(topology: &str, object: &PodObject, settings: &PodSettings, under_test: UnderTest<'_>) -> Result<Pod, String> {
     let (name, role) = (object.name(), object.role());
     let mut labels = labels(topology);
     labels.insert(ROLE_LABEL.into(), role.into());
     let requests = if role == "epm" { settings.epm_requests.clone() } else { BTreeMap::new() };
-    let spec = json!({
+    let mut spec = json!({
         "nodeSelector": settings.node_selector,
         "tolerations": settings.tolerations,
         // EPMs spread over the nodes; vswitches go where there is room.
@@ -142,7 +147,7 @@ pub fn pod(topology: &str, object: &PodObject, settings: &PodSettings) -> Result
         "automountServiceAccountToken": false,
         "terminationGracePeriodSeconds": 5,
         "containers": [{
-            "name": "agent",
+            "name": AGENT_CONTAINER,
             "image": settings.agent_image,
             "imagePullPolicy": settings.image_pull_policy,
             "args": ["--epm", name, "--listen", format!("0.0.0.0:{AGENT_PORT}"), "--tls-dir", TLS_DIR],
@@ -161,6 +166,11 @@ pub fn pod(topology: &str, object: &PodObject, settings: &PodSettings) -> Result
             {"name": "tun", "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}},
         ],
     });
+    if let (PodObject::Epm(epm), Some(containers)) = (object, spec["containers"].as_array_mut()) {
+        containers.extend(agent_containers(epm, under_test, settings));
+    }
+    // The digest covers the agents under test: a pod's containers cannot
+    // change, so other agents make the EPM's pod anew.
     let digest = format!("{:016x}", fnv1a(spec.to_string().as_bytes()));
     typed(json!({
         "metadata": {
@@ -171,6 +181,34 @@ pub fn pod(topology: &str, object: &PodObject, settings: &PodSettings) -> Result
         },
         "spec": spec,
     }))
+}
+
+/// The agents under test as containers of an EPM's pod, rendered for it:
+/// privileged like merak-agent (a virtual switch or routing daemon programs
+/// the pod's network), ready while the ready command exits 0 within 5 s.
+fn agent_containers(epm: &Epm, under_test: UnderTest<'_>, settings: &PodSettings) -> Vec<Value> {
+    let at = Placeholders { epm: &epm.name, epm_ip: epm.ip, epm_index: epm.index, controller_url: under_test.controller_url };
+    under_test
+        .agents
+        .iter()
+        .map(|agent| {
+            let rendered = agent.render(&at);
+            let env: Vec<Value> = rendered.env.iter().map(|(name, value)| json!({"name": name, "value": value})).collect();
+            let mut container = json!({
+                "name": agent.name,
+                "image": agent.image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": rendered.command,
+                "env": env,
+                "securityContext": {"privileged": true},
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            });
+            if !rendered.ready_command.is_empty() {
+                container["readinessProbe"] = json!({"exec": {"command": rendered.ready_command}, "periodSeconds": 2, "timeoutSeconds": 5, "failureThreshold": 1});
+            }
+            container
+        })
+        .collect()
 }
 
 /// The gateway (see merak_agent::gateway): one replica of merak-agent in
@@ -302,7 +340,7 @@ mod tests {
     #[test]
     fn a_pod_runs_the_agent_as_the_settings_say() {
         let lab = spec("lab", 8);
-        let pod = pod("lab", &PodObject::Epm(lab.epm(3)), &settings()).unwrap();
+        let pod = pod("lab", &PodObject::Epm(lab.epm(3)), &settings(), UnderTest::default()).unwrap();
         let meta = &pod.metadata;
         assert_eq!((meta.name.as_deref(), meta.namespace.as_deref()), (Some("epm-3"), Some("merak-lab")));
         assert_eq!(meta.labels.as_ref().unwrap()[ROLE_LABEL], "epm");
@@ -316,6 +354,35 @@ mod tests {
         assert_eq!(spec.volumes.unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some(AGENT_TLS));
         let requests = agent.resources.as_ref().unwrap().requests.as_ref().unwrap();
         assert_eq!(requests["cpu"].0, "50m");
+    }
+
+    #[test]
+    fn agents_under_test_are_containers_of_the_epm_pods_only() {
+        use crate::model::epm_agent::EpmAgentSpec;
+        let lab = spec("lab", 8);
+        let agents = [EpmAgentSpec {
+            name: "ovn".into(),
+            command: vec!["ovn-controller".into(), "--name=${epm}".into()],
+            env: Some(BTreeMap::from([("REMOTE".to_string(), "${controller_url}".to_string())])),
+            ready_command: Some(vec!["ovs-vsctl".into(), "show".into()]),
+            ready_timeout_s: None,
+            image: Some("registry.example/ovn:24.03".into()),
+        }];
+        let under_test = UnderTest { agents: &agents, controller_url: Some("http://10.0.0.1:8080") };
+        let epm = pod("lab", &PodObject::Epm(lab.epm(2)), &settings(), under_test).unwrap().spec.unwrap();
+        let names: Vec<&str> = epm.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [AGENT_CONTAINER, "ovn"]);
+        let ovn = &epm.containers[1];
+        assert_eq!(ovn.image.as_deref(), Some("registry.example/ovn:24.03"));
+        assert_eq!(ovn.command.as_deref(), Some(&["ovn-controller".to_string(), "--name=epm-2".to_string()][..]));
+        assert_eq!(ovn.env.as_ref().unwrap()[0].value.as_deref(), Some("http://10.0.0.1:8080"));
+        assert_eq!(ovn.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap()[0], "ovs-vsctl");
+        assert_eq!(ovn.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        let switch = lab.vswitches().into_iter().next().unwrap();
+        let switch = pod("lab", &PodObject::Vswitch(switch), &settings(), under_test).unwrap().spec.unwrap();
+        assert_eq!(switch.containers.len(), 1, "vswitches run no agent under test");
+        let digest = |under_test| pod("lab", &PodObject::Epm(lab.epm(2)), &settings(), under_test).unwrap().metadata.annotations.unwrap()[SPEC_ANNOTATION].clone();
+        assert_ne!(digest(under_test), digest(UnderTest::default()), "other agents make the pod anew");
     }
 
     #[test]
@@ -340,7 +407,7 @@ mod tests {
     #[test]
     fn other_settings_give_another_digest() {
         let lab = spec("lab", 8);
-        let digest = |settings: &PodSettings| pod("lab", &PodObject::Epm(lab.epm(0)), settings).unwrap().metadata.annotations.unwrap()[SPEC_ANNOTATION].clone();
+        let digest = |settings: &PodSettings| pod("lab", &PodObject::Epm(lab.epm(0)), settings, UnderTest::default()).unwrap().metadata.annotations.unwrap()[SPEC_ANNOTATION].clone();
         let mut other = settings();
         assert_eq!(digest(&settings()), digest(&other));
         other.agent_image = "registry.example/merak-agent:0.2.0".into();
@@ -377,6 +444,7 @@ mod tests {
     fn records_and_secrets_are_well_formed() {
         let map = record_map("lab", "overlay", "{}", Some("7".into())).unwrap();
         assert_eq!(map.metadata.name.as_deref(), Some("merak-record-overlay"));
+        assert_eq!(record_name("epm_agents"), "merak-record-epm-agents");
         assert_eq!(map.data.unwrap()["record.json"], "{}");
         let secret = tls_secret("lab", AGENT_TLS, &[("ca.pem", "x")]).unwrap();
         assert_eq!(secret.string_data.unwrap()["ca.pem"], "x");

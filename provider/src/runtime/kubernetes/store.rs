@@ -105,7 +105,16 @@ impl ClusterStore {
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
-                let Ok(Some(mut lock)) = maps.get_opt(LOCK).await else { return };
+                // A refused read is tried again at the next renewal; only a
+                // lock that is gone (or another's) ends the renewing.
+                let mut lock = match maps.get_opt(LOCK).await {
+                    Ok(Some(lock)) => lock,
+                    Ok(None) => return,
+                    Err(error) => {
+                        tracing::debug!(%error, "reading the topology lock to renew it failed; trying again");
+                        continue;
+                    }
+                };
                 let data = lock.data.get_or_insert_default();
                 if data.get("holder") != Some(&holder) {
                     return;
@@ -248,10 +257,16 @@ impl RecordStore for ClusterStore {
             task.abort();
         }
         // The namespace and the lock with it are usually gone already.
+        // Retried: a lock left behind blocks the next run until it lapses.
         if let Ok(Some(lock)) = self.read_lock(topology).await
             && lock.data.as_ref().and_then(|d| d.get("holder")) == Some(&self.holder)
         {
-            let _ = self.maps(topology).delete(LOCK, &DELETE).await;
+            let maps = self.maps(topology);
+            if let Err(error) = retrying("releasing the lock", || maps.delete(LOCK, &DELETE)).await
+                && !is_not_found(&error)
+            {
+                tracing::warn!(topology, %error, "could not release the topology lock; it lapses {} s after its last renewal", LOCK_TTL.as_secs());
+            }
         }
     }
 }

@@ -28,7 +28,8 @@ mod evms;
 mod host_limits;
 mod tls;
 
-use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, agent_client, process};
+use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, agent_client, process};
+use crate::model::epm_agent::AgentHost;
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeSpec, Vswitch};
 use crate::store::{self as records, RecordStore, StoreError};
@@ -506,7 +507,7 @@ impl LocalRuntime {
             .filter(|ready| futures::future::ready(*ready))
             .count()
             .await;
-        TopologyStatus { ready_epms: ready as u32, failures: Vec::new() }
+        TopologyStatus { ready_epms: ready as u32, ..TopologyStatus::default() }
     }
 
     /// Removes every namespace of the topology not in `keep`, stopping agents
@@ -627,7 +628,7 @@ async fn wait_until_gone(watched: Vec<(Netlink, Vec<String>)>) -> Result<(), Run
 
 #[tonic::async_trait]
 impl Substrate for LocalRuntime {
-    async fn apply_topology(&self, spec: &TreeSpec, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
+    async fn apply_topology(&self, spec: &TreeSpec, _under_test: UnderTest<'_>, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
         let topology = &spec.name;
         netns::prepare_run_dir().map_err(|e| RuntimeError::io("preparing /run/netns", e))?;
         let existing = self.load_record(topology).await?;
@@ -725,6 +726,10 @@ impl Substrate for LocalRuntime {
             self.save_record(topology, &record).await?;
         }
         Ok(status)
+    }
+
+    fn agent_host(&self) -> AgentHost {
+        AgentHost::Namespace
     }
 
     fn supervised_logs(&self, topology: &str) -> Result<PathBuf, RuntimeError> {
