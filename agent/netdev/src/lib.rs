@@ -5,3 +5,4 @@
 
 pub mod netdev;
 pub mod netns;
+pub mod shaping;

@@ -32,12 +32,22 @@ pub struct NetdevError {
 }
 
 impl NetdevError {
-    fn new(op: impl Into<String>, source: rtnetlink::Error) -> Self {
+    pub(crate) fn new(op: impl Into<String>, source: rtnetlink::Error) -> Self {
         let source = match source {
             rtnetlink::Error::NetlinkError(message) => message.to_io(),
             other => io::Error::other(other.to_string()),
         };
         NetdevError { op: op.into(), source }
+    }
+
+    /// A request this crate refuses to send (a value out of the kernel's range).
+    pub(crate) fn invalid(op: impl Into<String>) -> Self {
+        NetdevError { op: op.into(), source: io::Error::from_raw_os_error(libc::EINVAL) }
+    }
+
+    /// A kernel that lacks what the request needs, said in words.
+    pub(crate) fn unsupported(op: impl Into<String>, why: &str) -> Self {
+        NetdevError { op: op.into(), source: io::Error::new(io::ErrorKind::Unsupported, why.to_string()) }
     }
 
     /// The errno the kernel answered with, if it was the kernel that refused.
@@ -113,7 +123,7 @@ fn vxlan_state(infos: &[LinkInfo]) -> Option<VxlanState> {
 /// A netlink route connection; cheap to clone.
 #[derive(Clone)]
 pub struct Netlink {
-    handle: rtnetlink::Handle,
+    pub(crate) handle: rtnetlink::Handle,
 }
 
 impl Netlink {
@@ -424,7 +434,7 @@ impl Netlink {
     }
 
     /// Sends a request rtnetlink has no builder for and waits for its ack.
-    async fn acknowledged(&self, request: NetlinkMessage<RouteNetlinkMessage>, op: String) -> Result<()> {
+    pub(crate) async fn acknowledged(&self, request: NetlinkMessage<RouteNetlinkMessage>, op: String) -> Result<()> {
         let mut handle = self.handle.clone();
         let mut responses = handle.request(request).map_err(|e| NetdevError::new(op.clone(), e))?;
         while let Some(response) = responses.next().await {
