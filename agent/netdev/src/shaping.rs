@@ -4,6 +4,8 @@
 //! Shaping both ends of a link shapes both directions. The qdiscs carry
 //! handles of their own, so merak's are told apart from anyone else's.
 
+use std::collections::HashMap;
+
 use futures::StreamExt;
 use netlink_packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, Nla, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -50,6 +52,8 @@ pub struct RootQdisc {
     pub handle: u32,
     /// A tbf's rate, bytes per second.
     pub rate_bytes_per_s: Option<u64>,
+    /// A netem sits under merak's tbf.
+    pub netem_below: bool,
 }
 
 impl RootQdisc {
@@ -175,24 +179,40 @@ impl Netlink {
     /// The root qdisc of link `index`, if it has one of its own (not the
     /// kernel's default, which has no handle).
     pub async fn root_qdisc(&self, index: u32) -> Result<Option<RootQdisc>> {
-        let op = format!("read the qdiscs of link {index}");
+        Ok(self.root_qdiscs().await?.remove(&index))
+    }
+
+    /// Every link's root qdisc in this namespace, by link index, but the
+    /// kernel's defaults: one dump for all.
+    pub async fn root_qdiscs(&self) -> Result<HashMap<u32, RootQdisc>> {
+        let op = "read the qdiscs".to_string();
         let mut dump = NetlinkMessage::from(RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()));
         dump.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
         let mut handle = self.handle.clone();
         let mut responses = handle.request(dump).map_err(|e| NetdevError::new(op.clone(), e))?;
-        let mut found = None;
+        let mut found = HashMap::new();
+        let mut netem_below = Vec::new();
         while let Some(response) = responses.next().await {
             match response.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(qdisc))
-                    if u32::try_from(qdisc.header.index).ok() == Some(index) && qdisc.header.parent == TcHandle::ROOT =>
-                {
-                    found = Some(root_of(&qdisc));
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(qdisc)) => {
+                    let Ok(index) = u32::try_from(qdisc.header.index) else { continue };
+                    let root = root_of(&qdisc);
+                    if qdisc.header.parent == TcHandle::ROOT && root.handle != 0 {
+                        found.insert(index, root);
+                    } else if u32::from(qdisc.header.parent) == ROOT_HANDLE | 1 && root.kind == "netem" {
+                        netem_below.push(index);
+                    }
                 }
                 NetlinkPayload::Error(error) if error.code.is_some() => return Err(NetdevError::new(op, rtnetlink::Error::NetlinkError(error))),
                 _ => {}
             }
         }
-        Ok(found.filter(|root| root.handle != 0))
+        for index in netem_below {
+            if let Some(root) = found.get_mut(&index) {
+                root.netem_below = true;
+            }
+        }
+        Ok(found)
     }
 
     async fn qdisc_request(&self, message: RouteNetlinkMessage, flags: u16, op: String) -> Result<()> {
@@ -203,7 +223,7 @@ impl Netlink {
 }
 
 fn root_of(qdisc: &TcMessage) -> RootQdisc {
-    let mut root = RootQdisc { kind: String::new(), handle: u32::from(qdisc.header.handle), rate_bytes_per_s: None };
+    let mut root = RootQdisc { kind: String::new(), handle: u32::from(qdisc.header.handle), rate_bytes_per_s: None, netem_below: false };
     let mut rate64 = None;
     for attribute in &qdisc.attributes {
         match attribute {

@@ -24,6 +24,7 @@ use self::network::NetworkController;
 use self::records::{Evm, Forget, GroupRecord, OverlayRecord, evms, subnet_key};
 use crate::model::TreeSpec;
 use crate::model::epm_agent::{AgentHost, EpmAgentSpec};
+use crate::model::link_profile::LinkProfileSpec;
 use crate::model::network_controller::VpcController;
 use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec, VpcSpec};
 pub use self::under_test::UnderTestStatus;
@@ -32,6 +33,8 @@ use crate::store::{self, RecordStore};
 
 /// The record kind of the tenant networks (`overlay.json` in a file store).
 const OVERLAY: &str = "overlay";
+/// The record kind of the topology's link profiles.
+const LINK_PROFILES: &str = "link_profiles";
 
 /// A topology as it stands: its underlay and its agents under test.
 #[derive(Debug, Clone)]
@@ -40,6 +43,9 @@ pub struct TopologyView {
     pub status: TopologyStatus,
     pub agents: Vec<EpmAgentSpec>,
     pub agents_status: UnderTestStatus,
+    pub profiles: Vec<LinkProfileSpec>,
+    /// Links carrying their profile's shaping.
+    pub impaired_links: u64,
 }
 
 /// How much of an EVM group is up, and what it holds.
@@ -140,6 +146,11 @@ impl Controller {
         Ok(())
     }
 
+    /// Refuses link profiles where the runtime cannot shape links.
+    pub fn check_link_profiles(&self) -> Result<(), RuntimeError> {
+        self.substrate.check_link_profiles()
+    }
+
     /// How the runtime runs agents under test (whether they need an image).
     pub fn agent_host(&self) -> AgentHost {
         self.substrate.agent_host()
@@ -149,7 +160,7 @@ impl Controller {
     /// drifted and removes what the spec no longer has, then runs `agents`
     /// in every EPM. Failures of single objects are reported in the status;
     /// an `Err` means nothing could be done.
-    pub async fn apply_topology(&self, spec: &TreeSpec, agents: &[EpmAgentSpec], intent: Intent) -> Result<TopologyView, RuntimeError> {
+    pub async fn apply_topology(&self, spec: &TreeSpec, agents: &[EpmAgentSpec], profiles: &[LinkProfileSpec], intent: Intent) -> Result<TopologyView, RuntimeError> {
         self.store.lock(&spec.name).await?;
         let _underlay = self.underlay_lock.write().await;
         self.record_epm_agents(spec, agents).await?;
@@ -158,8 +169,30 @@ impl Controller {
         if !status.remade.is_empty() {
             status.failures.extend(self.rebuild_evms(spec, &status.remade).await?);
         }
+        let impaired_links = self.apply_link_profiles(spec, profiles, &mut status.failures).await?;
         let agents_status = self.apply_epm_agents(spec, agents, status.ready_epms).await?;
-        Ok(TopologyView { spec: spec.clone(), status, agents: agents.to_vec(), agents_status })
+        Ok(TopologyView { spec: spec.clone(), status, agents: agents.to_vec(), agents_status, profiles: profiles.to_vec(), impaired_links })
+    }
+
+    /// Records the profiles and has the substrate shape the links; how many
+    /// carry their shaping after it. Shaping refused whole is one failure.
+    async fn apply_link_profiles(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec], failures: &mut Vec<Failure>) -> Result<u64, RuntimeError> {
+        let recorded = self.load_link_profiles(&spec.name).await?;
+        if profiles.is_empty() && recorded.is_empty() {
+            return Ok(0);
+        }
+        if recorded != profiles {
+            store::save_json(self.store.as_ref(), &spec.name, LINK_PROFILES, &profiles).await?;
+        }
+        match self.substrate.apply_link_profiles(spec, profiles).await {
+            Ok(refused) => failures.extend(refused),
+            Err(e) => failures.push(Failure { object: "link_profile".into(), error: e.to_string() }),
+        }
+        self.substrate.impaired_links(spec, profiles).await
+    }
+
+    async fn load_link_profiles(&self, topology: &str) -> Result<Vec<LinkProfileSpec>, RuntimeError> {
+        Ok(store::load_json(self.store.as_ref(), topology, LINK_PROFILES).await?.unwrap_or_default())
     }
 
     /// Builds again the EVMs of EPMs the substrate made anew (a replaced
@@ -199,7 +232,9 @@ impl Controller {
         } else {
             self.epm_agents_status(&spec, &agents).await
         };
-        Ok(Some(TopologyView { spec, status, agents, agents_status }))
+        let profiles = self.load_link_profiles(name).await?;
+        let impaired_links = if profiles.is_empty() { 0 } else { self.substrate.impaired_links(&spec, &profiles).await? };
+        Ok(Some(TopologyView { spec, status, agents, agents_status, profiles, impaired_links }))
     }
 
     /// The recorded spec of a topology, without checking its EPMs (cheap).

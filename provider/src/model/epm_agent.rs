@@ -40,15 +40,8 @@ pub struct EpmAgentSpec {
     pub image: Option<String>,
 }
 
-/// A rule an `epm_agent` block breaks: the block's index, the attribute in
-/// it, and what to tell the user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentError {
-    pub index: usize,
-    pub attribute: &'static str,
-    pub summary: String,
-    pub detail: String,
-}
+/// A rule an `epm_agent` block breaks.
+pub use super::BlockError as AgentError;
 
 /// What one EPM's placeholders stand for.
 #[derive(Debug, Clone, Copy)]

@@ -4,6 +4,7 @@
 pub mod cidr;
 pub mod epm_agent;
 pub mod graph;
+pub mod link_profile;
 pub mod network_controller;
 pub mod naming;
 pub mod overlay;
@@ -15,6 +16,16 @@ pub use tree::{Epm, TreeInput, TreeSpec, Vswitch};
 /// A rule a configuration breaks, pinned to the attribute to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecError {
+    pub attribute: &'static str,
+    pub summary: String,
+    pub detail: String,
+}
+
+/// A rule a repeated block breaks: the block's index, the attribute in
+/// it, and what to tell the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockError {
+    pub index: usize,
     pub attribute: &'static str,
     pub summary: String,
     pub detail: String,

@@ -93,6 +93,15 @@ impl Number {
         }
     }
 
+    /// The value as an f64 (a decimal beyond its precision rounds).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Number::Int(i) => Some(*i as f64),
+            Number::Float(f) => Some(*f),
+            Number::Decimal(text) => text.parse().ok(),
+        }
+    }
+
     /// The value as an i64, when it is a whole number in range.
     pub fn as_i64(&self) -> Option<i64> {
         match self {
@@ -126,6 +135,11 @@ impl Value {
 
     pub fn int(value: i64) -> Value {
         Value::Number(Number::Int(value))
+    }
+
+    /// A number: whole ones as integers, as configuration gives them.
+    pub fn number(value: f64) -> Value {
+        if value.fract() == 0.0 && value.abs() < 9.0e15 { Value::int(value as i64) } else { Value::Number(Number::Float(value)) }
     }
 
     pub fn is_null(&self) -> bool {
@@ -190,6 +204,13 @@ impl Value {
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             Value::Number(n) => n.as_i64(),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Number(n) => n.as_f64(),
             _ => None,
         }
     }

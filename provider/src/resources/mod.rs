@@ -4,6 +4,7 @@
 
 pub mod evm_group;
 pub mod evms;
+mod link_profile;
 pub mod pingall;
 pub mod planned;
 pub mod subnet;

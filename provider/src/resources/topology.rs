@@ -4,7 +4,9 @@ use std::sync::LazyLock;
 
 use std::collections::BTreeMap;
 
+use super::link_profile::{self, LINK_PROFILE};
 use crate::model::epm_agent::{self, EpmAgentSpec};
+use crate::model::link_profile::{LinkProfileSpec, impaired_link_count};
 use crate::model::{TreeInput, TreeSpec, naming};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
@@ -29,6 +31,7 @@ impl Resource<Controller> for Topology {
     fn validate(&self, config: &Value) -> Diagnostics {
         let mut diagnostics = spec_of(config).err().unwrap_or_default();
         diagnostics.0.extend(agents_of(config).err().unwrap_or_default().0);
+        diagnostics.0.extend(link_profile::profiles_of(config).err().unwrap_or_default().0);
         diagnostics
     }
 
@@ -40,6 +43,12 @@ impl Resource<Controller> for Topology {
                 let attribute = if agents.is_empty() { "name" } else { EPM_AGENT };
                 return Err(Diagnostic::attribute_error(&[attribute], "Topology does not fit this runtime", error.to_string()).into());
             }
+        }
+        if let (Some(runtime), Ok(Some(profiles))) = (runtime, link_profile::profiles_of(config))
+            && !profiles.is_empty()
+            && let Err(error) = runtime.check_link_profiles()
+        {
+            return Err(Diagnostic::attribute_error(&[LINK_PROFILE], "Links cannot be shaped on this runtime", error.to_string()).into());
         }
         // Shrinking must not pull EPMs out from under EVMs.
         if let (Some(runtime), Some(old), Some(new)) = (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())
@@ -170,8 +179,15 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                  blocks: `ready_epms`). An agent that crashed, or stopped being ready, is drift the next \
                  plan shows; apply waits for them again.",
             ),
+            Attribute::computed(
+                "impaired_links",
+                Type::Number,
+                "Links whose two ends carry their `link_profile`'s shaping. Planned as every link a \
+                 profile selects; shaping removed or changed behind Terraform's back lowers it, and the \
+                 next apply puts it back.",
+            ),
         ],
-        blocks: vec![NestedBlock::list(EPM_AGENT, epm_agent_block())],
+        blocks: vec![NestedBlock::list(EPM_AGENT, epm_agent_block()), NestedBlock::list(LINK_PROFILE, link_profile::block())],
     },
 });
 
@@ -319,7 +335,7 @@ pub fn spec_of(config: &Value) -> Result<Option<TreeSpec>, Diagnostics> {
 
 /// The full state of a topology built from `spec` with `ready_epms` up and
 /// its `agents` ready on `agents_ready` EPMs.
-pub fn state_of(spec: &TreeSpec, ready_epms: u32, agents: &[EpmAgentSpec], agents_ready: u32) -> Value {
+pub fn state_of(spec: &TreeSpec, ready_epms: u32, agents: &[EpmAgentSpec], agents_ready: u32, profiles: &[LinkProfileSpec], impaired_links: u64) -> Value {
     let epms = spec
         .epms()
         .map(|epm| {
@@ -349,22 +365,24 @@ pub fn state_of(spec: &TreeSpec, ready_epms: u32, agents: &[EpmAgentSpec], agent
         ("ready_epms", Value::int(i64::from(ready_epms))),
         ("epm_agents_ready", Value::int(i64::from(agents_ready))),
         (EPM_AGENT, Value::List(agents.iter().map(agent_value).collect())),
+        ("impaired_links", Value::int(i64::try_from(impaired_links).unwrap_or(i64::MAX))),
+        (LINK_PROFILE, Value::List(profiles.iter().map(link_profile::value).collect())),
     ])
 }
 
 fn state_of_view(view: &TopologyView) -> Value {
-    state_of(&view.spec, view.status.ready_epms, &view.agents, view.agents_status.ready_epms)
+    state_of(&view.spec, view.status.ready_epms, &view.agents, view.agents_status.ready_epms, &view.profiles, view.impaired_links)
 }
 
 /// The planned state: everything derives from the spec, so it is all known
 /// at plan time; `ready_epms` and `epm_agents_ready` are planned as "all of them".
 fn plan(config: &Value) -> Result<Value, Diagnostics> {
-    match (spec_of(config)?, agents_of(config)?) {
-        (Some(spec), Some(agents)) => {
+    match (spec_of(config)?, agents_of(config)?, link_profile::profiles_of(config)?) {
+        (Some(spec), Some(agents), Some(profiles)) => {
             super::planned::plan_topology(&spec);
-            Ok(state_of(&spec, spec.hosts, &agents, spec.hosts))
+            Ok(state_of(&spec, spec.hosts, &agents, spec.hosts, &profiles, impaired_link_count(&spec, &profiles)))
         }
-        (spec, _) => {
+        (spec, _, _) => {
             if let Some(spec) = &spec {
                 super::planned::plan_topology(spec);
             }
@@ -381,12 +399,12 @@ fn plan(config: &Value) -> Result<Value, Diagnostics> {
 /// Builds or changes the topology to match `planned`. The returned state
 /// always says what exists, also when some of it failed.
 async fn apply(runtime: &Controller, planned: &Value, intent: Intent) -> (Option<Value>, Diagnostics) {
-    let (spec, agents) = match (spec_of(planned), agents_of(planned)) {
-        (Ok(Some(spec)), Ok(Some(agents))) => (spec, agents),
-        (Err(diagnostics), _) | (_, Err(diagnostics)) => return (None, diagnostics),
+    let (spec, agents, profiles) = match (spec_of(planned), agents_of(planned), link_profile::profiles_of(planned)) {
+        (Ok(Some(spec)), Ok(Some(agents)), Ok(Some(profiles))) => (spec, agents, profiles),
+        (Err(diagnostics), _, _) | (_, Err(diagnostics), _) | (_, _, Err(diagnostics)) => return (None, diagnostics),
         _ => return (None, super::unknown_at_apply()),
     };
-    match runtime.apply_topology(&spec, &agents, intent).await {
+    match runtime.apply_topology(&spec, &agents, &profiles, intent).await {
         Ok(view) => (Some(state_of_view(&view)), failures_to_diagnostics(&view)),
         Err(error) => (None, Diagnostic::error(format!("Could not build topology {}", spec.name), error.to_string()).into()),
     }

@@ -18,6 +18,7 @@ use self::agent_client::AgentChannel;
 
 use crate::model::TreeSpec;
 use crate::model::epm_agent::{AgentHost, EpmAgentSpec};
+use crate::model::link_profile::LinkProfileSpec;
 
 /// Whether Terraform is creating an object or changing one its state holds.
 /// Creating an object whose record exists is refused unless that record was
@@ -154,6 +155,29 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     async fn agent_containers_status(&self, spec: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<Vec<Failure>, RuntimeError> {
         let _ = (spec, agents);
         Err(RuntimeError::Conflict("this runtime runs agents under test in the EPMs' namespaces, not as containers".into()))
+    }
+
+    /// Refuses `link_profile` blocks where this runtime cannot shape links.
+    fn check_link_profiles(&self) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Conflict(
+            "link_profile blocks shape the local runtime's links only in this provider version; remove them or use runtime = \"local\"."
+                .into(),
+        ))
+    }
+
+    /// Shapes every link a profile selects (both ends) and takes merak's
+    /// shaping off the links none selects; per link end that failed, why.
+    /// Shaping the kernel cannot do at all (no netem) is refused whole,
+    /// before any link is touched.
+    async fn apply_link_profiles(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<Vec<Failure>, RuntimeError> {
+        let _ = (spec, profiles);
+        self.check_link_profiles().map(|()| Vec::new())
+    }
+
+    /// How many links selected by `profiles` carry their shaping on both ends.
+    async fn impaired_links(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<u64, RuntimeError> {
+        let _ = (spec, profiles);
+        Ok(0)
     }
 
     /// Refuses external VPCs where EVMs cannot be left to a system under

@@ -26,10 +26,12 @@ use tokio::sync::Mutex;
 
 mod evms;
 mod host_limits;
+mod shaping;
 mod tls;
 
 use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, agent_client, process};
 use crate::model::epm_agent::AgentHost;
+use crate::model::link_profile::LinkProfileSpec;
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeSpec, Vswitch};
 use crate::store::{self as records, RecordStore, StoreError};
@@ -730,6 +732,18 @@ impl Substrate for LocalRuntime {
 
     fn agent_host(&self) -> AgentHost {
         AgentHost::Namespace
+    }
+
+    fn check_link_profiles(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn apply_link_profiles(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<Vec<Failure>, RuntimeError> {
+        self.shape_links(spec, profiles).await
+    }
+
+    async fn impaired_links(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<u64, RuntimeError> {
+        self.count_shaped(spec, profiles).await
     }
 
     fn supervised_logs(&self, topology: &str) -> Result<PathBuf, RuntimeError> {
