@@ -134,7 +134,10 @@ pub fn ping(request: &PingRequest) -> Result<(), OverlayError> {
         return Err(invalid(format!("a ping payload is at most {} bytes", crate::ping::MAX_PAYLOAD)));
     }
     request.probes.iter().try_for_each(|probe| {
-        namespace(&probe.from_namespace)?;
+        // Empty: from the agent's own namespace (the EPM, in a pod).
+        if !probe.from_namespace.is_empty() {
+            namespace(&probe.from_namespace)?;
+        }
         ipv4(&probe.to).map(drop)
     })
 }

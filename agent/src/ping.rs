@@ -27,12 +27,15 @@ pub enum Payload {
 /// Whether `to` answers one echo request with `payload` sent from
 /// namespace `from` within `timeout`.
 pub fn ping(from: &str, to: Ipv4Addr, payload: Payload, timeout: Duration) -> io::Result<bool> {
-    let ns = netns::open_fd(from).map_err(io::Error::other)?;
+    // "": the agent's own namespace (an EPM pod's), where the thread already is.
+    let ns = if from.is_empty() { None } else { Some(netns::open_fd(from).map_err(io::Error::other)?) };
     // The socket belongs to the namespace it was created in.
     let (socket, eth0_mtu) = std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                netns::enter(&ns)?;
+                if let Some(ns) = &ns {
+                    netns::enter(ns)?;
+                }
                 // SAFETY: socket(2); ownership goes to the OwnedFd.
                 let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
                 if fd < 0 {

@@ -76,10 +76,27 @@ pub struct EvmInfo {
     pub namespace: String,
 }
 
-/// A ping from one EVM to an address, and whether it should get through.
+/// Where a ping is sent from: an EVM, or an EPM itself (across the underlay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PingSource {
+    pub name: String,
+    pub ip: std::net::Ipv4Addr,
+    /// The EPM whose agent sends it.
+    pub epm: String,
+    /// The namespace it is sent from, as that agent names it.
+    pub namespace: String,
+}
+
+impl From<&EvmInfo> for PingSource {
+    fn from(evm: &EvmInfo) -> Self {
+        PingSource { name: evm.name.clone(), ip: evm.ip, epm: evm.epm.clone(), namespace: evm.namespace.clone() }
+    }
+}
+
+/// A ping from an EVM or EPM to an address, and whether it should get through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
-    pub from: EvmInfo,
+    pub from: PingSource,
     pub to: std::net::Ipv4Addr,
     pub to_name: String,
     pub expect_reply: bool,
@@ -283,6 +300,11 @@ impl Controller {
     async fn whole_evms(&self, topology: &str, evms: &[Evm]) -> Result<HashSet<String>, RuntimeError> {
         let specs: Vec<&merak_proto::agent::EvmSpec> = evms.iter().map(|e| &e.spec).collect();
         self.substrate.whole_evms(topology, &specs).await
+    }
+
+    /// An EPM as the source of pings across the underlay.
+    pub fn epm_ping_source(&self, topology: &str, epm: &crate::model::Epm) -> PingSource {
+        PingSource { name: epm.name.clone(), ip: epm.ip, epm: epm.name.clone(), namespace: self.substrate.epm_ping_namespace(topology, &epm.name) }
     }
 
     /// Pings from inside EVMs; `full_size`: each as large as its EVM's MTU allows, DF set.

@@ -1,6 +1,7 @@
-//! `merak_pingall`: connectivity checked from inside the EVMs (never from an
-//! EPM): pairs in each subnet, pairs across subnets of each VPC, which must
-//! answer, and pairs across VPCs, which must not.
+//! `merak_pingall`: connectivity checked from inside the EVMs (the overlay:
+//! pairs in each subnet, pairs across subnets of each VPC, which must
+//! answer, and pairs across VPCs, which must not), or between the EPMs
+//! themselves over the data plane (the underlay, `scope = "underlay"`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
@@ -8,7 +9,7 @@ use std::sync::LazyLock;
 use crate::protocol::cty::{Type, Value};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::controller::{Controller, EvmInfo, Probe};
+use crate::controller::{Controller, EvmInfo, PingSource, Probe};
 
 use crate::protocol::provider::DataSource;
 use super::{known_str, runtime_error};
@@ -22,18 +23,26 @@ const DEFAULT_TIMEOUT_MS: i64 = 2000;
 /// Subnets with at most this many EVMs are checked pair by pair.
 const ALL_PAIRS_UP_TO: usize = 6;
 const FAILURES_SHOWN: usize = 10;
+/// Underlays with at most this many EPMs are checked pair by pair.
+const ALL_EPM_PAIRS_UP_TO: usize = 32;
+const OVERLAY: &str = "overlay";
+const UNDERLAY: &str = "underlay";
 
 static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     version: 0,
     block: Block {
-        description: "Pings from inside EVM namespaces and reports what answered. Probes: every pair in \
-            small subnets and `samples` pairs in larger ones, `samples` pairs between each two subnets \
-            of a VPC (all must answer), and one pair between each two VPCs (must not answer). Read it \
-            after the EVMs exist, e.g. with `depends_on` on the groups.",
+        description: "Pings and reports what answered. With `scope = \"overlay\"` (the default), from \
+            inside EVM namespaces: every pair in small subnets and `samples` pairs in larger ones, \
+            `samples` pairs between each two subnets of a VPC (all must answer), and one pair between \
+            each two VPCs (must not answer); read it after the EVMs exist, e.g. with `depends_on` on \
+            the groups. With `scope = \"underlay\"`, from each EPM to others' data-plane addresses: \
+            every pair up to 32 EPMs; above, each EPM to the next and to the one half-way round, and \
+            `samples` pairs more. All must answer.",
         attributes: vec![
             Attribute::computed("id", Type::String, "The topology."),
             Attribute::required("topology_id", Type::String, "The `id` of the `merak_topology`."),
-            Attribute::optional("samples", Type::Number, "Pairs per subnet (and per pair of subnets) when there are too many to try all; default 10."),
+            Attribute::optional("scope", Type::String, "`overlay` (default): between EVMs. `underlay`: between EPMs, over the data plane."),
+            Attribute::optional("samples", Type::Number, "Pairs per subnet (and per pair of subnets), or more EPM pairs in a large underlay, when there are too many to try all; default 10."),
             Attribute::optional("timeout_ms", Type::Number, "How long each ping waits for its reply; default 2000 (a first ping also waits for ARP)."),
             Attribute::optional(
                 "full_size",
@@ -54,10 +63,33 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     },
 });
 
+/// How to ping, as configured and checked.
+struct Settings {
+    samples: usize,
+    timeout_ms: u32,
+    underlay: bool,
+}
+
 /// `samples` and `timeout_ms`, each a whole number in its range (or its
-/// default when left out).
-fn settings(config: &Value) -> Result<(usize, u32), Diagnostics> {
+/// default when left out), and the scope.
+fn settings(config: &Value) -> Result<Settings, Diagnostics> {
     let mut diagnostics = Diagnostics::default();
+    let underlay = match config.attr("scope") {
+        Value::Null | Value::Unknown => false,
+        value => match value.as_str() {
+            Some(OVERLAY) => false,
+            Some(UNDERLAY) => true,
+            _ => {
+                let detail = format!("scope is {}; use \"{OVERLAY}\" (between EVMs) or \"{UNDERLAY}\" (between EPMs).", value.describe());
+                diagnostics.push(Diagnostic::attribute_error(&["scope"], "Invalid scope", detail));
+                false
+            }
+        },
+    };
+    if underlay && config.attr("full_size").as_bool() == Some(true) {
+        let detail = "full_size sizes pings by an EVM's MTU; between EPMs it does not apply. Leave it out with scope = \"underlay\".";
+        diagnostics.push(Diagnostic::attribute_error(&["full_size"], "full_size is for the overlay", detail));
+    }
     let mut bounded = |name: &str, default: i64, range: std::ops::RangeInclusive<i64>| match config.attr(name) {
         Value::Null | Value::Unknown => default,
         value => match value.as_i64().filter(|n| range.contains(n)) {
@@ -75,7 +107,32 @@ fn settings(config: &Value) -> Result<(usize, u32), Diagnostics> {
         return Err(diagnostics);
     }
     // In range, so the conversions are exact.
-    Ok((samples as usize, timeout as u32))
+    Ok(Settings { samples: samples as usize, timeout_ms: timeout as u32, underlay })
+}
+
+/// The EPM pairs (i, j) to ping among `n`: all up to
+/// [`ALL_EPM_PAIRS_UP_TO`]; above, each EPM to the next and to the one
+/// half-way round (so every EPM sends and answers), and `samples` more.
+fn underlay_pairs(n: usize, samples: usize) -> Vec<(usize, usize)> {
+    if n <= ALL_EPM_PAIRS_UP_TO {
+        return (0..n).flat_map(|i| (0..n).filter(move |j| *j != i).map(move |j| (i, j))).collect();
+    }
+    let mut pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| [(i, (i + 1) % n), (i, (i + n / 2) % n)]).collect();
+    pairs.extend(sample_pairs(n, samples));
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs
+}
+
+/// Every EPM pinging others across the underlay.
+async fn underlay_probes(runtime: &Controller, topology: &str, samples: usize) -> Result<Vec<Probe>, Diagnostics> {
+    let tree = runtime.topology_spec(topology).await.map_err(|e| runtime_error("Could not read the topology", e))?;
+    let tree = tree.ok_or_else(|| Diagnostic::attribute_error(&["topology_id"], "No such topology", format!("Topology {topology:?} does not exist.")))?;
+    let epms: Vec<crate::model::Epm> = tree.epms().collect();
+    Ok(underlay_pairs(epms.len(), samples)
+        .into_iter()
+        .map(|(i, j)| Probe { from: runtime.epm_ping_source(topology, &epms[i]), to: epms[j].ip, to_name: epms[j].name.clone(), expect_reply: true })
+        .collect())
 }
 
 /// A deterministic spread of `samples` (i, j) pairs, i ≠ j, over n items.
@@ -107,7 +164,7 @@ pub fn probes(evms: &[EvmInfo], samples: usize) -> Vec<Probe> {
     for evm in evms {
         by_subnet.entry((&evm.vpc, &evm.subnet)).or_default().push(evm);
     }
-    let probe = |from: &EvmInfo, to: &EvmInfo, expect_reply: bool| Probe { from: from.clone(), to: to.ip, to_name: to.name.clone(), expect_reply };
+    let probe = |from: &EvmInfo, to: &EvmInfo, expect_reply: bool| Probe { from: PingSource::from(from), to: to.ip, to_name: to.name.clone(), expect_reply };
     let mut probes = Vec::new();
     for members in by_subnet.values() {
         probes.extend(sample_pairs(members.len(), samples).into_iter().map(|(i, j)| probe(members[i], members[j], true)));
@@ -160,11 +217,15 @@ impl DataSource<Controller> for Pingall {
     async fn read(&self, runtime: &Controller, config: &Value) -> Result<Value, Diagnostics> {
         let topology = known_str(config, "topology_id").unwrap_or_default();
         // Checked again here: a client may skip validation.
-        let (samples, timeout) = settings(config)?;
-        let evms = runtime.list_evms(topology, None, None).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
-        let probes = probes(&evms, samples);
+        let settings = settings(config)?;
+        let probes = if settings.underlay {
+            underlay_probes(runtime, topology, settings.samples).await?
+        } else {
+            let evms = runtime.list_evms(topology, None, None).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
+            probes(&evms, settings.samples)
+        };
         let full_size = config.attr("full_size").as_bool().unwrap_or(false);
-        let outcomes = runtime.ping(topology, &probes, timeout, full_size).await.map_err(|e| runtime_error("Could not ping", e))?;
+        let outcomes = runtime.ping(topology, &probes, settings.timeout_ms, full_size).await.map_err(|e| runtime_error("Could not ping", e))?;
         let mut failures = Vec::new();
         let mut unexpected = 0;
         for (probe, outcome) in probes.iter().zip(&outcomes) {
@@ -217,6 +278,18 @@ mod tests {
     }
 
     #[test]
+    fn small_underlays_are_pinged_pair_by_pair_and_large_ones_through_every_epm() {
+        assert_eq!(underlay_pairs(3, 10).len(), 6);
+        assert!(underlay_pairs(1, 10).is_empty());
+        let large = underlay_pairs(1000, 10);
+        assert!(large.len() >= 2000 && large.len() <= 2010, "{}", large.len());
+        for epm in 0..1000 {
+            assert!(large.iter().any(|(i, _)| *i == epm) && large.iter().any(|(_, j)| *j == epm), "epm-{epm} sends and answers");
+        }
+        assert!(large.iter().all(|(i, j)| i != j));
+    }
+
+    #[test]
     fn probes_cover_subnets_vpcs_and_isolation() {
         let evms = vec![
             evm("blue", "web", 0, [10, 0, 1, 2]),
@@ -226,15 +299,16 @@ mod tests {
             evm("red", "web", 1, [10, 0, 1, 9]),
         ];
         let probes = probes(&evms, 3);
-        let within = probes.iter().filter(|p| p.expect_reply && p.from.subnet == "web" && p.from.vpc == "blue").count();
+        let source = |p: &Probe| evms.iter().find(|e| e.namespace == p.from.namespace).expect("a probe's source is an EVM").clone();
+        let within = probes.iter().filter(|p| p.expect_reply && source(p).subnet == "web" && source(p).vpc == "blue").count();
         assert!(within >= 2);
-        assert!(probes.iter().any(|p| p.expect_reply && p.from.vpc == "blue" && p.from.subnet != evms.iter().find(|e| e.ip == p.to && e.vpc == "blue").map(|e| e.subnet.as_str()).unwrap_or("")));
+        assert!(probes.iter().any(|p| p.expect_reply && source(p).vpc == "blue" && source(p).subnet != evms.iter().find(|e| e.ip == p.to && e.vpc == "blue").map(|e| e.subnet.as_str()).unwrap_or("")));
         let across: Vec<_> = probes.iter().filter(|p| !p.expect_reply).collect();
         assert_eq!(across.len(), 2);
         // red -> blue must target an address red does not have itself.
-        let red_to_blue = across.iter().find(|p| p.from.vpc == "red").unwrap();
+        let red_to_blue = across.iter().find(|p| source(p).vpc == "red").unwrap();
         assert!(![[10, 0, 1, 2], [10, 0, 1, 9]].map(std::net::Ipv4Addr::from).contains(&red_to_blue.to));
-        assert!(probes.iter().all(|p| p.from.ip != p.to || p.from.vpc != "blue"));
+        assert!(probes.iter().all(|p| p.from.ip != p.to || source(p).vpc != "blue"));
     }
 
     /// A client may send ReadDataSource without validating first: the

@@ -157,6 +157,10 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
         Err(RuntimeError::Conflict("this runtime runs agents under test in the EPMs' namespaces, not as containers".into()))
     }
 
+    /// The namespace an EPM's agent pings from to send across the underlay
+    /// as that EPM (empty: the agent's own, where it is the EPM's).
+    fn epm_ping_namespace(&self, topology: &str, epm: &str) -> String;
+
     /// Refuses `link_profile` blocks where this runtime cannot shape links.
     fn check_link_profiles(&self) -> Result<(), RuntimeError> {
         Err(RuntimeError::Conflict(

@@ -235,6 +235,16 @@ output "agents_ready" {
 output "pingall" {
   value = "${data.merak_pingall.check.replies}/${data.merak_pingall.check.expected_replies} replies"
 }
+
+data "merak_pingall" "underlay" {
+  topology_id = merak_topology.dc.id
+  scope       = "underlay"
+  depends_on  = [merak_topology.dc]
+}
+
+output "underlay" {
+  value = "${data.merak_pingall.underlay.replies}/${data.merak_pingall.underlay.expected_replies}"
+}
 "#;
 
 /// The `pingall` output says every expected reply came.
@@ -259,6 +269,7 @@ fn agents_under_test_run_as_containers_of_the_epm_pods() {
     let namespace = format!("merak-{}", ws.name);
     let output = ws.apply();
     assert!(output.contains("agents_ready = 2") && all_replied(&output), "{output}");
+    assert!(output.contains("underlay = \"2/2\""), "the EPM pods reach each other over their tunnels: {output}");
 
     // kubectl sees the agent under test as a container of each EPM pod,
     // next to merak-agent, ready; its output is the container's log.

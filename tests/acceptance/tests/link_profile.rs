@@ -3,7 +3,8 @@
 //! uplinks lands within 10 % of `rate_mbit`), a new rate applied in place,
 //! shaping removed behind Terraform's back shown by plan and put back by
 //! apply, and delay refused at apply naming sch_netem on this kernel, which
-//! has none. Needs root.
+//! has none; `merak_pingall` with `scope = "underlay"` between the EPMs.
+//! Needs root.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -36,6 +37,16 @@ resource "merak_topology" "dc" {
 
 output "impaired" {
   value = merak_topology.dc.impaired_links
+}
+
+data "merak_pingall" "underlay" {
+  topology_id = merak_topology.dc.id
+  scope       = "underlay"
+  depends_on  = [merak_topology.dc]
+}
+
+output "underlay" {
+  value = "${data.merak_pingall.underlay.replies}/${data.merak_pingall.underlay.expected_replies}"
 }
 "#;
 
@@ -102,6 +113,7 @@ fn links_are_shaped_to_their_profile_and_delay_needs_netem() {
     let (epm0, epm1) = (Ipv4Addr::new(10, 86, 0, 1), Ipv4Addr::new(10, 86, 0, 2));
     let output = ws.apply();
     assert!(output.contains("impaired = 2"), "both EPM uplinks: {output}");
+    assert!(output.contains("underlay = \"2/2\""), "the EPMs reach each other over the shaped data plane: {output}");
     let measured = tcp_mbit(&ws, "epm-1", "epm-0", epm0);
     eprintln!("40 Mbit/s profile: {measured:.1} Mbit/s measured");
     assert_near(measured, 40.0);

@@ -788,6 +788,11 @@ impl Substrate for KubernetesRuntime {
         AgentHost::Container
     }
 
+    fn epm_ping_namespace(&self, _topology: &str, _epm: &str) -> String {
+        // merak-agent runs in its EPM's pod: its own namespace is the EPM's.
+        String::new()
+    }
+
     fn supervised_logs(&self, _topology: &str) -> Result<std::path::PathBuf, RuntimeError> {
         Err(RuntimeError::Conflict("on kubernetes, agents under test are containers: their output is in kubectl logs".into()))
     }

@@ -738,6 +738,11 @@ impl Substrate for LocalRuntime {
         Ok(())
     }
 
+    fn epm_ping_namespace(&self, topology: &str, epm: &str) -> String {
+        // The agent host serves every EPM from outside their namespaces.
+        naming::namespace(topology, epm)
+    }
+
     async fn apply_link_profiles(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<Vec<Failure>, RuntimeError> {
         self.shape_links(spec, profiles).await
     }
