@@ -3,6 +3,7 @@
 
 pub mod cidr;
 pub mod epm_agent;
+pub mod fat_tree;
 pub mod graph;
 pub mod link_profile;
 pub mod network_controller;
