@@ -1,11 +1,13 @@
 //! A picture of a topology, from its spec alone (so it is known at plan):
 //! its switches, EPMs and links as a graph, written as Graphviz `dot` or
 //! GitHub's Mermaid. Above a size, each rack's EPMs collapse into one node
-//! that says how many there are.
+//! that says how many there are. Links a `link_profile` impairs are drawn
+//! dashed and labelled with their impairment.
 
 use std::fmt::Write;
 
 use super::TreeSpec;
+use super::link_profile::{LinkProfileSpec, LinkRole};
 
 /// EPMs drawn one by one up to this many; above it, one node per rack.
 pub const DEFAULT_COLLAPSE_ABOVE: u32 = 64;
@@ -26,11 +28,19 @@ pub struct Node {
     pub kind: NodeKind,
 }
 
+/// A link, as indexes into `nodes` (parent, child).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    pub from: usize,
+    pub to: usize,
+    /// What a `link_profile` does to it, e.g. `40 Mbit/s`.
+    pub impairment: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Graph {
     pub nodes: Vec<Node>,
-    /// Links, as indexes into `nodes` (parent, child).
-    pub edges: Vec<(usize, usize)>,
+    pub edges: Vec<Edge>,
     /// Whether racks were collapsed.
     pub collapsed: bool,
 }
@@ -38,7 +48,9 @@ pub struct Graph {
 impl Graph {
     /// The tree of `spec`: switches root first, each EPM (or each rack's
     /// EPMs, when there are more than `collapse_above`) under its top-of-rack switch.
-    pub fn of_tree(spec: &TreeSpec, collapse_above: u32) -> Graph {
+    pub fn of_tree(spec: &TreeSpec, collapse_above: u32, profiles: &[LinkProfileSpec]) -> Graph {
+        let impairment = |role: LinkRole| profiles.iter().find(|p| p.role() == Some(role)).map(describe);
+        let (epm_link, switch_link) = (impairment(LinkRole::EpmUplink), impairment(LinkRole::SwitchUplink));
         let mut nodes = Vec::new();
         let mut edges = Vec::new();
         let mut index_of = std::collections::HashMap::new();
@@ -48,7 +60,7 @@ impl Graph {
             index_of.insert((switch.level, switch.index), at);
             nodes.push(Node { id: node_id(&name), label: name, kind: NodeKind::Switch });
             if let Some(parent) = switch.parent.and_then(|p| index_of.get(&(switch.level + 1, p))) {
-                edges.push((*parent, at));
+                edges.push(Edge { from: *parent, to: at, impairment: switch_link.clone() });
             }
         }
         let collapsed = spec.hosts > collapse_above;
@@ -63,7 +75,7 @@ impl Graph {
                 let label = format!("rack {rack}: {count} EPMs (epm-{first} to epm-{})", first + count - 1);
                 nodes.push(Node { id: format!("rack_{rack}"), label, kind: NodeKind::Rack });
                 if let Some(tor) = index_of.get(&(0, rack)) {
-                    edges.push((*tor, at));
+                    edges.push(Edge { from: *tor, to: at, impairment: epm_link.clone() });
                 }
             }
         } else {
@@ -71,7 +83,7 @@ impl Graph {
                 let at = nodes.len();
                 nodes.push(Node { id: node_id(&epm.name), label: format!("{}\n{}", epm.name, epm.ip), kind: NodeKind::Epm });
                 if let Some(tor) = index_of.get(&(0, epm.rack)) {
-                    edges.push((*tor, at));
+                    edges.push(Edge { from: *tor, to: at, impairment: epm_link.clone() });
                 }
             }
         }
@@ -91,8 +103,12 @@ impl Graph {
             };
             let _ = writeln!(out, "  {} [label={}, shape={shape}];", node.id, quoted(&node.label.replace('\n', "\\n")));
         }
-        for (from, to) in &self.edges {
-            let _ = writeln!(out, "  {} -- {};", self.nodes[*from].id, self.nodes[*to].id);
+        for edge in &self.edges {
+            let (from, to) = (&self.nodes[edge.from].id, &self.nodes[edge.to].id);
+            let _ = match &edge.impairment {
+                Some(what) => writeln!(out, "  {from} -- {to} [label={}, style=dashed, color=\"#c0392b\", fontcolor=\"#c0392b\"];", quoted(what)),
+                None => writeln!(out, "  {from} -- {to};"),
+            };
         }
         out.push_str("}\n");
         out
@@ -109,11 +125,33 @@ impl Graph {
                 NodeKind::Rack => writeln!(out, "  {}[[\"{label}\"]]", node.id),
             };
         }
-        for (from, to) in &self.edges {
-            let _ = writeln!(out, "  {} --- {}", self.nodes[*from].id, self.nodes[*to].id);
+        for edge in &self.edges {
+            let (from, to) = (&self.nodes[edge.from].id, &self.nodes[edge.to].id);
+            let _ = match &edge.impairment {
+                Some(what) => writeln!(out, "  {from} ---|\"{}\"| {to}", what.replace('"', "'")),
+                None => writeln!(out, "  {from} --- {to}"),
+            };
         }
         out
     }
+}
+
+/// A profile in words: `40 Mbit/s, 5 ms ± 1 ms, 0.1 % loss`.
+fn describe(profile: &LinkProfileSpec) -> String {
+    let mut parts = Vec::new();
+    if let Some(rate) = profile.rate_mbit {
+        parts.push(format!("{rate} Mbit/s"));
+    }
+    match (profile.delay_ms, profile.jitter_ms) {
+        (Some(delay), Some(jitter)) => parts.push(format!("{delay} ms ± {jitter} ms")),
+        (Some(delay), None) => parts.push(format!("{delay} ms")),
+        (None, Some(jitter)) => parts.push(format!("± {jitter} ms")),
+        (None, None) => {}
+    }
+    if let Some(loss) = profile.loss_percent {
+        parts.push(format!("{loss} % loss"));
+    }
+    parts.join(", ")
 }
 
 /// Names like `epm-3` and `s1-0` as identifiers: `epm_3`, `s1_0`.
@@ -153,7 +191,7 @@ mod tests {
     fn nodes_and_edges_are_the_topologys_switches_epms_and_links() {
         for (racks, per_rack, hosts) in [(2, 3, None), (9, 4, Some(34)), (1, 1, None)] {
             let spec = tree(racks, per_rack, hosts);
-            let graph = Graph::of_tree(&spec, DEFAULT_COLLAPSE_ABOVE);
+            let graph = Graph::of_tree(&spec, DEFAULT_COLLAPSE_ABOVE, &[]);
             assert_eq!(graph.nodes.len() as u64, spec.vswitch_count() + u64::from(spec.hosts));
             assert_eq!(graph.edges.len() as u64, spec.link_count());
             assert!(!graph.collapsed);
@@ -163,7 +201,7 @@ mod tests {
     #[test]
     fn big_topologies_collapse_to_one_node_per_rack() {
         let spec = tree(10, 10, Some(95));
-        let graph = Graph::of_tree(&spec, 64);
+        let graph = Graph::of_tree(&spec, 64, &[]);
         assert!(graph.collapsed);
         let racks: Vec<&Node> = graph.nodes.iter().filter(|n| n.kind == NodeKind::Rack).collect();
         assert_eq!(racks.len(), 10);
@@ -172,8 +210,21 @@ mod tests {
     }
 
     #[test]
+    fn impaired_links_are_dashed_and_labelled() {
+        let profile = LinkProfileSpec { role: "epm_uplink".into(), rate_mbit: Some(40.0), delay_ms: Some(5.0), jitter_ms: Some(1.0), loss_percent: Some(0.1) };
+        let spec = tree(2, 2, None);
+        let graph = Graph::of_tree(&spec, DEFAULT_COLLAPSE_ABOVE, std::slice::from_ref(&profile));
+        let impaired = graph.edges.iter().filter(|e| e.impairment.is_some()).count();
+        assert_eq!(impaired, 4, "the four EPM uplinks, not the switch links");
+        let dot = graph.dot("lab");
+        assert!(dot.contains("s0_0 -- epm_0 [label=\"40 Mbit/s, 5 ms ± 1 ms, 0.1 % loss\", style=dashed"), "{dot}");
+        let mermaid = graph.mermaid();
+        assert!(mermaid.contains("  s0_0 ---|\"40 Mbit/s, 5 ms ± 1 ms, 0.1 % loss\"| epm_0"), "{mermaid}");
+    }
+
+    #[test]
     fn both_languages_quote_their_labels() {
-        let graph = Graph::of_tree(&tree(2, 2, None), DEFAULT_COLLAPSE_ABOVE);
+        let graph = Graph::of_tree(&tree(2, 2, None), DEFAULT_COLLAPSE_ABOVE, &[]);
         let dot = graph.dot("lab \"x\"");
         assert!(dot.starts_with("graph \"lab \\\"x\\\"\" {") && dot.contains("epm_0 [label=\"epm-0\\n10.0.0.1\", shape=ellipse];"), "{dot}");
         assert!(dot.contains("s1_0 -- s0_1;"), "{dot}");

@@ -1,4 +1,5 @@
-//! The `link_profile` blocks of `merak_topology`: their schema, how they
+//! The `link_profile` blocks of `merak_topology` (and of
+//! `merak_topology_graph`, which draws them): their schema, how they
 //! are read from a configuration, and how the state echoes them. What they
 //! mean is in [`crate::model::link_profile`].
 

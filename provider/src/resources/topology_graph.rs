@@ -9,7 +9,8 @@ use crate::model::graph::{DEFAULT_COLLAPSE_ABOVE, Graph};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::provider::DataSource;
-use crate::protocol::schema::{Attribute, Block, Schema};
+use super::link_profile::{LINK_PROFILE, profiles_of};
+use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
 
 pub struct TopologyGraph;
 
@@ -19,7 +20,8 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         description: "Draws a topology: its vswitches, EPMs and links as Graphviz `dot` and as Mermaid (which \
             GitHub renders in pull requests and READMEs). Give it the same values as the `merak_topology` \
             (e.g. from shared locals, not from the resource's attributes, so that it is read at plan). Above \
-            `collapse_above` EPMs, each rack's EPMs are drawn as one node with their count.",
+            `collapse_above` EPMs, each rack's EPMs are drawn as one node with their count. Links its \
+            `link_profile` blocks (the topology's) impair are dashed and labelled.",
         attributes: vec![
             Attribute::computed("id", Type::String, "The topology's name."),
             Attribute::required("name", Type::String, "The topology's `name`."),
@@ -34,7 +36,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Attribute::computed("node_count", Type::Number, "Nodes drawn: vswitches, and EPMs or racks."),
             Attribute::computed("edge_count", Type::Number, "Links drawn."),
         ],
-        blocks: Vec::new(),
+        blocks: vec![NestedBlock::list(LINK_PROFILE, super::link_profile::block())],
     },
 });
 
@@ -61,6 +63,7 @@ impl DataSource<Controller> for TopologyGraph {
     fn validate(&self, config: &Value) -> Diagnostics {
         let mut diagnostics = super::topology::spec_of(config).err().unwrap_or_default();
         diagnostics.0.extend(collapse_above(config).err().unwrap_or_default().0);
+        diagnostics.0.extend(profiles_of(config).err().unwrap_or_default().0);
         diagnostics
     }
 
@@ -68,7 +71,10 @@ impl DataSource<Controller> for TopologyGraph {
         let Some(spec) = super::topology::spec_of(config)? else {
             return Err(Diagnostic::error("Topology unknown", "The topology's attributes are not known yet; give them as values known at plan.").into());
         };
-        let graph = Graph::of_tree(&spec, collapse_above(config)?);
+        let Some(profiles) = profiles_of(config)? else {
+            return Err(Diagnostic::error("Link profiles unknown", "The link_profile blocks are not known yet; give them as values known at plan.").into());
+        };
+        let graph = Graph::of_tree(&spec, collapse_above(config)?, &profiles);
         Ok(object([
             ("id", Value::string(&spec.name)),
             ("name", config.attr("name").clone()),
@@ -78,6 +84,7 @@ impl DataSource<Controller> for TopologyGraph {
             ("ports_per_vswitch", config.attr("ports_per_vswitch").clone()),
             ("data_plane_cidr", config.attr("data_plane_cidr").clone()),
             ("collapse_above", config.attr("collapse_above").clone()),
+            (LINK_PROFILE, config.attr(LINK_PROFILE).clone()),
             ("dot", Value::string(graph.dot(&spec.name))),
             ("mermaid", Value::string(graph.mermaid())),
             ("node_count", Value::int(graph.nodes.len() as i64)),

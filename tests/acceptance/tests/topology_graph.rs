@@ -1,6 +1,7 @@
 //! `merak_topology_graph` through the real terraform binary: known at plan,
 //! its `dot` accepted by Graphviz, its node and edge counts the topology's,
-//! its Mermaid in the form GitHub renders, and big topologies collapsed.
+//! its Mermaid in the form GitHub renders, big topologies collapsed, and
+//! links a profile impairs drawn dashed with their impairment.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -56,6 +57,20 @@ fn the_graph_is_known_at_plan_renders_and_matches_the_topology() {
     // 10 + 3 + 1 switches and 10 racks; 13 switch links and 10 rack links.
     assert_eq!(svg.matches("class=\"node\"").count(), 24);
     assert_eq!(ws.ok(&["output", "-raw", "counts"]), "24 23");
+
+    // Links a profile impairs are dashed and labelled, in both languages.
+    let shaped = config(2, 3, None).replace(
+        "  data_plane_cidr = \"10.0.0.0/16\"\n}",
+        "  data_plane_cidr = \"10.0.0.0/16\"\n  link_profile {\n    role      = \"epm_uplink\"\n    rate_mbit = 40\n  }\n}",
+    );
+    assert!(shaped.contains("link_profile"), "{shaped}");
+    ws.write_config(&shaped);
+    ws.apply();
+    let dot = ws.ok(&["output", "-raw", "dot"]);
+    render(&dot);
+    assert_eq!(dot.matches("[label=\"40 Mbit/s\", style=dashed").count(), 6, "{dot}");
+    let mermaid = ws.ok(&["output", "-raw", "mermaid"]);
+    assert_eq!(mermaid.matches("---|\"40 Mbit/s\"|").count(), 6, "{mermaid}");
     ws.ok(&["destroy", "-auto-approve"]);
     ws.assert_nothing_left();
 }
