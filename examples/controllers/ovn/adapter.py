@@ -100,7 +100,13 @@ class Ovn:
 
     def delete(self, port_id):
         with self.lock:
+            try:
+                switch = self.nb("lsp-get-ls", port_id).split(" (")[1].strip().rstrip(")")
+            except (RuntimeError, IndexError):
+                switch = None  # already gone: a DELETE is idempotent
             self.nb("--if-exists", "lsp-del", port_id)
+            if switch:
+                self.remove_if_unused(switch)
         # Whichever chassis holds the device lets it go.
         for epm in os.listdir(os.path.join(self.dir, "chassis")):
             db = self.chassis_db(epm)
@@ -109,6 +115,19 @@ class Ovn:
             names = run("ovs-vsctl", f"--db={db}", "--timeout=10", "--bare", "--columns=name", "find", "Interface", f"external_ids:merak-port=\"{port_id}\"").split()
             for name in names:
                 run("ovs-vsctl", f"--db={db}", "--timeout=10", "--if-exists", "del-port", "br-int", name)
+
+
+    def remove_if_unused(self, switch):
+        """A subnet's switch with no EVM port left goes, with its router
+        port; a VPC's router with no port left goes too."""
+        ports = [line.split(" (")[1].rstrip(")") for line in self.nb("lsp-list", switch).splitlines() if " (" in line]
+        if any(not port.startswith("sp-") for port in ports):
+            return
+        router = switch.rsplit(".", 1)[0]
+        self.nb("--if-exists", "ls-del", switch)
+        self.nb("--if-exists", "lrp-del", f"rp-{switch}")
+        if not self.nb("lrp-list", router).strip():
+            self.nb("--if-exists", "lr-del", router)
 
 
 def handler(ovn):
