@@ -5,4 +5,5 @@
 
 pub mod netdev;
 pub mod netns;
+pub mod routes;
 pub mod shaping;

@@ -211,6 +211,19 @@ impl Netlink {
             .map_err(|e| NetdevError::new(format!("set link {index}"), e))
     }
 
+    /// Takes a link down (routes over it stop being used).
+    pub async fn set_link_down(&self, index: u32) -> Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.header.change_mask = LinkFlags::Up;
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| NetdevError::new(format!("set link {index} down"), e))
+    }
+
     /// Deletes a link; a link that is already gone is not an error.
     pub async fn delete_link(&self, index: u32) -> Result<()> {
         match self.handle.link().del(index).execute().await {

@@ -51,6 +51,10 @@ pub struct NetnsOptions {
     /// that cached the MAC of an address's previous holder learn the new
     /// one at once instead of after their entry goes stale.
     pub announce: bool,
+    /// Spread ECMP routes' flows by their 5-tuple (`fib_multipath_hash_policy`
+    /// = 1), not by addresses only, so flows between two hosts take
+    /// different paths, as a data center's switches do.
+    pub multipath_l4_hash: bool,
 }
 
 pub fn path_of(name: &str) -> PathBuf {
@@ -390,6 +394,9 @@ fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, N
         }
         if options.forwarding {
             fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetnsError::io("enable forwarding", name, e))?;
+        }
+        if options.multipath_l4_hash {
+            fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "1").map_err(|e| NetnsError::io("hash ECMP flows by ports", name, e))?;
         }
         if options.announce {
             for knob in ["all", "default"] {

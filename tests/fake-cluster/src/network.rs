@@ -89,7 +89,7 @@ impl Network {
     pub async fn add_pod(&self, sandbox: &str, host_end: &str, node: usize, ip: Ipv4Addr) -> anyhow::Result<()> {
         let bridge = *self.bridges.get(node).with_context(|| format!("node {node} has no bridge"))?;
         let gateway = gateway(node).context("no gateway for this node")?;
-        let pod = netns::create(sandbox, NetnsOptions { disable_ipv6: true, forwarding: false, announce: true }).await.with_context(|| format!("creating the pod sandbox {sandbox}"))?;
+        let pod = netns::create(sandbox, NetnsOptions { disable_ipv6: true, announce: true, ..NetnsOptions::default() }).await.with_context(|| format!("creating the pod sandbox {sandbox}"))?;
         let pod_fd = netns::open_fd(sandbox)?;
         self.cluster.create_veth(host_end, "eth0", &pod_fd).await?;
         let host = self.cluster.link(host_end).await?.context("the pod's veth vanished")?;

@@ -1,0 +1,104 @@
+//! IPv4 routes over one or many next hops (ECMP), as `ip route replace`
+//! makes them: what a routed fabric's switches forward by.
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteScope};
+
+use crate::netdev::{Netlink, NetdevError, Result};
+
+/// One way out: link `index`, via `gateway` (none: the destination is on
+/// the link itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Hop {
+    pub index: u32,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// A route of the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteState {
+    pub destination: Ipv4Addr,
+    pub prefix_len: u8,
+    /// Sorted.
+    pub hops: Vec<Hop>,
+}
+
+fn gateway_of(attributes: &[RouteAttribute]) -> Option<Ipv4Addr> {
+    attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
+impl Netlink {
+    /// Makes `destination/prefix_len` go out over `hops` (more than one:
+    /// equal-cost multipath), replacing the route it had.
+    pub async fn replace_route(&self, destination: Ipv4Addr, prefix_len: u8, hops: &[Hop]) -> Result<()> {
+        let op = format!("route {destination}/{prefix_len} over {} next hops", hops.len());
+        let mut builder = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(destination, prefix_len);
+        match hops {
+            [] => return Err(NetdevError::invalid(format!("{op}: a route needs a next hop"))),
+            [Hop { index, gateway: None }] => builder = builder.output_interface(*index).scope(RouteScope::Link),
+            [Hop { index, gateway: Some(gateway) }] => builder = builder.output_interface(*index).gateway(*gateway),
+            many => {
+                let next_hops = many
+                    .iter()
+                    .map(|hop| {
+                        let mut next = RouteNextHop::default();
+                        next.interface_index = hop.index;
+                        if let Some(gateway) = hop.gateway {
+                            next.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+                        } else {
+                            next.flags = RouteNextHopFlags::Onlink;
+                        }
+                        next
+                    })
+                    .collect();
+                builder = builder.multipath(next_hops);
+            }
+        }
+        self.handle.route().add(builder.build()).replace().execute().await.map_err(|e| NetdevError::new(op, e))
+    }
+
+    /// The IPv4 routes of the main table that go out of a link (not the
+    /// kernel's local ones).
+    pub async fn routes_v4(&self) -> Result<Vec<RouteState>> {
+        let filter = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut dump = self.handle.route().get(filter).execute();
+        let mut routes = Vec::new();
+        while let Some(message) = dump.try_next().await.map_err(|e| NetdevError::new("list routes", e))? {
+            if let Some(route) = route_state(&message) {
+                routes.push(route);
+            }
+        }
+        Ok(routes)
+    }
+}
+
+fn route_state(message: &RouteMessage) -> Option<RouteState> {
+    if message.header.address_family != AddressFamily::Inet || message.header.table != 254 {
+        return None;
+    }
+    let destination = message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let mut hops: Vec<Hop> = message
+        .attributes
+        .iter()
+        .flat_map(|a| match a {
+            RouteAttribute::MultiPath(next_hops) => next_hops.iter().map(|n| Hop { index: n.interface_index, gateway: gateway_of(&n.attributes) }).collect(),
+            RouteAttribute::Oif(index) => vec![Hop { index: *index, gateway: gateway_of(&message.attributes) }],
+            _ => Vec::new(),
+        })
+        .collect();
+    hops.sort();
+    (!hops.is_empty()).then_some(RouteState { destination, prefix_len: message.header.destination_prefix_length, hops })
+}
