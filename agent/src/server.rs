@@ -96,6 +96,18 @@ impl AgentService {
             }
         }
 
+        // A routed fabric: the only way out is the edge switch's port.
+        if !goal.gateway.is_empty() {
+            let gateway: std::net::Ipv4Addr = goal.gateway.parse().map_err(|_| Status::invalid_argument(format!("bad gateway {:?}", goal.gateway)))?;
+            let hop = merak_netdev::routes::Hop { index: link.index, gateway: Some(gateway) };
+            let routes = netlink.routes_v4().await.map_err(internal)?;
+            let present = routes.iter().any(|r| r.prefix_len == 0 && r.hops == [hop]);
+            if !present {
+                netlink.replace_route(std::net::Ipv4Addr::UNSPECIFIED, 0, &[hop]).await.map_err(internal)?;
+                actions.push(format!("default via {gateway} dev {}", goal.interface));
+            }
+        }
+
         // A system under test may have moved the address onto a device of
         // its own that took the NIC as a port (an Open vSwitch bridge does,
         // for its userspace tunnels): the EPM keeps its address, so leave it.

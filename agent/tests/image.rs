@@ -155,7 +155,7 @@ async fn the_image_runs_the_agent_as_a_privileged_container() {
     let mut gateway_macs = Vec::new();
     for (channel, epm, own, other, mac) in [(&channel_a, "a", "192.168.77.1", "192.168.77.2", "02:00:00:00:77:01"), (&channel_b, "b", "192.168.77.2", "192.168.77.1", "02:00:00:00:77:02")] {
         let mut agent = AgentClient::new(channel.clone());
-        let underlay = UnderlayGoal { interface: "eth1".into(), address: format!("{own}/24"), mac: mac.into(), tunnel: None };
+        let underlay = UnderlayGoal { interface: "eth1".into(), address: format!("{own}/24"), mac: mac.into(), tunnel: None, gateway: String::new() };
         agent.apply_underlay(underlay).await.unwrap_or_else(|e| panic!("underlay of {epm}: {e}\n{}", fixture.logs()));
         let info = agent.get_info(GetInfoRequest {}).await.unwrap().into_inner();
         let eth1 = info.interfaces.iter().find(|i| i.name == "eth1").expect("eth1 inside the container");

@@ -56,7 +56,7 @@ fn switch_goal(ports: &[(&str, &str, u32)]) -> SwitchGoal {
 }
 
 fn underlay(address: &str, mac: &str, tor: &str, vni: u32) -> UnderlayGoal {
-    UnderlayGoal { interface: "eth1".into(), address: address.into(), mac: mac.into(), tunnel: tunnel(tor, vni) }
+    UnderlayGoal { interface: "eth1".into(), address: address.into(), mac: mac.into(), tunnel: tunnel(tor, vni), gateway: String::new() }
 }
 
 fn overlay(prefix: &str, epm: &str, own: &str, other: &str) -> OverlayGoal {

@@ -42,17 +42,18 @@ impl Netlink {
         match hops {
             [] => return Err(NetdevError::invalid(format!("{op}: a route needs a next hop"))),
             [Hop { index, gateway: None }] => builder = builder.output_interface(*index).scope(RouteScope::Link),
-            [Hop { index, gateway: Some(gateway) }] => builder = builder.output_interface(*index).gateway(*gateway),
+            // On-link: a point-to-point link's far end is there whatever
+            // the prefixes (an EPM's /32 reaches its edge switch's port).
+            [Hop { index, gateway: Some(gateway) }] => builder = builder.output_interface(*index).gateway(*gateway).onlink(),
             many => {
                 let next_hops = many
                     .iter()
                     .map(|hop| {
                         let mut next = RouteNextHop::default();
                         next.interface_index = hop.index;
+                        next.flags = RouteNextHopFlags::Onlink;
                         if let Some(gateway) = hop.gateway {
                             next.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
-                        } else {
-                            next.flags = RouteNextHopFlags::Onlink;
                         }
                         next
                     })

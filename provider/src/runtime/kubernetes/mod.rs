@@ -673,6 +673,7 @@ impl KubernetesRuntime {
                     address: format!("{}/{}", epm.ip, spec.data_plane.prefix_len()),
                     mac: merak_netdev::netdev::format_mac(&epm.mac),
                     tunnel: Some(tunnel),
+                    gateway: String::new(),
                 };
                 epm_goals.push((epm, goal));
             }

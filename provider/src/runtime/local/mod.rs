@@ -398,6 +398,7 @@ impl LocalRuntime {
             address: format!("{}/{}", epm.ip, spec.data_plane.prefix_len()),
             mac: netdev::format_mac(&epm.mac),
             tunnel: None,
+            gateway: String::new(),
         };
         agent
             .apply_underlay(goal)
