@@ -51,10 +51,19 @@ pub struct NetnsOptions {
     /// that cached the MAC of an address's previous holder learn the new
     /// one at once instead of after their entry goes stale.
     pub announce: bool,
-    /// Spread ECMP routes' flows by their 5-tuple (`fib_multipath_hash_policy`
-    /// = 1), not by addresses only, so flows between two hosts take
-    /// different paths, as a data center's switches do.
+    /// Spread ECMP routes' flows by their 5-tuple, not by addresses only,
+    /// so flows between two hosts take different paths, as a data center's
+    /// switches do.
     pub multipath_l4_hash: bool,
+    /// This namespace's ECMP hash seed (`fib_multipath_hash_seed`; 0: the
+    /// kernel's, which every namespace shares). Routers in series that hash
+    /// alike pick alike, so the second never spreads what the first did:
+    /// each router gets its own, as a fabric's switches do. Kernels without
+    /// the knob (before 6.11) keep theirs.
+    pub multipath_hash_seed: u32,
+    /// Skip next hops whose link has lost its carrier
+    /// (`ignore_routes_with_linkdown`), as a router stops using a dead port.
+    pub skip_dead_links: bool,
 }
 
 pub fn path_of(name: &str) -> PathBuf {
@@ -396,7 +405,26 @@ fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, N
             fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetnsError::io("enable forwarding", name, e))?;
         }
         if options.multipath_l4_hash {
-            fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "1").map_err(|e| NetnsError::io("hash ECMP flows by ports", name, e))?;
+            // Policy 3 with the 5-tuple's fields hashes each packet here,
+            // with this namespace's seed. Policy 1 would reuse the hash a
+            // packet carries from its socket (veths keep it), so every
+            // router in series would pick alike. Kernels without policy 3
+            // (before 5.12) get policy 1.
+            let custom = fs::write("/proc/sys/net/ipv4/fib_multipath_hash_fields", "0x0037").and_then(|()| fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "3"));
+            if custom.is_err() {
+                fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "1").map_err(|e| NetnsError::io("hash ECMP flows by ports", name, e))?;
+            }
+        }
+        if options.multipath_hash_seed != 0 {
+            match fs::write("/proc/sys/net/ipv4/fib_multipath_hash_seed", options.multipath_hash_seed.to_string()) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::debug!(namespace = name, "this kernel has no fib_multipath_hash_seed"),
+                other => other.map_err(|e| NetnsError::io("seed the ECMP hash", name, e))?,
+            }
+        }
+        if options.skip_dead_links {
+            for knob in ["all", "default"] {
+                fs::write(format!("/proc/sys/net/ipv4/conf/{knob}/ignore_routes_with_linkdown"), "1").map_err(|e| NetnsError::io("skip dead links", name, e))?;
+            }
         }
         if options.announce {
             for knob in ["all", "default"] {

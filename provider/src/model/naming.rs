@@ -74,13 +74,12 @@ pub fn is_dns_label(name: &str) -> bool {
 /// an EPM or a vswitch of the underlay, as opposed to overlay objects.
 pub fn is_underlay_object(object: &str) -> bool {
     let numbered = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
-    match object.strip_prefix("epm-") {
-        Some(index) => numbered(index),
-        None => object
-            .strip_prefix('s')
-            .and_then(|rest| rest.split_once('-'))
-            .is_some_and(|(level, index)| numbered(level) && numbered(index)),
+    let two_numbers = |rest: &str| rest.split_once('-').is_some_and(|(a, b)| numbered(a) && numbered(b));
+    if let Some(index) = object.strip_prefix("epm-").or_else(|| object.strip_prefix("core-")) {
+        return numbered(index);
     }
+    // A fat tree's `edge-<pod>-<i>` and `agg-<pod>-<i>`, a tree's `s<level>-<i>`.
+    object.strip_prefix("edge-").or_else(|| object.strip_prefix("agg-")).or_else(|| object.strip_prefix('s')).is_some_and(two_numbers)
 }
 
 /// The router namespace of a VPC on an EPM: `merak-<t>.epm-3.r.<vpc>`.
@@ -158,6 +157,8 @@ mod tests {
         assert!(!is_underlay_object("epm-12.r.blue"));
         assert!(!is_underlay_object("vm.web.3"));
         assert!(!is_underlay_object("s-1"));
+        assert!(is_underlay_object("edge-3-1") && is_underlay_object("agg-0-0") && is_underlay_object("core-15"));
+        assert!(!is_underlay_object("edge-3") && !is_underlay_object("core-") && !is_underlay_object("netem-probe"));
         assert!(evm_port(36u32.pow(4) - 1, 36u32.pow(5) - 1).len() <= 15);
     }
 

@@ -9,6 +9,7 @@
 use std::net::Ipv4Addr;
 
 use super::cidr::{self, Ipv4Cidr};
+use super::fat_tree::FatTree;
 use super::{SpecError, naming};
 
 /// A Linux bridge holds at most 1024 ports; keep one for the uplink.
@@ -28,6 +29,9 @@ pub struct TreeSpec {
     pub hosts: u32,
     pub ports_per_vswitch: u32,
     pub data_plane: Ipv4Cidr,
+    /// A routed k-ary fat tree instead of a tree of bridges: its racks are
+    /// its edge switches (k/2 EPMs each), and it has no vswitches.
+    pub fabric: Option<FatTree>,
 }
 
 /// The raw inputs, as they come from configuration.
@@ -46,16 +50,8 @@ impl TreeSpec {
     /// Checks every rule and reports every broken one, each on its attribute.
     pub fn validate(input: &TreeInput<'_>) -> Result<TreeSpec, Vec<SpecError>> {
         let mut errors = Vec::new();
-        if !naming::is_dns_label(input.name) {
-            errors.push(SpecError::new(
-                "name",
-                "Invalid topology name",
-                format!(
-                    "{:?} is not a DNS label. Use 1 to 63 lowercase letters, digits and '-', \
-                     starting and ending with a letter or digit, e.g. \"lab-1\".",
-                    input.name
-                ),
-            ));
+        if let Err(error) = check_name(input.name) {
+            errors.push(error);
         }
         let racks = count(&mut errors, "racks", input.racks, 1, MAX_HOSTS, "at least 1 rack");
         let per_rack = count(
@@ -138,9 +134,23 @@ impl TreeSpec {
             (Some(racks), Some(hosts_per_rack), Some(ports_per_vswitch), Some(hosts), Some(data_plane))
                 if errors.is_empty() =>
             {
-                Ok(TreeSpec { name: input.name.to_string(), racks, hosts_per_rack, hosts, ports_per_vswitch, data_plane })
+                Ok(TreeSpec { name: input.name.to_string(), racks, hosts_per_rack, hosts, ports_per_vswitch, data_plane, fabric: None })
             }
             _ => Err(errors),
+        }
+    }
+
+    /// A fat tree named `name`: one rack per edge switch, k/2 EPMs each.
+    pub fn fat_tree(name: &str, fabric: FatTree) -> TreeSpec {
+        let half = fabric.k / 2;
+        TreeSpec {
+            name: name.to_string(),
+            racks: fabric.hosts.div_ceil(half),
+            hosts_per_rack: half,
+            hosts: fabric.hosts,
+            ports_per_vswitch: fabric.k,
+            data_plane: fabric.data_plane,
+            fabric: Some(fabric),
         }
     }
 
@@ -153,13 +163,21 @@ impl TreeSpec {
         levels
     }
 
+    /// Vswitches of a tree, or a fat tree's switches.
     pub fn vswitch_count(&self) -> u64 {
-        self.levels().iter().map(|&n| u64::from(n)).sum()
+        match &self.fabric {
+            Some(fabric) => fabric.switch_count(),
+            None => self.levels().iter().map(|&n| u64::from(n)).sum(),
+        }
     }
 
-    /// Links of a tree: one per EPM and one per non-root switch.
+    /// Links of a tree: one per EPM and one per non-root switch; of a fat
+    /// tree, its fabric's and one per EPM.
     pub fn link_count(&self) -> u64 {
-        u64::from(self.hosts) + self.vswitch_count() - 1
+        match &self.fabric {
+            Some(fabric) => fabric.link_count(),
+            None => u64::from(self.hosts) + self.vswitch_count() - 1,
+        }
     }
 
     pub fn epm(&self, index: u32) -> Epm {
@@ -179,6 +197,10 @@ impl TreeSpec {
     /// Every vswitch, root first, then each level down to the top-of-rack ones,
     /// so a parent always comes before its children.
     pub fn vswitches(&self) -> Vec<Vswitch> {
+        // A fat tree's switches are routers (see `fabric`), not vswitches.
+        if self.fabric.is_some() {
+            return Vec::new();
+        }
         let levels = self.levels();
         let top = levels.len() as u32 - 1;
         let mut switches = Vec::with_capacity(levels.iter().sum::<u32>() as usize);
@@ -198,6 +220,18 @@ impl TreeSpec {
         let [_, i2, i1, i0] = index.to_be_bytes();
         [0x02, (tag >> 8) as u8, tag as u8, i2, i1, i0]
     }
+}
+
+/// A topology's name: a DNS label.
+pub fn check_name(name: &str) -> Result<(), SpecError> {
+    if naming::is_dns_label(name) {
+        return Ok(());
+    }
+    Err(SpecError::new(
+        "name",
+        "Invalid topology name",
+        format!("{name:?} is not a DNS label. Use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. \"lab-1\"."),
+    ))
 }
 
 fn count(errors: &mut Vec<SpecError>, attribute: &'static str, value: i64, min: u32, max: u32, rule: &str) -> Option<u32> {

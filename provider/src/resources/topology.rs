@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::link_profile::{self, LINK_PROFILE};
 use crate::model::epm_agent::{self, EpmAgentSpec};
 use crate::model::link_profile::{LinkProfileSpec, impaired_link_count};
+use crate::model::fat_tree::FatTree;
 use crate::model::{TreeInput, TreeSpec, naming};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
@@ -43,6 +44,13 @@ impl Resource<Controller> for Topology {
                 let attribute = if agents.is_empty() { "name" } else { EPM_AGENT };
                 return Err(Diagnostic::attribute_error(&[attribute], "Topology does not fit this runtime", error.to_string()).into());
             }
+        }
+        if let (Ok(Some(profiles)), Ok(Some(spec))) = (link_profile::profiles_of(config), spec_of(config))
+            && !profiles.is_empty()
+            && spec.fabric.is_some()
+        {
+            let detail = "link_profile roles name a tree's links (epm_uplink, switch_uplink); a fat tree's cannot be shaped yet. Remove the blocks or use type = \"tree\".";
+            return Err(Diagnostic::attribute_error(&[LINK_PROFILE], "Fat tree links cannot be shaped yet", detail).into());
         }
         if let (Some(runtime), Ok(Some(profiles))) = (runtime, link_profile::profiles_of(config))
             && !profiles.is_empty()
@@ -119,12 +127,37 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                  Changing it replaces the topology.",
             )
             .forces_replacement(),
-            Attribute::required("racks", Type::Number, "Number of racks, each with its own top-of-rack vswitch."),
-            Attribute::required(
+            Attribute::optional_computed(
+                "type",
+                Type::String,
+                "`tree` (default): racks under top-of-rack vswitches joined into one root, a Linux bridge \
+                 each, one path between any two EPMs. `fat_tree`: a k-ary fat tree (Clos) of routers, \
+                 `k` pods of k/2 edge and k/2 aggregation switches and (k/2)² core switches, every link \
+                 a routed /31, equal-cost paths between pods spread by flow (ECMP, hashed on ports); the \
+                 `local` runtime only. Changing it replaces the topology.",
+            )
+            .forces_replacement(),
+            Attribute::optional("racks", Type::Number, "Number of racks, each with its own top-of-rack vswitch. Required for a `tree`; a `fat_tree` has none (its racks are its edge switches)."),
+            Attribute::optional(
                 "hosts_per_rack",
                 Type::Number,
-                "EPMs in each rack (1 to 1023: a Linux bridge has at most 1024 ports).",
+                "EPMs in each rack (1 to 1023: a Linux bridge has at most 1024 ports). Required for a `tree`.",
             ),
+            Attribute::optional(
+                "k",
+                Type::Number,
+                "A `fat_tree`'s port count per switch: even, 4 to 64. k³/4 EPM ports (`hosts` may use fewer), \
+                 5k²/4 switches. Changing it replaces the topology.",
+            )
+            .forces_replacement(),
+            Attribute::optional_computed(
+                "fabric_cidr",
+                Type::String,
+                "A `fat_tree`'s prefix for its links' /31s (two addresses per link, apart from \
+                 `data_plane_cidr`). Default: from 100.64.0.0/10, as small as the links need. Changing it \
+                 replaces the topology.",
+            )
+            .forces_replacement(),
             Attribute::optional_computed(
                 "hosts",
                 Type::Number,
@@ -292,9 +325,31 @@ fn agent_value(agent: &EpmAgentSpec) -> Value {
 /// The spec a configuration (or planned state) describes. `Ok(None)` when
 /// part of it is not known yet.
 pub fn spec_of(config: &Value) -> Result<Option<TreeSpec>, Diagnostics> {
-    let inputs = ["name", "racks", "hosts_per_rack", "hosts", "ports_per_vswitch", "data_plane_cidr"];
+    let inputs = ["name", "type", "racks", "hosts_per_rack", "hosts", "ports_per_vswitch", "data_plane_cidr", "k", "fabric_cidr"];
     if inputs.iter().any(|name| config.attr(name).is_unknown()) {
         return Ok(None);
+    }
+    match config.attr("type") {
+        Value::Null => {}
+        value => match value.as_str() {
+            Some(TREE) => {}
+            Some(FAT_TREE) => return fat_tree_of(config).map(Some),
+            _ => {
+                let detail = format!("type is {}; use \"{TREE}\" or \"{FAT_TREE}\".", value.describe());
+                return Err(Diagnostic::attribute_error(&["type"], "Unknown topology type", detail).into());
+            }
+        },
+    }
+    let misplaced: Vec<Diagnostic> = ["k", "fabric_cidr"]
+        .into_iter()
+        .filter(|name| !config.attr(name).is_null())
+        .map(|name| Diagnostic::attribute_error(&[name], format!("{name} is for a fat tree"), format!("{name} shapes a type = \"{FAT_TREE}\" topology; remove it, or set type = \"{FAT_TREE}\".")))
+        .chain(["racks", "hosts_per_rack"].into_iter().filter(|name| config.attr(name).is_null()).map(|name| {
+            Diagnostic::attribute_error(&[name], format!("Missing {name}"), format!("A tree needs {name}; set it, or set type = \"{FAT_TREE}\" with k."))
+        }))
+        .collect();
+    if !misplaced.is_empty() {
+        return Err(Diagnostics(misplaced));
     }
     let mut diagnostics = Diagnostics::default();
     let mut number = |name: &'static str| -> Option<i64> {
@@ -333,9 +388,47 @@ pub fn spec_of(config: &Value) -> Result<Option<TreeSpec>, Diagnostics> {
         .map_err(|errors| Diagnostics(errors.into_iter().map(Diagnostic::from).collect()))
 }
 
+const TREE: &str = "tree";
+const FAT_TREE: &str = "fat_tree";
+
+/// A `type = "fat_tree"` configuration's spec.
+fn fat_tree_of(config: &Value) -> Result<TreeSpec, Diagnostics> {
+    let mut diagnostics = Diagnostics::default();
+    for name in ["racks", "hosts_per_rack", "ports_per_vswitch"] {
+        if !config.attr(name).is_null() {
+            diagnostics.push(Diagnostic::attribute_error(&[name], format!("{name} is for a tree"), format!("A fat tree's shape is its k; remove {name}.")));
+        }
+    }
+    let k = config.attr("k").as_i64();
+    if k.is_none() {
+        diagnostics.push(Diagnostic::attribute_error(&["k"], "Missing k", "A fat tree needs k: an even number of ports per switch, 4 to 64 (k = 4: 16 EPMs, 20 switches)."));
+    }
+    let cidr = |name: &'static str| match config.attr(name).as_str() {
+        None => Ok(None),
+        Some(text) => crate::model::cidr::parse_attribute(name, text).map(Some),
+    };
+    let (plane, fabric) = (cidr("data_plane_cidr"), cidr("fabric_cidr"));
+    for error in [plane.as_ref().err(), fabric.as_ref().err()].into_iter().flatten() {
+        diagnostics.push(Diagnostic::from(error.clone()));
+    }
+    if diagnostics.has_errors() {
+        return Err(diagnostics);
+    }
+    let (Some(k), Ok(Some(plane)), Ok(fabric)) = (k, plane, fabric) else {
+        return Err(Diagnostic::attribute_error(&["data_plane_cidr"], "Missing data_plane_cidr", "A fat tree needs data_plane_cidr for its EPMs' addresses.").into());
+    };
+    let hosts = config.attr("hosts").as_i64();
+    let fat = FatTree::validate(k, hosts, plane, fabric).map_err(|errors| Diagnostics(errors.into_iter().map(Diagnostic::from).collect()))?;
+    let name = config.attr("name").as_str().unwrap_or_default();
+    crate::model::tree::check_name(name).map_err(|e| Diagnostics::from(Diagnostic::from(e)))?;
+    Ok(TreeSpec::fat_tree(name, fat))
+}
+
 /// The full state of a topology built from `spec` with `ready_epms` up and
 /// its `agents` ready on `agents_ready` EPMs.
 pub fn state_of(spec: &TreeSpec, ready_epms: u32, agents: &[EpmAgentSpec], agents_ready: u32, profiles: &[LinkProfileSpec], impaired_links: u64) -> Value {
+    // A fat tree's shape is its k: the tree's attributes stay null.
+    let tree_only = |n: u32| if spec.fabric.is_some() { Value::Null } else { Value::int(i64::from(n)) };
     let epms = spec
         .epms()
         .map(|epm| {
@@ -353,10 +446,13 @@ pub fn state_of(spec: &TreeSpec, ready_epms: u32, agents: &[EpmAgentSpec], agent
     object([
         ("id", Value::string(&spec.name)),
         ("name", Value::string(&spec.name)),
-        ("racks", Value::int(i64::from(spec.racks))),
-        ("hosts_per_rack", Value::int(i64::from(spec.hosts_per_rack))),
+        ("type", Value::string(if spec.fabric.is_some() { FAT_TREE } else { TREE })),
+        ("racks", tree_only(spec.racks)),
+        ("hosts_per_rack", tree_only(spec.hosts_per_rack)),
+        ("k", spec.fabric.as_ref().map_or(Value::Null, |f| Value::int(i64::from(f.k)))),
+        ("fabric_cidr", spec.fabric.as_ref().map_or(Value::Null, |f| Value::string(f.fabric.to_string()))),
         ("hosts", Value::int(i64::from(spec.hosts))),
-        ("ports_per_vswitch", Value::int(i64::from(spec.ports_per_vswitch))),
+        ("ports_per_vswitch", tree_only(spec.ports_per_vswitch)),
         ("data_plane_cidr", Value::string(spec.data_plane.to_string())),
         ("epms", Value::Map(epms)),
         ("vswitch_count", Value::int(spec.vswitch_count() as i64)),

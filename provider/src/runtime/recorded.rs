@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::fat_tree::FatTree;
 use crate::model::{TreeInput, TreeSpec};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -14,6 +15,16 @@ pub struct RecordedSpec {
     hosts: u32,
     ports_per_vswitch: u32,
     data_plane_cidr: String,
+    /// A fat tree's k and fabric prefix (absent in records of trees, and in
+    /// every record older than fat trees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fat_tree: Option<RecordedFabric>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RecordedFabric {
+    k: u32,
+    fabric_cidr: String,
 }
 
 impl RecordedSpec {
@@ -25,10 +36,18 @@ impl RecordedSpec {
             hosts: spec.hosts,
             ports_per_vswitch: spec.ports_per_vswitch,
             data_plane_cidr: spec.data_plane.to_string(),
+            fat_tree: spec.fabric.as_ref().map(|f| RecordedFabric { k: f.k, fabric_cidr: f.fabric.to_string() }),
         }
     }
 
     pub fn to_spec(&self) -> Result<TreeSpec, String> {
+        let joined = |errors: Vec<crate::model::SpecError>| errors.into_iter().map(|e| e.detail).collect::<Vec<_>>().join("; ");
+        if let Some(recorded) = &self.fat_tree {
+            let parse = |text: &str| text.parse::<crate::model::Ipv4Cidr>().map_err(|e| e.to_string());
+            let (plane, fabric) = (parse(&self.data_plane_cidr)?, parse(&recorded.fabric_cidr)?);
+            let fat = FatTree::validate(i64::from(recorded.k), Some(i64::from(self.hosts)), plane, Some(fabric)).map_err(joined)?;
+            return Ok(TreeSpec::fat_tree(&self.name, fat));
+        }
         TreeSpec::validate(&TreeInput {
             name: &self.name,
             racks: i64::from(self.racks),

@@ -298,6 +298,9 @@ pub const MAX_EPMS: u32 = SWITCH_VNI_BASE - 1;
 
 /// Why a topology cannot be laid out as pods, if it cannot.
 pub fn fits(spec: &TreeSpec) -> Result<(), String> {
+    if spec.fabric.is_some() {
+        return Err("A fat tree's switches are routers the local runtime builds; the kubernetes runtime builds trees of vswitch pods only, for now. Use type = \"tree\" or runtime = \"local\".".into());
+    }
     if spec.name.len() > TOPOLOGY_NAME_LIMIT {
         return Err(format!(
             "The topology's namespace would be {} ({} characters), longer than a Kubernetes name may be ({NAME_LIMIT}). \

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 mod evms;
+mod fabric;
 mod host_limits;
 mod shaping;
 mod tls;
@@ -360,7 +361,7 @@ impl LocalRuntime {
         &self,
         spec: &TreeSpec,
         epm: &Epm,
-        tor: &Netlink,
+        tor: Option<&Netlink>,
         host: &Result<(u32, HostClient), String>,
         known_agent: Option<u32>,
     ) -> Result<(u32, String), RuntimeError> {
@@ -368,13 +369,24 @@ impl LocalRuntime {
         let namespace = naming::namespace(topology, &epm.name);
         let socket = self.agent_socket(topology, &epm.name);
         let (netlink, _) = self.ensure_namespace(&namespace).await?;
-        let tor_namespace = naming::namespace(topology, &naming::vswitch_name(0, epm.rack));
-        let tor_bridge = tor
-            .link(BRIDGE)
-            .await?
-            .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {tor_namespace}")))?;
-        // The NIC's agent brings it up with its address; its port goes up on the ToR's bridge.
-        ensure_pair(&netlink, EPM_DATA_NIC, None, tor, &tor_namespace, &naming::host_port(epm.index), tor_bridge.index).await?;
+        let gateway = match (&spec.fabric, tor) {
+            (Some(fabric), _) => {
+                let port = fabric.host_port(epm.index);
+                self.wire_routed_epm(topology, &netlink, epm.ip, &port).await?;
+                Some(port.gateway)
+            }
+            (None, Some(tor)) => {
+                let tor_namespace = naming::namespace(topology, &naming::vswitch_name(0, epm.rack));
+                let tor_bridge = tor
+                    .link(BRIDGE)
+                    .await?
+                    .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {tor_namespace}")))?;
+                // The NIC's agent brings it up with its address; its port goes up on the ToR's bridge.
+                ensure_pair(&netlink, EPM_DATA_NIC, None, tor, &tor_namespace, &naming::host_port(epm.index), tor_bridge.index).await?;
+                None
+            }
+            (None, None) => return Err(RuntimeError::Unavailable("its top-of-rack vswitch failed".into())),
+        };
 
         // An agent process of its own (an older version's way) gives way
         // to the host, which serves the same socket.
@@ -395,10 +407,10 @@ impl LocalRuntime {
         let mut agent = self.agent(topology, &epm.name).await?;
         let goal = UnderlayGoal {
             interface: EPM_DATA_NIC.to_string(),
-            address: format!("{}/{}", epm.ip, spec.data_plane.prefix_len()),
+            address: epm_address(spec, epm),
             mac: netdev::format_mac(&epm.mac),
             tunnel: None,
-            gateway: String::new(),
+            gateway: gateway.map(|g| g.to_string()).unwrap_or_default(),
         };
         agent
             .apply_underlay(goal)
@@ -451,7 +463,7 @@ impl LocalRuntime {
         };
         // The NIC up, and the address on it, or on a device a system under
         // test made of it (see the agent's underlay convergence).
-        let address = format!("{}/{}", epm.ip, spec.data_plane.prefix_len());
+        let address = epm_address(spec, epm);
         let interfaces = info.into_inner().interfaces;
         interfaces.iter().any(|i| i.name == EPM_DATA_NIC && i.up) && interfaces.iter().any(|i| i.up && i.addresses.contains(&address))
     }
@@ -464,6 +476,16 @@ impl LocalRuntime {
             _ => false,
         };
         let served = |epm: &str| host_current && record.host.is_some() && record.agents.get(epm) == record.host.as_ref();
+        if let Some(fabric) = &spec.fabric {
+            let served = &served;
+            let ready = futures::stream::iter(spec.epms())
+                .map(|epm| async move { self.edge_serves(&spec.name, &fabric.host_port(epm.index)).await && self.epm_ready(spec, &epm, served(&epm.name)).await })
+                .buffer_unordered(PARALLEL_EPMS)
+                .filter(|ready| futures::future::ready(*ready))
+                .count()
+                .await;
+            return TopologyStatus { ready_epms: ready as u32, ..TopologyStatus::default() };
+        }
         // Each vswitch's ports, read once. A missing vswitch, or a link down
         // or off its bridge (a kill mid-way through wiring it), cuts off
         // every EPM below it.
@@ -567,9 +589,23 @@ impl LocalRuntime {
         let mut known = HashSet::new();
         if let Some(spec) = spec {
             for epm in spec.epms() {
-                let tor = naming::namespace(topology, &naming::vswitch_name(0, epm.rack));
-                let peer = (tor, naming::host_port(epm.index));
+                let peer = match &spec.fabric {
+                    Some(fabric) => {
+                        let port = fabric.host_port(epm.index);
+                        (fabric::switch_namespace(topology, &port.edge), port.device)
+                    }
+                    None => (naming::namespace(topology, &naming::vswitch_name(0, epm.rack)), naming::host_port(epm.index)),
+                };
                 waves.entry(0).or_default().push((naming::namespace(topology, &epm.name), Some(peer)));
+            }
+            // A fat tree's switches: edge, aggregation, then core.
+            for switch in spec.fabric.iter().flat_map(|f| f.switches()) {
+                let wave = match switch {
+                    crate::model::fat_tree::Switch::Edge { .. } => 1,
+                    crate::model::fat_tree::Switch::Aggregation { .. } => 2,
+                    crate::model::fat_tree::Switch::Core { .. } => 3,
+                };
+                waves.entry(wave).or_default().push((fabric::switch_namespace(topology, &switch), None));
             }
             for switch in spec.vswitches() {
                 let peer = switch.parent_name().map(|parent| {
@@ -605,6 +641,13 @@ impl LocalRuntime {
         }
         Ok(())
     }
+}
+
+/// An EPM's `eth1` address: in the data plane's prefix on a tree's shared
+/// segment; a /32 behind its edge switch in a fat tree.
+fn epm_address(spec: &TreeSpec, epm: &Epm) -> String {
+    let prefix_len = if spec.fabric.is_some() { 32 } else { spec.data_plane.prefix_len() };
+    format!("{}/{prefix_len}", epm.ip)
 }
 
 /// Polls until none of the ports exist any more in their namespaces.
@@ -648,6 +691,7 @@ impl Substrate for LocalRuntime {
         let switches = spec.vswitches();
         let epms: Vec<Epm> = spec.epms().collect();
         let mut keep: HashSet<String> = switches.iter().map(|s| naming::namespace(topology, &s.name())).collect();
+        keep.extend(spec.fabric.iter().flat_map(|f| f.switches()).map(|s| fabric::switch_namespace(topology, &s)));
         keep.extend(epms.iter().map(|e| naming::namespace(topology, &e.name)));
         let previous = record.spec.to_spec().ok();
         self.tear_down(topology, previous.as_ref(), &keep, &mut record).await?;
@@ -671,6 +715,10 @@ impl Substrate for LocalRuntime {
             }
         }
 
+        if let Some(fabric) = &spec.fabric {
+            failures.extend(self.ensure_fabric(topology, fabric).await);
+        }
+
         // Without a host every EPM fails with why (its devices are still
         // built), so the state records what exists and destroy finds it.
         let host = match self.ensure_host(topology, record.host).await {
@@ -689,9 +737,7 @@ impl Substrate for LocalRuntime {
             .map(|epm: Epm| {
                 let record = Arc::clone(&record);
                 async move {
-                    let Some(tor) = switch_netlink.get(&(0, epm.rack)) else {
-                        return (epm.name.clone(), Err(RuntimeError::Unavailable("its top-of-rack vswitch failed".into())));
-                    };
+                    let tor = switch_netlink.get(&(0, epm.rack));
                     let known = record.lock().await.agents.get(&epm.name).copied();
                     let result = self.ensure_epm(spec, &epm, tor, host, known).await;
                     let result = match result {

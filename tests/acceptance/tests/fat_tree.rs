@@ -1,0 +1,90 @@
+//! A k = 4 fat tree through the real terraform, from
+//! examples/terraform/scenarios/fat-tree: 16 EPMs behind 20 routers, every
+//! EPM reaching every other over the routed fabric, flows between two pods
+//! spread over all four core switches (their ports' counters), the pods
+//! still reaching each other with one core switch's links down, EVMs
+//! pinging over it all, an empty plan, and destroy leaving nothing.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use merak_acceptance::{Workspace, repo_root};
+
+/// Runs `work` on a thread inside a namespace (its sockets are made there).
+fn in_namespace<T: Send + 'static>(namespace: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let fd = merak_netdev::netns::open_fd(namespace).expect("the namespace");
+    std::thread::spawn(move || {
+        merak_netdev::netns::enter(&fd).expect("enter it");
+        work()
+    })
+    .join()
+    .expect("the thread")
+}
+
+/// Packets a device of a namespace received (its own /proc/net/dev).
+fn rx_packets(namespace: &str, device: &str) -> u64 {
+    let device = format!("{device}:");
+    in_namespace(namespace, move || {
+        let table = std::fs::read_to_string("/proc/thread-self/net/dev").expect("/proc/net/dev");
+        let line = table.lines().find(|l| l.trim_start().starts_with(&device)).map(str::to_string).unwrap_or_default();
+        line.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or(0)
+    })
+}
+
+fn output(ws: &Workspace, name: &str) -> String {
+    ws.ok(&["output", "-raw", name])
+}
+
+#[test]
+fn a_fat_tree_routes_every_epm_over_every_core_and_survives_one() {
+    let ws = Workspace::new("fat");
+    let example = std::fs::read_to_string(repo_root().join("examples/terraform/scenarios/fat-tree/main.tf")).expect("the scenario");
+    std::fs::write(ws.dir.join("main.tf"), example).expect("write main.tf");
+    ws.init();
+    let vars = [format!("name={}", ws.name), format!("state_dir={}", ws.state_dir.display())];
+    let with = |command: &[&str]| -> Vec<String> { command.iter().map(|c| c.to_string()).chain(vars.iter().flat_map(|v| ["-var".to_string(), v.clone()])).collect() };
+    let run = |command: &[&str]| {
+        let args = with(command);
+        ws.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    run(&["apply", "-auto-approve"]);
+    let fabric = output(&ws, "fabric");
+    assert!(fabric.starts_with("16 EPMs ready, 20 switches, 48 links, fabric 100.64.0.0/25"), "{fabric}");
+    assert_eq!(output(&ws, "underlay"), "240/240", "every EPM reaches every other");
+    let overlay = output(&ws, "overlay");
+    let (got, of) = overlay.split_once('/').expect("a fraction");
+    assert!(got == of && got != "0", "EVMs over the fabric: {overlay}");
+    let plan = ws.terraform(&with(&["plan", "-detailed-exitcode"]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(plan.status.code(), Some(0), "{}", String::from_utf8_lossy(&plan.stdout));
+
+    // Flows from pod 0 to pod 3 take every core: each core's port toward
+    // pod 0 carries their replies... and toward pod 3 their requests.
+    let namespace = |object: &str| format!("merak-{}.{object}", ws.name);
+    let to = Ipv4Addr::new(10, 251, 0, 16);
+    let listener = in_namespace(&namespace("epm-15"), move || TcpListener::bind(SocketAddr::from((to, 7100))).expect("listen on epm-15"));
+    let server = std::thread::spawn(move || {
+        for stream in listener.incoming().take(64) {
+            drop(stream);
+        }
+    });
+    let cores: Vec<String> = (0..4).map(|c| namespace(&format!("core-{c}"))).collect();
+    let before: Vec<u64> = cores.iter().map(|core| rx_packets(core, "dn0")).collect();
+    let connected = in_namespace(&namespace("epm-0"), move || (0..64).filter(|_| TcpStream::connect_timeout(&SocketAddr::from((to, 7100)), Duration::from_secs(3)).is_ok()).count());
+    assert_eq!(connected, 64);
+    server.join().expect("the server");
+    let after: Vec<u64> = cores.iter().map(|core| rx_packets(core, "dn0")).collect();
+    for (core, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(a > b, "core-{core} carried none of 64 flows between pods: {before:?} -> {after:?}");
+    }
+
+    // core-0's links down: the aggregation switches skip it.
+    let links = ws.exec_in("core-0", &["ip", "-o", "link", "show"]);
+    for device in String::from_utf8_lossy(&links.stdout).lines().filter_map(|l| l.split(": ").nth(1)).map(|d| d.split('@').next().unwrap_or(d).to_string()).filter(|d| d.starts_with("dn")) {
+        assert!(ws.exec_in("core-0", &["ip", "link", "set", &device, "down"]).status.success());
+    }
+    run(&["apply", "-refresh-only", "-auto-approve"]);
+    assert_eq!(output(&ws, "underlay"), "240/240", "the pods reach each other over the other three cores");
+
+    run(&["destroy", "-auto-approve"]);
+    ws.assert_nothing_left();
+}
