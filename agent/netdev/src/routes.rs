@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteScope};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteProtocol, RouteScope};
 
 use crate::netdev::{Netlink, NetdevError, Result};
 
@@ -24,6 +24,9 @@ pub struct RouteState {
     pub prefix_len: u8,
     /// Sorted.
     pub hops: Vec<Hop>,
+    /// Put there by a program (`proto static`, as ours are), not by the
+    /// kernel for an address's own prefix.
+    pub static_route: bool,
 }
 
 fn gateway_of(attributes: &[RouteAttribute]) -> Option<Ipv4Addr> {
@@ -64,6 +67,18 @@ impl Netlink {
         self.handle.route().add(builder.build()).replace().execute().await.map_err(|e| NetdevError::new(op, e))
     }
 
+    /// Deletes the route to `destination/prefix_len`; one already gone is fine.
+    pub async fn delete_route(&self, destination: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(destination, prefix_len).build();
+        match self.handle.route().del(route).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let error = NetdevError::new(format!("delete route {destination}/{prefix_len}"), e);
+                if error.errno() == Some(libc::ESRCH) { Ok(()) } else { Err(error) }
+            }
+        }
+    }
+
     /// The IPv4 routes of the main table that go out of a link (not the
     /// kernel's local ones).
     pub async fn routes_v4(&self) -> Result<Vec<RouteState>> {
@@ -101,5 +116,6 @@ fn route_state(message: &RouteMessage) -> Option<RouteState> {
         })
         .collect();
     hops.sort();
-    (!hops.is_empty()).then_some(RouteState { destination, prefix_len: message.header.destination_prefix_length, hops })
+    let static_route = message.header.protocol == RouteProtocol::Static;
+    (!hops.is_empty()).then_some(RouteState { destination, prefix_len: message.header.destination_prefix_length, hops, static_route })
 }

@@ -106,6 +106,12 @@ impl FatTree {
                 ports
             }
         };
+        let given = [("data_plane_cidr", Some(data_plane)), ("fabric_cidr", fabric)];
+        for (attribute, prefix) in given.into_iter().filter_map(|(a, p)| Some((a, p?))) {
+            if let Some(range) = prefix.reserved_overlap() {
+                errors.push(SpecError::new(attribute, format!("Reserved {attribute}"), format!("{prefix} overlaps {range}, where the kernel does not route between hosts. Use a private prefix.")));
+            }
+        }
         if u64::from(hosts) > data_plane.host_capacity() {
             errors.push(SpecError::new("data_plane_cidr", "data_plane_cidr too small", format!("{data_plane} holds {} addresses; {hosts} EPMs need one each.", data_plane.host_capacity())));
         }

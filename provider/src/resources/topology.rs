@@ -411,17 +411,23 @@ fn fat_tree_of(config: &Value) -> Result<TreeSpec, Diagnostics> {
     for error in [plane.as_ref().err(), fabric.as_ref().err()].into_iter().flatten() {
         diagnostics.push(Diagnostic::from(error.clone()));
     }
-    if diagnostics.has_errors() {
-        return Err(diagnostics);
-    }
-    let (Some(k), Ok(Some(plane)), Ok(fabric)) = (k, plane, fabric) else {
-        return Err(Diagnostic::attribute_error(&["data_plane_cidr"], "Missing data_plane_cidr", "A fat tree needs data_plane_cidr for its EPMs' addresses.").into());
-    };
-    let hosts = config.attr("hosts").as_i64();
-    let fat = FatTree::validate(k, hosts, plane, fabric).map_err(|errors| Diagnostics(errors.into_iter().map(Diagnostic::from).collect()))?;
     let name = config.attr("name").as_str().unwrap_or_default();
-    crate::model::tree::check_name(name).map_err(|e| Diagnostics::from(Diagnostic::from(e)))?;
-    Ok(TreeSpec::fat_tree(name, fat))
+    if let Err(error) = crate::model::tree::check_name(name) {
+        diagnostics.push(Diagnostic::from(error));
+    }
+    // Every rule at once: k's and the prefixes' too, where they can be checked.
+    let fat = match (k, plane, fabric) {
+        (Some(k), Ok(Some(plane)), Ok(fabric)) => FatTree::validate(k, config.attr("hosts").as_i64(), plane, fabric).map_err(|errors| diagnostics.0.extend(errors.into_iter().map(Diagnostic::from))).ok(),
+        (_, Ok(None), _) => {
+            diagnostics.push(Diagnostic::attribute_error(&["data_plane_cidr"], "Missing data_plane_cidr", "A fat tree needs data_plane_cidr for its EPMs' addresses."));
+            None
+        }
+        _ => None,
+    };
+    match fat {
+        Some(fat) if !diagnostics.has_errors() => Ok(TreeSpec::fat_tree(name, fat)),
+        _ => Err(diagnostics),
+    }
 }
 
 /// The full state of a topology built from `spec` with `ready_epms` up and

@@ -1,6 +1,7 @@
 //! A k = 4 fat tree through the real terraform, from
 //! examples/terraform/scenarios/fat-tree: 16 EPMs behind 20 routers, every
-//! EPM reaching every other over the routed fabric, flows between two pods
+//! EPM reaching every other over the routed fabric (12 of them, then 16
+//! as hosts grows in place), flows between two pods
 //! spread over all four core switches (their ports' counters), the pods
 //! still reaching each other with one core switch's links down, EVMs
 //! pinging over it all, an empty plan, and destroy leaving nothing.
@@ -47,6 +48,13 @@ fn a_fat_tree_routes_every_epm_over_every_core_and_survives_one() {
         let args = with(command);
         ws.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
+    // 12 of the 16 EPM ports first, then all: hosts grows in place.
+    run(&["apply", "-auto-approve", "-var", "hosts=12"]);
+    assert_eq!(output(&ws, "underlay"), "132/132", "every EPM reaches every other");
+    let plan = run(&["plan"]);
+    assert!(plan.contains("updated in-place") && !plan.contains("must be replaced"), "{plan}");
+    let plan = run(&["plan", "-var", "k=6"]);
+    assert!(plan.contains("must be replaced"), "another k is another fabric: {plan}");
     run(&["apply", "-auto-approve"]);
     let fabric = output(&ws, "fabric");
     assert!(fabric.starts_with("16 EPMs ready, 20 switches, 48 links, fabric 100.64.0.0/25"), "{fabric}");

@@ -179,6 +179,14 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
         ("racks = 1\n  hosts_per_rack = 1", "racks = 1000\n  hosts_per_rack = 1000\n  hosts = 1000000", "Too many hosts"),
         // A valid name, too long for the agent sockets under this state_dir.
         ("name = \"{name}\"", long_name.as_str(), "Topology does not fit this runtime"),
+        // Fat trees: k's rules, and each type's attributes kept to it.
+        ("racks = 1\n  hosts_per_rack = 1", "type = \"mesh\"", "Unknown topology type"),
+        ("racks = 1\n  hosts_per_rack = 1", "type = \"fat_tree\"\n  k = 5", "Invalid k"),
+        ("racks = 1\n  hosts_per_rack = 1", "type = \"fat_tree\"\n  k = 4\n  hosts = 17", "Invalid hosts"),
+        ("racks = 1\n  hosts_per_rack = 1", "type = \"fat_tree\"\n  k = 4\n  racks = 2", "racks is for a tree"),
+        ("racks = 1\n  hosts_per_rack = 1", "racks = 1\n  hosts_per_rack = 1\n  k = 4", "k is for a fat tree"),
+        ("racks = 1\n  hosts_per_rack = 1", "type = \"fat_tree\"\n  k = 4\n  fabric_cidr = \"10.77.0.0/24\"", "fabric_cidr overlaps data_plane_cidr"),
+        ("racks = 1\n  hosts_per_rack = 1", "type = \"fat_tree\"\n  k = 4\n  fabric_cidr = \"100.64.0.0/28\"", "fabric_cidr too small"),
     ];
     for (from, to, summary) in cases {
         let config = topology(1, 1, "").replace(from, to);

@@ -25,6 +25,12 @@ variable "k" {
   default = 4
 }
 
+variable "hosts" {
+  description = "EPMs to plug in: up to k³/4 (null: all of them)."
+  type        = number
+  default     = null
+}
+
 provider "merak" {
   local {
     state_dir = var.state_dir
@@ -35,6 +41,7 @@ resource "merak_topology" "dc" {
   name            = var.name
   type            = "fat_tree"
   k               = var.k
+  hosts           = var.hosts
   data_plane_cidr = "10.251.0.0/16"
 }
 

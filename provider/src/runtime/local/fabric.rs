@@ -56,12 +56,17 @@ async fn ensure_link(near: &Netlink, near_name: &str, near_ip: (Ipv4Addr, u8), f
 }
 
 /// Makes a switch's routes what they should be, each replaced only when it
-/// differs; routes over a device not there yet (an EPM's port, made with
+/// differs, and removes static routes it should not have (prefixes of EPMs
+/// that left); routes over a device not there yet (an EPM's port, made with
 /// the EPM) are left to whoever makes the device.
 async fn ensure_routes(netlink: &Netlink, fabric: &FatTree, switch: Switch) -> Result<(), RuntimeError> {
     let indexes: HashMap<String, u32> = netlink.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
     let present = netlink.routes_v4().await?;
-    for route in fabric.routes(switch) {
+    let wanted = fabric.routes(switch);
+    for stale in present.iter().filter(|r| r.static_route && !wanted.iter().any(|w| w.prefix.network() == r.destination && w.prefix.prefix_len() == r.prefix_len)) {
+        netlink.delete_route(stale.destination, stale.prefix_len).await?;
+    }
+    for route in wanted {
         let hops: Option<Vec<Hop>> = route.next_hops.iter().map(|hop| Some(Hop { index: *indexes.get(&hop.device)?, gateway: hop.gateway })).collect();
         let Some(mut hops) = hops else { continue };
         hops.sort();
