@@ -88,14 +88,16 @@ agent-image: deps
 	agent/image/build.sh target/release/merak-agent target/merak-agent-$(VERSION).oci.tar $(AGENT_IMAGE)
 
 # Benchmarks (not tests): release build, real terraform.
-#   make bench                         topology (BENCH_TOPOLOGY="RACKS HOSTS_PER_RACK"), EVMs, external VPCs
+#   make bench                         topology (BENCH_TOPOLOGY="RACKS HOSTS_PER_RACK"), fat trees (BENCH_FAT_TREE="K..."), EVMs, external VPCs
 #   make bench BENCH_EVMS="30000 100 --pingall"
 BENCH_TOPOLOGY ?= 8 8
+BENCH_FAT_TREE ?= 8 16
 BENCH_EVMS     ?= 10000 100
 BENCH_ENV       = MERAK_BIN_DIR=$(CURDIR)/target/release MERAK_TERRAFORM=$(TERRAFORM)
 bench: terraform
 	$(CARGO) build --release --workspace
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-topology -- $(BENCH_TOPOLOGY)
+	for k in $(BENCH_FAT_TREE); do $(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-topology -- fat_tree $$k || exit 1; done
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-evms -- $(BENCH_EVMS)
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-external -- $(BENCH_EXTERNAL)
 

@@ -1,8 +1,10 @@
-//! Benchmark: a tree topology through real terraform. Prints the wall time of
-//! apply, a no-op plan and destroy, and the memory one EPM costs (kernel +
-//! agent, from MemAvailable, and the agents' own proportional RSS).
+//! Benchmark: a tree or fat-tree topology through real terraform. Prints the
+//! wall time of apply, a no-op plan and destroy, and the memory one EPM costs
+//! (kernel + agent, from MemAvailable, and the agents' own proportional RSS;
+//! a fat tree's routers count in the first).
 //!
 //! usage: bench-topology [RACKS] [HOSTS_PER_RACK]   (default 8 8)
+//!        bench-topology fat_tree K                 (k³/4 EPMs, 5k²/4 routers)
 
 use std::time::Instant;
 
@@ -15,13 +17,18 @@ fn pss_kib(pid: u32) -> u64 {
 }
 
 fn main() {
+    let fat_tree = std::env::args().nth(1).is_some_and(|a| a == "fat_tree");
     let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let (racks, per_rack) = (args.first().copied().unwrap_or(8), args.get(1).copied().unwrap_or(8));
-    let hosts = racks * per_rack;
+    let (shape, hosts, config) = if fat_tree {
+        let k = args.first().copied().unwrap_or(8);
+        let attributes = format!("type = \"fat_tree\"\n  k = {k}");
+        (format!("fat tree k = {k}"), k * k * k / 4, attributes)
+    } else {
+        let (racks, per_rack) = (args.first().copied().unwrap_or(8), args.get(1).copied().unwrap_or(8));
+        (format!("{racks} racks x {per_rack} hosts"), racks * per_rack, format!("racks = {racks}\n  hosts_per_rack = {per_rack}"))
+    };
     let ws = Workspace::new("bench");
-    ws.write_config(&format!(
-        "resource \"merak_topology\" \"bench\" {{\n  name = \"{{name}}\"\n  racks = {racks}\n  hosts_per_rack = {per_rack}\n  data_plane_cidr = \"10.99.0.0/16\"\n}}\n"
-    ));
+    ws.write_config(&format!("resource \"merak_topology\" \"bench\" {{\n  name = \"{{name}}\"\n  {config}\n  data_plane_cidr = \"10.99.0.0/16\"\n}}\n"));
     ws.init();
 
     let before = mem_available_kib();
@@ -46,7 +53,7 @@ fn main() {
     ws.assert_nothing_left();
 
     println!(
-        "topology: {racks} racks x {per_rack} hosts = {hosts} EPMs, {vswitches} vswitches, {agents} agents served by {} process(es)",
+        "topology: {shape} = {hosts} EPMs, {vswitches} switches, {agents} agents served by {} process(es)",
         processes.len()
     );
     println!("terraform apply:   {:>7.2} s  ({:.1} ms per EPM)", apply.as_secs_f64(), apply.as_secs_f64() * 1000.0 / f64::from(hosts));
