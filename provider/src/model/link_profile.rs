@@ -6,19 +6,29 @@
 use merak_netdev::shaping::Shaping;
 use serde::{Deserialize, Serialize};
 
+use super::fat_tree::Switch;
 use super::naming::{self, EPM_DATA_NIC, UPLINK};
 use super::{BlockError, TreeSpec};
 
 /// The links a profile shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkRole {
-    /// Each EPM's `eth1` and its port on the top-of-rack vswitch.
+    /// Each EPM's `eth1` and its port on its top-of-rack vswitch or edge switch.
     EpmUplink,
-    /// Each vswitch's uplink and its port on the parent vswitch.
+    /// A tree's: each vswitch's uplink and its port on the parent vswitch.
     SwitchUplink,
+    /// A fat tree's: edge to aggregation switches.
+    EdgeAggregation,
+    /// A fat tree's: aggregation to core switches.
+    AggregationCore,
 }
 
-const ROLES: [(&str, LinkRole); 2] = [("epm_uplink", LinkRole::EpmUplink), ("switch_uplink", LinkRole::SwitchUplink)];
+pub const ROLES: [(&str, LinkRole); 4] = [
+    ("epm_uplink", LinkRole::EpmUplink),
+    ("switch_uplink", LinkRole::SwitchUplink),
+    ("edge_aggregation", LinkRole::EdgeAggregation),
+    ("aggregation_core", LinkRole::AggregationCore),
+];
 
 impl LinkRole {
     pub fn parse(name: &str) -> Option<LinkRole> {
@@ -27,6 +37,15 @@ impl LinkRole {
 
     pub fn names() -> String {
         ROLES.iter().map(|(n, _)| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Whether a topology of this shape has links of the role.
+    pub fn fits(self, fat_tree: bool) -> bool {
+        match self {
+            LinkRole::EpmUplink => true,
+            LinkRole::SwitchUplink => !fat_tree,
+            LinkRole::EdgeAggregation | LinkRole::AggregationCore => fat_tree,
+        }
     }
 }
 
@@ -76,7 +95,25 @@ impl LinkProfileSpec {
 /// The links of `role` in `spec`, each as its two ends.
 pub fn links(spec: &TreeSpec, role: LinkRole) -> Vec<[LinkEnd; 2]> {
     let end = |object: String, device: String| LinkEnd { object, device };
+    if let Some(fabric) = &spec.fabric {
+        let between = |lower: fn(&Switch) -> bool| -> Vec<[LinkEnd; 2]> {
+            fabric.fabric_links().into_iter().filter(|l| lower(&l.lower)).map(|l| [end(l.lower.name(), l.lower_device), end(l.upper.name(), l.upper_device)]).collect()
+        };
+        return match role {
+            LinkRole::EpmUplink => spec
+                .epms()
+                .map(|epm| {
+                    let port = fabric.host_port(epm.index);
+                    [end(epm.name, EPM_DATA_NIC.into()), end(port.edge.name(), port.device)]
+                })
+                .collect(),
+            LinkRole::EdgeAggregation => between(|s| matches!(s, Switch::Edge { .. })),
+            LinkRole::AggregationCore => between(|s| matches!(s, Switch::Aggregation { .. })),
+            LinkRole::SwitchUplink => Vec::new(),
+        };
+    }
     match role {
+        LinkRole::EdgeAggregation | LinkRole::AggregationCore => Vec::new(),
         LinkRole::EpmUplink => spec
             .epms()
             .map(|epm| [end(epm.name.clone(), EPM_DATA_NIC.into()), end(naming::vswitch_name(0, epm.rack), naming::host_port(epm.index))])
@@ -92,6 +129,18 @@ pub fn links(spec: &TreeSpec, role: LinkRole) -> Vec<[LinkEnd; 2]> {
 /// How many links the profiles shape.
 pub fn impaired_link_count(spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> u64 {
     profiles.iter().filter_map(LinkProfileSpec::role).map(|role| links(spec, role).len() as u64).sum()
+}
+
+/// The roles a topology of this shape does not have.
+pub fn validate_for(profiles: &[LinkProfileSpec], fat_tree: bool) -> Vec<BlockError> {
+    let shape = if fat_tree { "a fat tree" } else { "a tree" };
+    let own: Vec<&str> = ROLES.iter().filter(|(_, r)| r.fits(fat_tree)).map(|(n, _)| *n).collect();
+    profiles
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.role().is_some_and(|r| !r.fits(fat_tree)))
+        .map(|(index, p)| BlockError { index, attribute: "role", summary: "No such links here".into(), detail: format!("{shape} has no {:?} links; its roles are {}.", p.role, own.join(", ")) })
+        .collect()
 }
 
 /// Every rule the blocks break.
@@ -143,6 +192,21 @@ mod tests {
         assert!(switches.iter().all(|[near, _]| near.device == UPLINK));
         let both = [profile("epm_uplink", Some(10.0)), profile("switch_uplink", Some(100.0))];
         assert_eq!(impaired_link_count(&spec, &both), spec.link_count());
+    }
+
+    #[test]
+    fn a_fat_trees_roles_are_its_levels() {
+        let fabric = crate::model::fat_tree::FatTree::validate(4, None, "10.0.0.0/24".parse().unwrap(), None).unwrap();
+        let spec = TreeSpec::fat_tree("lab", fabric);
+        assert_eq!(links(&spec, LinkRole::EpmUplink).len(), 16);
+        assert_eq!(links(&spec, LinkRole::EdgeAggregation).len(), 16);
+        let cores = links(&spec, LinkRole::AggregationCore);
+        assert_eq!(cores.len(), 16);
+        assert!(cores.iter().all(|[lower, upper]| lower.object.starts_with("agg-") && upper.object.starts_with("core-")));
+        assert!(links(&spec, LinkRole::SwitchUplink).is_empty());
+        let blocks = [profile("switch_uplink", Some(1.0)), profile("aggregation_core", Some(1.0))];
+        assert_eq!(validate_for(&blocks, true).iter().map(|e| e.index).collect::<Vec<_>>(), [0]);
+        assert_eq!(validate_for(&blocks, false).iter().map(|e| e.index).collect::<Vec<_>>(), [1]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! are read from a configuration, and how the state echoes them. What they
 //! mean is in [`crate::model::link_profile`].
 
+use crate::model::BlockError;
 use crate::model::link_profile::{self, LinkProfileSpec};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
@@ -19,7 +20,7 @@ pub fn block() -> Block {
             Terraform's back is drift the next plan shows. A kernel without `sch_netem` refuses \
             delay, jitter and loss at apply, naming it. The `local` runtime only, for now.",
         attributes: vec![
-            Attribute::required("role", Type::String, "The links: `epm_uplink` (each EPM's `eth1` to its top-of-rack vswitch) or `switch_uplink` (each vswitch to its parent). One profile per role."),
+            Attribute::required("role", Type::String, "The links: `epm_uplink` (each EPM's `eth1` to its top-of-rack vswitch or edge switch); a tree's `switch_uplink` (each vswitch to its parent); a fat tree's `edge_aggregation` and `aggregation_core`. One profile per role."),
             Attribute::optional("rate_mbit", Type::Number, "Each direction's rate, Mbit/s (0.1 to 100000); the bucket holds 10 ms of it."),
             Attribute::optional("delay_ms", Type::Number, "Added one-way delay per direction, ms (needs netem)."),
             Attribute::optional("jitter_ms", Type::Number, "Random variation of the delay, ms (needs netem)."),
@@ -53,7 +54,12 @@ pub fn profiles_of(config: &Value) -> Result<Option<Vec<LinkProfileSpec>>, Diagn
     if errors.is_empty() {
         return Ok(Some(profiles));
     }
-    Err(Diagnostics(errors.into_iter().map(|e| Diagnostic::attribute_error(&[LINK_PROFILE, &format!("[{}]", e.index), e.attribute], e.summary, e.detail)).collect()))
+    Err(Diagnostics(errors.into_iter().map(diagnostic).collect()))
+}
+
+/// A broken rule, on its block's attribute.
+pub fn diagnostic(error: BlockError) -> Diagnostic {
+    Diagnostic::attribute_error(&[LINK_PROFILE, &format!("[{}]", error.index), error.attribute], error.summary, error.detail)
 }
 
 pub fn value(profile: &LinkProfileSpec) -> Value {

@@ -45,12 +45,11 @@ impl Resource<Controller> for Topology {
                 return Err(Diagnostic::attribute_error(&[attribute], "Topology does not fit this runtime", error.to_string()).into());
             }
         }
-        if let (Ok(Some(profiles)), Ok(Some(spec))) = (link_profile::profiles_of(config), spec_of(config))
-            && !profiles.is_empty()
-            && spec.fabric.is_some()
-        {
-            let detail = "link_profile roles name a tree's links (epm_uplink, switch_uplink); a fat tree's cannot be shaped yet. Remove the blocks or use type = \"tree\".";
-            return Err(Diagnostic::attribute_error(&[LINK_PROFILE], "Fat tree links cannot be shaped yet", detail).into());
+        if let (Ok(Some(profiles)), Ok(Some(spec))) = (link_profile::profiles_of(config), spec_of(config)) {
+            let errors = crate::model::link_profile::validate_for(&profiles, spec.fabric.is_some());
+            if !errors.is_empty() {
+                return Err(Diagnostics(errors.into_iter().map(link_profile::diagnostic).collect()));
+            }
         }
         if let (Some(runtime), Ok(Some(profiles))) = (runtime, link_profile::profiles_of(config))
             && !profiles.is_empty()

@@ -2,7 +2,8 @@
 //! examples/terraform/scenarios/fat-tree: 16 EPMs behind 20 routers, every
 //! EPM reaching every other over the routed fabric (12 of them, then 16
 //! as hosts grows in place), flows between two pods
-//! spread over all four core switches (their ports' counters), the pods
+//! spread over all four core switches (their ports' counters), the core
+//! links shaped by a link_profile in place, the pods
 //! still reaching each other with one core switch's links down, EVMs
 //! pinging over it all, an empty plan, and destroy leaving nothing.
 
@@ -84,6 +85,13 @@ fn a_fat_tree_routes_every_epm_over_every_core_and_survives_one() {
     for (core, (b, a)) in before.iter().zip(&after).enumerate() {
         assert!(a > b, "core-{core} carried none of 64 flows between pods: {before:?} -> {after:?}");
     }
+
+    // The core links shaped, in place: all 16 carry it, pings still pass.
+    run(&["apply", "-auto-approve", "-var", "core_rate_mbit=100"]);
+    assert_eq!(output(&ws, "impaired"), "16", "every aggregation-to-core link");
+    assert_eq!(output(&ws, "underlay"), "240/240");
+    let shaped = ws.exec_in("core-2", &["tc", "qdisc", "show", "dev", "dn1"]);
+    assert!(String::from_utf8_lossy(&shaped.stdout).contains("tbf 6d72: root"), "{}", String::from_utf8_lossy(&shaped.stdout));
 
     // core-0's links down: the aggregation switches skip it.
     let links = ws.exec_in("core-0", &["ip", "-o", "link", "show"]);

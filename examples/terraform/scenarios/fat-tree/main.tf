@@ -31,6 +31,12 @@ variable "hosts" {
   default     = null
 }
 
+variable "core_rate_mbit" {
+  description = "Shape every aggregation-to-core link to this rate (null: unshaped)."
+  type        = number
+  default     = null
+}
+
 provider "merak" {
   local {
     state_dir = var.state_dir
@@ -43,6 +49,14 @@ resource "merak_topology" "dc" {
   k               = var.k
   hosts           = var.hosts
   data_plane_cidr = "10.251.0.0/16"
+
+  dynamic "link_profile" {
+    for_each = var.core_rate_mbit == null ? [] : [var.core_rate_mbit]
+    content {
+      role      = "aggregation_core"
+      rate_mbit = link_profile.value
+    }
+  }
 }
 
 resource "merak_vpc" "blue" {
@@ -76,6 +90,10 @@ data "merak_pingall" "overlay" {
 
 output "fabric" {
   value = "${merak_topology.dc.ready_epms} EPMs ready, ${merak_topology.dc.vswitch_count} switches, ${merak_topology.dc.link_count} links, fabric ${merak_topology.dc.fabric_cidr}"
+}
+
+output "impaired" {
+  value = merak_topology.dc.impaired_links
 }
 
 output "underlay" {

@@ -12,7 +12,7 @@ use merak_netdev::shaping::{RootQdisc, Shaping};
 
 use super::LocalRuntime;
 use crate::model::TreeSpec;
-use crate::model::link_profile::{LinkEnd, LinkProfileSpec, LinkRole, links};
+use crate::model::link_profile::{LinkEnd, LinkProfileSpec, ROLES, links};
 use crate::model::naming;
 use crate::runtime::{Failure, RuntimeError};
 
@@ -22,8 +22,9 @@ const PARALLEL_NAMESPACES: usize = 16;
 /// Every link of every role, each with the shaping its role's profile asks
 /// for (`None`: no profile, merak's shaping comes off).
 fn wanted(spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Vec<([LinkEnd; 2], Option<Shaping>)> {
-    [LinkRole::EpmUplink, LinkRole::SwitchUplink]
+    ROLES
         .into_iter()
+        .map(|(_, role)| role)
         .flat_map(|role| {
             let shaping = profiles.iter().find(|p| p.role() == Some(role)).map(LinkProfileSpec::shaping);
             links(spec, role).into_iter().map(move |ends| (ends, shaping))
