@@ -6,8 +6,9 @@
 
 use std::fmt::Write;
 
-use super::TreeSpec;
+use super::fat_tree::Switch;
 use super::link_profile::{LinkProfileSpec, LinkRole};
+use super::{Epm, TreeSpec};
 
 /// EPMs drawn one by one up to this many; above it, one node per rack.
 pub const DEFAULT_COLLAPSE_ABOVE: u32 = 64;
@@ -85,6 +86,47 @@ impl Graph {
                 if let Some(tor) = index_of.get(&(0, epm.rack)) {
                     edges.push(Edge { from: *tor, to: at, impairment: epm_link.clone() });
                 }
+            }
+        }
+        Graph { nodes, edges, collapsed }
+    }
+
+    /// The fat tree of `spec`: core, aggregation and edge switches, each
+    /// EPM (or each edge switch's EPMs, above `collapse_above`) under its
+    /// edge, and a tree's graph for anything else.
+    pub fn of(spec: &TreeSpec, collapse_above: u32, profiles: &[LinkProfileSpec]) -> Graph {
+        let Some(fabric) = &spec.fabric else { return Graph::of_tree(spec, collapse_above, profiles) };
+        let impairment = |role: LinkRole| profiles.iter().find(|p| p.role() == Some(role)).map(describe);
+        let mut nodes = Vec::new();
+        let mut index_of = std::collections::HashMap::new();
+        for switch in fabric.switches() {
+            let name = switch.name();
+            index_of.insert(switch, nodes.len());
+            nodes.push(Node { id: node_id(&name), label: name, kind: NodeKind::Switch });
+        }
+        let mut edges = Vec::new();
+        for link in fabric.fabric_links() {
+            let role = if matches!(link.lower, Switch::Edge { .. }) { LinkRole::EdgeAggregation } else { LinkRole::AggregationCore };
+            edges.push(Edge { from: index_of[&link.upper], to: index_of[&link.lower], impairment: impairment(role) });
+        }
+        let uplink = impairment(LinkRole::EpmUplink);
+        let collapsed = spec.hosts > collapse_above;
+        let mut epms_of: std::collections::BTreeMap<Switch, Vec<Epm>> = std::collections::BTreeMap::new();
+        for epm in spec.epms() {
+            epms_of.entry(fabric.host_port(epm.index).edge).or_default().push(epm);
+        }
+        for (edge, epms) in epms_of {
+            let under = index_of[&edge];
+            if collapsed {
+                let (first, last) = (&epms[0].name, &epms[epms.len() - 1].name);
+                let label = format!("{}: {} EPMs ({first} to {last})", edge.name(), epms.len());
+                edges.push(Edge { from: under, to: nodes.len(), impairment: uplink.clone() });
+                nodes.push(Node { id: format!("rack_{}", node_id(&edge.name())), label, kind: NodeKind::Rack });
+                continue;
+            }
+            for epm in epms {
+                edges.push(Edge { from: under, to: nodes.len(), impairment: uplink.clone() });
+                nodes.push(Node { id: node_id(&epm.name), label: format!("{}\n{}", epm.name, epm.ip), kind: NodeKind::Epm });
             }
         }
         Graph { nodes, edges, collapsed }
@@ -207,6 +249,20 @@ mod tests {
         assert_eq!(racks.len(), 10);
         assert_eq!(racks[9].label, "rack 9: 5 EPMs (epm-90 to epm-94)");
         assert_eq!(graph.edges.len() as u64, spec.vswitch_count() - 1 + 10);
+    }
+
+    #[test]
+    fn a_fat_tree_is_drawn_level_by_level() {
+        let fabric = crate::model::fat_tree::FatTree::validate(4, None, "10.0.0.0/24".parse().unwrap(), None).unwrap();
+        let spec = TreeSpec::fat_tree("lab", fabric);
+        let core = LinkProfileSpec { role: "aggregation_core".into(), rate_mbit: Some(100.0), delay_ms: None, jitter_ms: None, loss_percent: None };
+        let graph = Graph::of(&spec, DEFAULT_COLLAPSE_ABOVE, std::slice::from_ref(&core));
+        assert_eq!((graph.nodes.len(), graph.edges.len()), (20 + 16, 32 + 16));
+        assert_eq!(graph.edges.iter().filter(|e| e.impairment.is_some()).count(), 16, "the aggregation-core links");
+        assert!(graph.dot("lab").contains("core_0 -- agg_0_0 [label=\"100 Mbit/s\""), "{}", graph.dot("lab"));
+        let collapsed = Graph::of(&spec, 8, &[]);
+        assert_eq!(collapsed.nodes.iter().filter(|n| n.kind == NodeKind::Rack).count(), 8, "one node per edge switch");
+        assert!(collapsed.nodes.iter().any(|n| n.label == "edge-3-1: 2 EPMs (epm-14 to epm-15)"));
     }
 
     #[test]

@@ -20,13 +20,16 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         description: "Draws a topology: its vswitches, EPMs and links as Graphviz `dot` and as Mermaid (which \
             GitHub renders in pull requests and READMEs). Give it the same values as the `merak_topology` \
             (e.g. from shared locals, not from the resource's attributes, so that it is read at plan). Above \
-            `collapse_above` EPMs, each rack's EPMs are drawn as one node with their count. Links its \
+            `collapse_above` EPMs, each rack's (or fat-tree edge switch's) EPMs are drawn as one node with their count. Links its \
             `link_profile` blocks (the topology's) impair are dashed and labelled.",
         attributes: vec![
             Attribute::computed("id", Type::String, "The topology's name."),
             Attribute::required("name", Type::String, "The topology's `name`."),
-            Attribute::required("racks", Type::Number, "The topology's `racks`."),
-            Attribute::required("hosts_per_rack", Type::Number, "The topology's `hosts_per_rack`."),
+            Attribute::optional("type", Type::String, "The topology's `type`, when it sets one (a `fat_tree` is drawn level by level)."),
+            Attribute::optional("racks", Type::Number, "The topology's `racks` (a tree's)."),
+            Attribute::optional("hosts_per_rack", Type::Number, "The topology's `hosts_per_rack` (a tree's)."),
+            Attribute::optional("k", Type::Number, "The topology's `k` (a fat tree's)."),
+            Attribute::optional("fabric_cidr", Type::String, "The topology's `fabric_cidr`, when it sets one."),
             Attribute::optional("hosts", Type::Number, "The topology's `hosts`, when it sets one."),
             Attribute::optional("ports_per_vswitch", Type::Number, "The topology's `ports_per_vswitch`, when it sets one."),
             Attribute::required("data_plane_cidr", Type::String, "The topology's `data_plane_cidr` (EPMs are labelled with their addresses)."),
@@ -74,12 +77,15 @@ impl DataSource<Controller> for TopologyGraph {
         let Some(profiles) = profiles_of(config)? else {
             return Err(Diagnostic::error("Link profiles unknown", "The link_profile blocks are not known yet; give them as values known at plan.").into());
         };
-        let graph = Graph::of_tree(&spec, collapse_above(config)?, &profiles);
+        let graph = Graph::of(&spec, collapse_above(config)?, &profiles);
         Ok(object([
             ("id", Value::string(&spec.name)),
             ("name", config.attr("name").clone()),
+            ("type", config.attr("type").clone()),
             ("racks", config.attr("racks").clone()),
             ("hosts_per_rack", config.attr("hosts_per_rack").clone()),
+            ("k", config.attr("k").clone()),
+            ("fabric_cidr", config.attr("fabric_cidr").clone()),
             ("hosts", config.attr("hosts").clone()),
             ("ports_per_vswitch", config.attr("ports_per_vswitch").clone()),
             ("data_plane_cidr", config.attr("data_plane_cidr").clone()),

@@ -71,6 +71,16 @@ fn the_graph_is_known_at_plan_renders_and_matches_the_topology() {
     assert_eq!(dot.matches("[label=\"40 Mbit/s\", style=dashed").count(), 6, "{dot}");
     let mermaid = ws.ok(&["output", "-raw", "mermaid"]);
     assert_eq!(mermaid.matches("---|\"40 Mbit/s\"|").count(), 6, "{mermaid}");
+
+    // A fat tree, level by level: 20 switches and 16 EPMs, 48 links.
+    let fat = "data \"merak_topology_graph\" \"dc\" {\n  name            = \"{name}\"\n  type            = \"fat_tree\"\n  k               = 4\n  data_plane_cidr = \"10.0.0.0/16\"\n}\n\n\
+               output \"dot\" {\n  value = data.merak_topology_graph.dc.dot\n}\n\
+               output \"counts\" {\n  value = \"${data.merak_topology_graph.dc.node_count} ${data.merak_topology_graph.dc.edge_count}\"\n}\n";
+    ws.write_config(fat);
+    ws.apply();
+    let svg = render(&ws.ok(&["output", "-raw", "dot"]));
+    assert_eq!(svg.matches("class=\"node\"").count(), 36);
+    assert_eq!(ws.ok(&["output", "-raw", "counts"]), "36 48");
     ws.ok(&["destroy", "-auto-approve"]);
     ws.assert_nothing_left();
 }
