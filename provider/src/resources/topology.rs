@@ -112,11 +112,13 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
     // 1: `epms` became a map (see upgrade_state).
     version: 1,
     block: Block {
-        description: "An underlay of Emulated Physical Machines (EPMs) in racks under top-of-rack \
-            vswitches, joined by as many aggregation layers as `ports_per_vswitch` needs into one \
-            root. On the `local` runtime each EPM is a network namespace running a `merak-agent` \
-            with its data-plane NIC `eth1`, each vswitch a Linux bridge in its own namespace, \
-            and each link a veth pair. Everything on the host is named `merak-<name>.<object>`.",
+        description: "An underlay of Emulated Physical Machines (EPMs): by default in racks under \
+            top-of-rack vswitches, joined by as many aggregation layers as `ports_per_vswitch` needs \
+            into one root; with `type = \"fat_tree\"`, a routed k-ary fat tree with ECMP. On the \
+            `local` runtime each EPM is a network namespace running a `merak-agent` with its \
+            data-plane NIC `eth1`, each vswitch a Linux bridge (a fat tree's switch, a router) in its \
+            own namespace, and each link a veth pair. Everything on the host is named \
+            `merak-<name>.<object>`.",
         attributes: vec![
             Attribute::computed("id", Type::String, "The topology's ID: its `name`."),
             Attribute::required(
