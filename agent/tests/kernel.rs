@@ -134,6 +134,20 @@ async fn a_routed_epm_gets_its_host_address_and_a_default_route_via_its_edge() {
     assert!(repaired.actions.iter().any(|a| a.starts_with("default via")), "the route went with the link: {repaired:?}");
 }
 
+/// A creation killed between making the mount point and mounting on it
+/// leaves a plain file: it is no namespace, and creating one replaces it.
+#[tokio::test]
+async fn a_mount_point_left_unmounted_is_no_namespace_and_is_replaced() {
+    let names = Namespaces::new("agent-stale", 1);
+    let name = &names.0[0];
+    netns::prepare_run_dir().unwrap();
+    std::fs::write(netns::path_of(name), b"").unwrap();
+    assert!(!netns::exists(name), "a plain file is not a namespace");
+    let netlink = netns::create(name, NetnsOptions::default()).await.expect("created over the leftover");
+    assert!(netns::exists(name));
+    assert!(netlink.link("lo").await.unwrap().is_some());
+}
+
 #[test]
 fn macs_format_and_parse() {
     let mac = [0x02, 0xab, 0, 1, 0xfe, 0xff];

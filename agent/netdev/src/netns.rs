@@ -70,8 +70,21 @@ pub fn path_of(name: &str) -> PathBuf {
     Path::new(NETNS_RUN_DIR).join(name)
 }
 
+/// Whether a namespace of this name is there: its file holds a namespace
+/// mount. A plain file (a creation killed between making the mount point
+/// and mounting on it) is not one; creating the namespace replaces it.
 pub fn exists(name: &str) -> bool {
-    path_of(name).exists()
+    is_namespace_mount(&path_of(name))
+}
+
+/// NSFS_MAGIC: the file system a bind-mounted namespace file is on.
+const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+
+fn is_namespace_mount(path: &Path) -> bool {
+    let Ok(target) = c_path(path) else { return false };
+    // SAFETY: statfs(2) on a NUL-terminated path into a zeroed struct.
+    let mut info: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(target.as_ptr(), &mut info) }) == 0 && info.f_type as libc::c_long == NSFS_MAGIC
 }
 
 /// Names of every named namespace whose name starts with `prefix`.
@@ -363,7 +376,13 @@ pub fn delete(name: &str) -> Result<(), NetnsError> {
 
 fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, NetnsError> {
     let path = path_of(name);
-    match OpenOptions::new().write(true).create_new(true).open(&path) {
+    let mut created = OpenOptions::new().write(true).create_new(true).open(&path);
+    if matches!(&created, Err(e) if e.kind() == io::ErrorKind::AlreadyExists) && !is_namespace_mount(&path) {
+        // A mount point left without its mount by a kill: take its place.
+        fs::remove_file(&path).map_err(|e| NetnsError::io("remove a mount point left unmounted", name, e))?;
+        created = OpenOptions::new().write(true).create_new(true).open(&path);
+    }
+    match created {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             return Err(NetnsError::AlreadyExists { name: name.to_string() });
