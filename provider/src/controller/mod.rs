@@ -284,6 +284,18 @@ impl Controller {
             .ok_or_else(|| RuntimeError::Conflict(format!("topology {topology:?} does not exist")))
     }
 
+    /// Takes the topology's lock for a change of its tenant networks;
+    /// whether the topology exists. One that is gone (destroyed meanwhile,
+    /// e.g. by another run) is not left with a lock of ours.
+    async fn lock_tenants(&self, topology: &str) -> Result<bool, RuntimeError> {
+        self.store.lock(topology).await?;
+        if self.topology_exists(topology).await? {
+            return Ok(true);
+        }
+        self.store.unlock(topology).await;
+        Ok(false)
+    }
+
     async fn topology_exists(&self, topology: &str) -> Result<bool, RuntimeError> {
         Ok(self.substrate.topology_spec(topology).await?.is_some())
     }
@@ -334,7 +346,7 @@ impl Controller {
     }
 
     pub async fn apply_vpc(&self, spec: &VpcSpec) -> Result<(), RuntimeError> {
-        self.store.lock(&spec.topology).await?;
+        self.lock_tenants(&spec.topology).await?;
         let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         self.tree(&spec.topology).await?;
@@ -357,7 +369,9 @@ impl Controller {
     }
 
     pub async fn delete_vpc(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
-        self.store.lock(topology).await?;
+        if !self.lock_tenants(topology).await? {
+            return Ok(());
+        }
         let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         let mut record = self.load_overlay(topology).await?;
@@ -368,7 +382,7 @@ impl Controller {
     }
 
     pub async fn apply_subnet(&self, spec: &SubnetSpec) -> Result<(), RuntimeError> {
-        self.store.lock(&spec.topology).await?;
+        self.lock_tenants(&spec.topology).await?;
         let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         let tree = self.tree(&spec.topology).await?;
@@ -401,7 +415,9 @@ impl Controller {
     }
 
     pub async fn delete_subnet(&self, topology: &str, vpc: &str, name: &str) -> Result<(), RuntimeError> {
-        self.store.lock(topology).await?;
+        if !self.lock_tenants(topology).await? {
+            return Ok(());
+        }
         let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         let mut record = self.load_overlay(topology).await?;
@@ -426,7 +442,7 @@ impl Controller {
     }
 
     pub async fn apply_group(&self, spec: &GroupSpec, intent: Intent) -> Result<GroupStatus, RuntimeError> {
-        self.store.lock(&spec.topology).await?;
+        self.lock_tenants(&spec.topology).await?;
         let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         let topology = &spec.topology;
@@ -533,7 +549,9 @@ impl Controller {
     }
 
     pub async fn delete_group(&self, topology: &str, name: &str) -> Result<(), RuntimeError> {
-        self.store.lock(topology).await?;
+        if !self.lock_tenants(topology).await? {
+            return Ok(());
+        }
         let _underlay = self.underlay_lock.read().await;
         let _guard = self.overlay_lock.lock().await;
         let Ok(tree) = self.tree(topology).await else { return Ok(()) };
