@@ -14,7 +14,7 @@ CLI_CONFIG  = $(CURDIR)/target/terraformrc
 QUICKSTART  = examples/terraform/quickstart
 TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
 
-.PHONY: all deps build terraform mirror quickstart quickstart-destroy graph test docs bench bench-external bench-kubernetes fuzz agent-image
+.PHONY: all deps build terraform mirror quickstart quickstart-destroy graph test docs bench bench-external bench-kubernetes fuzz soak agent-image real-cluster real-cluster-down
 
 all: build
 
@@ -116,6 +116,16 @@ bench-kubernetes: terraform
 	$(CARGO) build --release --workspace
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-kubernetes -- $(BENCH_K8S)
 
+# The fault suite by the hundred (not a test: about 10 s a cycle): kills of
+# terraform, the provider or the agents' host at random moments of applies
+# and destroys, on both Terraforms. A failure prints its seed (replay it with
+# MERAK_FAULT_SEED=SEED target/debug/soak 1), the provider's step at each kill
+# and what was left.   make soak SOAK_CYCLES=500
+SOAK_CYCLES ?= 500
+soak: build terraform
+	MERAK_TERRAFORM=$(TERRAFORM) $(CARGO) run -q -p merak-acceptance --bin soak -- $(SOAK_CYCLES)
+	MERAK_TERRAFORM=$(TERRAFORM_OLDEST) $(CARGO) run -q -p merak-acceptance --bin soak -- $(SOAK_CYCLES)
+
 # Fuzzing (not a test: minutes per target). libFuzzer through cargo-fuzz
 # (installed from crates.io when missing), with AddressSanitizer on a nightly
 # toolchain when there is one, else without a sanitizer on the stable one.
@@ -136,3 +146,14 @@ fuzz:
 	  grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)' $$log; \
 	done
 
+# A real single-node Kubernetes on this host (root; Go builds the components
+# from their published modules, about 5 minutes the first time, cached after):
+# etcd, apiserver, controller-manager, scheduler, kubelet, Debian's containerd.
+# The agent image of `make agent-image` is imported when built.
+#   make real-cluster && export KUBECONFIG=$(CURDIR)/target/real-cluster/kubeconfig
+real-cluster:
+	tests/real-cluster/build.sh
+	tests/real-cluster/up.sh
+
+real-cluster-down:
+	tests/real-cluster/down.sh

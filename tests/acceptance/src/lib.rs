@@ -178,6 +178,16 @@ impl Workspace {
         command.spawn().expect("start terraform")
     }
 
+    /// [`Workspace::spawn_terraform`] with terraform's and the provider's
+    /// log (provider lines at info) written to `log`.
+    pub fn spawn_terraform_logged(&self, args: &[&str], log: &Path) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let mut command = self.terraform_command(Command::new(terraform()), args);
+        command.env("TF_LOG_PROVIDER", "INFO").env("TF_LOG_PATH", log);
+        command.process_group(0).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        command.spawn().expect("start terraform")
+    }
+
     /// Runs terraform through a wrapper, e.g. `setpriv` to drop capabilities.
     pub fn terraform_via(&self, wrapper: &[&str], args: &[&str]) -> Output {
         let mut command = Command::new(wrapper[0]);
@@ -304,11 +314,32 @@ impl Workspace {
 
     /// Asserts nothing of this test's topology is left on the host.
     pub fn assert_nothing_left(&self) {
-        assert_eq!(self.namespaces(), Vec::<String>::new(), "namespaces left");
-        assert_eq!(self.agent_processes(), Vec::new(), "agents left");
-        assert!(!self.state_dir.join(&self.name).exists(), "runtime state left in {}", self.state_dir.display());
+        if let Err(left) = self.check_nothing_left() {
+            panic!("{left}");
+        }
+    }
+
+    /// Nothing of this test's topology on the host, or what is left.
+    pub fn check_nothing_left(&self) -> Result<(), String> {
+        let mut left = Vec::new();
+        let namespaces = self.namespaces();
+        if !namespaces.is_empty() {
+            left.push(format!("namespaces left: {namespaces:?}"));
+        }
+        let agents = self.agent_processes();
+        if !agents.is_empty() {
+            left.push(format!("agents left: {agents:?}"));
+        }
+        let records = self.state_dir.join(&self.name);
+        if let Ok(entries) = std::fs::read_dir(&records) {
+            let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            left.push(format!("runtime state left in {}: {names:?}", records.display()));
+        }
         let lock = self.state_dir.join(format!("{}.lock", self.name));
-        assert!(!lock.exists(), "lock file left: {}", lock.display());
+        if lock.exists() {
+            left.push(format!("lock file left: {}", lock.display()));
+        }
+        if left.is_empty() { Ok(()) } else { Err(left.join("; ")) }
     }
 
     /// Runs a command inside one of the topology's namespaces.
@@ -355,6 +386,7 @@ impl Drop for Workspace {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+pub mod faults;
 pub mod floor;
 pub mod host;
 

@@ -548,6 +548,7 @@ impl LocalRuntime {
             .into_iter()
             .filter(|ns| !keep.contains(ns) && in_scope(ns))
             .collect();
+        tracing::info!(topology, namespaces = existing.len(), whole = keep.is_empty(), "tearing down");
 
         // Stop the agents of leaving EPMs first (an agent's netlink
         // connection keeps its namespace alive), including any the record
@@ -568,6 +569,7 @@ impl LocalRuntime {
             agents.retain(|(_, socket)| if *socket == control { !released } else { leaving_socket(socket) });
         }
         process::stop_agents(&agents).await;
+        tracing::info!(topology, agents = agents.len(), "agents stopped");
         // The agents took what they supervised with them, but not what a
         // supervised process detached from its group: nothing may keep a
         // namespace of the topology alive, or run on after it.
@@ -622,7 +624,8 @@ impl LocalRuntime {
         let unexplained = existing.iter().filter(|ns| !known.contains(*ns)).map(|ns| (ns.clone(), None));
         waves.entry(u32::MAX).or_default().extend(unexplained);
 
-        for wave in waves.into_values() {
+        for (level, wave) in waves {
+            tracing::info!(topology, level, namespaces = wave.len(), "deleting namespaces");
             let mut watched: HashMap<String, (Netlink, Vec<String>)> = HashMap::new();
             for (_, peer) in &wave {
                 let Some((peer_ns, port)) = peer else { continue };
