@@ -254,6 +254,11 @@ impl Controller {
         Ok(Some(TopologyView { spec, status, agents, agents_status, profiles, impaired_links }))
     }
 
+    /// Whether pieces of a topology without records are still there.
+    pub async fn topology_remains(&self, name: &str) -> Result<bool, RuntimeError> {
+        self.substrate.remains_without_record(name).await
+    }
+
     /// The recorded spec of a topology, without checking its EPMs (cheap).
     pub async fn topology_spec(&self, name: &str) -> Result<Option<TreeSpec>, RuntimeError> {
         self.substrate.topology_spec(name).await

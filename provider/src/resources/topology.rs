@@ -93,6 +93,28 @@ impl Resource<Controller> for Topology {
         read(runtime, id).await
     }
 
+    /// As import, except that a topology whose records are gone while its
+    /// namespaces remain (a teardown a killed run abandoned) stays in the
+    /// state with no EPM ready: dropping it would leave those pieces to no
+    /// one, while a destroy finishes the teardown and an apply rebuilds.
+    async fn read(&self, runtime: &Controller, current: &Value) -> Result<Option<Value>, Diagnostics> {
+        let Some(id) = current.attr("id").as_str() else { return Ok(None) };
+        if let Some(state) = read(runtime, id).await? {
+            return Ok(Some(state));
+        }
+        match runtime.topology_remains(id).await {
+            Ok(true) => {
+                let mut kept = current.clone();
+                if let Value::Map(attributes) = &mut kept {
+                    attributes.insert("ready_epms".into(), Value::int(0));
+                }
+                Ok(Some(kept))
+            }
+            Ok(false) => Ok(None),
+            Err(error) => Err(Diagnostic::error(format!("Could not read topology {id}"), error.to_string()).into()),
+        }
+    }
+
     /// Version 0 had `epms` as a list; version 1 keys them by name.
     fn upgrade_state(&self, version: i64, mut state: serde_json::Value) -> serde_json::Value {
         if version < 1

@@ -126,6 +126,13 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     /// Removes everything of the topology and waits until it is gone.
     async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError>;
 
+    /// Whether pieces of a topology whose records are gone are still there
+    /// (a teardown a killed run abandoned), for a destroy to finish.
+    async fn remains_without_record(&self, name: &str) -> Result<bool, RuntimeError> {
+        let _ = name;
+        Ok(false)
+    }
+
     /// A connection to the agent of an EPM.
     async fn agent_channel(&self, topology: &str, epm: &str) -> Result<AgentChannel, RuntimeError>;
 

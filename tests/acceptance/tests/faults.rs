@@ -55,3 +55,37 @@ fn two_applies_of_one_topology_at_once_have_one_winner() {
     winner.ok(&["destroy", "-auto-approve"]);
     first.assert_nothing_left();
 }
+
+/// The state the fault suite once caught: a topology's records gone while
+/// its namespaces remain (a teardown abandoned part-way, or records lost).
+/// Refresh used to drop the topology from the state, so the next destroy
+/// "succeeded" with nothing to do and left the namespaces to no one. Now
+/// the topology stays in the state with no EPM ready, and destroy finishes
+/// the teardown from the namespaces alone.
+#[test]
+fn namespaces_left_without_records_are_kept_in_the_state_and_destroyed() {
+    let ws = Workspace::new("abandoned");
+    ws.write_config(&config(20));
+    ws.init();
+    ws.apply();
+    for (pid, _) in ws.agent_processes() {
+        // SAFETY: kill(2) on this test's agent host.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    let records = ws.state_dir.join(&ws.name);
+    for record in ["topology.json", "overlay.json"] {
+        std::fs::remove_file(records.join(record)).expect("remove a record");
+    }
+    assert!(!ws.namespaces().is_empty());
+
+    let (code, plan) = ws.plan();
+    assert_eq!(code, 2, "{plan}");
+    assert!(plan.contains("merak_topology.dc will be updated in-place"), "the topology stays, to be rebuilt: {plan}");
+    let state = ws.ok(&["state", "list"]);
+    assert!(state.contains("merak_topology.dc"), "kept in the state: {state}");
+
+    ws.ok(&["destroy", "-auto-approve"]);
+    ws.assert_nothing_left();
+}

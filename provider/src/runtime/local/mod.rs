@@ -49,6 +49,9 @@ type PeerPort = (String, String);
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the kernel may take to tear namespaces down.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many times a destroy tears down before it gives up on namespaces
+/// that keep appearing.
+const TEARDOWN_PASSES: u32 = 3;
 
 /// The record kind of a topology (`topology.json` in a file store).
 const TOPOLOGY: &str = "topology";
@@ -835,6 +838,11 @@ impl Substrate for LocalRuntime {
         Ok(Some((spec, status)))
     }
 
+    async fn remains_without_record(&self, name: &str) -> Result<bool, RuntimeError> {
+        let namespaces = netns::list_with_prefix(&naming::topology_prefix(name)).map_err(|e| RuntimeError::io("listing namespaces", e))?;
+        Ok(!namespaces.is_empty() && self.load_record(name).await?.is_none())
+    }
+
     async fn topology_spec(&self, name: &str) -> Result<Option<TreeSpec>, RuntimeError> {
         self.load_record(name).await?.map(|record| self.spec_of(name, &record)).transpose()
     }
@@ -871,7 +879,27 @@ impl Substrate for LocalRuntime {
     async fn destroy_topology(&self, name: &str) -> Result<(), RuntimeError> {
         let mut record = self.load_record(name).await?.unwrap_or_default();
         let spec = record.spec.to_spec().ok();
-        self.tear_down(name, spec.as_ref(), &HashSet::new(), &mut record).await?;
+        // Destroyed means the kernel shows nothing of the topology: a
+        // namespace made meanwhile (an agent still finishing what a killed
+        // run asked of it) is torn down too, and the records stay until then.
+        let prefix = naming::topology_prefix(name);
+        let mut passes = 0;
+        loop {
+            self.tear_down(name, spec.as_ref(), &HashSet::new(), &mut record).await?;
+            let left = netns::list_with_prefix(&prefix).map_err(|e| RuntimeError::io("listing namespaces", e))?;
+            if left.is_empty() {
+                break;
+            }
+            passes += 1;
+            if passes == TEARDOWN_PASSES {
+                return Err(RuntimeError::Unavailable(format!(
+                    "{} namespaces of the topology still there after {TEARDOWN_PASSES} teardowns, first {}",
+                    left.len(),
+                    left[0]
+                )));
+            }
+            tracing::warn!(topology = name, left = left.len(), "namespaces appeared during the teardown; tearing down again");
+        }
         let dir = self.topology_dir(name);
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}
