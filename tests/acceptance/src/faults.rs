@@ -112,8 +112,11 @@ impl Fault {
 pub struct Injection {
     pub fault: Fault,
     pub delay: Duration,
-    /// None when the command had finished before the delay ran out.
+    /// None when nothing was killed: see `finished`.
     pub kill_point: Option<String>,
+    /// Whether the command had finished before the delay ran out (else
+    /// no process of the kind was running at that moment).
+    pub finished: bool,
 }
 
 impl std::fmt::Display for Injection {
@@ -121,7 +124,8 @@ impl std::fmt::Display for Injection {
         write!(f, "{:?} after {:?}", self.fault, self.delay)?;
         match &self.kill_point {
             Some(point) => write!(f, " (provider's last step: {point})"),
-            None => write!(f, " (missed: the command had finished)"),
+            None if self.finished => write!(f, " (missed: the command had finished)"),
+            None => write!(f, " (missed: no {:?} process was running then)", self.fault),
         }
     }
 }
@@ -170,7 +174,7 @@ fn inject(ws: &Workspace, mut child: Child, log: &Path, fault: Fault, delay: Dur
     while started.elapsed() < delay {
         if child.try_wait().ok().flatten().is_some() {
             let _ = child.wait_with_output();
-            return Injection { fault, delay, kill_point: None };
+            return Injection { fault, delay, kill_point: None, finished: true };
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -197,7 +201,7 @@ fn inject(ws: &Workspace, mut child: Child, log: &Path, fault: Fault, delay: Dur
         }
     }
     let _ = child.wait_with_output();
-    Injection { fault, delay, kill_point: injected.then(|| last_provider_step(log)) }
+    Injection { fault, delay, kill_point: injected.then(|| last_provider_step(log)), finished: false }
 }
 
 /// Runs apply until it succeeds (at most three times): after a fault the
