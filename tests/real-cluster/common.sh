@@ -17,6 +17,8 @@ STATE=$ROOT/target/real-cluster
 BIN=$STATE/bin
 LOGS=$STATE/logs
 PIDS=$STATE/pids
+# Each started process's command line, NUL-separated, by name.
+COMMANDS=$STATE/commands
 PKI=$STATE/pki
 KUBECONFIG_ADMIN=$STATE/kubeconfig
 RUN=/run/merak-real-cluster
@@ -61,4 +63,50 @@ api() {
     shift 2
     curl -sS --fail --max-time 10 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
         -X "$method" "$@" "$APISERVER$path"
+}
+
+# PIDs of our processes named NAME in the pids file, still alive and still
+# running the binary recorded for them (a PID may have been reused).
+recorded() {
+    [[ -f $PIDS ]] || return 0
+    local name pid exe
+    while read -r name pid exe; do
+        [[ $name == "$1" ]] || continue
+        [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$exe"* ]] && echo "$pid"
+    done <"$PIDS"
+}
+
+# Whether PID runs (an exited one stays a zombie until PID 1 reaps it).
+running() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+}
+
+# gone PID...: up to 3 s for exited processes to be reaped too, so that ps
+# shows nothing of ours afterwards.
+gone() {
+    local i p left
+    for ((i = 0; i < 15; i++)); do
+        left=0
+        for p in "$@"; do [[ -e /proc/$p ]] && left=1; done
+        ((left)) || return 0
+        sleep 0.2
+    done
+}
+
+# stop PID...: SIGTERM, up to 10 s for them to exit, then SIGKILL.
+stop() {
+    (($#)) || return 0
+    kill -TERM "$@" 2>/dev/null
+    local i p alive
+    for ((i = 0; i < 50; i++)); do
+        alive=()
+        for p in "$@"; do running "$p" && alive+=("$p"); done
+        ((${#alive[@]})) || break
+        sleep 0.2
+    done
+    ((${#alive[@]})) && kill -KILL "${alive[@]}" 2>/dev/null
+    gone "$@"
 }

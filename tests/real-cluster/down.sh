@@ -19,17 +19,6 @@ mkdir -p "$LOGS"
 step() { printf '%6s s  %s\n' "$(elapsed "$t0")" "$*" >>"$LOGS/down.log"; }
 : >"$LOGS/down.log"
 
-# PIDs of our processes named NAME in the pids file, still alive and still
-# running the binary recorded for them (a PID may have been reused).
-recorded() {
-    [[ -f $PIDS ]] || return 0
-    local name pid exe
-    while read -r name pid exe; do
-        [[ $name == "$1" ]] || continue
-        [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == "$exe"* ]] && echo "$pid"
-    done <"$PIDS"
-}
-
 # Processes not in the pids file that are ours all the same (a pids file lost
 # or a start cut short): our binaries, a containerd with our config, shims of
 # our containerd.
@@ -43,41 +32,6 @@ strays() {
             *"$STATE/config/containerd.toml"* | *"-address $CONTAINERD_SOCK"*) echo "${p#/proc/}" ;;
         esac
     done
-}
-
-# Whether PID runs (an exited one stays a zombie until PID 1 reaps it).
-running() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ ${stat%% *} != Z ]]
-}
-
-# gone PID...: up to 3 s for exited processes to be reaped too, so that ps
-# shows nothing of ours afterwards.
-gone() {
-    local i p left
-    for ((i = 0; i < 15; i++)); do
-        left=0
-        for p in "$@"; do [[ -e /proc/$p ]] && left=1; done
-        ((left)) || return 0
-        sleep 0.2
-    done
-}
-
-# stop PID...: SIGTERM, up to 10 s for them to exit, then SIGKILL.
-stop() {
-    (($#)) || return 0
-    kill -TERM "$@" 2>/dev/null
-    local i p alive
-    for ((i = 0; i < 50; i++)); do
-        alive=()
-        for p in "$@"; do running "$p" && alive+=("$p"); done
-        ((${#alive[@]})) || break
-        sleep 0.2
-    done
-    ((${#alive[@]})) && kill -KILL "${alive[@]}" 2>/dev/null
-    gone "$@"
 }
 
 # stop_component NAME...: those named, in parallel.

@@ -98,10 +98,13 @@ nft list tables >"$STATE/nft-before" 2>/dev/null || true
 find /run/netns -maxdepth 1 -name 'cni-*' -printf '%f\n' 2>/dev/null >"$STATE/netns-before" || true
 
 # start NAME COMMAND...: run in its own session (so an interrupted make does
-# not take it down), log to logs/NAME.log, record "NAME PID EXE".
+# not take it down), log to logs/NAME.log, record "NAME PID EXE" and the
+# command line (for restart.sh).
 start() {
     local name=$1
     shift
+    mkdir -p "$COMMANDS"
+    printf '%s\0' "$@" >"$COMMANDS/$name"
     setsid "$@" </dev/null >"$LOGS/$name.log" 2>&1 &
     echo "$name $! $1" >>"$PIDS"
 }

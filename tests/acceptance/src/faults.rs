@@ -145,6 +145,16 @@ fn pids_in_group(group: u32) -> Vec<(u32, String)> {
     found
 }
 
+/// Kills (SIGKILL) the provider processes in process `group` (a terraform
+/// of [`Workspace::spawn_terraform`]); how many there were.
+pub fn kill_providers(group: u32) -> usize {
+    let providers: Vec<u32> = pids_in_group(group).into_iter().filter(|(_, comm)| comm.starts_with("terraform-provi")).map(|(pid, _)| pid).collect();
+    for pid in &providers {
+        kill(*pid as i32);
+    }
+    providers.len()
+}
+
 fn kill(pid: i32) {
     // SAFETY: kill(2) on processes this harness started (or their group).
     unsafe {
@@ -185,14 +195,7 @@ fn inject(ws: &Workspace, mut child: Child, log: &Path, fault: Fault, delay: Dur
             kill(-(group as i32));
             injected = true;
         }
-        Fault::Provider => {
-            for (pid, comm) in pids_in_group(group) {
-                if comm.starts_with("terraform-provi") {
-                    kill(pid as i32);
-                    injected = true;
-                }
-            }
-        }
+        Fault::Provider => injected = kill_providers(group) > 0,
         Fault::AgentHost => {
             for (pid, _) in ws.agent_processes() {
                 kill(pid as i32);

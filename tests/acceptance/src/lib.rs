@@ -11,6 +11,9 @@ use std::sync::OnceLock;
 
 pub const PROVIDER_VERSION: &str = "0.1.0";
 
+/// The registry hosts `merak/merak` may stand for: Terraform's and OpenTofu's.
+const REGISTRY_HOSTS: [&str; 2] = ["registry.terraform.io", "registry.opentofu.org"];
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }
@@ -77,16 +80,17 @@ impl Workspace {
         let _ = std::fs::remove_dir_all(&dir);
         let state_dir = dir.join("state");
         let mirror = dir.join("mirror");
-        let package = mirror.join(format!("registry.terraform.io/merak/merak/{PROVIDER_VERSION}/linux_amd64"));
-        std::fs::create_dir_all(&package).expect("create mirror");
-        std::os::unix::fs::symlink(
-            binary("terraform-provider-merak"),
-            package.join(format!("terraform-provider-merak_v{PROVIDER_VERSION}")),
-        )
-        .expect("link provider");
-        std::os::unix::fs::symlink(binary("merak-agent"), package.join("merak-agent")).expect("link agent");
+        // `merak/merak` names Terraform's registry host under terraform and
+        // OpenTofu's under tofu: the mirror holds the provider for both.
+        for host in REGISTRY_HOSTS {
+            let package = mirror.join(format!("{host}/merak/merak/{PROVIDER_VERSION}/linux_amd64"));
+            std::fs::create_dir_all(&package).expect("create mirror");
+            std::os::unix::fs::symlink(binary("terraform-provider-merak"), package.join(format!("terraform-provider-merak_v{PROVIDER_VERSION}"))).expect("link provider");
+            std::os::unix::fs::symlink(binary("merak-agent"), package.join("merak-agent")).expect("link agent");
+        }
+        let ours = REGISTRY_HOSTS.map(|host| format!("\"{host}/merak/*\"")).join(", ");
         let cli_config = format!(
-            "provider_installation {{\n  filesystem_mirror {{\n    path = \"{}\"\n    include = [\"registry.terraform.io/merak/*\"]\n  }}\n  direct {{\n    exclude = [\"registry.terraform.io/merak/*\"]\n  }}\n}}\n",
+            "provider_installation {{\n  filesystem_mirror {{\n    path = \"{}\"\n    include = [{ours}]\n  }}\n  direct {{\n    exclude = [{ours}]\n  }}\n}}\n",
             mirror.display()
         );
         std::fs::write(dir.join("cli.tfrc"), cli_config).expect("write CLI config");
@@ -389,6 +393,8 @@ impl Drop for Workspace {
 pub mod faults;
 pub mod floor;
 pub mod host;
+pub mod kubernetes;
+pub mod real_cluster;
 
 /// The pid of the process at the other end of a unix socket connection.
 fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {

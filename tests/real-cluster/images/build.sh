@@ -3,10 +3,14 @@
 #
 #   images/build.sh pause     the pod sandbox image (pause.c, gcc -static)
 #   images/build.sh busybox   a test image: Debian's busybox-static, applets linked
+#   images/build.sh agent BINARY REF
+#                             merak-agent's image (agent/image/build.sh) from
+#                             BINARY, named REF: the tests' debug build
 #
 # Each is written to target/real-cluster/images/NAME.oci.tar (kept across
 # up/down; rebuilt when older than its sources) and named
-# localhost/merak-real-cluster/NAME:1.0. Import with ../import-image.sh.
+# localhost/merak-real-cluster/NAME:1.0 (the agent: REF). Import with
+# ../import-image.sh. Prints the archive's path.
 #
 # buildah runs with its own --root/--runroot (removed afterwards) and the vfs
 # driver (no overlay mounts to leave behind); the only thing it writes outside
@@ -17,14 +21,20 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 out=$root/target/real-cluster/images
-name=${1:?usage: images/build.sh pause|busybox}
+name=${1:?usage: images/build.sh pause|busybox|agent BINARY REF}
 archive=$out/$name.oci.tar
 ref=localhost/merak-real-cluster/$name:1.0
 
 case $name in
     pause) sources=("$here/pause.c" "$0") ;;
     busybox) sources=(/bin/busybox "$0") ;;
-    *) echo "images/build.sh: unknown image '$name' (pause or busybox)" >&2; exit 1 ;;
+    agent)
+        binary=${2:?usage: images/build.sh agent BINARY REF}
+        ref=${3:?usage: images/build.sh agent BINARY REF}
+        archive=$out/agent-${ref//[^A-Za-z0-9.-]/_}.oci.tar
+        sources=("$binary" "$root/agent/image/build.sh" "$0")
+        ;;
+    *) echo "images/build.sh: unknown image '$name' (pause, busybox or agent)" >&2; exit 1 ;;
 esac
 
 fresh=1
@@ -53,6 +63,15 @@ cleanup() {
     rmdir /var/lib/containers/cache /var/lib/containers 2>/dev/null || true
 }
 trap cleanup EXIT
+
+if [[ $name == agent ]]; then
+    # The project's own image script, its buildah pointed at our storage.
+    printf '[storage]\ndriver = "vfs"\nrunroot = "%s"\ngraphroot = "%s"\n' "$work/run" "$work/storage" >"$work/storage.conf"
+    CONTAINERS_STORAGE_CONF=$work/storage.conf "$root/agent/image/build.sh" "$binary" "$archive.tmp" "$ref" >/dev/null
+    mv "$archive.tmp" "$archive"
+    echo "$archive"
+    exit 0
+fi
 
 mkdir -p "$work/rootfs"
 case $name in

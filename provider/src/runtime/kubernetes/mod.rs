@@ -14,6 +14,7 @@
 //! cluster (see [`store`]); deleting the namespace removes everything.
 
 pub mod cluster;
+mod holder;
 pub mod objects;
 pub mod store;
 mod under_test;

@@ -11,7 +11,8 @@
 //! (a second create is a conflict), naming its holder, renewed every few
 //! seconds while held; one not renewed for [`LOCK_TTL`] belonged to a
 //! process that died, and is taken over at its resourceVersion (two
-//! takers: one gets the conflict).
+//! takers: one gets the conflict). A holder that ran on this machine and is
+//! gone (see [`super::holder`]) is taken over at once, without the wait.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,6 +23,7 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 
 use super::cluster::{DELETE, POST, is_conflict, is_not_found, retrying};
+use super::holder::{self, ProcessIdentity};
 use super::objects::{self, namespace_name};
 use crate::store::{RecordStore, StoreError};
 
@@ -36,6 +38,9 @@ pub struct ClusterStore {
     client: kube::Client,
     /// Who this process is when it holds a lock: host, pid and start time.
     holder: String,
+    /// The same, as the kernel names this process (None where /proc does
+    /// not tell): what lets a later run here see that this one is gone.
+    identity: Option<ProcessIdentity>,
     /// Per held lock, the task renewing it.
     renewing: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
@@ -58,7 +63,7 @@ impl ClusterStore {
     pub fn new(client: kube::Client) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let holder = format!("terraform-provider-merak pid {} on {} (since {})", std::process::id(), host.trim(), now_secs());
-        ClusterStore { client, holder, renewing: Mutex::default() }
+        ClusterStore { client, holder, identity: ProcessIdentity::this_process(), renewing: Mutex::default() }
     }
 
     fn maps(&self, topology: &str) -> Api<ConfigMap> {
@@ -92,9 +97,15 @@ impl ClusterStore {
     }
 
     fn lock_map(&self, resource_version: Option<String>) -> Result<ConfigMap, StoreError> {
+        let mut data = serde_json::Map::new();
+        data.insert("holder".into(), self.holder.clone().into());
+        data.insert("renewed".into(), now_secs().to_string().into());
+        for (key, value) in self.identity.iter().flat_map(ProcessIdentity::to_data) {
+            data.insert(key.into(), value.into());
+        }
         serde_json::from_value(json!({
             "metadata": {"name": LOCK, "resourceVersion": resource_version},
-            "data": {"holder": self.holder, "renewed": now_secs().to_string()},
+            "data": data,
         }))
         .map_err(|e| StoreError::io("building the lock", std::io::Error::other(e)))
     }
@@ -219,14 +230,17 @@ impl RecordStore for ClusterStore {
                     let holder = data.get("holder").cloned().unwrap_or_default();
                     let renewed: u64 = data.get("renewed").and_then(|r| r.parse().ok()).unwrap_or(0);
                     let age = now_secs().saturating_sub(renewed);
-                    if holder != self.holder && age < LOCK_TTL.as_secs() {
+                    let gone = self.identity.as_ref().is_some_and(|here| ProcessIdentity::from_data(&data).is_some_and(|h| h.is_gone(here, holder::start_time)));
+                    if holder != self.holder && age < LOCK_TTL.as_secs() && !gone {
                         return Err(StoreError::Locked {
                             topology: topology.to_string(),
                             holder: format!("{holder}, renewed {age} s ago (it lapses {} s after its last renewal)", LOCK_TTL.as_secs()),
                             location: format!("configmap {}/{LOCK}", namespace_name(topology)),
                         });
                     }
-                    if holder != self.holder {
+                    if holder != self.holder && gone {
+                        tracing::warn!(topology, %holder, age, "taking over the lock of a process of this machine that is gone");
+                    } else if holder != self.holder {
                         tracing::warn!(topology, %holder, age, "taking over a lock its holder stopped renewing");
                     }
                     let object = self.lock_map(lock.metadata.resource_version).map_err(|e| StoreError::io("the lock", std::io::Error::other(e.to_string())))?;
