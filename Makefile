@@ -14,7 +14,7 @@ CLI_CONFIG  = $(CURDIR)/target/terraformrc
 QUICKSTART  = examples/terraform/quickstart
 TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
 
-.PHONY: all deps build terraform mirror quickstart quickstart-destroy graph test docs bench bench-external bench-kubernetes fuzz soak agent-image real-cluster real-cluster-down
+.PHONY: all deps build terraform mirror quickstart quickstart-destroy graph test docs bench bench-external bench-kubernetes fuzz soak agent-image real-cluster real-cluster-down tofu
 
 all: build
 
@@ -68,13 +68,22 @@ graph: deps mirror terraform
 	@echo "docs/quickstart.svg"
 
 # Unit, kernel and acceptance tests (the acceptance tests drive the real
-# terraform binary against the provider and agent built here).
-# The overlay suite runs a third time with the agents reached over TCP and
-# mutual TLS instead of unix sockets.
+# terraform binary against the provider and agent built here), on both
+# Terraforms and on OpenTofu (built from its Go module by
+# tests/opentofu/test.sh). The acceptance suite's real_cluster test builds
+# (cached) and starts tests/real-cluster for its scenarios and stops it
+# after. Without Go, the OpenTofu run and the real cluster each say so in a
+# line and the rest runs. The overlay suite runs once more with the agents
+# reached over TCP and mutual TLS instead of unix sockets.
 test: build terraform
 	MERAK_TERRAFORM=$(TERRAFORM) $(CARGO) test --workspace -- --test-threads=2
 	MERAK_TERRAFORM=$(TERRAFORM_OLDEST) $(CARGO) test -p merak-acceptance -- --test-threads=2
 	MERAK_TERRAFORM=$(TERRAFORM) MERAK_AGENT_TRANSPORT=tcp $(CARGO) test -p merak-acceptance --test overlay -- --test-threads=2
+	CARGO=$(CARGO) tests/opentofu/test.sh
+
+# OpenTofu's tofu from its Go module, into target/tools (cached).
+tofu:
+	tests/opentofu/build.sh
 
 docs:
 	$(CARGO) run -q -p terraform-provider-merak -- --generate-docs docs
@@ -111,10 +120,14 @@ bench-external: terraform
 # The kubernetes runtime at scale against the fake cluster (release build):
 # BENCH_K8S="EPMS LATENCY_MS..." (the issue's targets: 200 pods/s with no
 # latency, 50 pods/s with 20 ms per API call).
+# Then on the real single-node cluster (tests/real-cluster, started and
+# stopped by the bench): BENCH_K8S_REAL="EPMS" as many as the node takes.
 BENCH_K8S ?= 2000 0 20
+BENCH_K8S_REAL ?= 400
 bench-kubernetes: terraform
 	$(CARGO) build --release --workspace
 	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-kubernetes -- $(BENCH_K8S)
+	$(BENCH_ENV) $(CARGO) run --release -q -p merak-acceptance --bin bench-kubernetes -- real $(BENCH_K8S_REAL)
 
 # The fault suite by the hundred (not a test: about 10 s a cycle): kills of
 # terraform, the provider or the agents' host at random moments of applies

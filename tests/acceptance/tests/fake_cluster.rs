@@ -132,7 +132,7 @@ async fn kubectl_lists_describes_and_deletes_what_runs_in_the_fake() {
     }
 
     let described = kubectl.run(&["describe", "pod", "epm-0", "-n", NAMESPACE]);
-    for expected in ["Status:           Running", "Successfully assigned merak-kubectl/epm-0 to fake-node-", "Started container agent", "/run/merak/tls from tls"] {
+    for expected in ["Status:           Running", "Successfully assigned merak-kubectl/epm-0 to fake-node-", "Container started", "/run/merak/tls from tls"] {
         assert!(described.contains(expected), "describe lacks {expected:?}:\n{described}");
     }
     let logs = kubectl.run(&["logs", "epm-0", "-n", NAMESPACE]);
@@ -155,7 +155,7 @@ async fn kubectl_lists_describes_and_deletes_what_runs_in_the_fake() {
     // Deleting the namespace takes everything in it.
     kubectl.run(&["delete", "namespace", NAMESPACE, "--timeout=60s"]);
     let namespaces = kubectl.run(&["get", "namespaces", "-o", "name"]);
-    assert_eq!(namespaces.trim(), "namespace/default");
+    assert_eq!(namespaces.split_whitespace().collect::<Vec<_>>(), ["namespace/default", "namespace/kube-node-lease", "namespace/kube-public", "namespace/kube-system"]);
     assert!(running.pod_sandboxes().is_empty(), "sandboxes left: {:?}", running.pod_sandboxes());
     let prefix = running.prefix.clone();
     drop(running);

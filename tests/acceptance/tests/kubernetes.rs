@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use merak_acceptance::kubernetes::{self, UnderTest, kubectl_ok, provider_block, words};
+use merak_acceptance::kubernetes::{self, UnderTest, assert_no_topology_namespace, provider_block, words};
 use merak_acceptance::{Workspace, binary};
 use merak_fake_cluster::Running;
 
@@ -42,8 +42,7 @@ fn missing_permissions_are_refused_at_plan_naming_them() {
     let error = words(&ws.plan_error("plan without the rights to create pods"));
     assert!(error.contains("lack permissions") && error.contains("create pods") && error.contains("create pods/portforward"), "{error}");
     assert!(error.contains("rbac.yaml"), "the fix is named: {error}");
-    let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
-    assert_eq!(namespaces.trim(), "namespace/default", "nothing was made");
+    assert_no_topology_namespace(&cluster);
 }
 
 /// The image of the agents under test: the fake runs its containers from
@@ -98,8 +97,7 @@ fn agents_under_test_need_an_image_on_kubernetes() {
     let error = words(&ws.plan_error("plan with an epm_agent without an image on kubernetes"));
     assert!(error.contains("Missing epm_agent image") && error.contains("\"bgpd\""), "{error}");
     assert!(error.contains("Reserved epm_agent name") && error.contains("merak-agent's own container"), "{error}");
-    let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
-    assert_eq!(namespaces.trim(), "namespace/default", "nothing was made");
+    assert_no_topology_namespace(&cluster);
 }
 
 #[test]
@@ -176,8 +174,7 @@ output "pingall" {
     let (got, of) = line.trim_matches(|c: char| !c.is_ascii_digit() && c != '/').split_once('/').unwrap_or(("", "x"));
     assert!(got == of && !got.is_empty() && got != "0", "every ping answered though the API server refused every 5th request: {output}");
     ws.ok(&["destroy", "-auto-approve"]);
-    let namespaces = kubectl_ok(&cluster, &["get", "namespaces", "-o", "name"]);
-    assert_eq!(namespaces.trim(), "namespace/default");
+    assert_no_topology_namespace(&cluster);
 }
 
 #[test]

@@ -96,6 +96,7 @@ fn node_restarts_under_a_standing_topology(cluster: &RealCluster) {
         }
         let (code, plan) = ws.plan();
         assert!(code == 0 || code == 2, "plan after restarting {component}: {plan}");
+        println!("    plan after restarting {component}: {}", if code == 0 { "no changes" } else { "changes" });
         let output = ws.apply();
         assert!(pingall_whole(&output), "after restarting {component}: {output}");
         assert_eq!(ws.plan().0, 0, "converged after restarting {component}");

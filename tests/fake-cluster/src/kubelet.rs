@@ -353,7 +353,7 @@ impl Kubelet {
 
     async fn run_container(&self, statuses: &PodStatuses, slot: usize, container: &Value, program: &Path, sandbox: &Sandbox, mut stopped: watch::Receiver<bool>) {
         let image = container["image"].as_str().unwrap_or_default();
-        self.cluster.event(&statuses.pod, "Normal", "Pulled", &format!("Container image \"{image}\" already present on machine"), "kubelet");
+        self.cluster.event(&statuses.pod, "Normal", "Pulled", &format!("Container image \"{image}\" already present on machine and can be accessed by the pod"), "kubelet");
         if let Some(launch) = self.prepare(&statuses.pod, container, program, sandbox, &statuses.host_ip, &mut stopped).await {
             self.supervise(statuses, slot, container, launch, sandbox, &mut stopped).await;
         }
@@ -530,10 +530,9 @@ impl Kubelet {
                 }
             };
             let started_at = meta::now();
-            if restarts == 0 {
-                self.cluster.event(pod, "Normal", "Created", &format!("Created container {container_name}"), "kubelet");
-                self.cluster.event(pod, "Normal", "Started", &format!("Started container {container_name}"), "kubelet");
-            }
+            // As kubelet 1.36 words them, at every (re)start.
+            self.cluster.event(pod, "Normal", "Created", "Container created", "kubelet");
+            self.cluster.event(pod, "Normal", "Started", "Container started", "kubelet");
             let pid = child.id().unwrap_or_default();
             let running = {
                 let (previous, restarts, started_at) = (last_state.clone(), restarts, started_at.clone());

@@ -171,7 +171,10 @@ pub async fn run(config: Config, ready: tokio::sync::oneshot::Sender<Endpoint>, 
     let token = meta::hex_suffix() + &meta::hex_suffix();
     let network = network::Network::create(&config.prefix, config.mtu, config.nodes).await?;
     let cluster = Arc::new(Cluster { store: Store::default(), config, address: address.to_string(), token, network, requests: AtomicU64::new(0) });
-    cluster.store.create("namespaces", "", "namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "uid": meta::uid(), "creationTimestamp": meta::now(), "labels": {"kubernetes.io/metadata.name": "default"}}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}))?;
+    // The namespaces every real cluster starts with.
+    for name in ["default", "kube-node-lease", "kube-public", "kube-system"] {
+        cluster.store.create("namespaces", "", "namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "uid": meta::uid(), "creationTimestamp": meta::now(), "labels": {"kubernetes.io/metadata.name": name}}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}))?;
+    }
     for index in 0..cluster.config.nodes {
         let mut node = kubelet::node_object(index, cluster.config.pods_per_node);
         node["metadata"]["uid"] = json!(meta::uid());

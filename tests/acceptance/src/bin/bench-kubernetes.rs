@@ -9,7 +9,12 @@
 //! is the fake's own pace; the provider's ratio to it says how much the
 //! provider adds.
 //!
+//! With `real`, the same against the real single-node cluster of
+//! tests/real-cluster (started and torn down here): a real kubelet,
+//! containerd and runc start every pod.
+//!
 //! usage: bench-kubernetes [EPMS] [LATENCY_MS ...]   (default 2000 0 20)
+//!        bench-kubernetes real [EPMS]                (default 400)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +24,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use merak_acceptance::kubernetes::Cluster;
+use merak_acceptance::real_cluster::RealCluster;
 use merak_acceptance::{Workspace, binary};
 use merak_agent::pki::{Authority, Role};
 use merak_fake_cluster::Running;
@@ -213,15 +220,89 @@ fn timed_terraform(ws: &Workspace, args: &[&str], kubeconfig: &Path, namespace: 
     Timed { wall, cpu, all_created, all_running }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let epms = args.first().copied().unwrap_or(2000);
-    let latencies: Vec<u64> = if args.len() > 1 { args[1..].to_vec() } else { vec![0, 20] };
+/// One measured run on a cluster: the floor, then apply, no-op plan and
+/// destroy of `epms` EPMs through terraform; prints the figures.
+fn measure(runtime: &tokio::runtime::Runtime, kubeconfig: &Path, epms: u64, label: &str) -> anyhow::Result<()> {
     let hosts_per_rack = 40.min(epms.max(1));
     let racks = epms.div_ceil(hosts_per_rack);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let ws = Workspace::new("k8s-bench").with_provider(format!(
+        "provider \"merak\" {{\n  runtime = \"kubernetes\"\n  kubernetes {{\n    kubeconfig        = \"{}\"\n    agent_image       = \"{IMAGE}\"\n    pod_ready_timeout = 600\n  }}\n}}\n",
+        kubeconfig.display()
+    ));
+    ws.write_config(&format!(
+        "resource \"merak_topology\" \"bench\" {{\n  name = \"{{name}}\"\n  racks = {racks}\n  hosts_per_rack = {hosts_per_rack}\n  hosts = {epms}\n  data_plane_cidr = \"10.96.0.0/12\"\n}}\n"
+    ));
+    ws.init();
+    let namespace = format!("merak-{}", ws.name);
 
-    println!("bench-kubernetes: {epms} EPMs ({racks} racks of {hosts_per_rack}) on the fake cluster, {NODES} nodes");
+    let pods = usize::try_from(epms)?;
+    let (floor_up, floor_down) = runtime.block_on(floor(kubeconfig, pods))?;
+    merak_acceptance::host::settle();
+
+    // Its pods: one per EPM, per vswitch and the gateway's.
+    let applied = timed_terraform(&ws, &["apply", "-auto-approve"], kubeconfig, &namespace, pods);
+    let (apply, apply_cpu) = (applied.wall, applied.cpu);
+    let values = ws.resource_values("merak_topology.bench");
+    let ready = values["ready_epms"].as_u64().unwrap_or(0);
+    let vswitches = values["vswitch_count"].as_u64().unwrap_or(0);
+    anyhow::ensure!(ready == epms, "{ready} of {epms} EPMs ready after apply");
+    let total = epms + vswitches + 1;
+    let started = Instant::now();
+    let (code, _) = ws.plan();
+    let plan = started.elapsed();
+    anyhow::ensure!(code == 0, "the plan after apply is not empty");
+    let destroyed = timed_terraform(&ws, &["destroy", "-auto-approve"], kubeconfig, &namespace, 0);
+    let (destroy, destroy_cpu) = (destroyed.wall, destroyed.cpu);
+    drop(ws);
+
+    let per_second = |pods: u64, time: Duration| pods as f64 / time.as_secs_f64().max(1e-9);
+    println!("-- {label}: {epms} EPMs ({racks} racks of {hosts_per_rack})");
+    println!(
+        "floor (bare client, {pods} pods, {IN_FLIGHT} at once): {:>7.2} s to all running ({:.0} pods/s), {:.2} s to delete",
+        floor_up.as_secs_f64(),
+        per_second(epms, floor_up),
+        floor_down.as_secs_f64()
+    );
+    println!(
+        "terraform apply:   {:>7.2} s  {total} pods ({epms} EPMs, {vswitches} vswitches, gateway): {:.0} pods/s, {:.2}x the floor",
+        apply.as_secs_f64(),
+        per_second(total, apply),
+        apply.as_secs_f64() / floor_up.as_secs_f64().max(1e-9)
+    );
+    if let Some(at) = applied.all_created {
+        println!("  every pod made    {:>6.2} s into the apply (sampled each second)", at.as_secs_f64());
+    }
+    if let Some(at) = applied.all_running {
+        println!("  every pod running {:>6.2} s into the apply; the agents' underlay after that", at.as_secs_f64());
+    }
+    println!("  provider CPU:    {:>7.2} s  ({:.2} ms per pod)", apply_cpu, apply_cpu * 1000.0 / total as f64);
+    println!("no-op plan:        {:>7.2} s", plan.as_secs_f64());
+    println!(
+        "terraform destroy: {:>7.2} s  ({:.2}x the floor's delete; provider CPU {:.2} s)",
+        destroy.as_secs_f64(),
+        destroy.as_secs_f64() / floor_down.as_secs_f64().max(1e-9),
+        destroy_cpu
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let words: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    if words.first().map(String::as_str) == Some("real") {
+        let epms = words.get(1).and_then(|a| a.parse().ok()).unwrap_or(400);
+        let cluster = match RealCluster::start(&binary("merak-agent"), IMAGE).map_err(anyhow::Error::msg)? {
+            Ok(cluster) => cluster,
+            Err(unavailable) => anyhow::bail!("no real cluster: {}", unavailable.0),
+        };
+        let result = measure(&runtime, cluster.kubeconfig(), epms, "the real single-node cluster (tests/real-cluster)");
+        drop(cluster);
+        return result;
+    }
+    let args: Vec<u64> = words.iter().filter_map(|a| a.parse().ok()).collect();
+    let epms = args.first().copied().unwrap_or(2000);
+    let latencies: Vec<u64> = if args.len() > 1 { args[1..].to_vec() } else { vec![0, 20] };
+    println!("bench-kubernetes: {epms} EPMs on the fake cluster, {NODES} nodes");
     for latency in latencies {
         let dir = std::env::temp_dir().join(format!("merak-bench-k8s-{}-{latency}", std::process::id()));
         let cluster = Running::start(
@@ -238,66 +319,10 @@ fn main() -> anyhow::Result<()> {
                 format!("{IMAGE}={}", binary("merak-agent").display()),
             ],
         )?;
-        let ws = Workspace::new("k8s-bench").with_provider(format!(
-            "provider \"merak\" {{\n  runtime = \"kubernetes\"\n  kubernetes {{\n    kubeconfig        = \"{}\"\n    agent_image       = \"{IMAGE}\"\n    pod_ready_timeout = 600\n  }}\n}}\n",
-            cluster.kubeconfig.display()
-        ));
-        ws.write_config(&format!(
-            "resource \"merak_topology\" \"bench\" {{\n  name = \"{{name}}\"\n  racks = {racks}\n  hosts_per_rack = {hosts_per_rack}\n  hosts = {epms}\n  data_plane_cidr = \"10.96.0.0/12\"\n}}\n"
-        ));
-        ws.init();
-        let namespace = format!("merak-{}", ws.name);
-
-        let pods = usize::try_from(epms)?;
-        let (floor_up, floor_down) = runtime.block_on(floor(&cluster.kubeconfig, pods))?;
-        merak_acceptance::host::settle();
-
-        // Its pods: one per EPM, per vswitch and the gateway's.
-        let applied = timed_terraform(&ws, &["apply", "-auto-approve"], &cluster.kubeconfig, &namespace, pods);
-        let (apply, apply_cpu) = (applied.wall, applied.cpu);
-        let values = ws.resource_values("merak_topology.bench");
-        let ready = values["ready_epms"].as_u64().unwrap_or(0);
-        let vswitches = values["vswitch_count"].as_u64().unwrap_or(0);
-        anyhow::ensure!(ready == epms, "{ready} of {epms} EPMs ready after apply");
-        let total = epms + vswitches + 1;
-        let started = Instant::now();
-        let (code, _) = ws.plan();
-        let plan = started.elapsed();
-        anyhow::ensure!(code == 0, "the plan after apply is not empty");
-        let destroyed = timed_terraform(&ws, &["destroy", "-auto-approve"], &cluster.kubeconfig, &namespace, 0);
-        let (destroy, destroy_cpu) = (destroyed.wall, destroyed.cpu);
-        drop(ws);
+        let result = measure(&runtime, &cluster.kubeconfig, epms, &format!("the fake cluster, {latency} ms added to every API call"));
         drop(cluster);
         merak_acceptance::host::settle();
-
-        let per_second = |pods: u64, time: Duration| pods as f64 / time.as_secs_f64().max(1e-9);
-        println!("-- {latency} ms added to every API call");
-        println!(
-            "floor (bare client, {pods} pods, {IN_FLIGHT} at once): {:>7.2} s to all running ({:.0} pods/s), {:.2} s to delete",
-            floor_up.as_secs_f64(),
-            per_second(epms, floor_up),
-            floor_down.as_secs_f64()
-        );
-        println!(
-            "terraform apply:   {:>7.2} s  {total} pods ({epms} EPMs, {vswitches} vswitches, gateway): {:.0} pods/s, {:.2}x the floor",
-            apply.as_secs_f64(),
-            per_second(total, apply),
-            apply.as_secs_f64() / floor_up.as_secs_f64().max(1e-9)
-        );
-        if let Some(at) = applied.all_created {
-            println!("  every pod made    {:>6.2} s into the apply (sampled each second)", at.as_secs_f64());
-        }
-        if let Some(at) = applied.all_running {
-            println!("  every pod running {:>6.2} s into the apply; the agents' underlay after that", at.as_secs_f64());
-        }
-        println!("  provider CPU:    {:>7.2} s  ({:.2} ms per pod)", apply_cpu, apply_cpu * 1000.0 / total as f64);
-        println!("no-op plan:        {:>7.2} s", plan.as_secs_f64());
-        println!(
-            "terraform destroy: {:>7.2} s  ({:.2}x the floor's delete; provider CPU {:.2} s)",
-            destroy.as_secs_f64(),
-            destroy.as_secs_f64() / floor_down.as_secs_f64().max(1e-9),
-            destroy_cpu
-        );
+        result?;
     }
     Ok(())
 }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The acceptance suite under OpenTofu (part of make test): builds tofu from
+# its Go module (cached in target/tools), then runs every acceptance test
+# with it in place of terraform. Where Go is missing it says so in one line
+# and succeeds: the rest of make test still runs.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cargo=${CARGO:-cargo}
+
+reason=$(mktemp)
+trap 'rm -f "$reason"' EXIT
+tofu=$("$here/build.sh" 2>"$reason")
+status=$?
+if ((status == 2)); then
+    echo "opentofu: the acceptance suite does not run under OpenTofu on this machine: $(cat "$reason")"
+    exit 0
+elif ((status != 0)); then
+    cat "$reason" >&2
+    exit "$status"
+fi
+cat "$reason" >&2
+echo "opentofu: the acceptance suite under $("$tofu" version | head -n 1)"
+MERAK_TERRAFORM=$tofu exec "$cargo" test -p merak-acceptance -- --test-threads=2
