@@ -19,5 +19,5 @@ elif ((status != 0)); then
     exit "$status"
 fi
 cat "$reason" >&2
-echo "opentofu: the acceptance suite under $("$tofu" version | head -n 1)"
+echo "opentofu: the acceptance suite under $("$tofu" version 2>/dev/null | grep -m 1 "^OpenTofu")"
 MERAK_TERRAFORM=$tofu exec "$cargo" test -p merak-acceptance -- --test-threads=2
