@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
-use crate::netdev::{LinkState, Netlink};
 use crate::error::OverlayError;
+use crate::netdev::{LinkState, Netlink};
 
 /// EVM ports on one bridge.
 pub const EVM_PORTS_PER_BRIDGE: usize = 1000;
@@ -83,7 +83,13 @@ impl Family {
 /// Chooses a bridge for each of `count` new EVM ports of `trunk`'s subnet:
 /// the trunk while it has room, then leaf 1, 2, ..., creating leaves as
 /// needed. `links` is a fresh dump of the router namespace.
-pub async fn place(router: &Netlink, router_fd: &OwnedFd, links: &[LinkState], trunk: &str, count: usize) -> Result<Vec<u32>, OverlayError> {
+pub async fn place(
+    router: &Netlink,
+    router_fd: &OwnedFd,
+    links: &[LinkState],
+    trunk: &str,
+    count: usize,
+) -> Result<Vec<u32>, OverlayError> {
     let mut family = Family::read(links, trunk)?;
     let trunk_index = family.bridges.get(&0).map(|(index, _)| *index).unwrap_or_default();
     let mut chosen = Vec::with_capacity(count);
@@ -119,7 +125,15 @@ pub async fn place(router: &Netlink, router_fd: &OwnedFd, links: &[LinkState], t
 /// Makes sure leaf `leaf` (bridge `leaf_index`) hangs off the trunk: its
 /// veth pair exists, each end up on its bridge. `links`: a dump, or empty to
 /// look nothing up.
-async fn ensure_uplink(router: &Netlink, router_fd: &OwnedFd, links: &[LinkState], trunk: &str, trunk_index: u32, leaf: u32, leaf_index: u32) -> Result<(), OverlayError> {
+async fn ensure_uplink(
+    router: &Netlink,
+    router_fd: &OwnedFd,
+    links: &[LinkState],
+    trunk: &str,
+    trunk_index: u32,
+    leaf: u32,
+    leaf_index: u32,
+) -> Result<(), OverlayError> {
     let (up, down) = (uplink(trunk, leaf), downlink(trunk, leaf));
     let on = |name: &str, bridge: u32| links.iter().any(|l| l.name == name && l.up && l.controller == Some(bridge));
     if on(&up, trunk_index) && on(&down, leaf_index) {

@@ -26,9 +26,9 @@ use futures::StreamExt;
 use merak_proto::agent::{EvmBatch, EvmFailure, EvmReply, EvmSpec};
 
 use crate::bridges;
+use crate::error::OverlayError;
 use crate::netdev::{LinkState, Netlink};
 use crate::netns::{self, NetnsOptions};
-use crate::error::OverlayError;
 
 /// EVMs worked on at once. The kernel serializes the work under RTNL; a few
 /// in flight hide the round trips.
@@ -63,7 +63,9 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
                 routers.insert(spec.router_namespace.clone(), router);
             }
             // Deleting needs no router: without one there is no port to wait for.
-            Err(_) if !netns::exists(&spec.router_namespace) && batch.delete.iter().any(|d| d.namespace == spec.namespace) => {}
+            Err(_)
+                if !netns::exists(&spec.router_namespace)
+                    && batch.delete.iter().any(|d| d.namespace == spec.namespace) => {}
             Err(e) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e.to_string() }),
         }
     }
@@ -79,7 +81,9 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
             continue;
         }
         match netns::delete(&spec.namespace) {
-            Ok(()) if routers.contains_key(&spec.router_namespace) => leaving.entry(&spec.router_namespace).or_default().push(spec),
+            Ok(()) if routers.contains_key(&spec.router_namespace) => {
+                leaving.entry(&spec.router_namespace).or_default().push(spec)
+            }
             Ok(()) => reply.deleted += 1,
             Err(e) => reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error: e.to_string() }),
         }
@@ -106,7 +110,8 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
             match links {
                 Ok(links) => {
                     let present: std::collections::HashSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
-                    let (gone, left): (Vec<&EvmSpec>, Vec<&EvmSpec>) = specs.into_iter().partition(|s| !present.contains(eth0_peer(s).as_str()));
+                    let (gone, left): (Vec<&EvmSpec>, Vec<&EvmSpec>) =
+                        specs.into_iter().partition(|s| !present.contains(eth0_peer(s).as_str()));
                     reply.deleted += gone.len() as u32;
                     if !gone.is_empty() {
                         progress = std::time::Instant::now();
@@ -115,7 +120,9 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
                         still.insert(router_namespace, left);
                     }
                 }
-                Err(e) => reply.failures.extend(specs.iter().map(|s| EvmFailure { namespace: s.namespace.clone(), error: e.to_string() })),
+                Err(e) => reply
+                    .failures
+                    .extend(specs.iter().map(|s| EvmFailure { namespace: s.namespace.clone(), error: e.to_string() })),
             }
         }
         leaving = still;
@@ -124,7 +131,10 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
         }
         if progress.elapsed() > STALL {
             for spec in leaving.values().flatten() {
-                let error = format!("its port was still present after deletion, and no port of this batch left for {} s", STALL.as_secs());
+                let error = format!(
+                    "its port was still present after deletion, and no port of this batch left for {} s",
+                    STALL.as_secs()
+                );
                 reply.failures.push(EvmFailure { namespace: spec.namespace.clone(), error });
             }
             break;
@@ -139,7 +149,8 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
     // higher-ranked lifetime check inside async-trait methods.
     let results: Vec<(EvmSpec, Result<bool, String>)> = futures::stream::iter(batch.create.iter().cloned())
         .map(|spec: EvmSpec| async move {
-            let bridge = if spec.leave_unattached { Some(None) } else { bridges.get(&spec.namespace).map(|b| Some(*b)) };
+            let bridge =
+                if spec.leave_unattached { Some(None) } else { bridges.get(&spec.namespace).map(|b| Some(*b)) };
             let result = match (routers.get(&spec.router_namespace), bridge) {
                 (Some(router), Some(bridge)) => {
                     let mtu = if spec.mtu > 0 { Some(spec.mtu) } else { mtu };
@@ -183,21 +194,29 @@ pub async fn apply(batch: &EvmBatch, mtu: Option<u32>) -> EvmReply {
 /// The bridge each EVM's port joins, by EVM namespace. An EVM whose port
 /// exists keeps its bridge; new ports are placed per subnet in one go (see
 /// [`bridges::place`]), before the EVMs are built in parallel.
-async fn choose_bridges(routers: &HashMap<String, Router>, create: &[EvmSpec], reply: &mut EvmReply) -> HashMap<String, u32> {
+async fn choose_bridges(
+    routers: &HashMap<String, Router>,
+    create: &[EvmSpec],
+    reply: &mut EvmReply,
+) -> HashMap<String, u32> {
     let mut chosen = HashMap::with_capacity(create.len());
     for (router_namespace, router) in routers {
-        let specs: Vec<&EvmSpec> = create.iter().filter(|s| &s.router_namespace == router_namespace && !s.leave_unattached).collect();
+        let specs: Vec<&EvmSpec> =
+            create.iter().filter(|s| &s.router_namespace == router_namespace && !s.leave_unattached).collect();
         if specs.is_empty() {
             continue;
         }
         let links = match router.netlink.links().await {
             Ok(links) => links,
             Err(e) => {
-                reply.failures.extend(specs.iter().map(|s| EvmFailure { namespace: s.namespace.clone(), error: e.to_string() }));
+                reply
+                    .failures
+                    .extend(specs.iter().map(|s| EvmFailure { namespace: s.namespace.clone(), error: e.to_string() }));
                 continue;
             }
         };
-        let bridge_of_port: HashMap<&str, u32> = links.iter().filter_map(|l| Some((l.name.as_str(), l.controller?))).collect();
+        let bridge_of_port: HashMap<&str, u32> =
+            links.iter().filter_map(|l| Some((l.name.as_str(), l.controller?))).collect();
         let mut new_ports: BTreeMap<&str, Vec<&EvmSpec>> = BTreeMap::new();
         for spec in specs {
             match bridge_of_port.get(spec.host_port.as_str()) {
@@ -210,7 +229,9 @@ async fn choose_bridges(routers: &HashMap<String, Router>, create: &[EvmSpec], r
         for (trunk, specs) in new_ports {
             match bridges::place(&router.netlink, &router.fd, &links, trunk, specs.len()).await {
                 Ok(indexes) => chosen.extend(specs.iter().map(|s| s.namespace.clone()).zip(indexes)),
-                Err(e) => reply.failures.extend(specs.iter().map(|s| EvmFailure { namespace: s.namespace.clone(), error: e.to_string() })),
+                Err(e) => reply
+                    .failures
+                    .extend(specs.iter().map(|s| EvmFailure { namespace: s.namespace.clone(), error: e.to_string() })),
             }
         }
     }
@@ -337,7 +358,12 @@ fn hybrid_name(kind: char, host_port: &str) -> String {
 }
 
 /// Builds the router side of a hybrid plug; returns the per-EVM bridge's index.
-async fn build_hybrid_plug(spec: &EvmSpec, router: &Router, subnet_bridge: Option<u32>, mtu: Option<u32>) -> Result<u32, OverlayError> {
+async fn build_hybrid_plug(
+    spec: &EvmSpec,
+    router: &Router,
+    subnet_bridge: Option<u32>,
+    mtu: Option<u32>,
+) -> Result<u32, OverlayError> {
     let netlink = &router.netlink;
     let qbr = hybrid_name('q', &spec.host_port);
     let tap = hybrid_name('t', &spec.host_port);
@@ -377,7 +403,9 @@ async fn wait_gone(router: &Netlink, port: &str) -> Result<(), String> {
             Ok(Some(_)) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
-            Ok(Some(_)) => return Err(format!("port {port} still present {} s after its EVM was deleted", STALL.as_secs())),
+            Ok(Some(_)) => {
+                return Err(format!("port {port} still present {} s after its EVM was deleted", STALL.as_secs()));
+            }
             Err(e) => return Err(e.to_string()),
         }
     }

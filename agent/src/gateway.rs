@@ -73,7 +73,9 @@ impl Gateway {
     pub async fn forward(self, request: http::Request<Incoming>) -> http::Response<Body> {
         let (mut head, body) = request.into_parts();
         let Some(route) = head.headers.remove(ROUTE_HEADER) else {
-            return refused(tonic::Status::invalid_argument(format!("the gateway forwards calls that name their agent in {ROUTE_HEADER}")));
+            return refused(tonic::Status::invalid_argument(format!(
+                "the gateway forwards calls that name their agent in {ROUTE_HEADER}"
+            )));
         };
         let Some(agent) = route.to_str().ok().and_then(|text| text.parse::<IpAddr>().ok()) else {
             return refused(tonic::Status::invalid_argument(format!("{ROUTE_HEADER} must be an IP address")));
@@ -90,7 +92,12 @@ impl Gateway {
                     fresh = true;
                     match self.dial(agent).await {
                         Ok(channel) => channel,
-                        Err(error) => return refused(tonic::Status::unavailable(format!("the gateway cannot reach the agent at {agent}: {}", crate::error_chain(&error)))),
+                        Err(error) => {
+                            return refused(tonic::Status::unavailable(format!(
+                                "the gateway cannot reach the agent at {agent}: {}",
+                                crate::error_chain(&error)
+                            )));
+                        }
                     }
                 }
             };
@@ -100,7 +107,10 @@ impl Gateway {
                 Err(error) => {
                     self.forget(agent);
                     if fresh {
-                        return refused(tonic::Status::unavailable(format!("the agent at {agent}: {}", crate::error_chain(&error))));
+                        return refused(tonic::Status::unavailable(format!(
+                            "the agent at {agent}: {}",
+                            crate::error_chain(&error)
+                        )));
                     }
                     tracing::debug!(%agent, error = %crate::error_chain(&error), "a kept connection failed; dialling anew");
                 }
@@ -110,7 +120,12 @@ impl Gateway {
 
     /// Serves the gateway on `listener` (mutual TLS: callers present the
     /// controller's certificate) until `shutdown` resolves.
-    pub async fn serve(self, listener: tokio::net::TcpListener, acceptor: TlsAcceptor, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        acceptor: TlsAcceptor,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let mut connections = crate::tls::incoming(listener, acceptor);
         tokio::pin!(shutdown);
         loop {
@@ -131,7 +146,9 @@ impl Gateway {
                     let gateway = gateway.clone();
                     async move { Ok::<_, Infallible>(gateway.forward(request).await) }
                 });
-                let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(connection), service).await;
+                let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(connection), service)
+                    .await;
                 if let Err(error) = served {
                     tracing::debug!(%error, "a caller's connection ended");
                 }

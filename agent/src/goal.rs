@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingRequest, SwitchGoal};
 
-use crate::netdev;
 use crate::error::OverlayError;
+use crate::netdev;
 use crate::overlay::{parse_cidr, parse_mac_range};
 
 /// Every namespace the agent makes or removes starts with this.
@@ -34,8 +34,16 @@ pub fn namespace(name: &str) -> Result<(), OverlayError> {
 
 /// An interface name the kernel takes.
 pub fn interface(name: &str) -> Result<(), OverlayError> {
-    let ok = !name.is_empty() && name.len() <= IFNAMSIZ && !name.contains(['/', '\0', ' ', ':']) && name != "." && name != "..";
-    if ok { Ok(()) } else { Err(invalid(format!("{name:?} is not an interface name (1 to {IFNAMSIZ} bytes, no '/', ':' or spaces)"))) }
+    let ok = !name.is_empty()
+        && name.len() <= IFNAMSIZ
+        && !name.contains(['/', '\0', ' ', ':'])
+        && name != "."
+        && name != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!("{name:?} is not an interface name (1 to {IFNAMSIZ} bytes, no '/', ':' or spaces)")))
+    }
 }
 
 /// An EPM to host: a short name (it appears in logs and replies), the
@@ -43,11 +51,14 @@ pub fn interface(name: &str) -> Result<(), OverlayError> {
 /// paths; the socket's must fit a unix socket address.
 pub fn hosted(epm: &str, netns: &str, socket: &str, tcp: bool) -> Result<(), OverlayError> {
     const SUN_PATH: usize = 108;
-    let name_ok = !epm.is_empty() && epm.len() <= 63 && epm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    let name_ok = !epm.is_empty()
+        && epm.len() <= 63
+        && epm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     if !name_ok {
         return Err(invalid(format!("{epm:?} is not an EPM name (1 to 63 letters, digits, '-', '_' or '.')")));
     }
-    let paths: &[(&str, &str)] = if tcp { &[("namespace", netns)] } else { &[("namespace", netns), ("socket", socket)] };
+    let paths: &[(&str, &str)] =
+        if tcp { &[("namespace", netns)] } else { &[("namespace", netns), ("socket", socket)] };
     for (what, path) in paths {
         if !path.starts_with('/') || path.contains('\0') || path.len() > 4096 {
             return Err(invalid(format!("the {what} of {epm} must be an absolute path, not {path:?}")));
@@ -60,7 +71,11 @@ pub fn hosted(epm: &str, netns: &str, socket: &str, tcp: bool) -> Result<(), Ove
         };
     }
     if socket.len() >= SUN_PATH {
-        return Err(invalid(format!("the socket of {epm} ({} bytes) is longer than a unix socket path may be ({} bytes)", socket.len(), SUN_PATH - 1)));
+        return Err(invalid(format!(
+            "the socket of {epm} ({} bytes) is longer than a unix socket path may be ({} bytes)",
+            socket.len(),
+            SUN_PATH - 1
+        )));
     }
     Ok(())
 }

@@ -60,15 +60,24 @@ pub enum Listener {
 }
 
 /// Serves one EPM's agent on `listener` until `shutdown` completes.
-pub async fn serve_epm(epm: String, namespace: EpmNamespace, listener: Listener, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+pub async fn serve_epm(
+    epm: String,
+    namespace: EpmNamespace,
+    listener: Listener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     let agent = AgentService::in_namespace(epm.clone(), namespace.clone());
     let supervisor = agent.supervisor();
-    let router = tonic::transport::Server::builder()
-        .add_service(AgentServer::new(agent))
-        .add_service(OverlayServer::new(OverlayService::in_namespace(epm, namespace)).max_decoding_message_size(64 << 20));
+    let router = tonic::transport::Server::builder().add_service(AgentServer::new(agent)).add_service(
+        OverlayServer::new(OverlayService::in_namespace(epm, namespace)).max_decoding_message_size(64 << 20),
+    );
     let served = match listener {
-        Listener::Unix(listener) => router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await,
-        Listener::Tls(listener, acceptor) => router.serve_with_incoming_shutdown(crate::tls::incoming(listener, acceptor), shutdown).await,
+        Listener::Unix(listener) => {
+            router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await
+        }
+        Listener::Tls(listener, acceptor) => {
+            router.serve_with_incoming_shutdown(crate::tls::incoming(listener, acceptor), shutdown).await
+        }
     };
     // An agent that stops serving stops what it supervises.
     supervisor.stop_all().await;
@@ -135,9 +144,12 @@ impl HostService {
         if let Some(previous) = hosted.remove(&epm) {
             previous.stop().await;
         }
-        let namespace = netns::id_of(&netns).ok_or_else(|| format!("network namespace {} does not exist", netns.display()))?;
+        let namespace =
+            netns::id_of(&netns).ok_or_else(|| format!("network namespace {} does not exist", netns.display()))?;
         let (listener, address) = if tcp {
-            let acceptor = self.tls.clone().ok_or("this agent host has no TLS identity (--tls-dir): it serves agents over TCP only with mutual TLS")?;
+            let acceptor = self.tls.clone().ok_or(
+                "this agent host has no TLS identity (--tls-dir): it serves agents over TCP only with mutual TLS",
+            )?;
             let listener = TcpListener::bind(&socket).await.map_err(|e| format!("binding {socket}: {e}"))?;
             let address = listener.local_addr().map_err(|e| format!("binding {socket}: {e}"))?.to_string();
             (Listener::Tls(listener, acceptor), address)

@@ -9,13 +9,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use merak_agent::netdev::Netlink;
 use merak_agent::host::{self, HostService};
+use merak_agent::netdev::Netlink;
 use merak_agent::server::EpmNamespace;
 use merak_agent::tls;
-use tokio_rustls::TlsAcceptor;
 use merak_proto::agent::host_server::HostServer;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::UnixListenerStream;
 
 #[derive(Parser)]
@@ -83,7 +83,8 @@ fn detach_into(netns: Option<&std::path::Path>) -> anyhow::Result<()> {
 /// connection) plus one per client, a gateway one per agent: raise the open-file limit as far as the
 /// kernel allows (root may raise the hard limit too).
 fn raise_open_files() {
-    let ceiling = fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(1 << 20);
+    let ceiling =
+        fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(1 << 20);
     let wanted = libc::rlimit { rlim_cur: ceiling, rlim_max: ceiling };
     // SAFETY: setrlimit/getrlimit with valid pointers to rlimit structs.
     unsafe {
@@ -102,8 +103,7 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MERAK_AGENT_LOG")
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("MERAK_AGENT_LOG").unwrap_or_else(|_| "info".into()),
         )
         .init();
 }
@@ -112,19 +112,33 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     detach_into(args.netns.as_deref())?;
     let tls = match &args.tls_dir {
-        Some(dir) => Some(tls::acceptor_from_dir(dir).with_context(|| format!("loading the TLS identity in {}", dir.display()))?),
+        Some(dir) => Some(
+            tls::acceptor_from_dir(dir).with_context(|| format!("loading the TLS identity in {}", dir.display()))?,
+        ),
         None => None,
     };
     if args.gateway {
         // A connection to every agent of the topology, kept.
         raise_open_files();
-        let (Some(address), Some(tls), Some(dir)) = (args.listen, tls, args.tls_dir.as_deref()) else { anyhow::bail!("--gateway needs --listen and --tls-dir") };
-        let connector = tls::gateway_connector_from_dir(dir).with_context(|| format!("loading the gateway's identity in {}", dir.display()))?;
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(gateway(address, tls, connector, args.agent_port))
+        let (Some(address), Some(tls), Some(dir)) = (args.listen, tls, args.tls_dir.as_deref()) else {
+            anyhow::bail!("--gateway needs --listen and --tls-dir")
+        };
+        let connector = tls::gateway_connector_from_dir(dir)
+            .with_context(|| format!("loading the gateway's identity in {}", dir.display()))?;
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(gateway(
+            address,
+            tls,
+            connector,
+            args.agent_port,
+        ))
     } else if args.host {
         raise_open_files();
         let control = args.control.context("--host needs --control")?;
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?.block_on(host(control, tls))
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting tokio")?
+            .block_on(host(control, tls))
     } else {
         let epm = args.epm.context("--epm is required")?;
         let listen = match (args.socket, args.listen, tls) {
@@ -132,7 +146,11 @@ fn main() -> anyhow::Result<()> {
             (None, Some(address), Some(tls)) => Listen::Tcp(address, tls),
             _ => anyhow::bail!("give --socket, or --listen with --tls-dir"),
         };
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?.block_on(standalone(epm, listen))
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting tokio")?
+            .block_on(standalone(epm, listen))
     }
 }
 
@@ -158,14 +176,20 @@ async fn standalone(epm: String, listen: Listen) -> anyhow::Result<()> {
     init_logging();
     let netlink = Netlink::current().context("opening a netlink socket")?;
     let (listener, socket) = match listen {
-        Listen::Unix(socket) => (host::Listener::Unix(host::bind(&socket).with_context(|| format!("binding {}", socket.display()))?), Some(socket)),
+        Listen::Unix(socket) => (
+            host::Listener::Unix(host::bind(&socket).with_context(|| format!("binding {}", socket.display()))?),
+            Some(socket),
+        ),
         Listen::Tcp(address, tls) => {
-            let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
             (host::Listener::Tls(listener, tls), None)
         }
     };
     tracing::info!(%epm, "agent serving");
-    host::serve_epm(epm.clone(), EpmNamespace::Held(netlink), listener, shutdown_signal()?).await.context("serving the agent API")?;
+    host::serve_epm(epm.clone(), EpmNamespace::Held(netlink), listener, shutdown_signal()?)
+        .await
+        .context("serving the agent API")?;
     if let Some(socket) = socket {
         let _ = fs::remove_file(&socket);
     }
@@ -173,7 +197,12 @@ async fn standalone(epm: String, listen: Listen) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn gateway(address: std::net::SocketAddr, tls: TlsAcceptor, connector: tokio_rustls::TlsConnector, agent_port: u16) -> anyhow::Result<()> {
+async fn gateway(
+    address: std::net::SocketAddr,
+    tls: TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+    agent_port: u16,
+) -> anyhow::Result<()> {
     init_logging();
     let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
     tracing::info!(%address, agent_port, "gateway serving");

@@ -34,7 +34,8 @@ pub async fn apply(epm: &Netlink, goal: &OverlayGoal) -> Result<Vec<String>, Ove
 
     let wanted: HashSet<&str> = goal.vpcs.iter().map(|v| v.namespace.as_str()).collect();
     if !goal.router_prefix.is_empty() {
-        let existing = netns::list_with_prefix(&goal.router_prefix).map_err(|e| OverlayError::Invalid(e.to_string()))?;
+        let existing =
+            netns::list_with_prefix(&goal.router_prefix).map_err(|e| OverlayError::Invalid(e.to_string()))?;
         for stale in existing.iter().filter(|ns| !wanted.contains(ns.as_str())) {
             remove_router(stale).await?;
             actions.push(format!("removed {stale}"));
@@ -64,7 +65,14 @@ const VNI_RELEASE: std::time::Duration = std::time::Duration::from_secs(60);
 /// namespace the kernel is still tearing down (the subnet's VPC left this EPM
 /// and came back, a group was replaced), so the create is retried until the
 /// kernel has freed it.
-async fn create_vxlan(epm: &Netlink, name: &str, vni: u32, local: Ipv4Addr, underlay: u32, router_fd: &std::os::fd::OwnedFd) -> Result<(), OverlayError> {
+async fn create_vxlan(
+    epm: &Netlink,
+    name: &str,
+    vni: u32,
+    local: Ipv4Addr,
+    underlay: u32,
+    router_fd: &std::os::fd::OwnedFd,
+) -> Result<(), OverlayError> {
     let started = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(5);
     loop {
@@ -78,12 +86,19 @@ async fn create_vxlan(epm: &Netlink, name: &str, vni: u32, local: Ipv4Addr, unde
     }
 }
 
-async fn apply_vpc(epm: &Netlink, underlay: u32, underlay_ip: Ipv4Addr, vpc: &VpcGoal, actions: &mut Vec<String>) -> Result<(), OverlayError> {
+async fn apply_vpc(
+    epm: &Netlink,
+    underlay: u32,
+    underlay_ip: Ipv4Addr,
+    vpc: &VpcGoal,
+    actions: &mut Vec<String>,
+) -> Result<(), OverlayError> {
     let router = if netns::exists(&vpc.namespace) {
         netns::open(&vpc.namespace).await?
     } else {
         actions.push(format!("created {}", vpc.namespace));
-        netns::create(&vpc.namespace, NetnsOptions { disable_ipv6: true, forwarding: true, ..NetnsOptions::default() }).await?
+        netns::create(&vpc.namespace, NetnsOptions { disable_ipv6: true, forwarding: true, ..NetnsOptions::default() })
+            .await?
     };
     for subnet in &vpc.subnets {
         apply_subnet(epm, &router, &vpc.namespace, underlay, underlay_ip, subnet, actions).await?;
@@ -150,7 +165,8 @@ async fn apply_subnet(
     let present = router.flood_destinations(vxlan.index).await?;
     let mut wanted = Vec::with_capacity(subnet.flood.len());
     for remote in &subnet.flood {
-        let remote: Ipv4Addr = remote.parse().map_err(|_| OverlayError::Invalid(format!("bad flood address {remote:?}")))?;
+        let remote: Ipv4Addr =
+            remote.parse().map_err(|_| OverlayError::Invalid(format!("bad flood address {remote:?}")))?;
         wanted.push(remote);
         if !present.contains(&remote) {
             router.add_flood_destination(vxlan.index, remote).await?;
@@ -169,7 +185,13 @@ async fn apply_subnet(
 /// about to be created with them may have lived on another EPM or bridge,
 /// and a stale entry would send their traffic there until it aged out (5
 /// minutes).
-async fn forget(router: &Netlink, router_ns: &str, trunk: &str, ranges: &[String], actions: &mut Vec<String>) -> Result<(), OverlayError> {
+async fn forget(
+    router: &Netlink,
+    router_ns: &str,
+    trunk: &str,
+    ranges: &[String],
+    actions: &mut Vec<String>,
+) -> Result<(), OverlayError> {
     if ranges.is_empty() {
         return Ok(());
     }
@@ -224,7 +246,8 @@ pub fn parse_mac_range(text: &str) -> Result<(u64, u64), OverlayError> {
 }
 
 pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), OverlayError> {
-    let parsed = text.split_once('/').and_then(|(ip, len)| Some((ip.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?)));
+    let parsed =
+        text.split_once('/').and_then(|(ip, len)| Some((ip.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?)));
     parsed.ok_or_else(|| OverlayError::Invalid(format!("{text:?} is not an IPv4 CIDR")))
 }
 
@@ -238,7 +261,10 @@ mod tests {
         let ranges = mac_ranges([mac(5), mac(3), mac(4), mac(9)].into_iter());
         assert_eq!(ranges, vec!["0a:00:0a:00:01:03-0a:00:0a:00:01:05", "0a:00:0a:00:01:09-0a:00:0a:00:01:09"]);
         let parsed: Vec<(u64, u64)> = ranges.iter().map(|r| parse_mac_range(r).unwrap()).collect();
-        assert_eq!(parsed, vec![(mac_number(&mac(3)), mac_number(&mac(5))), (mac_number(&mac(9)), mac_number(&mac(9)))]);
+        assert_eq!(
+            parsed,
+            vec![(mac_number(&mac(3)), mac_number(&mac(5))), (mac_number(&mac(9)), mac_number(&mac(9)))]
+        );
         assert!(parse_mac_range("0a:00-zz").is_err());
     }
 }

@@ -37,7 +37,8 @@ pub fn ping(from: &str, to: Ipv4Addr, payload: Payload, timeout: Duration) -> io
                     netns::enter(ns)?;
                 }
                 // SAFETY: socket(2); ownership goes to the OwnedFd.
-                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+                let fd =
+                    unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
                 if fd < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -98,7 +99,13 @@ pub fn ping(from: &str, to: Ipv4Addr, payload: Payload, timeout: Duration) -> io
 }
 
 /// Sends one echo request; false when the kernel says the address is unreachable.
-fn send_echo(socket: &OwnedFd, address: &libc::sockaddr_in, id: u16, sequence: u16, payload: usize) -> io::Result<bool> {
+fn send_echo(
+    socket: &OwnedFd,
+    address: &libc::sockaddr_in,
+    id: u16,
+    sequence: u16,
+    payload: usize,
+) -> io::Result<bool> {
     let mut packet = vec![0u8; 8 + payload];
     packet[0] = 8; // echo request
     packet[4..6].copy_from_slice(&id.to_be_bytes());
@@ -176,7 +183,8 @@ fn interface_mtu(socket: &OwnedFd, name: &str) -> io::Result<u32> {
 }
 
 fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum();
+    let mut sum: u32 =
+        data.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum();
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }

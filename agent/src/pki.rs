@@ -4,7 +4,10 @@
 //! provider makes one per topology and keeps its key where only root reads
 //! it; agents only ever get their own certificate and the CA's.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}")]
@@ -79,7 +82,8 @@ impl Authority {
         match role {
             Role::Agent => {
                 params.distinguished_name.push(DnType::CommonName, crate::tls::AGENT_NAME);
-                params.subject_alt_names = vec![SanType::DnsName(crate::tls::AGENT_NAME.try_into().map_err(failed("the agent's name"))?)];
+                params.subject_alt_names =
+                    vec![SanType::DnsName(crate::tls::AGENT_NAME.try_into().map_err(failed("the agent's name"))?)];
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             }
             Role::Controller | Role::Gateway => {

@@ -7,8 +7,8 @@ use futures::StreamExt;
 
 use merak_proto::agent::agent_server::Agent;
 use merak_proto::agent::{
-    ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, SuperviseGoal, SupervisedReply, SupervisedRequest,
-    SwitchGoal, UnderlayGoal,
+    ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, SuperviseGoal, SupervisedReply,
+    SupervisedRequest, SwitchGoal, UnderlayGoal,
 };
 use tonic::{Request, Response, Status};
 
@@ -66,8 +66,8 @@ impl AgentService {
     async fn converge(&self, goal: &UnderlayGoal) -> Result<Vec<String>, Status> {
         let (ip, prefix_len) = parse_cidr(&goal.address)
             .ok_or_else(|| Status::invalid_argument(format!("bad address {:?}", goal.address)))?;
-        let mac = netdev::parse_mac(&goal.mac)
-            .ok_or_else(|| Status::invalid_argument(format!("bad MAC {:?}", goal.mac)))?;
+        let mac =
+            netdev::parse_mac(&goal.mac).ok_or_else(|| Status::invalid_argument(format!("bad MAC {:?}", goal.mac)))?;
         let mut actions = Vec::new();
         let netlink = self.namespace.netlink().await?;
 
@@ -79,12 +79,15 @@ impl AgentService {
         }
 
         if let Some(tunnel) = &goal.tunnel {
-            let (_, action) = crate::underlay::ensure_tunnel(&netlink, &goal.interface, tunnel).await.map_err(overlay_status)?;
+            let (_, action) =
+                crate::underlay::ensure_tunnel(&netlink, &goal.interface, tunnel).await.map_err(overlay_status)?;
             actions.extend(action);
         }
-        let link = netlink.link(&goal.interface).await.map_err(internal)?.ok_or_else(|| {
-            Status::failed_precondition(format!("interface {} does not exist", goal.interface))
-        })?;
+        let link = netlink
+            .link(&goal.interface)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::failed_precondition(format!("interface {} does not exist", goal.interface)))?;
         let mac_differs = link.mac != Some(mac);
         if mac_differs || !link.up {
             netlink.set_link(link.index, None, mac_differs.then_some(mac)).await.map_err(internal)?;
@@ -98,7 +101,10 @@ impl AgentService {
 
         // A routed fabric: the only way out is the edge switch's port.
         if !goal.gateway.is_empty() {
-            let gateway: std::net::Ipv4Addr = goal.gateway.parse().map_err(|_| Status::invalid_argument(format!("bad gateway {:?}", goal.gateway)))?;
+            let gateway: std::net::Ipv4Addr = goal
+                .gateway
+                .parse()
+                .map_err(|_| Status::invalid_argument(format!("bad gateway {:?}", goal.gateway)))?;
             let hop = merak_netdev::routes::Hop { index: link.index, gateway: Some(gateway) };
             let routes = netlink.routes_v4().await.map_err(internal)?;
             let present = routes.iter().any(|r| r.prefix_len == 0 && r.hops == [hop]);
@@ -134,7 +140,11 @@ impl AgentService {
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
-        Ok(Response::new(HealthReply { epm: self.epm.clone(), pid: std::process::id(), build_id: crate::build::current().to_string() }))
+        Ok(Response::new(HealthReply {
+            epm: self.epm.clone(),
+            pid: std::process::id(),
+            build_id: crate::build::current().to_string(),
+        }))
     }
 
     async fn get_info(&self, _: Request<GetInfoRequest>) -> Result<Response<EpmInfo>, Status> {
@@ -184,7 +194,11 @@ impl Agent for AgentService {
     }
 
     async fn supervise(&self, request: Request<SuperviseGoal>) -> Result<Response<SupervisedReply>, Status> {
-        let processes = self.supervisor.apply(request.into_inner().processes).await.map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let processes = self
+            .supervisor
+            .apply(request.into_inner().processes)
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(SupervisedReply { processes }))
     }
 
@@ -282,7 +296,11 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
             true => None,
             false => {
                 let netlink = self.namespace.netlink().await?;
-                netlink.link(crate::underlay::DATA_NIC).await.map_err(internal)?.map(|nic| nic.mtu.saturating_sub(crate::netdev::VXLAN_OVERHEAD))
+                netlink
+                    .link(crate::underlay::DATA_NIC)
+                    .await
+                    .map_err(internal)?
+                    .map(|nic| nic.mtu.saturating_sub(crate::netdev::VXLAN_OVERHEAD))
             }
         };
         let reply = self.change(async move { crate::evm::apply(&batch, mtu).await }).await?;
@@ -304,7 +322,8 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
     ) -> Result<Response<merak_proto::agent::WholeEvmsReply>, Status> {
         let batch = request.into_inner();
         crate::goal::batch(&batch).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let specs: Vec<&merak_proto::agent::EvmSpec> = batch.create.iter().filter(|spec| crate::netns::exists(&spec.namespace)).collect();
+        let specs: Vec<&merak_proto::agent::EvmSpec> =
+            batch.create.iter().filter(|spec| crate::netns::exists(&spec.namespace)).collect();
         let namespaces = crate::evm::whole(&specs).await.into_iter().collect();
         Ok(Response::new(merak_proto::agent::WholeEvmsReply { namespaces }))
     }
@@ -316,7 +335,11 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         let request = request.into_inner();
         crate::goal::ping(&request).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let timeout = std::time::Duration::from_millis(u64::from(request.timeout_ms.clamp(10, 10_000)));
-        let payload = if request.full_size { crate::ping::Payload::FullSize } else { crate::ping::Payload::Bytes(request.payload_bytes) };
+        let payload = if request.full_size {
+            crate::ping::Payload::FullSize
+        } else {
+            crate::ping::Payload::Bytes(request.payload_bytes)
+        };
         // A few at a time: every first ping of a pair floods an ARP request
         // to all EPMs of the subnet, and a burst of hundreds overflows the
         // kernel's per-CPU backlog, dropping packets that then look like

@@ -96,7 +96,11 @@ impl Supervisor {
         {
             let mut processes = self.processes.lock().await;
             let wanted: HashMap<&str, &SupervisedProcess> = goal.iter().map(|p| (p.name.as_str(), p)).collect();
-            let leaving: Vec<String> = processes.iter().filter(|(name, p)| wanted.get(name.as_str()) != Some(&&p.spec)).map(|(name, _)| name.clone()).collect();
+            let leaving: Vec<String> = processes
+                .iter()
+                .filter(|(name, p)| wanted.get(name.as_str()) != Some(&&p.spec))
+                .map(|(name, _)| name.clone())
+                .collect();
             let stopping = leaving.into_iter().filter_map(|name| processes.remove(&name));
             futures::future::join_all(stopping.map(Supervised::stop)).await;
             for spec in goal {
@@ -117,7 +121,8 @@ impl Supervisor {
                 .values()
                 .map(|p| {
                     let state = lock(&p.state);
-                    let running = state.pid.is_some() && state.started.is_some_and(|t| t.elapsed() >= UP_BEFORE_RUNNING);
+                    let running =
+                        state.pid.is_some() && state.started.is_some_and(|t| t.elapsed() >= UP_BEFORE_RUNNING);
                     (p.spec.clone(), state.pid, running, state.starts.saturating_sub(1), state.last_exit.clone())
                 })
                 .collect();
@@ -132,7 +137,15 @@ impl Supervisor {
             } else {
                 ready_check(&spec, self.netns.as_deref()).await.err().unwrap_or_default()
             };
-            SupervisedStatus { ready: running && not_ready.is_empty(), running, pid: pid.unwrap_or_default(), restarts, last_exit, not_ready, name: spec.name }
+            SupervisedStatus {
+                ready: running && not_ready.is_empty(),
+                running,
+                pid: pid.unwrap_or_default(),
+                restarts,
+                last_exit,
+                not_ready,
+                name: spec.name,
+            }
         });
         futures::future::join_all(checks).await
     }
@@ -162,13 +175,17 @@ fn check(goal: &[SupervisedProcess]) -> Result<(), SuperviseError> {
         if process.command.first().is_none_or(String::is_empty) {
             return invalid("empty command".into());
         }
-        if process.command.len() > MAX_ARGUMENTS || process.ready_command.len() > MAX_ARGUMENTS || process.env.len() > MAX_ENV {
+        if process.command.len() > MAX_ARGUMENTS
+            || process.ready_command.len() > MAX_ARGUMENTS
+            || process.env.len() > MAX_ENV
+        {
             return invalid(format!("more than {MAX_ARGUMENTS} arguments or {MAX_ENV} variables"));
         }
         if !Path::new(&process.log).is_absolute() {
             return invalid(format!("log {:?} is not an absolute path", process.log));
         }
-        let texts = process.command.iter().chain(&process.ready_command).chain(process.env.iter().flat_map(|(k, v)| [k, v]));
+        let texts =
+            process.command.iter().chain(&process.ready_command).chain(process.env.iter().flat_map(|(k, v)| [k, v]));
         if texts.into_iter().any(|t| t.contains('\0')) || process.env.keys().any(|k| k.is_empty() || k.contains('=')) {
             return invalid("a NUL byte in an argument, or an empty or '='-holding variable name".into());
         }
@@ -184,7 +201,12 @@ fn start(spec: SupervisedProcess, netns: Option<PathBuf>) -> Supervised {
 }
 
 /// Runs the process until told to stop, starting it again when it exits.
-async fn run(spec: SupervisedProcess, netns: Option<PathBuf>, state: Arc<StdMutex<RunState>>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    spec: SupervisedProcess,
+    netns: Option<PathBuf>,
+    state: Arc<StdMutex<RunState>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
@@ -273,7 +295,8 @@ fn open_log(log: &str) -> std::io::Result<File> {
 
 /// Runs the ready command; why it did not pass, if it did not.
 async fn ready_check(spec: &SupervisedProcess, netns: Option<&Path>) -> Result<(), String> {
-    let mut child = spawn(&spec.ready_command, spec, netns, false).map_err(|e| format!("could not run the ready command: {e}"))?;
+    let mut child =
+        spawn(&spec.ready_command, spec, netns, false).map_err(|e| format!("could not run the ready command: {e}"))?;
     match tokio::time::timeout(READY_TIMEOUT, child.wait()).await {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(format!("the ready command ended with {status}")),
@@ -309,7 +332,13 @@ impl Entry {
         unsafe {
             fail(libc::setns(self.netns.as_raw_fd(), libc::CLONE_NEWNET))?;
             fail(libc::unshare(libc::CLONE_NEWNS))?;
-            fail(libc::mount(std::ptr::null(), self.root.as_ptr(), std::ptr::null(), libc::MS_SLAVE | libc::MS_REC, std::ptr::null()))?;
+            fail(libc::mount(
+                std::ptr::null(),
+                self.root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SLAVE | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
             // Not mounted at all is fine: the mount below is what matters.
             libc::umount2(self.sys.as_ptr(), libc::MNT_DETACH);
             fail(libc::mount(self.sysfs.as_ptr(), self.sys.as_ptr(), self.sysfs.as_ptr(), 0, std::ptr::null()))
@@ -320,7 +349,12 @@ impl Entry {
 /// Starts `argv` with the process's environment, output to its log, in a
 /// process group of its own that dies with this agent (`leader`: the
 /// supervised process itself; a ready command does not outlive its check).
-fn spawn(argv: &[String], spec: &SupervisedProcess, netns: Option<&Path>, leader: bool) -> std::io::Result<tokio::process::Child> {
+fn spawn(
+    argv: &[String],
+    spec: &SupervisedProcess,
+    netns: Option<&Path>,
+    leader: bool,
+) -> std::io::Result<tokio::process::Child> {
     let (program, arguments) = argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
     let log = open_log(&spec.log)?;
     let entry = netns.map(Entry::prepare).transpose()?;

@@ -64,7 +64,9 @@ pub fn acceptor(ca: &[u8], certificate: &[u8], key: &[u8]) -> Result<TlsAcceptor
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| invalid("client verification", e))?;
-    let chain = CertificateDer::pem_slice_iter(certificate).collect::<Result<Vec<_>, _>>().map_err(|e| invalid("agent.pem", e))?;
+    let chain = CertificateDer::pem_slice_iter(certificate)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("agent.pem", e))?;
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid("agent.key", e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -144,7 +146,9 @@ pub fn connector(ca: &[u8], certificate: &[u8], key: &[u8]) -> Result<tokio_rust
     for ca in CertificateDer::pem_slice_iter(ca) {
         roots.add(ca.map_err(|e| invalid("the CA", e))?).map_err(|e| invalid("the CA", e))?;
     }
-    let chain = CertificateDer::pem_slice_iter(certificate).collect::<Result<Vec<_>, _>>().map_err(|e| invalid("the client certificate", e))?;
+    let chain = CertificateDer::pem_slice_iter(certificate)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("the client certificate", e))?;
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid("the client key", e))?;
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -157,7 +161,10 @@ pub fn connector(ca: &[u8], certificate: &[u8], key: &[u8]) -> Result<tokio_rust
 }
 
 /// A channel to the agent at `address` over mutual TLS.
-pub async fn channel(address: std::net::SocketAddr, connector: tokio_rustls::TlsConnector) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+pub async fn channel(
+    address: std::net::SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     channel_over(
         move || async move {
             let stream = TcpStream::connect(address).await?;
@@ -171,7 +178,10 @@ pub async fn channel(address: std::net::SocketAddr, connector: tokio_rustls::Tls
 
 /// A channel to an agent over mutual TLS on streams that `dial` opens
 /// (a TCP connection made in another namespace, a port-forward stream).
-pub async fn channel_over<D, F, S>(dial: D, connector: tokio_rustls::TlsConnector) -> Result<tonic::transport::Channel, tonic::transport::Error>
+pub async fn channel_over<D, F, S>(
+    dial: D,
+    connector: tokio_rustls::TlsConnector,
+) -> Result<tonic::transport::Channel, tonic::transport::Error>
 where
     D: Fn() -> F + Clone + Send + 'static,
     F: std::future::Future<Output = io::Result<S>> + Send,

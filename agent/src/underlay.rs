@@ -21,7 +21,8 @@ pub const DATA_NIC: &str = "eth1";
 
 /// What a tunnel goal asks of a device, checked.
 pub fn wanted(tunnel: &Tunnel) -> Result<(Ipv4Addr, VxlanState), OverlayError> {
-    let remote: Ipv4Addr = tunnel.remote.parse().map_err(|_| OverlayError::Invalid(format!("bad tunnel remote {:?}", tunnel.remote)))?;
+    let remote: Ipv4Addr =
+        tunnel.remote.parse().map_err(|_| OverlayError::Invalid(format!("bad tunnel remote {:?}", tunnel.remote)))?;
     if tunnel.vni == 0 || tunnel.vni >= 1 << 24 {
         return Err(OverlayError::Invalid(format!("tunnel VNI {} is outside 1..2^24", tunnel.vni)));
     }
@@ -34,7 +35,11 @@ pub fn wanted(tunnel: &Tunnel) -> Result<(Ipv4Addr, VxlanState), OverlayError> {
 /// Makes `name` the tunnel `tunnel` (created down), replacing a device of
 /// that name that is something else: another remote after the far pod was
 /// made anew, another VNI or MTU. Returns the device and what it did.
-pub async fn ensure_tunnel(netlink: &Netlink, name: &str, tunnel: &Tunnel) -> Result<(LinkState, Option<String>), OverlayError> {
+pub async fn ensure_tunnel(
+    netlink: &Netlink,
+    name: &str,
+    tunnel: &Tunnel,
+) -> Result<(LinkState, Option<String>), OverlayError> {
     let (remote, goal) = wanted(tunnel)?;
     let existing = netlink.link(name).await?;
     if let Some(link) = &existing
@@ -81,7 +86,8 @@ pub async fn apply_switch(netlink: &Netlink, goal: &SwitchGoal) -> Result<Vec<St
     }
     let mut listed = HashSet::new();
     for port in &goal.ports {
-        let tunnel = port.tunnel.as_ref().ok_or_else(|| OverlayError::Invalid(format!("port {} has no tunnel", port.name)))?;
+        let tunnel =
+            port.tunnel.as_ref().ok_or_else(|| OverlayError::Invalid(format!("port {} has no tunnel", port.name)))?;
         listed.insert(port.name.as_str());
         let (link, action) = ensure_tunnel(netlink, &port.name, tunnel).await?;
         actions.extend(action);

@@ -48,18 +48,26 @@ fn free_port() -> u16 {
 async fn one_connection_reaches_every_agent_through_the_gateway() {
     let (authority, _) = Authority::create("gw").unwrap();
     let agent = authority.issue(Role::Agent).unwrap();
-    let acceptor = || tls::acceptor(authority.certificate.as_bytes(), agent.certificate.as_bytes(), agent.key.as_bytes()).unwrap();
+    let acceptor =
+        || tls::acceptor(authority.certificate.as_bytes(), agent.certificate.as_bytes(), agent.key.as_bytes()).unwrap();
 
     // Two agents, on 127.0.0.1 and 127.0.0.2 at the same port, as pods are
     // at their own IPs and one agent port.
     let port = free_port();
-    let namespaces: Vec<Namespace> = (0..2).map(|i| Namespace(format!("merak-test-gw-{}-{i}", std::process::id()))).collect();
+    let namespaces: Vec<Namespace> =
+        (0..2).map(|i| Namespace(format!("merak-test-gw-{}-{i}", std::process::id()))).collect();
     for namespace in &namespaces {
         netns::create(&namespace.0, NetnsOptions::default()).await.unwrap();
     }
-    let hosted = |i: usize| HostedEpm { epm: format!("epm-{i}"), netns: netns::path_of(&namespaces[i].0).display().to_string(), socket: format!("127.0.0.{}:{port}", i + 1), tcp: true };
+    let hosted = |i: usize| HostedEpm {
+        epm: format!("epm-{i}"),
+        netns: netns::path_of(&namespaces[i].0).display().to_string(),
+        socket: format!("127.0.0.{}:{port}", i + 1),
+        tcp: true,
+    };
     let host = HostService::new(Some(acceptor()));
-    let served = host.serve(Request::new(ServeRequest { epms: vec![hosted(0), hosted(1)] })).await.unwrap().into_inner();
+    let served =
+        host.serve(Request::new(ServeRequest { epms: vec![hosted(0), hosted(1)] })).await.unwrap().into_inner();
     assert_eq!(served.errors, ["", ""]);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -72,14 +80,18 @@ async fn one_connection_reaches_every_agent_through_the_gateway() {
 
     // One channel (one connection) from the controller, to both agents.
     let controller = authority.issue(Role::Controller).unwrap();
-    let channel = tls::channel(gateway_address, connector(&authority.certificate, &controller)).await.expect("the gateway accepts the controller");
+    let channel = tls::channel(gateway_address, connector(&authority.certificate, &controller))
+        .await
+        .expect("the gateway accepts the controller");
     assert_eq!(whose(&channel, Some("127.0.0.1")).await.unwrap(), "epm-0");
     assert_eq!(whose(&channel, Some("127.0.0.2")).await.unwrap(), "epm-1");
-    let at_once: Vec<String> = futures::future::join_all((0..20).map(|i| whose(&channel, Some(if i % 2 == 0 { "127.0.0.1" } else { "127.0.0.2" }))))
-        .await
-        .into_iter()
-        .map(|answer| answer.expect("concurrent calls are answered"))
-        .collect();
+    let at_once: Vec<String> = futures::future::join_all(
+        (0..20).map(|i| whose(&channel, Some(if i % 2 == 0 { "127.0.0.1" } else { "127.0.0.2" }))),
+    )
+    .await
+    .into_iter()
+    .map(|answer| answer.expect("concurrent calls are answered"))
+    .collect();
     assert_eq!(at_once.iter().filter(|epm| *epm == "epm-1").count(), 10);
 
     // Calls naming no agent, or one that is not there.
@@ -101,7 +113,9 @@ async fn one_connection_reaches_every_agent_through_the_gateway() {
 
     // A client certified by another topology's CA is refused by the gateway.
     let (stranger, _) = Authority::create("other").unwrap();
-    let outsider = tls::channel(gateway_address, connector(&authority.certificate, &stranger.issue(Role::Controller).unwrap())).await;
+    let outsider =
+        tls::channel(gateway_address, connector(&authority.certificate, &stranger.issue(Role::Controller).unwrap()))
+            .await;
     let refused = match outsider {
         Err(_) => true,
         Ok(channel) => whose(&channel, Some("127.0.0.1")).await.is_err(),

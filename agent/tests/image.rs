@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::TokioIo;
 use merak_proto::agent::agent_client::AgentClient;
 use merak_proto::agent::overlay_client::OverlayClient;
-use merak_proto::agent::{EvmBatch, EvmSpec, GetInfoRequest, HealthRequest, OverlayGoal, PingProbe, PingRequest, SubnetGoal, UnderlayGoal, VpcGoal};
+use merak_proto::agent::{
+    EvmBatch, EvmSpec, GetInfoRequest, HealthRequest, OverlayGoal, PingProbe, PingRequest, SubnetGoal, UnderlayGoal,
+    VpcGoal,
+};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -21,7 +24,8 @@ const AGENT: &str = env!("CARGO_BIN_EXE_merak-agent");
 const BUILD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/image/build.sh");
 
 fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e} (run `make deps`)"));
+    let output =
+        Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e} (run `make deps`)"));
     assert!(output.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
@@ -65,12 +69,22 @@ impl Fixture {
             &self.image, "--epm", epm, "--socket", "/run/merak/agent.sock",
         ];
         run("podman", &args);
-        let pid = run("podman", &["inspect", "--format", "{{.State.Pid}}", &name]).parse().expect("the container's pid");
+        let pid =
+            run("podman", &["inspect", "--format", "{{.State.Pid}}", &name]).parse().expect("the container's pid");
         (pid, dir.join("agent.sock"))
     }
 
     fn logs(&self) -> String {
-        self.containers.iter().map(|c| Command::new("podman").args(["logs", c]).output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default()).collect()
+        self.containers
+            .iter()
+            .map(|c| {
+                Command::new("podman")
+                    .args(["logs", c])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 }
 
@@ -96,7 +110,9 @@ async fn connect(socket: &Path) -> Channel {
             .await;
         match attempt {
             Ok(channel) => return channel,
-            Err(e) if Instant::now() > deadline => panic!("the agent in the container never listened on {}: {e}", socket.display()),
+            Err(e) if Instant::now() > deadline => {
+                panic!("the agent in the container never listened on {}: {e}", socket.display())
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -138,7 +154,8 @@ async fn the_image_runs_the_agent_as_a_privileged_container() {
     assert!(built.ends_with(&archive), "{built}");
     assert!(std::fs::metadata(&fixture.archive).map(|m| m.len() > 0).unwrap_or(false), "no archive at {archive}");
     // From scratch: the agent and the libraries it links, nothing more.
-    let layers: u32 = run("podman", &["image", "inspect", "--format", "{{len .RootFS.Layers}}", &fixture.image]).parse().unwrap();
+    let layers: u32 =
+        run("podman", &["image", "inspect", "--format", "{{len .RootFS.Layers}}", &fixture.image]).parse().unwrap();
     assert_eq!(layers, 1);
 
     let (pid_a, socket_a) = fixture.start("a");
@@ -153,9 +170,18 @@ async fn the_image_runs_the_agent_as_a_privileged_container() {
     assert!(health.build_id.starts_with(env!("CARGO_PKG_VERSION")), "{}", health.build_id);
 
     let mut gateway_macs = Vec::new();
-    for (channel, epm, own, other, mac) in [(&channel_a, "a", "192.168.77.1", "192.168.77.2", "02:00:00:00:77:01"), (&channel_b, "b", "192.168.77.2", "192.168.77.1", "02:00:00:00:77:02")] {
+    for (channel, epm, own, other, mac) in [
+        (&channel_a, "a", "192.168.77.1", "192.168.77.2", "02:00:00:00:77:01"),
+        (&channel_b, "b", "192.168.77.2", "192.168.77.1", "02:00:00:00:77:02"),
+    ] {
         let mut agent = AgentClient::new(channel.clone());
-        let underlay = UnderlayGoal { interface: "eth1".into(), address: format!("{own}/24"), mac: mac.into(), tunnel: None, gateway: String::new() };
+        let underlay = UnderlayGoal {
+            interface: "eth1".into(),
+            address: format!("{own}/24"),
+            mac: mac.into(),
+            tunnel: None,
+            gateway: String::new(),
+        };
         agent.apply_underlay(underlay).await.unwrap_or_else(|e| panic!("underlay of {epm}: {e}\n{}", fixture.logs()));
         let info = agent.get_info(GetInfoRequest {}).await.unwrap().into_inner();
         let eth1 = info.interfaces.iter().find(|i| i.name == "eth1").expect("eth1 inside the container");
@@ -164,21 +190,33 @@ async fn the_image_runs_the_agent_as_a_privileged_container() {
         let gateway_mac = format!("0a:01:00:00:00:0{}", if epm == "a" { 'a' } else { 'b' });
         let mut subnet = subnet(other);
         subnet.gateway_mac = gateway_mac.clone();
-        let goal = OverlayGoal { router_prefix: format!("merak-{epm}.vpc"), underlay_ip: own.into(), vpcs: vec![VpcGoal { namespace: format!("merak-{epm}.vpc1"), subnets: vec![subnet] }] };
+        let goal = OverlayGoal {
+            router_prefix: format!("merak-{epm}.vpc"),
+            underlay_ip: own.into(),
+            vpcs: vec![VpcGoal { namespace: format!("merak-{epm}.vpc1"), subnets: vec![subnet] }],
+        };
         let mut overlay = OverlayClient::new(channel.clone());
         overlay.apply_overlay(goal).await.unwrap_or_else(|e| panic!("overlay of {epm}: {e}\n{}", fixture.logs()));
         gateway_macs.push(gateway_mac);
     }
     let (on_a, on_b) = (evm("a", 10, &gateway_macs[0]), evm("b", 11, &gateway_macs[1]));
     for (channel, spec) in [(&channel_a, &on_a), (&channel_b, &on_b)] {
-        let reply = OverlayClient::new(channel.clone()).apply_evms(EvmBatch { create: vec![spec.clone()], delete: vec![] }).await.unwrap().into_inner();
+        let reply = OverlayClient::new(channel.clone())
+            .apply_evms(EvmBatch { create: vec![spec.clone()], delete: vec![] })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!((reply.created, reply.failures.len()), (1, 0), "{reply:?}\n{}", fixture.logs());
     }
     let probes = vec![
-        PingProbe { from_namespace: on_a.namespace.clone(), to: "10.0.0.1".into() },  // its gateway
+        PingProbe { from_namespace: on_a.namespace.clone(), to: "10.0.0.1".into() }, // its gateway
         PingProbe { from_namespace: on_a.namespace.clone(), to: "10.0.0.11".into() }, // the other container's EVM
     ];
-    let reply = OverlayClient::new(channel_a).ping(PingRequest { probes, timeout_ms: 3000, payload_bytes: 0, full_size: false }).await.unwrap().into_inner();
+    let reply = OverlayClient::new(channel_a)
+        .ping(PingRequest { probes, timeout_ms: 3000, payload_bytes: 0, full_size: false })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.reached, [true, true], "{:?}", reply.errors);
     // The EVMs live inside the containers: the host sees none of them.
     let host_namespaces = run("ip", &["netns", "list"]);

@@ -79,7 +79,13 @@ async fn underlay_goal_is_idempotent() {
     in_epm.create_veth("eth1", "e0", &netns::open_fd(tor).unwrap()).await.unwrap();
 
     let agent = AgentService::new("epm-0".into(), netns::open(epm).await.unwrap());
-    let goal = UnderlayGoal { interface: "eth1".into(), address: "10.9.0.1/24".into(), mac: "02:4d:00:00:00:01".into(), tunnel: None, gateway: String::new() };
+    let goal = UnderlayGoal {
+        interface: "eth1".into(),
+        address: "10.9.0.1/24".into(),
+        mac: "02:4d:00:00:00:01".into(),
+        tunnel: None,
+        gateway: String::new(),
+    };
     let first = agent.apply_underlay(Request::new(goal.clone())).await.unwrap().into_inner();
     assert!(first.changed, "{first:?}");
     let second = agent.apply_underlay(Request::new(goal.clone())).await.unwrap().into_inner();
@@ -110,28 +116,49 @@ async fn a_routed_epm_gets_its_host_address_and_a_default_route_via_its_edge() {
     let names = Namespaces::new("agent-routed", 2);
     let (epm, edge) = (&names.0[0], &names.0[1]);
     let in_epm = netns::create(epm, NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() }).await.unwrap();
-    let in_edge = netns::create(edge, NetnsOptions { disable_ipv6: true, forwarding: true, ..NetnsOptions::default() }).await.unwrap();
+    let in_edge = netns::create(edge, NetnsOptions { disable_ipv6: true, forwarding: true, ..NetnsOptions::default() })
+        .await
+        .unwrap();
     in_epm.create_veth("eth1", "h0", &netns::open_fd(edge).unwrap()).await.unwrap();
     let port = in_edge.link("h0").await.unwrap().unwrap();
     in_edge.add_address(port.index, "100.64.0.96".parse().unwrap(), 31).await.unwrap();
     in_edge.set_link(port.index, None, None).await.unwrap();
-    in_edge.replace_route("10.9.0.1".parse().unwrap(), 32, &[merak_netdev::routes::Hop { index: port.index, gateway: None }]).await.unwrap();
+    in_edge
+        .replace_route(
+            "10.9.0.1".parse().unwrap(),
+            32,
+            &[merak_netdev::routes::Hop { index: port.index, gateway: None }],
+        )
+        .await
+        .unwrap();
 
     let agent = AgentService::new("epm-0".into(), netns::open(epm).await.unwrap());
-    let goal = UnderlayGoal { interface: "eth1".into(), address: "10.9.0.1/32".into(), mac: "02:4d:00:00:00:01".into(), tunnel: None, gateway: "100.64.0.96".into() };
+    let goal = UnderlayGoal {
+        interface: "eth1".into(),
+        address: "10.9.0.1/32".into(),
+        mac: "02:4d:00:00:00:01".into(),
+        tunnel: None,
+        gateway: "100.64.0.96".into(),
+    };
     let first = agent.apply_underlay(Request::new(goal.clone())).await.unwrap().into_inner();
     assert!(first.actions.iter().any(|a| a == "default via 100.64.0.96 dev eth1"), "{first:?}");
     assert!(!agent.apply_underlay(Request::new(goal.clone())).await.unwrap().into_inner().changed);
     let routes = in_epm.routes_v4().await.unwrap();
     assert!(routes.iter().any(|r| r.prefix_len == 0 && r.hops.len() == 1), "{routes:?}");
     // The edge's port answers across the on-link route.
-    let ping = std::process::Command::new("ip").args(["netns", "exec", epm, "ping", "-c", "1", "-W", "2", "100.64.0.96"]).output().unwrap();
+    let ping = std::process::Command::new("ip")
+        .args(["netns", "exec", epm, "ping", "-c", "1", "-W", "2", "100.64.0.96"])
+        .output()
+        .unwrap();
     assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
 
     let eth1 = in_epm.link("eth1").await.unwrap().unwrap();
     in_epm.set_link_down(eth1.index).await.unwrap();
     let repaired = agent.apply_underlay(Request::new(goal)).await.unwrap().into_inner();
-    assert!(repaired.actions.iter().any(|a| a.starts_with("default via")), "the route went with the link: {repaired:?}");
+    assert!(
+        repaired.actions.iter().any(|a| a.starts_with("default via")),
+        "the route went with the link: {repaired:?}"
+    );
 }
 
 /// A creation killed between making the mount point and mounting on it

@@ -88,7 +88,12 @@ fn ping(from: &EvmSpec, to: &str) -> PingProbe {
 }
 
 async fn reached(agent: &OverlayService, probes: Vec<PingProbe>) -> Vec<bool> {
-    agent.ping(Request::new(PingRequest { probes, timeout_ms: 2000, payload_bytes: 0, full_size: false })).await.unwrap().into_inner().reached
+    agent
+        .ping(Request::new(PingRequest { probes, timeout_ms: 2000, payload_bytes: 0, full_size: false }))
+        .await
+        .unwrap()
+        .into_inner()
+        .reached
 }
 
 #[tokio::test]
@@ -101,7 +106,10 @@ async fn subnets_route_and_vpcs_stay_apart() {
         router_prefix: format!("{prefix}{epm}."),
         underlay_ip: own.into(),
         vpcs: vec![
-            VpcGoal { namespace: format!("{prefix}{epm}.vpc1"), subnets: vec![subnet(epm, 101, "10.0.1.1/24", other), subnet(epm, 102, "10.0.2.1/24", other)] },
+            VpcGoal {
+                namespace: format!("{prefix}{epm}.vpc1"),
+                subnets: vec![subnet(epm, 101, "10.0.1.1/24", other), subnet(epm, 102, "10.0.2.1/24", other)],
+            },
             VpcGoal { namespace: format!("{prefix}{epm}.vpc2"), subnets: vec![subnet(epm, 201, "10.0.1.1/24", other)] },
         ],
     };
@@ -123,11 +131,14 @@ async fn subnets_route_and_vpcs_stay_apart() {
         evm(&prefix, "b", "vpc1", "e4", 102, "10.0.2.10/24", "10.0.2.1"),
         evm(&prefix, "b", "vpc2", "e5", 201, "10.0.1.11/24", "10.0.1.1"),
     ];
-    let created_a = agent_a.apply_evms(Request::new(EvmBatch { create: on_a.clone(), delete: vec![] })).await.unwrap().into_inner();
+    let created_a =
+        agent_a.apply_evms(Request::new(EvmBatch { create: on_a.clone(), delete: vec![] })).await.unwrap().into_inner();
     assert_eq!((created_a.created, created_a.failures.len()), (2, 0), "{created_a:?}");
-    let created_b = agent_b.apply_evms(Request::new(EvmBatch { create: on_b.clone(), delete: vec![] })).await.unwrap().into_inner();
+    let created_b =
+        agent_b.apply_evms(Request::new(EvmBatch { create: on_b.clone(), delete: vec![] })).await.unwrap().into_inner();
     assert_eq!((created_b.created, created_b.failures.len()), (3, 0), "{created_b:?}");
-    let again = agent_a.apply_evms(Request::new(EvmBatch { create: on_a.clone(), delete: vec![] })).await.unwrap().into_inner();
+    let again =
+        agent_a.apply_evms(Request::new(EvmBatch { create: on_a.clone(), delete: vec![] })).await.unwrap().into_inner();
     assert_eq!((again.created, again.existing), (0, 2));
 
     let probes = vec![
@@ -141,12 +152,18 @@ async fn subnets_route_and_vpcs_stay_apart() {
     // A probe from an EVM that is gone fails alone, saying why.
     let mut gone = on_a[0].clone();
     gone.namespace = format!("{prefix}a.missing");
-    let request = PingRequest { probes: vec![ping(&gone, "10.0.1.11"), ping(&on_a[0], "10.0.1.11")], timeout_ms: 2000, payload_bytes: 0, full_size: false };
+    let request = PingRequest {
+        probes: vec![ping(&gone, "10.0.1.11"), ping(&on_a[0], "10.0.1.11")],
+        timeout_ms: 2000,
+        payload_bytes: 0,
+        full_size: false,
+    };
     let reply = agent_a.ping(Request::new(request)).await.unwrap().into_inner();
     assert_eq!(reply.reached, vec![false, true]);
     assert!(reply.errors[0].contains("missing") && reply.errors[1].is_empty(), "{:?}", reply.errors);
 
-    let gone = agent_b.apply_evms(Request::new(EvmBatch { create: vec![], delete: on_b.clone() })).await.unwrap().into_inner();
+    let gone =
+        agent_b.apply_evms(Request::new(EvmBatch { create: vec![], delete: on_b.clone() })).await.unwrap().into_inner();
     assert_eq!((gone.deleted, gone.failures.len()), (3, 0), "{gone:?}");
     for spec in &on_b {
         assert!(!netns::exists(&spec.namespace));
@@ -163,21 +180,42 @@ async fn a_crowded_subnet_grows_leaf_bridges() {
     let _cleanup = Cleanup(prefix.clone());
     let (in_a, in_b) = two_epms(&prefix).await;
     let (agent_a, agent_b) = (OverlayService::new("a".into(), in_a), OverlayService::new("b".into(), in_b));
-    agent_a.apply_overlay(Request::new(one_subnet_goal(&prefix, "a", "192.168.50.1", "192.168.50.2", vec![]))).await.unwrap();
-    agent_b.apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", vec![]))).await.unwrap();
+    agent_a
+        .apply_overlay(Request::new(one_subnet_goal(&prefix, "a", "192.168.50.1", "192.168.50.2", vec![])))
+        .await
+        .unwrap();
+    agent_b
+        .apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", vec![])))
+        .await
+        .unwrap();
 
     let crowd: Vec<EvmSpec> = (0..bridges::EVM_PORTS_PER_BRIDGE + 2)
-        .map(|i| evm(&prefix, "a", "vpc1", &format!("c{i}"), 101, &format!("10.0.{}.{}/22", (i + 2) / 256, (i + 2) % 256), "10.0.0.1"))
+        .map(|i| {
+            evm(
+                &prefix,
+                "a",
+                "vpc1",
+                &format!("c{i}"),
+                101,
+                &format!("10.0.{}.{}/22", (i + 2) / 256, (i + 2) % 256),
+                "10.0.0.1",
+            )
+        })
         .collect();
     let remote = evm(&prefix, "b", "vpc1", "r", 101, "10.0.3.250/22", "10.0.0.1");
-    let made = agent_a.apply_evms(Request::new(EvmBatch { create: crowd.clone(), delete: vec![] })).await.unwrap().into_inner();
+    let made = agent_a
+        .apply_evms(Request::new(EvmBatch { create: crowd.clone(), delete: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((made.created as usize, made.failures.len()), (crowd.len(), 0), "{:?}", made.failures.first());
     agent_b.apply_evms(Request::new(EvmBatch { create: vec![remote.clone()], delete: vec![] })).await.unwrap();
 
     let router = netns::open(&format!("{prefix}a.vpc1")).await.unwrap();
     let leaf = router.link("b101.1").await.unwrap().expect("a leaf bridge");
     let links = router.links().await.unwrap();
-    let on_leaf: Vec<&str> = links.iter().filter(|l| l.controller == Some(leaf.index)).map(|l| l.name.as_str()).collect();
+    let on_leaf: Vec<&str> =
+        links.iter().filter(|l| l.controller == Some(leaf.index)).map(|l| l.name.as_str()).collect();
     assert_eq!(on_leaf.len(), 3, "two EVM ports and the downlink: {on_leaf:?}");
     let newest = &crowd[crowd.len() - 1];
     assert!(on_leaf.contains(&newest.host_port.as_str()));
@@ -190,18 +228,27 @@ async fn a_crowded_subnet_grows_leaf_bridges() {
     let uplink = router.link(&bridges::uplink("b101", 1)).await.unwrap().unwrap();
     router.delete_link(uplink.index).await.unwrap();
     let latecomer = evm(&prefix, "a", "vpc1", "late", 101, "10.0.3.240/22", "10.0.0.1");
-    let made = agent_a.apply_evms(Request::new(EvmBatch { create: vec![latecomer.clone()], delete: vec![] })).await.unwrap().into_inner();
+    let made = agent_a
+        .apply_evms(Request::new(EvmBatch { create: vec![latecomer.clone()], delete: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((made.created, made.failures.len()), (1, 0));
     assert_eq!(reached(&agent_a, vec![ping(&latecomer, "10.0.0.2"), ping(newest, "10.0.0.1")]).await, vec![true, true]);
 
     // Emptying the leaf removes it and its uplink.
     let mut leaving = crowd[crowd.len() - 2..].to_vec();
     leaving.push(latecomer);
-    let gone = agent_a.apply_evms(Request::new(EvmBatch { create: vec![], delete: leaving })).await.unwrap().into_inner();
+    let gone =
+        agent_a.apply_evms(Request::new(EvmBatch { create: vec![], delete: leaving })).await.unwrap().into_inner();
     assert_eq!((gone.deleted, gone.failures.len()), (3, 0));
     assert!(router.link("b101.1").await.unwrap().is_none());
     assert!(router.link(&bridges::uplink("b101", 1)).await.unwrap().is_none());
-    let rest = agent_a.apply_evms(Request::new(EvmBatch { create: vec![], delete: crowd.clone() })).await.unwrap().into_inner();
+    let rest = agent_a
+        .apply_evms(Request::new(EvmBatch { create: vec![], delete: crowd.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(rest.failures.len(), 0);
 }
 
@@ -214,12 +261,22 @@ async fn a_moved_address_is_forgotten_where_it_was_learned() {
     let _cleanup = Cleanup(prefix.clone());
     let (in_a, in_b) = two_epms(&prefix).await;
     let (agent_a, agent_b) = (OverlayService::new("a".into(), in_a), OverlayService::new("b".into(), in_b.clone()));
-    agent_a.apply_overlay(Request::new(one_subnet_goal(&prefix, "a", "192.168.50.1", "192.168.50.2", vec![]))).await.unwrap();
-    agent_b.apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", vec![]))).await.unwrap();
+    agent_a
+        .apply_overlay(Request::new(one_subnet_goal(&prefix, "a", "192.168.50.1", "192.168.50.2", vec![])))
+        .await
+        .unwrap();
+    agent_b
+        .apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", vec![])))
+        .await
+        .unwrap();
     let mover_on_a = evm(&prefix, "a", "vpc1", "m", 101, "10.0.0.10/22", "10.0.0.1");
     let stayer = evm(&prefix, "b", "vpc1", "s", 101, "10.0.0.11/22", "10.0.0.1");
     agent_a.apply_evms(Request::new(EvmBatch { create: vec![mover_on_a.clone()], delete: vec![] })).await.unwrap();
-    let made = agent_b.apply_evms(Request::new(EvmBatch { create: vec![stayer.clone()], delete: vec![] })).await.unwrap().into_inner();
+    let made = agent_b
+        .apply_evms(Request::new(EvmBatch { create: vec![stayer.clone()], delete: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((made.created, made.failures), (1, vec![]));
     assert_eq!(reached(&agent_b, vec![ping(&stayer, "10.0.0.10")]).await, vec![true]);
 
@@ -227,13 +284,17 @@ async fn a_moved_address_is_forgotten_where_it_was_learned() {
     let router_b = netns::open(&format!("{prefix}b.vpc1")).await.unwrap();
     let vxlan_b = router_b.link("x101").await.unwrap().unwrap().index;
     let mac = merak_agent::netdev::parse_mac(&mover_on_a.mac).unwrap();
-    let learned = |entries: Vec<merak_agent::netdev::FdbEntry>| entries.iter().any(|e| e.mac == mac && e.index == vxlan_b);
+    let learned =
+        |entries: Vec<merak_agent::netdev::FdbEntry>| entries.iter().any(|e| e.mac == mac && e.index == vxlan_b);
     assert!(learned(router_b.learned_fdb_entries().await.unwrap()));
 
     // The mover leaves a and comes back on b with the same address and MAC.
     agent_a.apply_evms(Request::new(EvmBatch { create: vec![], delete: vec![mover_on_a.clone()] })).await.unwrap();
     let forget = vec![format!("{}-{}", mover_on_a.mac, mover_on_a.mac)];
-    agent_b.apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", forget))).await.unwrap();
+    agent_b
+        .apply_overlay(Request::new(one_subnet_goal(&prefix, "b", "192.168.50.2", "192.168.50.1", forget)))
+        .await
+        .unwrap();
     assert!(!learned(router_b.learned_fdb_entries().await.unwrap()));
     let mover_on_b = evm(&prefix, "b", "vpc1", "m", 101, "10.0.0.10/22", "10.0.0.1");
     agent_b.apply_evms(Request::new(EvmBatch { create: vec![mover_on_b.clone()], delete: vec![] })).await.unwrap();
@@ -273,10 +334,16 @@ async fn unattached_evms_wait_in_the_epm_for_the_system_under_test() {
     let again = agent.apply_evms(Request::new(batch.clone())).await.unwrap().into_inner();
     assert_eq!((again.created, again.existing), (0, 2));
     // No static neighbour: the gateway is the system under test's to answer for.
-    let neighbours = std::process::Command::new("ip").args(["-n", &evms[0].namespace, "neigh", "show", "permanent"]).output().unwrap();
+    let neighbours = std::process::Command::new("ip")
+        .args(["-n", &evms[0].namespace, "neigh", "show", "permanent"])
+        .output()
+        .unwrap();
     assert!(neighbours.stdout.is_empty(), "{}", String::from_utf8_lossy(&neighbours.stdout));
     // eth0 computes its checksums: a userspace switch would not.
-    let features = std::process::Command::new("ip").args(["netns", "exec", &evms[0].namespace, "ethtool", "-k", "eth0"]).output().unwrap();
+    let features = std::process::Command::new("ip")
+        .args(["netns", "exec", &evms[0].namespace, "ethtool", "-k", "eth0"])
+        .output()
+        .unwrap();
     let features = String::from_utf8_lossy(&features.stdout);
     assert!(features.lines().any(|l| l.trim() == "tx-checksumming: off"), "{features}");
 
@@ -288,7 +355,8 @@ async fn unattached_evms_wait_in_the_epm_for_the_system_under_test() {
     }
     assert_eq!(reached(&agent, vec![ping(&evms[0], "10.3.0.11"), ping(&evms[1], "10.3.0.1")]).await, vec![true, true]);
 
-    let gone = agent.apply_evms(Request::new(EvmBatch { create: vec![], delete: evms.clone() })).await.unwrap().into_inner();
+    let gone =
+        agent.apply_evms(Request::new(EvmBatch { create: vec![], delete: evms.clone() })).await.unwrap().into_inner();
     assert_eq!((gone.deleted, gone.failures.len()), (2, 0), "{gone:?}");
     for port in ["ou1", "ou2", "qu2", "tu2"] {
         assert!(in_a.link(port).await.unwrap().is_none(), "{port} outlived its EVM");

@@ -27,7 +27,14 @@ fn ip(text: &str) -> Ipv4Addr {
 
 /// A veth from `near` (in namespace `near_ns`) to `far` in `far_ns`, both
 /// up and addressed; the link index at each end.
-async fn wire(near_ns: &Netlink, near: &str, near_ip: &str, far_ns: (&Netlink, &str), far: &str, far_ip: &str) -> (u32, u32) {
+async fn wire(
+    near_ns: &Netlink,
+    near: &str,
+    near_ip: &str,
+    far_ns: (&Netlink, &str),
+    far: &str,
+    far_ip: &str,
+) -> (u32, u32) {
     near_ns.create_veth(near, far, &netns::open_fd(far_ns.1).expect("fd")).await.expect("veth");
     let a = near_ns.link(near).await.expect("read").expect("near end").index;
     let b = far_ns.0.link(far).await.expect("read").expect("far end").index;
@@ -76,7 +83,9 @@ async fn ecmp_routes_spread_flows_over_both_routers_and_survive_one() {
     let (b2, r2b) = wire(&b, "up1", "100.64.0.6", (&r2, &name("r2")), "dn1", "100.64.0.7").await;
     // b's host address, a /32 on its first uplink.
     b.add_address(b1, IpAddr::V4(ip("10.9.0.2")), 32).await.expect("b's address");
-    let both = |first: (u32, &str), second: (u32, &str)| vec![Hop { index: first.0, gateway: Some(ip(first.1)) }, Hop { index: second.0, gateway: Some(ip(second.1)) }];
+    let both = |first: (u32, &str), second: (u32, &str)| {
+        vec![Hop { index: first.0, gateway: Some(ip(first.1)) }, Hop { index: second.0, gateway: Some(ip(second.1)) }]
+    };
     a.replace_route(ip("10.9.0.2"), 32, &both((a1, "100.64.0.1"), (a2, "100.64.0.3"))).await.expect("a's ECMP route");
     // The routers reach a's uplinks directly (their /31s); b over their uplinks.
     for (router, up, toward_b) in [(&r1, r1b, "100.64.0.4"), (&r2, r2b, "100.64.0.6")] {
@@ -84,8 +93,12 @@ async fn ecmp_routes_spread_flows_over_both_routers_and_survive_one() {
     }
     // A connection from a leaves from the address of the uplink its flow
     // hashed to: b answers each uplink's /31 over the router on its path.
-    b.replace_route(ip("100.64.0.0"), 31, &[Hop { index: b1, gateway: Some(ip("100.64.0.5")) }]).await.expect("back over r1");
-    b.replace_route(ip("100.64.0.2"), 31, &[Hop { index: b2, gateway: Some(ip("100.64.0.7")) }]).await.expect("back over r2");
+    b.replace_route(ip("100.64.0.0"), 31, &[Hop { index: b1, gateway: Some(ip("100.64.0.5")) }])
+        .await
+        .expect("back over r1");
+    b.replace_route(ip("100.64.0.2"), 31, &[Hop { index: b2, gateway: Some(ip("100.64.0.7")) }])
+        .await
+        .expect("back over r2");
     // Replacing is idempotent, and the route reads back with both hops.
     a.replace_route(ip("10.9.0.2"), 32, &both((a1, "100.64.0.1"), (a2, "100.64.0.3"))).await.expect("again");
     let routes = a.routes_v4().await.expect("routes");
@@ -102,12 +115,19 @@ async fn ecmp_routes_spread_flows_over_both_routers_and_survive_one() {
     let before = (rx_packets(&name("r1"), "dn0"), rx_packets(&name("r2"), "dn0"));
     let source = name("a");
     let connected = in_namespace(&source, || {
-        (0..48).filter(|_| TcpStream::connect_timeout(&SocketAddr::from((ip("10.9.0.2"), 7000)), Duration::from_secs(3)).is_ok()).count()
+        (0..48)
+            .filter(|_| {
+                TcpStream::connect_timeout(&SocketAddr::from((ip("10.9.0.2"), 7000)), Duration::from_secs(3)).is_ok()
+            })
+            .count()
     });
     assert_eq!(connected, 48);
     server.join().expect("server");
     let after = (rx_packets(&name("r1"), "dn0"), rx_packets(&name("r2"), "dn0"));
-    assert!(after.0 > before.0 + 10 && after.1 > before.1 + 10, "both routers carried flows: r1 {before:?} -> {after:?}");
+    assert!(
+        after.0 > before.0 + 10 && after.1 > before.1 + 10,
+        "both routers carried flows: r1 {before:?} -> {after:?}"
+    );
 
     // One router's link down: the kernel skips the dead next hop.
     a.set_link_down(a2).await.expect("down");
@@ -118,7 +138,11 @@ async fn ecmp_routes_spread_flows_over_both_routers_and_survive_one() {
         }
     });
     let connected = in_namespace(&source, || {
-        (0..16).filter(|_| TcpStream::connect_timeout(&SocketAddr::from((ip("10.9.0.2"), 7001)), Duration::from_secs(3)).is_ok()).count()
+        (0..16)
+            .filter(|_| {
+                TcpStream::connect_timeout(&SocketAddr::from((ip("10.9.0.2"), 7001)), Duration::from_secs(3)).is_ok()
+            })
+            .count()
     });
     assert_eq!(connected, 16, "every connection took the router that is left");
     server.join().expect("server");

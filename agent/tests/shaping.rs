@@ -36,7 +36,11 @@ async fn a_rate_is_a_tbf_on_the_link_and_delay_needs_netem() {
     assert!(root.is_merak());
     let twenty_mbit = Shaping { rate_bytes_per_s: Some(2_500_000), ..Shaping::default() };
     near.set_shaping(link.index, &twenty_mbit, link.mtu).await.expect("tbf again");
-    assert_eq!(near.root_qdisc(link.index).await.expect("read").and_then(|r| r.rate_bytes_per_s), Some(2_500_000), "replaced in place");
+    assert_eq!(
+        near.root_qdisc(link.index).await.expect("read").and_then(|r| r.rate_bytes_per_s),
+        Some(2_500_000),
+        "replaced in place"
+    );
 
     let delay = Shaping { delay_us: 10_000, ..Shaping::default() };
     let kernel_has_netem = std::path::Path::new("/sys/module/sch_netem").exists();
@@ -48,8 +52,13 @@ async fn a_rate_is_a_tbf_on_the_link_and_delay_needs_netem() {
             assert!(text.contains("sch_netem") && text.contains("netem"), "{text}");
             assert_eq!(near.root_qdisc(link.index).await.expect("read"), None, "nothing half-made");
         }
-        Ok(()) if kernel_has_netem => assert_eq!(near.root_qdisc(link.index).await.expect("read").map(|r| r.kind), Some("netem".into())),
-        other => panic!("netem is {}available, but setting a delay gave {other:?}", if kernel_has_netem { "" } else { "not " }),
+        Ok(()) if kernel_has_netem => {
+            assert_eq!(near.root_qdisc(link.index).await.expect("read").map(|r| r.kind), Some("netem".into()))
+        }
+        other => panic!(
+            "netem is {}available, but setting a delay gave {other:?}",
+            if kernel_has_netem { "" } else { "not " }
+        ),
     }
     near.clear_shaping(link.index).await.expect("clear again");
 }

@@ -49,7 +49,12 @@ async fn status_of(supervisor: &Supervisor, name: &str) -> SupervisedStatus {
 }
 
 /// Polls until `done` holds of the process's status, or fails after 10 s.
-async fn wait_for(supervisor: &Supervisor, name: &str, what: &str, done: impl Fn(&SupervisedStatus) -> bool) -> SupervisedStatus {
+async fn wait_for(
+    supervisor: &Supervisor,
+    name: &str,
+    what: &str,
+    done: impl Fn(&SupervisedStatus) -> bool,
+) -> SupervisedStatus {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = status_of(supervisor, name).await;
@@ -101,7 +106,8 @@ async fn a_process_runs_in_its_epm_comes_back_restarts_on_change_and_stops_with_
     assert!(status_of(&supervisor, "daemon").await.ready);
 
     // Inside the EPM: its namespace, its /sys (only lo), and the env given.
-    let inode = std::fs::metadata(netns::path_of(&scratch.namespace)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let inode =
+        std::fs::metadata(netns::path_of(&scratch.namespace)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
     let text = read(&log);
     assert!(text.contains(&format!("ns={inode} sys=lo, greeting=hello")), "{text}");
 
@@ -119,7 +125,8 @@ async fn a_process_runs_in_its_epm_comes_back_restarts_on_change_and_stops_with_
     assert_eq!(status_of(&supervisor, "daemon").await.pid, second.pid);
     spec.env.insert("GREETING".into(), "again".into());
     supervisor.apply(vec![spec.clone()]).await.unwrap();
-    let third = wait_for(&supervisor, "daemon", "restarted with the new spec", |s| s.running && s.pid != second.pid).await;
+    let third =
+        wait_for(&supervisor, "daemon", "restarted with the new spec", |s| s.running && s.pid != second.pid).await;
     assert_eq!(third.restarts, 0, "a new spec is a new process");
     assert!(read(&log).contains("greeting=again"));
 

@@ -22,7 +22,12 @@ impl Drop for Namespace {
 }
 
 fn hosted(namespace: &str) -> HostedEpm {
-    HostedEpm { epm: "epm-0".into(), netns: netns::path_of(namespace).display().to_string(), socket: "127.0.0.1:0".into(), tcp: true }
+    HostedEpm {
+        epm: "epm-0".into(),
+        netns: netns::path_of(namespace).display().to_string(),
+        socket: "127.0.0.1:0".into(),
+        tcp: true,
+    }
 }
 
 async fn health(address: std::net::SocketAddr, connector: tokio_rustls::TlsConnector) -> Result<String, String> {
@@ -39,7 +44,8 @@ async fn an_agent_on_tcp_answers_only_clients_of_its_topology() {
     let (ours, _) = Authority::create("blue").unwrap();
     let (theirs, _) = Authority::create("red").unwrap();
     let agent = ours.issue(Role::Agent).unwrap();
-    let acceptor = tls::acceptor(ours.certificate.as_bytes(), agent.certificate.as_bytes(), agent.key.as_bytes()).unwrap();
+    let acceptor =
+        tls::acceptor(ours.certificate.as_bytes(), agent.certificate.as_bytes(), agent.key.as_bytes()).unwrap();
     let host = HostService::new(Some(acceptor));
     let reply = host.serve(Request::new(ServeRequest { epms: vec![hosted(&namespace.0)] })).await.unwrap().into_inner();
     assert_eq!(reply.errors, [""]);
@@ -51,8 +57,11 @@ async fn an_agent_on_tcp_answers_only_clients_of_its_topology() {
 
     // A client of this topology: answered, with the agent's build id.
     let controller = ours.issue(Role::Controller).unwrap();
-    let connector = |ca: &str, client: &merak_agent::pki::Identity| tls::connector(ca.as_bytes(), client.certificate.as_bytes(), client.key.as_bytes()).unwrap();
-    let build = health(address, connector(&ours.certificate, &controller)).await.expect("a client of the topology is answered");
+    let connector = |ca: &str, client: &merak_agent::pki::Identity| {
+        tls::connector(ca.as_bytes(), client.certificate.as_bytes(), client.key.as_bytes()).unwrap()
+    };
+    let build =
+        health(address, connector(&ours.certificate, &controller)).await.expect("a client of the topology is answered");
     assert!(build.starts_with(env!("CARGO_PKG_VERSION")), "{build}");
 
     // A client certified by another topology's CA: refused.
@@ -64,11 +73,12 @@ async fn an_agent_on_tcp_answers_only_clients_of_its_topology() {
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject;
     roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ours.certificate.as_bytes()).unwrap()).unwrap();
-    let mut anonymous = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut anonymous =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     anonymous.alpn_protocols = vec![b"h2".to_vec()];
     let refused = health(address, tokio_rustls::TlsConnector::from(std::sync::Arc::new(anonymous))).await;
     assert!(refused.is_err(), "a client without a certificate was accepted");
@@ -78,7 +88,8 @@ async fn an_agent_on_tcp_answers_only_clients_of_its_topology() {
 
     // A host without a TLS identity never serves TCP in the clear.
     let plain = HostService::new(None);
-    let reply = plain.serve(Request::new(ServeRequest { epms: vec![hosted(&namespace.0)] })).await.unwrap().into_inner();
+    let reply =
+        plain.serve(Request::new(ServeRequest { epms: vec![hosted(&namespace.0)] })).await.unwrap().into_inner();
     assert!(reply.errors[0].contains("mutual TLS"), "{:?}", reply.errors);
     host.release_all().await;
 }

@@ -10,7 +10,10 @@ use merak_agent::netns::{self, NetnsOptions};
 use merak_agent::server::{AgentService, OverlayService};
 use merak_proto::agent::agent_server::Agent;
 use merak_proto::agent::overlay_server::Overlay;
-use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingProbe, PingRequest, SubnetGoal, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal, VpcGoal};
+use merak_proto::agent::{
+    EvmBatch, EvmSpec, OverlayGoal, PingProbe, PingRequest, SubnetGoal, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal,
+    VpcGoal,
+};
 use tonic::Request;
 
 const POD_MTU: u32 = 1450;
@@ -31,7 +34,8 @@ impl Drop for Cleanup {
 /// A pod: a namespace whose eth0 (MTU 1450) is on the pod network's bridge.
 async fn pod(prefix: &str, network: &Netlink, bridge: u32, name: &str, ip: &str) -> Netlink {
     let namespace = format!("{prefix}{name}");
-    let inside = netns::create(&namespace, NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() }).await.unwrap();
+    let inside =
+        netns::create(&namespace, NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() }).await.unwrap();
     let host_end = format!("v{name}");
     network.create_veth(&host_end, "eth0", &netns::open_fd(&namespace).unwrap()).await.unwrap();
     let host_end = network.link(&host_end).await.unwrap().unwrap();
@@ -51,12 +55,21 @@ fn tunnel(remote: &str, vni: u32) -> Option<Tunnel> {
 fn switch_goal(ports: &[(&str, &str, u32)]) -> SwitchGoal {
     SwitchGoal {
         bridge: "br0".into(),
-        ports: ports.iter().map(|(name, remote, vni)| SwitchPort { name: (*name).into(), tunnel: tunnel(remote, *vni) }).collect(),
+        ports: ports
+            .iter()
+            .map(|(name, remote, vni)| SwitchPort { name: (*name).into(), tunnel: tunnel(remote, *vni) })
+            .collect(),
     }
 }
 
 fn underlay(address: &str, mac: &str, tor: &str, vni: u32) -> UnderlayGoal {
-    UnderlayGoal { interface: "eth1".into(), address: address.into(), mac: mac.into(), tunnel: tunnel(tor, vni), gateway: String::new() }
+    UnderlayGoal {
+        interface: "eth1".into(),
+        address: address.into(),
+        mac: mac.into(),
+        tunnel: tunnel(tor, vni),
+        gateway: String::new(),
+    }
 }
 
 fn overlay(prefix: &str, epm: &str, own: &str, other: &str) -> OverlayGoal {
@@ -94,7 +107,11 @@ fn evm(prefix: &str, epm: &str, address: &str, last: u8) -> EvmSpec {
 
 async fn ping(agent: &OverlayService, from: &EvmSpec, to: &str, payload_bytes: u32) -> bool {
     let probes = vec![PingProbe { from_namespace: from.namespace.clone(), to: to.into() }];
-    let reply = agent.ping(Request::new(PingRequest { probes, timeout_ms: 1500, payload_bytes, full_size: false })).await.unwrap().into_inner();
+    let reply = agent
+        .ping(Request::new(PingRequest { probes, timeout_ms: 1500, payload_bytes, full_size: false }))
+        .await
+        .unwrap()
+        .into_inner();
     reply.reached[0]
 }
 
@@ -102,7 +119,10 @@ async fn ping(agent: &OverlayService, from: &EvmSpec, to: &str, payload_bytes: u
 async fn tunnels_over_a_pod_network_carry_full_size_packets() {
     let prefix = format!("merak-test-tun-{}.", std::process::id());
     let _cleanup = Cleanup(prefix.clone());
-    let network = netns::create(&format!("{prefix}net"), NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() }).await.unwrap();
+    let network =
+        netns::create(&format!("{prefix}net"), NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() })
+            .await
+            .unwrap();
     let cni = network.create_bridge("cni0").await.unwrap();
     let tor = pod(&prefix, &network, cni, "tor", "10.250.0.10").await;
     let in_a = pod(&prefix, &network, cni, "a", "10.250.0.11").await;
@@ -117,18 +137,26 @@ async fn tunnels_over_a_pod_network_carry_full_size_packets() {
     let (agent_a, agent_b) = (AgentService::new("a".into(), in_a.clone()), AgentService::new("b".into(), in_b.clone()));
     let goal_a = underlay("192.168.60.1/24", "02:4d:00:00:00:01", "10.250.0.10", 1);
     assert!(agent_a.apply_underlay(Request::new(goal_a.clone())).await.unwrap().into_inner().changed);
-    agent_b.apply_underlay(Request::new(underlay("192.168.60.2/24", "02:4d:00:00:00:02", "10.250.0.10", 2))).await.unwrap();
+    agent_b
+        .apply_underlay(Request::new(underlay("192.168.60.2/24", "02:4d:00:00:00:02", "10.250.0.10", 2)))
+        .await
+        .unwrap();
     let again = agent_a.apply_underlay(Request::new(goal_a)).await.unwrap().into_inner();
     assert!(!again.changed, "an underlay goal in place changes nothing: {:?}", again.actions);
     let eth1 = in_a.link("eth1").await.unwrap().unwrap();
     assert_eq!((eth1.mtu, eth1.vxlan.map(|v| (v.vni, v.port))), (LINK_MTU, Some((1, 4790))));
 
-    let (overlay_a, overlay_b) = (OverlayService::new("a".into(), in_a.clone()), OverlayService::new("b".into(), in_b.clone()));
+    let (overlay_a, overlay_b) =
+        (OverlayService::new("a".into(), in_a.clone()), OverlayService::new("b".into(), in_b.clone()));
     overlay_a.apply_overlay(Request::new(overlay(&prefix, "a", "192.168.60.1", "192.168.60.2"))).await.unwrap();
     overlay_b.apply_overlay(Request::new(overlay(&prefix, "b", "192.168.60.2", "192.168.60.1"))).await.unwrap();
     let (on_a, on_b) = (evm(&prefix, "a", "10.0.0.10/24", 10), evm(&prefix, "b", "10.0.0.11/24", 11));
     for (agent, spec) in [(&overlay_a, &on_a), (&overlay_b, &on_b)] {
-        let reply = agent.apply_evms(Request::new(EvmBatch { create: vec![spec.clone()], delete: vec![] })).await.unwrap().into_inner();
+        let reply = agent
+            .apply_evms(Request::new(EvmBatch { create: vec![spec.clone()], delete: vec![] }))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!((reply.created, reply.failures), (1, vec![]));
     }
     let inside = netns::open(&on_a.namespace).await.unwrap();
@@ -141,7 +169,11 @@ async fn tunnels_over_a_pod_network_carry_full_size_packets() {
     assert!(!ping(&overlay_a, &on_a, "10.0.0.11", full + 1).await, "one byte more does not fit, and is not fragmented");
     assert!(ping(&overlay_b, &on_b, "10.0.0.10", full).await, "and back");
     let probes = vec![PingProbe { from_namespace: on_a.namespace.clone(), to: "10.0.0.11".into() }];
-    let reply = overlay_a.ping(Request::new(PingRequest { probes, timeout_ms: 1500, payload_bytes: 0, full_size: true })).await.unwrap().into_inner();
+    let reply = overlay_a
+        .ping(Request::new(PingRequest { probes, timeout_ms: 1500, payload_bytes: 0, full_size: true }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(reply.reached, [true], "a full-size probe sized by the agent from the EVM's MTU");
 
     // The EPM b pod made anew elsewhere (another pod IP): the vswitch's
@@ -155,12 +187,14 @@ async fn tunnels_over_a_pod_network_carry_full_size_packets() {
     assert!(ping(&overlay_a, &on_a, "10.0.0.11", full).await, "after the pod moved");
 
     // An EPM that leaves takes its port with it.
-    let reply = tor_agent.apply_switch(Request::new(switch_goal(&[("h0", "10.250.0.11", 1)]))).await.unwrap().into_inner();
+    let reply =
+        tor_agent.apply_switch(Request::new(switch_goal(&[("h0", "10.250.0.11", 1)]))).await.unwrap().into_inner();
     assert!(reply.actions.contains(&"removed h1".to_string()), "{:?}", reply.actions);
     assert!(tor.link("h1").await.unwrap().is_none());
 
     // Malformed goals are refused whole.
-    let bad = tor_agent.apply_switch(Request::new(switch_goal(&[("h0", "10.250.0.11", 1), ("h0", "10.250.0.12", 2)]))).await;
+    let bad =
+        tor_agent.apply_switch(Request::new(switch_goal(&[("h0", "10.250.0.11", 1), ("h0", "10.250.0.12", 2)]))).await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
     let bad = tor_agent.apply_switch(Request::new(switch_goal(&[("h9", "not-an-ip", 9)]))).await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);

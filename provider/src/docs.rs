@@ -19,10 +19,26 @@ pub struct Page {
 /// Per resource: its example (a file under examples/terraform/resources,
 /// applied together with the others by an acceptance test) and its import ID.
 const RESOURCE_DOCS: &[(&str, &str, &str)] = &[
-    ("merak_topology", include_str!("../../examples/terraform/resources/merak_topology.tf"), "the topology's `name`, e.g. `lab`"),
-    ("merak_vpc", include_str!("../../examples/terraform/resources/merak_vpc.tf"), "`<topology>/<vpc>`, e.g. `lab/blue`"),
-    ("merak_subnet", include_str!("../../examples/terraform/resources/merak_subnet.tf"), "`<topology>/<vpc>/<subnet>`, e.g. `lab/blue/web`"),
-    ("merak_evm_group", include_str!("../../examples/terraform/resources/merak_evm_group.tf"), "`<topology>/<vpc>/<subnet>/<group>`, e.g. `lab/blue/web/web`"),
+    (
+        "merak_topology",
+        include_str!("../../examples/terraform/resources/merak_topology.tf"),
+        "the topology's `name`, e.g. `lab`",
+    ),
+    (
+        "merak_vpc",
+        include_str!("../../examples/terraform/resources/merak_vpc.tf"),
+        "`<topology>/<vpc>`, e.g. `lab/blue`",
+    ),
+    (
+        "merak_subnet",
+        include_str!("../../examples/terraform/resources/merak_subnet.tf"),
+        "`<topology>/<vpc>/<subnet>`, e.g. `lab/blue/web`",
+    ),
+    (
+        "merak_evm_group",
+        include_str!("../../examples/terraform/resources/merak_evm_group.tf"),
+        "`<topology>/<vpc>/<subnet>/<group>`, e.g. `lab/blue/web/web`",
+    ),
 ];
 
 const DATA_SOURCE_DOCS: &[(&str, &str)] = &[
@@ -34,13 +50,21 @@ const DATA_SOURCE_DOCS: &[(&str, &str)] = &[
 pub fn pages() -> Vec<Page> {
     let mut pages = vec![Page {
         path: "index.md".into(),
-        text: page("merak Provider", "", &config::SCHEMA, include_str!("../../examples/terraform/resources/provider.tf"), None),
+        text: page(
+            "merak Provider",
+            "",
+            &config::SCHEMA,
+            include_str!("../../examples/terraform/resources/provider.tf"),
+            None,
+        ),
     }];
     for resource in resources::RESOURCES {
         let name = resource.type_name();
         let Some((_, example, import_id)) = RESOURCE_DOCS.iter().find(|(n, _, _)| *n == name) else { continue };
         let address = format!("{name}.example");
-        let import = format!("The import ID is {import_id}; the runtime must hold it.\n\n```shell\nterraform import {address} <id>\n```\n");
+        let import = format!(
+            "The import ID is {import_id}; the runtime must hold it.\n\n```shell\nterraform import {address} <id>\n```\n"
+        );
         pages.push(Page {
             path: format!("resources/{}.md", name.trim_start_matches("merak_")),
             text: page(name, " Resource - terraform-provider-merak", resource.schema(), example, Some(&import)),
@@ -77,7 +101,11 @@ fn page(title: &str, title_suffix: &str, schema: &Schema, example: &str, import:
         _ => " (Resource)",
     };
     let mut out = String::new();
-    let _ = writeln!(out, "---\npage_title: \"{title}{title_suffix}\"\nsubcategory: \"\"\ndescription: |-\n  {}\n---\n", first_sentence(block.description));
+    let _ = writeln!(
+        out,
+        "---\npage_title: \"{title}{title_suffix}\"\nsubcategory: \"\"\ndescription: |-\n  {}\n---\n",
+        first_sentence(block.description)
+    );
     let _ = writeln!(out, "# {title}{kind}\n\n{}\n", block.description);
     let _ = writeln!(out, "## Example Usage\n\n```terraform\n{}```\n", example);
     let _ = writeln!(out, "## Schema\n");
@@ -104,14 +132,19 @@ fn write_block(out: &mut String, block: &Block, anchor: &str) {
         }
         let _ = writeln!(out, "### {heading}{anchor}\n");
         for attribute in attributes {
-            let _ = writeln!(out, "- `{}` ({}) {}", attribute.name, attribute.ty.friendly_name(), attribute.description);
+            let _ =
+                writeln!(out, "- `{}` ({}) {}", attribute.name, attribute.ty.friendly_name(), attribute.description);
         }
         for nested in &blocks {
             let how_many = match nested.nesting {
                 Nesting::Single => "Block, at most one",
                 Nesting::List => "Block List",
             };
-            let _ = writeln!(out, "- `{}` ({how_many}) {} (see [below for nested schema](#nestedblock--{}))", nested.name, nested.block.description, nested.name);
+            let _ = writeln!(
+                out,
+                "- `{}` ({how_many}) {} (see [below for nested schema](#nestedblock--{}))",
+                nested.name, nested.block.description, nested.name
+            );
         }
         out.push('\n');
     }

@@ -104,7 +104,8 @@ mod tests {
 
     #[test]
     fn timestamps_in_the_layout_go_plugin_parses() {
-        let at = |secs: u64, micros: u32| timestamp(std::time::UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000));
+        let at =
+            |secs: u64, micros: u32| timestamp(std::time::UNIX_EPOCH + std::time::Duration::new(secs, micros * 1000));
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(at(1_796_194_290, 108_000), "2026-12-02T06:51:30.108000Z");
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.000005Z");

@@ -28,7 +28,9 @@ fn main() -> std::process::ExitCode {
             run(false)
         }
         _ => {
-            eprintln!("usage: terraform-provider-merak [--debug | --generate-docs DIR | --destroy-topology NAME [--state-dir DIR]]");
+            eprintln!(
+                "usage: terraform-provider-merak [--debug | --generate-docs DIR | --destroy-topology NAME [--state-dir DIR]]"
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -44,9 +46,15 @@ fn main() -> std::process::ExitCode {
 /// Everything of one topology off this host, as `terraform destroy` would:
 /// agents, namespaces, records, and the host limits it raised.
 fn destroy_topology(name: &str, state_dir: &str) -> anyhow::Result<()> {
-    let controller = merak_provider::config::local_controller(state_dir.into(), "merak-agent".into(), merak_provider::runtime::local::AgentTransport::Unix);
+    let controller = merak_provider::config::local_controller(
+        state_dir.into(),
+        "merak-agent".into(),
+        merak_provider::runtime::local::AgentTransport::Unix,
+    );
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    tokio.block_on(controller.destroy_topology(name)).with_context(|| format!("destroying topology {name} of {state_dir}"))
+    tokio
+        .block_on(controller.destroy_topology(name))
+        .with_context(|| format!("destroying topology {name} of {state_dir}"))
 }
 
 fn run(debug: bool) -> anyhow::Result<()> {

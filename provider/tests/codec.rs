@@ -25,17 +25,23 @@ fn arb_value(ty: &Type, unknowns: bool) -> BoxedStrategy<Value> {
         Type::Bool => any::<bool>().prop_map(Value::Bool).boxed(),
         Type::Number => prop_oneof![
             any::<i64>().prop_map(|i| Value::Number(Number::Int(i))),
-            (-1.0e12f64..1.0e12).prop_filter("fractional", |f| f.fract() != 0.0).prop_map(|f| Value::Number(Number::Float(f))),
+            (-1.0e12f64..1.0e12)
+                .prop_filter("fractional", |f| f.fract() != 0.0)
+                .prop_map(|f| Value::Number(Number::Float(f))),
             Just(Value::Number(Number::Decimal("123456789012345678901234567890".into()))),
         ]
         .boxed(),
         Type::String => ".{0,12}".prop_map(Value::String).boxed(),
-        Type::List(e) | Type::Set(e) => prop::collection::vec(arb_value(e, unknowns), 0..4).prop_map(Value::List).boxed(),
+        Type::List(e) | Type::Set(e) => {
+            prop::collection::vec(arb_value(e, unknowns), 0..4).prop_map(Value::List).boxed()
+        }
         Type::Tuple(elements) => {
             let parts: Vec<_> = elements.iter().map(|e| arb_value(e, unknowns)).collect();
             parts.prop_map(Value::List).boxed()
         }
-        Type::Map(e) => prop::collection::btree_map(".{0,6}", arb_value(e, unknowns), 0..4).prop_map(Value::Map).boxed(),
+        Type::Map(e) => {
+            prop::collection::btree_map(".{0,6}", arb_value(e, unknowns), 0..4).prop_map(Value::Map).boxed()
+        }
         Type::Object(attributes) => {
             let parts: Vec<_> = attributes.iter().map(|(k, t)| (Just(k.clone()), arb_value(t, unknowns))).collect();
             parts.prop_map(|pairs| Value::Map(pairs.into_iter().collect::<BTreeMap<_, _>>())).boxed()
@@ -65,7 +71,9 @@ fn to_json(value: &Value) -> serde_json::Value {
         Value::Number(Number::Decimal(d)) => d.clone().into(),
         Value::String(s) => s.clone().into(),
         Value::List(items) => items.iter().map(to_json).collect::<Vec<_>>().into(),
-        Value::Map(items) => items.iter().map(|(k, v)| (k.clone(), to_json(v))).collect::<serde_json::Map<_, _>>().into(),
+        Value::Map(items) => {
+            items.iter().map(|(k, v)| (k.clone(), to_json(v))).collect::<serde_json::Map<_, _>>().into()
+        }
     }
 }
 

@@ -5,9 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use base64::Engine;
-use merak_provider::protocol::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
 use merak_proto::go_plugin::{Empty, grpc_controller_client::GrpcControllerClient};
 use merak_proto::tfplugin6::{get_provider_schema, provider_client::ProviderClient};
+use merak_provider::protocol::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 const PROVIDER: &str = env!("CARGO_BIN_EXE_terraform-provider-merak");
@@ -26,7 +26,11 @@ impl Drop for Plugin {
 
 fn start(envs: &[(&str, &str)]) -> (Plugin, String) {
     let mut command = Command::new(PROVIDER);
-    command.env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE).env_remove("PLUGIN_CLIENT_CERT").stdout(Stdio::piped()).stderr(Stdio::null());
+    command
+        .env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
+        .env_remove("PLUGIN_CLIENT_CERT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     for (key, value) in envs {
         command.env(key, value);
     }
@@ -51,7 +55,8 @@ async fn tcp_handshake_health_schema_and_shutdown() {
         start(&[("MERAK_PLUGIN_TRANSPORT", "tcp"), ("PLUGIN_MIN_PORT", &port), ("PLUGIN_MAX_PORT", &port)]);
     assert_eq!(line, format!("1|6|tcp|127.0.0.1:{port}|grpc|"));
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
     let health = HealthClient::new(channel.clone())
         .check(HealthCheckRequest { service: "plugin".into() })
         .await
@@ -101,7 +106,8 @@ fn a_killed_providers_socket_directory_is_removed_by_the_next() {
 #[test]
 fn auto_mtls_sends_a_localhost_certificate() {
     let client_key = rcgen::KeyPair::generate().unwrap();
-    let client_cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&client_key).unwrap();
+    let client_cert =
+        rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&client_key).unwrap();
     let (_plugin, line) = start(&[("PLUGIN_CLIENT_CERT", &client_cert.pem())]);
     let certificate = line.rsplit('|').next().unwrap();
     assert!(!certificate.is_empty() && !certificate.ends_with('='));
@@ -112,7 +118,8 @@ fn auto_mtls_sends_a_localhost_certificate() {
 
 #[test]
 fn debug_mode_prints_reattach_settings() {
-    let mut child = Command::new(PROVIDER).arg("--debug").env_remove(MAGIC_COOKIE_KEY).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        Command::new(PROVIDER).arg("--debug").env_remove(MAGIC_COOKIE_KEY).stdout(Stdio::piped()).spawn().unwrap();
     let mut plugin_stdout = BufReader::new(child.stdout.take().unwrap());
     let _plugin = Plugin(child);
     let reattach = (0..5)

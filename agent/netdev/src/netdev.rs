@@ -18,7 +18,9 @@ use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags,
     LinkInfo, LinkMessage,
 };
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 
 /// A MAC address.
 pub type Mac = [u8; 6];
@@ -145,14 +147,8 @@ impl Netlink {
     }
 
     pub async fn links(&self) -> Result<Vec<LinkState>> {
-        let messages: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetdevError::new("list links", e))?;
+        let messages: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(|e| NetdevError::new("list links", e))?;
         Ok(messages.iter().map(LinkState::from_message).collect())
     }
 
@@ -203,12 +199,7 @@ impl Netlink {
         if let Some(mac) = mac {
             message.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
-        self.handle
-            .link()
-            .set(message)
-            .execute()
-            .await
-            .map_err(|e| NetdevError::new(format!("set link {index}"), e))
+        self.handle.link().set(message).execute().await.map_err(|e| NetdevError::new(format!("set link {index}"), e))
     }
 
     /// Takes a link down (routes over it stop being used).
@@ -295,7 +286,15 @@ impl Netlink {
     /// Like [`Netlink::create_veth`], and the local end gets interface index
     /// `index` (0: any; a fixed one is deterministic in a fresh namespace) and,
     /// when given, MAC `mac`.
-    pub async fn create_veth_at(&self, name: &str, index: u32, mac: Option<Mac>, mtu: Option<u32>, peer: &str, peer_ns: &impl AsRawFd) -> Result<()> {
+    pub async fn create_veth_at(
+        &self,
+        name: &str,
+        index: u32,
+        mac: Option<Mac>,
+        mtu: Option<u32>,
+        peer: &str,
+        peer_ns: &impl AsRawFd,
+    ) -> Result<()> {
         let mut peer_message = named(peer);
         peer_message.attributes.push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
         let mut message = named(name);
@@ -357,12 +356,7 @@ impl Netlink {
         if let Some(controller) = controller {
             message.attributes.push(LinkAttribute::Controller(controller));
         }
-        self.handle
-            .link()
-            .set(message)
-            .execute()
-            .await
-            .map_err(|e| NetdevError::new(format!("set link {name}"), e))
+        self.handle.link().set(message).execute().await.map_err(|e| NetdevError::new(format!("set link {name}"), e))
     }
 
     /// A permanent ARP entry: `ip` is at `mac` on link `index`.
@@ -388,7 +382,14 @@ impl Netlink {
 
     /// Creates a VXLAN device (down) in namespace `target_ns`, whose UDP
     /// socket stays in this connection's namespace, over the link `underlay`.
-    pub async fn create_vxlan(&self, name: &str, vni: u32, local: Ipv4Addr, underlay: u32, target_ns: &impl AsRawFd) -> Result<()> {
+    pub async fn create_vxlan(
+        &self,
+        name: &str,
+        vni: u32,
+        local: Ipv4Addr,
+        underlay: u32,
+        target_ns: &impl AsRawFd,
+    ) -> Result<()> {
         let mut message = named(name);
         message.attributes.push(LinkAttribute::NetNsFd(target_ns.as_raw_fd()));
         message.attributes.push(LinkAttribute::LinkInfo(vec![
@@ -485,7 +486,13 @@ impl Netlink {
         }
         let mut request = NetlinkMessage::from(RouteNetlinkMessage::DelNeighbour(message));
         request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        match self.acknowledged(request, format!("delete forwarding entry {} on link {}", format_mac(&entry.mac), entry.index)).await {
+        match self
+            .acknowledged(
+                request,
+                format!("delete forwarding entry {} on link {}", format_mac(&entry.mac), entry.index),
+            )
+            .await
+        {
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
             other => other,
         }
@@ -541,7 +548,9 @@ impl FdbEntry {
         // In the bridge family the remote arrives as raw bytes.
         let remote = neighbour.attributes.iter().find_map(|a| match a {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from),
+            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                <[u8; 4]>::try_from(bytes.as_slice()).ok().map(Ipv4Addr::from)
+            }
             _ => None,
         });
         let learned = !matches!(neighbour.header.state, NeighbourState::Permanent | NeighbourState::Noarp);

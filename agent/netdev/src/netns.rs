@@ -113,10 +113,7 @@ pub fn list_with_prefix(prefix: &str) -> io::Result<Vec<String>> {
 /// emulation needs propagation. Done once per process.
 pub fn prepare_run_dir() -> io::Result<()> {
     static PREPARED: OnceLock<Result<(), String>> = OnceLock::new();
-    PREPARED
-        .get_or_init(|| make_run_dir_private().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(io::Error::other)
+    PREPARED.get_or_init(|| make_run_dir_private().map_err(|e| e.to_string())).clone().map_err(io::Error::other)
 }
 
 fn make_run_dir_private() -> io::Result<()> {
@@ -186,7 +183,8 @@ pub async fn set_tx_checksum(namespace: &str, device: &str, on: bool) -> Result<
     on_worker(move || {
         enter(&ns).map_err(|e| NetnsError::io("setns", &owned_namespace, e))?;
         let op = if on { "turn tx checksum offload on" } else { "turn tx checksum offload off" };
-        ethtool_set_tx_checksum(&owned_device, on).map_err(|e| NetnsError::io(op, &format!("{owned_namespace}: {owned_device}"), e))
+        ethtool_set_tx_checksum(&owned_device, on)
+            .map_err(|e| NetnsError::io(op, &format!("{owned_namespace}: {owned_device}"), e))
     })
     .await
 }
@@ -299,9 +297,7 @@ async fn open_in(ns: OwnedFd, name: &str) -> Result<Netlink, NetnsError> {
 pub fn open_fd(name: &str) -> Result<OwnedFd, NetnsError> {
     match File::open(path_of(name)) {
         Ok(file) => Ok(file.into()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            Err(NetnsError::NotFound { name: name.to_string() })
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetnsError::NotFound { name: name.to_string() }),
         Err(e) => Err(NetnsError::io("open", name, e)),
     }
 }
@@ -319,7 +315,11 @@ pub fn enter(ns: &impl AsRawFd) -> io::Result<()> {
 
 /// Opens a TCP connection from inside the named namespace (a socket stays
 /// in the namespace it was made in, so the stream works from any thread).
-pub async fn connect_in(namespace: &str, address: std::net::SocketAddr, timeout: std::time::Duration) -> Result<std::net::TcpStream, NetnsError> {
+pub async fn connect_in(
+    namespace: &str,
+    address: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<std::net::TcpStream, NetnsError> {
     let ns = open_fd(namespace)?;
     let owned = namespace.to_string();
     on_worker(move || {
@@ -333,7 +333,8 @@ pub async fn connect_in(namespace: &str, address: std::net::SocketAddr, timeout:
 /// how many. Namespaces that do not exist are skipped.
 pub fn kill_processes_in(names: &[impl AsRef<str>]) -> io::Result<usize> {
     use std::os::unix::fs::MetadataExt;
-    let wanted: std::collections::HashSet<NamespaceId> = names.iter().filter_map(|n| id_of(&path_of(n.as_ref()))).collect();
+    let wanted: std::collections::HashSet<NamespaceId> =
+        names.iter().filter_map(|n| id_of(&path_of(n.as_ref()))).collect();
     if wanted.is_empty() {
         return Ok(0);
     }
@@ -421,7 +422,8 @@ fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, N
             }
         }
         if options.forwarding {
-            fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetnsError::io("enable forwarding", name, e))?;
+            fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .map_err(|e| NetnsError::io("enable forwarding", name, e))?;
         }
         if options.multipath_l4_hash {
             // Policy 3 with the 5-tuple's fields hashes each packet here,
@@ -429,25 +431,31 @@ fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, N
             // packet carries from its socket (veths keep it), so every
             // router in series would pick alike. Kernels without policy 3
             // (before 5.12) get policy 1.
-            let custom = fs::write("/proc/sys/net/ipv4/fib_multipath_hash_fields", "0x0037").and_then(|()| fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "3"));
+            let custom = fs::write("/proc/sys/net/ipv4/fib_multipath_hash_fields", "0x0037")
+                .and_then(|()| fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "3"));
             if custom.is_err() {
-                fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "1").map_err(|e| NetnsError::io("hash ECMP flows by ports", name, e))?;
+                fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "1")
+                    .map_err(|e| NetnsError::io("hash ECMP flows by ports", name, e))?;
             }
         }
         if options.multipath_hash_seed != 0 {
             match fs::write("/proc/sys/net/ipv4/fib_multipath_hash_seed", options.multipath_hash_seed.to_string()) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::debug!(namespace = name, "this kernel has no fib_multipath_hash_seed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::debug!(namespace = name, "this kernel has no fib_multipath_hash_seed")
+                }
                 other => other.map_err(|e| NetnsError::io("seed the ECMP hash", name, e))?,
             }
         }
         if options.skip_dead_links {
             for knob in ["all", "default"] {
-                fs::write(format!("/proc/sys/net/ipv4/conf/{knob}/ignore_routes_with_linkdown"), "1").map_err(|e| NetnsError::io("skip dead links", name, e))?;
+                fs::write(format!("/proc/sys/net/ipv4/conf/{knob}/ignore_routes_with_linkdown"), "1")
+                    .map_err(|e| NetnsError::io("skip dead links", name, e))?;
             }
         }
         if options.announce {
             for knob in ["all", "default"] {
-                fs::write(format!("/proc/sys/net/ipv4/conf/{knob}/arp_notify"), "1").map_err(|e| NetnsError::io("announce addresses", name, e))?;
+                fs::write(format!("/proc/sys/net/ipv4/conf/{knob}/arp_notify"), "1")
+                    .map_err(|e| NetnsError::io("announce addresses", name, e))?;
             }
         }
         netlink_socket().map_err(|e| NetnsError::io("open netlink", name, e))
@@ -460,9 +468,7 @@ fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, N
 
 fn netlink_socket() -> io::Result<OwnedFd> {
     // SAFETY: socket(2); the fd is owned by the returned OwnedFd.
-    let fd: RawFd = unsafe {
-        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
-    };
+    let fd: RawFd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -483,7 +489,10 @@ where
     F: FnOnce() -> Result<T, NetnsError> + Send + 'static,
 {
     static WORKERS: OnceLock<Result<std::sync::mpsc::Sender<Job>, String>> = OnceLock::new();
-    let workers = WORKERS.get_or_init(start_workers).as_ref().map_err(|e| NetnsError::io("start namespace worker", "-", io::Error::other(e.clone())))?;
+    let workers = WORKERS
+        .get_or_init(start_workers)
+        .as_ref()
+        .map_err(|e| NetnsError::io("start namespace worker", "-", io::Error::other(e.clone())))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         let _ = tx.send(work());

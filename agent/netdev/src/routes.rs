@@ -5,9 +5,11 @@ use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteProtocol, RouteScope};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteProtocol, RouteScope,
+};
 
-use crate::netdev::{Netlink, NetdevError, Result};
+use crate::netdev::{NetdevError, Netlink, Result};
 
 /// One way out: link `index`, via `gateway` (none: the destination is on
 /// the link itself).
@@ -47,7 +49,9 @@ impl Netlink {
             [Hop { index, gateway: None }] => builder = builder.output_interface(*index).scope(RouteScope::Link),
             // On-link: a point-to-point link's far end is there whatever
             // the prefixes (an EPM's /32 reaches its edge switch's port).
-            [Hop { index, gateway: Some(gateway) }] => builder = builder.output_interface(*index).gateway(*gateway).onlink(),
+            [Hop { index, gateway: Some(gateway) }] => {
+                builder = builder.output_interface(*index).gateway(*gateway).onlink()
+            }
             many => {
                 let next_hops = many
                     .iter()
@@ -69,7 +73,8 @@ impl Netlink {
 
     /// Deletes the route to `destination/prefix_len`; one already gone is fine.
     pub async fn delete_route(&self, destination: Ipv4Addr, prefix_len: u8) -> Result<()> {
-        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(destination, prefix_len).build();
+        let route =
+            rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(destination, prefix_len).build();
         match self.handle.route().del(route).execute().await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -110,12 +115,19 @@ fn route_state(message: &RouteMessage) -> Option<RouteState> {
         .attributes
         .iter()
         .flat_map(|a| match a {
-            RouteAttribute::MultiPath(next_hops) => next_hops.iter().map(|n| Hop { index: n.interface_index, gateway: gateway_of(&n.attributes) }).collect(),
+            RouteAttribute::MultiPath(next_hops) => {
+                next_hops.iter().map(|n| Hop { index: n.interface_index, gateway: gateway_of(&n.attributes) }).collect()
+            }
             RouteAttribute::Oif(index) => vec![Hop { index: *index, gateway: gateway_of(&message.attributes) }],
             _ => Vec::new(),
         })
         .collect();
     hops.sort();
     let static_route = message.header.protocol == RouteProtocol::Static;
-    (!hops.is_empty()).then_some(RouteState { destination, prefix_len: message.header.destination_prefix_length, hops, static_route })
+    (!hops.is_empty()).then_some(RouteState {
+        destination,
+        prefix_len: message.header.destination_prefix_length,
+        hops,
+        static_route,
+    })
 }

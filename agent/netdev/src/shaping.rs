@@ -7,11 +7,13 @@
 use std::collections::HashMap;
 
 use futures::StreamExt;
-use netlink_packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, Nla, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Nla,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcOption};
 
-use crate::netdev::{Netlink, NetdevError, Result};
+use crate::netdev::{NetdevError, Netlink, Result};
 
 /// The root qdisc merak puts on a shaped device (`6d72:`, "mr").
 pub const ROOT_HANDLE: u32 = 0x6d72_0000;
@@ -111,7 +113,8 @@ fn netem_options(shaping: &Shaping) -> Vec<u8> {
     let (delay_ns, jitter_ns) = (u64::from(shaping.delay_us) * 1000, u64::from(shaping.jitter_us) * 1000);
     // The old fields are in scheduler ticks of 64 ns.
     let ticks = |ns: u64| u32::try_from(ns >> 6).unwrap_or(u32::MAX);
-    let loss = u32::try_from(u64::from(shaping.loss_ppm.min(1_000_000)) * u64::from(u32::MAX) / 1_000_000).unwrap_or(u32::MAX);
+    let loss =
+        u32::try_from(u64::from(shaping.loss_ppm.min(1_000_000)) * u64::from(u32::MAX) / 1_000_000).unwrap_or(u32::MAX);
     let mut options = Vec::with_capacity(48);
     for field in [ticks(delay_ns), NETEM_LIMIT, loss, 0 /* gap */, 0 /* duplicate */, ticks(jitter_ns)] {
         options.extend_from_slice(&field.to_ne_bytes());
@@ -141,13 +144,19 @@ impl Netlink {
         let mut netem_handle = ROOT_HANDLE;
         if let Some(rate) = shaping.rate_bytes_per_s {
             let message = qdisc_message(index, TcHandle::ROOT.into(), ROOT_HANDLE, "tbf", tbf_options(rate, mtu))?;
-            self.qdisc_request(RouteNetlinkMessage::NewQueueDiscipline(message), replace, format!("shape link {index} to {rate} bytes/s (tbf)")).await?;
+            self.qdisc_request(
+                RouteNetlinkMessage::NewQueueDiscipline(message),
+                replace,
+                format!("shape link {index} to {rate} bytes/s (tbf)"),
+            )
+            .await?;
             (netem_parent, netem_handle) = (ROOT_HANDLE | 1, CHILD_HANDLE);
         }
         if shaping.needs_netem() {
             let message = qdisc_message(index, netem_parent, netem_handle, "netem", netem_options(shaping))?;
             let op = format!("delay, jitter or loss on link {index} (netem)");
-            return match self.qdisc_request(RouteNetlinkMessage::NewQueueDiscipline(message), replace, op.clone()).await {
+            return match self.qdisc_request(RouteNetlinkMessage::NewQueueDiscipline(message), replace, op.clone()).await
+            {
                 // The kernel answers ENOENT for a qdisc kind it has no module for.
                 Err(e) if e.errno() == Some(libc::ENOENT) => Err(NetdevError::unsupported(
                     op,
@@ -170,7 +179,14 @@ impl Netlink {
         let mut message = TcMessage::with_index(index);
         message.header.parent = TcHandle::ROOT;
         message.header.handle = TcHandle::from(ROOT_HANDLE);
-        match self.qdisc_request(RouteNetlinkMessage::DelQueueDiscipline(message), NLM_F_REQUEST | NLM_F_ACK, format!("remove the shaping of link {index}")).await {
+        match self
+            .qdisc_request(
+                RouteNetlinkMessage::DelQueueDiscipline(message),
+                NLM_F_REQUEST | NLM_F_ACK,
+                format!("remove the shaping of link {index}"),
+            )
+            .await
+        {
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
             other => other,
         }
@@ -203,7 +219,9 @@ impl Netlink {
                         netem_below.push(index);
                     }
                 }
-                NetlinkPayload::Error(error) if error.code.is_some() => return Err(NetdevError::new(op, rtnetlink::Error::NetlinkError(error))),
+                NetlinkPayload::Error(error) if error.code.is_some() => {
+                    return Err(NetdevError::new(op, rtnetlink::Error::NetlinkError(error)));
+                }
                 _ => {}
             }
         }
@@ -223,7 +241,12 @@ impl Netlink {
 }
 
 fn root_of(qdisc: &TcMessage) -> RootQdisc {
-    let mut root = RootQdisc { kind: String::new(), handle: u32::from(qdisc.header.handle), rate_bytes_per_s: None, netem_below: false };
+    let mut root = RootQdisc {
+        kind: String::new(),
+        handle: u32::from(qdisc.header.handle),
+        rate_bytes_per_s: None,
+        netem_below: false,
+    };
     let mut rate64 = None;
     for attribute in &qdisc.attributes {
         match attribute {
@@ -238,8 +261,15 @@ fn root_of(qdisc: &TcMessage) -> RootQdisc {
                     for (kind, value) in attributes(&value) {
                         match kind {
                             // tc_tbf_qopt: the rate's `rate` field ends its first 12 bytes.
-                            TCA_TBF_PARMS => root.rate_bytes_per_s = value.get(8..12).and_then(|b| b.try_into().ok()).map(|b| u64::from(u32::from_ne_bytes(b))),
-                            TCA_TBF_RATE64 => rate64 = value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes),
+                            TCA_TBF_PARMS => {
+                                root.rate_bytes_per_s = value
+                                    .get(8..12)
+                                    .and_then(|b| b.try_into().ok())
+                                    .map(|b| u64::from(u32::from_ne_bytes(b)))
+                            }
+                            TCA_TBF_RATE64 => {
+                                rate64 = value.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)
+                            }
                             _ => {}
                         }
                     }
@@ -288,7 +318,8 @@ mod tests {
         assert_eq!(u32::from_ne_bytes(options[12..16].try_into().unwrap()), 6_250_000);
         assert_eq!(options.len(), 40 + 8, "parameters and burst, no 64-bit rate below 4 GB/s");
         assert!(tbf_options(1 << 33, 1500).len() > 48, "a 64-bit rate above");
-        let netem = netem_options(&Shaping { rate_bytes_per_s: None, delay_us: 10_000, jitter_us: 0, loss_ppm: 500_000 });
+        let netem =
+            netem_options(&Shaping { rate_bytes_per_s: None, delay_us: 10_000, jitter_us: 0, loss_ppm: 500_000 });
         assert_eq!(u32::from_ne_bytes(netem[0..4].try_into().unwrap()), 10_000_000 >> 6);
         assert_eq!(u32::from_ne_bytes(netem[8..12].try_into().unwrap()), u32::MAX / 2);
     }

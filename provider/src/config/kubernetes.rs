@@ -35,23 +35,43 @@ pub fn block() -> NestedBlock {
                     "Path of the kubeconfig. Default: `KUBECONFIG`, then `~/.kube/config`, then the service account \
                      of the pod the provider runs in.",
                 ),
-                Attribute::optional("context", Type::String, "The kubeconfig context to use. Default: its current context."),
+                Attribute::optional(
+                    "context",
+                    Type::String,
+                    "The kubeconfig context to use. Default: its current context.",
+                ),
                 Attribute::optional(
                     "agent_image",
                     Type::String,
                     "The merak-agent image every pod runs (`make agent-image` builds it; push it where the cluster \
                      pulls from). Required with `runtime = \"kubernetes\"`.",
                 ),
-                Attribute::optional("image_pull_policy", Type::String, "`Always`, `IfNotPresent` (default) or `Never`."),
-                Attribute::optional("node_selector", Type::map(Type::String), "Labels the nodes of the pods must have."),
+                Attribute::optional(
+                    "image_pull_policy",
+                    Type::String,
+                    "`Always`, `IfNotPresent` (default) or `Never`.",
+                ),
+                Attribute::optional(
+                    "node_selector",
+                    Type::map(Type::String),
+                    "Labels the nodes of the pods must have.",
+                ),
                 Attribute::optional(
                     "tolerations",
                     Type::list(Type::map(Type::String)),
                     "Taints the pods tolerate, each a map of `key`, `operator` (`Equal` or `Exists`), `value`, \
                      `effect` and `toleration_seconds`.",
                 ),
-                Attribute::optional("epm_cpu", Type::String, "The CPU each EPM pod requests, e.g. `100m`. Default: none."),
-                Attribute::optional("epm_memory", Type::String, "The memory each EPM pod requests, e.g. `64Mi`. Default: none."),
+                Attribute::optional(
+                    "epm_cpu",
+                    Type::String,
+                    "The CPU each EPM pod requests, e.g. `100m`. Default: none.",
+                ),
+                Attribute::optional(
+                    "epm_memory",
+                    Type::String,
+                    "The memory each EPM pod requests, e.g. `64Mi`. Default: none.",
+                ),
                 Attribute::optional(
                     "pod_ready_timeout",
                     Type::Number,
@@ -96,12 +116,20 @@ pub fn validate(config: &Value, selected: bool, diagnostics: &mut Diagnostics) {
     if let Some(access) = block.attr("access").as_str()
         && Access::parse(access).is_none()
     {
-        diagnostics.push(Diagnostic::attribute_error(&["kubernetes", "access"], "Unsupported access", format!("access is {access:?}; use \"port-forward\" or \"direct\".")));
+        diagnostics.push(Diagnostic::attribute_error(
+            &["kubernetes", "access"],
+            "Unsupported access",
+            format!("access is {access:?}; use \"port-forward\" or \"direct\"."),
+        ));
     }
     if let Value::Number(_) = block.attr("pod_ready_timeout")
         && !block.attr("pod_ready_timeout").as_i64().is_some_and(|s| (1..=86_400).contains(&s))
     {
-        diagnostics.push(Diagnostic::attribute_error(&["kubernetes", "pod_ready_timeout"], "Invalid pod_ready_timeout", "pod_ready_timeout is a whole number of seconds from 1 to 86400."));
+        diagnostics.push(Diagnostic::attribute_error(
+            &["kubernetes", "pod_ready_timeout"],
+            "Invalid pod_ready_timeout",
+            "pod_ready_timeout is a whole number of seconds from 1 to 86400.",
+        ));
     }
     if let Err(error) = tolerations(block.attr("tolerations")) {
         diagnostics.push(Diagnostic::attribute_error(&["kubernetes", "tolerations"], "Invalid toleration", error));
@@ -126,10 +154,16 @@ fn tolerations(value: &Value) -> Result<Vec<Toleration>, String> {
     for (i, item) in value.as_list().unwrap_or_default().iter().enumerate() {
         let fields = strings(item);
         if let Some(unknown) = fields.keys().find(|k| !TOLERATION_KEYS.contains(&k.as_str())) {
-            return Err(format!("toleration {i} has {unknown:?}; a toleration has only {}.", TOLERATION_KEYS.join(", ")));
+            return Err(format!(
+                "toleration {i} has {unknown:?}; a toleration has only {}.",
+                TOLERATION_KEYS.join(", ")
+            ));
         }
         let seconds = match fields.get("toleration_seconds") {
-            Some(text) => Some(text.parse::<i64>().map_err(|_| format!("toleration {i}: toleration_seconds is {text:?}, not a whole number"))?),
+            Some(text) => Some(
+                text.parse::<i64>()
+                    .map_err(|_| format!("toleration {i}: toleration_seconds is {text:?}, not a whole number"))?,
+            ),
             None => None,
         };
         if let Some(operator) = fields.get("operator")
@@ -150,7 +184,8 @@ fn tolerations(value: &Value) -> Result<Vec<Toleration>, String> {
 }
 
 fn settings(block: &Value) -> Result<(PodSettings, Access), Diagnostics> {
-    let tolerations = tolerations(block.attr("tolerations")).map_err(|e| Diagnostic::attribute_error(&["kubernetes", "tolerations"], "Invalid toleration", e))?;
+    let tolerations = tolerations(block.attr("tolerations"))
+        .map_err(|e| Diagnostic::attribute_error(&["kubernetes", "tolerations"], "Invalid toleration", e))?;
     let mut epm_requests = BTreeMap::new();
     for (attribute, resource) in [("epm_cpu", "cpu"), ("epm_memory", "memory")] {
         if let Some(quantity) = block.attr(attribute).as_str() {
@@ -163,7 +198,11 @@ fn settings(block: &Value) -> Result<(PodSettings, Access), Diagnostics> {
         node_selector: strings(block.attr("node_selector")),
         tolerations,
         epm_requests,
-        pod_ready_timeout: block.attr("pod_ready_timeout").as_i64().map(|s| Duration::from_secs(s.unsigned_abs())).unwrap_or(DEFAULT_READY_TIMEOUT),
+        pod_ready_timeout: block
+            .attr("pod_ready_timeout")
+            .as_i64()
+            .map(|s| Duration::from_secs(s.unsigned_abs()))
+            .unwrap_or(DEFAULT_READY_TIMEOUT),
     };
     // validate() refused anything else.
     let access = block.attr("access").as_str().and_then(Access::parse).unwrap_or(Access::PortForward);
@@ -177,9 +216,13 @@ pub async fn configure(config: &Value) -> Result<Controller, Diagnostics> {
     let (settings, access) = settings(block)?;
     let kubeconfig = block.attr("kubeconfig").as_str().map(PathBuf::from);
     let context = block.attr("context").as_str().map(str::to_string);
-    let client = cluster::connect(kubeconfig, context)
-        .await
-        .map_err(|e| Diagnostic::attribute_error(&["kubernetes", "kubeconfig"], "Cannot use the kubeconfig", format!("{e}. Set kubernetes.kubeconfig (and context) to a kubeconfig of the cluster.")))?;
+    let client = cluster::connect(kubeconfig, context).await.map_err(|e| {
+        Diagnostic::attribute_error(
+            &["kubernetes", "kubeconfig"],
+            "Cannot use the kubeconfig",
+            format!("{e}. Set kubernetes.kubeconfig (and context) to a kubeconfig of the cluster."),
+        )
+    })?;
     let version = cluster::version(&client).await.map_err(|e| {
         Diagnostic::attribute_error(
             &["kubernetes", "kubeconfig"],
@@ -187,9 +230,12 @@ pub async fn configure(config: &Value) -> Result<Controller, Diagnostics> {
             format!("{e}. Check that the cluster is up and that kubernetes.kubeconfig and context name it (try `kubectl version`)."),
         )
     })?;
-    let missing = cluster::missing_permissions(&client)
-        .await
-        .map_err(|e| Diagnostic::error("Cannot ask the API server for permissions", format!("A SelfSubjectAccessReview failed: {e}.")))?;
+    let missing = cluster::missing_permissions(&client).await.map_err(|e| {
+        Diagnostic::error(
+            "Cannot ask the API server for permissions",
+            format!("A SelfSubjectAccessReview failed: {e}."),
+        )
+    })?;
     if !missing.is_empty() {
         return Err(Diagnostic::attribute_error(
             &["kubernetes", "kubeconfig"],

@@ -5,12 +5,12 @@ mod kubernetes;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use crate::protocol::cty::{Type, Value};
-use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::controller::Controller;
 use crate::controller::network::NetworkController;
 use crate::model::network_controller::{ControllerInput, ControllerSpec};
+use crate::protocol::cty::{Type, Value};
+use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
+use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::runtime::local::{AgentTransport, LocalRuntime};
 use crate::store::FileStore;
 
@@ -28,34 +28,38 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
              Terraform, which needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); or `kubernetes`, pods in a \
              cluster (see the `kubernetes` block). Every resource block stays the same.",
         )],
-        blocks: vec![kubernetes::block(), controller_block(), NestedBlock::single(
-            "local",
-            Block {
-                description: "Settings of the `local` runtime.",
-                attributes: vec![
-                    Attribute::optional(
-                        "state_dir",
-                        Type::String,
-                        "Directory for the runtime's records, agent sockets and logs. Default `/var/lib/merak`.",
-                    ),
-                    Attribute::optional(
-                        "agent_path",
-                        Type::String,
-                        "Path of the `merak-agent` binary. Default: next to the provider binary, then on `PATH`.",
-                    ),
-                    Attribute::optional(
-                        "agent_transport",
-                        Type::String,
-                        "How the provider reaches the agents: `unix` (default), each agent's unix socket under \
+        blocks: vec![
+            kubernetes::block(),
+            controller_block(),
+            NestedBlock::single(
+                "local",
+                Block {
+                    description: "Settings of the `local` runtime.",
+                    attributes: vec![
+                        Attribute::optional(
+                            "state_dir",
+                            Type::String,
+                            "Directory for the runtime's records, agent sockets and logs. Default `/var/lib/merak`.",
+                        ),
+                        Attribute::optional(
+                            "agent_path",
+                            Type::String,
+                            "Path of the `merak-agent` binary. Default: next to the provider binary, then on `PATH`.",
+                        ),
+                        Attribute::optional(
+                            "agent_transport",
+                            Type::String,
+                            "How the provider reaches the agents: `unix` (default), each agent's unix socket under \
                          `state_dir` (mode 0600); or `tcp`, loopback TCP with mutual TLS, the agents and the \
                          provider holding certificates of a CA made for the topology (kept in \
                          `state_dir/<topology>/tls`, keys readable by root only). Changing it is an in-place \
                          change: the next apply serves the agents the new way.",
-                    ),
-                ],
-                blocks: Vec::new(),
-            },
-        )],
+                        ),
+                    ],
+                    blocks: Vec::new(),
+                },
+            ),
+        ],
     },
 });
 
@@ -68,8 +72,17 @@ fn controller_block() -> NestedBlock {
                 VPC, VNI, EPM and the device to attach) in batches, as JSON over HTTP; see docs/controller-api.md. \
                 Agents under test find it as `${controller_url}`.",
             attributes: vec![
-                Attribute::required("url", Type::String, "The controller's base URL, e.g. `http://127.0.0.1:8080`: plain HTTP, no query. The API's paths (`/v1/ports`) follow it."),
-                Attribute::optional("headers", Type::map(Type::String), "HTTP headers sent with every request, e.g. `{ Authorization = \"Bearer ...\" }`.").sensitive(),
+                Attribute::required(
+                    "url",
+                    Type::String,
+                    "The controller's base URL, e.g. `http://127.0.0.1:8080`: plain HTTP, no query. The API's paths (`/v1/ports`) follow it.",
+                ),
+                Attribute::optional(
+                    "headers",
+                    Type::map(Type::String),
+                    "HTTP headers sent with every request, e.g. `{ Authorization = \"Bearer ...\" }`.",
+                )
+                .sensitive(),
                 Attribute::optional(
                     "timeout_s",
                     Type::Number,
@@ -91,19 +104,35 @@ fn controller_spec(config: &Value) -> Result<Option<ControllerSpec>, Diagnostics
         match block.attr(name) {
             Value::Null => Ok(None),
             value => value.as_i64().map(Some).ok_or_else(|| {
-                Diagnostic::attribute_error(&["controller", name], format!("Invalid {name}"), format!("{name} is {}; give a whole number.", value.describe())).into()
+                Diagnostic::attribute_error(
+                    &["controller", name],
+                    format!("Invalid {name}"),
+                    format!("{name} is {}; give a whole number.", value.describe()),
+                )
+                .into()
             }),
         }
     };
     let headers = match block.attr("headers") {
-        Value::Map(headers) => headers.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect(),
+        Value::Map(headers) => {
+            headers.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()
+        }
         _ => Default::default(),
     };
-    let input = ControllerInput { url: url.to_string(), headers, timeout_s: number("timeout_s")?, batch_size: number("batch_size")? };
+    let input = ControllerInput {
+        url: url.to_string(),
+        headers,
+        timeout_s: number("timeout_s")?,
+        batch_size: number("batch_size")?,
+    };
     ControllerSpec::validate(input).map(Some).map_err(|errors| {
         let mut diagnostics = Diagnostics::default();
         for error in errors {
-            diagnostics.push(Diagnostic::attribute_error(&["controller", error.attribute], error.summary, error.detail));
+            diagnostics.push(Diagnostic::attribute_error(
+                &["controller", error.attribute],
+                error.summary,
+                error.detail,
+            ));
         }
         diagnostics
     })
@@ -113,7 +142,9 @@ fn controller_spec(config: &Value) -> Result<Option<ControllerSpec>, Diagnostics
 fn network_controller(config: &Value) -> Result<Option<NetworkController>, Diagnostics> {
     let Some(spec) = controller_spec(config)? else { return Ok(None) };
     tracing::info!(url = spec.url, batch_size = spec.batch_size, "external network controller");
-    NetworkController::new(spec).map(Some).map_err(|e| Diagnostic::attribute_error(&["controller"], "Cannot configure the controller client", e).into())
+    NetworkController::new(spec)
+        .map(Some)
+        .map_err(|e| Diagnostic::attribute_error(&["controller"], "Cannot configure the controller client", e).into())
 }
 
 /// The runtime the configuration selects (`None` while unknown).
@@ -216,7 +247,8 @@ fn configure_local(config: &Value) -> Result<Controller, Diagnostics> {
     })?;
     tracing::info!(state_dir = %state_dir.display(), agent = %agent_path.display(), "local runtime configured");
     // validate() refused anything else.
-    let transport = local.attr("agent_transport").as_str().and_then(AgentTransport::parse).unwrap_or(AgentTransport::Unix);
+    let transport =
+        local.attr("agent_transport").as_str().and_then(AgentTransport::parse).unwrap_or(AgentTransport::Unix);
     tracing::info!(?transport, "agent transport");
     Ok(local_controller(state_dir, agent_path, transport))
 }
@@ -250,9 +282,7 @@ fn check_privileges() -> Result<(), Diagnostics> {
 }
 
 fn find_agent() -> Option<PathBuf> {
-    let beside_provider = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(AGENT_BINARY)));
+    let beside_provider = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join(AGENT_BINARY)));
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())

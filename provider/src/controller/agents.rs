@@ -27,7 +27,6 @@ const DELETING_EPMS: usize = 128;
 const BATCH: usize = 2000;
 
 impl Controller {
-
     async fn overlay_client(&self, topology: &str, epm: &str) -> Result<OverlayClient<AgentChannel>, RuntimeError> {
         let channel = self.substrate.agent_channel(topology, epm).await?;
         Ok(OverlayClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
@@ -39,20 +38,32 @@ impl Controller {
         Ok(())
     }
 
-    async fn send_evms(&self, topology: &str, epm: &str, batch: EvmBatch) -> Result<merak_proto::agent::EvmReply, RuntimeError> {
+    async fn send_evms(
+        &self,
+        topology: &str,
+        epm: &str,
+        batch: EvmBatch,
+    ) -> Result<merak_proto::agent::EvmReply, RuntimeError> {
         let mut client = self.overlay_client(topology, epm).await?;
         let reply = client.apply_evms(batch).await.map_err(|s| RuntimeError::Unavailable(s.message().to_string()))?;
         Ok(reply.into_inner())
     }
 
     /// Pushes every EPM's overlay goal; returns the EPMs that failed.
-    pub(super) async fn push_overlay(&self, tree: &TreeSpec, record: &OverlayRecord, forget: &Forget) -> Result<Vec<Failure>, RuntimeError> {
+    pub(super) async fn push_overlay(
+        &self,
+        tree: &TreeSpec,
+        record: &OverlayRecord,
+        forget: &Forget,
+    ) -> Result<Vec<Failure>, RuntimeError> {
         let goals = overlay_goals(tree, record, forget)?;
         let failures: Vec<Failure> = futures::stream::iter(goals)
             .map(|(epm, goal)| async move {
                 // An agent that stopped answering is restarted and gets the goal again.
                 let result = match self.send_overlay(&tree.name, &epm.name, goal.clone()).await {
-                    Err(_) if self.revive(tree, &epm.name).await.is_ok() => self.send_overlay(&tree.name, &epm.name, goal).await,
+                    Err(_) if self.revive(tree, &epm.name).await.is_ok() => {
+                        self.send_overlay(&tree.name, &epm.name, goal).await
+                    }
                     result => result,
                 };
                 result.err().map(|e| Failure { object: epm.name.clone(), error: format!("overlay: {e}") })
@@ -65,7 +76,13 @@ impl Controller {
     }
 
     /// Sends EVM batches, grouped by EPM; returns the failures.
-    pub(super) async fn push_evms(&self, topology: &str, tree: &TreeSpec, create: Vec<&Evm>, delete: Vec<&Evm>) -> Vec<Failure> {
+    pub(super) async fn push_evms(
+        &self,
+        topology: &str,
+        tree: &TreeSpec,
+        create: Vec<&Evm>,
+        delete: Vec<&Evm>,
+    ) -> Vec<Failure> {
         let deleting = create.is_empty();
         let mut by_epm: BTreeMap<u32, (Vec<EvmSpec>, Vec<EvmSpec>)> = BTreeMap::new();
         for evm in create {
@@ -110,7 +127,11 @@ impl Controller {
                 let finished = done.fetch_add(size, std::sync::atomic::Ordering::Relaxed) + size;
                 tracing::info!(topology, "EVMs {verb}: {finished} of {total}");
                 match reply {
-                    Ok(reply) => reply.failures.into_iter().map(|f| Failure { object: format!("{epm}: {}", f.namespace), error: f.error }).collect(),
+                    Ok(reply) => reply
+                        .failures
+                        .into_iter()
+                        .map(|f| Failure { object: format!("{epm}: {}", f.namespace), error: f.error })
+                        .collect(),
                     Err(e) => vec![Failure { object: epm, error: e.to_string() }],
                 }
             })
@@ -120,7 +141,13 @@ impl Controller {
             .await
     }
 
-    pub(super) async fn ping_agents(&self, topology: &str, probes: &[Probe], timeout_ms: u32, full_size: bool) -> Result<Vec<ProbeOutcome>, RuntimeError> {
+    pub(super) async fn ping_agents(
+        &self,
+        topology: &str,
+        probes: &[Probe],
+        timeout_ms: u32,
+        full_size: bool,
+    ) -> Result<Vec<ProbeOutcome>, RuntimeError> {
         // Owned keys: borrowing ones trip the higher-ranked lifetime check
         // of futures streams inside async-trait methods.
         let mut by_epm: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -132,12 +159,21 @@ impl Controller {
             .map(|(epm, indexes): (String, Vec<usize>)| async move {
                 let mut client = self.overlay_client(topology, &epm).await?;
                 let request = PingRequest {
-                    probes: indexes.iter().map(|&i| PingProbe { from_namespace: probes[i].from.namespace.clone(), to: probes[i].to.to_string() }).collect(),
+                    probes: indexes
+                        .iter()
+                        .map(|&i| PingProbe {
+                            from_namespace: probes[i].from.namespace.clone(),
+                            to: probes[i].to.to_string(),
+                        })
+                        .collect(),
                     timeout_ms,
                     payload_bytes: 0,
                     full_size,
                 };
-                let reply = client.ping(request).await.map_err(|s| RuntimeError::Unavailable(format!("{epm}: {}", s.message())))?;
+                let reply = client
+                    .ping(request)
+                    .await
+                    .map_err(|s| RuntimeError::Unavailable(format!("{epm}: {}", s.message())))?;
                 Ok((indexes, reply.into_inner()))
             })
             .buffer_unordered(PINGING_EPMS)

@@ -22,12 +22,12 @@ use tokio::sync::Mutex;
 
 use self::network::NetworkController;
 use self::records::{Evm, Forget, GroupRecord, OverlayRecord, evms, subnet_key};
+pub use self::under_test::UnderTestStatus;
 use crate::model::TreeSpec;
 use crate::model::epm_agent::{AgentHost, EpmAgentSpec};
 use crate::model::link_profile::LinkProfileSpec;
 use crate::model::network_controller::VpcController;
 use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec, VpcSpec};
-pub use self::under_test::UnderTestStatus;
 pub use crate::runtime::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, UnderTest, owned_elsewhere};
 use crate::store::{self, RecordStore};
 
@@ -126,7 +126,13 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(substrate: Arc<dyn Substrate>, store: Arc<dyn RecordStore>) -> Self {
-        Controller { substrate, store, overlay_lock: Mutex::new(()), underlay_lock: tokio::sync::RwLock::new(()), network: None }
+        Controller {
+            substrate,
+            store,
+            overlay_lock: Mutex::new(()),
+            underlay_lock: tokio::sync::RwLock::new(()),
+            network: None,
+        }
     }
 
     pub fn with_network_controller(mut self, network: NetworkController) -> Self {
@@ -177,7 +183,13 @@ impl Controller {
     /// drifted and removes what the spec no longer has, then runs `agents`
     /// in every EPM. Failures of single objects are reported in the status;
     /// an `Err` means nothing could be done.
-    pub async fn apply_topology(&self, spec: &TreeSpec, agents: &[EpmAgentSpec], profiles: &[LinkProfileSpec], intent: Intent) -> Result<TopologyView, RuntimeError> {
+    pub async fn apply_topology(
+        &self,
+        spec: &TreeSpec,
+        agents: &[EpmAgentSpec],
+        profiles: &[LinkProfileSpec],
+        intent: Intent,
+    ) -> Result<TopologyView, RuntimeError> {
         self.store.lock(&spec.name).await?;
         let _underlay = self.underlay_lock.write().await;
         self.record_epm_agents(spec, agents).await?;
@@ -188,12 +200,24 @@ impl Controller {
         }
         let impaired_links = self.apply_link_profiles(spec, profiles, &mut status.failures).await?;
         let agents_status = self.apply_epm_agents(spec, agents, status.ready_epms).await?;
-        Ok(TopologyView { spec: spec.clone(), status, agents: agents.to_vec(), agents_status, profiles: profiles.to_vec(), impaired_links })
+        Ok(TopologyView {
+            spec: spec.clone(),
+            status,
+            agents: agents.to_vec(),
+            agents_status,
+            profiles: profiles.to_vec(),
+            impaired_links,
+        })
     }
 
     /// Records the profiles and has the substrate shape the links; how many
     /// carry their shaping after it. Shaping refused whole is one failure.
-    async fn apply_link_profiles(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec], failures: &mut Vec<Failure>) -> Result<u64, RuntimeError> {
+    async fn apply_link_profiles(
+        &self,
+        spec: &TreeSpec,
+        profiles: &[LinkProfileSpec],
+        failures: &mut Vec<Failure>,
+    ) -> Result<u64, RuntimeError> {
         let recorded = self.load_link_profiles(&spec.name).await?;
         if profiles.is_empty() && recorded.is_empty() {
             return Ok(0);
@@ -225,7 +249,10 @@ impl Controller {
         let remade: HashSet<&str> = remade.iter().map(String::as_str).collect();
         let mut failures = self.push_overlay(tree, &record, &Forget::default()).await?;
         for (name, group) in &record.groups {
-            let rebuilt: Vec<Evm> = evms(tree, &record, name, group)?.into_iter().filter(|e| remade.contains(tree.epm(e.epm_index).name.as_str())).collect();
+            let rebuilt: Vec<Evm> = evms(tree, &record, name, group)?
+                .into_iter()
+                .filter(|e| remade.contains(tree.epm(e.epm_index).name.as_str()))
+                .collect();
             if rebuilt.is_empty() {
                 continue;
             }
@@ -250,7 +277,8 @@ impl Controller {
             self.epm_agents_status(&spec, &agents).await
         };
         let profiles = self.load_link_profiles(name).await?;
-        let impaired_links = if profiles.is_empty() { 0 } else { self.substrate.impaired_links(&spec, &profiles).await? };
+        let impaired_links =
+            if profiles.is_empty() { 0 } else { self.substrate.impaired_links(&spec, &profiles).await? };
         Ok(Some(TopologyView { spec, status, agents, agents_status, profiles, impaired_links }))
     }
 
@@ -321,21 +349,40 @@ impl Controller {
 
     /// An EPM as the source of pings across the underlay.
     pub fn epm_ping_source(&self, topology: &str, epm: &crate::model::Epm) -> PingSource {
-        PingSource { name: epm.name.clone(), ip: epm.ip, epm: epm.name.clone(), namespace: self.substrate.epm_ping_namespace(topology, &epm.name) }
+        PingSource {
+            name: epm.name.clone(),
+            ip: epm.ip,
+            epm: epm.name.clone(),
+            namespace: self.substrate.epm_ping_namespace(topology, &epm.name),
+        }
     }
 
     /// Pings from inside EVMs; `full_size`: each as large as its EVM's MTU allows, DF set.
-    pub async fn ping(&self, topology: &str, probes: &[Probe], timeout_ms: u32, full_size: bool) -> Result<Vec<ProbeOutcome>, RuntimeError> {
+    pub async fn ping(
+        &self,
+        topology: &str,
+        probes: &[Probe],
+        timeout_ms: u32,
+        full_size: bool,
+    ) -> Result<Vec<ProbeOutcome>, RuntimeError> {
         self.ping_agents(topology, probes, timeout_ms, full_size).await
     }
 
     /// The EVMs (by namespace) that are ready: whole, and in an external
     /// VPC with their ports accepted by the controller.
-    fn ready_evms(record: &OverlayRecord, group: &GroupRecord, evms: &[Evm], whole: HashSet<String>) -> HashSet<String> {
+    fn ready_evms(
+        record: &OverlayRecord,
+        group: &GroupRecord,
+        evms: &[Evm],
+        whole: HashSet<String>,
+    ) -> HashSet<String> {
         if !record.is_external(&group.vpc) {
             return whole;
         }
-        evms.iter().filter(|e| whole.contains(&e.info.namespace) && group.announced.contains(e.host_index)).map(|e| e.info.namespace.clone()).collect()
+        evms.iter()
+            .filter(|e| whole.contains(&e.info.namespace) && group.announced.contains(e.host_index))
+            .map(|e| e.info.namespace.clone())
+            .collect()
     }
 
     fn group_status(group: &GroupRecord, evms: &[Evm], whole: &HashSet<String>) -> GroupStatus {
@@ -475,7 +522,11 @@ impl Controller {
             Some(previous) => evms(&tree, &record, &spec.name, previous)?,
             None => Vec::new(),
         };
-        let group = record.groups.get(&spec.name).cloned().ok_or_else(|| RuntimeError::Conflict(format!("group {} vanished from its record", spec.name)))?;
+        let group = record
+            .groups
+            .get(&spec.name)
+            .cloned()
+            .ok_or_else(|| RuntimeError::Conflict(format!("group {} vanished from its record", spec.name)))?;
         let evms = evms(&tree, &record, &spec.name, &group)?;
         self.substrate.make_room(topology, u64::from(tree.hosts), record.evm_count(), record.largest_subnet()).await?;
 
@@ -484,7 +535,8 @@ impl Controller {
         // they are gone the old record stands, so an interrupted or failed
         // deletion is retried by the next apply.
         let staying: HashSet<(&str, u32)> = evms.iter().map(|e| (e.info.namespace.as_str(), e.epm_index)).collect();
-        let leaving: Vec<&Evm> = old_evms.iter().filter(|e| !staying.contains(&(e.info.namespace.as_str(), e.epm_index))).collect();
+        let leaving: Vec<&Evm> =
+            old_evms.iter().filter(|e| !staying.contains(&(e.info.namespace.as_str(), e.epm_index))).collect();
         let external = record.is_external(&spec.vpc);
         if external && !leaving.is_empty() {
             // The controller lets go of the ports first; the record on disk
@@ -498,7 +550,12 @@ impl Controller {
         }
         let failures = self.push_evms(topology, &tree, Vec::new(), leaving).await;
         if let Some(failure) = failures.first() {
-            return Err(RuntimeError::Unavailable(format!("removing {} EVMs failed, first {}: {}", failures.len(), failure.object, failure.error)));
+            return Err(RuntimeError::Unavailable(format!(
+                "removing {} EVMs failed, first {}: {}",
+                failures.len(),
+                failure.object,
+                failure.error
+            )));
         }
         // The record says what should exist before anything is built, so an
         // interrupted apply is finished by the next one.
@@ -517,7 +574,10 @@ impl Controller {
             // Whole EVMs the controller has not accepted yet (new, or refused
             // before) are announced; what it accepts is recorded at once.
             let announced = record.groups.get(&spec.name).map(|g| g.announced.clone()).unwrap_or_default();
-            let unannounced: Vec<&Evm> = evms.iter().filter(|e| whole.contains(&e.info.namespace) && !announced.contains(e.host_index)).collect();
+            let unannounced: Vec<&Evm> = evms
+                .iter()
+                .filter(|e| whole.contains(&e.info.namespace) && !announced.contains(e.host_index))
+                .collect();
             let (accepted, refused) = self.announce(&tree, &record, &spec.vpc, &unannounced).await?;
             failures.extend(refused);
             if !accepted.is_empty()
@@ -541,7 +601,11 @@ impl Controller {
         Ok(status)
     }
 
-    pub async fn read_group(&self, topology: &str, name: &str) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError> {
+    pub async fn read_group(
+        &self,
+        topology: &str,
+        name: &str,
+    ) -> Result<Option<(GroupSpec, GroupStatus)>, RuntimeError> {
         let Ok(tree) = self.tree(topology).await else { return Ok(None) };
         let record = self.load_overlay(topology).await?;
         let Some(group) = record.groups.get(name) else { return Ok(None) };
@@ -580,7 +644,12 @@ impl Controller {
         }
         let failures = self.push_evms(topology, tree, Vec::new(), evms.iter().collect()).await;
         if let Some(failure) = failures.first() {
-            return Err(RuntimeError::Unavailable(format!("deleting {} EVMs failed, first {}: {}", failures.len(), failure.object, failure.error)));
+            return Err(RuntimeError::Unavailable(format!(
+                "deleting {} EVMs failed, first {}: {}",
+                failures.len(),
+                failure.object,
+                failure.error
+            )));
         }
         record.groups.remove(name);
         self.save_overlay(topology, record).await?;
@@ -588,12 +657,21 @@ impl Controller {
             return Ok(());
         }
         for failure in self.push_overlay(tree, record, &Forget::new()).await? {
-            tracing::warn!(epm = failure.object, error = failure.error, "could not remove router devices the group left; they go with the topology");
+            tracing::warn!(
+                epm = failure.object,
+                error = failure.error,
+                "could not remove router devices the group left; they go with the topology"
+            );
         }
         Ok(())
     }
 
-    pub async fn list_evms(&self, topology: &str, group: Option<&str>, epm: Option<&str>) -> Result<Vec<EvmInfo>, RuntimeError> {
+    pub async fn list_evms(
+        &self,
+        topology: &str,
+        group: Option<&str>,
+        epm: Option<&str>,
+    ) -> Result<Vec<EvmInfo>, RuntimeError> {
         let tree = self.tree(topology).await?;
         let record = self.load_overlay(topology).await?;
         let mut all = Vec::new();
@@ -601,7 +679,12 @@ impl Controller {
             if group.is_some_and(|wanted| wanted != name) {
                 continue;
             }
-            all.extend(evms(&tree, &record, name, g)?.into_iter().map(|e| e.info).filter(|e| epm.is_none_or(|wanted| wanted == e.epm)));
+            all.extend(
+                evms(&tree, &record, name, g)?
+                    .into_iter()
+                    .map(|e| e.info)
+                    .filter(|e| epm.is_none_or(|wanted| wanted == e.epm)),
+            );
         }
         Ok(all)
     }

@@ -68,13 +68,15 @@ impl NetworkController {
 
     /// Creates or updates the ports, `batch_size` per request.
     pub async fn put_ports(&self, ports: Vec<Port>) -> Vec<PortOutcome> {
-        let batches: Vec<PortBatch> = ports.chunks(self.batch_size()).map(|chunk| PortBatch { ports: chunk.to_vec() }).collect();
+        let batches: Vec<PortBatch> =
+            ports.chunks(self.batch_size()).map(|chunk| PortBatch { ports: chunk.to_vec() }).collect();
         self.send_all(batches, reqwest::Method::PUT, |batch| batch.ports.iter().map(|p| p.id.clone()).collect()).await
     }
 
     /// Deletes the ports by id, `batch_size` per request.
     pub async fn delete_ports(&self, ids: Vec<String>) -> Vec<PortOutcome> {
-        let batches: Vec<PortIds> = ids.chunks(self.batch_size()).map(|chunk| PortIds { ids: chunk.to_vec() }).collect();
+        let batches: Vec<PortIds> =
+            ids.chunks(self.batch_size()).map(|chunk| PortIds { ids: chunk.to_vec() }).collect();
         self.send_all(batches, reqwest::Method::DELETE, |batch| batch.ids.clone()).await
     }
 
@@ -82,7 +84,12 @@ impl NetworkController {
         self.spec.batch_size.max(1) as usize
     }
 
-    async fn send_all<B: serde::Serialize>(&self, batches: Vec<B>, method: reqwest::Method, ids_of: fn(&B) -> Vec<String>) -> Vec<PortOutcome> {
+    async fn send_all<B: serde::Serialize>(
+        &self,
+        batches: Vec<B>,
+        method: reqwest::Method,
+        ids_of: fn(&B) -> Vec<String>,
+    ) -> Vec<PortOutcome> {
         futures::stream::iter(batches)
             .map(|batch| {
                 let method = method.clone();
@@ -121,22 +128,39 @@ impl NetworkController {
         }
     }
 
-    async fn send_once<B: serde::Serialize>(&self, method: reqwest::Method, body: &B) -> Result<PortResults, RequestError> {
+    async fn send_once<B: serde::Serialize>(
+        &self,
+        method: reqwest::Method,
+        body: &B,
+    ) -> Result<PortResults, RequestError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let response = self.client.request(method, &self.ports_url).json(body).send().await.map_err(|e| RequestError {
-            message: if e.is_timeout() { format!("no answer within {} s (controller.timeout_s)", self.spec.timeout_s) } else { format!("cannot reach the controller: {}", error_chain(&e)) },
-            retry: true,
-        })?;
+        let response =
+            self.client.request(method, &self.ports_url).json(body).send().await.map_err(|e| RequestError {
+                message: if e.is_timeout() {
+                    format!("no answer within {} s (controller.timeout_s)", self.spec.timeout_s)
+                } else {
+                    format!("cannot reach the controller: {}", error_chain(&e))
+                },
+                retry: true,
+            })?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| RequestError { message: format!("reading the answer ({status}): {e}"), retry: true })?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| RequestError { message: format!("reading the answer ({status}): {e}"), retry: true })?;
         if !status.is_success() {
-            let retry = status.is_server_error() || status == reqwest::StatusCode::REQUEST_TIMEOUT || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+            let retry = status.is_server_error()
+                || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
             return Err(RequestError { message: format!("HTTP {status}: {}", refusal_message(&text)), retry });
         }
         if text.trim().is_empty() {
             return Ok(PortResults::default());
         }
-        serde_json::from_str(&text).map_err(|e| RequestError { message: format!("HTTP {status} with a body that is not PortResults JSON ({e})"), retry: false })
+        serde_json::from_str(&text).map_err(|e| RequestError {
+            message: format!("HTTP {status} with a body that is not PortResults JSON ({e})"),
+            retry: false,
+        })
     }
 }
 
@@ -146,7 +170,8 @@ fn outcomes(ids: Vec<String>, results: PortResults) -> Vec<PortOutcome> {
     if results.results.is_empty() {
         return ids.into_iter().map(|id| (id, Ok(()))).collect();
     }
-    let mut by_id: std::collections::HashMap<String, (bool, String)> = results.results.into_iter().map(|r| (r.id, (r.ok, r.message))).collect();
+    let mut by_id: std::collections::HashMap<String, (bool, String)> =
+        results.results.into_iter().map(|r| (r.id, (r.ok, r.message))).collect();
     ids.into_iter()
         .map(|id| {
             let outcome = match by_id.remove(&id) {
@@ -194,7 +219,10 @@ mod tests {
         assert_eq!(outcomes[0], ("t/a-0".into(), Ok(())));
         assert_eq!(outcomes[1], ("t/a-1".into(), Err("refused by the controller: no such switch".into())));
         assert!(outcomes[2].1.as_ref().is_err_and(|e| e.contains("no result")));
-        assert!(super::outcomes(ids, PortResults::default()).iter().all(|(_, o)| o.is_ok()), "an empty answer accepts all");
+        assert!(
+            super::outcomes(ids, PortResults::default()).iter().all(|(_, o)| o.is_ok()),
+            "an empty answer accepts all"
+        );
     }
 
     #[test]

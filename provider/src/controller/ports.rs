@@ -48,7 +48,13 @@ impl Controller {
 
     /// Tells the controller about these EVMs' ports; returns the host
     /// indexes it accepted and a failure per port it did not.
-    pub(super) async fn announce(&self, tree: &TreeSpec, record: &OverlayRecord, vpc: &str, evms: &[&Evm]) -> Result<(Vec<u64>, Vec<Failure>), RuntimeError> {
+    pub(super) async fn announce(
+        &self,
+        tree: &TreeSpec,
+        record: &OverlayRecord,
+        vpc: &str,
+        evms: &[&Evm],
+    ) -> Result<(Vec<u64>, Vec<Failure>), RuntimeError> {
         if evms.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -62,10 +68,19 @@ impl Controller {
             let Some(&(host_index, evm)) = index_of.get(&id) else { continue };
             match outcome {
                 Ok(()) => accepted.push(host_index),
-                Err(error) => failures.push(Failure { object: format!("EVM {evm} (port {id})"), error: format!("the controller did not take its port: {error}") }),
+                Err(error) => failures.push(Failure {
+                    object: format!("EVM {evm} (port {id})"),
+                    error: format!("the controller did not take its port: {error}"),
+                }),
             }
         }
-        tracing::info!(vpc, accepted = accepted.len(), refused = failures.len(), requests = network.requests(), "ports announced");
+        tracing::info!(
+            vpc,
+            accepted = accepted.len(),
+            refused = failures.len(),
+            requests = network.requests(),
+            "ports announced"
+        );
         Ok((accepted, failures))
     }
 
@@ -77,7 +92,12 @@ impl Controller {
         }
         let network = self.network_or_refuse(vpc)?;
         let ids = evms.iter().map(|e| port_id(&tree.name, &e.info.name)).collect();
-        let refused: Vec<(String, String)> = network.delete_ports(ids).await.into_iter().filter_map(|(id, outcome)| outcome.err().map(|e| (id, e))).collect();
+        let refused: Vec<(String, String)> = network
+            .delete_ports(ids)
+            .await
+            .into_iter()
+            .filter_map(|(id, outcome)| outcome.err().map(|e| (id, e)))
+            .collect();
         match refused.first() {
             None => Ok(()),
             Some((id, error)) => Err(RuntimeError::Unavailable(format!(

@@ -113,23 +113,35 @@ impl OverlayRecord {
     /// Records a VPC (new, or the same again); its VNI must be its own.
     pub(super) fn put_vpc(&mut self, spec: &VpcSpec) -> Result<(), RuntimeError> {
         if let Some((other, _)) = self.vpcs.iter().find(|(name, v)| **name != spec.name && v.vni == spec.vni) {
-            return Err(RuntimeError::Conflict(format!("VNI {} is already VPC {other}'s; set a different vni", spec.vni)));
+            return Err(RuntimeError::Conflict(format!(
+                "VNI {} is already VPC {other}'s; set a different vni",
+                spec.vni
+            )));
         }
         if let Some(existing) = self.vpcs.get(&spec.name)
             && (existing.external != (spec.controller == VpcController::External) || existing.mtu != spec.mtu)
             && self.subnets.values().any(|s| s.vpc == spec.name)
         {
-            return Err(RuntimeError::Conflict(format!("VPC {} already exists with another controller or MTU; replace it", spec.name)));
+            return Err(RuntimeError::Conflict(format!(
+                "VPC {} already exists with another controller or MTU; replace it",
+                spec.name
+            )));
         }
         let external = spec.controller == VpcController::External;
-        self.vpcs.insert(spec.name.clone(), VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni, external, mtu: spec.mtu });
+        self.vpcs.insert(
+            spec.name.clone(),
+            VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni, external, mtu: spec.mtu },
+        );
         Ok(())
     }
 
     /// Forgets a VPC that has no subnets; whether there was one.
     pub(super) fn remove_vpc(&mut self, name: &str) -> Result<bool, RuntimeError> {
         if let Some(subnet) = self.subnets.values().find(|s| s.vpc == name) {
-            return Err(RuntimeError::Conflict(format!("VPC {name} still has subnet {}; delete it first", subnet.name)));
+            return Err(RuntimeError::Conflict(format!(
+                "VPC {name} still has subnet {}; delete it first",
+                subnet.name
+            )));
         }
         Ok(self.vpcs.remove(name).is_some())
     }
@@ -145,9 +157,13 @@ impl OverlayRecord {
             if *other_key == key {
                 continue;
             }
-            let other_cidr: crate::model::Ipv4Cidr = other.cidr.parse().map_err(|_| RuntimeError::Conflict("unreadable subnet record".into()))?;
+            let other_cidr: crate::model::Ipv4Cidr =
+                other.cidr.parse().map_err(|_| RuntimeError::Conflict("unreadable subnet record".into()))?;
             if other.vpc == spec.vpc && other_cidr.overlaps(&spec.cidr) {
-                return Err(RuntimeError::Conflict(format!("{} overlaps subnet {} ({other_cidr}) of the same VPC", spec.cidr, other.name)));
+                return Err(RuntimeError::Conflict(format!(
+                    "{} overlaps subnet {} ({other_cidr}) of the same VPC",
+                    spec.cidr, other.name
+                )));
             }
             if other.vni == spec.vni {
                 return Err(RuntimeError::Conflict(format!("VNI {} is already subnet {}'s", spec.vni, other.name)));
@@ -184,14 +200,20 @@ impl OverlayRecord {
         let subnet_record = self
             .subnets
             .get(&key)
-            .ok_or_else(|| RuntimeError::Conflict(format!("subnet {} of VPC {} does not exist", spec.subnet, spec.vpc)))?
+            .ok_or_else(|| {
+                RuntimeError::Conflict(format!("subnet {} of VPC {} does not exist", spec.subnet, spec.vpc))
+            })?
             .clone();
         let subnet = subnet_record.spec(&tree.name)?;
         let previous = self.groups.get(&spec.name).cloned();
         if let Some(previous) = &previous {
             let moved = previous.vpc != spec.vpc || previous.subnet != spec.subnet;
-            if moved || previous.device_model != spec.device_model.name() || previous.placement != spec.placement.name() {
-                return Err(RuntimeError::Conflict(format!("group {} already exists with another subnet, device model or placement; replace it", spec.name)));
+            if moved || previous.device_model != spec.device_model.name() || previous.placement != spec.placement.name()
+            {
+                return Err(RuntimeError::Conflict(format!(
+                    "group {} already exists with another subnet, device model or placement; replace it",
+                    spec.name
+                )));
             }
         }
         // Where the EVMs go. By formula: on the EPMs the group was first
@@ -234,7 +256,10 @@ impl OverlayRecord {
             .collect();
         let gateway_index = subnet.cidr.index_of(subnet.gateway);
         if overlay::grow(&mut ranges, indexes, subnet.cidr.host_capacity(), gateway_index, &taken).is_none() {
-            return Err(RuntimeError::Conflict(format!("subnet {} ({}) has no room for {indexes} EVMs of group {}", subnet.name, subnet.cidr, spec.name)));
+            return Err(RuntimeError::Conflict(format!(
+                "subnet {} ({}) has no room for {indexes} EVMs of group {}",
+                subnet.name, subnet.cidr, spec.name
+            )));
         }
         ranges.truncate(indexes);
         let group = GroupRecord {
@@ -327,7 +352,9 @@ impl GroupRecord {
         }
         let spec = self.spec(&tree.name, name);
         let candidates = candidates(tree, self.placement_epms())?;
-        Ok((0..self.count).filter_map(|k| Some((k, candidates.get(spec.epm_of(k, candidates.len())?)?.clone()))).collect())
+        Ok((0..self.count)
+            .filter_map(|k| Some((k, candidates.get(spec.epm_of(k, candidates.len())?)?.clone())))
+            .collect())
     }
 
     /// EVMs per EPM, by name, as the resource reports them.
@@ -388,7 +415,12 @@ pub(super) fn epm_named(tree: &TreeSpec, name: &str) -> Result<Epm, RuntimeError
 }
 
 /// Every EVM of a group, in index order.
-pub(super) fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &GroupRecord) -> Result<Vec<Evm>, RuntimeError> {
+pub(super) fn evms(
+    tree: &TreeSpec,
+    record: &OverlayRecord,
+    name: &str,
+    group: &GroupRecord,
+) -> Result<Vec<Evm>, RuntimeError> {
     let subnet = record
         .subnets
         .get(&subnet_key(&group.vpc, &group.subnet))
@@ -398,7 +430,10 @@ pub(super) fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &
     let external = record.is_external(&group.vpc);
     let mut evms = Vec::with_capacity(group.count as usize);
     for (k, epm) in group.layout(tree, name)? {
-        let Some((index, ip)) = group.ranges.index_of(u64::from(k)).and_then(|i| Some((i, subnet_spec.cidr.host(i)?))) else { break };
+        let Some((index, ip)) = group.ranges.index_of(u64::from(k)).and_then(|i| Some((i, subnet_spec.cidr.host(i)?)))
+        else {
+            break;
+        };
         let namespace = naming::evm_namespace(&tree.name, name, k);
         let mac = overlay::evm_mac(ip);
         evms.push(Evm {
@@ -407,7 +442,11 @@ pub(super) fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &
             spec: EvmSpec {
                 namespace: namespace.clone(),
                 // External: the EPM end waits in the EPM for the system under test.
-                router_namespace: if external { naming::namespace(&tree.name, &epm.name) } else { naming::router_namespace(&tree.name, &epm.name, &group.vpc) },
+                router_namespace: if external {
+                    naming::namespace(&tree.name, &epm.name)
+                } else {
+                    naming::router_namespace(&tree.name, &epm.name, &group.vpc)
+                },
                 bridge: if external { String::new() } else { naming::subnet_bridge(subnet.id) },
                 host_port: match device_model {
                     DeviceModel::Veth => naming::evm_port(group.id, k),
@@ -416,7 +455,11 @@ pub(super) fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &
                 address: format!("{ip}/{}", subnet_spec.cidr.prefix_len()),
                 mac: netdev::format_mac(&mac),
                 gateway: subnet_spec.gateway.to_string(),
-                gateway_mac: if external { String::new() } else { netdev::format_mac(&overlay::gateway_mac(epm.index)) },
+                gateway_mac: if external {
+                    String::new()
+                } else {
+                    netdev::format_mac(&overlay::gateway_mac(epm.index))
+                },
                 device_model: device_model.name().into(),
                 leave_unattached: external,
                 mtu: record.vpcs.get(&group.vpc).and_then(|v| v.mtu).unwrap_or(0),
@@ -440,14 +483,20 @@ pub(super) fn evms(tree: &TreeSpec, record: &OverlayRecord, name: &str, group: &
 /// subnets (routing between them is local, so a subnet's gateway must be
 /// wherever its VPC is), each subnet flooding only to the other EPMs that
 /// hold EVMs of that subnet.
-pub(super) fn overlay_goals(tree: &TreeSpec, record: &OverlayRecord, forget: &Forget) -> Result<Vec<(Epm, OverlayGoal)>, RuntimeError> {
+pub(super) fn overlay_goals(
+    tree: &TreeSpec,
+    record: &OverlayRecord,
+    forget: &Forget,
+) -> Result<Vec<(Epm, OverlayGoal)>, RuntimeError> {
     // EPM indexes holding EVMs, per VPC and per subnet.
     let mut vpc_hosts: HashMap<&str, Vec<u32>> = HashMap::new();
     let mut subnet_hosts: HashMap<(&str, &str), Vec<u32>> = HashMap::new();
     // External VPCs have no overlay of merak's.
     for (name, group) in record.groups.iter().filter(|(_, g)| !record.is_external(&g.vpc)) {
         let used: Vec<u32> = match group.placement.as_str() {
-            "counts" => group.slots.keys().map(|name| epm_named(tree, name).map(|e| e.index)).collect::<Result<_, _>>()?,
+            "counts" => {
+                group.slots.keys().map(|name| epm_named(tree, name).map(|e| e.index)).collect::<Result<_, _>>()?
+            }
             _ => {
                 let candidates = candidates(tree, group.placement_epms())?;
                 let names: Vec<String> = candidates.iter().map(|e| e.name.clone()).collect();
@@ -514,7 +563,14 @@ mod tests {
     use crate::store::{self, MemoryStore};
 
     fn tree(hosts: i64) -> TreeSpec {
-        let input = TreeInput { name: "lab", racks: 1, hosts_per_rack: 8, hosts: Some(hosts), ports_per_vswitch: 8, data_plane_cidr: "10.9.0.0/24" };
+        let input = TreeInput {
+            name: "lab",
+            racks: 1,
+            hosts_per_rack: 8,
+            hosts: Some(hosts),
+            ports_per_vswitch: 8,
+            data_plane_cidr: "10.9.0.0/24",
+        };
         TreeSpec::validate(&input).expect("valid topology")
     }
 
@@ -615,7 +671,8 @@ mod tests {
         assert_eq!(epm0.vpcs.len(), 1);
         // Every subnet of the VPC has its gateway there (routing is local)...
         assert_eq!(epm0.vpcs[0].subnets.len(), 2);
-        let flood = |goal: &OverlayGoal, vni: u32| goal.vpcs[0].subnets.iter().find(|s| s.vni == vni).unwrap().flood.clone();
+        let flood =
+            |goal: &OverlayGoal, vni: u32| goal.vpcs[0].subnets.iter().find(|s| s.vni == vni).unwrap().flood.clone();
         // ...each flooding to the other EPMs holding EVMs of that subnet.
         assert_eq!(flood(&epm0, web.vni), [lab.epm(1).ip.to_string()]);
         assert_eq!(flood(&epm0, db.vni), [lab.epm(1).ip.to_string()]);
@@ -636,7 +693,13 @@ mod tests {
         let back: OverlayRecord = store::load_json(&memory, "lab", "overlay").await.unwrap().unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&record).unwrap());
         let lab = tree(2);
-        let (before, after) = (evms(&lab, &record, "g", &record.groups["g"]).unwrap(), evms(&lab, &back, "g", &back.groups["g"]).unwrap());
-        assert_eq!(before.iter().map(|e| &e.spec).collect::<Vec<_>>(), after.iter().map(|e| &e.spec).collect::<Vec<_>>());
+        let (before, after) = (
+            evms(&lab, &record, "g", &record.groups["g"]).unwrap(),
+            evms(&lab, &back, "g", &back.groups["g"]).unwrap(),
+        );
+        assert_eq!(
+            before.iter().map(|e| &e.spec).collect::<Vec<_>>(),
+            after.iter().map(|e| &e.spec).collect::<Vec<_>>()
+        );
     }
 }

@@ -10,8 +10,8 @@ use merak_proto::agent::agent_client::AgentClient;
 use merak_proto::agent::{SuperviseGoal, SupervisedProcess, SupervisedRequest, SupervisedStatus};
 
 use super::Controller;
-use crate::model::{Epm, TreeSpec};
 use crate::model::epm_agent::{AgentHost, EpmAgentSpec, Placeholders};
+use crate::model::{Epm, TreeSpec};
 use crate::runtime::{Failure, RuntimeError};
 use crate::store;
 
@@ -38,7 +38,11 @@ impl Controller {
 
     /// Records `agents` unless the record already says so; false when
     /// there are none and never were (nothing to run or stop).
-    pub(super) async fn record_epm_agents(&self, tree: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<bool, RuntimeError> {
+    pub(super) async fn record_epm_agents(
+        &self,
+        tree: &TreeSpec,
+        agents: &[EpmAgentSpec],
+    ) -> Result<bool, RuntimeError> {
         let recorded = self.load_epm_agents(&tree.name).await?;
         if agents.is_empty() && recorded.is_empty() {
             return Ok(false);
@@ -54,7 +58,12 @@ impl Controller {
     /// Runs the recorded `agents` (supervised: pushes every EPM's goal;
     /// containers: the substrate built them with the EPMs) and waits, up to
     /// the longest ready timeout, until they are ready.
-    pub(super) async fn apply_epm_agents(&self, tree: &TreeSpec, agents: &[EpmAgentSpec], ready_epms: u32) -> Result<UnderTestStatus, RuntimeError> {
+    pub(super) async fn apply_epm_agents(
+        &self,
+        tree: &TreeSpec,
+        agents: &[EpmAgentSpec],
+        ready_epms: u32,
+    ) -> Result<UnderTestStatus, RuntimeError> {
         if !self.record_epm_agents(tree, agents).await? {
             return Ok(UnderTestStatus { ready_epms, failures: Vec::new() });
         }
@@ -80,13 +89,22 @@ impl Controller {
     }
 
     /// Sends every EPM's merak-agent what to supervise; the EPMs it could not tell.
-    async fn push_supervise_goals(&self, tree: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<Vec<Failure>, RuntimeError> {
+    async fn push_supervise_goals(
+        &self,
+        tree: &TreeSpec,
+        agents: &[EpmAgentSpec],
+    ) -> Result<Vec<Failure>, RuntimeError> {
         let log_dir = self.substrate.supervised_logs(&tree.name)?;
-        let goals: Vec<(String, SuperviseGoal)> = tree.epms().map(|epm| (epm.name.clone(), goal_for(&epm, agents, &log_dir, self.network_controller_url()))).collect();
+        let goals: Vec<(String, SuperviseGoal)> = tree
+            .epms()
+            .map(|epm| (epm.name.clone(), goal_for(&epm, agents, &log_dir, self.network_controller_url())))
+            .collect();
         let pushed = futures::stream::iter(goals)
             .map(|(epm, goal)| async move {
                 let result = match self.supervise(&tree.name, &epm, goal.clone()).await {
-                    Err(_) if self.substrate.revive_agent(&tree.name, &epm).await.is_ok() => self.supervise(&tree.name, &epm, goal).await,
+                    Err(_) if self.substrate.revive_agent(&tree.name, &epm).await.is_ok() => {
+                        self.supervise(&tree.name, &epm, goal).await
+                    }
                     result => result,
                 };
                 result.err().map(|e| Failure { object: epm, error: format!("epm_agent: {e}") })
@@ -102,8 +120,16 @@ impl Controller {
     pub(super) async fn epm_agents_status(&self, tree: &TreeSpec, agents: &[EpmAgentSpec]) -> UnderTestStatus {
         if self.substrate.agent_host() == AgentHost::Container {
             return match self.substrate.agent_containers_status(tree, agents).await {
-                Ok(failures) => UnderTestStatus { ready_epms: tree.hosts.saturating_sub(failures.len() as u32), failures },
-                Err(e) => UnderTestStatus { ready_epms: 0, failures: vec![Failure { object: tree.name.clone(), error: format!("reading the agents under test: {e}") }] },
+                Ok(failures) => {
+                    UnderTestStatus { ready_epms: tree.hosts.saturating_sub(failures.len() as u32), failures }
+                }
+                Err(e) => UnderTestStatus {
+                    ready_epms: 0,
+                    failures: vec![Failure {
+                        object: tree.name.clone(),
+                        error: format!("reading the agents under test: {e}"),
+                    }],
+                },
             };
         }
         let log_dir = self.substrate.supervised_logs(&tree.name).ok();
@@ -111,7 +137,8 @@ impl Controller {
         let mut failures: Vec<Failure> = futures::stream::iter(tree.epms().map(|e| e.name))
             .map(|epm| async move {
                 let why = match self.supervised(&tree.name, &epm).await {
-                    Ok(statuses) => not_ready(agents, &statuses).map(|(agent, why)| format!("agent {agent}: {why} (its log: {})", log(&epm, agent))),
+                    Ok(statuses) => not_ready(agents, &statuses)
+                        .map(|(agent, why)| format!("agent {agent}: {why} (its log: {})", log(&epm, agent))),
                     Err(e) => Some(format!("its agent does not answer: {e}")),
                 };
                 why.map(|why| Failure { object: epm, error: why })
@@ -139,9 +166,14 @@ impl Controller {
         };
         // Containers are the kubelet's to restart.
         let supervised = self.substrate.agent_host() == AgentHost::Namespace;
-        let Some(epm) = tree.epms().find(|e| e.name == epm).filter(|_| supervised && !agents.is_empty()) else { return Ok(()) };
+        let Some(epm) = tree.epms().find(|e| e.name == epm).filter(|_| supervised && !agents.is_empty()) else {
+            return Ok(());
+        };
         let restarted = match self.substrate.supervised_logs(&tree.name) {
-            Ok(log_dir) => self.supervise(&tree.name, &epm.name, goal_for(&epm, &agents, &log_dir, self.network_controller_url())).await,
+            Ok(log_dir) => {
+                self.supervise(&tree.name, &epm.name, goal_for(&epm, &agents, &log_dir, self.network_controller_url()))
+                    .await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = restarted {
@@ -150,7 +182,11 @@ impl Controller {
         Ok(())
     }
 
-    async fn agent_client(&self, topology: &str, epm: &str) -> Result<AgentClient<crate::runtime::agent_client::AgentChannel>, RuntimeError> {
+    async fn agent_client(
+        &self,
+        topology: &str,
+        epm: &str,
+    ) -> Result<AgentClient<crate::runtime::agent_client::AgentChannel>, RuntimeError> {
         Ok(AgentClient::new(self.substrate.agent_channel(topology, epm).await?))
     }
 
@@ -162,13 +198,21 @@ impl Controller {
 
     async fn supervised(&self, topology: &str, epm: &str) -> Result<Vec<SupervisedStatus>, RuntimeError> {
         let mut client = self.agent_client(topology, epm).await?;
-        let reply = client.supervised(SupervisedRequest {}).await.map_err(|s| RuntimeError::Unavailable(s.message().to_string()))?;
+        let reply = client
+            .supervised(SupervisedRequest {})
+            .await
+            .map_err(|s| RuntimeError::Unavailable(s.message().to_string()))?;
         Ok(reply.into_inner().processes)
     }
 }
 
 /// What one EPM's agent runs: the agents rendered for that EPM.
-fn goal_for(epm: &Epm, agents: &[EpmAgentSpec], log_dir: &std::path::Path, controller_url: Option<&str>) -> SuperviseGoal {
+fn goal_for(
+    epm: &Epm,
+    agents: &[EpmAgentSpec],
+    log_dir: &std::path::Path,
+    controller_url: Option<&str>,
+) -> SuperviseGoal {
     let at = Placeholders { epm: &epm.name, epm_ip: epm.ip, epm_index: epm.index, controller_url };
     let processes = agents
         .iter()
@@ -216,12 +260,27 @@ mod tests {
     use super::*;
 
     fn status(name: &str, ready: bool) -> SupervisedStatus {
-        SupervisedStatus { name: name.into(), running: ready, ready, not_ready: if ready { String::new() } else { "not running".into() }, last_exit: "exit status: 1".into(), restarts: 2, ..Default::default() }
+        SupervisedStatus {
+            name: name.into(),
+            running: ready,
+            ready,
+            not_ready: if ready { String::new() } else { "not running".into() },
+            last_exit: "exit status: 1".into(),
+            restarts: 2,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn an_epm_is_ready_when_every_agent_is() {
-        let agent = |name: &str| EpmAgentSpec { name: name.into(), command: vec!["true".into()], env: None, ready_command: None, ready_timeout_s: None, image: None };
+        let agent = |name: &str| EpmAgentSpec {
+            name: name.into(),
+            command: vec!["true".into()],
+            env: None,
+            ready_command: None,
+            ready_timeout_s: None,
+            image: None,
+        };
         let agents = [agent("a"), agent("b")];
         assert_eq!(not_ready(&agents, &[status("a", true), status("b", true)]), None);
         let (agent, why) = not_ready(&agents, &[status("a", true), status("b", false)]).expect("b is down");

@@ -99,19 +99,39 @@ pub fn validate(agents: &[EpmAgentSpec], has_controller: bool) -> Vec<AgentError
     let mut errors = Vec::new();
     if agents.len() > MAX_AGENTS {
         let detail = format!("{} epm_agent blocks; at most {MAX_AGENTS}.", agents.len());
-        errors.push(AgentError { index: MAX_AGENTS, attribute: "name", summary: "Too many epm_agent blocks".into(), detail });
+        errors.push(AgentError {
+            index: MAX_AGENTS,
+            attribute: "name",
+            summary: "Too many epm_agent blocks".into(),
+            detail,
+        });
     }
     for (index, agent) in agents.iter().enumerate() {
         let mut error = |attribute: &'static str, summary: &str, detail: String| {
             errors.push(AgentError { index, attribute, summary: summary.into(), detail });
         };
         if !naming::is_dns_label(&agent.name) || agent.name.len() > MAX_NAME {
-            error("name", "Invalid epm_agent name", format!("{:?} is not a DNS label of at most {MAX_NAME} characters (lowercase letters, digits, '-'); it names the agent's log, <epm>.<name>.log.", agent.name));
+            error(
+                "name",
+                "Invalid epm_agent name",
+                format!(
+                    "{:?} is not a DNS label of at most {MAX_NAME} characters (lowercase letters, digits, '-'); it names the agent's log, <epm>.<name>.log.",
+                    agent.name
+                ),
+            );
         } else if agents[..index].iter().any(|a| a.name == agent.name) {
-            error("name", "Duplicate epm_agent name", format!("Another epm_agent block is named {:?}; give each a name of its own.", agent.name));
+            error(
+                "name",
+                "Duplicate epm_agent name",
+                format!("Another epm_agent block is named {:?}; give each a name of its own.", agent.name),
+            );
         }
         if agent.command.first().is_none_or(|program| program.trim().is_empty()) {
-            error("command", "Empty epm_agent command", "command must name a program and its arguments, e.g. [\"ovn-controller\", \"--pidfile\"].".into());
+            error(
+                "command",
+                "Empty epm_agent command",
+                "command must name a program and its arguments, e.g. [\"ovn-controller\", \"--pidfile\"].".into(),
+            );
         }
         if agent.ready_command.as_ref().is_some_and(|r| r.first().is_none_or(|program| program.trim().is_empty())) {
             error("ready_command", "Empty ready_command", "ready_command must name a program that exits 0 when the agent is ready; leave it out to count a running agent as ready.".into());
@@ -119,15 +139,27 @@ pub fn validate(agents: &[EpmAgentSpec], has_controller: bool) -> Vec<AgentError
         if let Some(env) = &agent.env
             && let Some(key) = env.keys().find(|k| k.is_empty() || k.contains(['=', '\0']))
         {
-            error("env", "Invalid environment variable name", format!("{key:?} cannot be a variable name: it is empty or holds '=' or a NUL byte."));
+            error(
+                "env",
+                "Invalid environment variable name",
+                format!("{key:?} cannot be a variable name: it is empty or holds '=' or a NUL byte."),
+            );
         }
         if let Some((attribute, _)) = agent.texts().find(|(_, t)| t.contains('\0')) {
-            error(attribute, "NUL byte in epm_agent", format!("{attribute} holds a NUL byte, which no program argument or variable can carry."));
+            error(
+                attribute,
+                "NUL byte in epm_agent",
+                format!("{attribute} holds a NUL byte, which no program argument or variable can carry."),
+            );
         }
-        if !has_controller
-            && let Some((attribute, _)) = agent.texts().find(|(_, t)| t.contains(CONTROLLER_URL))
-        {
-            error(attribute, "No controller to name", format!("{attribute} uses ${{controller_url}}, but the provider block has no controller {{ url = ... }}; add one, or remove the placeholder."));
+        if !has_controller && let Some((attribute, _)) = agent.texts().find(|(_, t)| t.contains(CONTROLLER_URL)) {
+            error(
+                attribute,
+                "No controller to name",
+                format!(
+                    "{attribute} uses ${{controller_url}}, but the provider block has no controller {{ url = ... }}; add one, or remove the placeholder."
+                ),
+            );
         }
     }
     errors
@@ -173,7 +205,13 @@ pub fn validate_for(agents: &[EpmAgentSpec], host: AgentHost) -> Vec<AgentError>
             _ => {}
         }
         if host == AgentHost::Container && agent.name == AGENT_CONTAINER {
-            error("name", "Reserved epm_agent name", format!("{AGENT_CONTAINER:?} names merak-agent's own container in the EPM pods; give the agent under test another name."));
+            error(
+                "name",
+                "Reserved epm_agent name",
+                format!(
+                    "{AGENT_CONTAINER:?} names merak-agent's own container in the EPM pods; give the agent under test another name."
+                ),
+            );
         }
     }
     errors
@@ -193,7 +231,14 @@ mod tests {
     use super::*;
 
     fn agent(name: &str, command: &[&str]) -> EpmAgentSpec {
-        EpmAgentSpec { name: name.into(), command: command.iter().map(|s| s.to_string()).collect(), env: None, ready_command: None, ready_timeout_s: None, image: None }
+        EpmAgentSpec {
+            name: name.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: None,
+            ready_command: None,
+            ready_timeout_s: None,
+            image: None,
+        }
     }
 
     #[test]
@@ -201,7 +246,12 @@ mod tests {
         let mut spec = agent("ovn", &["sh", "-c", "echo ${epm} ${epm_ip} ${epm_index} ${HOME} $${epm}"]);
         spec.env = Some(BTreeMap::from([("URL".to_string(), "${controller_url}/v1".to_string())]));
         spec.ready_command = Some(vec!["ping".into(), "${epm_ip}".into()]);
-        let at = Placeholders { epm: "epm-3", epm_ip: Ipv4Addr::new(10, 0, 0, 4), epm_index: 3, controller_url: Some("http://127.0.0.1:9") };
+        let at = Placeholders {
+            epm: "epm-3",
+            epm_ip: Ipv4Addr::new(10, 0, 0, 4),
+            epm_index: 3,
+            controller_url: Some("http://127.0.0.1:9"),
+        };
         let rendered = spec.render(&at);
         assert_eq!(rendered.command[2], "echo epm-3 10.0.0.4 3 ${HOME} $epm-3");
         assert_eq!(rendered.env["URL"], "http://127.0.0.1:9/v1");
@@ -214,11 +264,35 @@ mod tests {
         env.env = Some(BTreeMap::from([("A=B".to_string(), "x".to_string())]));
         let mut ready = agent("ready", &["true"]);
         ready.ready_command = Some(Vec::new());
-        let agents = [agent("ok", &["true"]), agent("ok", &["true"]), agent("Bad_Name", &["true"]), agent("empty", &[]), agent("blank", &[" "]), env, ready, agent("url", &["x", "${controller_url}"])];
+        let agents = [
+            agent("ok", &["true"]),
+            agent("ok", &["true"]),
+            agent("Bad_Name", &["true"]),
+            agent("empty", &[]),
+            agent("blank", &[" "]),
+            env,
+            ready,
+            agent("url", &["x", "${controller_url}"]),
+        ];
         let found: Vec<(usize, &str)> = validate(&agents, false).iter().map(|e| (e.index, e.attribute)).collect();
-        assert_eq!(found, [(1, "name"), (2, "name"), (3, "command"), (4, "command"), (5, "env"), (6, "ready_command"), (7, "command")]);
+        assert_eq!(
+            found,
+            [
+                (1, "name"),
+                (2, "name"),
+                (3, "command"),
+                (4, "command"),
+                (5, "env"),
+                (6, "ready_command"),
+                (7, "command")
+            ]
+        );
         assert!(validate(&agents[7..], true).is_empty(), "with a controller, ${{controller_url}} is fine");
-        assert!(validate(&vec![agent("a", &["true"]); MAX_AGENTS + 1], false).iter().any(|e| e.summary.contains("Too many")));
+        assert!(
+            validate(&vec![agent("a", &["true"]); MAX_AGENTS + 1], false)
+                .iter()
+                .any(|e| e.summary.contains("Too many"))
+        );
     }
 
     #[test]
@@ -228,7 +302,9 @@ mod tests {
         let host = agent("bgpd", &["bgpd"]);
         assert!(validate_for(&[host.clone()], AgentHost::Namespace).is_empty());
         assert!(validate_for(std::slice::from_ref(&pod), AgentHost::Container).is_empty());
-        let found = |agents: &[EpmAgentSpec], at: AgentHost| -> Vec<(usize, &'static str)> { validate_for(agents, at).iter().map(|e| (e.index, e.attribute)).collect() };
+        let found = |agents: &[EpmAgentSpec], at: AgentHost| -> Vec<(usize, &'static str)> {
+            validate_for(agents, at).iter().map(|e| (e.index, e.attribute)).collect()
+        };
         assert_eq!(found(&[host.clone(), pod.clone()], AgentHost::Namespace), [(1, "image")]);
         assert_eq!(found(&[pod.clone(), host], AgentHost::Container), [(1, "image")]);
         let mut blank = pod.clone();

@@ -88,7 +88,12 @@ impl FatTree {
     /// the prefixes (data plane holds the EPMs, fabric holds two addresses
     /// per link, the two apart). `fabric`: `None` derives one from
     /// 100.64.0.0/10, as small as the links need.
-    pub fn validate(k: i64, hosts: Option<i64>, data_plane: Ipv4Cidr, fabric: Option<Ipv4Cidr>) -> Result<FatTree, Vec<SpecError>> {
+    pub fn validate(
+        k: i64,
+        hosts: Option<i64>,
+        data_plane: Ipv4Cidr,
+        fabric: Option<Ipv4Cidr>,
+    ) -> Result<FatTree, Vec<SpecError>> {
         let mut errors = Vec::new();
         let k = match u32::try_from(k) {
             Ok(k) if (MIN_K..=MAX_K).contains(&k) && k % 2 == 0 => k,
@@ -102,7 +107,14 @@ impl FatTree {
             None => ports,
             Some(Ok(h)) if (1..=ports).contains(&h) => h,
             Some(_) => {
-                errors.push(SpecError::new("hosts", "Invalid hosts", format!("hosts is {}; a fat tree of k = {k} has 1 to {ports} EPM ports.", hosts.unwrap_or_default())));
+                errors.push(SpecError::new(
+                    "hosts",
+                    "Invalid hosts",
+                    format!(
+                        "hosts is {}; a fat tree of k = {k} has 1 to {ports} EPM ports.",
+                        hosts.unwrap_or_default()
+                    ),
+                ));
                 ports
             }
         };
@@ -113,7 +125,11 @@ impl FatTree {
             }
         }
         if u64::from(hosts) > data_plane.host_capacity() {
-            errors.push(SpecError::new("data_plane_cidr", "data_plane_cidr too small", format!("{data_plane} holds {} addresses; {hosts} EPMs need one each.", data_plane.host_capacity())));
+            errors.push(SpecError::new(
+                "data_plane_cidr",
+                "data_plane_cidr too small",
+                format!("{data_plane} holds {} addresses; {hosts} EPMs need one each.", data_plane.host_capacity()),
+            ));
         }
         let needed = 2 * (u64::from(k * k * k / 2) + u64::from(ports));
         let fabric = match fabric {
@@ -124,10 +140,21 @@ impl FatTree {
             }
         };
         if 1u64 << (32 - u32::from(fabric.prefix_len())) < needed {
-            errors.push(SpecError::new("fabric_cidr", "fabric_cidr too small", format!("{fabric} holds {} addresses; the fabric's links need {needed} (a /31 each).", 1u64 << (32 - u32::from(fabric.prefix_len())))));
+            errors.push(SpecError::new(
+                "fabric_cidr",
+                "fabric_cidr too small",
+                format!(
+                    "{fabric} holds {} addresses; the fabric's links need {needed} (a /31 each).",
+                    1u64 << (32 - u32::from(fabric.prefix_len()))
+                ),
+            ));
         }
         if fabric.overlaps(&data_plane) {
-            errors.push(SpecError::new("fabric_cidr", "fabric_cidr overlaps data_plane_cidr", format!("{fabric} and {data_plane} share addresses; the fabric's links and the EPMs need their own.")));
+            errors.push(SpecError::new(
+                "fabric_cidr",
+                "fabric_cidr overlaps data_plane_cidr",
+                format!("{fabric} and {data_plane} share addresses; the fabric's links and the EPMs need their own."),
+            ));
         }
         if errors.is_empty() { Ok(FatTree { k, hosts, data_plane, fabric }) } else { Err(errors) }
     }
@@ -169,19 +196,36 @@ impl FatTree {
         let mut links = Vec::with_capacity((self.k * self.k * self.k / 2) as usize);
         let mut push = |lower: Switch, upper: Switch, up: u32, down: u32| {
             let (lower_ip, upper_ip) = self.pair(links.len() as u32);
-            links.push(FabricLink { lower, upper, lower_device: format!("up{up}"), upper_device: format!("dn{down}"), lower_ip, upper_ip });
+            links.push(FabricLink {
+                lower,
+                upper,
+                lower_device: format!("up{up}"),
+                upper_device: format!("dn{down}"),
+                lower_ip,
+                upper_ip,
+            });
         };
         for pod in 0..self.k {
             for edge in 0..half {
                 for aggregation in 0..half {
-                    push(Switch::Edge { pod, index: edge }, Switch::Aggregation { pod, index: aggregation }, aggregation, edge);
+                    push(
+                        Switch::Edge { pod, index: edge },
+                        Switch::Aggregation { pod, index: aggregation },
+                        aggregation,
+                        edge,
+                    );
                 }
             }
         }
         for pod in 0..self.k {
             for aggregation in 0..half {
                 for m in 0..half {
-                    push(Switch::Aggregation { pod, index: aggregation }, Switch::Core { index: aggregation * half + m }, m, pod);
+                    push(
+                        Switch::Aggregation { pod, index: aggregation },
+                        Switch::Core { index: aggregation * half + m },
+                        m,
+                        pod,
+                    );
                 }
             }
         }
@@ -219,10 +263,18 @@ impl FatTree {
         let per_pod = half * half;
         let links = self.fabric_links();
         let up = |from: Switch| -> Vec<NextHop> {
-            links.iter().filter(|l| l.lower == from).map(|l| NextHop { device: l.lower_device.clone(), gateway: Some(l.upper_ip) }).collect()
+            links
+                .iter()
+                .filter(|l| l.lower == from)
+                .map(|l| NextHop { device: l.lower_device.clone(), gateway: Some(l.upper_ip) })
+                .collect()
         };
         let down = |from: Switch, to: Switch| -> Vec<NextHop> {
-            links.iter().filter(|l| l.upper == from && l.lower == to).map(|l| NextHop { device: l.upper_device.clone(), gateway: Some(l.lower_ip) }).collect()
+            links
+                .iter()
+                .filter(|l| l.upper == from && l.lower == to)
+                .map(|l| NextHop { device: l.upper_device.clone(), gateway: Some(l.lower_ip) })
+                .collect()
         };
         let everything_else = |from: Switch| Route { prefix: Ipv4Cidr::ANY, next_hops: up(from) };
         let mut routes = Vec::new();
@@ -232,7 +284,8 @@ impl FatTree {
                 for epm in first..(first + half).min(self.hosts) {
                     let port = self.host_port(epm);
                     let host = Ipv4Cidr::new(self.epm_ip(epm), 32).unwrap_or(Ipv4Cidr::ANY);
-                    routes.push(Route { prefix: host, next_hops: vec![NextHop { device: port.device, gateway: None }] });
+                    routes
+                        .push(Route { prefix: host, next_hops: vec![NextHop { device: port.device, gateway: None }] });
                 }
                 routes.push(everything_else(switch));
             }
@@ -240,14 +293,22 @@ impl FatTree {
                 for edge in 0..half {
                     let first = pod * per_pod + edge * half;
                     let via = down(switch, Switch::Edge { pod, index: edge });
-                    routes.extend(self.epm_prefixes(first, first + half).into_iter().map(|prefix| Route { prefix, next_hops: via.clone() }));
+                    routes.extend(
+                        self.epm_prefixes(first, first + half)
+                            .into_iter()
+                            .map(|prefix| Route { prefix, next_hops: via.clone() }),
+                    );
                 }
                 routes.push(everything_else(switch));
             }
             Switch::Core { index } => {
                 for pod in 0..self.k {
                     let via = down(switch, Switch::Aggregation { pod, index: index / half });
-                    routes.extend(self.epm_prefixes(pod * per_pod, (pod + 1) * per_pod).into_iter().map(|prefix| Route { prefix, next_hops: via.clone() }));
+                    routes.extend(
+                        self.epm_prefixes(pod * per_pod, (pod + 1) * per_pod)
+                            .into_iter()
+                            .map(|prefix| Route { prefix, next_hops: via.clone() }),
+                    );
                 }
             }
         }
@@ -298,14 +359,25 @@ mod tests {
     #[test]
     fn bad_input_names_the_attribute() {
         let plane: Ipv4Cidr = "10.0.0.0/24".parse().unwrap();
-        let attributes = |result: Result<FatTree, Vec<SpecError>>| result.unwrap_err().iter().map(|e| e.attribute).collect::<Vec<_>>();
+        let attributes = |result: Result<FatTree, Vec<SpecError>>| {
+            result.unwrap_err().iter().map(|e| e.attribute).collect::<Vec<_>>()
+        };
         assert_eq!(attributes(FatTree::validate(5, None, plane, None)), ["k"]);
         assert_eq!(attributes(FatTree::validate(66, None, plane, None)), ["k"]);
         assert_eq!(attributes(FatTree::validate(8, Some(129), plane, None)), ["hosts"]);
         assert_eq!(attributes(FatTree::validate(16, None, plane, None)), ["data_plane_cidr"]);
-        assert_eq!(attributes(FatTree::validate(4, None, plane, Some("10.0.0.0/16".parse().unwrap()))), ["fabric_cidr"]);
-        assert_eq!(attributes(FatTree::validate(4, None, plane, Some("192.168.0.0/28".parse().unwrap()))), ["fabric_cidr"]);
-        assert!(FatTree::validate(64, None, "10.0.0.0/14".parse().unwrap(), None).is_ok(), "the derived fabric holds k = 64");
+        assert_eq!(
+            attributes(FatTree::validate(4, None, plane, Some("10.0.0.0/16".parse().unwrap()))),
+            ["fabric_cidr"]
+        );
+        assert_eq!(
+            attributes(FatTree::validate(4, None, plane, Some("192.168.0.0/28".parse().unwrap()))),
+            ["fabric_cidr"]
+        );
+        assert!(
+            FatTree::validate(64, None, "10.0.0.0/14".parse().unwrap(), None).is_ok(),
+            "the derived fabric holds k = 64"
+        );
     }
 
     #[test]
@@ -327,8 +399,16 @@ mod tests {
 
     #[test]
     fn ranges_become_the_fewest_aligned_prefixes() {
-        let text = |first: &str, end: u32| range_prefixes(u32::from(first.parse::<Ipv4Addr>().unwrap()), end).iter().map(|p| p.to_string()).collect::<Vec<_>>();
-        assert_eq!(text("10.0.0.1", u32::from(Ipv4Addr::new(10, 0, 0, 5))), ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/32"]);
+        let text = |first: &str, end: u32| {
+            range_prefixes(u32::from(first.parse::<Ipv4Addr>().unwrap()), end)
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            text("10.0.0.1", u32::from(Ipv4Addr::new(10, 0, 0, 5))),
+            ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/32"]
+        );
         assert_eq!(text("10.0.0.0", u32::from(Ipv4Addr::new(10, 0, 1, 0))), ["10.0.0.0/24"]);
     }
 
@@ -343,7 +423,14 @@ mod tests {
     fn paths(fat: &FatTree, tables: &HashMap<Switch, Vec<Route>>, from: u32, to: u32) -> Vec<Vec<Switch>> {
         let links = fat.fabric_links();
         let peer = |switch: Switch, device: &str| -> Switch {
-            links.iter().find_map(|l| (l.lower == switch && l.lower_device == device).then_some(l.upper).or((l.upper == switch && l.upper_device == device).then_some(l.lower))).expect("a device of the switch")
+            links
+                .iter()
+                .find_map(|l| {
+                    (l.lower == switch && l.lower_device == device)
+                        .then_some(l.upper)
+                        .or((l.upper == switch && l.upper_device == device).then_some(l.lower))
+                })
+                .expect("a device of the switch")
         };
         let destination = fat.epm_ip(to);
         let mut done = Vec::new();
@@ -351,11 +438,16 @@ mod tests {
         while let Some(path) = walking.pop() {
             let at = *path.last().unwrap();
             assert!(path.len() <= 5, "a loop or a detour: {path:?}");
-            let route = lookup(&tables[&at], destination).unwrap_or_else(|| panic!("{} has no route to {destination}", at.name()));
+            let route = lookup(&tables[&at], destination)
+                .unwrap_or_else(|| panic!("{} has no route to {destination}", at.name()));
             for hop in &route.next_hops {
                 match hop.gateway {
                     None => {
-                        assert_eq!((at, hop.device.clone()), (fat.host_port(to).edge, fat.host_port(to).device), "delivered to the right port");
+                        assert_eq!(
+                            (at, hop.device.clone()),
+                            (fat.host_port(to).edge, fat.host_port(to).device),
+                            "delivered to the right port"
+                        );
                         done.push(path.clone());
                     }
                     Some(_) => walking.push([path.clone(), vec![peer(at, &hop.device)]].concat()),

@@ -82,7 +82,11 @@ impl Graph {
         } else {
             for epm in spec.epms() {
                 let at = nodes.len();
-                nodes.push(Node { id: node_id(&epm.name), label: format!("{}\n{}", epm.name, epm.ip), kind: NodeKind::Epm });
+                nodes.push(Node {
+                    id: node_id(&epm.name),
+                    label: format!("{}\n{}", epm.name, epm.ip),
+                    kind: NodeKind::Epm,
+                });
                 if let Some(tor) = index_of.get(&(0, epm.rack)) {
                     edges.push(Edge { from: *tor, to: at, impairment: epm_link.clone() });
                 }
@@ -106,7 +110,11 @@ impl Graph {
         }
         let mut edges = Vec::new();
         for link in fabric.fabric_links() {
-            let role = if matches!(link.lower, Switch::Edge { .. }) { LinkRole::EdgeAggregation } else { LinkRole::AggregationCore };
+            let role = if matches!(link.lower, Switch::Edge { .. }) {
+                LinkRole::EdgeAggregation
+            } else {
+                LinkRole::AggregationCore
+            };
             edges.push(Edge { from: index_of[&link.upper], to: index_of[&link.lower], impairment: impairment(role) });
         }
         let uplink = impairment(LinkRole::EpmUplink);
@@ -126,7 +134,11 @@ impl Graph {
             }
             for epm in epms {
                 edges.push(Edge { from: under, to: nodes.len(), impairment: uplink.clone() });
-                nodes.push(Node { id: node_id(&epm.name), label: format!("{}\n{}", epm.name, epm.ip), kind: NodeKind::Epm });
+                nodes.push(Node {
+                    id: node_id(&epm.name),
+                    label: format!("{}\n{}", epm.name, epm.ip),
+                    kind: NodeKind::Epm,
+                });
             }
         }
         Graph { nodes, edges, collapsed }
@@ -148,7 +160,11 @@ impl Graph {
         for edge in &self.edges {
             let (from, to) = (&self.nodes[edge.from].id, &self.nodes[edge.to].id);
             let _ = match &edge.impairment {
-                Some(what) => writeln!(out, "  {from} -- {to} [label={}, style=dashed, color=\"#c0392b\", fontcolor=\"#c0392b\"];", quoted(what)),
+                Some(what) => writeln!(
+                    out,
+                    "  {from} -- {to} [label={}, style=dashed, color=\"#c0392b\", fontcolor=\"#c0392b\"];",
+                    quoted(what)
+                ),
                 None => writeln!(out, "  {from} -- {to};"),
             };
         }
@@ -225,7 +241,14 @@ mod tests {
     use crate::model::TreeInput;
 
     fn tree(racks: i64, hosts_per_rack: i64, hosts: Option<i64>) -> TreeSpec {
-        let input = TreeInput { name: "lab", racks, hosts_per_rack, hosts, ports_per_vswitch: 4, data_plane_cidr: "10.0.0.0/16" };
+        let input = TreeInput {
+            name: "lab",
+            racks,
+            hosts_per_rack,
+            hosts,
+            ports_per_vswitch: 4,
+            data_plane_cidr: "10.0.0.0/16",
+        };
         TreeSpec::validate(&input).expect("a valid tree")
     }
 
@@ -255,7 +278,13 @@ mod tests {
     fn a_fat_tree_is_drawn_level_by_level() {
         let fabric = crate::model::fat_tree::FatTree::validate(4, None, "10.0.0.0/24".parse().unwrap(), None).unwrap();
         let spec = TreeSpec::fat_tree("lab", fabric);
-        let core = LinkProfileSpec { role: "aggregation_core".into(), rate_mbit: Some(100.0), delay_ms: None, jitter_ms: None, loss_percent: None };
+        let core = LinkProfileSpec {
+            role: "aggregation_core".into(),
+            rate_mbit: Some(100.0),
+            delay_ms: None,
+            jitter_ms: None,
+            loss_percent: None,
+        };
         let graph = Graph::of(&spec, DEFAULT_COLLAPSE_ABOVE, std::slice::from_ref(&core));
         assert_eq!((graph.nodes.len(), graph.edges.len()), (20 + 16, 32 + 16));
         assert_eq!(graph.edges.iter().filter(|e| e.impairment.is_some()).count(), 16, "the aggregation-core links");
@@ -267,7 +296,13 @@ mod tests {
 
     #[test]
     fn impaired_links_are_dashed_and_labelled() {
-        let profile = LinkProfileSpec { role: "epm_uplink".into(), rate_mbit: Some(40.0), delay_ms: Some(5.0), jitter_ms: Some(1.0), loss_percent: Some(0.1) };
+        let profile = LinkProfileSpec {
+            role: "epm_uplink".into(),
+            rate_mbit: Some(40.0),
+            delay_ms: Some(5.0),
+            jitter_ms: Some(1.0),
+            loss_percent: Some(0.1),
+        };
         let spec = tree(2, 2, None);
         let graph = Graph::of_tree(&spec, DEFAULT_COLLAPSE_ABOVE, std::slice::from_ref(&profile));
         let impaired = graph.edges.iter().filter(|e| e.impairment.is_some()).count();
@@ -282,9 +317,18 @@ mod tests {
     fn both_languages_quote_their_labels() {
         let graph = Graph::of_tree(&tree(2, 2, None), DEFAULT_COLLAPSE_ABOVE, &[]);
         let dot = graph.dot("lab \"x\"");
-        assert!(dot.starts_with("graph \"lab \\\"x\\\"\" {") && dot.contains("epm_0 [label=\"epm-0\\n10.0.0.1\", shape=ellipse];"), "{dot}");
+        assert!(
+            dot.starts_with("graph \"lab \\\"x\\\"\" {")
+                && dot.contains("epm_0 [label=\"epm-0\\n10.0.0.1\", shape=ellipse];"),
+            "{dot}"
+        );
         assert!(dot.contains("s1_0 -- s0_1;"), "{dot}");
         let mermaid = graph.mermaid();
-        assert!(mermaid.starts_with("graph TD\n") && mermaid.contains("  epm_0([\"epm-0<br/>10.0.0.1\"])") && mermaid.contains("  s0_0 --- epm_1"), "{mermaid}");
+        assert!(
+            mermaid.starts_with("graph TD\n")
+                && mermaid.contains("  epm_0([\"epm-0<br/>10.0.0.1\"])")
+                && mermaid.contains("  s0_0 --- epm_1"),
+            "{mermaid}"
+        );
     }
 }

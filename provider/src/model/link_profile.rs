@@ -97,7 +97,12 @@ pub fn links(spec: &TreeSpec, role: LinkRole) -> Vec<[LinkEnd; 2]> {
     let end = |object: String, device: String| LinkEnd { object, device };
     if let Some(fabric) = &spec.fabric {
         let between = |lower: fn(&Switch) -> bool| -> Vec<[LinkEnd; 2]> {
-            fabric.fabric_links().into_iter().filter(|l| lower(&l.lower)).map(|l| [end(l.lower.name(), l.lower_device), end(l.upper.name(), l.upper_device)]).collect()
+            fabric
+                .fabric_links()
+                .into_iter()
+                .filter(|l| lower(&l.lower))
+                .map(|l| [end(l.lower.name(), l.lower_device), end(l.upper.name(), l.upper_device)])
+                .collect()
         };
         return match role {
             LinkRole::EpmUplink => spec
@@ -116,12 +121,22 @@ pub fn links(spec: &TreeSpec, role: LinkRole) -> Vec<[LinkEnd; 2]> {
         LinkRole::EdgeAggregation | LinkRole::AggregationCore => Vec::new(),
         LinkRole::EpmUplink => spec
             .epms()
-            .map(|epm| [end(epm.name.clone(), EPM_DATA_NIC.into()), end(naming::vswitch_name(0, epm.rack), naming::host_port(epm.index))])
+            .map(|epm| {
+                [
+                    end(epm.name.clone(), EPM_DATA_NIC.into()),
+                    end(naming::vswitch_name(0, epm.rack), naming::host_port(epm.index)),
+                ]
+            })
             .collect(),
         LinkRole::SwitchUplink => spec
             .vswitches()
             .into_iter()
-            .filter_map(|switch| Some([end(switch.name(), UPLINK.into()), end(switch.parent_name()?, naming::downlink_port(switch.index))]))
+            .filter_map(|switch| {
+                Some([
+                    end(switch.name(), UPLINK.into()),
+                    end(switch.parent_name()?, naming::downlink_port(switch.index)),
+                ])
+            })
             .collect(),
     }
 }
@@ -139,7 +154,12 @@ pub fn validate_for(profiles: &[LinkProfileSpec], fat_tree: bool) -> Vec<BlockEr
         .iter()
         .enumerate()
         .filter(|(_, p)| p.role().is_some_and(|r| !r.fits(fat_tree)))
-        .map(|(index, p)| BlockError { index, attribute: "role", summary: "No such links here".into(), detail: format!("{shape} has no {:?} links; its roles are {}.", p.role, own.join(", ")) })
+        .map(|(index, p)| BlockError {
+            index,
+            attribute: "role",
+            summary: "No such links here".into(),
+            detail: format!("{shape} has no {:?} links; its roles are {}.", p.role, own.join(", ")),
+        })
         .collect()
 }
 
@@ -151,17 +171,33 @@ pub fn validate(profiles: &[LinkProfileSpec]) -> Vec<BlockError> {
             errors.push(BlockError { index, attribute, summary: summary.into(), detail });
         };
         if profile.role().is_none() {
-            error("role", "Unknown link role", format!("{:?} is not a role of links; use one of {}.", profile.role, LinkRole::names()));
+            error(
+                "role",
+                "Unknown link role",
+                format!("{:?} is not a role of links; use one of {}.", profile.role, LinkRole::names()),
+            );
         } else if profiles[..index].iter().any(|p| p.role == profile.role) {
-            error("role", "Duplicate link_profile role", format!("Another link_profile shapes the {:?} links; one profile per role.", profile.role));
+            error(
+                "role",
+                "Duplicate link_profile role",
+                format!("Another link_profile shapes the {:?} links; one profile per role.", profile.role),
+            );
         }
         let impairments = [profile.rate_mbit, profile.delay_ms, profile.jitter_ms, profile.loss_percent];
         if impairments.iter().all(Option::is_none) {
-            error("role", "Empty link_profile", "Set at least one of rate_mbit, delay_ms, jitter_ms and loss_percent.".into());
+            error(
+                "role",
+                "Empty link_profile",
+                "Set at least one of rate_mbit, delay_ms, jitter_ms and loss_percent.".into(),
+            );
         }
         let mut bounded = |attribute: &'static str, value: Option<f64>, low: f64, high: f64, unit: &str| {
             if let Some(value) = value.filter(|v| !(low..=high).contains(v)) {
-                error(attribute, &format!("Invalid {attribute}"), format!("{attribute} is {value}; use {low} to {high} {unit}."));
+                error(
+                    attribute,
+                    &format!("Invalid {attribute}"),
+                    format!("{attribute} is {value}; use {low} to {high} {unit}."),
+                );
             }
         };
         bounded("rate_mbit", profile.rate_mbit, MIN_RATE_MBIT, MAX_RATE_MBIT, "Mbit/s");
@@ -183,10 +219,24 @@ mod tests {
 
     #[test]
     fn roles_name_every_link_once_by_both_ends() {
-        let spec = TreeSpec::validate(&TreeInput { name: "lab", racks: 4, hosts_per_rack: 2, hosts: Some(8), ports_per_vswitch: 2, data_plane_cidr: "10.0.0.0/24" }).unwrap();
+        let spec = TreeSpec::validate(&TreeInput {
+            name: "lab",
+            racks: 4,
+            hosts_per_rack: 2,
+            hosts: Some(8),
+            ports_per_vswitch: 2,
+            data_plane_cidr: "10.0.0.0/24",
+        })
+        .unwrap();
         let uplinks = links(&spec, LinkRole::EpmUplink);
         assert_eq!(uplinks.len(), 8);
-        assert_eq!(uplinks[3], [LinkEnd { object: "epm-3".into(), device: "eth1".into() }, LinkEnd { object: naming::vswitch_name(0, 1), device: naming::host_port(3) }]);
+        assert_eq!(
+            uplinks[3],
+            [
+                LinkEnd { object: "epm-3".into(), device: "eth1".into() },
+                LinkEnd { object: naming::vswitch_name(0, 1), device: naming::host_port(3) }
+            ]
+        );
         let switches = links(&spec, LinkRole::SwitchUplink);
         assert_eq!(switches.len() as u64 + uplinks.len() as u64, spec.link_count(), "the two roles cover every link");
         assert!(switches.iter().all(|[near, _]| near.device == UPLINK));
@@ -202,7 +252,9 @@ mod tests {
         assert_eq!(links(&spec, LinkRole::EdgeAggregation).len(), 16);
         let cores = links(&spec, LinkRole::AggregationCore);
         assert_eq!(cores.len(), 16);
-        assert!(cores.iter().all(|[lower, upper]| lower.object.starts_with("agg-") && upper.object.starts_with("core-")));
+        assert!(
+            cores.iter().all(|[lower, upper]| lower.object.starts_with("agg-") && upper.object.starts_with("core-"))
+        );
         assert!(links(&spec, LinkRole::SwitchUplink).is_empty());
         let blocks = [profile("switch_uplink", Some(1.0)), profile("aggregation_core", Some(1.0))];
         assert_eq!(validate_for(&blocks, true).iter().map(|e| e.index).collect::<Vec<_>>(), [0]);
@@ -214,7 +266,10 @@ mod tests {
         let mut p = profile("epm_uplink", Some(50.0));
         p.delay_ms = Some(2.5);
         p.loss_percent = Some(0.1);
-        assert_eq!(p.shaping(), Shaping { rate_bytes_per_s: Some(6_250_000), delay_us: 2500, jitter_us: 0, loss_ppm: 1000 });
+        assert_eq!(
+            p.shaping(),
+            Shaping { rate_bytes_per_s: Some(6_250_000), delay_us: 2500, jitter_us: 0, loss_ppm: 1000 }
+        );
         assert!(p.shaping().needs_netem());
         assert!(!profile("epm_uplink", Some(1.0)).shaping().needs_netem());
     }
@@ -223,7 +278,13 @@ mod tests {
     fn bad_blocks_are_named_by_index_and_attribute() {
         let mut slow = profile("epm_uplink", Some(0.01));
         slow.loss_percent = Some(101.0);
-        let blocks = [profile("epm_uplink", Some(10.0)), profile("epm_uplink", Some(10.0)), profile("spine", Some(1.0)), profile("switch_uplink", None), slow];
+        let blocks = [
+            profile("epm_uplink", Some(10.0)),
+            profile("epm_uplink", Some(10.0)),
+            profile("spine", Some(1.0)),
+            profile("switch_uplink", None),
+            slow,
+        ];
         let found: Vec<(usize, &str)> = validate(&blocks).iter().map(|e| (e.index, e.attribute)).collect();
         assert_eq!(found, [(1, "role"), (2, "role"), (3, "role"), (4, "role"), (4, "rate_mbit"), (4, "loss_percent")]);
         assert!(validate(&blocks[..1]).is_empty());

@@ -6,8 +6,8 @@ pub mod epm_agent;
 pub mod fat_tree;
 pub mod graph;
 pub mod link_profile;
-pub mod network_controller;
 pub mod naming;
+pub mod network_controller;
 pub mod overlay;
 pub mod tree;
 

@@ -79,7 +79,11 @@ pub fn is_underlay_object(object: &str) -> bool {
         return numbered(index);
     }
     // A fat tree's `edge-<pod>-<i>` and `agg-<pod>-<i>`, a tree's `s<level>-<i>`.
-    object.strip_prefix("edge-").or_else(|| object.strip_prefix("agg-")).or_else(|| object.strip_prefix('s')).is_some_and(two_numbers)
+    object
+        .strip_prefix("edge-")
+        .or_else(|| object.strip_prefix("agg-"))
+        .or_else(|| object.strip_prefix('s'))
+        .is_some_and(two_numbers)
 }
 
 /// The router namespace of a VPC on an EPM: `merak-<t>.epm-3.r.<vpc>`.

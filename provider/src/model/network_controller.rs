@@ -67,26 +67,64 @@ impl ControllerSpec {
         }
         for (name, value) in &input.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                errors.push(SpecError::new("headers", "Invalid header name", format!("{name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only).")));
+                errors.push(SpecError::new(
+                    "headers",
+                    "Invalid header name",
+                    format!("{name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)."),
+                ));
             } else if http::HeaderValue::from_str(value).is_err() {
-                errors.push(SpecError::new("headers", "Invalid header value", format!("The value of header {name:?} holds a control character or a non-ASCII byte.")));
+                errors.push(SpecError::new(
+                    "headers",
+                    "Invalid header value",
+                    format!("The value of header {name:?} holds a control character or a non-ASCII byte."),
+                ));
             }
         }
-        let timeout_s = bounded("timeout_s", input.timeout_s, DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S, "seconds one request may take", &mut errors);
-        let batch_size = bounded("batch_size", input.batch_size, DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, "ports one request carries", &mut errors);
+        let timeout_s = bounded(
+            "timeout_s",
+            input.timeout_s,
+            DEFAULT_TIMEOUT_S,
+            MAX_TIMEOUT_S,
+            "seconds one request may take",
+            &mut errors,
+        );
+        let batch_size = bounded(
+            "batch_size",
+            input.batch_size,
+            DEFAULT_BATCH_SIZE,
+            MAX_BATCH_SIZE,
+            "ports one request carries",
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(ControllerSpec { url: input.url.trim_end_matches('/').to_string(), headers: input.headers, timeout_s, batch_size })
+        Ok(ControllerSpec {
+            url: input.url.trim_end_matches('/').to_string(),
+            headers: input.headers,
+            timeout_s,
+            batch_size,
+        })
     }
 }
 
-fn bounded(attribute: &'static str, value: Option<i64>, default: u32, max: i64, what: &str, errors: &mut Vec<SpecError>) -> u32 {
+fn bounded(
+    attribute: &'static str,
+    value: Option<i64>,
+    default: u32,
+    max: i64,
+    what: &str,
+    errors: &mut Vec<SpecError>,
+) -> u32 {
     match value {
         None => default,
         Some(v) if (1..=max).contains(&v) => v as u32,
         Some(v) => {
-            errors.push(SpecError::new(attribute, format!("Invalid {attribute}"), format!("{attribute} is {v}; the {what}: from 1 to {max}.")));
+            errors.push(SpecError::new(
+                attribute,
+                format!("Invalid {attribute}"),
+                format!("{attribute} is {v}; the {what}: from 1 to {max}."),
+            ));
             default
         }
     }
@@ -96,20 +134,29 @@ fn bounded(attribute: &'static str, value: Option<i64>, default: u32, max: i64, 
 /// after the path.
 fn check_url(text: &str) -> Result<(), String> {
     let example = "e.g. \"http://127.0.0.1:8080\"";
-    let url = reqwest::Url::parse(text).map_err(|e| format!("{text:?} is not a URL ({e}); give the controller's base URL, {example}."))?;
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| format!("{text:?} is not a URL ({e}); give the controller's base URL, {example}."))?;
     match url.scheme() {
         "http" => {}
-        "https" => return Err(format!("{text:?} uses https, which this provider version does not speak; use http ({example}), e.g. through a TLS-terminating proxy on loopback.")),
+        "https" => {
+            return Err(format!(
+                "{text:?} uses https, which this provider version does not speak; use http ({example}), e.g. through a TLS-terminating proxy on loopback."
+            ));
+        }
         other => return Err(format!("{text:?} has scheme {other:?}; the controller is reached over http, {example}.")),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("{text:?} names no host; {example}."));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{text:?} holds credentials; send them in headers instead, e.g. headers = {{ Authorization = \"Bearer ...\" }}."));
+        return Err(format!(
+            "{text:?} holds credentials; send them in headers instead, e.g. headers = {{ Authorization = \"Bearer ...\" }}."
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("{text:?} has a query or fragment; give a base URL that the API's paths (/v1/ports) can follow."));
+        return Err(format!(
+            "{text:?} has a query or fragment; give a base URL that the API's paths (/v1/ports) can follow."
+        ));
     }
     Ok(())
 }

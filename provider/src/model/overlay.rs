@@ -111,7 +111,9 @@ fn label(attribute: &'static str, what: &str, name: &str, max: usize) -> Result<
         Err(SpecError::new(
             attribute,
             format!("Invalid {what} name"),
-            format!("{name:?} is not a DNS label of at most {max} characters: use lowercase letters, digits and '-', starting and ending with a letter or digit."),
+            format!(
+                "{name:?} is not a DNS label of at most {max} characters: use lowercase letters, digits and '-', starting and ending with a letter or digit."
+            ),
         ))
     }
 }
@@ -133,12 +135,23 @@ impl VpcSpec {
             None => Some(derived_vni(&[topology, name])),
             Some(v) if (1..=i64::from(MAX_VNI)).contains(&v) => Some(v as u32),
             Some(v) => {
-                errors.push(SpecError::new("vni", "Invalid vni", format!("vni is {v}; a VXLAN network identifier is between 1 and {MAX_VNI}.")));
+                errors.push(SpecError::new(
+                    "vni",
+                    "Invalid vni",
+                    format!("vni is {v}; a VXLAN network identifier is between 1 and {MAX_VNI}."),
+                ));
                 None
             }
         };
         match (cidr, vni) {
-            (Some(cidr), Some(vni)) if errors.is_empty() => Ok(VpcSpec { topology: topology.into(), name: name.into(), cidr, vni, controller: VpcController::Builtin, mtu: None }),
+            (Some(cidr), Some(vni)) if errors.is_empty() => Ok(VpcSpec {
+                topology: topology.into(),
+                name: name.into(),
+                cidr,
+                vni,
+                controller: VpcController::Builtin,
+                mtu: None,
+            }),
             _ => Err(errors),
         }
     }
@@ -160,7 +173,11 @@ impl SubnetSpec {
                 None
             }
             Ok(cidr) if cidr.host_capacity() < 2 => {
-                errors.push(SpecError::new("cidr", "Subnet too small", format!("{cidr} has no room for a gateway and an EVM; use /30 or shorter.")));
+                errors.push(SpecError::new(
+                    "cidr",
+                    "Subnet too small",
+                    format!("{cidr} has no room for a gateway and an EVM; use /30 or shorter."),
+                ));
                 None
             }
             Ok(cidr) => Some(cidr),
@@ -177,7 +194,10 @@ impl SubnetSpec {
                     errors.push(SpecError::new(
                         "gateway_ip",
                         "Gateway outside the subnet",
-                        format!("{text:?} is not a host address of {cidr}; leave gateway_ip out to use {}.", cidr.host(0).map(|ip| ip.to_string()).unwrap_or_default()),
+                        format!(
+                            "{text:?} is not a host address of {cidr}; leave gateway_ip out to use {}.",
+                            cidr.host(0).map(|ip| ip.to_string()).unwrap_or_default()
+                        ),
                     ));
                     None
                 }
@@ -214,7 +234,11 @@ impl GroupSpec {
             (Some("pack"), None) => Some(Placement::Pack),
             (None | Some("counts"), Some(counts)) => counts.map(Placement::Counts),
             (Some("counts"), None) => {
-                errors.push(SpecError::new("epm_counts", "Missing epm_counts", "placement \"counts\" places EVMs by epm_counts: set it, e.g. { \"epm-0\" = 10 }."));
+                errors.push(SpecError::new(
+                    "epm_counts",
+                    "Missing epm_counts",
+                    "placement \"counts\" places EVMs by epm_counts: set it, e.g. { \"epm-0\" = 10 }.",
+                ));
                 None
             }
             (Some(other @ ("spread" | "pack")), Some(_)) => {
@@ -226,15 +250,29 @@ impl GroupSpec {
                 None
             }
             (Some(other), _) => {
-                errors.push(SpecError::new("placement", "Invalid placement", format!("placement is {other:?}; use \"spread\", \"pack\", or set epm_counts.")));
+                errors.push(SpecError::new(
+                    "placement",
+                    "Invalid placement",
+                    format!("placement is {other:?}; use \"spread\", \"pack\", or set epm_counts."),
+                ));
                 None
             }
         };
-        if let Some(twice) = input.epms.iter().enumerate().find_map(|(i, epm)| input.epms[..i].contains(epm).then_some(epm)) {
-            errors.push(SpecError::new("epms", "EPM listed twice", format!("{twice:?} appears more than once in epms; list each EPM once.")));
+        if let Some(twice) =
+            input.epms.iter().enumerate().find_map(|(i, epm)| input.epms[..i].contains(epm).then_some(epm))
+        {
+            errors.push(SpecError::new(
+                "epms",
+                "EPM listed twice",
+                format!("{twice:?} appears more than once in epms; list each EPM once."),
+            ));
         }
         if matches!(placement, Some(Placement::Counts(_))) && !input.epms.is_empty() {
-            errors.push(SpecError::new("epms", "epms conflicts with epm_counts", "epm_counts names the EPMs itself; leave epms out."));
+            errors.push(SpecError::new(
+                "epms",
+                "epms conflicts with epm_counts",
+                "epm_counts names the EPMs itself; leave epms out.",
+            ));
         }
         let count = match (&placement, input.evm_count) {
             (Some(Placement::Counts(counts)), evm_count) => {
@@ -254,13 +292,21 @@ impl GroupSpec {
             (_, Some(n)) => Some(n),
             (None, None) => None,
             (_, None) => {
-                errors.push(SpecError::new("evm_count", "Missing evm_count", "Set evm_count, the number of EVMs (or epm_counts, a number per EPM)."));
+                errors.push(SpecError::new(
+                    "evm_count",
+                    "Missing evm_count",
+                    "Set evm_count, the number of EVMs (or epm_counts, a number per EPM).",
+                ));
                 None
             }
         };
         let count = count.and_then(|count| {
             if count < 0 {
-                errors.push(SpecError::new("evm_count", "Invalid evm_count", format!("evm_count is {count}; the number of EVMs cannot be negative.")));
+                errors.push(SpecError::new(
+                    "evm_count",
+                    "Invalid evm_count",
+                    format!("evm_count is {count}; the number of EVMs cannot be negative."),
+                ));
                 return None;
             }
             if count <= i64::from(u32::MAX) && (count as u64) <= subnet.evm_capacity() {
@@ -269,7 +315,12 @@ impl GroupSpec {
                 errors.push(SpecError::new(
                     "evm_count",
                     "Group does not fit its subnet",
-                    format!("The group has {count} EVMs; subnet {} ({}) holds at most {} EVMs.", subnet.name, subnet.cidr, subnet.evm_capacity()),
+                    format!(
+                        "The group has {count} EVMs; subnet {} ({}) holds at most {} EVMs.",
+                        subnet.name,
+                        subnet.cidr,
+                        subnet.evm_capacity()
+                    ),
                 ));
                 None
             }
@@ -278,7 +329,11 @@ impl GroupSpec {
             "veth" => Some(DeviceModel::Veth),
             "hybrid" => Some(DeviceModel::Hybrid),
             other => {
-                errors.push(SpecError::new("device_model", "Invalid device_model", format!("device_model is {other:?}; use \"veth\" or \"hybrid\".")));
+                errors.push(SpecError::new(
+                    "device_model",
+                    "Invalid device_model",
+                    format!("device_model is {other:?}; use \"veth\" or \"hybrid\"."),
+                ));
                 None
             }
         };
@@ -326,7 +381,10 @@ impl GroupSpec {
     /// count was checked on its own).
     pub fn check_fits(&self, candidates: usize) -> Result<(), SpecError> {
         let fits = match self.placement {
-            Placement::Spread => candidates > 0 && u64::from(self.count).div_ceil(candidates as u64) <= u64::from(MAX_EVMS_PER_SUBNET_PER_EPM),
+            Placement::Spread => {
+                candidates > 0
+                    && u64::from(self.count).div_ceil(candidates as u64) <= u64::from(MAX_EVMS_PER_SUBNET_PER_EPM)
+            }
             Placement::Pack => u64::from(self.count).div_ceil(u64::from(PACK_PER_EPM)) <= candidates as u64,
             Placement::Counts(_) => true,
         };
@@ -337,7 +395,11 @@ impl GroupSpec {
         Err(SpecError::new(
             "evm_count",
             "Group does not fit on its EPMs",
-            format!("{} EVMs on {candidates} EPMs: {} puts at most {per_epm} EVMs of a subnet on one EPM. Use more EPMs or fewer EVMs.", self.count, self.placement.name()),
+            format!(
+                "{} EVMs on {candidates} EPMs: {} puts at most {per_epm} EVMs of a subnet on one EPM. Use more EPMs or fewer EVMs.",
+                self.count,
+                self.placement.name()
+            ),
         ))
     }
 }
@@ -354,7 +416,9 @@ fn epm_counts(counts: BTreeMap<String, i64>, errors: &mut Vec<SpecError>) -> Opt
                 errors.push(SpecError::new(
                     "epm_counts",
                     "Invalid count in epm_counts",
-                    format!("epm_counts[{epm:?}] is {n}; an EPM holds 0 to {MAX_EVMS_PER_SUBNET_PER_EPM} EVMs of a subnet."),
+                    format!(
+                        "epm_counts[{epm:?}] is {n}; an EPM holds 0 to {MAX_EVMS_PER_SUBNET_PER_EPM} EVMs of a subnet."
+                    ),
                 ));
                 return None;
             }
@@ -456,7 +520,8 @@ impl Ranges {
 /// `reserved` (e.g. the gateway's) hold. Existing ones never move. None
 /// when there is no room.
 pub fn grow(ranges: &mut Ranges, count: u64, capacity: u64, reserved: Option<u64>, taken: &[&Ranges]) -> Option<()> {
-    let mut used: Vec<(u64, u64)> = taken.iter().flat_map(|r| r.0.iter().copied()).chain(ranges.0.iter().copied()).collect();
+    let mut used: Vec<(u64, u64)> =
+        taken.iter().flat_map(|r| r.0.iter().copied()).chain(ranges.0.iter().copied()).collect();
     used.extend(reserved.map(|index| (index, 1)));
     used.sort_unstable();
     let mut missing = count.saturating_sub(ranges.len());
@@ -510,7 +575,8 @@ mod tests {
         let subnet = SubnetSpec::validate(&vpc, "web", "10.1.2.0/24", None).unwrap();
         assert_eq!(subnet.gateway, Ipv4Addr::new(10, 1, 2, 1));
         assert_eq!(subnet.evm_capacity(), 253);
-        let errors = |r: Result<SubnetSpec, Vec<SpecError>>| r.unwrap_err().into_iter().map(|e| e.attribute).collect::<Vec<_>>();
+        let errors =
+            |r: Result<SubnetSpec, Vec<SpecError>>| r.unwrap_err().into_iter().map(|e| e.attribute).collect::<Vec<_>>();
         assert_eq!(errors(SubnetSpec::validate(&vpc, "web", "10.2.0.0/24", None)), vec!["cidr"]);
         assert_eq!(errors(SubnetSpec::validate(&vpc, "web", "10.1.2.0/24", Some("10.1.3.1"))), vec!["gateway_ip"]);
         assert_eq!(errors(SubnetSpec::validate(&vpc, "web", "10.1.2.0/24", Some("10.1.2.0"))), vec!["gateway_ip"]);
@@ -553,18 +619,30 @@ mod tests {
         grow(&mut b, 83, 100, Some(0), &[&a]).unwrap();
         assert_eq!(b.len(), 83);
         assert!(grow(&mut b, 100, 100, Some(0), &[&a]).is_none());
-        let indexes: Vec<u64> = (0..a.len()).map(|k| a.index_of(k).unwrap()).chain((0..b.len()).map(|k| b.index_of(k).unwrap())).collect();
+        let indexes: Vec<u64> =
+            (0..a.len()).map(|k| a.index_of(k).unwrap()).chain((0..b.len()).map(|k| b.index_of(k).unwrap())).collect();
         let unique: std::collections::HashSet<_> = indexes.iter().collect();
         assert_eq!(unique.len(), indexes.len());
         assert!(!indexes.contains(&0));
     }
 
     fn group(subnet: &SubnetSpec, count: i64, placement: &str) -> Result<GroupSpec, Vec<SpecError>> {
-        let input = GroupInput { name: "g".into(), evm_count: Some(count), placement: Some(placement.into()), device_model: "veth".into(), ..GroupInput::default() };
+        let input = GroupInput {
+            name: "g".into(),
+            evm_count: Some(count),
+            placement: Some(placement.into()),
+            device_model: "veth".into(),
+            ..GroupInput::default()
+        };
         GroupSpec::validate(subnet, input)
     }
 
-    fn by_counts(subnet: &SubnetSpec, counts: &[(&str, i64)], evm_count: Option<i64>, placement: Option<&str>) -> Result<GroupSpec, Vec<SpecError>> {
+    fn by_counts(
+        subnet: &SubnetSpec,
+        counts: &[(&str, i64)],
+        evm_count: Option<i64>,
+        placement: Option<&str>,
+    ) -> Result<GroupSpec, Vec<SpecError>> {
         let input = GroupInput {
             name: "g".into(),
             evm_count,
@@ -583,7 +661,10 @@ mod tests {
         let big = group(&subnet, 100, "spread").unwrap();
         assert!((0..10).all(|k| small.epm_of(k, 4) == big.epm_of(k, 4)));
         let packed = group(&subnet, 2500, "pack").unwrap();
-        assert_eq!((packed.epm_of(999, 4), packed.epm_of(1000, 4), packed.epm_of(2499, 4)), (Some(0), Some(1), Some(2)));
+        assert_eq!(
+            (packed.epm_of(999, 4), packed.epm_of(1000, 4), packed.epm_of(2499, 4)),
+            (Some(0), Some(1), Some(2))
+        );
         assert!(packed.check_fits(3).is_ok());
         assert!(packed.check_fits(2).is_err());
         // Spread may put more than a bridge's worth on an EPM, up to its bridges' capacity.
@@ -605,7 +686,8 @@ mod tests {
     #[test]
     fn placement_by_counts_is_checked() {
         let subnet = SubnetSpec::validate(&vpc(), "web", "10.1.0.0/24", None).unwrap();
-        let attributes = |r: Result<GroupSpec, Vec<SpecError>>| r.unwrap_err().into_iter().map(|e| e.attribute).collect::<Vec<_>>();
+        let attributes =
+            |r: Result<GroupSpec, Vec<SpecError>>| r.unwrap_err().into_iter().map(|e| e.attribute).collect::<Vec<_>>();
         let spec = by_counts(&subnet, &[("epm-0", 3), ("epm-1", 0)], None, None).unwrap();
         assert_eq!((spec.count, spec.placement.name()), (3, "counts"));
         assert_eq!(spec.per_epm_counts(&[]).get("epm-1"), Some(&0), "zeros are kept");
@@ -622,7 +704,9 @@ mod tests {
     #[test]
     fn slots_keep_every_evm_where_it_is() {
         let wanted = |pairs: &[(&str, u32)]| pairs.iter().map(|(e, n)| (e.to_string(), *n)).collect::<BTreeMap<_, _>>();
-        let held = |slots: &BTreeMap<String, Ranges>| slots.iter().flat_map(|(e, r)| r.iter().map(move |k| (k, e.clone()))).collect::<BTreeMap<_, _>>();
+        let held = |slots: &BTreeMap<String, Ranges>| {
+            slots.iter().flat_map(|(e, r)| r.iter().map(move |k| (k, e.clone()))).collect::<BTreeMap<_, _>>()
+        };
         let mut slots = BTreeMap::new();
         assign_slots(&mut slots, &wanted(&[("a", 3), ("b", 2)]));
         let first = held(&slots);

@@ -134,7 +134,15 @@ impl TreeSpec {
             (Some(racks), Some(hosts_per_rack), Some(ports_per_vswitch), Some(hosts), Some(data_plane))
                 if errors.is_empty() =>
             {
-                Ok(TreeSpec { name: input.name.to_string(), racks, hosts_per_rack, hosts, ports_per_vswitch, data_plane, fabric: None })
+                Ok(TreeSpec {
+                    name: input.name.to_string(),
+                    racks,
+                    hosts_per_rack,
+                    hosts,
+                    ports_per_vswitch,
+                    data_plane,
+                    fabric: None,
+                })
             }
             _ => Err(errors),
         }
@@ -230,13 +238,26 @@ pub fn check_name(name: &str) -> Result<(), SpecError> {
     Err(SpecError::new(
         "name",
         "Invalid topology name",
-        format!("{name:?} is not a DNS label. Use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. \"lab-1\"."),
+        format!(
+            "{name:?} is not a DNS label. Use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. \"lab-1\"."
+        ),
     ))
 }
 
-fn count(errors: &mut Vec<SpecError>, attribute: &'static str, value: i64, min: u32, max: u32, rule: &str) -> Option<u32> {
+fn count(
+    errors: &mut Vec<SpecError>,
+    attribute: &'static str,
+    value: i64,
+    min: u32,
+    max: u32,
+    rule: &str,
+) -> Option<u32> {
     if value < i64::from(min) || value > i64::from(max) {
-        errors.push(SpecError::new(attribute, format!("Invalid {attribute}"), format!("{attribute} is {value}; it must be {rule}.")));
+        errors.push(SpecError::new(
+            attribute,
+            format!("Invalid {attribute}"),
+            format!("{attribute} is {value}; it must be {rule}."),
+        ));
         None
     } else {
         Some(value as u32)
@@ -281,7 +302,14 @@ mod tests {
     use super::*;
 
     fn input(racks: i64, per_rack: i64, hosts: Option<i64>, fan_out: i64, cidr: &str) -> TreeInput<'_> {
-        TreeInput { name: "t", racks, hosts_per_rack: per_rack, hosts, ports_per_vswitch: fan_out, data_plane_cidr: cidr }
+        TreeInput {
+            name: "t",
+            racks,
+            hosts_per_rack: per_rack,
+            hosts,
+            ports_per_vswitch: fan_out,
+            data_plane_cidr: cidr,
+        }
     }
 
     fn attributes(errors: Vec<SpecError>) -> Vec<&'static str> {

@@ -45,8 +45,7 @@ impl Type {
             Type::Set(e) => json!(["set", e.to_json()]),
             Type::Map(e) => json!(["map", e.to_json()]),
             Type::Object(attrs) => {
-                let attrs: serde_json::Map<_, _> =
-                    attrs.iter().map(|(k, t)| (k.clone(), t.to_json())).collect();
+                let attrs: serde_json::Map<_, _> = attrs.iter().map(|(k, t)| (k.clone(), t.to_json())).collect();
                 json!(["object", attrs])
             }
             Type::Tuple(elements) => {
@@ -139,7 +138,11 @@ impl Value {
 
     /// A number: whole ones as integers, as configuration gives them.
     pub fn number(value: f64) -> Value {
-        if value.fract() == 0.0 && value.abs() < 9.0e15 { Value::int(value as i64) } else { Value::Number(Number::Float(value)) }
+        if value.fract() == 0.0 && value.abs() < 9.0e15 {
+            Value::int(value as i64)
+        } else {
+            Value::Number(Number::Float(value))
+        }
     }
 
     pub fn is_null(&self) -> bool {
@@ -162,7 +165,10 @@ impl Value {
             Value::Number(Number::Decimal(text)) => text.clone(),
             Value::String(text) => format!("{text:?}"),
             Value::List(items) => format!("[{}]", items.iter().map(Value::describe).collect::<Vec<_>>().join(", ")),
-            Value::Map(items) => format!("{{{}}}", items.iter().map(|(k, v)| format!("{k} = {}", v.describe())).collect::<Vec<_>>().join(", ")),
+            Value::Map(items) => format!(
+                "{{{}}}",
+                items.iter().map(|(k, v)| format!("{k} = {}", v.describe())).collect::<Vec<_>>().join(", ")
+            ),
         }
     }
 
@@ -171,7 +177,9 @@ impl Value {
         match (self, other) {
             (Value::Number(a), Value::Number(b)) => a.same(b),
             (Value::List(a), Value::List(b)) => a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.same(b)),
-            (Value::Map(a), Value::Map(b)) => a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.same(w))),
+            (Value::Map(a), Value::Map(b)) => {
+                a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.same(w)))
+            }
             _ => self == other,
         }
     }

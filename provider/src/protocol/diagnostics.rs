@@ -44,7 +44,8 @@ impl Diagnostic {
                 .collect(),
         });
         pb::Diagnostic {
-            severity: if self.error { pb::diagnostic::Severity::Error } else { pb::diagnostic::Severity::Warning } as i32,
+            severity: if self.error { pb::diagnostic::Severity::Error } else { pb::diagnostic::Severity::Warning }
+                as i32,
             summary: self.summary.clone(),
             detail: self.detail.clone(),
             attribute,

@@ -9,8 +9,7 @@ use serde_json::Value as Json;
 use super::cty::{DecodeError, Number, Type, Value};
 
 pub fn decode(bytes: &[u8], ty: &Type) -> Result<Value, DecodeError> {
-    let json: Json = serde_json::from_slice(bytes)
-        .map_err(|e| DecodeError::new("", format!("invalid JSON: {e}")))?;
+    let json: Json = serde_json::from_slice(bytes).map_err(|e| DecodeError::new("", format!("invalid JSON: {e}")))?;
     from_json(&json, ty, "")
 }
 
@@ -52,9 +51,8 @@ fn from_json(json: &Json, ty: &Type, path: &str) -> Result<Value, DecodeError> {
             let mut object = BTreeMap::new();
             for (name, item) in items {
                 let attribute_path = format!("{path}.{name}");
-                let attribute_type = attributes
-                    .get(name)
-                    .ok_or_else(|| DecodeError::new(&attribute_path, "unsupported attribute"))?;
+                let attribute_type =
+                    attributes.get(name).ok_or_else(|| DecodeError::new(&attribute_path, "unsupported attribute"))?;
                 object.insert(name.clone(), from_json(item, attribute_type, &attribute_path)?);
             }
             for name in attributes.keys() {

@@ -215,9 +215,9 @@ impl<'a> Reader<'a> {
                     let key_marker = Marker::from_u8(self.take(1, path)?[0]);
                     let key = self.string(key_marker, path)?;
                     let attribute_path = format!("{path}.{key}");
-                    let attribute_type = attributes.get(&key).ok_or_else(|| {
-                        DecodeError::new(&attribute_path, "unsupported attribute")
-                    })?;
+                    let attribute_type = attributes
+                        .get(&key)
+                        .ok_or_else(|| DecodeError::new(&attribute_path, "unsupported attribute"))?;
                     let item = self.value(attribute_type, &attribute_path)?;
                     items.insert(key, item);
                 }

@@ -10,8 +10,8 @@ use std::task::{Context, Poll};
 
 use anyhow::{Context as _, bail};
 use base64::Engine;
-use merak_proto::go_plugin::grpc_controller_server::{GrpcController, GrpcControllerServer};
 use merak_proto::go_plugin::Empty;
+use merak_proto::go_plugin::grpc_controller_server::{GrpcController, GrpcControllerServer};
 use merak_proto::tfplugin6::provider_server::ProviderServer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
@@ -48,7 +48,10 @@ pub struct ServeOptions {
 }
 
 /// Runs the plugin until the host shuts it down.
-pub async fn serve<C: Send + Sync + 'static>(provider: ProviderService<C>, options: ServeOptions) -> anyhow::Result<()> {
+pub async fn serve<C: Send + Sync + 'static>(
+    provider: ProviderService<C>,
+    options: ServeOptions,
+) -> anyhow::Result<()> {
     let tls = match std::env::var("PLUGIN_CLIENT_CERT") {
         Ok(pem) if !options.debug && !pem.trim().is_empty() => {
             let client = tls::parse_client_certificate(&pem)?;
@@ -104,7 +107,9 @@ pub async fn serve<C: Send + Sync + 'static>(provider: ProviderService<C>, optio
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(GrpcControllerServer::new(controller))
-        .add_service(ProviderServer::new(provider).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+        .add_service(
+            ProviderServer::new(provider).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20),
+        )
         .serve_with_incoming_shutdown(ReceiverStream::new(connections_rx), stop_signal);
     let grace_over = async move {
         let mut stopped = stopped_rx;
@@ -131,7 +136,9 @@ fn remove_dead_providers_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(SOCKET_DIR_PREFIX)).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) =
+            name.to_str().and_then(|n| n.strip_prefix(SOCKET_DIR_PREFIX)).and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -201,7 +208,11 @@ fn print_reattach(network: &str, address: &str) -> anyhow::Result<()> {
 
 /// Accepts connections, does the TLS handshake off the accept path, and
 /// hands finished connections to the gRPC server.
-async fn accept_loop(listener: Listener, tls: Option<TlsAcceptor>, connections: mpsc::Sender<Result<Connection, std::io::Error>>) {
+async fn accept_loop(
+    listener: Listener,
+    tls: Option<TlsAcceptor>,
+    connections: mpsc::Sender<Result<Connection, std::io::Error>>,
+) {
     loop {
         let accepted: std::io::Result<Box<dyn Stream>> = match &listener {
             Listener::Unix(l) => l.accept().await.map(|(s, _)| Box::new(s) as Box<dyn Stream>),

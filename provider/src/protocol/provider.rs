@@ -88,4 +88,3 @@ pub trait DataSource<C: Sync>: Send + Sync {
     fn validate(&self, config: &Value) -> Diagnostics;
     async fn read(&self, runtime: &C, config: &Value) -> Result<Value, Diagnostics>;
 }
-

@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status};
 
 use super::cty::{Type, Value};
 use super::diagnostics::{Diagnostic, Diagnostics};
+use super::provider::{DataSource, Definition, Resource};
 use super::schema::{Presence, Schema};
 use super::{json, msgpack};
-use super::provider::{DataSource, Definition, Resource};
 
 /// The tfplugin6 service of a provider [`Definition`]; `C` is what
 /// configuring it yields, handed to every resource.
@@ -45,27 +45,31 @@ impl<C: Send + Sync + 'static> ProviderService<C> {
 
 impl<C: Sync + 'static> ProviderService<C> {
     fn runtime(&self) -> Result<Arc<C>, Diagnostics> {
-        self.runtime
-            .read()
-            .ok()
-            .and_then(|runtime| runtime.clone())
-            .ok_or_else(|| Diagnostic::error("Provider not configured", "ConfigureProvider was not called before this operation.").into())
+        self.runtime.read().ok().and_then(|runtime| runtime.clone()).ok_or_else(|| {
+            Diagnostic::error("Provider not configured", "ConfigureProvider was not called before this operation.")
+                .into()
+        })
     }
 
     fn resource(&self, type_name: &str) -> Result<&'static dyn Resource<C>, Diagnostics> {
-        self.definition
-            .resource(type_name)
-            .ok_or_else(|| Diagnostic::error("Unknown resource type", format!("This provider has no resource type {type_name:?}.")).into())
+        self.definition.resource(type_name).ok_or_else(|| {
+            Diagnostic::error("Unknown resource type", format!("This provider has no resource type {type_name:?}."))
+                .into()
+        })
     }
 
     fn data_source(&self, type_name: &str) -> Result<&'static dyn DataSource<C>, Diagnostics> {
-        self.definition
-            .data_source(type_name)
-            .ok_or_else(|| Diagnostic::error("Unknown data source", format!("This provider has no data source {type_name:?}.")).into())
+        self.definition.data_source(type_name).ok_or_else(|| {
+            Diagnostic::error("Unknown data source", format!("This provider has no data source {type_name:?}.")).into()
+        })
     }
 }
 
-fn schemas<T: ?Sized>(items: &[&T], name: impl Fn(&T) -> &'static str, schema: impl Fn(&T) -> &'static Schema) -> std::collections::HashMap<String, pb::Schema> {
+fn schemas<T: ?Sized>(
+    items: &[&T],
+    name: impl Fn(&T) -> &'static str,
+    schema: impl Fn(&T) -> &'static Schema,
+) -> std::collections::HashMap<String, pb::Schema> {
     items.iter().map(|item| (name(item).to_string(), schema(item).to_proto())).collect()
 }
 
@@ -97,15 +101,22 @@ fn diagnostics_of<T>(result: Result<T, Diagnostics>) -> (Option<T>, Vec<pb::Diag
 
 #[tonic::async_trait]
 impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
-    async fn get_metadata(&self, _: Request<pb::get_metadata::Request>) -> Result<Response<pb::get_metadata::Response>, Status> {
+    async fn get_metadata(
+        &self,
+        _: Request<pb::get_metadata::Request>,
+    ) -> Result<Response<pb::get_metadata::Response>, Status> {
         Ok(Response::new(pb::get_metadata::Response {
             server_capabilities: Some(pb::ServerCapabilities::default()),
             diagnostics: Vec::new(),
-            data_sources: self.definition.data_sources
+            data_sources: self
+                .definition
+                .data_sources
                 .iter()
                 .map(|d| pb::get_metadata::DataSourceMetadata { type_name: d.type_name().to_string() })
                 .collect(),
-            resources: self.definition.resources
+            resources: self
+                .definition
+                .resources
                 .iter()
                 .map(|r| pb::get_metadata::ResourceMetadata { type_name: r.type_name().to_string() })
                 .collect(),
@@ -143,8 +154,9 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
         request: Request<pb::validate_resource_config::Request>,
     ) -> Result<Response<pb::validate_resource_config::Response>, Status> {
         let request = request.into_inner();
-        let result = self.resource(&request.type_name)
-            .and_then(|resource| Ok(resource.validate(&decode(request.config.as_ref(), &resource.schema().value_type())?)));
+        let result = self.resource(&request.type_name).and_then(|resource| {
+            Ok(resource.validate(&decode(request.config.as_ref(), &resource.schema().value_type())?))
+        });
         let diagnostics = match result {
             Ok(diagnostics) | Err(diagnostics) => diagnostics,
         };
@@ -156,7 +168,8 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
         request: Request<pb::validate_data_resource_config::Request>,
     ) -> Result<Response<pb::validate_data_resource_config::Response>, Status> {
         let request = request.into_inner();
-        let result = self.data_source(&request.type_name)
+        let result = self
+            .data_source(&request.type_name)
             .and_then(|source| Ok(source.validate(&decode(request.config.as_ref(), &source.schema().value_type())?)));
         let diagnostics = match result {
             Ok(diagnostics) | Err(diagnostics) => diagnostics,
@@ -210,7 +223,10 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
         Ok(Response::new(pb::configure_provider::Response { diagnostics }))
     }
 
-    async fn read_resource(&self, request: Request<pb::read_resource::Request>) -> Result<Response<pb::read_resource::Response>, Status> {
+    async fn read_resource(
+        &self,
+        request: Request<pb::read_resource::Request>,
+    ) -> Result<Response<pb::read_resource::Response>, Status> {
         let request = request.into_inner();
         let result = async {
             let resource = self.resource(&request.type_name)?;
@@ -300,7 +316,11 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
             Ok((state, diagnostics)) => (Some(state), diagnostics.to_proto()),
             Err(diagnostics) => (None, diagnostics.to_proto()),
         };
-        Ok(Response::new(pb::apply_resource_change::Response { new_state, private: request.planned_private, diagnostics }))
+        Ok(Response::new(pb::apply_resource_change::Response {
+            new_state,
+            private: request.planned_private,
+            diagnostics,
+        }))
     }
 
     async fn import_resource_state(
@@ -314,7 +334,10 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
             let state = resource.import(runtime.as_ref(), &request.id).await?.ok_or_else(|| {
                 Diagnostics::from(Diagnostic::error(
                     format!("Cannot import {}: it does not exist", request.type_name),
-                    format!("The runtime has no {} with ID {:?}; see the resource's docs for the import ID.", request.type_name, request.id),
+                    format!(
+                        "The runtime has no {} with ID {:?}; see the resource's docs for the import ID.",
+                        request.type_name, request.id
+                    ),
                 ))
             })?;
             Ok(pb::import_resource_state::ImportedResource {
@@ -325,7 +348,10 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
         }
         .await;
         let (imported, diagnostics) = diagnostics_of(result);
-        Ok(Response::new(pb::import_resource_state::Response { imported_resources: imported.into_iter().collect(), diagnostics }))
+        Ok(Response::new(pb::import_resource_state::Response {
+            imported_resources: imported.into_iter().collect(),
+            diagnostics,
+        }))
     }
 
     async fn read_data_source(
@@ -345,7 +371,10 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
         Ok(Response::new(pb::read_data_source::Response { state, diagnostics }))
     }
 
-    async fn stop_provider(&self, _: Request<pb::stop_provider::Request>) -> Result<Response<pb::stop_provider::Response>, Status> {
+    async fn stop_provider(
+        &self,
+        _: Request<pb::stop_provider::Request>,
+    ) -> Result<Response<pb::stop_provider::Response>, Status> {
         // Operations are bounded by their own timeouts and each leaves
         // convergent state, so there is nothing to interrupt mid-way.
         tracing::info!("StopProvider received");

@@ -14,7 +14,9 @@ use rustls::DistinguishedName;
 use rustls::SignatureScheme;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, InvalidSignature, PrivateKeyDer, SignatureVerificationAlgorithm, UnixTime, alg_id};
+use rustls::pki_types::{
+    CertificateDer, InvalidSignature, PrivateKeyDer, SignatureVerificationAlgorithm, UnixTime, alg_id,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 
 /// A server certificate for `localhost` and its key.
@@ -26,7 +28,8 @@ pub struct ServerIdentity {
 impl ServerIdentity {
     pub fn generate() -> anyhow::Result<Self> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a TLS key")?;
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).context("certificate parameters")?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).context("certificate parameters")?;
         params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
         params.distinguished_name.push(rcgen::DnType::OrganizationName, "terraform-provider-merak");
         let certificate = params.self_signed(&key).context("self-signing the TLS certificate")?;

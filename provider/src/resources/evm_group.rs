@@ -6,19 +6,20 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
+use crate::controller::{Controller, GroupStatus, Intent};
+use crate::model::TreeSpec;
 use crate::model::overlay::{GroupInput, GroupSpec, Placement, Ranges, SubnetSpec};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::model::TreeSpec;
-use crate::controller::{Controller, GroupStatus, Intent};
 
-use crate::protocol::provider::Resource;
 use super::{any_unknown, known_str, runtime_error, spec_errors, split_id};
+use crate::protocol::provider::Resource;
 
 pub struct EvmGroup;
 
-static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    Schema {
     version: 0,
     block: Block {
         description: "A group of Emulated VMs (EVMs) in one subnet. Each EVM is a network namespace \
@@ -56,6 +57,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         ],
         blocks: Vec::new(),
     },
+}
 });
 
 const INPUTS: &[&str] = &["subnet_id", "name", "evm_count", "placement", "epms", "epm_counts", "device_model"];
@@ -81,11 +83,19 @@ fn config_of(config: &Value, source: Source) -> Result<Config, Diagnostics> {
     let subnet_id = known_str(config, "subnet_id").unwrap_or_default();
     let parts = split_id(subnet_id, 3);
     if parts.is_none() {
-        diagnostics.push(Diagnostic::attribute_error(&["subnet_id"], "Invalid subnet_id", format!("{subnet_id:?} is not a subnet id; use merak_subnet.<name>.id.")));
+        diagnostics.push(Diagnostic::attribute_error(
+            &["subnet_id"],
+            "Invalid subnet_id",
+            format!("{subnet_id:?} is not a subnet id; use merak_subnet.<name>.id."),
+        ));
     }
     let count = config.attr("evm_count");
     if !count.is_null() && count.as_i64().is_none() {
-        diagnostics.push(Diagnostic::attribute_error(&["evm_count"], "Invalid evm_count", "evm_count must be a whole number."));
+        diagnostics.push(Diagnostic::attribute_error(
+            &["evm_count"],
+            "Invalid evm_count",
+            "evm_count must be a whole number.",
+        ));
     }
     let placement = known_str(config, "placement").map(String::from);
     let by_counts = match source {
@@ -94,9 +104,14 @@ fn config_of(config: &Value, source: Source) -> Result<Config, Diagnostics> {
     };
     let epm_counts = match config.attr("epm_counts") {
         Value::Map(counts) if by_counts => {
-            let whole: Option<BTreeMap<String, i64>> = counts.iter().map(|(epm, n)| Some((epm.clone(), n.as_i64()?))).collect();
+            let whole: Option<BTreeMap<String, i64>> =
+                counts.iter().map(|(epm, n)| Some((epm.clone(), n.as_i64()?))).collect();
             if whole.is_none() {
-                diagnostics.push(Diagnostic::attribute_error(&["epm_counts"], "Invalid epm_counts", "Each count in epm_counts must be a whole number."));
+                diagnostics.push(Diagnostic::attribute_error(
+                    &["epm_counts"],
+                    "Invalid epm_counts",
+                    "Each count in epm_counts must be a whole number.",
+                ));
             }
             whole
         }
@@ -114,7 +129,13 @@ fn config_of(config: &Value, source: Source) -> Result<Config, Diagnostics> {
             name: known_str(config, "name").unwrap_or_default().into(),
             evm_count: count.as_i64(),
             placement,
-            epms: config.attr("epms").as_list().unwrap_or_default().iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+            epms: config
+                .attr("epms")
+                .as_list()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
             epm_counts,
             device_model: known_str(config, "device_model").unwrap_or("veth").into(),
         },
@@ -136,11 +157,19 @@ fn format_ranges(subnet: Option<&SubnetSpec>, ranges: &Ranges) -> Value {
 }
 
 /// Refuses, on `attribute`, an EPM name the topology does not have.
-fn epms_exist<'a>(tree: &TreeSpec, attribute: &str, mut names: impl Iterator<Item = &'a String>) -> Result<(), Diagnostics> {
+fn epms_exist<'a>(
+    tree: &TreeSpec,
+    attribute: &str,
+    mut names: impl Iterator<Item = &'a String>,
+) -> Result<(), Diagnostics> {
     match names.find(|name| tree.epms().all(|e| &e.name != *name)) {
         None => Ok(()),
         Some(unknown) => {
-            let detail = format!("{unknown:?} is not an EPM of topology {}; EPMs are named epm-0 to epm-{}.", tree.name, tree.hosts.saturating_sub(1));
+            let detail = format!(
+                "{unknown:?} is not an EPM of topology {}; EPMs are named epm-0 to epm-{}.",
+                tree.name,
+                tree.hosts.saturating_sub(1)
+            );
             Err(Diagnostic::attribute_error(&[attribute], "No such EPM", detail).into())
         }
     }
@@ -149,7 +178,10 @@ fn epms_exist<'a>(tree: &TreeSpec, attribute: &str, mut names: impl Iterator<Ite
 /// Whether a state's `epm_counts` says `per_epm` (numbers compared as numbers).
 fn same_counts(state: &Value, per_epm: &BTreeMap<String, u32>) -> bool {
     match state {
-        Value::Map(counts) => counts.len() == per_epm.len() && per_epm.iter().all(|(epm, n)| counts.get(epm).and_then(Value::as_i64) == Some(i64::from(*n))),
+        Value::Map(counts) => {
+            counts.len() == per_epm.len()
+                && per_epm.iter().all(|(epm, n)| counts.get(epm).and_then(Value::as_i64) == Some(i64::from(*n)))
+        }
         _ => false,
     }
 }
@@ -159,7 +191,8 @@ fn counts_value(per_epm: &BTreeMap<String, u32>) -> Value {
 }
 
 fn state_of(spec: &GroupSpec, subnet: Option<&SubnetSpec>, status: &GroupStatus) -> Value {
-    let epms = if spec.epms.is_empty() { Value::Null } else { Value::List(spec.epms.iter().map(Value::string).collect()) };
+    let epms =
+        if spec.epms.is_empty() { Value::Null } else { Value::List(spec.epms.iter().map(Value::string).collect()) };
     object([
         ("id", Value::string(format!("{}/{}/{}/{}", spec.topology, spec.vpc, spec.subnet, spec.name))),
         ("subnet_id", Value::string(format!("{}/{}/{}", spec.topology, spec.vpc, spec.subnet))),
@@ -200,7 +233,10 @@ impl Resource<Controller> for EvmGroup {
         // The subnet and topology planned by this same plan, or on record.
         let subnet = match super::planned::subnet(&group.topology, &group.vpc, &group.subnet) {
             Some(subnet) => Some(subnet),
-            None => runtime.read_subnet(&group.topology, &group.vpc, &group.subnet).await.map_err(|e| runtime_error("Could not read the subnet", e))?,
+            None => runtime
+                .read_subnet(&group.topology, &group.vpc, &group.subnet)
+                .await
+                .map_err(|e| runtime_error("Could not read the subnet", e))?,
         };
         let Some(subnet) = subnet else {
             let detail = format!(
@@ -212,7 +248,10 @@ impl Resource<Controller> for EvmGroup {
         let spec = spec_of(&group, &subnet)?;
         let tree = match super::planned::topology(&group.topology) {
             Some(tree) => Some(tree),
-            None => runtime.topology_spec(&group.topology).await.map_err(|e| runtime_error("Could not read the topology", e))?,
+            None => runtime
+                .topology_spec(&group.topology)
+                .await
+                .map_err(|e| runtime_error("Could not read the topology", e))?,
         };
         // An existing group stays on the EPMs it was placed on, even if the
         // topology has grown since.
@@ -221,7 +260,10 @@ impl Resource<Controller> for EvmGroup {
         // prior state too, while the old group still exists.
         let existing = match prior.is_null() {
             true => None,
-            false => runtime.read_group(&group.topology, &group.input.name).await.map_err(|e| runtime_error("Could not read the group", e))?,
+            false => runtime
+                .read_group(&group.topology, &group.input.name)
+                .await
+                .map_err(|e| runtime_error("Could not read the group", e))?,
         };
         let per_epm = match (&spec.placement, &tree) {
             (Placement::Counts(counts), tree) => {
@@ -248,10 +290,14 @@ impl Resource<Controller> for EvmGroup {
         let unchanged = prior.attr("evm_count").as_i64() == Some(i64::from(spec.count))
             && per_epm.as_ref().is_some_and(|per_epm| same_counts(prior.attr("epm_counts"), per_epm))
             && !prior.attr("address_ranges").is_null();
-        let planned_status = GroupStatus { ready: spec.count, per_epm: per_epm.clone().unwrap_or_default(), ..GroupStatus::default() };
+        let planned_status =
+            GroupStatus { ready: spec.count, per_epm: per_epm.clone().unwrap_or_default(), ..GroupStatus::default() };
         let mut planned = state_of(&spec, None, &planned_status);
         if let Value::Map(attributes) = &mut planned {
-            attributes.insert("address_ranges".into(), if unchanged { prior.attr("address_ranges").clone() } else { Value::Unknown });
+            attributes.insert(
+                "address_ranges".into(),
+                if unchanged { prior.attr("address_ranges").clone() } else { Value::Unknown },
+            );
             if per_epm.is_none() {
                 attributes.insert("epm_counts".into(), Value::Unknown);
             }
@@ -266,7 +312,17 @@ impl Resource<Controller> for EvmGroup {
         };
         let subnet = match runtime.read_subnet(&group.topology, &group.vpc, &group.subnet).await {
             Ok(Some(subnet)) => subnet,
-            Ok(None) => return (None, Diagnostic::attribute_error(&["subnet_id"], "Subnet does not exist", format!("No subnet {}/{} exists; create it first.", group.vpc, group.subnet)).into()),
+            Ok(None) => {
+                return (
+                    None,
+                    Diagnostic::attribute_error(
+                        &["subnet_id"],
+                        "Subnet does not exist",
+                        format!("No subnet {}/{} exists; create it first.", group.vpc, group.subnet),
+                    )
+                    .into(),
+                );
+            }
             Err(e) => return (None, runtime_error("Could not read the subnet", e)),
         };
         let spec = match spec_of(&group, &subnet) {
@@ -325,7 +381,8 @@ mod tests {
 
     #[test]
     fn documented_limit_is_the_real_one() {
-        let epm_counts = SCHEMA.block.attributes.iter().find(|a| a.name == "epm_counts").map(|a| a.description).unwrap_or_default();
+        let epm_counts =
+            SCHEMA.block.attributes.iter().find(|a| a.name == "epm_counts").map(|a| a.description).unwrap_or_default();
         let documented = format!("{},{:03}", MAX_EVMS_PER_SUBNET_PER_EPM / 1000, MAX_EVMS_PER_SUBNET_PER_EPM % 1000);
         assert!(epm_counts.contains(&documented), "{epm_counts}");
     }

@@ -3,13 +3,13 @@
 
 use std::sync::LazyLock;
 
+use crate::controller::Controller;
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::controller::Controller;
 
-use crate::protocol::provider::DataSource;
 use super::{known_str, runtime_error};
+use crate::protocol::provider::DataSource;
 
 pub struct Evms;
 
@@ -58,7 +58,9 @@ impl DataSource<Controller> for Evms {
 
     fn validate(&self, config: &Value) -> Diagnostics {
         match config.attr("limit").as_i64() {
-            Some(limit) if limit < 0 => Diagnostic::attribute_error(&["limit"], "Invalid limit", "limit must be 0 or more.").into(),
+            Some(limit) if limit < 0 => {
+                Diagnostic::attribute_error(&["limit"], "Invalid limit", "limit must be 0 or more.").into()
+            }
             _ => Diagnostics::default(),
         }
     }
@@ -68,7 +70,8 @@ impl DataSource<Controller> for Evms {
         let group = known_str(config, "group");
         let epm = known_str(config, "epm");
         let limit = config.attr("limit").as_i64().unwrap_or(DEFAULT_LIMIT).max(0) as usize;
-        let evms = runtime.list_evms(topology, group, epm).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
+        let evms =
+            runtime.list_evms(topology, group, epm).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
         let total = evms.len();
         let listed = evms
             .into_iter()
@@ -88,7 +91,10 @@ impl DataSource<Controller> for Evms {
             .collect();
         let mut state = config.clone();
         if let Value::Map(attributes) = &mut state {
-            attributes.insert("id".into(), Value::string(format!("{topology}/{}/{}", group.unwrap_or("*"), epm.unwrap_or("*"))));
+            attributes.insert(
+                "id".into(),
+                Value::string(format!("{topology}/{}/{}", group.unwrap_or("*"), epm.unwrap_or("*"))),
+            );
             attributes.insert("total".into(), Value::int(total as i64));
             attributes.insert("evms".into(), Value::List(listed));
         }

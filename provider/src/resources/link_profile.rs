@@ -20,11 +20,23 @@ pub fn block() -> Block {
             Terraform's back is drift the next plan shows. A kernel without `sch_netem` refuses \
             delay, jitter and loss at apply, naming it. The `local` runtime only, for now.",
         attributes: vec![
-            Attribute::required("role", Type::String, "The links: `epm_uplink` (each EPM's `eth1` to its top-of-rack vswitch or edge switch); a tree's `switch_uplink` (each vswitch to its parent); a fat tree's `edge_aggregation` and `aggregation_core`. One profile per role."),
-            Attribute::optional("rate_mbit", Type::Number, "Each direction's rate, Mbit/s (0.1 to 100000); the bucket holds 10 ms of it."),
+            Attribute::required(
+                "role",
+                Type::String,
+                "The links: `epm_uplink` (each EPM's `eth1` to its top-of-rack vswitch or edge switch); a tree's `switch_uplink` (each vswitch to its parent); a fat tree's `edge_aggregation` and `aggregation_core`. One profile per role.",
+            ),
+            Attribute::optional(
+                "rate_mbit",
+                Type::Number,
+                "Each direction's rate, Mbit/s (0.1 to 100000); the bucket holds 10 ms of it.",
+            ),
             Attribute::optional("delay_ms", Type::Number, "Added one-way delay per direction, ms (needs netem)."),
             Attribute::optional("jitter_ms", Type::Number, "Random variation of the delay, ms (needs netem)."),
-            Attribute::optional("loss_percent", Type::Number, "Share of packets dropped per direction, percent (needs netem)."),
+            Attribute::optional(
+                "loss_percent",
+                Type::Number,
+                "Share of packets dropped per direction, percent (needs netem).",
+            ),
         ],
         blocks: Vec::new(),
     }
@@ -59,7 +71,11 @@ pub fn profiles_of(config: &Value) -> Result<Option<Vec<LinkProfileSpec>>, Diagn
 
 /// A broken rule, on its block's attribute.
 pub fn diagnostic(error: BlockError) -> Diagnostic {
-    Diagnostic::attribute_error(&[LINK_PROFILE, &format!("[{}]", error.index), error.attribute], error.summary, error.detail)
+    Diagnostic::attribute_error(
+        &[LINK_PROFILE, &format!("[{}]", error.index), error.attribute],
+        error.summary,
+        error.detail,
+    )
 }
 
 pub fn value(profile: &LinkProfileSpec) -> Value {

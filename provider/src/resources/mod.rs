@@ -12,11 +12,11 @@ pub mod topology;
 pub mod topology_graph;
 pub mod vpc;
 
+use crate::controller::{Controller, Failure, RuntimeError};
 use crate::model::SpecError;
 use crate::protocol::cty::Value;
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::Schema;
-use crate::controller::{Controller, Failure, RuntimeError};
 
 impl From<SpecError> for Diagnostic {
     fn from(error: SpecError) -> Self {
@@ -60,7 +60,9 @@ pub fn any_unknown(value: &Value, names: &[&str]) -> bool {
 /// as given, and every attribute the provider computes unknown.
 pub fn unknown_computed(schema: &Schema, config: &Value) -> Value {
     let Value::Map(mut planned) = config.clone() else { return Value::Unknown };
-    for attribute in schema.block.attributes.iter().filter(|a| a.presence != crate::protocol::schema::Presence::Required) {
+    for attribute in
+        schema.block.attributes.iter().filter(|a| a.presence != crate::protocol::schema::Presence::Required)
+    {
         let slot = planned.entry(attribute.name.to_string()).or_default();
         if slot.is_null() {
             *slot = Value::Unknown;

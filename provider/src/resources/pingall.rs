@@ -6,13 +6,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
 
+use crate::controller::{Controller, EvmInfo, PingSource, Probe};
 use crate::protocol::cty::{Type, Value};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::controller::{Controller, EvmInfo, PingSource, Probe};
 
-use crate::protocol::provider::DataSource;
 use super::{known_str, runtime_error};
+use crate::protocol::provider::DataSource;
 
 pub struct Pingall;
 
@@ -41,9 +41,21 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         attributes: vec![
             Attribute::computed("id", Type::String, "The topology."),
             Attribute::required("topology_id", Type::String, "The `id` of the `merak_topology`."),
-            Attribute::optional("scope", Type::String, "`overlay` (default): between EVMs. `underlay`: between EPMs, over the data plane."),
-            Attribute::optional("samples", Type::Number, "Pairs per subnet (and per pair of subnets), or more EPM pairs in a large underlay, when there are too many to try all; default 10."),
-            Attribute::optional("timeout_ms", Type::Number, "How long each ping waits for its reply; default 2000 (a first ping also waits for ARP)."),
+            Attribute::optional(
+                "scope",
+                Type::String,
+                "`overlay` (default): between EVMs. `underlay`: between EPMs, over the data plane.",
+            ),
+            Attribute::optional(
+                "samples",
+                Type::Number,
+                "Pairs per subnet (and per pair of subnets), or more EPM pairs in a large underlay, when there are too many to try all; default 10.",
+            ),
+            Attribute::optional(
+                "timeout_ms",
+                Type::Number,
+                "How long each ping waits for its reply; default 2000 (a first ping also waits for ARP).",
+            ),
             Attribute::optional(
                 "full_size",
                 Type::Bool,
@@ -52,11 +64,31 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                  header; on the kubernetes runtime the pod network's less two). Default false: small pings.",
             ),
             Attribute::computed("sent", Type::Number, "Probes tried: `expected_replies` plus `isolation_probes`."),
-            Attribute::computed("expected_replies", Type::Number, "Probes within a VPC, each of which must get a reply (reachability)."),
-            Attribute::computed("replies", Type::Number, "Of those, the probes that got their reply. Equal to `expected_replies` when every EVM reaches every other in its VPC."),
-            Attribute::computed("isolation_probes", Type::Number, "Probes from one VPC to an address of another, each of which must get no reply (isolation)."),
-            Attribute::computed("isolation_kept", Type::Number, "Of those, the probes that got no reply, as they must. Equal to `isolation_probes` when VPCs are isolated."),
-            Attribute::computed("unexpected", Type::Number, "Probes whose outcome was wrong: no reply within a VPC, a reply across VPCs, or a ping that could not be sent (its EVM is gone: the group's `ready_count` shows it too). 0 means the network is right."),
+            Attribute::computed(
+                "expected_replies",
+                Type::Number,
+                "Probes within a VPC, each of which must get a reply (reachability).",
+            ),
+            Attribute::computed(
+                "replies",
+                Type::Number,
+                "Of those, the probes that got their reply. Equal to `expected_replies` when every EVM reaches every other in its VPC.",
+            ),
+            Attribute::computed(
+                "isolation_probes",
+                Type::Number,
+                "Probes from one VPC to an address of another, each of which must get no reply (isolation).",
+            ),
+            Attribute::computed(
+                "isolation_kept",
+                Type::Number,
+                "Of those, the probes that got no reply, as they must. Equal to `isolation_probes` when VPCs are isolated.",
+            ),
+            Attribute::computed(
+                "unexpected",
+                Type::Number,
+                "Probes whose outcome was wrong: no reply within a VPC, a reply across VPCs, or a ping that could not be sent (its EVM is gone: the group's `ready_count` shows it too). 0 means the network is right.",
+            ),
             Attribute::computed("failures", Type::list(Type::String), "The first unexpected outcomes, described."),
         ],
         blocks: Vec::new(),
@@ -80,7 +112,10 @@ fn settings(config: &Value) -> Result<Settings, Diagnostics> {
             Some(OVERLAY) => false,
             Some(UNDERLAY) => true,
             _ => {
-                let detail = format!("scope is {}; use \"{OVERLAY}\" (between EVMs) or \"{UNDERLAY}\" (between EPMs).", value.describe());
+                let detail = format!(
+                    "scope is {}; use \"{OVERLAY}\" (between EVMs) or \"{UNDERLAY}\" (between EPMs).",
+                    value.describe()
+                );
                 diagnostics.push(Diagnostic::attribute_error(&["scope"], "Invalid scope", detail));
                 false
             }
@@ -95,7 +130,12 @@ fn settings(config: &Value) -> Result<Settings, Diagnostics> {
         value => match value.as_i64().filter(|n| range.contains(n)) {
             Some(n) => n,
             None => {
-                let detail = format!("{name} is {}; it must be a whole number from {} to {}.", value.describe(), range.start(), range.end());
+                let detail = format!(
+                    "{name} is {}; it must be a whole number from {} to {}.",
+                    value.describe(),
+                    range.start(),
+                    range.end()
+                );
                 diagnostics.push(Diagnostic::attribute_error(&[name], format!("Invalid {name}"), detail));
                 default
             }
@@ -127,11 +167,22 @@ fn underlay_pairs(n: usize, samples: usize) -> Vec<(usize, usize)> {
 /// Every EPM pinging others across the underlay.
 async fn underlay_probes(runtime: &Controller, topology: &str, samples: usize) -> Result<Vec<Probe>, Diagnostics> {
     let tree = runtime.topology_spec(topology).await.map_err(|e| runtime_error("Could not read the topology", e))?;
-    let tree = tree.ok_or_else(|| Diagnostic::attribute_error(&["topology_id"], "No such topology", format!("Topology {topology:?} does not exist.")))?;
+    let tree = tree.ok_or_else(|| {
+        Diagnostic::attribute_error(
+            &["topology_id"],
+            "No such topology",
+            format!("Topology {topology:?} does not exist."),
+        )
+    })?;
     let epms: Vec<crate::model::Epm> = tree.epms().collect();
     Ok(underlay_pairs(epms.len(), samples)
         .into_iter()
-        .map(|(i, j)| Probe { from: runtime.epm_ping_source(topology, &epms[i]), to: epms[j].ip, to_name: epms[j].name.clone(), expect_reply: true })
+        .map(|(i, j)| Probe {
+            from: runtime.epm_ping_source(topology, &epms[i]),
+            to: epms[j].ip,
+            to_name: epms[j].name.clone(),
+            expect_reply: true,
+        })
         .collect())
 }
 
@@ -150,12 +201,16 @@ fn sample_pairs(n: usize, samples: usize) -> Vec<(usize, usize)> {
         state ^= state << 17;
         (state % n as u64) as usize
     };
-    (0..samples).map(|_| loop {
-        let (i, j) = (next(), next());
-        if i != j {
-            break (i, j);
-        }
-    }).collect()
+    (0..samples)
+        .map(|_| {
+            loop {
+                let (i, j) = (next(), next());
+                if i != j {
+                    break (i, j);
+                }
+            }
+        })
+        .collect()
 }
 
 /// The probes to run over `evms`.
@@ -164,10 +219,16 @@ pub fn probes(evms: &[EvmInfo], samples: usize) -> Vec<Probe> {
     for evm in evms {
         by_subnet.entry((&evm.vpc, &evm.subnet)).or_default().push(evm);
     }
-    let probe = |from: &EvmInfo, to: &EvmInfo, expect_reply: bool| Probe { from: PingSource::from(from), to: to.ip, to_name: to.name.clone(), expect_reply };
+    let probe = |from: &EvmInfo, to: &EvmInfo, expect_reply: bool| Probe {
+        from: PingSource::from(from),
+        to: to.ip,
+        to_name: to.name.clone(),
+        expect_reply,
+    };
     let mut probes = Vec::new();
     for members in by_subnet.values() {
-        probes.extend(sample_pairs(members.len(), samples).into_iter().map(|(i, j)| probe(members[i], members[j], true)));
+        probes
+            .extend(sample_pairs(members.len(), samples).into_iter().map(|(i, j)| probe(members[i], members[j], true)));
     }
     let subnets: Vec<(&(&str, &str), &Vec<&EvmInfo>)> = by_subnet.iter().collect();
     for (a, (key_a, members_a)) in subnets.iter().enumerate() {
@@ -221,11 +282,15 @@ impl DataSource<Controller> for Pingall {
         let probes = if settings.underlay {
             underlay_probes(runtime, topology, settings.samples).await?
         } else {
-            let evms = runtime.list_evms(topology, None, None).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
+            let evms =
+                runtime.list_evms(topology, None, None).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
             probes(&evms, settings.samples)
         };
         let full_size = config.attr("full_size").as_bool().unwrap_or(false);
-        let outcomes = runtime.ping(topology, &probes, settings.timeout_ms, full_size).await.map_err(|e| runtime_error("Could not ping", e))?;
+        let outcomes = runtime
+            .ping(topology, &probes, settings.timeout_ms, full_size)
+            .await
+            .map_err(|e| runtime_error("Could not ping", e))?;
         let mut failures = Vec::new();
         let mut unexpected = 0;
         for (probe, outcome) in probes.iter().zip(&outcomes) {
@@ -238,14 +303,21 @@ impl DataSource<Controller> for Pingall {
             };
             unexpected += 1;
             if failures.len() < FAILURES_SHOWN {
-                failures.push(Value::string(format!("{} ({}) -> {} ({}): {what}", probe.from.name, probe.from.ip, probe.to_name, probe.to)));
+                failures.push(Value::string(format!(
+                    "{} ({}) -> {} ({}): {what}",
+                    probe.from.name, probe.from.ip, probe.to_name, probe.to
+                )));
             }
         }
         let mut state = config.clone();
         if let Value::Map(attributes) = &mut state {
             attributes.insert("id".into(), Value::string(topology));
             let count = |expect_reply: bool, outcome: bool| {
-                probes.iter().zip(&outcomes).filter(|(p, o)| p.expect_reply == expect_reply && matches!(o, Ok(got) if *got == outcome)).count() as i64
+                probes
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(p, o)| p.expect_reply == expect_reply && matches!(o, Ok(got) if *got == outcome))
+                    .count() as i64
             };
             let expected = probes.iter().filter(|p| p.expect_reply).count() as i64;
             attributes.insert("sent".into(), Value::int(probes.len() as i64));
@@ -284,7 +356,10 @@ mod tests {
         let large = underlay_pairs(1000, 10);
         assert!(large.len() >= 2000 && large.len() <= 2010, "{}", large.len());
         for epm in 0..1000 {
-            assert!(large.iter().any(|(i, _)| *i == epm) && large.iter().any(|(_, j)| *j == epm), "epm-{epm} sends and answers");
+            assert!(
+                large.iter().any(|(i, _)| *i == epm) && large.iter().any(|(_, j)| *j == epm),
+                "epm-{epm} sends and answers"
+            );
         }
         assert!(large.iter().all(|(i, j)| i != j));
     }
@@ -299,10 +374,16 @@ mod tests {
             evm("red", "web", 1, [10, 0, 1, 9]),
         ];
         let probes = probes(&evms, 3);
-        let source = |p: &Probe| evms.iter().find(|e| e.namespace == p.from.namespace).expect("a probe's source is an EVM").clone();
-        let within = probes.iter().filter(|p| p.expect_reply && source(p).subnet == "web" && source(p).vpc == "blue").count();
+        let source = |p: &Probe| {
+            evms.iter().find(|e| e.namespace == p.from.namespace).expect("a probe's source is an EVM").clone()
+        };
+        let within =
+            probes.iter().filter(|p| p.expect_reply && source(p).subnet == "web" && source(p).vpc == "blue").count();
         assert!(within >= 2);
-        assert!(probes.iter().any(|p| p.expect_reply && source(p).vpc == "blue" && source(p).subnet != evms.iter().find(|e| e.ip == p.to && e.vpc == "blue").map(|e| e.subnet.as_str()).unwrap_or("")));
+        assert!(probes.iter().any(|p| p.expect_reply
+            && source(p).vpc == "blue"
+            && source(p).subnet
+                != evms.iter().find(|e| e.ip == p.to && e.vpc == "blue").map(|e| e.subnet.as_str()).unwrap_or("")));
         let across: Vec<_> = probes.iter().filter(|p| !p.expect_reply).collect();
         assert_eq!(across.len(), 2);
         // red -> blue must target an address red does not have itself.
@@ -315,7 +396,11 @@ mod tests {
     /// settings are checked again before anything is sized by them.
     #[tokio::test]
     async fn read_refuses_settings_that_validation_would_have() {
-        let controller = crate::config::local_controller(std::env::temp_dir().join("merak-pingall-test-none"), "/nonexistent".into(), crate::runtime::local::AgentTransport::Unix);
+        let controller = crate::config::local_controller(
+            std::env::temp_dir().join("merak-pingall-test-none"),
+            "/nonexistent".into(),
+            crate::runtime::local::AgentTransport::Unix,
+        );
         let config = |samples: Value, timeout: Value| {
             crate::protocol::cty::object([
                 ("id", Value::Null),

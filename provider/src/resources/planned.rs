@@ -49,11 +49,17 @@ pub fn vpc(topology: &str, name: &str) -> Option<VpcSpec> {
 /// planned so far, one it conflicts with. The check and the record happen
 /// under one lock: Terraform plans sibling subnets concurrently, and two
 /// that overlap must not both pass a check that neither has recorded yet.
-pub fn plan_subnet<E>(spec: &SubnetSpec, recorded: &[SubnetSpec], clash: impl Fn(&SubnetSpec) -> Option<E>) -> Result<(), E> {
+pub fn plan_subnet<E>(
+    spec: &SubnetSpec,
+    recorded: &[SubnetSpec],
+    clash: impl Fn(&SubnetSpec) -> Option<E>,
+) -> Result<(), E> {
     let mut planned = planned();
     let key = format!("{}/{}/{}", spec.topology, spec.vpc, spec.name);
     let others = recorded.iter().chain(planned.subnets.iter().filter(|(k, _)| **k != key).map(|(_, s)| s));
-    if let Some(error) = others.filter(|o| o.topology == spec.topology && !(o.vpc == spec.vpc && o.name == spec.name)).find_map(&clash) {
+    if let Some(error) =
+        others.filter(|o| o.topology == spec.topology && !(o.vpc == spec.vpc && o.name == spec.name)).find_map(&clash)
+    {
         return Err(error);
     }
     planned.subnets.insert(key, spec.clone());
@@ -75,7 +81,8 @@ mod tests {
         let vpc = VpcSpec::validate("planned-race", "blue", "10.0.0.0/16", None).expect("valid VPC");
         for round in 0..200 {
             let wide = SubnetSpec::validate(&vpc, &format!("wide{round}"), "10.0.1.0/24", None).expect("valid subnet");
-            let narrow = SubnetSpec::validate(&vpc, &format!("narrow{round}"), "10.0.1.128/25", None).expect("valid subnet");
+            let narrow =
+                SubnetSpec::validate(&vpc, &format!("narrow{round}"), "10.0.1.128/25", None).expect("valid subnet");
             let barrier = std::sync::Barrier::new(2);
             let plan = |spec: &SubnetSpec| {
                 barrier.wait();

@@ -3,18 +3,19 @@
 
 use std::sync::LazyLock;
 
+use crate::controller::Controller;
 use crate::model::overlay::{SubnetSpec, VpcSpec};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::controller::Controller;
 
-use crate::protocol::provider::Resource;
 use super::{any_unknown, known_str, runtime_error, spec_errors, split_id};
+use crate::protocol::provider::Resource;
 
 pub struct Subnet;
 
-static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    Schema {
     version: 0,
     block: Block {
         description: "A subnet of a VPC. EVMs of one subnet reach each other across EPMs over the \
@@ -30,6 +31,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         ],
         blocks: Vec::new(),
     },
+}
 });
 
 const INPUTS: &[&str] = &["vpc_id", "name", "cidr", "gateway_ip"];
@@ -37,14 +39,24 @@ const INPUTS: &[&str] = &["vpc_id", "name", "cidr", "gateway_ip"];
 fn vpc_of(config: &Value) -> Result<(String, String), Diagnostics> {
     let vpc_id = known_str(config, "vpc_id").unwrap_or_default();
     split_id(vpc_id, 2).map(|p| (p[0].to_string(), p[1].to_string())).ok_or_else(|| {
-        Diagnostic::attribute_error(&["vpc_id"], "Invalid vpc_id", format!("{vpc_id:?} is not a VPC id; use merak_vpc.<name>.id.")).into()
+        Diagnostic::attribute_error(
+            &["vpc_id"],
+            "Invalid vpc_id",
+            format!("{vpc_id:?} is not a VPC id; use merak_vpc.<name>.id."),
+        )
+        .into()
     })
 }
 
 /// The spec, checked against the VPC.
 fn spec_of(config: &Value, vpc: &VpcSpec) -> Result<SubnetSpec, Diagnostics> {
-    SubnetSpec::validate(vpc, known_str(config, "name").unwrap_or_default(), known_str(config, "cidr").unwrap_or_default(), known_str(config, "gateway_ip"))
-        .map_err(spec_errors)
+    SubnetSpec::validate(
+        vpc,
+        known_str(config, "name").unwrap_or_default(),
+        known_str(config, "cidr").unwrap_or_default(),
+        known_str(config, "gateway_ip"),
+    )
+    .map_err(spec_errors)
 }
 
 fn state_of(spec: &SubnetSpec) -> Value {
@@ -61,13 +73,20 @@ fn state_of(spec: &SubnetSpec) -> Value {
 /// Plans `spec` unless it overlaps a sibling of its VPC or takes another
 /// subnet's VNI: siblings on record and siblings this plan creates.
 async fn plan_among_siblings(runtime: &Controller, spec: &SubnetSpec) -> Result<(), Diagnostics> {
-    let recorded = runtime.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
+    let recorded =
+        runtime.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
     super::planned::plan_subnet(spec, &recorded, |other| {
         if other.vpc == spec.vpc && other.cidr.overlaps(&spec.cidr) {
-            let detail = format!("{} overlaps subnet {} ({}) of VPC {}. Choose a prefix no other subnet of the VPC uses.", spec.cidr, other.name, other.cidr, spec.vpc);
+            let detail = format!(
+                "{} overlaps subnet {} ({}) of VPC {}. Choose a prefix no other subnet of the VPC uses.",
+                spec.cidr, other.name, other.cidr, spec.vpc
+            );
             Some(Diagnostic::attribute_error(&["cidr"], "Subnet overlaps a sibling", detail).into())
         } else if other.vni == spec.vni {
-            let detail = format!("The VNI derived for this subnet ({}) is subnet {}/{}'s; rename the subnet.", spec.vni, other.vpc, other.name);
+            let detail = format!(
+                "The VNI derived for this subnet ({}) is subnet {}/{}'s; rename the subnet.",
+                spec.vni, other.vpc, other.name
+            );
             Some(Diagnostic::attribute_error(&["name"], "VNI taken", detail).into())
         } else {
             None
@@ -109,7 +128,9 @@ impl Resource<Controller> for Subnet {
             None => recorded_vpc(runtime, config).await?,
         };
         let Some(vpc) = vpc else {
-            let detail = format!("No VPC {vpc_name:?} exists in topology {topology:?} or is planned by this configuration; use merak_vpc.<name>.id.");
+            let detail = format!(
+                "No VPC {vpc_name:?} exists in topology {topology:?} or is planned by this configuration; use merak_vpc.<name>.id."
+            );
             return Err(Diagnostic::attribute_error(&["vpc_id"], "No such VPC", detail).into());
         };
         let spec = spec_of(config, &vpc)?;
@@ -122,7 +143,15 @@ impl Resource<Controller> for Subnet {
             Ok(Some(vpc)) => vpc,
             Ok(None) => {
                 let id = known_str(planned, "vpc_id").unwrap_or_default();
-                return (None, Diagnostic::attribute_error(&["vpc_id"], "VPC does not exist", format!("No VPC {id:?} exists; create it first.")).into());
+                return (
+                    None,
+                    Diagnostic::attribute_error(
+                        &["vpc_id"],
+                        "VPC does not exist",
+                        format!("No VPC {id:?} exists; create it first."),
+                    )
+                    .into(),
+                );
             }
             Err(diagnostics) => return (None, diagnostics),
         };

@@ -5,14 +5,14 @@ use std::sync::LazyLock;
 use std::collections::BTreeMap;
 
 use super::link_profile::{self, LINK_PROFILE};
+use crate::controller::{Controller, Intent, TopologyView};
 use crate::model::epm_agent::{self, EpmAgentSpec};
-use crate::model::link_profile::{LinkProfileSpec, impaired_link_count};
 use crate::model::fat_tree::FatTree;
+use crate::model::link_profile::{LinkProfileSpec, impaired_link_count};
 use crate::model::{TreeInput, TreeSpec, naming};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
-use crate::controller::{Controller, Intent, TopologyView};
 
 use crate::protocol::provider::Resource;
 
@@ -42,7 +42,12 @@ impl Resource<Controller> for Topology {
             check_agents_against_provider(runtime, &agents)?;
             if let Err(error) = runtime.check_fits(&spec, &agents) {
                 let attribute = if agents.is_empty() { "name" } else { EPM_AGENT };
-                return Err(Diagnostic::attribute_error(&[attribute], "Topology does not fit this runtime", error.to_string()).into());
+                return Err(Diagnostic::attribute_error(
+                    &[attribute],
+                    "Topology does not fit this runtime",
+                    error.to_string(),
+                )
+                .into());
             }
         }
         if let (Ok(Some(profiles)), Ok(Some(spec))) = (link_profile::profiles_of(config), spec_of(config)) {
@@ -55,15 +60,23 @@ impl Resource<Controller> for Topology {
             && !profiles.is_empty()
             && let Err(error) = runtime.check_link_profiles()
         {
-            return Err(Diagnostic::attribute_error(&[LINK_PROFILE], "Links cannot be shaped on this runtime", error.to_string()).into());
+            return Err(Diagnostic::attribute_error(
+                &[LINK_PROFILE],
+                "Links cannot be shaped on this runtime",
+                error.to_string(),
+            )
+            .into());
         }
         // Shrinking must not pull EPMs out from under EVMs.
-        if let (Some(runtime), Some(old), Some(new)) = (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())
+        if let (Some(runtime), Some(old), Some(new)) =
+            (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())
             && new < old
         {
             let name = planned.attr("name").as_str().unwrap_or_default();
             let evms = runtime.list_evms(name, None, None).await.unwrap_or_default();
-            let stranded = evms.iter().find(|evm| evm.epm.strip_prefix("epm-").and_then(|i| i.parse::<i64>().ok()).is_some_and(|i| i >= new));
+            let stranded = evms
+                .iter()
+                .find(|evm| evm.epm.strip_prefix("epm-").and_then(|i| i.parse::<i64>().ok()).is_some_and(|i| i >= new));
             if let Some(evm) = stranded {
                 return Err(Diagnostic::attribute_error(
                     &["hosts"],
@@ -120,7 +133,8 @@ impl Resource<Controller> for Topology {
         if version < 1
             && let Some(list) = state.get("epms").and_then(serde_json::Value::as_array).cloned()
         {
-            let by_name = list.into_iter().filter_map(|epm| Some((epm.get("name")?.as_str()?.to_string(), epm))).collect();
+            let by_name =
+                list.into_iter().filter_map(|epm| Some((epm.get("name")?.as_str()?.to_string(), epm))).collect();
             state["epms"] = serde_json::Value::Object(by_name);
         }
         state
@@ -160,7 +174,11 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                  `local` runtime only. Changing it replaces the topology.",
             )
             .forces_replacement(),
-            Attribute::optional("racks", Type::Number, "Number of racks, each with its own top-of-rack vswitch. Required for a `tree`; a `fat_tree` has none (its racks are its edge switches)."),
+            Attribute::optional(
+                "racks",
+                Type::Number,
+                "Number of racks, each with its own top-of-rack vswitch. Required for a `tree`; a `fat_tree` has none (its racks are its edge switches).",
+            ),
             Attribute::optional(
                 "hosts_per_rack",
                 Type::Number,
@@ -243,7 +261,10 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                  next apply puts it back.",
             ),
         ],
-        blocks: vec![NestedBlock::list(EPM_AGENT, epm_agent_block()), NestedBlock::list(LINK_PROFILE, link_profile::block())],
+        blocks: vec![
+            NestedBlock::list(EPM_AGENT, epm_agent_block()),
+            NestedBlock::list(LINK_PROFILE, link_profile::block()),
+        ],
     },
 });
 
@@ -265,12 +286,36 @@ fn epm_agent_block() -> Block {
             kubernetes a pod's containers cannot change: its EPM pods are made anew and their EVMs \
             rebuilt in the same apply).",
         attributes: vec![
-            Attribute::required("name", Type::String, "Unique among the topology's agents: a DNS label of at most 32 characters."),
-            Attribute::required("command", Type::list(Type::String), "The program (looked up on `PATH`) and its arguments, e.g. `[\"bgpd\", \"-f\", \"/etc/frr/$${epm}.conf\"]`. Run in the foreground: a program that detaches leaves the supervisor, which then restarts it."),
-            Attribute::optional("env", Type::map(Type::String), "The environment, besides a default `PATH` (which it may set)."),
-            Attribute::optional("ready_command", Type::list(Type::String), "Run in the EPM with the same environment; the agent counts as ready while it exits 0 within 5 s. Default: running for a second."),
-            Attribute::optional("ready_timeout_s", Type::Number, "How long apply waits for the agent to be ready on every EPM (default 60)."),
-            Attribute::optional("image", Type::String, "The container image holding `command`: required on the `kubernetes` runtime (pulled with the provider's `image_pull_policy`), refused on `local`. The container runs privileged, as merak-agent's does, so a virtual switch or routing daemon can program the pod's network."),
+            Attribute::required(
+                "name",
+                Type::String,
+                "Unique among the topology's agents: a DNS label of at most 32 characters.",
+            ),
+            Attribute::required(
+                "command",
+                Type::list(Type::String),
+                "The program (looked up on `PATH`) and its arguments, e.g. `[\"bgpd\", \"-f\", \"/etc/frr/$${epm}.conf\"]`. Run in the foreground: a program that detaches leaves the supervisor, which then restarts it.",
+            ),
+            Attribute::optional(
+                "env",
+                Type::map(Type::String),
+                "The environment, besides a default `PATH` (which it may set).",
+            ),
+            Attribute::optional(
+                "ready_command",
+                Type::list(Type::String),
+                "Run in the EPM with the same environment; the agent counts as ready while it exits 0 within 5 s. Default: running for a second.",
+            ),
+            Attribute::optional(
+                "ready_timeout_s",
+                Type::Number,
+                "How long apply waits for the agent to be ready on every EPM (default 60).",
+            ),
+            Attribute::optional(
+                "image",
+                Type::String,
+                "The container image holding `command`: required on the `kubernetes` runtime (pulled with the provider's `image_pull_policy`), refused on `local`. The container runs privileged, as merak-agent's does, so a virtual switch or routing daemon can program the pod's network.",
+            ),
         ],
         blocks: Vec::new(),
     }
@@ -287,21 +332,35 @@ pub fn agents_of(config: &Value) -> Result<Option<Vec<EpmAgentSpec>>, Diagnostic
         return Ok(None);
     }
     let mut diagnostics = Diagnostics::default();
-    let strings = |value: &Value| -> Option<Vec<String>> { value.as_list().map(|items| items.iter().map(|i| i.as_str().unwrap_or_default().to_string()).collect()) };
+    let strings = |value: &Value| -> Option<Vec<String>> {
+        value.as_list().map(|items| items.iter().map(|i| i.as_str().unwrap_or_default().to_string()).collect())
+    };
     let mut agents = Vec::with_capacity(blocks.len());
     for (index, block) in blocks.iter().enumerate() {
         let ready_timeout_s = match block.attr("ready_timeout_s") {
             Value::Null => None,
-            value => match value.as_i64().ok_or_else(|| "ready_timeout_s must be a whole number of seconds.".to_string()).and_then(epm_agent::ready_timeout_s) {
+            value => match value
+                .as_i64()
+                .ok_or_else(|| "ready_timeout_s must be a whole number of seconds.".to_string())
+                .and_then(epm_agent::ready_timeout_s)
+            {
                 Ok(seconds) => Some(seconds),
                 Err(detail) => {
-                    diagnostics.push(Diagnostic::attribute_error(&[EPM_AGENT, &format!("[{index}]"), "ready_timeout_s"], "Invalid ready_timeout_s", detail));
+                    diagnostics.push(Diagnostic::attribute_error(
+                        &[EPM_AGENT, &format!("[{index}]"), "ready_timeout_s"],
+                        "Invalid ready_timeout_s",
+                        detail,
+                    ));
                     None
                 }
             },
         };
         let env = match block.attr("env") {
-            Value::Map(env) => Some(env.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect::<BTreeMap<_, _>>()),
+            Value::Map(env) => Some(
+                env.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
             _ => None,
         };
         agents.push(EpmAgentSpec {
@@ -322,7 +381,11 @@ pub fn agents_of(config: &Value) -> Result<Option<Vec<EpmAgentSpec>>, Diagnostic
 }
 
 fn agent_diagnostic(error: epm_agent::AgentError) -> Diagnostic {
-    Diagnostic::attribute_error(&[EPM_AGENT, &format!("[{}]", error.index), error.attribute], error.summary, error.detail)
+    Diagnostic::attribute_error(
+        &[EPM_AGENT, &format!("[{}]", error.index), error.attribute],
+        error.summary,
+        error.detail,
+    )
 }
 
 /// What the provider's settings decide: `${controller_url}` needs its
@@ -338,7 +401,12 @@ fn agent_value(agent: &EpmAgentSpec) -> Value {
     object([
         ("name", Value::string(&agent.name)),
         ("command", strings(&agent.command)),
-        ("env", agent.env.as_ref().map_or(Value::Null, |env| Value::Map(env.iter().map(|(k, v)| (k.clone(), Value::string(v))).collect()))),
+        (
+            "env",
+            agent.env.as_ref().map_or(Value::Null, |env| {
+                Value::Map(env.iter().map(|(k, v)| (k.clone(), Value::string(v))).collect())
+            }),
+        ),
         ("ready_command", agent.ready_command.as_deref().map_or(Value::Null, strings)),
         ("ready_timeout_s", agent.ready_timeout_s.map_or(Value::Null, |s| Value::int(i64::from(s)))),
         ("image", agent.image.as_deref().map_or(Value::Null, Value::string)),
@@ -348,7 +416,17 @@ fn agent_value(agent: &EpmAgentSpec) -> Value {
 /// The spec a configuration (or planned state) describes. `Ok(None)` when
 /// part of it is not known yet.
 pub fn spec_of(config: &Value) -> Result<Option<TreeSpec>, Diagnostics> {
-    let inputs = ["name", "type", "racks", "hosts_per_rack", "hosts", "ports_per_vswitch", "data_plane_cidr", "k", "fabric_cidr"];
+    let inputs = [
+        "name",
+        "type",
+        "racks",
+        "hosts_per_rack",
+        "hosts",
+        "ports_per_vswitch",
+        "data_plane_cidr",
+        "k",
+        "fabric_cidr",
+    ];
     if inputs.iter().any(|name| config.attr(name).is_unknown()) {
         return Ok(None);
     }
@@ -366,9 +444,19 @@ pub fn spec_of(config: &Value) -> Result<Option<TreeSpec>, Diagnostics> {
     let misplaced: Vec<Diagnostic> = ["k", "fabric_cidr"]
         .into_iter()
         .filter(|name| !config.attr(name).is_null())
-        .map(|name| Diagnostic::attribute_error(&[name], format!("{name} is for a fat tree"), format!("{name} shapes a type = \"{FAT_TREE}\" topology; remove it, or set type = \"{FAT_TREE}\".")))
+        .map(|name| {
+            Diagnostic::attribute_error(
+                &[name],
+                format!("{name} is for a fat tree"),
+                format!("{name} shapes a type = \"{FAT_TREE}\" topology; remove it, or set type = \"{FAT_TREE}\"."),
+            )
+        })
         .chain(["racks", "hosts_per_rack"].into_iter().filter(|name| config.attr(name).is_null()).map(|name| {
-            Diagnostic::attribute_error(&[name], format!("Missing {name}"), format!("A tree needs {name}; set it, or set type = \"{FAT_TREE}\" with k."))
+            Diagnostic::attribute_error(
+                &[name],
+                format!("Missing {name}"),
+                format!("A tree needs {name}; set it, or set type = \"{FAT_TREE}\" with k."),
+            )
         }))
         .collect();
     if !misplaced.is_empty() {
@@ -419,12 +507,20 @@ fn fat_tree_of(config: &Value) -> Result<TreeSpec, Diagnostics> {
     let mut diagnostics = Diagnostics::default();
     for name in ["racks", "hosts_per_rack", "ports_per_vswitch"] {
         if !config.attr(name).is_null() {
-            diagnostics.push(Diagnostic::attribute_error(&[name], format!("{name} is for a tree"), format!("A fat tree's shape is its k; remove {name}.")));
+            diagnostics.push(Diagnostic::attribute_error(
+                &[name],
+                format!("{name} is for a tree"),
+                format!("A fat tree's shape is its k; remove {name}."),
+            ));
         }
     }
     let k = config.attr("k").as_i64();
     if k.is_none() {
-        diagnostics.push(Diagnostic::attribute_error(&["k"], "Missing k", "A fat tree needs k: an even number of ports per switch, 4 to 64 (k = 4: 16 EPMs, 20 switches)."));
+        diagnostics.push(Diagnostic::attribute_error(
+            &["k"],
+            "Missing k",
+            "A fat tree needs k: an even number of ports per switch, 4 to 64 (k = 4: 16 EPMs, 20 switches).",
+        ));
     }
     let cidr = |name: &'static str| match config.attr(name).as_str() {
         None => Ok(None),
@@ -440,9 +536,15 @@ fn fat_tree_of(config: &Value) -> Result<TreeSpec, Diagnostics> {
     }
     // Every rule at once: k's and the prefixes' too, where they can be checked.
     let fat = match (k, plane, fabric) {
-        (Some(k), Ok(Some(plane)), Ok(fabric)) => FatTree::validate(k, config.attr("hosts").as_i64(), plane, fabric).map_err(|errors| diagnostics.0.extend(errors.into_iter().map(Diagnostic::from))).ok(),
+        (Some(k), Ok(Some(plane)), Ok(fabric)) => FatTree::validate(k, config.attr("hosts").as_i64(), plane, fabric)
+            .map_err(|errors| diagnostics.0.extend(errors.into_iter().map(Diagnostic::from)))
+            .ok(),
         (_, Ok(None), _) => {
-            diagnostics.push(Diagnostic::attribute_error(&["data_plane_cidr"], "Missing data_plane_cidr", "A fat tree needs data_plane_cidr for its EPMs' addresses."));
+            diagnostics.push(Diagnostic::attribute_error(
+                &["data_plane_cidr"],
+                "Missing data_plane_cidr",
+                "A fat tree needs data_plane_cidr for its EPMs' addresses.",
+            ));
             None
         }
         _ => None,
@@ -455,7 +557,14 @@ fn fat_tree_of(config: &Value) -> Result<TreeSpec, Diagnostics> {
 
 /// The full state of a topology built from `spec` with `ready_epms` up and
 /// its `agents` ready on `agents_ready` EPMs.
-pub fn state_of(spec: &TreeSpec, ready_epms: u32, agents: &[EpmAgentSpec], agents_ready: u32, profiles: &[LinkProfileSpec], impaired_links: u64) -> Value {
+pub fn state_of(
+    spec: &TreeSpec,
+    ready_epms: u32,
+    agents: &[EpmAgentSpec],
+    agents_ready: u32,
+    profiles: &[LinkProfileSpec],
+    impaired_links: u64,
+) -> Value {
     // A fat tree's shape is its k: the tree's attributes stay null.
     let tree_only = |n: u32| if spec.fabric.is_some() { Value::Null } else { Value::int(i64::from(n)) };
     let epms = spec
@@ -496,7 +605,14 @@ pub fn state_of(spec: &TreeSpec, ready_epms: u32, agents: &[EpmAgentSpec], agent
 }
 
 fn state_of_view(view: &TopologyView) -> Value {
-    state_of(&view.spec, view.status.ready_epms, &view.agents, view.agents_status.ready_epms, &view.profiles, view.impaired_links)
+    state_of(
+        &view.spec,
+        view.status.ready_epms,
+        &view.agents,
+        view.agents_status.ready_epms,
+        &view.profiles,
+        view.impaired_links,
+    )
 }
 
 /// The planned state: everything derives from the spec, so it is all known
@@ -531,7 +647,9 @@ async fn apply(runtime: &Controller, planned: &Value, intent: Intent) -> (Option
     };
     match runtime.apply_topology(&spec, &agents, &profiles, intent).await {
         Ok(view) => (Some(state_of_view(&view)), failures_to_diagnostics(&view)),
-        Err(error) => (None, Diagnostic::error(format!("Could not build topology {}", spec.name), error.to_string()).into()),
+        Err(error) => {
+            (None, Diagnostic::error(format!("Could not build topology {}", spec.name), error.to_string()).into())
+        }
     }
 }
 
@@ -548,7 +666,11 @@ fn failures_to_diagnostics(view: &TopologyView) -> Diagnostics {
     if diagnostics.0.is_empty() {
         let agents = &view.agents_status;
         diagnostics = super::incomplete(
-            format!("Agents under test are not ready on {} EPMs of topology {}", spec.hosts.saturating_sub(agents.ready_epms), spec.name),
+            format!(
+                "Agents under test are not ready on {} EPMs of topology {}",
+                spec.hosts.saturating_sub(agents.ready_epms),
+                spec.name
+            ),
             &agents.failures,
             agents.ready_epms == spec.hosts,
             format!("{} of {} EPMs run every epm_agent.", agents.ready_epms, spec.hosts),

@@ -4,12 +4,12 @@
 
 use std::sync::LazyLock;
 
+use super::link_profile::{LINK_PROFILE, profiles_of};
 use crate::controller::Controller;
 use crate::model::graph::{DEFAULT_COLLAPSE_ABOVE, Graph};
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::provider::DataSource;
-use super::link_profile::{LINK_PROFILE, profiles_of};
 use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
 
 pub struct TopologyGraph;
@@ -25,17 +25,37 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         attributes: vec![
             Attribute::computed("id", Type::String, "The topology's name."),
             Attribute::required("name", Type::String, "The topology's `name`."),
-            Attribute::optional("type", Type::String, "The topology's `type`, when it sets one (a `fat_tree` is drawn level by level)."),
+            Attribute::optional(
+                "type",
+                Type::String,
+                "The topology's `type`, when it sets one (a `fat_tree` is drawn level by level).",
+            ),
             Attribute::optional("racks", Type::Number, "The topology's `racks` (a tree's)."),
             Attribute::optional("hosts_per_rack", Type::Number, "The topology's `hosts_per_rack` (a tree's)."),
             Attribute::optional("k", Type::Number, "The topology's `k` (a fat tree's)."),
             Attribute::optional("fabric_cidr", Type::String, "The topology's `fabric_cidr`, when it sets one."),
             Attribute::optional("hosts", Type::Number, "The topology's `hosts`, when it sets one."),
-            Attribute::optional("ports_per_vswitch", Type::Number, "The topology's `ports_per_vswitch`, when it sets one."),
-            Attribute::required("data_plane_cidr", Type::String, "The topology's `data_plane_cidr` (EPMs are labelled with their addresses)."),
-            Attribute::optional("collapse_above", Type::Number, "Draw EPMs one by one up to this many; above it, one node per rack. Default 64."),
+            Attribute::optional(
+                "ports_per_vswitch",
+                Type::Number,
+                "The topology's `ports_per_vswitch`, when it sets one.",
+            ),
+            Attribute::required(
+                "data_plane_cidr",
+                Type::String,
+                "The topology's `data_plane_cidr` (EPMs are labelled with their addresses).",
+            ),
+            Attribute::optional(
+                "collapse_above",
+                Type::Number,
+                "Draw EPMs one by one up to this many; above it, one node per rack. Default 64.",
+            ),
             Attribute::computed("dot", Type::String, "The graph in Graphviz's language: `dot -Tsvg` renders it."),
-            Attribute::computed("mermaid", Type::String, "The graph as a Mermaid flowchart (`graph TD`), for a ```mermaid block."),
+            Attribute::computed(
+                "mermaid",
+                Type::String,
+                "The graph as a Mermaid flowchart (`graph TD`), for a ```mermaid block.",
+            ),
             Attribute::computed("node_count", Type::Number, "Nodes drawn: vswitches, and EPMs or racks."),
             Attribute::computed("edge_count", Type::Number, "Links drawn."),
         ],
@@ -48,7 +68,12 @@ fn collapse_above(config: &Value) -> Result<u32, Diagnostics> {
         Value::Null => Ok(DEFAULT_COLLAPSE_ABOVE),
         value => match value.as_i64() {
             Some(n) if (1..=i64::from(u32::MAX)).contains(&n) => Ok(n as u32),
-            _ => Err(Diagnostic::attribute_error(&["collapse_above"], "Invalid collapse_above", format!("collapse_above is {}; give a whole number of 1 or more.", value.describe())).into()),
+            _ => Err(Diagnostic::attribute_error(
+                &["collapse_above"],
+                "Invalid collapse_above",
+                format!("collapse_above is {}; give a whole number of 1 or more.", value.describe()),
+            )
+            .into()),
         },
     }
 }
@@ -72,10 +97,18 @@ impl DataSource<Controller> for TopologyGraph {
 
     async fn read(&self, _runtime: &Controller, config: &Value) -> Result<Value, Diagnostics> {
         let Some(spec) = super::topology::spec_of(config)? else {
-            return Err(Diagnostic::error("Topology unknown", "The topology's attributes are not known yet; give them as values known at plan.").into());
+            return Err(Diagnostic::error(
+                "Topology unknown",
+                "The topology's attributes are not known yet; give them as values known at plan.",
+            )
+            .into());
         };
         let Some(profiles) = profiles_of(config)? else {
-            return Err(Diagnostic::error("Link profiles unknown", "The link_profile blocks are not known yet; give them as values known at plan.").into());
+            return Err(Diagnostic::error(
+                "Link profiles unknown",
+                "The link_profile blocks are not known yet; give them as values known at plan.",
+            )
+            .into());
         };
         let graph = Graph::of(&spec, collapse_above(config)?, &profiles);
         Ok(object([

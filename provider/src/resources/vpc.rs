@@ -3,19 +3,20 @@
 
 use std::sync::LazyLock;
 
+use crate::controller::Controller;
 use crate::model::network_controller::VpcController;
 use crate::model::overlay::VpcSpec;
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
-use crate::controller::Controller;
 
-use crate::protocol::provider::Resource;
 use super::{any_unknown, known_str, runtime_error, spec_errors, split_id};
+use crate::protocol::provider::Resource;
 
 pub struct Vpc;
 
-static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    Schema {
     version: 0,
     block: Block {
         description: "A VPC: a tenant network of subnets that route to each other and to nothing else. \
@@ -48,6 +49,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
         ],
         blocks: Vec::new(),
     },
+}
 });
 
 const INPUTS: &[&str] = &["topology_id", "name", "cidr", "vni", "controller", "mtu"];
@@ -76,7 +78,10 @@ fn spec_of(config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
         value => match value.as_i64() {
             Some(mtu) if (576..=9000).contains(&mtu) => Some(mtu as u32),
             _ => {
-                let detail = format!("mtu is {}; give a whole number from 576 to 9000, or leave it out for the overlay's (1450).", value.describe());
+                let detail = format!(
+                    "mtu is {}; give a whole number from 576 to 9000, or leave it out for the overlay's (1450).",
+                    value.describe()
+                );
                 return Err(Diagnostic::attribute_error(&["mtu"], "Invalid mtu", detail).into());
             }
         },
@@ -117,16 +122,25 @@ impl Resource<Controller> for Vpc {
         let Some(spec) = spec_of(config)? else { return Ok(super::unknown_computed(&SCHEMA, config)) };
         if let Some(runtime) = runtime
             && super::planned::topology(&spec.topology).is_none()
-            && runtime.topology_spec(&spec.topology).await.map_err(|e| runtime_error("Could not read the topology", e))?.is_none()
+            && runtime
+                .topology_spec(&spec.topology)
+                .await
+                .map_err(|e| runtime_error("Could not read the topology", e))?
+                .is_none()
         {
-            let detail = format!("No topology {:?} exists or is planned by this configuration; use merak_topology.<name>.id.", spec.topology);
+            let detail = format!(
+                "No topology {:?} exists or is planned by this configuration; use merak_topology.<name>.id.",
+                spec.topology
+            );
             return Err(Diagnostic::attribute_error(&["topology_id"], "No such topology", detail).into());
         }
         if let Some(runtime) = runtime
             && spec.controller == VpcController::External
             && let Err(error) = runtime.check_external_vpc()
         {
-            return Err(Diagnostic::attribute_error(&["controller"], "No external controller", error.to_string()).into());
+            return Err(
+                Diagnostic::attribute_error(&["controller"], "No external controller", error.to_string()).into()
+            );
         }
         super::planned::plan_vpc(&spec);
         Ok(state_of(&spec))
@@ -145,13 +159,22 @@ impl Resource<Controller> for Vpc {
     }
 
     async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics {
-        let (topology, name) = (known_str(prior, "topology_id").unwrap_or_default(), known_str(prior, "name").unwrap_or_default());
-        runtime.delete_vpc(topology, name).await.err().map(|e| runtime_error(format!("Could not delete VPC {name}"), e)).unwrap_or_default()
+        let (topology, name) =
+            (known_str(prior, "topology_id").unwrap_or_default(), known_str(prior, "name").unwrap_or_default());
+        runtime
+            .delete_vpc(topology, name)
+            .await
+            .err()
+            .map(|e| runtime_error(format!("Could not delete VPC {name}"), e))
+            .unwrap_or_default()
     }
 
     async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
         let Some(parts) = split_id(id, 2) else { return Ok(None) };
-        let vpc = runtime.read_vpc(parts[0], parts[1]).await.map_err(|e| runtime_error(format!("Could not read VPC {id}"), e))?;
+        let vpc = runtime
+            .read_vpc(parts[0], parts[1])
+            .await
+            .map_err(|e| runtime_error(format!("Could not read VPC {id}"), e))?;
         Ok(vpc.as_ref().map(state_of))
     }
 }

@@ -13,8 +13,8 @@ pub use recorded::RecordedSpec;
 
 use std::collections::HashSet;
 
-use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec};
 use self::agent_client::AgentChannel;
+use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec};
 
 use crate::model::TreeSpec;
 use crate::model::epm_agent::{AgentHost, EpmAgentSpec};
@@ -114,7 +114,12 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     /// means nothing could be done.
     /// `under_test` matters to runtimes whose agents under test are
     /// containers ([`AgentHost::Container`]); others ignore it.
-    async fn apply_topology(&self, spec: &TreeSpec, under_test: UnderTest<'_>, intent: Intent) -> Result<TopologyStatus, RuntimeError>;
+    async fn apply_topology(
+        &self,
+        spec: &TreeSpec,
+        under_test: UnderTest<'_>,
+        intent: Intent,
+    ) -> Result<TopologyStatus, RuntimeError>;
 
     /// The recorded spec of a topology and how much of it is up; `None` when
     /// the runtime has no such topology.
@@ -142,7 +147,12 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
 
     /// Deletes EVMs of an EPM whose agent does not answer, without it: a
     /// dead agent must never block a destroy.
-    async fn delete_evms_without_agent(&self, topology: &str, epm: &str, batch: &EvmBatch) -> Result<EvmReply, RuntimeError>;
+    async fn delete_evms_without_agent(
+        &self,
+        topology: &str,
+        epm: &str,
+        batch: &EvmBatch,
+    ) -> Result<EvmReply, RuntimeError>;
 
     /// Of these EVMs, the ones (by namespace) that are whole: built to the
     /// last step, not left half-made by a kill.
@@ -159,9 +169,15 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
 
     /// Where agents under test are containers: per EPM of `spec`, why its
     /// agents are not all ready (the EPMs not listed are).
-    async fn agent_containers_status(&self, spec: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<Vec<Failure>, RuntimeError> {
+    async fn agent_containers_status(
+        &self,
+        spec: &TreeSpec,
+        agents: &[EpmAgentSpec],
+    ) -> Result<Vec<Failure>, RuntimeError> {
         let _ = (spec, agents);
-        Err(RuntimeError::Conflict("this runtime runs agents under test in the EPMs' namespaces, not as containers".into()))
+        Err(RuntimeError::Conflict(
+            "this runtime runs agents under test in the EPMs' namespaces, not as containers".into(),
+        ))
     }
 
     /// The namespace an EPM's agent pings from to send across the underlay
@@ -180,7 +196,11 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     /// shaping off the links none selects; per link end that failed, why.
     /// Shaping the kernel cannot do at all (no netem) is refused whole,
     /// before any link is touched.
-    async fn apply_link_profiles(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<Vec<Failure>, RuntimeError> {
+    async fn apply_link_profiles(
+        &self,
+        spec: &TreeSpec,
+        profiles: &[LinkProfileSpec],
+    ) -> Result<Vec<Failure>, RuntimeError> {
         let _ = (spec, profiles);
         self.check_link_profiles().map(|()| Vec::new())
     }

@@ -43,7 +43,8 @@ pub fn is_agent(pid: u32, socket: &Path) -> bool {
         return false;
     };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_ours = args.first().is_some_and(|a| a.ends_with(b"merak-agent")) && served_socket(&args).as_deref() == Some(socket);
+    let is_ours =
+        args.first().is_some_and(|a| a.ends_with(b"merak-agent")) && served_socket(&args).as_deref() == Some(socket);
     is_ours && alive(pid)
 }
 

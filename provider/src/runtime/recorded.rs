@@ -41,11 +41,13 @@ impl RecordedSpec {
     }
 
     pub fn to_spec(&self) -> Result<TreeSpec, String> {
-        let joined = |errors: Vec<crate::model::SpecError>| errors.into_iter().map(|e| e.detail).collect::<Vec<_>>().join("; ");
+        let joined =
+            |errors: Vec<crate::model::SpecError>| errors.into_iter().map(|e| e.detail).collect::<Vec<_>>().join("; ");
         if let Some(recorded) = &self.fat_tree {
             let parse = |text: &str| text.parse::<crate::model::Ipv4Cidr>().map_err(|e| e.to_string());
             let (plane, fabric) = (parse(&self.data_plane_cidr)?, parse(&recorded.fabric_cidr)?);
-            let fat = FatTree::validate(i64::from(recorded.k), Some(i64::from(self.hosts)), plane, Some(fabric)).map_err(joined)?;
+            let fat = FatTree::validate(i64::from(recorded.k), Some(i64::from(self.hosts)), plane, Some(fabric))
+                .map_err(joined)?;
             return Ok(TreeSpec::fat_tree(&self.name, fat));
         }
         TreeSpec::validate(&TreeInput {
@@ -59,4 +61,3 @@ impl RecordedSpec {
         .map_err(|errors| errors.into_iter().map(|e| e.detail).collect::<Vec<_>>().join("; "))
     }
 }
-

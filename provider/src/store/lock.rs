@@ -29,7 +29,8 @@ pub fn path(state_dir: &Path, topology: &str) -> PathBuf {
 impl Locks {
     /// Takes the topology's lock unless this process holds it already.
     pub fn acquire(&self, state_dir: &Path, topology: &str) -> Result<(), StoreError> {
-        let mut held = self.held.lock().map_err(|_| StoreError::io("the lock table", io::Error::other("poisoned by a panic")))?;
+        let mut held =
+            self.held.lock().map_err(|_| StoreError::io("the lock table", io::Error::other("poisoned by a panic")))?;
         if held.contains_key(topology) {
             return Ok(());
         }
@@ -40,11 +41,9 @@ impl Locks {
                 held.insert(topology.to_string(), file);
                 Ok(())
             }
-            Err(holder) => Err(StoreError::Locked {
-                topology: topology.to_string(),
-                holder,
-                location: path.display().to_string(),
-            }),
+            Err(holder) => {
+                Err(StoreError::Locked { topology: topology.to_string(), holder, location: path.display().to_string() })
+            }
         }
     }
 
@@ -76,9 +75,8 @@ fn take(path: &Path) -> io::Result<Result<File, String>> {
         // The holder before us may have removed the file (its topology
         // destroyed) after we opened it: then we hold a lock nobody else
         // can see. Lock what the path names now.
-        let same = fs::metadata(path).is_ok_and(|m| {
-            file.metadata().is_ok_and(|ours| (ours.dev(), ours.ino()) == (m.dev(), m.ino()))
-        });
+        let same = fs::metadata(path)
+            .is_ok_and(|m| file.metadata().is_ok_and(|ours| (ours.dev(), ours.ino()) == (m.dev(), m.ino())));
         if !same {
             continue;
         }
@@ -94,9 +92,9 @@ fn take(path: &Path) -> io::Result<Result<File, String>> {
 fn describe(pid: &str) -> String {
     let Ok(pid) = pid.parse::<u32>() else { return "another process".into() };
     let command = |pid: u32| fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string()).ok();
-    let parent = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok()));
+    let parent = fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+    });
     match (command(pid), parent.and_then(command)) {
         (Some(command), Some(parent)) => format!("pid {pid} ({command}, started by {parent})"),
         (Some(command), None) => format!("pid {pid} ({command})"),
@@ -118,7 +116,9 @@ mod tests {
         first.acquire(&dir, "lab").unwrap();
         let second = Locks::default();
         match second.acquire(&dir, "lab") {
-            Err(StoreError::Locked { holder, .. }) => assert!(holder.contains(&std::process::id().to_string()), "{holder}"),
+            Err(StoreError::Locked { holder, .. }) => {
+                assert!(holder.contains(&std::process::id().to_string()), "{holder}")
+            }
             other => panic!("expected Locked, got {other:?}"),
         }
         // Other topologies are independent.

@@ -62,7 +62,11 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
 }
 
 /// A record decoded; `None` when there is none.
-pub async fn load_json<T: DeserializeOwned>(store: &dyn RecordStore, topology: &str, kind: &str) -> Result<Option<T>, StoreError> {
+pub async fn load_json<T: DeserializeOwned>(
+    store: &dyn RecordStore,
+    topology: &str,
+    kind: &str,
+) -> Result<Option<T>, StoreError> {
     let Some(document) = store.load(topology, kind).await? else { return Ok(None) };
     serde_json::from_slice(&document).map(Some).map_err(|e| StoreError::Corrupt {
         topology: topology.to_string(),
@@ -71,8 +75,14 @@ pub async fn load_json<T: DeserializeOwned>(store: &dyn RecordStore, topology: &
     })
 }
 
-pub async fn save_json<T: Serialize>(store: &dyn RecordStore, topology: &str, kind: &str, record: &T) -> Result<(), StoreError> {
-    let document = serde_json::to_vec_pretty(record).map_err(|e| StoreError::io(format!("encoding the {kind} record"), std::io::Error::other(e)))?;
+pub async fn save_json<T: Serialize>(
+    store: &dyn RecordStore,
+    topology: &str,
+    kind: &str,
+    record: &T,
+) -> Result<(), StoreError> {
+    let document = serde_json::to_vec_pretty(record)
+        .map_err(|e| StoreError::io(format!("encoding the {kind} record"), std::io::Error::other(e)))?;
     store.save(topology, kind, &document).await
 }
 

@@ -148,7 +148,11 @@ fn pids_in_group(group: u32) -> Vec<(u32, String)> {
 /// Kills (SIGKILL) the provider processes in process `group` (a terraform
 /// of [`Workspace::spawn_terraform`]); how many there were.
 pub fn kill_providers(group: u32) -> usize {
-    let providers: Vec<u32> = pids_in_group(group).into_iter().filter(|(_, comm)| comm.starts_with("terraform-provi")).map(|(pid, _)| pid).collect();
+    let providers: Vec<u32> = pids_in_group(group)
+        .into_iter()
+        .filter(|(_, comm)| comm.starts_with("terraform-provi"))
+        .map(|(pid, _)| pid)
+        .collect();
     for pid in &providers {
         kill(*pid as i32);
     }
@@ -223,7 +227,11 @@ fn converge(ws: &Workspace, context: &str) -> String {
         let stderr = flat(&stderr);
         for import in stderr.split("terraform import ").skip(1) {
             let mut words = import.split_whitespace();
-            let address = if words.next().is_some_and(|a| a.starts_with("merak_topology")) { "merak_topology.dc" } else { "merak_evm_group.web" };
+            let address = if words.next().is_some_and(|a| a.starts_with("merak_topology")) {
+                "merak_topology.dc"
+            } else {
+                "merak_evm_group.web"
+            };
             if let Some(id) = words.next() {
                 ws.ok(&["import", address, id]);
             }
@@ -248,16 +256,23 @@ fn wired_evms(ws: &Workspace) -> usize {
     for namespace in ws.namespaces() {
         let object = namespace.strip_prefix(&prefix).unwrap_or_default();
         if object.starts_with("vm.") {
-            let addr = Command::new("ip").args(["-j", "-n", &namespace, "addr", "show", "dev", "eth0"]).output().expect("ip addr");
+            let addr = Command::new("ip")
+                .args(["-j", "-n", &namespace, "addr", "show", "dev", "eth0"])
+                .output()
+                .expect("ip addr");
             let addr: serde_json::Value = serde_json::from_slice(&addr.stdout).unwrap_or_default();
             let up = addr[0]["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "UP"));
             let ipv4 = addr[0]["addr_info"].as_array().is_some_and(|a| a.iter().any(|a| a["family"] == "inet"));
-            let route = Command::new("ip").args(["-n", &namespace, "route", "show", "default"]).output().expect("ip route");
+            let route =
+                Command::new("ip").args(["-n", &namespace, "route", "show", "default"]).output().expect("ip route");
             if up && ipv4 && !route.stdout.is_empty() {
                 evm_side += 1;
             }
         } else if object.contains(".r.") {
-            let links = Command::new("ip").args(["-j", "-n", &namespace, "link", "show", "type", "veth"]).output().expect("ip link");
+            let links = Command::new("ip")
+                .args(["-j", "-n", &namespace, "link", "show", "type", "veth"])
+                .output()
+                .expect("ip link");
             let links: serde_json::Value = serde_json::from_slice(&links.stdout).unwrap_or_default();
             for link in links.as_array().into_iter().flatten() {
                 let name = link["ifname"].as_str().unwrap_or_default();
@@ -299,7 +314,10 @@ pub fn cycle(label: &str, random: &mut Random, tally: &mut Tally) {
     let delay = Duration::from_millis(300 + random.below(4000));
     let log = ws.dir.join("apply.log");
     let apply = inject(&ws, ws.spawn_terraform_logged(&["apply", "-auto-approve"], &log), &log, fault, delay);
-    let context = format!("{label} (seed {seed}): {apply} of an apply of {evms} EVMs{}", if scaling { " (scaling from 100)" } else { "" });
+    let context = format!(
+        "{label} (seed {seed}): {apply} of an apply of {evms} EVMs{}",
+        if scaling { " (scaling from 100)" } else { "" }
+    );
     eprintln!("{context}");
     count(tally, "apply", &apply);
 
@@ -317,7 +335,11 @@ pub fn cycle(label: &str, random: &mut Random, tally: &mut Tally) {
     eprintln!("{context}");
     count(tally, "destroy", &destroy);
     let output = ws.terraform(&["destroy", "-auto-approve"]);
-    assert!(output.status.success(), "{context}: the last destroy failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{context}: the last destroy failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     ws.check_nothing_left().unwrap_or_else(|left| panic!("{context}: the last destroy succeeded, yet {left}"));
 }
 

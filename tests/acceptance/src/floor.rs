@@ -9,14 +9,15 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
-use netlink_packet_route::AddressFamily;
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 
 /// One EVM to make: its namespace, host-side port, address and gateway.
@@ -39,7 +40,11 @@ pub struct FloorRouter {
 }
 
 fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
-    if rc == 0 { Ok(()) } else { Err(io::Error::new(io::Error::last_os_error().kind(), format!("{what}: {}", io::Error::last_os_error()))) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::Error::last_os_error().kind(), format!("{what}: {}", io::Error::last_os_error())))
+    }
 }
 
 fn home() -> io::Result<File> {
@@ -55,7 +60,16 @@ fn new_namespace(name: &str, home: &File) -> io::Result<(OwnedFd, Socket)> {
     unsafe {
         check(libc::unshare(libc::CLONE_NEWNET), "unshare")?;
         let target = std::ffi::CString::new(path.clone()).map_err(io::Error::other)?;
-        check(libc::mount(c"/proc/thread-self/ns/net".as_ptr(), target.as_ptr(), c"none".as_ptr(), libc::MS_BIND, std::ptr::null()), "mount")?;
+        check(
+            libc::mount(
+                c"/proc/thread-self/ns/net".as_ptr(),
+                target.as_ptr(),
+                c"none".as_ptr(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ),
+            "mount",
+        )?;
     }
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
@@ -86,7 +100,8 @@ fn batch(socket: &Socket, messages: Vec<RouteNetlinkMessage>, flags: &[u16]) -> 
         let n = socket.recv(&mut &mut receive[..], 0)?;
         let mut offset = 0;
         while offset < n {
-            let packet = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..n]).map_err(io::Error::other)?;
+            let packet =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..n]).map_err(io::Error::other)?;
             let length = packet.header.length as usize;
             if let NetlinkPayload::Error(error) = &packet.payload {
                 if let Some(code) = error.code {
@@ -138,7 +153,9 @@ impl FloorRouter {
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
         let mut no_ipv6 = link(2, None);
-        no_ipv6.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]));
+        no_ipv6.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+            AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+        ])]));
         let mut address = AddressMessage::default();
         address.header.family = AddressFamily::Inet;
         address.header.prefix_len = evm.prefix_len;
@@ -198,13 +215,17 @@ impl FloorRouter {
             let n = self.socket.recv(&mut &mut receive[..], 0)?;
             let mut offset = 0;
             while offset < n {
-                let packet = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..n]).map_err(io::Error::other)?;
+                let packet = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..n])
+                    .map_err(io::Error::other)?;
                 match packet.payload {
                     NetlinkPayload::Done(_) => return Ok(ports),
                     NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(message)) => {
-                        ports += usize::from(message.attributes.iter().any(|a| matches!(a, LinkAttribute::Controller(_))));
+                        ports +=
+                            usize::from(message.attributes.iter().any(|a| matches!(a, LinkAttribute::Controller(_))));
                     }
-                    NetlinkPayload::Error(error) if error.code.is_some() => return Err(io::Error::other(error.to_string())),
+                    NetlinkPayload::Error(error) if error.code.is_some() => {
+                        return Err(io::Error::other(error.to_string()));
+                    }
                     _ => {}
                 }
                 offset += (packet.header.length as usize).max(1);

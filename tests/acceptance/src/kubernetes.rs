@@ -40,7 +40,8 @@ impl Cluster for merak_fake_cluster::Running {
 
 /// kubectl against `cluster`, which must succeed; its output.
 pub fn kubectl_ok(cluster: &dyn Cluster, args: &[&str]) -> String {
-    let output = Command::new(kubectl()).env("KUBECONFIG", cluster.kubeconfig()).args(args).output().expect("kubectl runs");
+    let output =
+        Command::new(kubectl()).env("KUBECONFIG", cluster.kubeconfig()).args(args).output().expect("kubectl runs");
     assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -55,7 +56,8 @@ pub fn provider_block(cluster: &dyn Cluster, image: &str) -> String {
 /// The example, applied with this test's topology name and the cluster's kubeconfig.
 fn example_workspace(test: &str, cluster: &dyn Cluster, image: &str) -> (Workspace, Vec<String>) {
     let ws = Workspace::new(test).with_provider(provider_block(cluster, image));
-    let example = std::fs::read_to_string(repo_root().join("examples/terraform/kubernetes/main.tf")).expect("the example");
+    let example =
+        std::fs::read_to_string(repo_root().join("examples/terraform/kubernetes/main.tf")).expect("the example");
     std::fs::write(ws.dir.join("main.tf"), example).expect("write main.tf");
     let vars = vec![
         "-var".to_string(),
@@ -73,7 +75,19 @@ pub fn with<'a>(command: &[&'a str], vars: &'a [String]) -> Vec<&'a str> {
 }
 
 fn pod_names(cluster: &dyn Cluster, namespace: &str) -> Vec<String> {
-    let listed = kubectl_ok(cluster, &["get", "pods", "-n", namespace, "-l", "app.kubernetes.io/managed-by=terraform-provider-merak,merak.dev/role!=gateway", "-o", "name"]);
+    let listed = kubectl_ok(
+        cluster,
+        &[
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            "app.kubernetes.io/managed-by=terraform-provider-merak,merak.dev/role!=gateway",
+            "-o",
+            "name",
+        ],
+    );
     let mut names: Vec<String> = listed.lines().map(|l| l.trim_start_matches("pod/").to_string()).collect();
     names.sort();
     names
@@ -127,11 +141,13 @@ pub fn quickstart_repairs_imports_and_goes_away(cluster: &dyn Cluster, image: &s
     assert!(output.contains("38/38 full-size replies"), "{output}");
 
     // kubectl sees a pod per EPM and vswitch, running, spread over the nodes.
-    let mut expected: Vec<String> = (0..6).map(|i| format!("epm-{i}")).chain(["s0-0", "s0-1", "s1-0"].map(String::from)).collect();
+    let mut expected: Vec<String> =
+        (0..6).map(|i| format!("epm-{i}")).chain(["s0-0", "s0-1", "s1-0"].map(String::from)).collect();
     expected.sort();
     assert_eq!(pod_names(cluster, &namespace), expected);
     let wide = kubectl_ok(cluster, &["get", "pods", "-n", &namespace, "-o", "wide"]);
-    let nodes: std::collections::HashSet<&str> = wide.lines().skip(1).filter_map(|l| l.split_whitespace().nth(6)).collect();
+    let nodes: std::collections::HashSet<&str> =
+        wide.lines().skip(1).filter_map(|l| l.split_whitespace().nth(6)).collect();
     assert!(nodes.len() >= cluster.nodes().min(2), "the pods went to one node: {wide}");
     assert!(wide.lines().skip(1).all(|l| l.contains("Running")), "{wide}");
     let described = kubectl_ok(cluster, &["describe", "pod", "epm-0", "-n", &namespace]);
@@ -139,7 +155,13 @@ pub fn quickstart_repairs_imports_and_goes_away(cluster: &dyn Cluster, image: &s
     let events = kubectl_ok(cluster, &["get", "events", "-n", &namespace]);
     assert!(events.contains("Scheduled") && events.contains("Started"), "the pods' events as users see them: {events}");
     let plan = ws.terraform(&with(&["plan", "-detailed-exitcode"], &vars));
-    assert_eq!(plan.status.code(), Some(0), "a fresh apply leaves nothing to do: {}{}", String::from_utf8_lossy(&plan.stdout), String::from_utf8_lossy(&plan.stderr));
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "a fresh apply leaves nothing to do: {}{}",
+        String::from_utf8_lossy(&plan.stdout),
+        String::from_utf8_lossy(&plan.stderr)
+    );
 
     // A deleted EPM pod: plan shows it, apply makes it anew with its EVMs.
     kubectl_ok(cluster, &["delete", "pod", "epm-2", "-n", &namespace]);
@@ -161,7 +183,13 @@ pub fn quickstart_repairs_imports_and_goes_away(cluster: &dyn Cluster, image: &s
     assert_eq!(gateway.lines().count(), 1, "{gateway}");
     kubectl_ok(cluster, &["delete", "-n", &namespace, gateway.trim()]);
     let plan = ws.terraform(&with(&["plan", "-detailed-exitcode"], &vars));
-    assert_eq!(plan.status.code(), Some(0), "the gateway made anew: {}{}", String::from_utf8_lossy(&plan.stdout), String::from_utf8_lossy(&plan.stderr));
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "the gateway made anew: {}{}",
+        String::from_utf8_lossy(&plan.stdout),
+        String::from_utf8_lossy(&plan.stderr)
+    );
     let again = kubectl_ok(cluster, &["get", "pods", "-n", &namespace, "-l", "merak.dev/role=gateway", "-o", "name"]);
     assert!(!again.contains(gateway.trim()), "a new gateway pod: {again}");
 
@@ -180,7 +208,11 @@ pub fn quickstart_repairs_imports_and_goes_away(cluster: &dyn Cluster, image: &s
     assert_host_clean(cluster);
     let name = ws.name.clone();
     drop(ws);
-    let on_host: Vec<String> = merak_netdev::netns::list_with_prefix("merak-").unwrap_or_default().into_iter().filter(|n| n.contains(&name)).collect();
+    let on_host: Vec<String> = merak_netdev::netns::list_with_prefix("merak-")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.contains(&name))
+        .collect();
     assert!(on_host.is_empty(), "namespaces of the topology on the host: {on_host:?}");
 }
 
@@ -272,7 +304,11 @@ output "underlay" {
 }
 "#;
     let config = format!("{}{config}", agent.locals);
-    config.replace("IMAGE", agent.image).replace("CRASH", agent.crash).replace("SERVE", agent.serve).replace("READY", agent.ready)
+    config
+        .replace("IMAGE", agent.image)
+        .replace("CRASH", agent.crash)
+        .replace("SERVE", agent.serve)
+        .replace("READY", agent.ready)
 }
 
 /// The `pingall` output says every expected reply came.
@@ -296,9 +332,13 @@ pub fn agents_under_test_run_as_containers(cluster: &dyn Cluster, image: &str, a
 
     // kubectl sees the agent under test as a container of each EPM pod,
     // next to merak-agent, ready; its output is the container's log.
-    let containers = kubectl_ok(cluster, &["get", "pod", "epm-1", "-n", &namespace, "-o", "jsonpath={.spec.containers[*].name}"]);
+    let containers =
+        kubectl_ok(cluster, &["get", "pod", "epm-1", "-n", &namespace, "-o", "jsonpath={.spec.containers[*].name}"]);
     assert_eq!(containers, "agent name-server");
-    let ready = kubectl_ok(cluster, &["get", "pod", "epm-1", "-n", &namespace, "-o", "jsonpath={.status.containerStatuses[*].ready}"]);
+    let ready = kubectl_ok(
+        cluster,
+        &["get", "pod", "epm-1", "-n", &namespace, "-o", "jsonpath={.status.containerStatuses[*].ready}"],
+    );
     assert_eq!(ready, "true true");
     let log = kubectl_ok(cluster, &["logs", "epm-1", "-n", &namespace, "-c", "name-server"]);
     assert!(log.contains(agent.served_log), "the ready command reached the server on the EPM's address: {log}");
@@ -339,8 +379,15 @@ pub fn a_pod_that_cannot_run_is_reported(cluster: &dyn Cluster) {
     let output = ws.terraform(&["apply", "-auto-approve"]);
     let error = words(&String::from_utf8_lossy(&output.stderr));
     assert!(!output.status.success(), "an image no node has cannot run");
-    assert!(error.contains("pod merak-k8s-image-") && error.contains(&format!("/epm-0 on node {}", cluster.node_name_prefix())), "the pod and its node: {error}");
-    assert!(error.contains("ErrImagePull") || error.contains("ImagePullBackOff") || error.contains("ErrImageNeverPull"), "the reason: {error}");
+    assert!(
+        error.contains("pod merak-k8s-image-")
+            && error.contains(&format!("/epm-0 on node {}", cluster.node_name_prefix())),
+        "the pod and its node: {error}"
+    );
+    assert!(
+        error.contains("ErrImagePull") || error.contains("ImagePullBackOff") || error.contains("ErrImageNeverPull"),
+        "the reason: {error}"
+    );
     // The state records what exists, and destroy removes it.
     let listed = ws.ok(&["state", "list"]);
     assert!(listed.contains("merak_topology.dc"), "{listed}");

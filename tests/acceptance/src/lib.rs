@@ -51,9 +51,16 @@ pub fn kubectl() -> PathBuf {
     if let Some(path) = std::env::var_os("MERAK_KUBECTL") {
         return PathBuf::from(path);
     }
-    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("kubectl")).find(|p| p.is_file());
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file());
     on_path.unwrap_or_else(|| {
-        let output = Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]).output().expect("python3 runs");
+        let output = Command::new("python3")
+            .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+            .output()
+            .expect("python3 runs");
         PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()).join("kubectl")
     })
 }
@@ -85,7 +92,11 @@ impl Workspace {
         for host in REGISTRY_HOSTS {
             let package = mirror.join(format!("{host}/merak/merak/{PROVIDER_VERSION}/linux_amd64"));
             std::fs::create_dir_all(&package).expect("create mirror");
-            std::os::unix::fs::symlink(binary("terraform-provider-merak"), package.join(format!("terraform-provider-merak_v{PROVIDER_VERSION}"))).expect("link provider");
+            std::os::unix::fs::symlink(
+                binary("terraform-provider-merak"),
+                package.join(format!("terraform-provider-merak_v{PROVIDER_VERSION}")),
+            )
+            .expect("link provider");
             std::os::unix::fs::symlink(binary("merak-agent"), package.join("merak-agent")).expect("link agent");
         }
         let ours = REGISTRY_HOSTS.map(|host| format!("\"{host}/merak/*\"")).join(", ");
@@ -158,7 +169,9 @@ impl Workspace {
             std::fs::write(self.dir.join("main.tf"), config).expect("write main.tf");
             return;
         }
-        let transport = std::env::var("MERAK_AGENT_TRANSPORT").map(|t| format!("    agent_transport = \"{t}\"\n")).unwrap_or_default();
+        let transport = std::env::var("MERAK_AGENT_TRANSPORT")
+            .map(|t| format!("    agent_transport = \"{t}\"\n"))
+            .unwrap_or_default();
         let config = format!(
             "terraform {{\n  required_providers {{\n    merak = {{ source = \"merak/merak\" }}\n  }}\n}}\n\n\
              provider \"merak\" {{\n  local {{\n    state_dir = \"{}\"\n{}{transport}  }}\n}}\n\n{}\n",
@@ -277,7 +290,9 @@ impl Workspace {
         let mut agents = Vec::new();
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();
-            let Some(epm) = path.file_stem().and_then(|s| s.to_str()).filter(|s| s.starts_with("epm-")) else { continue };
+            let Some(epm) = path.file_stem().and_then(|s| s.to_str()).filter(|s| s.starts_with("epm-")) else {
+                continue;
+            };
             if path.extension().is_none_or(|e| e != "sock") {
                 continue;
             }
@@ -302,11 +317,13 @@ impl Workspace {
             if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')) {
                 continue;
             }
-            let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let args: Vec<String> =
+                cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
             if !args.first().is_some_and(|a| a.ends_with("merak-agent")) {
                 continue;
             }
-            let socket = args.windows(2).find(|w| w[0] == "--socket" || w[0] == "--control").map(|w| PathBuf::from(&w[1]));
+            let socket =
+                args.windows(2).find(|w| w[0] == "--socket" || w[0] == "--control").map(|w| PathBuf::from(&w[1]));
             if let Some(socket) = socket.filter(|s| s.parent() == Some(dir.as_path())) {
                 let name = socket.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                 agents.push((pid, name));
@@ -403,7 +420,13 @@ fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
     let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt(2) SO_PEERCRED into a ucred of the given length.
     let rc = unsafe {
-        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut credentials).cast(), &mut length)
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut credentials).cast(),
+            &mut length,
+        )
     };
     (rc == 0 && credentials.pid > 0).then_some(credentials.pid as u32)
 }

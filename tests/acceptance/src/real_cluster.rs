@@ -32,7 +32,12 @@ fn script(name: &str) -> PathBuf {
 fn run(command: &mut Command, what: &str) -> Result<String, String> {
     let output = command.output().map_err(|e| format!("{what}: {e}"))?;
     if !output.status.success() {
-        return Err(format!("{what} failed ({}):\n{}{}", output.status, String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)));
+        return Err(format!(
+            "{what} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -56,12 +61,20 @@ impl RealCluster {
     /// any other failure is an error with the failing step's output.
     pub fn start(agent: &Path, image: &str) -> Result<Result<RealCluster, Unavailable>, String> {
         // Its progress shows; its one-line reason to stop is kept.
-        let build = Command::new("bash").arg(script("build.sh")).stdout(std::process::Stdio::inherit()).output().map_err(|e| format!("build.sh: {e}"))?;
+        let build = Command::new("bash")
+            .arg(script("build.sh"))
+            .stdout(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("build.sh: {e}"))?;
         if build.status.code() == Some(2) {
             return Ok(Err(Unavailable(String::from_utf8_lossy(&build.stderr).trim().to_string())));
         }
         if !build.status.success() {
-            return Err(format!("tests/real-cluster/build.sh failed:\n{}{}", String::from_utf8_lossy(&build.stdout), String::from_utf8_lossy(&build.stderr)));
+            return Err(format!(
+                "tests/real-cluster/build.sh failed:\n{}{}",
+                String::from_utf8_lossy(&build.stdout),
+                String::from_utf8_lossy(&build.stderr)
+            ));
         }
         let state = repo_root().join("target/real-cluster");
         let owned = !std::fs::metadata(state.join("pids")).is_ok_and(|m| m.len() > 0);
@@ -75,22 +88,31 @@ impl RealCluster {
             owned,
         };
         // From here on a failure drops `cluster`, which tears it down.
-        let archive = run(Command::new("bash").arg(script("images/build.sh")).arg("agent").arg(agent).arg(image), "building the agent image")?;
+        let archive = run(
+            Command::new("bash").arg(script("images/build.sh")).arg("agent").arg(agent).arg(image),
+            "building the agent image",
+        )?;
         run(Command::new("bash").arg(script("import-image.sh")).arg(archive.trim()), "importing the agent image")?;
         Ok(Ok(cluster))
     }
 
     /// Imports an image of tests/real-cluster/images/build.sh (busybox...).
     pub fn import_test_image(&self, name: &str) -> Result<String, String> {
-        let archive = run(Command::new("bash").arg(script("images/build.sh")).arg(name), &format!("building the {name} image"))?;
-        run(Command::new("bash").arg(script("import-image.sh")).arg(archive.trim()), &format!("importing the {name} image"))?;
+        let archive =
+            run(Command::new("bash").arg(script("images/build.sh")).arg(name), &format!("building the {name} image"))?;
+        run(
+            Command::new("bash").arg(script("import-image.sh")).arg(archive.trim()),
+            &format!("importing the {name} image"),
+        )?;
         Ok(format!("localhost/merak-real-cluster/{name}:1.0"))
     }
 
     /// Restarts one of the cluster's processes (containerd, kubelet...) as
     /// an operator would, and waits until it serves again.
     pub fn restart(&self, component: &str) {
-        if let Err(error) = run(Command::new("bash").arg(script("restart.sh")).arg(component), &format!("restarting {component}")) {
+        if let Err(error) =
+            run(Command::new("bash").arg(script("restart.sh")).arg(component), &format!("restarting {component}"))
+        {
             panic!("{error}");
         }
     }
@@ -124,7 +146,12 @@ impl Cluster for RealCluster {
     }
     fn host_leftovers(&self) -> Vec<String> {
         let mut left = self.running_tasks();
-        left.extend(cni_namespaces().into_iter().filter(|n| !self.cni_namespaces_before.contains(n)).map(|n| format!("network namespace {n}")));
+        left.extend(
+            cni_namespaces()
+                .into_iter()
+                .filter(|n| !self.cni_namespaces_before.contains(n))
+                .map(|n| format!("network namespace {n}")),
+        );
         left
     }
 }

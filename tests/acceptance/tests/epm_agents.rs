@@ -77,7 +77,14 @@ fn agents_under_test_run_in_every_epm_restart_in_place_and_leave_with_destroy() 
 
     // Served from inside epm-0 on its data-plane address: epm-1 reaches it
     // over the underlay.
-    let fetch = ws.exec_in("epm-1", &[&python(), "-c", "import urllib.request; print(urllib.request.urlopen('http://10.78.0.1:8000/', timeout=5).status)"]);
+    let fetch = ws.exec_in(
+        "epm-1",
+        &[
+            &python(),
+            "-c",
+            "import urllib.request; print(urllib.request.urlopen('http://10.78.0.1:8000/', timeout=5).status)",
+        ],
+    );
     assert_eq!(String::from_utf8_lossy(&fetch.stdout).trim(), "200", "{}", String::from_utf8_lossy(&fetch.stderr));
     let log = ws.state_dir.join(&ws.name).join("epm-1.detacher.log");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -94,7 +101,13 @@ fn agents_under_test_run_in_every_epm_restart_in_place_and_leave_with_destroy() 
     let web_after = processes_in(&epm0, "http.server");
     assert_eq!(web_after.len(), 1);
     assert_ne!(web_after, web_before, "restarted with its new environment");
-    assert_eq!(std::fs::read_to_string(format!("/proc/{}/environ", web_after[0])).unwrap_or_default().split('\0').find(|v| v.starts_with("GREETING=")), Some("GREETING=v2"));
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{}/environ", web_after[0]))
+            .unwrap_or_default()
+            .split('\0')
+            .find(|v| v.starts_with("GREETING=")),
+        Some("GREETING=v2")
+    );
 
     // The agents' host killed: its processes die with it; the next plan
     // shows it and apply brings them back.
@@ -122,7 +135,11 @@ fn agents_under_test_run_in_every_epm_restart_in_place_and_leave_with_destroy() 
     for wanted in ["Agents under test are not ready on 2 EPMs", "agent broken", "exit status: 7", "epm-0.broken.log"] {
         assert!(stderr.contains(wanted), "{wanted:?} in {stderr}");
     }
-    assert!(std::fs::read_to_string(ws.state_dir.join(&ws.name).join("epm-0.broken.log")).unwrap_or_default().contains("broken on epm-0"));
+    assert!(
+        std::fs::read_to_string(ws.state_dir.join(&ws.name).join("epm-0.broken.log"))
+            .unwrap_or_default()
+            .contains("broken on epm-0")
+    );
     assert_eq!(ws.resource_values("merak_topology.dc")["epm_agents_ready"], 0);
     assert_eq!(ws.plan().0, 2);
     ws.write_config(&config("v2", ""));
@@ -140,7 +157,8 @@ fn agents_under_test_run_in_every_epm_restart_in_place_and_leave_with_destroy() 
     }
 
     // Destroy: every process goes, the detached ones too.
-    let left: Vec<u32> = ["epm-0", "epm-1"].iter().flat_map(|epm| processes_in(&format!("merak-{}.{epm}", ws.name), "sleep")).collect();
+    let left: Vec<u32> =
+        ["epm-0", "epm-1"].iter().flat_map(|epm| processes_in(&format!("merak-{}.{epm}", ws.name), "sleep")).collect();
     assert!(left.len() >= 4, "a detached sleep and the agent's own on each EPM: {left:?}");
     ws.ok(&["destroy", "-auto-approve"]);
     ws.assert_nothing_left();
@@ -160,7 +178,9 @@ fn agents_under_test_run_in_every_epm_restart_in_place_and_leave_with_destroy() 
 fn bad_epm_agents_are_refused_at_plan() {
     let ws = Workspace::new("epmbad");
     let topology = |agents: &str| {
-        format!("resource \"merak_topology\" \"dc\" {{\n  name = \"{{name}}\"\n  racks = 1\n  hosts_per_rack = 1\n  data_plane_cidr = \"10.79.0.0/24\"\n{agents}}}\n")
+        format!(
+            "resource \"merak_topology\" \"dc\" {{\n  name = \"{{name}}\"\n  racks = 1\n  hosts_per_rack = 1\n  data_plane_cidr = \"10.79.0.0/24\"\n{agents}}}\n"
+        )
     };
     let block = |body: &str| format!("  epm_agent {{\n{body}\n  }}\n");
     ws.write_config(&topology(""));
@@ -168,19 +188,31 @@ fn bad_epm_agents_are_refused_at_plan() {
     let cases = [
         (block("    name = \"a\"\n    command = []"), "Empty epm_agent command"),
         (block("    name = \"a\"\n    command = [\"\"]"), "Empty epm_agent command"),
-        (block("    name = \"a\"\n    command = [\"true\"]") + &block("    name = \"a\"\n    command = [\"true\"]"), "Duplicate epm_agent name"),
+        (
+            block("    name = \"a\"\n    command = [\"true\"]") + &block("    name = \"a\"\n    command = [\"true\"]"),
+            "Duplicate epm_agent name",
+        ),
         (block("    name = \"Not_A_Label\"\n    command = [\"true\"]"), "Invalid epm_agent name"),
         (block("    name = \"a\"\n    command = [\"agent\", \"$${controller_url}\"]"), "No controller to name"),
         (block("    name = \"a\"\n    command = [\"true\"]\n    ready_command = []"), "Empty ready_command"),
         (block("    name = \"a\"\n    command = [\"true\"]\n    ready_timeout_s = 0"), "Invalid ready_timeout_s"),
-        (block("    name = \"a\"\n    command = [\"true\"]\n    env = { \"A=B\" = \"c\" }"), "Invalid environment variable name"),
-        (block("    name = \"a\"\n    command = [\"true\"]\n    image = \"localhost/a:1\""), "image needs the kubernetes runtime"),
+        (
+            block("    name = \"a\"\n    command = [\"true\"]\n    env = { \"A=B\" = \"c\" }"),
+            "Invalid environment variable name",
+        ),
+        (
+            block("    name = \"a\"\n    command = [\"true\"]\n    image = \"localhost/a:1\""),
+            "image needs the kubernetes runtime",
+        ),
     ];
     for (agents, summary) in cases {
         ws.write_config(&topology(&agents));
         let stderr = ws.plan_error(&agents);
         // Terraform quotes the line of the block the diagnostic points at.
-        assert!(stderr.contains(summary) && stderr.contains("in resource \"merak_topology\" \"dc\""), "{agents}: wanted {summary:?} in {stderr}");
+        assert!(
+            stderr.contains(summary) && stderr.contains("in resource \"merak_topology\" \"dc\""),
+            "{agents}: wanted {summary:?} in {stderr}"
+        );
         assert!(ws.namespaces().is_empty(), "{agents}: something was built");
     }
     ws.assert_nothing_left();

@@ -5,7 +5,10 @@ use merak_acceptance::{Workspace, repo_root};
 /// The examples' pingall line, "A/B replies, C/D isolation probes
 /// blocked", must say every reply came and every isolation probe was blocked.
 fn assert_pingall_clean(output: &str) {
-    let line = output.lines().find(|l| l.contains("isolation probes blocked")).unwrap_or_else(|| panic!("no pingall output: {output}"));
+    let line = output
+        .lines()
+        .find(|l| l.contains("isolation probes blocked"))
+        .unwrap_or_else(|| panic!("no pingall output: {output}"));
     let fractions: Vec<(u64, u64)> = line
         .split_whitespace()
         .filter_map(|word| word.trim_matches(|c: char| !c.is_ascii_digit() && c != '/').split_once('/'))
@@ -76,12 +79,26 @@ fn large_scenario_reuses_the_module_at_another_size() {
 fn documentation_examples_apply_and_destroy() {
     let ws = Workspace::new("docex");
     let dir = repo_root().join("examples/terraform/resources");
-    let files = ["merak_topology.tf", "merak_vpc.tf", "merak_subnet.tf", "merak_evm_group.tf", "data_merak_evms.tf", "data_merak_pingall.tf", "data_merak_topology_graph.tf"];
+    let files = [
+        "merak_topology.tf",
+        "merak_vpc.tf",
+        "merak_subnet.tf",
+        "merak_evm_group.tf",
+        "data_merak_evms.tf",
+        "data_merak_pingall.tf",
+        "data_merak_topology_graph.tf",
+    ];
     let example: String = files.iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap() + "\n").collect();
     // The example's topology name becomes this test's unique one.
     let example: Vec<String> = example
         .lines()
-        .map(|line| if line.starts_with("  name            = \"lab\"") { "  name = \"{name}\"".to_string() } else { line.to_string() })
+        .map(|line| {
+            if line.starts_with("  name            = \"lab\"") {
+                "  name = \"{name}\"".to_string()
+            } else {
+                line.to_string()
+            }
+        })
         .collect();
     ws.write_config(&example.join("\n"));
     ws.init();

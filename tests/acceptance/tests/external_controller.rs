@@ -38,7 +38,12 @@ impl RecordingController {
             .expect("start the recording controller");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().expect("its stdout")).read_line(&mut line).expect("its first line");
-        let port = line.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {line:?}"));
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
         RecordingController { child, port, state, log }
     }
 
@@ -55,7 +60,8 @@ impl RecordingController {
     /// The ports it holds, by EVM name.
     fn ports(&self) -> std::collections::BTreeMap<String, Value> {
         let text = std::fs::read_to_string(&self.state).unwrap_or_else(|_| "{}".into());
-        let ports: std::collections::BTreeMap<String, Value> = serde_json::from_str(&text).expect("the controller's state");
+        let ports: std::collections::BTreeMap<String, Value> =
+            serde_json::from_str(&text).expect("the controller's state");
         ports.into_values().map(|p| (p["evm"].as_str().unwrap_or_default().to_string(), p)).collect()
     }
 
@@ -66,7 +72,8 @@ impl RecordingController {
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .map(|r| {
-                let ids = r["ids"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(String::from)).collect();
+                let ids =
+                    r["ids"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(String::from)).collect();
                 (r["method"].as_str().unwrap_or_default().to_string(), ids, r["status"].as_u64().unwrap_or(0))
             })
             .collect()
@@ -81,8 +88,12 @@ impl Drop for RecordingController {
 }
 
 fn provider(ws: &Workspace, controller: &str) -> String {
-    let transport = std::env::var("MERAK_AGENT_TRANSPORT").map(|t| format!("    agent_transport = \"{t}\"\n")).unwrap_or_default();
-    format!("provider \"merak\" {{\n  local {{\n    state_dir = \"{}\"\n{transport}  }}\n{controller}}}\n", ws.state_dir.display())
+    let transport =
+        std::env::var("MERAK_AGENT_TRANSPORT").map(|t| format!("    agent_transport = \"{t}\"\n")).unwrap_or_default();
+    format!(
+        "provider \"merak\" {{\n  local {{\n    state_dir = \"{}\"\n{transport}  }}\n{controller}}}\n",
+        ws.state_dir.display()
+    )
 }
 
 /// The agent under test prints where the controller is.
@@ -157,13 +168,23 @@ fn an_external_controller_is_told_every_port_and_converges_through_its_faults() 
         let k: u32 = evm.trim_start_matches("web-").parse().expect("an index");
         let epm = format!("epm-{}", k % 2);
         assert_eq!(port["id"], format!("{}/{evm}", ws.name));
-        assert_eq!((port["epm"].as_str(), port["epm_ip"].as_str()), (Some(epm.as_str()), Some(format!("10.79.0.{}", k % 2 + 1).as_str())), "{port}");
-        assert_eq!((port["vpc"].as_str(), port["subnet"].as_str(), port["subnet_cidr"].as_str(), port["gateway"].as_str()), (Some("blue"), Some("web"), Some("10.40.1.0/24"), Some("10.40.1.1")));
+        assert_eq!(
+            (port["epm"].as_str(), port["epm_ip"].as_str()),
+            (Some(epm.as_str()), Some(format!("10.79.0.{}", k % 2 + 1).as_str())),
+            "{port}"
+        );
+        assert_eq!(
+            (port["vpc"].as_str(), port["subnet"].as_str(), port["subnet_cidr"].as_str(), port["gateway"].as_str()),
+            (Some("blue"), Some("web"), Some("10.40.1.0/24"), Some("10.40.1.1"))
+        );
         assert_eq!(port["vni"], vni);
         // The device waits in the EPM, up and on no bridge; the MAC is eth0's.
         let device = port["device"].as_str().unwrap_or_default();
         let link = ip_json(&["-n", &format!("merak-{}.{epm}", ws.name), "link", "show", "dev", device]);
-        assert!(link[0]["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "UP")) && link[0]["master"].is_null(), "{device}: {link}");
+        assert!(
+            link[0]["flags"].as_array().is_some_and(|f| f.iter().any(|f| f == "UP")) && link[0]["master"].is_null(),
+            "{device}: {link}"
+        );
         let eth0 = ip_json(&["-n", &format!("merak-{}.vm.web.{k}", ws.name), "link", "show", "dev", "eth0"]);
         assert_eq!(eth0[0]["address"], port["mac"], "{evm}");
         let address = ip_json(&["-n", &format!("merak-{}.vm.web.{k}", ws.name), "-4", "addr", "show", "dev", "eth0"]);
@@ -174,7 +195,11 @@ fn an_external_controller_is_told_every_port_and_converges_through_its_faults() 
     let mut shape: Vec<(&str, usize)> = requests.iter().map(|(m, ids, _)| (m.as_str(), ids.len())).collect();
     shape.sort_unstable();
     assert_eq!(shape, [("PUT", 1), ("PUT", 3)], "{requests:?}");
-    assert!(ws.namespaces().iter().all(|n| !n.contains(".r.")), "router namespaces for an external VPC: {:?}", ws.namespaces());
+    assert!(
+        ws.namespaces().iter().all(|n| !n.contains(".r.")),
+        "router namespaces for an external VPC: {:?}",
+        ws.namespaces()
+    );
     // The agent under test was told where the controller is.
     let log = std::fs::read_to_string(ws.state_dir.join(&ws.name).join("epm-1.sut.log")).unwrap_or_default();
     assert!(log.contains(&format!("controller={} on epm-1", controller.url())), "{log}");
@@ -205,7 +230,10 @@ fn an_external_controller_is_told_every_port_and_converges_through_its_faults() 
     ws.write_config(&resources(8));
     let apply = ws.terraform(&["apply", "-auto-approve"]);
     let stderr = text(&apply);
-    assert!(!apply.status.success() && stderr.contains("web-6") && stderr.contains("cannot reach the controller"), "{stderr}");
+    assert!(
+        !apply.status.success() && stderr.contains("web-6") && stderr.contains("cannot reach the controller"),
+        "{stderr}"
+    );
     let controller = RecordingController::start(&dir, port, &[]);
     assert_eq!(ws.plan().0, 2);
     ws.apply();
@@ -219,7 +247,10 @@ fn an_external_controller_is_told_every_port_and_converges_through_its_faults() 
     ws.write_config(&resources(9));
     let apply = ws.terraform(&["apply", "-auto-approve"]);
     let stderr = text(&apply);
-    assert!(!apply.status.success() && stderr.contains("EVM web-8") && stderr.contains("no room for web-8 (--refuse)"), "{stderr}");
+    assert!(
+        !apply.status.success() && stderr.contains("EVM web-8") && stderr.contains("no room for web-8 (--refuse)"),
+        "{stderr}"
+    );
     assert!(!controller.ports().contains_key("web-8"));
     let controller = controller.restart(&[]);
     controller.take_requests();
@@ -243,9 +274,21 @@ fn external_vpcs_and_the_controller_block_are_checked_at_plan() {
     let cases = [
         (with_controller(""), bare.clone(), "No external controller"),
         (with_controller(""), resources(1), "No controller to name"),
-        (with_controller("  controller {\n    url = \"ftp://127.0.0.1:9\"\n  }\n"), bare.clone(), "Invalid controller url"),
-        (with_controller("  controller {\n    url = \"http://127.0.0.1:9\"\n    batch_size = 0\n  }\n"), bare.clone(), "Invalid batch_size"),
-        (with_controller("  controller {\n    url = \"http://127.0.0.1:9\"\n  }\n"), bare.replace("\"external\"", "\"ovn\""), "Unsupported controller"),
+        (
+            with_controller("  controller {\n    url = \"ftp://127.0.0.1:9\"\n  }\n"),
+            bare.clone(),
+            "Invalid controller url",
+        ),
+        (
+            with_controller("  controller {\n    url = \"http://127.0.0.1:9\"\n    batch_size = 0\n  }\n"),
+            bare.clone(),
+            "Invalid batch_size",
+        ),
+        (
+            with_controller("  controller {\n    url = \"http://127.0.0.1:9\"\n  }\n"),
+            bare.replace("\"external\"", "\"ovn\""),
+            "Unsupported controller",
+        ),
     ];
     let mut ws = ws;
     for (provider, resources, says) in cases {

@@ -28,8 +28,16 @@ impl Kubectl<'_> {
     }
 
     fn try_run(&self, args: &[&str]) -> Result<String, String> {
-        let output = Command::new(merak_acceptance::kubectl()).env("KUBECONFIG", &self.0.kubeconfig).args(args).output().expect("kubectl runs (make deps installs it)");
-        if output.status.success() { Ok(String::from_utf8_lossy(&output.stdout).into_owned()) } else { Err(String::from_utf8_lossy(&output.stderr).into_owned()) }
+        let output = Command::new(merak_acceptance::kubectl())
+            .env("KUBECONFIG", &self.0.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs (make deps installs it)");
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
 
     fn create(&self, object: &Value) -> String {
@@ -40,7 +48,8 @@ impl Kubectl<'_> {
     }
 
     fn pod(&self, name: &str) -> Value {
-        serde_json::from_str(&self.run(&["get", "pod", name, "-n", NAMESPACE, "-o", "json"])).expect("kubectl prints JSON")
+        serde_json::from_str(&self.run(&["get", "pod", name, "-n", NAMESPACE, "-o", "json"]))
+            .expect("kubectl prints JSON")
     }
 }
 
@@ -64,24 +73,41 @@ fn agent_pod(name: &str, image: &str, node_selector: Value) -> Value {
     })
 }
 
-async fn health(running: &Running, ip: &str, ca: &str, client: &merak_agent::pki::Identity) -> Result<(String, String), String> {
+async fn health(
+    running: &Running,
+    ip: &str,
+    ca: &str,
+    client: &merak_agent::pki::Identity,
+) -> Result<(String, String), String> {
     health_from(format!("{}-net", running.prefix), ip, ca, client).await
 }
 
 /// The agent's health at `ip`, asked from inside the network namespace `network`.
-async fn health_from(network: String, ip: &str, ca: &str, client: &merak_agent::pki::Identity) -> Result<(String, String), String> {
+async fn health_from(
+    network: String,
+    ip: &str,
+    ca: &str,
+    client: &merak_agent::pki::Identity,
+) -> Result<(String, String), String> {
     let address: std::net::SocketAddr = format!("{ip}:7443").parse().map_err(|e| format!("{e}"))?;
     let dial = move || {
         let network = network.clone();
         async move {
-            let stream = merak_netdev::netns::connect_in(&network, address, std::time::Duration::from_secs(2)).await.map_err(std::io::Error::other)?;
+            let stream = merak_netdev::netns::connect_in(&network, address, std::time::Duration::from_secs(2))
+                .await
+                .map_err(std::io::Error::other)?;
             stream.set_nonblocking(true)?;
             tokio::net::TcpStream::from_std(stream)
         }
     };
-    let connector = merak_agent::tls::connector(ca.as_bytes(), client.certificate.as_bytes(), client.key.as_bytes()).map_err(|e| e.to_string())?;
+    let connector = merak_agent::tls::connector(ca.as_bytes(), client.certificate.as_bytes(), client.key.as_bytes())
+        .map_err(|e| e.to_string())?;
     let channel = merak_agent::tls::channel_over(dial, connector).await.map_err(|e| format!("connect: {e}"))?;
-    let reply = merak_proto::agent::agent_client::AgentClient::new(channel).health(merak_proto::agent::HealthRequest {}).await.map_err(|e| format!("health: {e}"))?.into_inner();
+    let reply = merak_proto::agent::agent_client::AgentClient::new(channel)
+        .health(merak_proto::agent::HealthRequest {})
+        .await
+        .map_err(|e| format!("health: {e}"))?
+        .into_inner();
     Ok((reply.epm, reply.build_id))
 }
 
@@ -89,7 +115,9 @@ async fn health_from(network: String, ip: &str, ca: &str, client: &merak_agent::
 async fn kubectl_lists_describes_and_deletes_what_runs_in_the_fake() {
     let dir = std::env::temp_dir().join(format!("merak-fake-kubectl-{}", std::process::id()));
     let image = format!("{IMAGE}={}", binary("merak-agent").display());
-    let running = Running::start(&binary("merak-fake-cluster"), &dir, &["--nodes".into(), "3".into(), "--image".into(), image]).expect("the fake cluster starts");
+    let running =
+        Running::start(&binary("merak-fake-cluster"), &dir, &["--nodes".into(), "3".into(), "--image".into(), image])
+            .expect("the fake cluster starts");
     let kubectl = Kubectl(&running);
 
     let nodes = kubectl.run(&["get", "nodes"]);
@@ -104,7 +132,9 @@ async fn kubectl_lists_describes_and_deletes_what_runs_in_the_fake() {
     }));
     // Creating it again is a conflict, as on a real server.
     let manifest = running.dir.join(format!("object-{NAMESPACE}.json"));
-    let again = kubectl.try_run(&["create", "--validate=false", "-f", manifest.to_str().expect("a UTF-8 path")]).expect_err("a second namespace of the same name");
+    let again = kubectl
+        .try_run(&["create", "--validate=false", "-f", manifest.to_str().expect("a UTF-8 path")])
+        .expect_err("a second namespace of the same name");
     assert!(again.contains("AlreadyExists") && again.contains("already exists"), "{again}");
 
     for name in ["epm-0", "epm-1"] {
@@ -116,23 +146,38 @@ async fn kubectl_lists_describes_and_deletes_what_runs_in_the_fake() {
     // `kubectl wait` follows the pods with a watch.
     kubectl.run(&["wait", "--for=condition=Ready", "pod/epm-0", "pod/epm-1", "-n", NAMESPACE, "--timeout=60s"]);
     let table = kubectl.run(&["get", "pods", "-n", NAMESPACE, "-o", "wide"]);
-    let row = |name: &str| table.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no row for {name} in\n{table}")).to_string();
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name} in\n{table}"))
+            .to_string()
+    };
     assert!(row("epm-0").contains("1/1") && row("epm-0").contains("Running"), "{table}");
     assert!(row("nowhere").contains("Pending"), "{table}");
     let (zero, one) = (kubectl.pod("epm-0"), kubectl.pod("epm-1"));
     assert_ne!(zero["spec"]["nodeName"], one["spec"]["nodeName"], "the scheduler spreads pods over nodes");
-    let ips = [zero["status"]["podIP"].as_str().expect("a pod IP").to_string(), one["status"]["podIP"].as_str().expect("a pod IP").to_string()];
+    let ips = [
+        zero["status"]["podIP"].as_str().expect("a pod IP").to_string(),
+        one["status"]["podIP"].as_str().expect("a pod IP").to_string(),
+    ];
 
     // The agents in the pods answer, over mutual TLS from the cluster network.
     let controller = authority.issue(Role::Controller).expect("a client certificate");
     for (ip, name) in ips.iter().zip(["epm-0", "epm-1"]) {
-        let (epm, build) = health(&running, ip, &authority.certificate, &controller).await.expect("the agent in the pod answers");
+        let (epm, build) =
+            health(&running, ip, &authority.certificate, &controller).await.expect("the agent in the pod answers");
         assert_eq!(epm, name);
         assert!(build.starts_with(env!("CARGO_PKG_VERSION")), "{build}");
     }
 
     let described = kubectl.run(&["describe", "pod", "epm-0", "-n", NAMESPACE]);
-    for expected in ["Status:           Running", "Successfully assigned merak-kubectl/epm-0 to fake-node-", "Container started", "/run/merak/tls from tls"] {
+    for expected in [
+        "Status:           Running",
+        "Successfully assigned merak-kubectl/epm-0 to fake-node-",
+        "Container started",
+        "/run/merak/tls from tls",
+    ] {
         assert!(described.contains(expected), "describe lacks {expected:?}:\n{described}");
     }
     let logs = kubectl.run(&["logs", "epm-0", "-n", NAMESPACE]);
@@ -140,26 +185,51 @@ async fn kubectl_lists_describes_and_deletes_what_runs_in_the_fake() {
     let no_image = kubectl.run(&["describe", "pod", "no-image", "-n", NAMESPACE]);
     assert!(no_image.contains("Failed to pull image \"localhost/merak-agent:missing\""), "{no_image}");
     let nowhere = kubectl.run(&["describe", "pod", "nowhere", "-n", NAMESPACE]);
-    assert!(nowhere.contains("FailedScheduling") && nowhere.contains("didn't match Pod's node affinity/selector"), "{nowhere}");
-    let selected = kubectl.run(&["get", "pods", "-n", NAMESPACE, "-l", "merak.dev/role=epm,app.kubernetes.io/managed-by in (merak-test)", "--field-selector", "status.phase=Running", "-o", "name"]);
+    assert!(
+        nowhere.contains("FailedScheduling") && nowhere.contains("didn't match Pod's node affinity/selector"),
+        "{nowhere}"
+    );
+    let selected = kubectl.run(&[
+        "get",
+        "pods",
+        "-n",
+        NAMESPACE,
+        "-l",
+        "merak.dev/role=epm,app.kubernetes.io/managed-by in (merak-test)",
+        "--field-selector",
+        "status.phase=Running",
+        "-o",
+        "name",
+    ]);
     assert_eq!(selected.lines().collect::<Vec<_>>(), ["pod/epm-0", "pod/epm-1"]);
 
     // Deleting a pod stops its agent and removes its sandbox.
     assert_eq!(running.pod_sandboxes().len(), 2, "one sandbox per running pod");
     let deleted = kubectl.run(&["delete", "pod", "epm-1", "-n", NAMESPACE]);
     assert!(deleted.contains("\"epm-1\" deleted"), "{deleted}");
-    assert!(kubectl.try_run(&["get", "pod", "epm-1", "-n", NAMESPACE]).expect_err("the pod is gone").contains("NotFound"));
+    assert!(
+        kubectl.try_run(&["get", "pod", "epm-1", "-n", NAMESPACE]).expect_err("the pod is gone").contains("NotFound")
+    );
     assert_eq!(running.pod_sandboxes().len(), 1);
-    assert!(health(&running, &ips[1], &authority.certificate, &controller).await.is_err(), "the deleted pod's agent still answers");
+    assert!(
+        health(&running, &ips[1], &authority.certificate, &controller).await.is_err(),
+        "the deleted pod's agent still answers"
+    );
 
     // Deleting the namespace takes everything in it.
     kubectl.run(&["delete", "namespace", NAMESPACE, "--timeout=60s"]);
     let namespaces = kubectl.run(&["get", "namespaces", "-o", "name"]);
-    assert_eq!(namespaces.split_whitespace().collect::<Vec<_>>(), ["namespace/default", "namespace/kube-node-lease", "namespace/kube-public", "namespace/kube-system"]);
+    assert_eq!(
+        namespaces.split_whitespace().collect::<Vec<_>>(),
+        ["namespace/default", "namespace/kube-node-lease", "namespace/kube-public", "namespace/kube-system"]
+    );
     assert!(running.pod_sandboxes().is_empty(), "sandboxes left: {:?}", running.pod_sandboxes());
     let prefix = running.prefix.clone();
     drop(running);
-    assert!(merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(), "the fake left namespaces behind");
+    assert!(
+        merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(),
+        "the fake left namespaces behind"
+    );
 }
 
 /// The namespace, and the Secret with the agents' certificates, that agent
@@ -186,7 +256,12 @@ async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 }
 
 fn is_ready(pod: &Value) -> bool {
-    pod["metadata"]["deletionTimestamp"].is_null() && pod["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 /// A Deployment, made with kubectl, is rolled out by the fake's controllers
@@ -198,7 +273,9 @@ fn is_ready(pod: &Value) -> bool {
 async fn kubectl_rolls_out_a_deployment_whose_pods_come_back_and_go_with_it() {
     let dir = std::env::temp_dir().join(format!("merak-fake-deployment-{}", std::process::id()));
     let image = format!("{IMAGE}={}", binary("merak-agent").display());
-    let running = Running::start(&binary("merak-fake-cluster"), &dir, &["--nodes".into(), "2".into(), "--image".into(), image]).expect("the fake cluster starts");
+    let running =
+        Running::start(&binary("merak-fake-cluster"), &dir, &["--nodes".into(), "2".into(), "--image".into(), image])
+            .expect("the fake cluster starts");
     let kubectl = Kubectl(&running);
     let (authority, _) = Authority::create("deployment").expect("a CA");
     namespace_with_agent_tls(&kubectl, &authority);
@@ -217,49 +294,116 @@ async fn kubectl_rolls_out_a_deployment_whose_pods_come_back_and_go_with_it() {
     assert!(rolled.contains("deployment \"gateway\" successfully rolled out"), "{rolled}");
 
     // The Deployment with the API server's defaults and the controller's status.
-    let deployment: Value = serde_json::from_str(&kubectl.run(&["get", "deployment", "gateway", "-n", NAMESPACE, "-o", "json"])).expect("JSON");
+    let deployment: Value =
+        serde_json::from_str(&kubectl.run(&["get", "deployment", "gateway", "-n", NAMESPACE, "-o", "json"]))
+            .expect("JSON");
     let spec = &deployment["spec"];
-    assert_eq!((spec["replicas"].as_i64(), spec["revisionHistoryLimit"].as_i64(), spec["progressDeadlineSeconds"].as_i64()), (Some(1), Some(10), Some(600)));
-    assert_eq!(spec["strategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+    assert_eq!(
+        (spec["replicas"].as_i64(), spec["revisionHistoryLimit"].as_i64(), spec["progressDeadlineSeconds"].as_i64()),
+        (Some(1), Some(10), Some(600))
+    );
+    assert_eq!(
+        spec["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+    );
     let status = &deployment["status"];
     assert_eq!(status["observedGeneration"], deployment["metadata"]["generation"]);
     for field in ["replicas", "updatedReplicas", "readyReplicas", "availableReplicas"] {
         assert_eq!(status[field], 1, "status.{field} in {status}");
     }
-    let reasons: Vec<(String, String)> = status["conditions"].as_array().expect("conditions").iter().map(|c| (c["type"].as_str().unwrap().to_string(), c["reason"].as_str().unwrap().to_string())).collect();
-    assert!(reasons.contains(&("Available".into(), "MinimumReplicasAvailable".into())) && reasons.contains(&("Progressing".into(), "NewReplicaSetAvailable".into())), "{reasons:?}");
+    let reasons: Vec<(String, String)> = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .map(|c| (c["type"].as_str().unwrap().to_string(), c["reason"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(
+        reasons.contains(&("Available".into(), "MinimumReplicasAvailable".into()))
+            && reasons.contains(&("Progressing".into(), "NewReplicaSetAvailable".into())),
+        "{reasons:?}"
+    );
     assert_eq!(deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
 
     // Its ReplicaSet and pod, as named, labelled and owned by the controllers.
-    let replica_sets: Value = serde_json::from_str(&kubectl.run(&["get", "rs", "-n", NAMESPACE, "-o", "json"])).expect("JSON");
-    let [replica_set] = replica_sets["items"].as_array().expect("items").as_slice() else { panic!("one ReplicaSet: {replica_sets}") };
+    let replica_sets: Value =
+        serde_json::from_str(&kubectl.run(&["get", "rs", "-n", NAMESPACE, "-o", "json"])).expect("JSON");
+    let [replica_set] = replica_sets["items"].as_array().expect("items").as_slice() else {
+        panic!("one ReplicaSet: {replica_sets}")
+    };
     let rs_name = replica_set["metadata"]["name"].as_str().expect("a name").to_string();
-    let hash = replica_set["metadata"]["labels"]["pod-template-hash"].as_str().expect("the pod-template-hash label").to_string();
+    let hash = replica_set["metadata"]["labels"]["pod-template-hash"]
+        .as_str()
+        .expect("the pod-template-hash label")
+        .to_string();
     assert_eq!(rs_name, format!("gateway-{hash}"));
     assert_eq!(replica_set["spec"]["selector"]["matchLabels"]["pod-template-hash"], hash.as_str());
     assert_eq!(replica_set["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
     let owner = &replica_set["metadata"]["ownerReferences"][0];
-    assert_eq!((owner["kind"].as_str(), owner["name"].as_str(), owner["controller"].as_bool(), owner["blockOwnerDeletion"].as_bool()), (Some("Deployment"), Some("gateway"), Some(true), Some(true)));
+    assert_eq!(
+        (
+            owner["kind"].as_str(),
+            owner["name"].as_str(),
+            owner["controller"].as_bool(),
+            owner["blockOwnerDeletion"].as_bool()
+        ),
+        (Some("Deployment"), Some("gateway"), Some(true), Some(true))
+    );
     assert_eq!(owner["uid"], deployment["metadata"]["uid"]);
-    assert_eq!((replica_set["status"]["replicas"].as_i64(), replica_set["status"]["readyReplicas"].as_i64(), replica_set["status"]["availableReplicas"].as_i64()), (Some(1), Some(1), Some(1)));
+    assert_eq!(
+        (
+            replica_set["status"]["replicas"].as_i64(),
+            replica_set["status"]["readyReplicas"].as_i64(),
+            replica_set["status"]["availableReplicas"].as_i64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
 
     let gateway_pods = || -> Vec<Value> {
-        let list: Value = serde_json::from_str(&kubectl.run(&["get", "pods", "-n", NAMESPACE, "-l", "merak.dev/role=gateway", "-o", "json"])).expect("JSON");
+        let list: Value = serde_json::from_str(&kubectl.run(&[
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "merak.dev/role=gateway",
+            "-o",
+            "json",
+        ]))
+        .expect("JSON");
         list["items"].as_array().cloned().unwrap_or_default()
     };
     let pods = gateway_pods();
     let [first] = pods.as_slice() else { panic!("one pod: {pods:?}") };
     let first_name = first["metadata"]["name"].as_str().expect("a name").to_string();
-    let suffix = first_name.strip_prefix(&format!("{rs_name}-")).unwrap_or_else(|| panic!("{first_name} is not named after {rs_name}"));
+    let suffix = first_name
+        .strip_prefix(&format!("{rs_name}-"))
+        .unwrap_or_else(|| panic!("{first_name} is not named after {rs_name}"));
     assert!(suffix.len() == 5 && suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "{first_name}");
     assert_eq!(first["metadata"]["labels"]["pod-template-hash"], hash.as_str());
     assert_eq!(first["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
     assert_eq!(first["metadata"]["ownerReferences"][0]["uid"], replica_set["metadata"]["uid"]);
 
     let table = kubectl.run(&["get", "deploy,rs,pods", "-n", NAMESPACE]);
-    let row = |prefix: &str| table.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no row {prefix} in\n{table}")).split_whitespace().map(str::to_string).collect::<Vec<_>>();
-    let headers: Vec<Vec<&str>> = table.lines().filter(|l| l.starts_with("NAME ")).map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(headers, [vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"], vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"]], "{table}");
+    let row = |prefix: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no row {prefix} in\n{table}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let headers: Vec<Vec<&str>> =
+        table.lines().filter(|l| l.starts_with("NAME ")).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        headers,
+        [
+            vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+            vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
+            vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        ],
+        "{table}"
+    );
     assert_eq!(row("deployment.apps/gateway")[1..4], ["1/1", "1", "1"], "{table}");
     assert_eq!(row(&format!("replicaset.apps/{rs_name}"))[1..4], ["1", "1", "1"], "{table}");
     assert_eq!(row(&format!("pod/{first_name}"))[1..3], ["1/1", "Running"], "{table}");
@@ -276,23 +420,33 @@ async fn kubectl_rolls_out_a_deployment_whose_pods_come_back_and_go_with_it() {
         assert!(described.contains(&expected), "describe deployment lacks {expected:?}:\n{described}");
     }
     let described = kubectl.run(&["describe", "rs", &rs_name, "-n", NAMESPACE]);
-    assert!(described.contains("Controlled By:  Deployment/gateway") && described.contains(&format!("Created pod: {first_name}")), "{described}");
+    assert!(
+        described.contains("Controlled By:  Deployment/gateway")
+            && described.contains(&format!("Created pod: {first_name}")),
+        "{described}"
+    );
 
     // The agent in the Deployment's pod answers.
     let ip = first["status"]["podIP"].as_str().expect("a pod IP").to_string();
-    let (epm, _) = health(&running, &ip, &authority.certificate, &controller).await.expect("the agent in the deployment's pod answers");
+    let (epm, _) = health(&running, &ip, &authority.certificate, &controller)
+        .await
+        .expect("the agent in the deployment's pod answers");
     assert_eq!(epm, "gateway");
 
     // A deleted pod is replaced by one of another name, which gets ready and answers.
     let deleted = kubectl.run(&["delete", "pod", &first_name, "-n", NAMESPACE]);
     assert!(deleted.contains(&format!("\"{first_name}\" deleted")), "{deleted}");
-    let second = eventually("a new ready pod", || gateway_pods().into_iter().find(|p| p["metadata"]["name"] != first_name.as_str() && is_ready(p))).await;
+    let second = eventually("a new ready pod", || {
+        gateway_pods().into_iter().find(|p| p["metadata"]["name"] != first_name.as_str() && is_ready(p))
+    })
+    .await;
     let second_name = second["metadata"]["name"].as_str().expect("a name").to_string();
     assert!(second_name.starts_with(&format!("{rs_name}-")), "{second_name}");
     let rolled = kubectl.run(&["rollout", "status", "deployment/gateway", "-n", NAMESPACE, "--timeout=60s"]);
     assert!(rolled.contains("successfully rolled out"), "{rolled}");
     let ip = second["status"]["podIP"].as_str().expect("a pod IP").to_string();
-    let (epm, _) = health(&running, &ip, &authority.certificate, &controller).await.expect("the replacement's agent answers");
+    let (epm, _) =
+        health(&running, &ip, &authority.certificate, &controller).await.expect("the replacement's agent answers");
     assert_eq!(epm, "gateway");
     let described = kubectl.run(&["describe", "rs", &rs_name, "-n", NAMESPACE]);
     assert!(described.contains(&format!("Created pod: {second_name}")), "{described}");
@@ -300,13 +454,19 @@ async fn kubectl_rolls_out_a_deployment_whose_pods_come_back_and_go_with_it() {
     // Deleting the Deployment takes its ReplicaSet and pods (background propagation).
     let deleted = kubectl.run(&["delete", "deployment", "gateway", "-n", NAMESPACE]);
     assert!(deleted.contains("deployment.apps \"gateway\" deleted"), "{deleted}");
-    eventually("the ReplicaSet and pods to go", || kubectl.run(&["get", "deploy,rs,pods", "-n", NAMESPACE, "-o", "name"]).trim().is_empty().then_some(())).await;
+    eventually("the ReplicaSet and pods to go", || {
+        kubectl.run(&["get", "deploy,rs,pods", "-n", NAMESPACE, "-o", "name"]).trim().is_empty().then_some(())
+    })
+    .await;
     eventually("the sandboxes to go", || running.pod_sandboxes().is_empty().then_some(())).await;
 
     kubectl.run(&["delete", "namespace", NAMESPACE, "--timeout=60s"]);
     let prefix = running.prefix.clone();
     drop(running);
-    assert!(merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(), "the fake left namespaces behind");
+    assert!(
+        merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(),
+        "the fake left namespaces behind"
+    );
 }
 
 /// Runs `ip` with `args`; its output.
@@ -324,7 +484,12 @@ fn ip(args: &[&str]) -> String {
 async fn pods_on_different_nodes_reach_each_other_over_their_nodes_bridges() {
     let dir = std::env::temp_dir().join(format!("merak-fake-bridges-{}", std::process::id()));
     let image = format!("{IMAGE}={}", binary("merak-agent").display());
-    let running = Running::start(&binary("merak-fake-cluster"), &dir, &["--nodes".into(), "3".into(), "--mtu".into(), "1400".into(), "--image".into(), image]).expect("the fake cluster starts");
+    let running = Running::start(
+        &binary("merak-fake-cluster"),
+        &dir,
+        &["--nodes".into(), "3".into(), "--mtu".into(), "1400".into(), "--image".into(), image],
+    )
+    .expect("the fake cluster starts");
     let kubectl = Kubectl(&running);
     let (authority, _) = Authority::create("bridges").expect("a CA");
     namespace_with_agent_tls(&kubectl, &authority);
@@ -361,7 +526,9 @@ async fn pods_on_different_nodes_reach_each_other_over_their_nodes_bridges() {
 
     // The cluster namespace: a bridge per node with its gateway address, each pod's veth on its node's bridge.
     let network = format!("{}-net", running.prefix);
-    for (bridge, address, ports) in [("cbr0", "10.244.1.1/24", 1), ("cbr1", "10.244.2.1/24", 0), ("cbr2", "10.244.3.1/24", 1)] {
+    for (bridge, address, ports) in
+        [("cbr0", "10.244.1.1/24", 1), ("cbr1", "10.244.2.1/24", 0), ("cbr2", "10.244.3.1/24", 1)]
+    {
         let shown = ip(&["-n", &network, "-4", "-o", "addr", "show", "dev", bridge]);
         assert!(shown.contains(&format!("inet {address} ")), "{shown}");
         assert!(ip(&["-n", &network, "-o", "link", "show", "dev", bridge]).contains("mtu 1400"));
@@ -369,27 +536,47 @@ async fn pods_on_different_nodes_reach_each_other_over_their_nodes_bridges() {
         assert_eq!(attached.lines().count(), ports, "ports of {bridge}: {attached}");
         assert!(attached.lines().all(|l| l.contains("mtu 1400")), "{attached}");
     }
-    assert!(ip(&["-n", &network, "-o", "link", "show"]).lines().all(|l| !l.contains("cni0")), "no single cluster bridge any more");
+    assert!(
+        ip(&["-n", &network, "-o", "link", "show"]).lines().all(|l| !l.contains("cni0")),
+        "no single cluster bridge any more"
+    );
 
     // Pod to pod across nodes, both ways: the agent answers mutual TLS asked from inside the other pod.
-    let (epm, _) = health_from(sandbox_of[&ip_a].clone(), &ip_b, &authority.certificate, &controller).await.expect("epm-b answers epm-a across nodes");
+    let (epm, _) = health_from(sandbox_of[&ip_a].clone(), &ip_b, &authority.certificate, &controller)
+        .await
+        .expect("epm-b answers epm-a across nodes");
     assert_eq!(epm, "epm-b");
-    let (epm, _) = health_from(sandbox_of[&ip_b].clone(), &ip_a, &authority.certificate, &controller).await.expect("epm-a answers epm-b across nodes");
+    let (epm, _) = health_from(sandbox_of[&ip_b].clone(), &ip_a, &authority.certificate, &controller)
+        .await
+        .expect("epm-a answers epm-b across nodes");
     assert_eq!(epm, "epm-a");
     // A full-size packet with DF set crosses the routed hop (the pod MTU less 28 bytes of headers).
-    let ping = Command::new("ip").args(["netns", "exec", &sandbox_of[&ip_a], "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1372", &ip_b]).output().expect("ping runs");
-    assert!(ping.status.success(), "{}{}", String::from_utf8_lossy(&ping.stdout), String::from_utf8_lossy(&ping.stderr));
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &sandbox_of[&ip_a], "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1372", &ip_b])
+        .output()
+        .expect("ping runs");
+    assert!(
+        ping.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
+    );
 
     kubectl.run(&["delete", "namespace", NAMESPACE, "--timeout=60s"]);
     assert!(running.pod_sandboxes().is_empty(), "sandboxes left: {:?}", running.pod_sandboxes());
     let prefix = running.prefix.clone();
     drop(running);
-    assert!(merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(), "the fake left namespaces behind");
+    assert!(
+        merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(),
+        "the fake left namespaces behind"
+    );
 }
 
 async fn kube_client(running: &Running) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(&running.kubeconfig).expect("the fake's kubeconfig parses");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await.expect("a client configuration");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("a client configuration");
     kube::Client::try_from(config).expect("a client")
 }
 
@@ -404,7 +591,9 @@ async fn kube_clients_create_watch_and_port_forward_through_the_fake() {
 
     let dir = std::env::temp_dir().join(format!("merak-fake-kube-{}", std::process::id()));
     let image = format!("{IMAGE}={}", binary("merak-agent").display());
-    let running = Running::start(&binary("merak-fake-cluster"), &dir, &["--nodes".into(), "2".into(), "--image".into(), image]).expect("the fake cluster starts");
+    let running =
+        Running::start(&binary("merak-fake-cluster"), &dir, &["--nodes".into(), "2".into(), "--image".into(), image])
+            .expect("the fake cluster starts");
     let client = kube_client(&running).await;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -448,7 +637,12 @@ async fn kube_clients_create_watch_and_port_forward_through_the_fake() {
 
     // The agent, through port-forward: a new forwarded stream per connection.
     let controller = authority.issue(Role::Controller).expect("a client certificate");
-    let connector = merak_agent::tls::connector(authority.certificate.as_bytes(), controller.certificate.as_bytes(), controller.key.as_bytes()).unwrap();
+    let connector = merak_agent::tls::connector(
+        authority.certificate.as_bytes(),
+        controller.certificate.as_bytes(),
+        controller.key.as_bytes(),
+    )
+    .unwrap();
     let forwarding = pods.clone();
     let dial = move || {
         let pods = forwarding.clone();
@@ -458,11 +652,19 @@ async fn kube_clients_create_watch_and_port_forward_through_the_fake() {
         }
     };
     let channel = merak_agent::tls::channel_over(dial, connector).await.expect("a channel through port-forward");
-    let reply = merak_proto::agent::agent_client::AgentClient::new(channel).health(merak_proto::agent::HealthRequest {}).await.expect("health through port-forward").into_inner();
+    let reply = merak_proto::agent::agent_client::AgentClient::new(channel)
+        .health(merak_proto::agent::HealthRequest {})
+        .await
+        .expect("health through port-forward")
+        .into_inner();
     assert_eq!(reply.epm, "epm-0");
 
     // A watch from the pod's creation sees it modified (scheduled, started) and then deleted.
-    let mut events = pods.watch(&WatchParams::default().fields("metadata.name=epm-0").timeout(30), &from).await.expect("a watch").boxed();
+    let mut events = pods
+        .watch(&WatchParams::default().fields("metadata.name=epm-0").timeout(30), &from)
+        .await
+        .expect("a watch")
+        .boxed();
     pods.delete("epm-0", &DeleteParams::default()).await.expect("delete the pod");
     let mut seen = Vec::new();
     while let Some(event) = events.next().await {

@@ -40,11 +40,14 @@ fn output(ws: &Workspace, name: &str) -> String {
 #[test]
 fn a_fat_tree_routes_every_epm_over_every_core_and_survives_one() {
     let ws = Workspace::new("fat");
-    let example = std::fs::read_to_string(repo_root().join("examples/terraform/scenarios/fat-tree/main.tf")).expect("the scenario");
+    let example = std::fs::read_to_string(repo_root().join("examples/terraform/scenarios/fat-tree/main.tf"))
+        .expect("the scenario");
     std::fs::write(ws.dir.join("main.tf"), example).expect("write main.tf");
     ws.init();
     let vars = [format!("name={}", ws.name), format!("state_dir={}", ws.state_dir.display())];
-    let with = |command: &[&str]| -> Vec<String> { command.iter().map(|c| c.to_string()).chain(vars.iter().flat_map(|v| ["-var".to_string(), v.clone()])).collect() };
+    let with = |command: &[&str]| -> Vec<String> {
+        command.iter().map(|c| c.to_string()).chain(vars.iter().flat_map(|v| ["-var".to_string(), v.clone()])).collect()
+    };
     let run = |command: &[&str]| {
         let args = with(command);
         ws.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
@@ -70,7 +73,9 @@ fn a_fat_tree_routes_every_epm_over_every_core_and_survives_one() {
     // pod 0 carries their replies... and toward pod 3 their requests.
     let namespace = |object: &str| format!("merak-{}.{object}", ws.name);
     let to = Ipv4Addr::new(10, 251, 0, 16);
-    let listener = in_namespace(&namespace("epm-15"), move || TcpListener::bind(SocketAddr::from((to, 7100))).expect("listen on epm-15"));
+    let listener = in_namespace(&namespace("epm-15"), move || {
+        TcpListener::bind(SocketAddr::from((to, 7100))).expect("listen on epm-15")
+    });
     let server = std::thread::spawn(move || {
         for stream in listener.incoming().take(64) {
             drop(stream);
@@ -78,7 +83,11 @@ fn a_fat_tree_routes_every_epm_over_every_core_and_survives_one() {
     });
     let cores: Vec<String> = (0..4).map(|c| namespace(&format!("core-{c}"))).collect();
     let before: Vec<u64> = cores.iter().map(|core| rx_packets(core, "dn0")).collect();
-    let connected = in_namespace(&namespace("epm-0"), move || (0..64).filter(|_| TcpStream::connect_timeout(&SocketAddr::from((to, 7100)), Duration::from_secs(3)).is_ok()).count());
+    let connected = in_namespace(&namespace("epm-0"), move || {
+        (0..64)
+            .filter(|_| TcpStream::connect_timeout(&SocketAddr::from((to, 7100)), Duration::from_secs(3)).is_ok())
+            .count()
+    });
     assert_eq!(connected, 64);
     server.join().expect("the server");
     let after: Vec<u64> = cores.iter().map(|core| rx_packets(core, "dn0")).collect();
@@ -91,11 +100,20 @@ fn a_fat_tree_routes_every_epm_over_every_core_and_survives_one() {
     assert_eq!(output(&ws, "impaired"), "16", "every aggregation-to-core link");
     assert_eq!(output(&ws, "underlay"), "240/240");
     let shaped = ws.exec_in("core-2", &["tc", "qdisc", "show", "dev", "dn1"]);
-    assert!(String::from_utf8_lossy(&shaped.stdout).contains("tbf 6d72: root"), "{}", String::from_utf8_lossy(&shaped.stdout));
+    assert!(
+        String::from_utf8_lossy(&shaped.stdout).contains("tbf 6d72: root"),
+        "{}",
+        String::from_utf8_lossy(&shaped.stdout)
+    );
 
     // core-0's links down: the aggregation switches skip it.
     let links = ws.exec_in("core-0", &["ip", "-o", "link", "show"]);
-    for device in String::from_utf8_lossy(&links.stdout).lines().filter_map(|l| l.split(": ").nth(1)).map(|d| d.split('@').next().unwrap_or(d).to_string()).filter(|d| d.starts_with("dn")) {
+    for device in String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|d| d.split('@').next().unwrap_or(d).to_string())
+        .filter(|d| d.starts_with("dn"))
+    {
         assert!(ws.exec_in("core-0", &["ip", "link", "set", &device, "down"]).status.success());
     }
     run(&["apply", "-refresh-only", "-auto-approve"]);

@@ -32,10 +32,13 @@ fn two_applies_of_one_topology_at_once_have_one_winner() {
         ws.write_config(&config(20));
         ws.init();
     }
-    let runs = [first.spawn_terraform(&["apply", "-auto-approve"]), second.spawn_terraform(&["apply", "-auto-approve"])];
+    let runs =
+        [first.spawn_terraform(&["apply", "-auto-approve"]), second.spawn_terraform(&["apply", "-auto-approve"])];
     let outputs: Vec<Output> = runs.into_iter().map(|c| c.wait_with_output().expect("terraform output")).collect();
     let winners: Vec<usize> = (0..2).filter(|&i| outputs[i].status.success()).collect();
-    let text = |i: usize| format!("{}{}", String::from_utf8_lossy(&outputs[i].stdout), String::from_utf8_lossy(&outputs[i].stderr));
+    let text = |i: usize| {
+        format!("{}{}", String::from_utf8_lossy(&outputs[i].stdout), String::from_utf8_lossy(&outputs[i].stderr))
+    };
     assert_eq!(winners.len(), 1, "exactly one apply succeeds:\n--- first\n{}\n--- second\n{}", text(0), text(1));
     let (winner, loser) = if winners[0] == 0 { (&first, 1) } else { (&second, 0) };
     let refusal = flat(&text(loser));
@@ -47,7 +50,11 @@ fn two_applies_of_one_topology_at_once_have_one_winner() {
     assert_eq!(first.agent_processes().len(), 1, "one agent host");
     assert_eq!(winner.plan().0, 0);
     // The refused one must not take the topology over later either.
-    let again = if loser == 0 { first.terraform(&["apply", "-auto-approve"]) } else { second.terraform(&["apply", "-auto-approve"]) };
+    let again = if loser == 0 {
+        first.terraform(&["apply", "-auto-approve"])
+    } else {
+        second.terraform(&["apply", "-auto-approve"])
+    };
     let again_text = flat(&String::from_utf8_lossy(&again.stderr));
     assert!(!again.status.success() && again_text.contains("terraform import merak_topology.NAME"), "{again_text}");
     assert_eq!(first.agents().len(), EPMS as usize, "still one agent per EPM");

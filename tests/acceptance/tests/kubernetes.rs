@@ -17,7 +17,12 @@ use merak_fake_cluster::Running;
 const IMAGE: &str = "localhost/merak-agent:test";
 
 fn fake_cluster(dir: &Path, extra: &[&str]) -> Running {
-    let mut args = vec!["--nodes".to_string(), "3".into(), "--image".into(), format!("{IMAGE}={}", binary("merak-agent").display())];
+    let mut args = vec![
+        "--nodes".to_string(),
+        "3".into(),
+        "--image".into(),
+        format!("{IMAGE}={}", binary("merak-agent").display()),
+    ];
     args.extend(extra.iter().map(|a| a.to_string()));
     Running::start(&binary("merak-fake-cluster"), dir, &args).expect("the fake cluster starts")
 }
@@ -29,7 +34,10 @@ fn the_quickstart_runs_on_kubernetes_repairs_imports_and_goes_away() {
     kubernetes::quickstart_repairs_imports_and_goes_away(&cluster, IMAGE);
     let prefix = cluster.prefix.clone();
     drop(cluster);
-    assert!(merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(), "namespaces of the fake cluster left on the host");
+    assert!(
+        merak_netdev::netns::list_with_prefix(&prefix).unwrap_or_default().is_empty(),
+        "namespaces of the fake cluster left on the host"
+    );
 }
 
 #[test]
@@ -40,7 +48,12 @@ fn missing_permissions_are_refused_at_plan_naming_them() {
     ws.write_config("resource \"merak_topology\" \"dc\" {\n  name = \"{name}\"\n  racks = 1\n  hosts_per_rack = 2\n  data_plane_cidr = \"10.0.0.0/24\"\n}\n");
     ws.init();
     let error = words(&ws.plan_error("plan without the rights to create pods"));
-    assert!(error.contains("lack permissions") && error.contains("create pods") && error.contains("create pods/portforward"), "{error}");
+    assert!(
+        error.contains("lack permissions")
+            && error.contains("create pods")
+            && error.contains("create pods/portforward"),
+        "{error}"
+    );
     assert!(error.contains("rbac.yaml"), "the fix is named: {error}");
     assert_no_topology_namespace(&cluster);
 }
@@ -172,7 +185,10 @@ output "pingall" {
     let output = ws.apply();
     let line = output.lines().rev().find(|l| l.contains("pingall =")).unwrap_or_default().to_string();
     let (got, of) = line.trim_matches(|c: char| !c.is_ascii_digit() && c != '/').split_once('/').unwrap_or(("", "x"));
-    assert!(got == of && !got.is_empty() && got != "0", "every ping answered though the API server refused every 5th request: {output}");
+    assert!(
+        got == of && !got.is_empty() && got != "0",
+        "every ping answered though the API server refused every 5th request: {output}"
+    );
     ws.ok(&["destroy", "-auto-approve"]);
     assert_no_topology_namespace(&cluster);
 }

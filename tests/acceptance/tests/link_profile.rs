@@ -84,7 +84,8 @@ fn tcp_mbit(ws: &Workspace, from: &str, to: &str, to_ip: Ipv4Addr) -> f64 {
     ready_rx.recv_timeout(Duration::from_secs(10)).expect("the receiver listens");
     let sender = std::thread::spawn(move || {
         enter(&from);
-        let mut stream = TcpStream::connect_timeout(&SocketAddr::from((to_ip, PORT)), Duration::from_secs(5)).expect("connect across the data plane");
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::from((to_ip, PORT)), Duration::from_secs(5))
+            .expect("connect across the data plane");
         let chunk = vec![0x5au8; 1 << 16];
         let start = Instant::now();
         while start.elapsed() < SENDING {
@@ -102,7 +103,10 @@ fn enter(namespace: &str) {
 }
 
 fn assert_near(measured: f64, rate: f64) {
-    assert!((measured - rate).abs() <= rate * 0.1, "{measured:.1} Mbit/s measured, {rate} Mbit/s configured: more than 10 % apart");
+    assert!(
+        (measured - rate).abs() <= rate * 0.1,
+        "{measured:.1} Mbit/s measured, {rate} Mbit/s configured: more than 10 % apart"
+    );
 }
 
 #[test]
@@ -137,7 +141,11 @@ fn links_are_shaped_to_their_profile_and_delay_needs_netem() {
     let output = ws.ok(&["apply", "-auto-approve", "-var", "rate=20"]);
     assert!(output.contains("impaired = 2"), "{output}");
     let shown = ws.exec_in("epm-0", &["tc", "qdisc", "show", "dev", "eth1"]);
-    assert!(String::from_utf8_lossy(&shown.stdout).contains("tbf 6d72: root"), "{}", String::from_utf8_lossy(&shown.stdout));
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("tbf 6d72: root"),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
 
     // This kernel has no netem: delay is refused at apply, naming it, and
     // no link is touched; the plan keeps showing the change.
@@ -154,7 +162,10 @@ fn links_are_shaped_to_their_profile_and_delay_needs_netem() {
     }
 
     // Without the profile the links are plain again.
-    ws.write_config(&CONFIG.replace("  link_profile {\n    role      = \"epm_uplink\"\n    rate_mbit = var.rate\n    delay_ms  = var.delay\n  }\n", ""));
+    ws.write_config(&CONFIG.replace(
+        "  link_profile {\n    role      = \"epm_uplink\"\n    rate_mbit = var.rate\n    delay_ms  = var.delay\n  }\n",
+        "",
+    ));
     let output = ws.apply();
     assert!(output.contains("impaired = 0"), "{output}");
     let shown = ws.exec_in("epm-0", &["tc", "qdisc", "show", "dev", "eth1"]);

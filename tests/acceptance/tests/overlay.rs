@@ -99,7 +99,9 @@ resource "merak_evm_group" "rweb" {{
 }}
 "#
     );
-    datacenter(2, 2, "10.201.0.0/24") + &groups + &checks("merak_evm_group.bweb, merak_evm_group.bdb, merak_evm_group.rweb", "bweb")
+    datacenter(2, 2, "10.201.0.0/24")
+        + &groups
+        + &checks("merak_evm_group.bweb, merak_evm_group.bdb, merak_evm_group.rweb", "bweb")
 }
 
 fn output(ws: &Workspace, name: &str) -> serde_json::Value {
@@ -114,7 +116,8 @@ fn evms(ws: &Workspace) -> Vec<serde_json::Value> {
 fn evms_of(ws: &Workspace, address: &str) -> Vec<serde_json::Value> {
     let show: serde_json::Value = serde_json::from_str(&ws.ok(&["show", "-json"])).unwrap();
     let resources = show["values"]["root_module"]["resources"].as_array().cloned().unwrap_or_default();
-    let source = resources.into_iter().find(|r| r["address"] == address).unwrap_or_else(|| panic!("{address} in state"));
+    let source =
+        resources.into_iter().find(|r| r["address"] == address).unwrap_or_else(|| panic!("{address} in state"));
     source["values"]["evms"].as_array().cloned().unwrap_or_default()
 }
 
@@ -131,11 +134,17 @@ fn tenants_connect_scale_repair_import_and_go_away() {
     // The agents are reached the way this run asks: over TCP no EPM has a
     // socket, and the topology's keys are root's alone.
     let topology_dir = ws.state_dir.join(&ws.name);
-    let sockets = std::fs::read_dir(&topology_dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("epm-")).count();
+    let sockets = std::fs::read_dir(&topology_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("epm-"))
+        .count();
     if Workspace::transport() == "tcp" {
         assert_eq!(sockets, 0, "agents on TCP have no unix sockets");
         for key in ["ca.key", "agent.key", "controller.key"] {
-            let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(topology_dir.join("tls").join(key)).unwrap().permissions());
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(topology_dir.join("tls").join(key)).unwrap().permissions(),
+            );
             assert_eq!(mode & 0o077, 0, "{key} is readable by others: {mode:o}");
         }
     } else {
@@ -148,7 +157,13 @@ fn tenants_connect_scale_repair_import_and_go_away() {
     let bweb = evms(&ws);
     assert_eq!(bweb.len(), 6);
     assert_ne!(bweb[0]["epm"], bweb[1]["epm"], "spread puts neighbours on different EPMs");
-    let bdb0 = ws.resource_values("merak_evm_group.bdb")["address_ranges"][0].as_str().unwrap().split('-').next().unwrap().to_string();
+    let bdb0 = ws.resource_values("merak_evm_group.bdb")["address_ranges"][0]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_string();
     assert!(ws.pings("vm.bweb.0", bweb[1]["ip"].as_str().unwrap()));
     assert!(ws.pings("vm.bweb.0", &bdb0), "blue web reaches blue db");
     assert!(!ws.pings("vm.rweb.0", &bdb0), "red reaches nothing of blue");
@@ -177,7 +192,13 @@ fn tenants_connect_scale_repair_import_and_go_away() {
     assert_eq!(ws.plan().0, 0);
 
     // Drift: a deleted EVM shows in the plan, and apply brings it back.
-    assert!(std::process::Command::new("ip").args(["netns", "delete", &format!("merak-{}.vm.bweb.3", ws.name)]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("ip")
+            .args(["netns", "delete", &format!("merak-{}.vm.bweb.3", ws.name)])
+            .status()
+            .unwrap()
+            .success()
+    );
     let (code, plan) = ws.plan();
     assert_eq!(code, 2);
     assert!(plan.contains("ready_count") && plan.contains("9 -> 10"), "{plan}");
@@ -229,21 +250,64 @@ fn bad_tenant_input_is_refused_before_anything_is_built() {
     ws.init();
     ws.apply();
     let cases = [
-        ("resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.9.0.0/24\"\n}", "Subnet outside its VPC", "cidr = \"10.9.0.0/24\""),
-        ("resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.0.3.0/24\"\n  gateway_ip = \"10.0.4.1\"\n}", "Gateway outside the subnet", "gateway_ip = \"10.0.4.1\""),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 300\n}", "Group does not fit its subnet", "evm_count = 300"),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-9\"]\n}", "No such EPM", "epms = [\"epm-9\"]"),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  placement = \"random\"\n}", "Invalid placement", "placement = \"random\""),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  epm_counts = { \"epm-9\" = 1 }\n}", "No such EPM", "epm_counts = { \"epm-9\" = 1 }"),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-0\", \"epm-0\"]\n}", "EPM listed twice", "epms = [\"epm-0\", \"epm-0\"]"),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  placement = \"pack\"\n  epm_counts = { \"epm-0\" = 1 }\n}", "placement conflicts with epm_counts", "placement = \"pack\""),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 3\n  epm_counts = { \"epm-0\" = 1 }\n}", "evm_count disagrees with epm_counts", "evm_count = 3"),
-        ("resource \"merak_vpc\" \"x\" {\n  topology_id = merak_topology.dc.id\n  name = \"x\"\n  cidr = \"10.0.0.0/16\"\n  vni = 0\n}", "Invalid vni", "vni = 0"),
+        (
+            "resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.9.0.0/24\"\n}",
+            "Subnet outside its VPC",
+            "cidr = \"10.9.0.0/24\"",
+        ),
+        (
+            "resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.0.3.0/24\"\n  gateway_ip = \"10.0.4.1\"\n}",
+            "Gateway outside the subnet",
+            "gateway_ip = \"10.0.4.1\"",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 300\n}",
+            "Group does not fit its subnet",
+            "evm_count = 300",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-9\"]\n}",
+            "No such EPM",
+            "epms = [\"epm-9\"]",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  placement = \"random\"\n}",
+            "Invalid placement",
+            "placement = \"random\"",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  epm_counts = { \"epm-9\" = 1 }\n}",
+            "No such EPM",
+            "epm_counts = { \"epm-9\" = 1 }",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-0\", \"epm-0\"]\n}",
+            "EPM listed twice",
+            "epms = [\"epm-0\", \"epm-0\"]",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  placement = \"pack\"\n  epm_counts = { \"epm-0\" = 1 }\n}",
+            "placement conflicts with epm_counts",
+            "placement = \"pack\"",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 3\n  epm_counts = { \"epm-0\" = 1 }\n}",
+            "evm_count disagrees with epm_counts",
+            "evm_count = 3",
+        ),
+        (
+            "resource \"merak_vpc\" \"x\" {\n  topology_id = merak_topology.dc.id\n  name = \"x\"\n  cidr = \"10.0.0.0/16\"\n  vni = 0\n}",
+            "Invalid vni",
+            "vni = 0",
+        ),
     ];
     for (extra, summary, pinned) in cases {
         ws.write_config(&format!("{base}\n{extra}\n"));
         let stderr = ws.plan_error(extra);
-        assert!(stderr.contains(summary) && stderr.contains(pinned), "{extra}: wanted {summary:?} at {pinned:?} in {stderr}");
+        assert!(
+            stderr.contains(summary) && stderr.contains(pinned),
+            "{extra}: wanted {summary:?} at {pinned:?} in {stderr}"
+        );
     }
     // An overlapping sibling is refused at plan too, once the sibling exists.
     ws.write_config(&format!("{base}\nresource \"merak_subnet\" \"x\" {{\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.0.1.128/25\"\n}}\n"));
@@ -312,7 +376,10 @@ fn evms_placed_by_count_per_epm_stay_put_and_crowds_get_more_bridges() {
     assert_eq!(ws.resource_values("merak_evm_group.crowd")["ready_count"], 1001);
     // 1001 EVMs of a subnet on epm-2: the trunk bridge and one leaf.
     let bridges = ws.exec_in("epm-2.r.blue", &["ip", "-o", "link", "show", "type", "bridge"]);
-    let bridges: Vec<String> = String::from_utf8_lossy(&bridges.stdout).lines().filter_map(|l| l.split(": ").nth(1).map(String::from)).collect();
+    let bridges: Vec<String> = String::from_utf8_lossy(&bridges.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(String::from))
+        .collect();
     assert_eq!(bridges.len(), 3, "the two subnets' trunks and a leaf: {bridges:?}");
     assert_eq!(bridges.iter().filter(|name| name.contains('.')).count(), 1, "{bridges:?}");
     assert_eq!(ws.plan().0, 0, "{}", ws.plan().1);
@@ -331,7 +398,10 @@ fn evms_placed_by_count_per_epm_stay_put_and_crowds_get_more_bridges() {
     // The EVMs that moved are wired where they now are, and nowhere else.
     let ports = |epm: &str| {
         let links = ws.exec_in(&format!("{epm}.r.blue"), &["ip", "-o", "link", "show"]);
-        String::from_utf8_lossy(&links.stdout).lines().filter(|l| l.split(": ").nth(1).is_some_and(|name| name.starts_with('v'))).count()
+        String::from_utf8_lossy(&links.stdout)
+            .lines()
+            .filter(|l| l.split(": ").nth(1).is_some_and(|name| name.starts_with('v')))
+            .count()
     };
     assert_eq!((ports("epm-0"), ports("epm-1"), ports("epm-2")), (1, 4, 1 + 1001));
     assert_eq!(output(&ws, "unexpected"), 0, "{}", output(&ws, "failures"));
@@ -365,25 +435,76 @@ fn bad_input_is_refused_at_plan_when_the_parents_are_new_too() {
     ws.write_config(base);
     ws.init();
     let cases = [
-        ("resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.9.0.0/24\"\n}", "Subnet outside its VPC", "cidr = \"10.9.0.0/24\""),
-        ("resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.0.1.128/25\"\n}", "Subnet overlaps a sibling", "10.0.1.128/25"),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 1e9\n}", "Group does not fit its subnet", "evm_count = 1e9"),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = -1\n}", "cannot be negative", "evm_count = -1"),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.wide.id\n  name = \"x\"\n  evm_count = 3000\n  placement = \"pack\"\n}", "Group does not fit on its EPMs", "evm_count = 3000"),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-2\"]\n}", "No such EPM", "epms = [\"epm-2\"]"),
-        ("resource \"merak_evm_group\" \"x\" {\n  subnet_id = \"{name}/blue/nowhere\"\n  name = \"x\"\n  evm_count = 2\n}", "No such subnet", "subnet_id = "),
-        ("resource \"merak_vpc\" \"x\" {\n  topology_id = merak_topology.dc.id\n  name = \"x\"\n  cidr = \"10.0.0.0/16\"\n  vni = 1.5\n}", "Invalid vni", "vni = 1.5"),
-        ("data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  timeout_ms = 1e30\n}", "Invalid timeout_ms", "timeout_ms = 1e30"),
-        ("data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  timeout_ms = 5.5\n}", "Invalid timeout_ms", "timeout_ms = 5.5"),
-        ("data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  samples = -1\n}", "Invalid samples", "samples = -1"),
-        ("data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  samples = 1099511627776\n}", "Invalid samples", "samples = 1099511627776"),
+        (
+            "resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.9.0.0/24\"\n}",
+            "Subnet outside its VPC",
+            "cidr = \"10.9.0.0/24\"",
+        ),
+        (
+            "resource \"merak_subnet\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  cidr = \"10.0.1.128/25\"\n}",
+            "Subnet overlaps a sibling",
+            "10.0.1.128/25",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 1e9\n}",
+            "Group does not fit its subnet",
+            "evm_count = 1e9",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = -1\n}",
+            "cannot be negative",
+            "evm_count = -1",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.wide.id\n  name = \"x\"\n  evm_count = 3000\n  placement = \"pack\"\n}",
+            "Group does not fit on its EPMs",
+            "evm_count = 3000",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  epms = [\"epm-2\"]\n}",
+            "No such EPM",
+            "epms = [\"epm-2\"]",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = \"{name}/blue/nowhere\"\n  name = \"x\"\n  evm_count = 2\n}",
+            "No such subnet",
+            "subnet_id = ",
+        ),
+        (
+            "resource \"merak_vpc\" \"x\" {\n  topology_id = merak_topology.dc.id\n  name = \"x\"\n  cidr = \"10.0.0.0/16\"\n  vni = 1.5\n}",
+            "Invalid vni",
+            "vni = 1.5",
+        ),
+        (
+            "data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  timeout_ms = 1e30\n}",
+            "Invalid timeout_ms",
+            "timeout_ms = 1e30",
+        ),
+        (
+            "data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  timeout_ms = 5.5\n}",
+            "Invalid timeout_ms",
+            "timeout_ms = 5.5",
+        ),
+        (
+            "data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  samples = -1\n}",
+            "Invalid samples",
+            "samples = -1",
+        ),
+        (
+            "data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  samples = 1099511627776\n}",
+            "Invalid samples",
+            "samples = 1099511627776",
+        ),
     ];
     // (Two new siblings that overlap are planned in either order: the
     // diagnostic lands on whichever is planned second.)
     for (extra, summary, pinned) in cases {
         ws.write_config(&format!("{base}\n{extra}\n"));
         let stderr = ws.plan_error(extra);
-        assert!(stderr.contains(summary) && stderr.contains(pinned), "{extra}: wanted {summary:?} at {pinned:?} in {stderr}");
+        assert!(
+            stderr.contains(summary) && stderr.contains(pinned),
+            "{extra}: wanted {summary:?} at {pinned:?} in {stderr}"
+        );
         let apply = ws.terraform(&["apply", "-auto-approve"]);
         assert!(!apply.status.success(), "{extra}: apply went ahead");
         assert!(ws.namespaces().is_empty(), "{extra}: something was built");
@@ -421,4 +542,3 @@ fn a_replaced_group_is_rebuilt_in_one_apply() {
     ws.ok(&["destroy", "-auto-approve"]);
     ws.assert_nothing_left();
 }
-

@@ -37,12 +37,20 @@ impl Adapter {
     }
 
     fn nb(&self, args: &[&str]) -> String {
-        let output = Command::new("ovn-nbctl").arg(format!("--db=unix:{}/nb.sock", self.dir.display())).args(args).output().expect("run ovn-nbctl");
+        let output = Command::new("ovn-nbctl")
+            .arg(format!("--db=unix:{}/nb.sock", self.dir.display()))
+            .args(args)
+            .output()
+            .expect("run ovn-nbctl");
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     fn sb(&self, args: &[&str]) -> String {
-        let output = Command::new("ovn-sbctl").arg(format!("--db=unix:{}/sb.sock", self.dir.display())).args(args).output().expect("run ovn-sbctl");
+        let output = Command::new("ovn-sbctl")
+            .arg(format!("--db=unix:{}/sb.sock", self.dir.display()))
+            .args(args)
+            .output()
+            .expect("run ovn-sbctl");
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
@@ -70,7 +78,9 @@ impl Drop for Adapter {
 fn tools_present() -> Result<(), String> {
     for tool in ["ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovn-northd", "ovn-controller", "ovn-nbctl"] {
         if !Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()) {
-            return Err(format!("{tool} is missing: run tests/acceptance/install-deps.sh (openvswitch-switch, ovn-central, ovn-host)"));
+            return Err(format!(
+                "{tool} is missing: run tests/acceptance/install-deps.sh (openvswitch-switch, ovn-central, ovn-host)"
+            ));
         }
     }
     Ok(())
@@ -88,8 +98,15 @@ fn tcp_stream_arrives(from: &str, to: &str, to_ip: &str) -> bool {
         while True:\n    b=c.recv(65536)\n    if not b: break\n    data+=b\nprint('intact' if data == bytes(range(256))*4096 else f'{len(data)} bytes, corrupt')";
     const CLIENT: &str = "import socket,sys,time\nfor _ in range(50):\n    try: s=socket.create_connection((sys.argv[1], 7001), timeout=10); break\n    except OSError: time.sleep(0.1)\n\
         data=bytes(range(256))*4096; s.sendall(data); s.close()";
-    let server = Command::new("ip").args(["netns", "exec", to, "python3", "-c", SERVER, to_ip]).stdout(Stdio::piped()).spawn().expect("start the receiver");
-    let client = Command::new("ip").args(["netns", "exec", from, "python3", "-c", CLIENT, to_ip]).output().expect("run the sender");
+    let server = Command::new("ip")
+        .args(["netns", "exec", to, "python3", "-c", SERVER, to_ip])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the receiver");
+    let client = Command::new("ip")
+        .args(["netns", "exec", from, "python3", "-c", CLIENT, to_ip])
+        .output()
+        .expect("run the sender");
     let received = server.wait_with_output().expect("the receiver's answer");
     client.status.success() && String::from_utf8_lossy(&received.stdout).trim() == "intact"
 }
@@ -101,7 +118,8 @@ fn ovn_programs_the_external_vpcs_and_carries_their_traffic() {
     }
     let ws = Workspace::new("ovn");
     let adapter = Adapter::start(&ws.dir.join("ovn"));
-    let scenario = std::fs::read_to_string(repo_root().join("examples/terraform/scenarios/ovn/main.tf")).expect("the scenario");
+    let scenario =
+        std::fs::read_to_string(repo_root().join("examples/terraform/scenarios/ovn/main.tf")).expect("the scenario");
     std::fs::write(ws.dir.join("main.tf"), scenario).expect("write main.tf");
     ws.init();
     let vars = [
@@ -128,7 +146,11 @@ fn ovn_programs_the_external_vpcs_and_carries_their_traffic() {
     // It was OVN: both chassis registered, every EVM's port bound, and each
     // device a port of br-int on its EPM's Open vSwitch.
     let chassis = adapter.sb(&["--bare", "--columns=name", "list", "Chassis"]);
-    assert_eq!(chassis.split_whitespace().collect::<std::collections::BTreeSet<_>>(), ["epm-0", "epm-1"].into(), "{chassis}");
+    assert_eq!(
+        chassis.split_whitespace().collect::<std::collections::BTreeSet<_>>(),
+        ["epm-0", "epm-1"].into(),
+        "{chassis}"
+    );
     let web = format!("{}.blue.web", ws.name);
     assert_eq!(adapter.evm_ports(&web), (0..4).map(|k| format!("{}/web-{k}", ws.name)).collect::<Vec<_>>());
     let bound = adapter.sb(&["--bare", "--columns=logical_port", "find", "Port_Binding", "type=\"\""]);
@@ -139,7 +161,10 @@ fn ovn_programs_the_external_vpcs_and_carries_their_traffic() {
     // TCP across EPMs: the EVMs compute their own checksums and their MTU
     // leaves room for Geneve's header.
     let (web0, web1) = (format!("merak-{}.vm.web.0", ws.name), format!("merak-{}.vm.web.1", ws.name));
-    assert!(tcp_stream_arrives(&web0, &web1, "10.50.1.3"), "1 MB from web-0 (epm-0) to web-1 (epm-1) did not arrive intact");
+    assert!(
+        tcp_stream_arrives(&web0, &web1, "10.50.1.3"),
+        "1 MB from web-0 (epm-0) to web-1 (epm-1) did not arrive intact"
+    );
     let plan = with_vars(&["plan", "-detailed-exitcode"], 4);
     let plan = ws.terraform(&plan.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(plan.status.code(), Some(0), "the plan after apply is not empty: {}", text(&plan));

@@ -15,7 +15,9 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use merak_acceptance::kubernetes::{self, UnderTest, assert_host_clean, assert_no_topology_namespace, kubectl_ok, provider_block, words};
+use merak_acceptance::kubernetes::{
+    self, UnderTest, assert_host_clean, assert_no_topology_namespace, kubectl_ok, provider_block, words,
+};
 use merak_acceptance::real_cluster::RealCluster;
 use merak_acceptance::{Workspace, binary};
 
@@ -87,7 +89,10 @@ fn node_restarts_under_a_standing_topology(cluster: &RealCluster) {
         // The kubelet reports the node again before pods count as ready.
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let ready = kubectl_ok(cluster, &["get", "pods", "-n", &namespace, "-o", "jsonpath={.items[*].status.containerStatuses[*].ready}"]);
+            let ready = kubectl_ok(
+                cluster,
+                &["get", "pods", "-n", &namespace, "-o", "jsonpath={.items[*].status.containerStatuses[*].ready}"],
+            );
             if !ready.is_empty() && ready.split_whitespace().all(|r| r == "true") {
                 break;
             }
@@ -116,7 +121,9 @@ fn a_killed_providers_lock_is_taken_over_at_once(cluster: &RealCluster) {
     let namespace = format!("merak-{}", ws.name);
     let mut child = ws.spawn_terraform(&["apply", "-auto-approve", "-var", "evms=60"]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !kubectl_ok(cluster, &["get", "configmaps", "-n", &namespace, "-o", "name", "--ignore-not-found"]).contains("configmap/merak-lock") {
+    while !kubectl_ok(cluster, &["get", "configmaps", "-n", &namespace, "-o", "name", "--ignore-not-found"])
+        .contains("configmap/merak-lock")
+    {
         assert!(child.try_wait().ok().flatten().is_none(), "the apply ended before its lock was seen");
         assert!(Instant::now() < deadline, "no lock 60 s into the apply");
         std::thread::sleep(Duration::from_millis(100));
@@ -124,12 +131,17 @@ fn a_killed_providers_lock_is_taken_over_at_once(cluster: &RealCluster) {
     let killed = merak_acceptance::faults::kill_providers(child.id());
     assert!(killed > 0, "no provider process of the apply to kill");
     let _ = child.wait_with_output();
-    let holder = kubectl_ok(cluster, &["get", "configmap", "merak-lock", "-n", &namespace, "-o", "jsonpath={.data.holder}"]);
+    let holder =
+        kubectl_ok(cluster, &["get", "configmap", "merak-lock", "-n", &namespace, "-o", "jsonpath={.data.holder}"]);
     assert!(holder.contains("terraform-provider-merak pid"), "the dead provider's lock is still there: {holder:?}");
 
     let output = ws.terraform(&["apply", "-auto-approve", "-var", "evms=60"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "the next apply takes the lock over: {}", words(&format!("{stdout}{}", String::from_utf8_lossy(&output.stderr))));
+    assert!(
+        output.status.success(),
+        "the next apply takes the lock over: {}",
+        words(&format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)))
+    );
     assert!(pingall_whole(&stdout), "{stdout}");
     let (code, plan) = ws.plan();
     assert!(code == 0 || plan.contains("evm_count"), "{plan}");
@@ -170,11 +182,23 @@ fn main() -> ExitCode {
     };
 
     let scenarios: Vec<(&str, Box<dyn Fn() + '_>)> = vec![
-        ("the_quickstart_runs_repairs_imports_and_goes_away", Box::new(|| kubernetes::quickstart_repairs_imports_and_goes_away(&cluster, IMAGE))),
-        ("agents_under_test_run_as_containers_of_the_epm_pods", Box::new(|| kubernetes::agents_under_test_run_as_containers(&cluster, IMAGE, &name_server))),
-        ("a_pod_that_cannot_run_is_reported_with_its_node_and_reason", Box::new(|| kubernetes::a_pod_that_cannot_run_is_reported(&cluster))),
+        (
+            "the_quickstart_runs_repairs_imports_and_goes_away",
+            Box::new(|| kubernetes::quickstart_repairs_imports_and_goes_away(&cluster, IMAGE)),
+        ),
+        (
+            "agents_under_test_run_as_containers_of_the_epm_pods",
+            Box::new(|| kubernetes::agents_under_test_run_as_containers(&cluster, IMAGE, &name_server)),
+        ),
+        (
+            "a_pod_that_cannot_run_is_reported_with_its_node_and_reason",
+            Box::new(|| kubernetes::a_pod_that_cannot_run_is_reported(&cluster)),
+        ),
         ("node_restarts_under_a_standing_topology", Box::new(|| node_restarts_under_a_standing_topology(&cluster))),
-        ("a_killed_providers_lock_is_taken_over_at_once", Box::new(|| a_killed_providers_lock_is_taken_over_at_once(&cluster))),
+        (
+            "a_killed_providers_lock_is_taken_over_at_once",
+            Box::new(|| a_killed_providers_lock_is_taken_over_at_once(&cluster)),
+        ),
     ];
     let mut failed = Vec::new();
     for (name, scenario) in &scenarios {
@@ -194,6 +218,11 @@ fn main() -> ExitCode {
     let count = scenarios.len();
     drop(scenarios);
     drop(cluster);
-    println!("real cluster: {count} scenarios, {} failed {:?}, {:.0} s with up and down", failed.len(), failed, started.elapsed().as_secs_f64());
+    println!(
+        "real cluster: {count} scenarios, {} failed {:?}, {:.0} s with up and down",
+        failed.len(),
+        failed,
+        started.elapsed().as_secs_f64()
+    );
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -80,7 +80,13 @@ fn lifecycle_apply_refresh_import_scale_repair_destroy() {
     assert!(ws.agents().iter().all(|(pid, _)| *pid == hosts[0].0), "{:?}", ws.agents());
 
     // Drift: a deleted EPM namespace shows in the plan...
-    assert!(std::process::Command::new("ip").args(["netns", "delete", &format!("merak-{}.epm-1", ws.name)]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("ip")
+            .args(["netns", "delete", &format!("merak-{}.epm-1", ws.name)])
+            .status()
+            .unwrap()
+            .success()
+    );
     let (code, plan) = ws.plan();
     assert_eq!(code, 2, "{plan}");
     assert!(plan.contains("ready_epms") && plan.contains("4 -> 5"), "{plan}");
@@ -100,7 +106,8 @@ fn lifecycle_apply_refresh_import_scale_repair_destroy() {
     // Links that exist but carry nothing, as a kill between creating a
     // veth and putting it on its bridge leaves them: an EPM's port on its
     // top-of-rack switch, and a switch's uplink. Both show, and apply wires them.
-    let ip = |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
+    let ip =
+        |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
     // Rack 1 (EPMs 3 and 4) hangs off top-of-rack switch s0-1; EPM 3's port there is e3.
     let tor1 = format!("merak-{}.s0-1", ws.name);
     ip(&["-n", &tor1, "link", "set", "e3", "nomaster"]);
@@ -176,7 +183,11 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
         ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"224.0.0.0/24\"", "Reserved data-plane CIDR"),
         ("data_plane_cidr = \"10.77.0.0/24\"", "data_plane_cidr = \"169.254.0.0/24\"", "Reserved data-plane CIDR"),
         // A million EPMs would take gigabytes to plan.
-        ("racks = 1\n  hosts_per_rack = 1", "racks = 1000\n  hosts_per_rack = 1000\n  hosts = 1000000", "Too many hosts"),
+        (
+            "racks = 1\n  hosts_per_rack = 1",
+            "racks = 1000\n  hosts_per_rack = 1000\n  hosts = 1000000",
+            "Too many hosts",
+        ),
         // A valid name, too long for the agent sockets under this state_dir.
         ("name = \"{name}\"", long_name.as_str(), "Topology does not fit this runtime"),
         // Fat trees: k's rules, and each type's attributes kept to it.
@@ -185,8 +196,16 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
         ("racks = 1\n  hosts_per_rack = 1", "type = \"fat_tree\"\n  k = 4\n  hosts = 17", "Invalid hosts"),
         ("racks = 1\n  hosts_per_rack = 1", "type = \"fat_tree\"\n  k = 4\n  racks = 2", "racks is for a tree"),
         ("racks = 1\n  hosts_per_rack = 1", "racks = 1\n  hosts_per_rack = 1\n  k = 4", "k is for a fat tree"),
-        ("racks = 1\n  hosts_per_rack = 1", "type = \"fat_tree\"\n  k = 4\n  fabric_cidr = \"10.77.0.0/24\"", "fabric_cidr overlaps data_plane_cidr"),
-        ("racks = 1\n  hosts_per_rack = 1", "type = \"fat_tree\"\n  k = 4\n  fabric_cidr = \"100.64.0.0/28\"", "fabric_cidr too small"),
+        (
+            "racks = 1\n  hosts_per_rack = 1",
+            "type = \"fat_tree\"\n  k = 4\n  fabric_cidr = \"10.77.0.0/24\"",
+            "fabric_cidr overlaps data_plane_cidr",
+        ),
+        (
+            "racks = 1\n  hosts_per_rack = 1",
+            "type = \"fat_tree\"\n  k = 4\n  fabric_cidr = \"100.64.0.0/28\"",
+            "fabric_cidr too small",
+        ),
     ];
     for (from, to, summary) in cases {
         let config = topology(1, 1, "").replace(from, to);
@@ -223,7 +242,8 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
     );
     std::fs::write(ws.dir.join("main.tf"), main).unwrap();
     let output = ws.terraform(&["apply", "-auto-approve"]);
-    let stderr = String::from_utf8_lossy(&output.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    let stderr =
+        String::from_utf8_lossy(&output.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("did not start: it exited with status 0") && stderr.contains("/bin/true"), "{stderr}");
     ws.write_config(&topology(1, 1, ""));

@@ -20,7 +20,13 @@ fn config(racks: u32, hosts_per_rack: u32, hosts: Option<u32>) -> String {
 
 /// Renders `dot` text with Graphviz; the SVG.
 fn render(dot: &str) -> String {
-    let mut child = Command::new("dot").arg("-Tsvg").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run dot (Debian's graphviz)");
+    let mut child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dot (Debian's graphviz)");
     child.stdin.take().expect("stdin").write_all(dot.as_bytes()).expect("write to dot");
     let output = child.wait_with_output().expect("dot's answer");
     assert!(output.status.success(), "dot refused the graph: {}\n{dot}", String::from_utf8_lossy(&output.stderr));

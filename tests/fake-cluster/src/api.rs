@@ -77,7 +77,9 @@ fn route(path: &str) -> Result<Route, ApiError> {
     if rest.is_empty() {
         return resources::resource_list(group, version).map(Route::ResourceList).ok_or_else(not_found);
     }
-    let namespaced = rest.len() >= 3 && rest[0] == "namespaces" && resources::find(group, version, rest[2]).is_some_and(|r| r.namespaced);
+    let namespaced = rest.len() >= 3
+        && rest[0] == "namespaces"
+        && resources::find(group, version, rest[2]).is_some_and(|r| r.namespaced);
     let (namespace, tail) = if namespaced { (Some(rest[1].to_string()), &rest[2..]) } else { (None, rest) };
     let resource = resources::find(group, version, tail[0]).ok_or_else(not_found)?;
     if tail.len() > 3 {
@@ -180,7 +182,10 @@ async fn serve(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Result<Res
     let route = route(request.uri().path())?;
     let Route::Objects { resource, namespace, name, sub } = route else {
         return Ok(match route {
-            Route::Version => json_response(StatusCode::OK, &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-merak-fake", "platform": "linux/amd64"})),
+            Route::Version => json_response(
+                StatusCode::OK,
+                &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-merak-fake", "platform": "linux/amd64"}),
+            ),
             Route::CoreVersions => json_response(StatusCode::OK, &resources::core_versions(&cluster.address)),
             Route::Groups => json_response(StatusCode::OK, &resources::group_list()),
             Route::ResourceList(list) => json_response(StatusCode::OK, &list),
@@ -202,16 +207,25 @@ async fn serve(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Result<Res
         return Err(forbidden(verb, resource, namespace.as_deref()));
     }
     if sub.as_deref() == Some("portforward") {
-        let pod = cluster.store.get("pods", namespace.as_deref().unwrap_or_default(), name.as_deref().unwrap_or_default());
+        let pod =
+            cluster.store.get("pods", namespace.as_deref().unwrap_or_default(), name.as_deref().unwrap_or_default());
         let pod = pod.ok_or_else(|| ApiError::not_found("pods", name.as_deref().unwrap_or_default()))?;
         return crate::portforward::upgrade(cluster, request, &pod);
     }
-    let wants_table = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("as=Table"));
-    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let wants_table =
+        request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("as=Table"));
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let body = read_body(request).await?;
     if !body.is_empty() && !content_type.is_empty() && !content_type.contains("json") {
         // Protobuf and CBOR are not spoken here; clients fall back to JSON on 415.
-        return Err(ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})")));
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
+        ));
     }
     let target = Target { resource, namespace: namespace.unwrap_or_default() };
     let ns = target.namespace.as_str();
@@ -219,7 +233,12 @@ async fn serve(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Result<Res
         ("GET", None, None) if query.flag("watch") => watch(cluster, &target, &query),
         ("GET", None, None) => {
             let scope = if resource.namespaced && !ns.is_empty() { Some(ns) } else { None };
-            let (items, revision) = cluster.store.list(&resource.key(), scope, &query.selector("labelSelector")?, &query.selector("fieldSelector")?);
+            let (items, revision) = cluster.store.list(
+                &resource.key(),
+                scope,
+                &query.selector("labelSelector")?,
+                &query.selector("fieldSelector")?,
+            );
             Ok(if wants_table {
                 json_response(StatusCode::OK, &table::table(resource, &items, revision, query.get("includeObject")))
             } else {
@@ -230,7 +249,10 @@ async fn serve(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Result<Res
             let object = target.get(cluster, name)?;
             Ok(if wants_table {
                 let revision = cluster.store.revision();
-                json_response(StatusCode::OK, &table::table(resource, std::slice::from_ref(&object), revision, query.get("includeObject")))
+                json_response(
+                    StatusCode::OK,
+                    &table::table(resource, std::slice::from_ref(&object), revision, query.get("includeObject")),
+                )
             } else {
                 json_response(StatusCode::OK, &object)
             })
@@ -262,8 +284,16 @@ async fn serve(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Result<Res
             Ok(json_response(StatusCode::OK, &updated))
         }
         ("PATCH", Some(name), sub @ (None | Some("status"))) => {
-            if !content_type.starts_with("application/merge-patch+json") && !content_type.starts_with("application/strategic-merge-patch+json") {
-                return Err(ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})")));
+            if !content_type.starts_with("application/merge-patch+json")
+                && !content_type.starts_with("application/strategic-merge-patch+json")
+            {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
+                    ),
+                ));
             }
             let patch = parse_json(&body)?;
             let updated = patch_object(cluster, &target, name, sub.is_some(), &patch)?;
@@ -277,8 +307,14 @@ async fn serve(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Result<Res
         }
         ("DELETE", None, None) => {
             let options = if body.is_empty() { Value::Null } else { parse_json(&body)? };
-            let options = DeleteOptions { preconditions: Value::Null, ..DeleteOptions::from_request(&query, &options)? };
-            let (items, _) = cluster.store.list(&resource.key(), Some(ns), &query.selector("labelSelector")?, &query.selector("fieldSelector")?);
+            let options =
+                DeleteOptions { preconditions: Value::Null, ..DeleteOptions::from_request(&query, &options)? };
+            let (items, _) = cluster.store.list(
+                &resource.key(),
+                Some(ns),
+                &query.selector("labelSelector")?,
+                &query.selector("fieldSelector")?,
+            );
             let mut deleted = Vec::new();
             for item in &items {
                 let name = item["metadata"]["name"].as_str().unwrap_or_default();
@@ -288,7 +324,11 @@ async fn serve(cluster: &Arc<Cluster>, request: Request<Incoming>) -> Result<Res
             }
             Ok(json_response(StatusCode::OK, &list_of(resource, deleted, cluster.store.revision())))
         }
-        _ => Err(ApiError::new(405, "MethodNotAllowed", format!("the server does not allow this method on the requested resource ({method})"))),
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )),
     }
 }
 
@@ -300,19 +340,27 @@ fn forbidden(verb: &str, resource: &Resource, namespace: Option<&str>) -> ApiErr
     ApiError::new(
         403,
         "Forbidden",
-        format!("{} is forbidden: User \"merak-fake-admin\" cannot {verb} resource \"{}\" in API group \"{}\"{scope}", resource.key(), resource.plural, resource.group),
+        format!(
+            "{} is forbidden: User \"merak-fake-admin\" cannot {verb} resource \"{}\" in API group \"{}\"{scope}",
+            resource.key(),
+            resource.plural,
+            resource.group
+        ),
     )
 }
 
 async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
     match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(_) => Err(ApiError::new(413, "RequestEntityTooLarge", "the request body is too large (the limit is 3 MiB)")),
+        Err(_) => {
+            Err(ApiError::new(413, "RequestEntityTooLarge", "the request body is too large (the limit is 3 MiB)"))
+        }
     }
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body of the request is not JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body of the request is not JSON: {e}")))?;
     if !value.is_object() {
         return Err(ApiError::bad_request("the body of the request must be a JSON object"));
     }
@@ -343,7 +391,10 @@ pub struct Target {
 
 impl Target {
     fn get(&self, cluster: &Cluster, name: &str) -> Result<Value, ApiError> {
-        cluster.store.get(&self.resource.key(), &self.namespace, name).ok_or_else(|| ApiError::not_found(&self.resource.key(), name))
+        cluster
+            .store
+            .get(&self.resource.key(), &self.namespace, name)
+            .ok_or_else(|| ApiError::not_found(&self.resource.key(), name))
     }
 }
 
@@ -360,7 +411,12 @@ fn invalid(kind: &str, name: &str, field: &str, detail: &str) -> ApiError {
 }
 
 fn data_size(object: &Value) -> usize {
-    ["data", "binaryData", "stringData"].iter().filter_map(|f| object[f].as_object()).flat_map(|m| m.iter()).map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum()
+    ["data", "binaryData", "stringData"]
+        .iter()
+        .filter_map(|f| object[f].as_object())
+        .flat_map(|m| m.iter())
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum()
 }
 
 /// Admission for a create: the metadata the server owns, and the defaults
@@ -377,28 +433,46 @@ pub fn create(cluster: &Cluster, target: &Target, mut object: Value) -> Result<V
     if !object["metadata"].is_object() {
         object["metadata"] = json!({});
     }
-    let generated = object["metadata"]["name"].as_str().is_none_or(str::is_empty) && object["metadata"]["generateName"].as_str().is_some_and(|p| !p.is_empty());
+    let generated = object["metadata"]["name"].as_str().is_none_or(str::is_empty)
+        && object["metadata"]["generateName"].as_str().is_some_and(|p| !p.is_empty());
     if generated {
-        object["metadata"]["name"] = json!(generate_name(object["metadata"]["generateName"].as_str().unwrap_or_default()));
+        object["metadata"]["name"] =
+            json!(generate_name(object["metadata"]["generateName"].as_str().unwrap_or_default()));
     }
     let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
     if name.is_empty() {
         return Err(invalid(resource.kind, "", "metadata.name", "Required value: name or generateName is required"));
     }
     if !is_dns_subdomain(&name) {
-        return Err(invalid(resource.kind, &name, "metadata.name", &format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")));
+        return Err(invalid(
+            resource.kind,
+            &name,
+            "metadata.name",
+            &format!(
+                "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+            ),
+        ));
     }
     if resource.namespaced {
         let ns = target.namespace.as_str();
         match object["metadata"]["namespace"].as_str() {
             Some(given) if !given.is_empty() && given != ns => {
-                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             _ => object["metadata"]["namespace"] = json!(ns),
         }
         let namespace = cluster.store.get("namespaces", "", ns).ok_or_else(|| ApiError::not_found("namespaces", ns))?;
         if !namespace["metadata"]["deletionTimestamp"].is_null() {
-            return Err(ApiError::new(403, "Forbidden", format!("{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", resource.key())));
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    resource.key()
+                ),
+            ));
         }
     } else if let Value::Object(metadata) = &mut object["metadata"] {
         metadata.remove("namespace");
@@ -429,7 +503,8 @@ pub fn create(cluster: &Cluster, target: &Target, mut object: Value) -> Result<V
             if let Some(strings) = object["stringData"].as_object().cloned() {
                 use base64::Engine;
                 for (key, value) in strings {
-                    object["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(value.as_str().unwrap_or_default()));
+                    object["data"][key] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(value.as_str().unwrap_or_default()));
                 }
                 if let Value::Object(fields) = &mut object {
                     fields.remove("stringData");
@@ -447,7 +522,8 @@ pub fn create(cluster: &Cluster, target: &Target, mut object: Value) -> Result<V
     for _ in 0..7 {
         match &created {
             Err(e) if generated && e.code == 409 => {
-                object["metadata"]["name"] = json!(generate_name(object["metadata"]["generateName"].as_str().unwrap_or_default()));
+                object["metadata"]["name"] =
+                    json!(generate_name(object["metadata"]["generateName"].as_str().unwrap_or_default()));
                 created = cluster.store.create(&key, &target.namespace, &key, object.clone());
             }
             _ => break,
@@ -467,7 +543,9 @@ fn generate_name(prefix: &str) -> String {
 fn default_pod(pod: &mut Value, name: &str) -> Result<(), ApiError> {
     default_pod_spec(&mut pod["spec"], "Pod", name, "spec")?;
     let spec = &mut pod["spec"];
-    for (field, value) in [("serviceAccountName", json!("default")), ("enableServiceLinks", json!(true)), ("priority", json!(0))] {
+    for (field, value) in
+        [("serviceAccountName", json!("default")), ("enableServiceLinks", json!(true)), ("priority", json!(0))]
+    {
         if spec[field].is_null() {
             spec[field] = value;
         }
@@ -479,7 +557,10 @@ fn default_pod(pod: &mut Value, name: &str) -> Result<(), ApiError> {
 /// The defaults of a pod spec, in a pod or a pod template (the service
 /// account, service links and priority are the pod's, from admission).
 fn default_pod_spec(spec: &mut Value, kind: &str, name: &str, path: &str) -> Result<(), ApiError> {
-    let containers = spec["containers"].as_array_mut().filter(|c| !c.is_empty()).ok_or_else(|| invalid(kind, name, &format!("{path}.containers"), "Required value"))?;
+    let containers = spec["containers"]
+        .as_array_mut()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| invalid(kind, name, &format!("{path}.containers"), "Required value"))?;
     for (index, container) in containers.iter_mut().enumerate() {
         let image = container["image"].as_str().unwrap_or_default().to_string();
         if image.is_empty() {
@@ -520,8 +601,19 @@ fn default_workload(resource: &Resource, object: &mut Value, name: &str) -> Resu
     }
     match spec["replicas"].as_i64() {
         Some(n) if n >= 0 && n <= i64::from(i32::MAX) => {}
-        Some(n) => return Err(invalid(kind, name, "spec.replicas", &format!("Invalid value: {n}: must be greater than or equal to 0"))),
-        None => return Err(ApiError::bad_request(format!("{kind} in version \"v1\" cannot be handled as a {kind}: spec.replicas: expected an integer"))),
+        Some(n) => {
+            return Err(invalid(
+                kind,
+                name,
+                "spec.replicas",
+                &format!("Invalid value: {n}: must be greater than or equal to 0"),
+            ));
+        }
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "{kind} in version \"v1\" cannot be handled as a {kind}: spec.replicas: expected an integer"
+            )));
+        }
     }
     if kind == "Deployment" {
         if spec["strategy"]["type"].is_null() {
@@ -537,12 +629,22 @@ fn default_workload(resource: &Resource, object: &mut Value, name: &str) -> Resu
             }
             Some("Recreate") => {
                 if !spec["strategy"]["rollingUpdate"].is_null() {
-                    return Err(invalid(kind, name, "spec.strategy.rollingUpdate", "Forbidden: may not be specified when strategy `type` is 'Recreate'"));
+                    return Err(invalid(
+                        kind,
+                        name,
+                        "spec.strategy.rollingUpdate",
+                        "Forbidden: may not be specified when strategy `type` is 'Recreate'",
+                    ));
                 }
             }
             other => {
                 let other = other.map_or_else(|| spec["strategy"]["type"].to_string(), str::to_string);
-                return Err(invalid(kind, name, "spec.strategy.type", &format!("Unsupported value: \"{other}\": supported values: \"Recreate\", \"RollingUpdate\"")));
+                return Err(invalid(
+                    kind,
+                    name,
+                    "spec.strategy.type",
+                    &format!("Unsupported value: \"{other}\": supported values: \"Recreate\", \"RollingUpdate\""),
+                ));
             }
         }
         if spec["revisionHistoryLimit"].is_null() {
@@ -555,14 +657,26 @@ fn default_workload(resource: &Resource, object: &mut Value, name: &str) -> Resu
     if spec["selector"].is_null() {
         return Err(invalid(kind, name, "spec.selector", "Required value"));
     }
-    let selector = crate::select::label_selector_string(&spec["selector"]).map_err(|e| invalid(kind, name, "spec.selector", &e))?;
+    let selector = crate::select::label_selector_string(&spec["selector"])
+        .map_err(|e| invalid(kind, name, "spec.selector", &e))?;
     if selector.is_empty() {
-        return Err(invalid(kind, name, "spec.selector", &format!("Invalid value: {}: empty selector is invalid for {}", spec["selector"], kind.to_lowercase())));
+        return Err(invalid(
+            kind,
+            name,
+            "spec.selector",
+            &format!("Invalid value: {}: empty selector is invalid for {}", spec["selector"], kind.to_lowercase()),
+        ));
     }
     let labels = &spec["template"]["metadata"]["labels"];
-    let matches = crate::select::from_label_selector(&spec["selector"]).is_some_and(|s| s.matches_labels(&spec["template"]));
+    let matches =
+        crate::select::from_label_selector(&spec["selector"]).is_some_and(|s| s.matches_labels(&spec["template"]));
     if !matches {
-        return Err(invalid(kind, name, "spec.template.metadata.labels", &format!("Invalid value: {labels}: `selector` does not match template `labels`")));
+        return Err(invalid(
+            kind,
+            name,
+            "spec.template.metadata.labels",
+            &format!("Invalid value: {labels}: `selector` does not match template `labels`"),
+        ));
     }
     default_pod_spec(&mut spec["template"]["spec"], kind, name, "spec.template.spec")?;
     let template = &mut spec["template"]["spec"];
@@ -570,7 +684,12 @@ fn default_workload(resource: &Resource, object: &mut Value, name: &str) -> Resu
         template["securityContext"] = json!({});
     }
     if let Some(policy) = template["restartPolicy"].as_str().filter(|p| *p != "Always") {
-        return Err(invalid(kind, name, "spec.template.spec.restartPolicy", &format!("Unsupported value: \"{policy}\": supported values: \"Always\"")));
+        return Err(invalid(
+            kind,
+            name,
+            "spec.template.spec.restartPolicy",
+            &format!("Unsupported value: \"{policy}\": supported values: \"Always\""),
+        ));
     }
     Ok(())
 }
@@ -583,7 +702,12 @@ fn admit_update(resource: &Resource, name: &str, old: &Value, new: &mut Value) -
         return Ok(());
     }
     if new["spec"]["selector"] != old["spec"]["selector"] {
-        return Err(invalid(resource.kind, name, "spec.selector", &format!("Invalid value: {}: field is immutable", new["spec"]["selector"])));
+        return Err(invalid(
+            resource.kind,
+            name,
+            "spec.selector",
+            &format!("Invalid value: {}: field is immutable", new["spec"]["selector"]),
+        ));
     }
     default_workload(resource, new, name)?;
     let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
@@ -605,7 +729,12 @@ fn keep_metadata(object: &mut Value, old: &Value, field: &str) {
 }
 
 /// An object being deleted goes once its last finalizer is removed.
-fn remove_if_finalized(cluster: &Cluster, resource: &Resource, namespace: &str, object: Value) -> Result<Value, ApiError> {
+fn remove_if_finalized(
+    cluster: &Cluster,
+    resource: &Resource,
+    namespace: &str,
+    object: Value,
+) -> Result<Value, ApiError> {
     let deleting = !object["metadata"]["deletionTimestamp"].is_null();
     let finalized = object["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
     if deleting && finalized && !matches!(resource.plural, "pods" | "namespaces") {
@@ -640,7 +769,14 @@ fn scale(cluster: &Cluster, target: &Target, name: &str, patch: bool, given: &Va
         } else {
             given["spec"]["replicas"].clone()
         };
-        let replicas = replicas.as_i64().filter(|n| *n >= 0).ok_or_else(|| invalid("Scale", name, "spec.replicas", &format!("Invalid value: {replicas}: must be greater than or equal to 0")))?;
+        let replicas = replicas.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
+            invalid(
+                "Scale",
+                name,
+                "spec.replicas",
+                &format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+            )
+        })?;
         let old = current.clone();
         current["spec"]["replicas"] = json!(replicas);
         admit_update(resource, name, &old, current)
@@ -654,13 +790,22 @@ fn check_revision(resource: &Resource, name: &str, given: &Value, current: &Valu
         return Err(ApiError::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", resource.key()),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                resource.key()
+            ),
         ));
     }
     Ok(())
 }
 
-fn replace(cluster: &Cluster, target: &Target, name: &str, status_only: bool, object: Value) -> Result<Value, ApiError> {
+fn replace(
+    cluster: &Cluster,
+    target: &Target,
+    name: &str,
+    status_only: bool,
+    object: Value,
+) -> Result<Value, ApiError> {
     let resource = target.resource;
     if object["metadata"]["name"].as_str().is_some_and(|n| n != name) {
         return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
@@ -701,7 +846,13 @@ fn check_data_size(resource: &Resource, name: &str, object: &Value) -> Result<()
     Ok(())
 }
 
-fn patch_object(cluster: &Cluster, target: &Target, name: &str, status_only: bool, patch: &Value) -> Result<Value, ApiError> {
+fn patch_object(
+    cluster: &Cluster,
+    target: &Target,
+    name: &str,
+    status_only: bool,
+    patch: &Value,
+) -> Result<Value, ApiError> {
     let resource = target.resource;
     let updated = cluster.store.update(&resource.key(), &target.namespace, name, &resource.key(), |current| {
         check_revision(resource, name, patch, current)?;
@@ -728,10 +879,13 @@ fn watch(cluster: &Arc<Cluster>, target: &Target, query: &Query) -> Result<Respo
     let labels = query.selector("labelSelector")?;
     let fields = query.selector("fieldSelector")?;
     let key = target.resource.key();
-    let namespace = if target.resource.namespaced && !target.namespace.is_empty() { Some(target.namespace.clone()) } else { None };
+    let namespace =
+        if target.resource.namespaced && !target.namespace.is_empty() { Some(target.namespace.clone()) } else { None };
     let from = match query.get("resourceVersion") {
         None | Some("") | Some("0") => None,
-        Some(text) => Some(text.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {text:?}")))?),
+        Some(text) => {
+            Some(text.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version {text:?}")))?)
+        }
     };
     let subscription = cluster.store.subscribe(from)?;
     let mut first: Vec<Value> = Vec::new();
@@ -741,7 +895,12 @@ fn watch(cluster: &Arc<Cluster>, target: &Target, query: &Query) -> Result<Respo
         first.extend(items.into_iter().map(|object| json!({"type": "ADDED", "object": object})));
         last_sent = revision;
     }
-    let matches = move |resource: &str, ns: &str, object: &Value| resource == key && namespace.as_deref().is_none_or(|n| n == ns) && labels.matches_labels(object) && fields.matches_fields(object);
+    let matches = move |resource: &str, ns: &str, object: &Value| {
+        resource == key
+            && namespace.as_deref().is_none_or(|n| n == ns)
+            && labels.matches_labels(object)
+            && fields.matches_fields(object)
+    };
     let matches = Arc::new(matches);
     for event in &subscription.replay {
         if event.revision > last_sent && matches(&event.resource, &event.namespace, &event.object) {
@@ -808,15 +967,37 @@ pub struct DeleteOptions {
 
 impl DeleteOptions {
     fn from_request(query: &Query, body: &Value) -> Result<DeleteOptions, ApiError> {
-        let grace = query.get("gracePeriodSeconds").and_then(|g| g.parse::<u64>().ok()).or_else(|| body["gracePeriodSeconds"].as_u64());
-        let policy = query.get("propagationPolicy").map(str::to_string).or_else(|| body["propagationPolicy"].as_str().map(str::to_string));
+        let grace = query
+            .get("gracePeriodSeconds")
+            .and_then(|g| g.parse::<u64>().ok())
+            .or_else(|| body["gracePeriodSeconds"].as_u64());
+        let policy = query
+            .get("propagationPolicy")
+            .map(str::to_string)
+            .or_else(|| body["propagationPolicy"].as_str().map(str::to_string));
         let orphan = query.get("orphanDependents").map(|o| o == "true").or_else(|| body["orphanDependents"].as_bool());
         let propagation = match (policy.as_deref(), orphan) {
-            (Some(_), Some(_)) => return Err(invalid("DeleteOptions", "", "propagationPolicy", "Invalid value: \"orphanDependents\": orphanDependents and propagationPolicy cannot both be set")),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "DeleteOptions",
+                    "",
+                    "propagationPolicy",
+                    "Invalid value: \"orphanDependents\": orphanDependents and propagationPolicy cannot both be set",
+                ));
+            }
             (Some("Background"), None) | (None, Some(false)) | (None, None) => Propagation::Background,
             (Some("Foreground"), None) => Propagation::Foreground,
             (Some("Orphan"), None) | (None, Some(true)) => Propagation::Orphan,
-            (Some(other), None) => return Err(invalid("DeleteOptions", "", "propagationPolicy", &format!("Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""))),
+            (Some(other), None) => {
+                return Err(invalid(
+                    "DeleteOptions",
+                    "",
+                    "propagationPolicy",
+                    &format!(
+                        "Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                    ),
+                ));
+            }
         };
         Ok(DeleteOptions { grace, propagation, preconditions: body["preconditions"].clone() })
     }
@@ -825,7 +1006,13 @@ impl DeleteOptions {
 impl Cluster {
     /// Deletes with the defaults (background propagation, the object's own
     /// grace period).
-    pub fn delete(&self, resource: &Resource, namespace: &str, name: &str, grace: Option<u64>) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        grace: Option<u64>,
+    ) -> Result<Value, ApiError> {
         self.delete_with(resource, namespace, name, &DeleteOptions { grace, ..DeleteOptions::default() })
     }
 
@@ -835,16 +1022,31 @@ impl Cluster {
     /// Foreground and Orphan propagation among them) gets a deletionTimestamp
     /// and goes when the last is removed; everything else goes at once (its
     /// dependents after it, by the garbage collector).
-    pub fn delete_with(&self, resource: &Resource, namespace: &str, name: &str, options: &DeleteOptions) -> Result<Value, ApiError> {
+    pub fn delete_with(
+        &self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         let key = resource.key();
         let current = self.store.get(&key, namespace, name).ok_or_else(|| ApiError::not_found(&key, name))?;
         let conflict = |what: &str, given: &str, actual: &Value| {
-            ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {key} \"{name}\": Precondition failed: {what} in precondition: {given}, {what} in object meta: {}", actual.as_str().unwrap_or_default()))
+            ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {key} \"{name}\": Precondition failed: {what} in precondition: {given}, {what} in object meta: {}",
+                    actual.as_str().unwrap_or_default()
+                ),
+            )
         };
         if let Some(uid) = options.preconditions["uid"].as_str().filter(|u| *u != current["metadata"]["uid"]) {
             return Err(conflict("UID", uid, &current["metadata"]["uid"]));
         }
-        if let Some(version) = options.preconditions["resourceVersion"].as_str().filter(|v| *v != current["metadata"]["resourceVersion"]) {
+        if let Some(version) =
+            options.preconditions["resourceVersion"].as_str().filter(|v| *v != current["metadata"]["resourceVersion"])
+        {
             return Err(conflict("ResourceVersion", version, &current["metadata"]["resourceVersion"]));
         }
         let graceful = match resource.plural {
@@ -879,7 +1081,9 @@ impl Cluster {
             if !resource.group.is_empty() {
                 details["group"] = json!(resource.group);
             }
-            return Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}));
+            return Ok(
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+            );
         }
         self.store.update(&key, namespace, name, &key, |object| {
             if object["metadata"]["deletionTimestamp"].is_null() {
@@ -899,7 +1103,13 @@ impl Cluster {
 
     /// Takes `finalizer` off an object being deleted, and removes the
     /// object when it was the last (what a controller's update does).
-    pub fn remove_finalizer(&self, resource: &Resource, namespace: &str, name: &str, finalizer: &str) -> Result<(), ApiError> {
+    pub fn remove_finalizer(
+        &self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        finalizer: &str,
+    ) -> Result<(), ApiError> {
         let key = resource.key();
         let updated = self.store.update(&key, namespace, name, &key, |object| {
             if let Some(finalizers) = object["metadata"]["finalizers"].as_array_mut() {
@@ -929,7 +1139,11 @@ impl Cluster {
         review["kind"] = json!("SelfSubjectAccessReview");
         review["apiVersion"] = json!("authorization.k8s.io/v1");
         review["metadata"]["creationTimestamp"] = Value::Null;
-        review["status"] = if allowed { json!({"allowed": true, "reason": "the fake cluster allows it"}) } else { json!({"allowed": false, "denied": true, "reason": "denied by the fake cluster's --deny"}) };
+        review["status"] = if allowed {
+            json!({"allowed": true, "reason": "the fake cluster allows it"})
+        } else {
+            json!({"allowed": false, "denied": true, "reason": "denied by the fake cluster's --deny"})
+        };
         review
     }
 
@@ -968,15 +1182,32 @@ mod tests {
 
     #[test]
     fn paths_route_to_resources_and_namespaces() {
-        let Route::Objects { resource, namespace, name, sub } = route("/api/v1/namespaces/a/pods/b/status").unwrap() else { panic!("not an object route") };
-        assert_eq!((resource.plural, namespace.as_deref(), name.as_deref(), sub.as_deref()), ("pods", Some("a"), Some("b"), Some("status")));
-        let Route::Objects { resource, namespace, name, .. } = route("/api/v1/namespaces/a").unwrap() else { panic!("not an object route") };
+        let Route::Objects { resource, namespace, name, sub } = route("/api/v1/namespaces/a/pods/b/status").unwrap()
+        else {
+            panic!("not an object route")
+        };
+        assert_eq!(
+            (resource.plural, namespace.as_deref(), name.as_deref(), sub.as_deref()),
+            ("pods", Some("a"), Some("b"), Some("status"))
+        );
+        let Route::Objects { resource, namespace, name, .. } = route("/api/v1/namespaces/a").unwrap() else {
+            panic!("not an object route")
+        };
         assert_eq!((resource.plural, namespace, name.as_deref()), ("namespaces", None, Some("a")));
-        let Route::Objects { resource, namespace, .. } = route("/api/v1/pods").unwrap() else { panic!("not an object route") };
+        let Route::Objects { resource, namespace, .. } = route("/api/v1/pods").unwrap() else {
+            panic!("not an object route")
+        };
         assert_eq!((resource.plural, namespace), ("pods", None));
         assert_eq!(route("/api/v1/namespaces/a/pods/b/exec").unwrap_err().code, 404);
-        let Route::Objects { resource, namespace, name, sub } = route("/apis/apps/v1/namespaces/a/deployments/gw/scale").unwrap() else { panic!("not an object route") };
-        assert_eq!((resource.key(), namespace.as_deref(), name.as_deref(), sub.as_deref()), ("deployments.apps".to_string(), Some("a"), Some("gw"), Some("scale")));
+        let Route::Objects { resource, namespace, name, sub } =
+            route("/apis/apps/v1/namespaces/a/deployments/gw/scale").unwrap()
+        else {
+            panic!("not an object route")
+        };
+        assert_eq!(
+            (resource.key(), namespace.as_deref(), name.as_deref(), sub.as_deref()),
+            ("deployments.apps".to_string(), Some("a"), Some("gw"), Some("scale"))
+        );
         assert_eq!(route("/apis/apps/v1/namespaces/a/deployments/gw/log").unwrap_err().code, 404);
         assert_eq!(route("/apis/apps/v1/statefulsets").unwrap_err().code, 404);
         assert!(matches!(route("/apis/authorization.k8s.io/v1").unwrap(), Route::ResourceList(_)));

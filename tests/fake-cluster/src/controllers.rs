@@ -42,7 +42,14 @@ pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
 const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 /// Deployment annotations a ReplicaSet does not copy.
-const NOT_COPIED: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration", REVISION, "deployment.kubernetes.io/revision-history", DESIRED_REPLICAS, MAX_REPLICAS, "deprecated.deployment.rollback.to"];
+const NOT_COPIED: &[&str] = &[
+    "kubectl.kubernetes.io/last-applied-configuration",
+    REVISION,
+    "deployment.kubernetes.io/revision-history",
+    DESIRED_REPLICAS,
+    MAX_REPLICAS,
+    "deprecated.deployment.rollback.to",
+];
 /// How often every Deployment and ReplicaSet is synced besides their
 /// changes (minReadySeconds passing, progress deadlines).
 const RESYNC: Duration = Duration::from_secs(1);
@@ -179,7 +186,8 @@ fn scaled_value(value: &Value, total: i64, round_up: bool) -> i64 {
     if let Some(n) = value.as_i64() {
         return n.max(0);
     }
-    let percent = value.as_str().and_then(|t| t.strip_suffix('%')).and_then(|p| p.parse::<i64>().ok()).unwrap_or(0).max(0);
+    let percent =
+        value.as_str().and_then(|t| t.strip_suffix('%')).and_then(|p| p.parse::<i64>().ok()).unwrap_or(0).max(0);
     if round_up { (percent * total + 99) / 100 } else { percent * total / 100 }
 }
 
@@ -214,7 +222,10 @@ pub fn replica_set_for(deployment: &Value, hash: &str, revision: i64, replicas: 
     }
     annotations.insert(REVISION.into(), json!(revision.to_string()));
     annotations.insert(DESIRED_REPLICAS.into(), json!(replicas_of(deployment).to_string()));
-    annotations.insert(MAX_REPLICAS.into(), json!((replicas_of(deployment) + surge_and_unavailable(deployment).0).to_string()));
+    annotations.insert(
+        MAX_REPLICAS.into(),
+        json!((replicas_of(deployment) + surge_and_unavailable(deployment).0).to_string()),
+    );
     let mut replica_set = json!({
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",
@@ -263,7 +274,9 @@ fn is_available(pod: &Value, min_ready: u64) -> bool {
     match ready_condition(pod) {
         None => false,
         Some(_) if min_ready == 0 => true,
-        Some(condition) => condition["lastTransitionTime"].as_str().and_then(age_seconds).is_some_and(|age| age >= min_ready),
+        Some(condition) => {
+            condition["lastTransitionTime"].as_str().and_then(age_seconds).is_some_and(|age| age >= min_ready)
+        }
     }
 }
 
@@ -272,8 +285,10 @@ fn is_available(pod: &Value, min_ready: u64) -> bool {
 pub fn replica_set_status(replica_set: &Value, owned: &[Value], failure: Option<&str>) -> Value {
     let min_ready = replica_set["spec"]["minReadySeconds"].as_u64().unwrap_or(0);
     let active: Vec<&Value> = owned.iter().filter(|p| is_active(p)).collect();
-    let template_labels = replica_set["spec"]["template"]["metadata"]["labels"].as_object().cloned().unwrap_or_default();
-    let fully_labeled = active.iter().filter(|p| template_labels.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v)).count();
+    let template_labels =
+        replica_set["spec"]["template"]["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    let fully_labeled =
+        active.iter().filter(|p| template_labels.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v)).count();
     let ready = active.iter().filter(|p| ready_condition(p).is_some()).count();
     let available = active.iter().filter(|p| is_available(p, min_ready)).count();
     let mut status = json!({"replicas": active.len()});
@@ -284,8 +299,11 @@ pub fn replica_set_status(replica_set: &Value, owned: &[Value], failure: Option<
         status["observedGeneration"] = json!(generation);
     }
     if let Some(message) = failure {
-        let current = replica_set["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "ReplicaFailure").cloned());
-        let since = current.and_then(|c| c["lastTransitionTime"].as_str().map(str::to_string)).unwrap_or_else(meta::now);
+        let current = replica_set["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "ReplicaFailure").cloned());
+        let since =
+            current.and_then(|c| c["lastTransitionTime"].as_str().map(str::to_string)).unwrap_or_else(meta::now);
         status["conditions"] = json!([{"type": "ReplicaFailure", "status": "True", "lastTransitionTime": since, "reason": "FailedCreate", "message": message}]);
     }
     status
@@ -300,7 +318,11 @@ fn set_condition(conditions: &mut Vec<Value>, kind: &str, status: &str, reason: 
     if current.is_some_and(|c| c["status"] == status && c["reason"] == reason) {
         return;
     }
-    let since = current.filter(|c| c["status"] == status).and_then(|c| c["lastTransitionTime"].as_str()).unwrap_or(now).to_string();
+    let since = current
+        .filter(|c| c["status"] == status)
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .unwrap_or(now)
+        .to_string();
     conditions.retain(|c| c["type"] != kind);
     conditions.push(json!({"type": kind, "status": status, "lastUpdateTime": now, "lastTransitionTime": since, "reason": reason, "message": message}));
 }
@@ -318,17 +340,35 @@ pub enum NewReplicaSet {
 /// Deployment's ReplicaSets, Available, and Progressing as the rollout goes
 /// (NewReplicaSetCreated, FoundNewReplicaSet, ReplicaSetUpdated,
 /// NewReplicaSetAvailable, ProgressDeadlineExceeded, DeploymentPaused).
-pub fn deployment_status(deployment: &Value, new_rs: Option<&Value>, all: &[Value], how: NewReplicaSet, now: &str) -> Value {
+pub fn deployment_status(
+    deployment: &Value,
+    new_rs: Option<&Value>,
+    all: &[Value],
+    how: NewReplicaSet,
+    now: &str,
+) -> Value {
     let old = &deployment["status"];
     let spec = &deployment["spec"];
     let desired = replicas_of(deployment);
     let mut conditions: Vec<Value> = old["conditions"].as_array().cloned().unwrap_or_default();
     let new_name = new_rs.map(name_of).unwrap_or_default();
     match how {
-        NewReplicaSet::Created => set_condition(&mut conditions, "Progressing", "True", "NewReplicaSetCreated", &format!("Created new replica set \"{new_name}\""), now),
-        NewReplicaSet::Found if !conditions.iter().any(|c| c["type"] == "Progressing") => {
-            set_condition(&mut conditions, "Progressing", "True", "FoundNewReplicaSet", &format!("Found new replica set \"{new_name}\""), now)
-        }
+        NewReplicaSet::Created => set_condition(
+            &mut conditions,
+            "Progressing",
+            "True",
+            "NewReplicaSetCreated",
+            &format!("Created new replica set \"{new_name}\""),
+            now,
+        ),
+        NewReplicaSet::Found if !conditions.iter().any(|c| c["type"] == "Progressing") => set_condition(
+            &mut conditions,
+            "Progressing",
+            "True",
+            "FoundNewReplicaSet",
+            &format!("Found new replica set \"{new_name}\""),
+            now,
+        ),
         _ => {}
     }
     let sum = |field: &str| all.iter().map(|rs| count(&rs["status"], field)).sum::<i64>();
@@ -349,9 +389,23 @@ pub fn deployment_status(deployment: &Value, new_rs: Option<&Value>, all: &[Valu
         status["collisionCount"] = old["collisionCount"].clone();
     }
     if available >= desired - surge_and_unavailable(deployment).1 {
-        set_condition(&mut conditions, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.", now);
+        set_condition(
+            &mut conditions,
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+            now,
+        );
     } else {
-        set_condition(&mut conditions, "Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.", now);
+        set_condition(
+            &mut conditions,
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+            now,
+        );
     }
     let progressing = conditions.iter().find(|c| c["type"] == "Progressing").cloned();
     let reason = progressing.as_ref().and_then(|c| c["reason"].as_str()).unwrap_or_default().to_string();
@@ -363,8 +417,14 @@ pub fn deployment_status(deployment: &Value, new_rs: Option<&Value>, all: &[Valu
     }
     let deadline = spec["progressDeadlineSeconds"].as_u64();
     let complete_before = replicas == updated && reason == "NewReplicaSetAvailable";
-    if !paused && !deleting(deployment) && how != NewReplicaSet::Absent && !complete_before && let Some(deadline) = deadline {
-        let observed = status["observedGeneration"].as_i64().unwrap_or(0) >= deployment["metadata"]["generation"].as_i64().unwrap_or(0);
+    if !paused
+        && !deleting(deployment)
+        && how != NewReplicaSet::Absent
+        && !complete_before
+        && let Some(deadline) = deadline
+    {
+        let observed = status["observedGeneration"].as_i64().unwrap_or(0)
+            >= deployment["metadata"]["generation"].as_i64().unwrap_or(0);
         let complete = updated == desired && replicas == desired && available == desired && observed;
         let moved = updated > count(old, "updatedReplicas")
             || (replicas - updated) < (count(old, "replicas") - count(old, "updatedReplicas"))
@@ -378,14 +438,33 @@ pub fn deployment_status(deployment: &Value, new_rs: Option<&Value>, all: &[Valu
             Some(c) => c["lastUpdateTime"].as_str().and_then(age_seconds).is_some_and(|age| age > deadline),
         };
         if complete {
-            set_condition(&mut conditions, "Progressing", "True", "NewReplicaSetAvailable", &format!("ReplicaSet \"{new_name}\" has successfully progressed."), now);
+            set_condition(
+                &mut conditions,
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                &format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+                now,
+            );
         } else if moved {
             // Progress refreshes lastUpdateTime even with the same reason.
-            let since = current.as_ref().filter(|c| c["status"] == "True").and_then(|c| c["lastTransitionTime"].as_str()).unwrap_or(now).to_string();
+            let since = current
+                .as_ref()
+                .filter(|c| c["status"] == "True")
+                .and_then(|c| c["lastTransitionTime"].as_str())
+                .unwrap_or(now)
+                .to_string();
             conditions.retain(|c| c["type"] != "Progressing");
             conditions.push(json!({"type": "Progressing", "status": "True", "lastUpdateTime": now, "lastTransitionTime": since, "reason": "ReplicaSetUpdated", "message": format!("ReplicaSet \"{new_name}\" is progressing.")}));
         } else if timed_out() {
-            set_condition(&mut conditions, "Progressing", "False", "ProgressDeadlineExceeded", &format!("ReplicaSet \"{new_name}\" has timed out progressing."), now);
+            set_condition(
+                &mut conditions,
+                "Progressing",
+                "False",
+                "ProgressDeadlineExceeded",
+                &format!("ReplicaSet \"{new_name}\" has timed out progressing."),
+                now,
+            );
         }
     }
     if !conditions.is_empty() {
@@ -527,11 +606,14 @@ impl Manager {
             let key = served.key();
             for (namespace, object) in self.cluster.store.all(&key) {
                 let reference = ObjectRef { resource: key.clone(), namespace, name: name_of(&object) };
-                let owners: Vec<String> = owner_references(&object).iter().filter_map(|r| r["uid"].as_str().map(str::to_string)).collect();
+                let owners: Vec<String> =
+                    owner_references(&object).iter().filter_map(|r| r["uid"].as_str().map(str::to_string)).collect();
                 if !owners.is_empty() {
                     self.queue.insert(Work::Collect(reference.clone()));
                 }
-                if deleting(&object) && (has_finalizer(&object, "foregroundDeletion") || has_finalizer(&object, "orphan")) {
+                if deleting(&object)
+                    && (has_finalizer(&object, "foregroundDeletion") || has_finalizer(&object, "orphan"))
+                {
                     self.queue.insert(Work::Finalize(reference.clone()));
                 }
                 self.graph.set(&reference, owners);
@@ -566,7 +648,8 @@ impl Manager {
 
     fn observe(&mut self, event: &Event) {
         let object = &event.object;
-        let reference = ObjectRef { resource: event.resource.clone(), namespace: event.namespace.clone(), name: name_of(object) };
+        let reference =
+            ObjectRef { resource: event.resource.clone(), namespace: event.namespace.clone(), name: name_of(object) };
         let references = owner_references(object);
         if event.change == Change::Deleted {
             self.graph.forget(&reference);
@@ -587,7 +670,12 @@ impl Manager {
                 self.queue.insert(Work::Finalize(reference.clone()));
             }
         }
-        let owner_named = |kind: &str| controller_of(object).filter(|r| r["kind"] == kind && r["apiVersion"] == "apps/v1").and_then(|r| r["name"].as_str()).map(str::to_string);
+        let owner_named = |kind: &str| {
+            controller_of(object)
+                .filter(|r| r["kind"] == kind && r["apiVersion"] == "apps/v1")
+                .and_then(|r| r["name"].as_str())
+                .map(str::to_string)
+        };
         match event.resource.as_str() {
             DEPLOYMENTS => {
                 self.queue.insert(Work::Deployment(reference.namespace, reference.name));
@@ -623,7 +711,9 @@ impl Manager {
     /// one waits), its references to gone or waiting owners taken off when
     /// some other owner remains.
     fn collect(&mut self, reference: &ObjectRef) {
-        let Some(object) = self.cluster.store.get(&reference.resource, &reference.namespace, &reference.name) else { return };
+        let Some(object) = self.cluster.store.get(&reference.resource, &reference.namespace, &reference.name) else {
+            return;
+        };
         if deleting(&object) {
             return;
         }
@@ -631,7 +721,9 @@ impl Manager {
         for owner_ref in owner_references(&object) {
             match self.owner(owner_ref, &reference.namespace) {
                 Owner::Absent => dangling.push(owner_ref["uid"].clone()),
-                Owner::Present(owner) if deleting(&owner) && has_finalizer(&owner, "foregroundDeletion") => waiting.push(owner_ref.clone()),
+                Owner::Present(owner) if deleting(&owner) && has_finalizer(&owner, "foregroundDeletion") => {
+                    waiting.push(owner_ref.clone())
+                }
                 Owner::Present(_) | Owner::Unknown => solid += 1,
             }
         }
@@ -642,18 +734,28 @@ impl Manager {
         if solid == 0 {
             let blocking = waiting.iter().any(|r| r["blockOwnerDeletion"] == json!(true));
             let propagation = if blocking { Propagation::Foreground } else { Propagation::Background };
-            let options = DeleteOptions { propagation, preconditions: json!({"uid": object["metadata"]["uid"]}), ..DeleteOptions::default() };
+            let options = DeleteOptions {
+                propagation,
+                preconditions: json!({"uid": object["metadata"]["uid"]}),
+                ..DeleteOptions::default()
+            };
             if let Err(e) = self.cluster.delete_with(served, &reference.namespace, &reference.name, &options) {
                 tracing::debug!("garbage-collecting {}/{}: {e}", reference.resource, reference.name);
             }
         } else {
             let gone: Vec<Value> = dangling.into_iter().chain(waiting.iter().map(|r| r["uid"].clone())).collect();
-            let _ = self.cluster.store.update(&reference.resource, &reference.namespace, &reference.name, &reference.resource, |object| {
-                if let Some(references) = object["metadata"]["ownerReferences"].as_array_mut() {
-                    references.retain(|r| !gone.contains(&r["uid"]));
-                }
-                Ok(())
-            });
+            let _ = self.cluster.store.update(
+                &reference.resource,
+                &reference.namespace,
+                &reference.name,
+                &reference.resource,
+                |object| {
+                    if let Some(references) = object["metadata"]["ownerReferences"].as_array_mut() {
+                        references.retain(|r| !gone.contains(&r["uid"]));
+                    }
+                    Ok(())
+                },
+            );
         }
     }
 
@@ -661,7 +763,9 @@ impl Manager {
     /// references and then goes; with Foreground it goes once no dependent
     /// that blocks its deletion is left (they are deleted first).
     fn finalize(&mut self, reference: &ObjectRef) {
-        let Some(object) = self.cluster.store.get(&reference.resource, &reference.namespace, &reference.name) else { return };
+        let Some(object) = self.cluster.store.get(&reference.resource, &reference.namespace, &reference.name) else {
+            return;
+        };
         let Some(served) = resources::by_key(&reference.resource) else { return };
         if !deleting(&object) {
             return;
@@ -670,17 +774,23 @@ impl Manager {
         let dependents = self.graph.dependents_of(uid.as_str().unwrap_or_default());
         if has_finalizer(&object, "orphan") {
             for dependent in &dependents {
-                let _ = self.cluster.store.update(&dependent.resource, &dependent.namespace, &dependent.name, &dependent.resource, |object| {
-                    if let Some(references) = object["metadata"]["ownerReferences"].as_array_mut() {
-                        references.retain(|r| r["uid"] != uid);
-                        if references.is_empty()
-                            && let Some(metadata) = object["metadata"].as_object_mut()
-                        {
-                            metadata.remove("ownerReferences");
+                let _ = self.cluster.store.update(
+                    &dependent.resource,
+                    &dependent.namespace,
+                    &dependent.name,
+                    &dependent.resource,
+                    |object| {
+                        if let Some(references) = object["metadata"]["ownerReferences"].as_array_mut() {
+                            references.retain(|r| r["uid"] != uid);
+                            if references.is_empty()
+                                && let Some(metadata) = object["metadata"].as_object_mut()
+                            {
+                                metadata.remove("ownerReferences");
+                            }
                         }
-                    }
-                    Ok(())
-                });
+                        Ok(())
+                    },
+                );
             }
             let _ = self.cluster.remove_finalizer(served, &reference.namespace, &reference.name, "orphan");
             return;
@@ -688,14 +798,19 @@ impl Manager {
         if has_finalizer(&object, "foregroundDeletion") {
             let mut blocked = false;
             for dependent in &dependents {
-                let Some(current) = self.cluster.store.get(&dependent.resource, &dependent.namespace, &dependent.name) else { continue };
-                if owner_references(&current).iter().any(|r| r["uid"] == uid && r["blockOwnerDeletion"] == json!(true)) {
+                let Some(current) = self.cluster.store.get(&dependent.resource, &dependent.namespace, &dependent.name)
+                else {
+                    continue;
+                };
+                if owner_references(&current).iter().any(|r| r["uid"] == uid && r["blockOwnerDeletion"] == json!(true))
+                {
                     blocked = true;
                 }
                 self.collect(dependent);
             }
             if !blocked {
-                let _ = self.cluster.remove_finalizer(served, &reference.namespace, &reference.name, "foregroundDeletion");
+                let _ =
+                    self.cluster.remove_finalizer(served, &reference.namespace, &reference.name, "foregroundDeletion");
             }
         }
     }
@@ -718,11 +833,21 @@ impl Manager {
     fn sync_deployment(&mut self, namespace: &str, name: &str) {
         let Some(mut deployment) = self.cluster.store.get(DEPLOYMENTS, namespace, name) else { return };
         let everything = Selector::default();
-        let mut owned: Vec<Value> = self.cluster.store.list(REPLICA_SETS, Some(namespace), &everything, &everything).0.into_iter().filter(|rs| controlled_by(rs, &deployment)).collect();
+        let mut owned: Vec<Value> = self
+            .cluster
+            .store
+            .list(REPLICA_SETS, Some(namespace), &everything, &everything)
+            .0
+            .into_iter()
+            .filter(|rs| controlled_by(rs, &deployment))
+            .collect();
         let now = meta::now();
         if deleting(&deployment) {
             // Being deleted: the status only.
-            let new_rs = owned.iter().find(|rs| equal_ignoring_hash(&rs["spec"]["template"], &deployment["spec"]["template"])).cloned();
+            let new_rs = owned
+                .iter()
+                .find(|rs| equal_ignoring_hash(&rs["spec"]["template"], &deployment["spec"]["template"]))
+                .cloned();
             let status = deployment_status(&deployment, new_rs.as_ref(), &owned, NewReplicaSet::Absent, &now);
             self.write(DEPLOYMENTS, namespace, name, |d| d["status"] = status);
             return;
@@ -731,7 +856,10 @@ impl Manager {
         let paused = deployment["spec"]["paused"] == json!(true);
         let max_revision = owned.iter().map(revision_of).max().unwrap_or(0);
         let mut how = NewReplicaSet::Found;
-        let mut new_rs = owned.iter().find(|rs| equal_ignoring_hash(&rs["spec"]["template"], &deployment["spec"]["template"])).cloned();
+        let mut new_rs = owned
+            .iter()
+            .find(|rs| equal_ignoring_hash(&rs["spec"]["template"], &deployment["spec"]["template"]))
+            .cloned();
         if new_rs.is_none() && paused {
             how = NewReplicaSet::Absent;
         }
@@ -741,7 +869,13 @@ impl Manager {
                     if fresh {
                         how = NewReplicaSet::Created;
                         if desired > 0 {
-                            self.cluster.event(&deployment, "Normal", "ScalingReplicaSet", &format!("Scaled up replica set {} from 0 to {desired}", name_of(&created)), "deployment-controller");
+                            self.cluster.event(
+                                &deployment,
+                                "Normal",
+                                "ScalingReplicaSet",
+                                &format!("Scaled up replica set {} from 0 to {desired}", name_of(&created)),
+                                "deployment-controller",
+                            );
                         }
                         owned.push(created.clone());
                     }
@@ -765,7 +899,13 @@ impl Manager {
             }) {
                 if before != desired {
                     let direction = if before < desired { "up" } else { "down" };
-                    self.cluster.event(&deployment, "Normal", "ScalingReplicaSet", &format!("Scaled {direction} replica set {} from {before} to {desired}", name_of(rs)), "deployment-controller");
+                    self.cluster.event(
+                        &deployment,
+                        "Normal",
+                        "ScalingReplicaSet",
+                        &format!("Scaled {direction} replica set {} from {before} to {desired}", name_of(rs)),
+                        "deployment-controller",
+                    );
                 }
                 *rs = written;
             }
@@ -775,19 +915,30 @@ impl Manager {
                 if before == 0 {
                     continue;
                 }
-                if self.write(REPLICA_SETS, namespace, &name_of(old), |old| old["spec"]["replicas"] = json!(0)).is_some() {
-                    self.cluster.event(&deployment, "Normal", "ScalingReplicaSet", &format!("Scaled down replica set {} from {before} to 0", name_of(old)), "deployment-controller");
+                if self
+                    .write(REPLICA_SETS, namespace, &name_of(old), |old| old["spec"]["replicas"] = json!(0))
+                    .is_some()
+                {
+                    self.cluster.event(
+                        &deployment,
+                        "Normal",
+                        "ScalingReplicaSet",
+                        &format!("Scaled down replica set {} from {before} to 0", name_of(old)),
+                        "deployment-controller",
+                    );
                 }
             }
             let written = revision.to_string();
             if deployment["metadata"]["annotations"][REVISION] != json!(written)
-                && let Some(updated) = self.write(DEPLOYMENTS, namespace, name, |d| d["metadata"]["annotations"][REVISION] = json!(written))
+                && let Some(updated) = self
+                    .write(DEPLOYMENTS, namespace, name, |d| d["metadata"]["annotations"][REVISION] = json!(written))
             {
                 deployment = updated;
             }
             self.clean_up(&deployment, &owned, &name_of(rs));
         }
-        let owned: Vec<Value> = owned.iter().filter_map(|rs| self.cluster.store.get(REPLICA_SETS, namespace, &name_of(rs))).collect();
+        let owned: Vec<Value> =
+            owned.iter().filter_map(|rs| self.cluster.store.get(REPLICA_SETS, namespace, &name_of(rs))).collect();
         let new_rs = new_rs.and_then(|rs| owned.iter().find(|o| name_of(o) == name_of(&rs)).cloned());
         let status = deployment_status(&deployment, new_rs.as_ref(), &owned, how, &now);
         self.write(DEPLOYMENTS, namespace, name, |d| d["status"] = status);
@@ -797,7 +948,8 @@ impl Manager {
     /// is new. A name taken by another template is a hash collision: the
     /// Deployment's collisionCount goes up and the hash is taken again.
     fn create_replica_set(&mut self, deployment: &mut Value, revision: i64) -> Option<(Value, bool)> {
-        let (namespace, name) = (deployment["metadata"]["namespace"].as_str().unwrap_or_default().to_string(), name_of(deployment));
+        let (namespace, name) =
+            (deployment["metadata"]["namespace"].as_str().unwrap_or_default().to_string(), name_of(deployment));
         let target = Target { resource: resource(REPLICA_SETS), namespace: namespace.clone() };
         for _ in 0..10 {
             let collisions = deployment["status"]["collisionCount"].as_u64().and_then(|c| u32::try_from(c).ok());
@@ -807,14 +959,23 @@ impl Manager {
                 Ok(created) => return Some((created, true)),
                 Err(e) if e.code == 409 => {
                     let existing = self.cluster.store.get(REPLICA_SETS, &namespace, &format!("{name}-{hash}"))?;
-                    if controlled_by(&existing, deployment) && equal_ignoring_hash(&existing["spec"]["template"], &deployment["spec"]["template"]) {
+                    if controlled_by(&existing, deployment)
+                        && equal_ignoring_hash(&existing["spec"]["template"], &deployment["spec"]["template"])
+                    {
                         return Some((existing, false));
                     }
                     let next = collisions.unwrap_or(0) + 1;
-                    *deployment = self.write(DEPLOYMENTS, &namespace, &name, |d| d["status"]["collisionCount"] = json!(next))?;
+                    *deployment =
+                        self.write(DEPLOYMENTS, &namespace, &name, |d| d["status"]["collisionCount"] = json!(next))?;
                 }
                 Err(e) => {
-                    self.cluster.event(deployment, "Warning", "FailedCreate", &format!("Failed to create new replica set \"{name}-{hash}\": {}", e.message), "deployment-controller");
+                    self.cluster.event(
+                        deployment,
+                        "Warning",
+                        "FailedCreate",
+                        &format!("Failed to create new replica set \"{name}-{hash}\": {}", e.message),
+                        "deployment-controller",
+                    );
                     return None;
                 }
             }
@@ -829,7 +990,13 @@ impl Manager {
         let mut idle: Vec<Value> = owned
             .iter()
             .filter(|rs| name_of(rs) != current)
-            .filter_map(|rs| self.cluster.store.get(REPLICA_SETS, rs["metadata"]["namespace"].as_str().unwrap_or_default(), &name_of(rs)))
+            .filter_map(|rs| {
+                self.cluster.store.get(
+                    REPLICA_SETS,
+                    rs["metadata"]["namespace"].as_str().unwrap_or_default(),
+                    &name_of(rs),
+                )
+            })
             .filter(|rs| !deleting(rs) && replicas_of(rs) == 0 && count(&rs["status"], "replicas") == 0)
             .collect();
         if idle.len() <= limit {
@@ -837,14 +1004,26 @@ impl Manager {
         }
         idle.sort_by_key(revision_of);
         for rs in &idle[..idle.len() - limit] {
-            let _ = self.cluster.delete(resource(REPLICA_SETS), rs["metadata"]["namespace"].as_str().unwrap_or_default(), &name_of(rs), None);
+            let _ = self.cluster.delete(
+                resource(REPLICA_SETS),
+                rs["metadata"]["namespace"].as_str().unwrap_or_default(),
+                &name_of(rs),
+                None,
+            );
         }
     }
 
     fn sync_replica_set(&mut self, namespace: &str, name: &str) {
         let Some(replica_set) = self.cluster.store.get(REPLICA_SETS, namespace, name) else { return };
         let Some(selector) = select::from_label_selector(&replica_set["spec"]["selector"]) else { return };
-        let owned: Vec<Value> = self.cluster.store.list("pods", Some(namespace), &selector, &Selector::default()).0.into_iter().filter(|p| controlled_by(p, &replica_set)).collect();
+        let owned: Vec<Value> = self
+            .cluster
+            .store
+            .list("pods", Some(namespace), &selector, &Selector::default())
+            .0
+            .into_iter()
+            .filter(|p| controlled_by(p, &replica_set))
+            .collect();
         let mut failure = None;
         if !deleting(&replica_set) {
             let desired = usize::try_from(replicas_of(&replica_set)).unwrap_or(0);
@@ -853,10 +1032,22 @@ impl Manager {
             if active.len() < desired {
                 for _ in 0..(desired - active.len()).min(BURST) {
                     match api::create(&self.cluster, &pods, pod_for(&replica_set)) {
-                        Ok(pod) => self.cluster.event(&replica_set, "Normal", "SuccessfulCreate", &format!("Created pod: {}", name_of(&pod)), "replicaset-controller"),
+                        Ok(pod) => self.cluster.event(
+                            &replica_set,
+                            "Normal",
+                            "SuccessfulCreate",
+                            &format!("Created pod: {}", name_of(&pod)),
+                            "replicaset-controller",
+                        ),
                         Err(e) => {
                             let message = e.message.clone();
-                            self.cluster.event(&replica_set, "Warning", "FailedCreate", &format!("Error creating: {message}"), "replicaset-controller");
+                            self.cluster.event(
+                                &replica_set,
+                                "Warning",
+                                "FailedCreate",
+                                &format!("Error creating: {message}"),
+                                "replicaset-controller",
+                            );
                             failure = Some(message);
                             break;
                         }
@@ -866,7 +1057,13 @@ impl Manager {
                 active.sort_by_key(|p| deletion_rank(p));
                 for pod in active.iter().take((active.len() - desired).min(BURST)) {
                     if self.cluster.delete(pods.resource, namespace, &name_of(pod), None).is_ok() {
-                        self.cluster.event(&replica_set, "Normal", "SuccessfulDelete", &format!("Deleted pod: {}", name_of(pod)), "replicaset-controller");
+                        self.cluster.event(
+                            &replica_set,
+                            "Normal",
+                            "SuccessfulDelete",
+                            &format!("Deleted pod: {}", name_of(pod)),
+                            "replicaset-controller",
+                        );
                     }
                 }
             }
@@ -931,9 +1128,19 @@ mod tests {
         assert_eq!(rs["metadata"]["labels"], json!({"app": "gateway", HASH_LABEL: "5d8f"}));
         assert_eq!(rs["spec"]["selector"]["matchLabels"], json!({"app": "gateway", HASH_LABEL: "5d8f"}));
         assert_eq!(rs["spec"]["template"]["metadata"]["labels"][HASH_LABEL], "5d8f");
-        assert_eq!(rs["metadata"]["ownerReferences"], json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway", "uid": "d-1", "controller": true, "blockOwnerDeletion": true}]));
+        assert_eq!(
+            rs["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway", "uid": "d-1", "controller": true, "blockOwnerDeletion": true}])
+        );
         let annotations = &rs["metadata"]["annotations"];
-        assert_eq!((annotations[REVISION].as_str(), annotations[DESIRED_REPLICAS].as_str(), annotations[MAX_REPLICAS].as_str()), (Some("2"), Some("1"), Some("2")));
+        assert_eq!(
+            (
+                annotations[REVISION].as_str(),
+                annotations[DESIRED_REPLICAS].as_str(),
+                annotations[MAX_REPLICAS].as_str()
+            ),
+            (Some("2"), Some("1"), Some("2"))
+        );
         assert_eq!(annotations["team"], "net");
         assert!(equal_ignoring_hash(&rs["spec"]["template"], &d["spec"]["template"]));
         assert!(!equal_ignoring_hash(&rs["spec"]["template"], &deployment(1, "merak-agent:2")["spec"]["template"]));
@@ -970,9 +1177,16 @@ mod tests {
         unlabeled["metadata"]["labels"] = json!({"app": "gateway"});
         let pods = [pod("a", true, "Running"), pod("b", false, "Running"), going, pod("d", false, "Failed"), unlabeled];
         let status = replica_set_status(&rs, &pods, None);
-        assert_eq!(status, json!({"replicas": 3, "fullyLabeledReplicas": 2, "readyReplicas": 1, "availableReplicas": 1, "observedGeneration": 2}));
+        assert_eq!(
+            status,
+            json!({"replicas": 3, "fullyLabeledReplicas": 2, "readyReplicas": 1, "availableReplicas": 1, "observedGeneration": 2})
+        );
         rs["spec"]["minReadySeconds"] = json!(30);
-        assert_eq!(replica_set_status(&rs, &pods, None).get("availableReplicas"), None, "ready for less than minReadySeconds");
+        assert_eq!(
+            replica_set_status(&rs, &pods, None).get("availableReplicas"),
+            None,
+            "ready for less than minReadySeconds"
+        );
         let none = replica_set_status(&rs, &[], Some("pods \"x\" is forbidden"));
         assert_eq!(none["replicas"], 0);
         assert_eq!(none["conditions"][0]["reason"], "FailedCreate");
@@ -989,28 +1203,53 @@ mod tests {
         assert_eq!(status["observedGeneration"], 1);
         assert_eq!(status["unavailableReplicas"], 1);
         assert_eq!(status.get("replicas"), None, "zero counts are left out");
-        let reasons = |s: &Value| s["conditions"].as_array().unwrap().iter().map(|c| format!("{}={}:{}", c["type"].as_str().unwrap(), c["status"].as_str().unwrap(), c["reason"].as_str().unwrap())).collect::<Vec<_>>();
-        assert_eq!(reasons(&status), ["Progressing=True:NewReplicaSetCreated", "Available=False:MinimumReplicasUnavailable"]);
+        let reasons = |s: &Value| {
+            s["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}={}:{}",
+                        c["type"].as_str().unwrap(),
+                        c["status"].as_str().unwrap(),
+                        c["reason"].as_str().unwrap()
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            reasons(&status),
+            ["Progressing=True:NewReplicaSetCreated", "Available=False:MinimumReplicasUnavailable"]
+        );
         assert_eq!(status["conditions"][0]["message"], "Created new replica set \"gateway-h\"");
 
         // The pod came up: available, and the rollout complete.
         d["status"] = status;
         rs["status"] = json!({"replicas": 1, "fullyLabeledReplicas": 1, "readyReplicas": 1, "availableReplicas": 1, "observedGeneration": 1});
         let status = deployment_status(&d, Some(&rs), std::slice::from_ref(&rs), NewReplicaSet::Found, &now);
-        assert_eq!(reasons(&status), ["Available=True:MinimumReplicasAvailable", "Progressing=True:NewReplicaSetAvailable"]);
+        assert_eq!(
+            reasons(&status),
+            ["Available=True:MinimumReplicasAvailable", "Progressing=True:NewReplicaSetAvailable"]
+        );
         assert_eq!(status["conditions"][1]["message"], "ReplicaSet \"gateway-h\" has successfully progressed.");
         assert_eq!(status["conditions"][0]["message"], "Deployment has minimum availability.");
-        for (field, value) in [("replicas", 1), ("updatedReplicas", 1), ("readyReplicas", 1), ("availableReplicas", 1)] {
+        for (field, value) in [("replicas", 1), ("updatedReplicas", 1), ("readyReplicas", 1), ("availableReplicas", 1)]
+        {
             assert_eq!(status[field], value, "{field}");
         }
         assert_eq!(status.get("unavailableReplicas"), None);
         // Another sync with nothing new writes the same status.
         d["status"] = status.clone();
-        assert_eq!(deployment_status(&d, Some(&rs), std::slice::from_ref(&rs), NewReplicaSet::Found, &meta::now()), status);
+        assert_eq!(
+            deployment_status(&d, Some(&rs), std::slice::from_ref(&rs), NewReplicaSet::Found, &meta::now()),
+            status
+        );
 
         // A pod that never gets ready past the deadline.
         let mut stuck = deployment(1, "i");
-        let long_ago = meta::rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 700);
+        let long_ago =
+            meta::rfc3339(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 700);
         stuck["status"] = json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "unavailableReplicas": 1, "conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated", "lastUpdateTime": long_ago, "lastTransitionTime": long_ago, "message": ""}]});
         rs["status"] = json!({"replicas": 1, "observedGeneration": 1});
         let status = deployment_status(&stuck, Some(&rs), std::slice::from_ref(&rs), NewReplicaSet::Found, &now);

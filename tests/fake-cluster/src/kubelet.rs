@@ -104,8 +104,19 @@ fn namespace_of(pod: &Value) -> String {
 impl Kubelet {
     pub fn new(cluster: Arc<Cluster>) -> Arc<Kubelet> {
         let count = cluster.config.nodes;
-        let nodes = Nodes { bound: HashMap::new(), per_node: vec![0; count], slots: vec![BTreeSet::new(); count], last_slot: vec![None; count] };
-        Arc::new(Kubelet { cluster, held: Mutex::default(), nodes: Mutex::new(nodes), sandboxes: Default::default(), terminating: Mutex::default() })
+        let nodes = Nodes {
+            bound: HashMap::new(),
+            per_node: vec![0; count],
+            slots: vec![BTreeSet::new(); count],
+            last_slot: vec![None; count],
+        };
+        Arc::new(Kubelet {
+            cluster,
+            held: Mutex::default(),
+            nodes: Mutex::new(nodes),
+            sandboxes: Default::default(),
+            terminating: Mutex::default(),
+        })
     }
 
     /// Follows the store until it closes.
@@ -178,7 +189,8 @@ impl Kubelet {
             }
             let fits = |i: &usize| selector.iter().all(|(k, v)| node_labels(*i).get(k) == Some(v));
             let candidates: Vec<usize> = (0..self.cluster.config.nodes).filter(fits).collect();
-            let chosen = candidates.iter().copied().filter(|i| nodes.per_node[*i] < capacity).min_by_key(|i| nodes.per_node[*i]);
+            let chosen =
+                candidates.iter().copied().filter(|i| nodes.per_node[*i] < capacity).min_by_key(|i| nodes.per_node[*i]);
             if let Some(node) = chosen {
                 nodes.per_node[node] += 1;
                 nodes.bound.insert(uid.clone(), node);
@@ -193,7 +205,10 @@ impl Kubelet {
                 if unmatched > 0 {
                     reasons.push(format!("{unmatched} node(s) didn't match Pod's node affinity/selector"));
                 }
-                Err(format!("0/{total} nodes are available: {}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling.", reasons.join(", ")))
+                Err(format!(
+                    "0/{total} nodes are available: {}. preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling.",
+                    reasons.join(", ")
+                ))
             }
         };
         match chosen {
@@ -204,7 +219,13 @@ impl Kubelet {
                     Ok(())
                 });
                 match bound {
-                    Ok(pod) => self.cluster.event(&pod, "Normal", "Scheduled", &format!("Successfully assigned {namespace}/{name} to {}", node_name(node)), "default-scheduler"),
+                    Ok(pod) => self.cluster.event(
+                        &pod,
+                        "Normal",
+                        "Scheduled",
+                        &format!("Successfully assigned {namespace}/{name} to {}", node_name(node)),
+                        "default-scheduler",
+                    ),
                     Err(_) => self.unbind(&uid),
                 }
             }
@@ -322,9 +343,15 @@ impl Kubelet {
             return None;
         }
         let statuses = PodStatuses::new(&pod, &containers, node);
-        let programs: Vec<Option<PathBuf>> = containers.iter().map(|c| self.cluster.config.program_of(c["image"].as_str().unwrap_or_default())).collect();
+        let programs: Vec<Option<PathBuf>> = containers
+            .iter()
+            .map(|c| self.cluster.config.program_of(c["image"].as_str().unwrap_or_default()))
+            .collect();
         if programs.iter().all(Option::is_none) {
-            let missing = containers.iter().enumerate().map(|(slot, container)| self.image_not_found(&statuses, slot, container, stopped.clone()));
+            let missing = containers
+                .iter()
+                .enumerate()
+                .map(|(slot, container)| self.image_not_found(&statuses, slot, container, stopped.clone()));
             futures::future::join_all(missing).await;
             return None;
         }
@@ -351,10 +378,26 @@ impl Kubelet {
         Some(sandbox)
     }
 
-    async fn run_container(&self, statuses: &PodStatuses, slot: usize, container: &Value, program: &Path, sandbox: &Sandbox, mut stopped: watch::Receiver<bool>) {
+    async fn run_container(
+        &self,
+        statuses: &PodStatuses,
+        slot: usize,
+        container: &Value,
+        program: &Path,
+        sandbox: &Sandbox,
+        mut stopped: watch::Receiver<bool>,
+    ) {
         let image = container["image"].as_str().unwrap_or_default();
-        self.cluster.event(&statuses.pod, "Normal", "Pulled", &format!("Container image \"{image}\" already present on machine and can be accessed by the pod"), "kubelet");
-        if let Some(launch) = self.prepare(&statuses.pod, container, program, sandbox, &statuses.host_ip, &mut stopped).await {
+        self.cluster.event(
+            &statuses.pod,
+            "Normal",
+            "Pulled",
+            &format!("Container image \"{image}\" already present on machine and can be accessed by the pod"),
+            "kubelet",
+        );
+        if let Some(launch) =
+            self.prepare(&statuses.pod, container, program, sandbox, &statuses.host_ip, &mut stopped).await
+        {
             self.supervise(statuses, slot, container, launch, sandbox, &mut stopped).await;
         }
     }
@@ -387,9 +430,17 @@ impl Kubelet {
         self.cluster.event(pod, "Warning", reason, message, "kubelet");
     }
 
-    async fn image_not_found(&self, statuses: &PodStatuses, slot: usize, container: &Value, mut stopped: watch::Receiver<bool>) {
+    async fn image_not_found(
+        &self,
+        statuses: &PodStatuses,
+        slot: usize,
+        container: &Value,
+        mut stopped: watch::Receiver<bool>,
+    ) {
         let image = container["image"].as_str().unwrap_or_default();
-        let message = format!("Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found");
+        let message = format!(
+            "Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found"
+        );
         self.set_waiting(statuses, slot, "ErrImagePull", &message, 0);
         self.cluster.event(&statuses.pod, "Warning", "Failed", &message, "kubelet");
         tokio::select! {
@@ -416,7 +467,15 @@ impl Kubelet {
 
     /// Volumes and environment for the container; None when the pod was
     /// deleted while waiting for them.
-    async fn prepare(&self, pod: &Value, container: &Value, program: &Path, sandbox: &Sandbox, host_ip: &str, stopped: &mut watch::Receiver<bool>) -> Option<Launch> {
+    async fn prepare(
+        &self,
+        pod: &Value,
+        container: &Value,
+        program: &Path,
+        sandbox: &Sandbox,
+        host_ip: &str,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> Option<Launch> {
         let dir = self.cluster.pod_dir(&namespace_of(pod), &name_of(pod));
         loop {
             match self.launch_plan(pod, container, program, sandbox, host_ip, &dir) {
@@ -432,7 +491,15 @@ impl Kubelet {
         }
     }
 
-    fn launch_plan(&self, pod: &Value, container: &Value, program: &Path, sandbox: &Sandbox, host_ip: &str, dir: &Path) -> anyhow::Result<Launch> {
+    fn launch_plan(
+        &self,
+        pod: &Value,
+        container: &Value,
+        program: &Path,
+        sandbox: &Sandbox,
+        host_ip: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Launch> {
         let namespace = namespace_of(pod);
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut volumes: HashMap<String, PathBuf> = HashMap::new();
@@ -441,11 +508,15 @@ impl Kubelet {
             let path = dir.join("volumes").join(&name);
             if let Some(secret) = volume["secret"].as_object() {
                 let secret_name = secret.get("secretName").and_then(Value::as_str).unwrap_or_default();
-                let object = self.cluster.store.get("secrets", &namespace, secret_name).with_context(|| format!("MountVolume.SetUp failed for volume \"{name}\" : secret \"{secret_name}\" not found"))?;
+                let object = self.cluster.store.get("secrets", &namespace, secret_name).with_context(|| {
+                    format!("MountVolume.SetUp failed for volume \"{name}\" : secret \"{secret_name}\" not found")
+                })?;
                 write_volume(&path, &object["data"], true)?;
             } else if let Some(config_map) = volume["configMap"].as_object() {
                 let map_name = config_map.get("name").and_then(Value::as_str).unwrap_or_default();
-                let object = self.cluster.store.get("configmaps", &namespace, map_name).with_context(|| format!("MountVolume.SetUp failed for volume \"{name}\" : configmap \"{map_name}\" not found"))?;
+                let object = self.cluster.store.get("configmaps", &namespace, map_name).with_context(|| {
+                    format!("MountVolume.SetUp failed for volume \"{name}\" : configmap \"{map_name}\" not found")
+                })?;
                 write_volume(&path, &object["data"], false)?;
             } else if volume["emptyDir"].is_object() {
                 std::fs::create_dir_all(&path)?;
@@ -453,7 +524,9 @@ impl Kubelet {
                 volumes.insert(name, PathBuf::from(host));
                 continue;
             } else {
-                anyhow::bail!("volume \"{name}\": the fake kubelet mounts only secret, configMap, emptyDir and hostPath volumes");
+                anyhow::bail!(
+                    "volume \"{name}\": the fake kubelet mounts only secret, configMap, emptyDir and hostPath volumes"
+                );
             }
             volumes.insert(name, path);
         }
@@ -465,10 +538,16 @@ impl Kubelet {
             if source == Path::new(target) {
                 continue;
             }
-            anyhow::ensure!(target.starts_with("/run/"), "volumeMount {name}: the fake kubelet mounts volumes only under /run/ (the container's own tmpfs), not at {target}");
+            anyhow::ensure!(
+                target.starts_with("/run/"),
+                "volumeMount {name}: the fake kubelet mounts volumes only under /run/ (the container's own tmpfs), not at {target}"
+            );
             binds.push((source.clone(), PathBuf::from(target)));
         }
-        let mut env = vec![("HOSTNAME".to_string(), name_of(pod)), ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string())];
+        let mut env = vec![
+            ("HOSTNAME".to_string(), name_of(pod)),
+            ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
+        ];
         for variable in container["env"].as_array().into_iter().flatten() {
             let key = variable["name"].as_str().unwrap_or_default().to_string();
             let value = if let Some(value) = variable["value"].as_str() {
@@ -479,13 +558,25 @@ impl Kubelet {
                     "status.hostIP" => host_ip.to_string(),
                     other => {
                         let value = other.split('.').try_fold(pod, |v, part| v.get(part));
-                        value.and_then(Value::as_str).map(str::to_string).with_context(|| format!("env {key}: unsupported fieldPath {other}"))?
+                        value
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                            .with_context(|| format!("env {key}: unsupported fieldPath {other}"))?
                     }
                 }
             } else if let Some(reference) = variable["valueFrom"]["secretKeyRef"].as_object() {
-                let (secret, field) = (reference.get("name").and_then(Value::as_str).unwrap_or_default(), reference.get("key").and_then(Value::as_str).unwrap_or_default());
-                let object = self.cluster.store.get("secrets", &namespace, secret).with_context(|| format!("env {key}: secret \"{secret}\" not found"))?;
-                let encoded = object["data"][field].as_str().with_context(|| format!("env {key}: secret \"{secret}\" has no key {field}"))?;
+                let (secret, field) = (
+                    reference.get("name").and_then(Value::as_str).unwrap_or_default(),
+                    reference.get("key").and_then(Value::as_str).unwrap_or_default(),
+                );
+                let object = self
+                    .cluster
+                    .store
+                    .get("secrets", &namespace, secret)
+                    .with_context(|| format!("env {key}: secret \"{secret}\" not found"))?;
+                let encoded = object["data"][field]
+                    .as_str()
+                    .with_context(|| format!("env {key}: secret \"{secret}\" has no key {field}"))?;
                 String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(encoded)?).into_owned()
             } else {
                 String::new()
@@ -510,12 +601,21 @@ impl Kubelet {
 
     /// Starts the container, keeps its status, restarts it when it exits,
     /// and stops it when the pod is deleted.
-    async fn supervise(&self, statuses: &PodStatuses, slot: usize, container: &Value, launch: Launch, sandbox: &Sandbox, stopped: &mut watch::Receiver<bool>) {
+    async fn supervise(
+        &self,
+        statuses: &PodStatuses,
+        slot: usize,
+        container: &Value,
+        launch: Launch,
+        sandbox: &Sandbox,
+        stopped: &mut watch::Receiver<bool>,
+    ) {
         let pod = &statuses.pod;
         let (namespace, name) = (namespace_of(pod), name_of(pod));
         let container_name = container["name"].as_str().unwrap_or_default();
         let restart_policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always").to_string();
-        let grace = Duration::from_secs(pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30)).min(MAX_GRACE);
+        let grace =
+            Duration::from_secs(pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30)).min(MAX_GRACE);
         let mut restarts = 0u64;
         let mut backoff = BACKOFF_START;
         let mut last_state = Value::Null;
@@ -523,7 +623,11 @@ impl Kubelet {
             let mut child = match launch.spawn(&sandbox.netns) {
                 Ok(child) => child,
                 Err(e) => {
-                    self.fail_to_start(pod, "Failed", &format!("Error: failed to start container \"{container_name}\": {e:#}"));
+                    self.fail_to_start(
+                        pod,
+                        "Failed",
+                        &format!("Error: failed to start container \"{container_name}\": {e:#}"),
+                    );
                     self.set_waiting(statuses, slot, "CreateContainerError", &format!("{e:#}"), restarts);
                     wait_for_stop(stopped).await;
                     return;
@@ -558,7 +662,13 @@ impl Kubelet {
                 _ = wait_for_stop(stopped) => None,
             };
             let Some(exit) = exit else {
-                self.cluster.event(pod, "Normal", "Killing", &format!("Stopping container {container_name}"), "kubelet");
+                self.cluster.event(
+                    pod,
+                    "Normal",
+                    "Killing",
+                    &format!("Stopping container {container_name}"),
+                    "kubelet",
+                );
                 terminate(&mut child, grace).await;
                 return;
             };
@@ -578,13 +688,22 @@ impl Kubelet {
                 return;
             }
             restarts += 1;
-            let message = format!("back-off {}s restarting failed container={container_name} pod={name}", backoff.as_secs().max(1));
+            let message = format!(
+                "back-off {}s restarting failed container={container_name} pod={name}",
+                backoff.as_secs().max(1)
+            );
             let mut waiting = running(false);
             waiting["state"] = json!({"waiting": {"reason": "CrashLoopBackOff", "message": message}});
             waiting["lastState"] = last_state.clone();
             waiting["restartCount"] = json!(restarts);
             self.publish(statuses, slot, waiting);
-            self.cluster.event(pod, "Warning", "BackOff", &format!("Back-off restarting failed container {container_name} in pod {name}"), "kubelet");
+            self.cluster.event(
+                pod,
+                "Warning",
+                "BackOff",
+                &format!("Back-off restarting failed container {container_name} in pod {name}"),
+                "kubelet",
+            );
             tracing::debug!(pod = %format!("{namespace}/{name}"), container = container_name, code, "container exited");
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -599,12 +718,21 @@ impl Kubelet {
     /// probe, once its command exits 0 within timeoutSeconds, run in the
     /// container (its network and mount namespaces, its environment) every
     /// periodSeconds.
-    async fn wait_ready(&self, container: &Value, launch: &Launch, sandbox: &Sandbox, child: &mut tokio::process::Child, stopped: &mut watch::Receiver<bool>) -> bool {
+    async fn wait_ready(
+        &self,
+        container: &Value,
+        launch: &Launch,
+        sandbox: &Sandbox,
+        child: &mut tokio::process::Child,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> bool {
         let probe = &container["readinessProbe"];
         let period = Duration::from_secs(probe["periodSeconds"].as_u64().unwrap_or(10).max(1));
         let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
         let tcp = probe["tcpSocket"]["port"].as_u64().and_then(|p| u16::try_from(p).ok());
-        let exec: Option<Vec<String>> = probe["exec"]["command"].as_array().map(|c| c.iter().filter_map(Value::as_str).map(str::to_string).collect());
+        let exec: Option<Vec<String>> = probe["exec"]["command"]
+            .as_array()
+            .map(|c| c.iter().filter_map(Value::as_str).map(str::to_string).collect());
         if tcp.is_none() && exec.is_none() {
             return true;
         }
@@ -614,7 +742,9 @@ impl Kubelet {
                     Some(pid) => launch.probe(command, pid, &sandbox.netns, timeout).await,
                     None => false,
                 },
-                (None, Some(port)) => self.cluster.network.connect(std::net::SocketAddr::from((sandbox.ip, port))).await.is_ok(),
+                (None, Some(port)) => {
+                    self.cluster.network.connect(std::net::SocketAddr::from((sandbox.ip, port))).await.is_ok()
+                }
                 (None, None) => true,
             };
             if passed {
@@ -732,7 +862,11 @@ fn write_volume(path: &Path, data: &Value, base64_encoded: bool) -> anyhow::Resu
     for (key, value) in data.as_object().into_iter().flatten() {
         anyhow::ensure!(!key.contains('/') && key != ".." && key != ".", "key {key:?} is not a file name");
         let text = value.as_str().unwrap_or_default();
-        let bytes = if base64_encoded { base64::engine::general_purpose::STANDARD.decode(text)? } else { text.as_bytes().to_vec() };
+        let bytes = if base64_encoded {
+            base64::engine::general_purpose::STANDARD.decode(text)?
+        } else {
+            text.as_bytes().to_vec()
+        };
         std::fs::write(path.join(key), bytes)?;
     }
     Ok(())
@@ -765,9 +899,20 @@ impl Launch {
     async fn probe(&self, command: &[String], pid: u32, netns: &str, timeout: Duration) -> bool {
         use std::os::unix::process::CommandExt;
         let Some((program, args)) = command.split_first() else { return false };
-        let (Ok(net), Ok(mnt)) = (merak_netdev::netns::open_fd(netns), std::fs::File::open(format!("/proc/{pid}/ns/mnt"))) else { return false };
+        let (Ok(net), Ok(mnt)) =
+            (merak_netdev::netns::open_fd(netns), std::fs::File::open(format!("/proc/{pid}/ns/mnt")))
+        else {
+            return false;
+        };
         let mut probe = std::process::Command::new(program);
-        probe.args(args).env_clear().envs(self.env.iter().map(|(k, v)| (k, v))).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).process_group(0);
+        probe
+            .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
         let (net_fd, mnt_fd) = (net.as_raw_fd(), mnt.as_raw_fd());
         // SAFETY: only setns(2), async-signal-safe, on descriptors opened above.
         unsafe {
@@ -799,12 +944,17 @@ impl Launch {
     fn spawn(&self, netns: &str) -> anyhow::Result<tokio::process::Child> {
         use std::os::unix::process::CommandExt;
         let net = merak_netdev::netns::open_fd(netns)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).with_context(|| format!("opening {}", self.log.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
         // Every allocation happens here; the child only makes system calls.
         let mut dirs = Vec::new();
         let mut binds = Vec::new();
         for (source, target) in &self.binds {
-            let mut ancestors: Vec<&Path> = target.ancestors().take_while(|a| *a != Path::new("/run") && *a != Path::new("/")).collect();
+            let mut ancestors: Vec<&Path> =
+                target.ancestors().take_while(|a| *a != Path::new("/run") && *a != Path::new("/")).collect();
             ancestors.reverse();
             for dir in ancestors {
                 dirs.push(c_string(dir)?);
@@ -812,7 +962,14 @@ impl Launch {
             binds.push((c_string(source)?, c_string(target)?));
         }
         let mut command = std::process::Command::new(&self.program);
-        command.args(&self.argv).env_clear().envs(self.env.iter().map(|(k, v)| (k, v))).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
+        command
+            .args(&self.argv)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
         let net_fd = net.as_raw_fd();
         // SAFETY: the closure runs in the child between fork and exec and
         // only calls async-signal-safe system calls on data prepared above.
@@ -822,20 +979,41 @@ impl Launch {
                 check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
                 check(libc::setns(net_fd, libc::CLONE_NEWNET))?;
                 check(libc::unshare(libc::CLONE_NEWNS))?;
-                check(libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
-                check(libc::mount(c"tmpfs".as_ptr(), c"/run".as_ptr(), c"tmpfs".as_ptr(), 0, c"mode=0755".as_ptr().cast()))?;
+                check(libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    c"/run".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    c"mode=0755".as_ptr().cast(),
+                ))?;
                 for dir in &dirs {
                     if libc::mkdir(dir.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
                 for (source, target) in &binds {
-                    check(libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                    check(libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
                 }
                 Ok(())
             });
         }
-        let child = tokio::process::Command::from(command).kill_on_drop(true).spawn().with_context(|| format!("starting {}", self.program.display()))?;
+        let child = tokio::process::Command::from(command)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
         drop(net);
         Ok(child)
     }

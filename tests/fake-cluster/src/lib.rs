@@ -88,7 +88,9 @@ impl Cluster {
         // No container named: the pod's only one.
         std::fs::read_dir(&dir)
             .ok()
-            .and_then(|entries| entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "log")))
+            .and_then(|entries| {
+                entries.filter_map(Result::ok).map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "log"))
+            })
             .unwrap_or_else(|| dir.join("container.log"))
     }
 
@@ -96,7 +98,8 @@ impl Cluster {
     /// kubelet do (what `kubectl describe` shows under Events).
     pub fn event(&self, object: &serde_json::Value, kind: &str, reason: &str, message: &str, component: &str) {
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-        let terminating = self.store.get("namespaces", "", namespace).is_none_or(|ns| !ns["metadata"]["deletionTimestamp"].is_null());
+        let terminating =
+            self.store.get("namespaces", "", namespace).is_none_or(|ns| !ns["metadata"]["deletionTimestamp"].is_null());
         if terminating {
             return;
         }
@@ -151,7 +154,8 @@ fn tls_identity() -> anyhow::Result<(String, tokio_rustls::TlsAcceptor)> {
     params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
     let certificate = params.signed_by(&key, &issuer)?;
     let chain = vec![certificate.der().clone()];
-    let private = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| anyhow::anyhow!("the server key: {e}"))?;
+    let private = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("the server key: {e}"))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -163,14 +167,27 @@ fn tls_identity() -> anyhow::Result<(String, tokio_rustls::TlsAcceptor)> {
 /// Runs the cluster until `shutdown` resolves, then stops every pod and
 /// removes every namespace it made. `ready` hears where it listens once the
 /// kubeconfig is written.
-pub async fn run(config: Config, ready: tokio::sync::oneshot::Sender<Endpoint>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    ready: tokio::sync::oneshot::Sender<Endpoint>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.dir).with_context(|| format!("creating {}", config.dir.display()))?;
-    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.context("binding the API server's port")?;
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .await
+        .context("binding the API server's port")?;
     let address = listener.local_addr()?;
     let (ca, acceptor) = tls_identity().context("making the API server's certificate")?;
     let token = meta::hex_suffix() + &meta::hex_suffix();
     let network = network::Network::create(&config.prefix, config.mtu, config.nodes).await?;
-    let cluster = Arc::new(Cluster { store: Store::default(), config, address: address.to_string(), token, network, requests: AtomicU64::new(0) });
+    let cluster = Arc::new(Cluster {
+        store: Store::default(),
+        config,
+        address: address.to_string(),
+        token,
+        network,
+        requests: AtomicU64::new(0),
+    });
     // The namespaces every real cluster starts with.
     for name in ["default", "kube-node-lease", "kube-public", "kube-system"] {
         cluster.store.create("namespaces", "", "namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "uid": meta::uid(), "creationTimestamp": meta::now(), "labels": {"kubernetes.io/metadata.name": name}}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}))?;
@@ -203,7 +220,9 @@ pub async fn run(config: Config, ready: tokio::sync::oneshot::Sender<Endpoint>, 
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else { return };
                 let service = hyper::service::service_fn(move |request| api::handle(Arc::clone(&cluster), request));
-                let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).with_upgrades();
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades();
                 if let Err(e) = connection.await {
                     tracing::debug!("connection: {e}");
                 }
@@ -283,7 +302,11 @@ impl Running {
     /// The network namespaces it holds now, but the cluster network.
     pub fn pod_sandboxes(&self) -> Vec<String> {
         let network = format!("{}-net", self.prefix);
-        merak_netdev::netns::list_with_prefix(&format!("{}-", self.prefix)).unwrap_or_default().into_iter().filter(|n| *n != network).collect()
+        merak_netdev::netns::list_with_prefix(&format!("{}-", self.prefix))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| *n != network)
+            .collect()
     }
 }
 
@@ -303,7 +326,10 @@ impl Drop for Running {
         if std::thread::panicking() {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("--- the fake cluster's last log lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "--- the fake cluster's last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         let _ = std::fs::remove_file(log);
     }

@@ -10,7 +10,9 @@ use clap::Parser;
 use merak_fake_cluster::{Config, default_prefix, remove_leftovers, run};
 
 #[derive(Parser)]
-#[command(about = "A stand-in Kubernetes cluster for tests (API server and kubelets; pods run for real in network namespaces)")]
+#[command(
+    about = "A stand-in Kubernetes cluster for tests (API server and kubelets; pods run for real in network namespaces)"
+)]
 struct Args {
     /// Where the kubeconfig, pod logs and volumes go.
     #[arg(long)]

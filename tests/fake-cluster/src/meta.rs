@@ -12,7 +12,8 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), N, 0) };
     if filled != N as isize {
         // Never expected; names only need to differ, so fall back to the clock.
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default().to_le_bytes();
+        let nanos =
+            SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default().to_le_bytes();
         for (i, b) in bytes.iter_mut().enumerate() {
             *b = nanos[i % nanos.len()] ^ (i as u8);
         }

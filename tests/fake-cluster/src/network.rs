@@ -63,12 +63,18 @@ impl Network {
     pub async fn create(prefix: &str, mtu: u32, nodes: usize) -> anyhow::Result<Network> {
         anyhow::ensure!(nodes <= MAX_NODES, "the fake's pod network has room for {MAX_NODES} nodes, not {nodes}");
         let name = format!("{prefix}-net");
-        let cluster = netns::create(&name, NetnsOptions { disable_ipv6: true, forwarding: true, ..NetnsOptions::default() }).await.with_context(|| format!("creating the cluster network namespace {name}"))?;
+        let cluster =
+            netns::create(&name, NetnsOptions { disable_ipv6: true, forwarding: true, ..NetnsOptions::default() })
+                .await
+                .with_context(|| format!("creating the cluster network namespace {name}"))?;
         cluster.set_link_by_name("lo", None).await?;
         let mut bridges = Vec::with_capacity(nodes);
         for node in 0..nodes {
             let bridge_name = bridge_name(node);
-            let bridge = cluster.create_bridge(&bridge_name).await.with_context(|| format!("creating the bridge of node {}", node + 1))?;
+            let bridge = cluster
+                .create_bridge(&bridge_name)
+                .await
+                .with_context(|| format!("creating the bridge of node {}", node + 1))?;
             cluster.set_mtu(bridge, mtu).await?;
             // A bridge whose MAC is not set takes the lowest of its ports',
             // and changes it when that pod goes: every other pod of the node
@@ -77,8 +83,14 @@ impl Network {
             // CNIs derive MACs from addresses).
             let gateway = gateway(node).context("no gateway for this node")?;
             let [a, b, c, d] = gateway.octets();
-            cluster.set_link(bridge, None, Some([0x0a, 0x58, a, b, c, d])).await.with_context(|| format!("setting the MAC of {bridge_name}"))?;
-            cluster.add_address(bridge, gateway.into(), PREFIX_LEN).await.with_context(|| format!("addressing {bridge_name}"))?;
+            cluster
+                .set_link(bridge, None, Some([0x0a, 0x58, a, b, c, d]))
+                .await
+                .with_context(|| format!("setting the MAC of {bridge_name}"))?;
+            cluster
+                .add_address(bridge, gateway.into(), PREFIX_LEN)
+                .await
+                .with_context(|| format!("addressing {bridge_name}"))?;
             bridges.push(bridge);
         }
         Ok(Network { prefix: prefix.to_string(), mtu, bridges, cluster })
@@ -89,7 +101,10 @@ impl Network {
     pub async fn add_pod(&self, sandbox: &str, host_end: &str, node: usize, ip: Ipv4Addr) -> anyhow::Result<()> {
         let bridge = *self.bridges.get(node).with_context(|| format!("node {node} has no bridge"))?;
         let gateway = gateway(node).context("no gateway for this node")?;
-        let pod = netns::create(sandbox, NetnsOptions { disable_ipv6: true, announce: true, ..NetnsOptions::default() }).await.with_context(|| format!("creating the pod sandbox {sandbox}"))?;
+        let pod =
+            netns::create(sandbox, NetnsOptions { disable_ipv6: true, announce: true, ..NetnsOptions::default() })
+                .await
+                .with_context(|| format!("creating the pod sandbox {sandbox}"))?;
         let pod_fd = netns::open_fd(sandbox)?;
         self.cluster.create_veth(host_end, "eth0", &pod_fd).await?;
         let host = self.cluster.link(host_end).await?.context("the pod's veth vanished")?;
@@ -106,7 +121,9 @@ impl Network {
 
     /// A TCP connection to a pod, made from the cluster network.
     pub async fn connect(&self, address: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-        let stream = netns::connect_in(&self.namespace(), address, Duration::from_secs(5)).await.map_err(std::io::Error::other)?;
+        let stream = netns::connect_in(&self.namespace(), address, Duration::from_secs(5))
+            .await
+            .map_err(std::io::Error::other)?;
         stream.set_nonblocking(true)?;
         tokio::net::TcpStream::from_std(stream)
     }

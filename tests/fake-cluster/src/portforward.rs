@@ -34,7 +34,11 @@ pub fn parse_ports(query: &str) -> Result<Vec<u16>, ApiError> {
             continue;
         }
         for port in value.replace("%2C", ",").replace("%2c", ",").split(',').filter(|p| !p.is_empty()) {
-            let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| ApiError::bad_request(format!("invalid port {port:?}")))?;
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid port {port:?}")))?;
             ports.push(port);
         }
     }
@@ -45,20 +49,30 @@ pub fn parse_ports(query: &str) -> Result<Vec<u16>, ApiError> {
 }
 
 /// Answers the upgrade and runs the session in the background.
-pub fn upgrade(cluster: &Arc<Cluster>, mut request: Request<Incoming>, pod: &Value) -> Result<Response<Body>, ApiError> {
+pub fn upgrade(
+    cluster: &Arc<Cluster>,
+    mut request: Request<Incoming>,
+    pod: &Value,
+) -> Result<Response<Body>, ApiError> {
     let ports = parse_ports(request.uri().query().unwrap_or_default())?;
     let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
     let ip = pod["status"]["podIP"].as_str().and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok());
     let Some(ip) = ip.filter(|_| phase == "Running") else {
-        return Err(ApiError::bad_request(format!("unable to forward port because pod is not running. Current status={phase}")));
+        return Err(ApiError::bad_request(format!(
+            "unable to forward port because pod is not running. Current status={phase}"
+        )));
     };
     let headers = request.headers();
-    let is_websocket = headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let is_websocket =
+        headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
-    let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let offered =
+        headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let protocol = offered.split(',').map(str::trim).find(|p| PROTOCOLS.contains(p));
     let (Some(accept), true, Some(protocol)) = (key, is_websocket, protocol) else {
-        return Err(ApiError::bad_request(format!("port-forward needs a WebSocket upgrade offering one of {PROTOCOLS:?} (offered {offered:?}); SPDY is not served here")));
+        return Err(ApiError::bad_request(format!(
+            "port-forward needs a WebSocket upgrade offering one of {PROTOCOLS:?} (offered {offered:?}); SPDY is not served here"
+        )));
     };
     let protocol = protocol.to_string();
     let upgraded = hyper::upgrade::on(&mut request);
@@ -77,8 +91,14 @@ pub fn upgrade(cluster: &Arc<Cluster>, mut request: Request<Incoming>, pod: &Val
     let set = response.headers_mut();
     set.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
     set.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
-    set.insert(header::SEC_WEBSOCKET_ACCEPT, header::HeaderValue::from_str(&accept).map_err(|e| ApiError::bad_request(e.to_string()))?);
-    set.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_str(&protocol).map_err(|e| ApiError::bad_request(e.to_string()))?);
+    set.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::HeaderValue::from_str(&accept).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    );
+    set.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::HeaderValue::from_str(&protocol).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    );
     Ok(response)
 }
 
@@ -126,7 +146,8 @@ where
             }
             Err(e) => {
                 writers.push(None);
-                let message = format!("error forwarding port {port} to pod, uid : failed to connect to {ip}:{port}: {e}");
+                let message =
+                    format!("error forwarding port {port} to pod, uid : failed to connect to {ip}:{port}: {e}");
                 let _ = sink.send(framed(error, message.as_bytes())).await;
             }
         }

@@ -53,12 +53,38 @@ const fn core(
     short_names: &'static [&'static str],
     subresources: &'static [&'static str],
 ) -> Resource {
-    Resource { group: "", version: "v1", plural, singular, kind, namespaced, short_names, subresources, virtual_only: false }
+    Resource {
+        group: "",
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names,
+        subresources,
+        virtual_only: false,
+    }
 }
 
 /// A namespaced kind of `apps/v1`.
-const fn apps(plural: &'static str, singular: &'static str, kind: &'static str, short_names: &'static [&'static str], subresources: &'static [&'static str]) -> Resource {
-    Resource { group: "apps", version: "v1", plural, singular, kind, namespaced: true, short_names, subresources, virtual_only: false }
+const fn apps(
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    short_names: &'static [&'static str],
+    subresources: &'static [&'static str],
+) -> Resource {
+    Resource {
+        group: "apps",
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced: true,
+        short_names,
+        subresources,
+        virtual_only: false,
+    }
 }
 
 impl Resource {
@@ -105,7 +131,8 @@ pub fn by_key(key: &str) -> Option<&'static Resource> {
 }
 
 fn groups() -> Vec<(&'static str, &'static str)> {
-    let mut groups: Vec<(&str, &str)> = RESOURCES.iter().filter(|r| !r.group.is_empty()).map(|r| (r.group, r.version)).collect();
+    let mut groups: Vec<(&str, &str)> =
+        RESOURCES.iter().filter(|r| !r.group.is_empty()).map(|r| (r.group, r.version)).collect();
     groups.dedup();
     groups
 }
@@ -178,12 +205,14 @@ mod tests {
     #[test]
     fn discovery_lists_every_resource_of_a_group_and_no_other() {
         let core = resource_list("", "v1").expect("the core group");
-        let names: Vec<&str> = core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"pods") && names.contains(&"pods/log") && names.contains(&"configmaps"));
         assert!(!names.contains(&"selfsubjectaccessreviews"));
         assert_eq!(resource_list("apps", "v2"), None);
         let list = group_list();
-        let groups: Vec<&str> = list["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+        let groups: Vec<&str> =
+            list["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
         assert_eq!(groups, ["apps", "authorization.k8s.io"]);
     }
 
@@ -197,7 +226,10 @@ mod tests {
         assert_eq!(entry("replicasets")["shortNames"], json!(["rs"]));
         assert_eq!(entry("deployments")["categories"], json!(["all"]));
         assert_eq!(entry("deployments/status")["kind"], "Deployment");
-        assert_eq!((entry("replicasets/scale")["kind"].as_str(), entry("replicasets/scale")["group"].as_str()), (Some("Scale"), Some("autoscaling")));
+        assert_eq!(
+            (entry("replicasets/scale")["kind"].as_str(), entry("replicasets/scale")["group"].as_str()),
+            (Some("Scale"), Some("autoscaling"))
+        );
         assert_eq!(by_kind("apps/v1", "ReplicaSet").unwrap().key(), "replicasets.apps");
         assert!(by_kind("v1", "ReplicaSet").is_none());
     }

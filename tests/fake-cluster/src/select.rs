@@ -43,7 +43,9 @@ fn terms(text: &str) -> Vec<&str> {
 }
 
 fn set(text: &str) -> Result<Vec<String>, ApiError> {
-    let inner = text.trim().strip_prefix('(').and_then(|t| t.strip_suffix(')')).ok_or_else(|| ApiError::bad_request(format!("unable to parse requirement: expected a set in parentheses, found {text:?}")))?;
+    let inner = text.trim().strip_prefix('(').and_then(|t| t.strip_suffix(')')).ok_or_else(|| {
+        ApiError::bad_request(format!("unable to parse requirement: expected a set in parentheses, found {text:?}"))
+    })?;
     Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
@@ -113,17 +115,30 @@ pub fn label_selector_string(selector: &Value) -> Result<String, String> {
     }
     for expression in selector["matchExpressions"].as_array().into_iter().flatten() {
         let key = expression["key"].as_str().filter(|k| !k.is_empty()).ok_or("matchExpressions.key: Required value")?;
-        let mut values: Vec<&str> = expression["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let mut values: Vec<&str> =
+            expression["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         values.sort_unstable();
         let operator = expression["operator"].as_str().unwrap_or_default();
         let text = match operator {
-            "In" | "NotIn" if values.is_empty() => return Err(format!("matchExpressions[{key}].values: Required value: must be specified when `operator` is 'In' or 'NotIn'")),
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(format!(
+                    "matchExpressions[{key}].values: Required value: must be specified when `operator` is 'In' or 'NotIn'"
+                ));
+            }
             "In" => format!("{key} in ({})", values.join(",")),
             "NotIn" => format!("{key} notin ({})", values.join(",")),
-            "Exists" | "DoesNotExist" if !values.is_empty() => return Err(format!("matchExpressions[{key}].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'")),
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(format!(
+                    "matchExpressions[{key}].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
+                ));
+            }
             "Exists" => key.to_string(),
             "DoesNotExist" => format!("!{key}"),
-            other => return Err(format!("matchExpressions[{key}].operator: Invalid value: \"{other}\": not a valid selector operator")),
+            other => {
+                return Err(format!(
+                    "matchExpressions[{key}].operator: Invalid value: \"{other}\": not a valid selector operator"
+                ));
+            }
         };
         requirements.push((key.to_string(), text));
     }

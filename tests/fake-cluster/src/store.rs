@@ -114,7 +114,13 @@ impl Store {
     }
 
     fn record(&self, inner: &mut Inner, resource: &str, namespace: &str, change: Change, object: Value) {
-        let event = Arc::new(Event { resource: resource.to_string(), namespace: namespace.to_string(), change, revision: inner.revision, object });
+        let event = Arc::new(Event {
+            resource: resource.to_string(),
+            namespace: namespace.to_string(),
+            change,
+            revision: inner.revision,
+            object,
+        });
         if inner.history.len() == HISTORY {
             inner.history.pop_front();
         }
@@ -133,7 +139,13 @@ impl Store {
 
     /// Objects of a resource (in one namespace, or all when None) that match
     /// the selectors, and the revision the list is consistent at.
-    pub fn list(&self, resource: &str, namespace: Option<&str>, labels: &Selector, fields: &Selector) -> (Vec<Value>, u64) {
+    pub fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        labels: &Selector,
+        fields: &Selector,
+    ) -> (Vec<Value>, u64) {
         let inner = self.lock();
         let items = inner
             .objects
@@ -165,7 +177,14 @@ impl Store {
     /// Changes an object in place under the store's lock. `change` sees the
     /// current object and returns an error to leave it as it is. A change
     /// that leaves the object equal is not a new revision.
-    pub fn update<F>(&self, resource: &str, namespace: &str, name: &str, plural: &str, change: F) -> Result<Value, ApiError>
+    pub fn update<F>(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        plural: &str,
+        change: F,
+    ) -> Result<Value, ApiError>
     where
         F: FnOnce(&mut Value) -> Result<(), ApiError>,
     {
@@ -248,7 +267,12 @@ impl Store {
     }
 
     pub fn keys_in_namespace(&self, namespace: &str) -> Vec<(String, String)> {
-        self.lock().objects.keys().filter(|(_, ns, _)| ns == namespace).map(|(r, _, name)| (r.clone(), name.clone())).collect()
+        self.lock()
+            .objects
+            .keys()
+            .filter(|(_, ns, _)| ns == namespace)
+            .map(|(r, _, name)| (r.clone(), name.clone()))
+            .collect()
     }
 }
 
@@ -266,7 +290,9 @@ mod tests {
         let a = store.create("pods", "ns", "pods", object("a")).unwrap();
         assert_eq!(store.create("pods", "ns", "pods", object("a")).unwrap_err().code, 409);
         let b = store.create("pods", "other", "pods", object("a")).unwrap();
-        assert!(b["metadata"]["resourceVersion"].as_str().unwrap() > a["metadata"]["resourceVersion"].as_str().unwrap());
+        assert!(
+            b["metadata"]["resourceVersion"].as_str().unwrap() > a["metadata"]["resourceVersion"].as_str().unwrap()
+        );
     }
 
     #[test]

@@ -48,7 +48,11 @@ fn pod_status(pod: &Value) -> String {
     if !pod["metadata"]["deletionTimestamp"].is_null() {
         return "Terminating".to_string();
     }
-    let waiting = pod["status"]["containerStatuses"].as_array().into_iter().flatten().find_map(|c| c["state"]["waiting"]["reason"].as_str());
+    let waiting = pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|c| c["state"]["waiting"]["reason"].as_str());
     waiting.or_else(|| pod["status"]["phase"].as_str()).unwrap_or("Pending").to_string()
 }
 
@@ -63,20 +67,56 @@ fn columns_and_cells(resource: &Resource, object: &Value) -> (Vec<Value>, Vec<Va
             let restarts: u64 = statuses.iter().filter_map(|c| c["restartCount"].as_u64()).sum();
             let or_none = |v: &Value| json!(v.as_str().unwrap_or("<none>"));
             (
-                vec![column("Name", "string", 0), column("Ready", "string", 0), column("Status", "string", 0), column("Restarts", "string", 0), column("Age", "string", 0), column("IP", "string", 1), column("Node", "string", 1)],
-                vec![name, json!(format!("{ready}/{total}")), json!(pod_status(object)), json!(restarts.to_string()), age, or_none(&object["status"]["podIP"]), or_none(&object["spec"]["nodeName"])],
+                vec![
+                    column("Name", "string", 0),
+                    column("Ready", "string", 0),
+                    column("Status", "string", 0),
+                    column("Restarts", "string", 0),
+                    column("Age", "string", 0),
+                    column("IP", "string", 1),
+                    column("Node", "string", 1),
+                ],
+                vec![
+                    name,
+                    json!(format!("{ready}/{total}")),
+                    json!(pod_status(object)),
+                    json!(restarts.to_string()),
+                    age,
+                    or_none(&object["status"]["podIP"]),
+                    or_none(&object["spec"]["nodeName"]),
+                ],
             )
         }
-        "namespaces" => (vec![column("Name", "string", 0), column("Status", "string", 0), column("Age", "string", 0)], vec![name, json!(object["status"]["phase"]), age]),
+        "namespaces" => (
+            vec![column("Name", "string", 0), column("Status", "string", 0), column("Age", "string", 0)],
+            vec![name, json!(object["status"]["phase"]), age],
+        ),
         "nodes" => {
-            let ready = object["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let ready = object["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
             (
-                vec![column("Name", "string", 0), column("Status", "string", 0), column("Roles", "string", 0), column("Age", "string", 0), column("Version", "string", 0)],
-                vec![name, json!(if ready { "Ready" } else { "NotReady" }), json!("<none>"), age, json!(object["status"]["nodeInfo"]["kubeletVersion"])],
+                vec![
+                    column("Name", "string", 0),
+                    column("Status", "string", 0),
+                    column("Roles", "string", 0),
+                    column("Age", "string", 0),
+                    column("Version", "string", 0),
+                ],
+                vec![
+                    name,
+                    json!(if ready { "Ready" } else { "NotReady" }),
+                    json!("<none>"),
+                    age,
+                    json!(object["status"]["nodeInfo"]["kubeletVersion"]),
+                ],
             )
         }
         "configmaps" | "secrets" => {
-            let count = object["data"].as_object().map_or(0, |d| d.len()) + object["binaryData"].as_object().map_or(0, |d| d.len());
+            let count = object["data"].as_object().map_or(0, |d| d.len())
+                + object["binaryData"].as_object().map_or(0, |d| d.len());
             let mut columns = vec![column("Name", "string", 0)];
             let mut cells = vec![name];
             if resource.plural == "secrets" {
@@ -89,9 +129,19 @@ fn columns_and_cells(resource: &Resource, object: &Value) -> (Vec<Value>, Vec<Va
         }
         "events" => {
             let involved = &object["involvedObject"];
-            let target = format!("{}/{}", involved["kind"].as_str().unwrap_or_default().to_lowercase(), involved["name"].as_str().unwrap_or_default());
+            let target = format!(
+                "{}/{}",
+                involved["kind"].as_str().unwrap_or_default().to_lowercase(),
+                involved["name"].as_str().unwrap_or_default()
+            );
             (
-                vec![column("Last Seen", "string", 0), column("Type", "string", 0), column("Reason", "string", 0), column("Object", "string", 0), column("Message", "string", 0)],
+                vec![
+                    column("Last Seen", "string", 0),
+                    column("Type", "string", 0),
+                    column("Reason", "string", 0),
+                    column("Object", "string", 0),
+                    column("Message", "string", 0),
+                ],
                 vec![age, json!(object["type"]), json!(object["reason"]), json!(target), json!(object["message"])],
             )
         }
@@ -99,23 +149,53 @@ fn columns_and_cells(resource: &Resource, object: &Value) -> (Vec<Value>, Vec<Va
             let (spec, status) = (&object["spec"], &object["status"]);
             let count = |v: &Value| json!(v.as_i64().unwrap_or(0));
             let containers = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
-            let joined = |field: &str| json!(containers.iter().filter_map(|c| c[field].as_str()).collect::<Vec<_>>().join(","));
+            let joined =
+                |field: &str| json!(containers.iter().filter_map(|c| c[field].as_str()).collect::<Vec<_>>().join(","));
             let selector = match crate::select::label_selector_string(&spec["selector"]) {
                 Ok(text) if !text.is_empty() => text,
                 _ => "<none>".to_string(),
             };
-            let wide = [column("Containers", "string", 1), column("Images", "string", 1), column("Selector", "string", 1)];
+            let wide =
+                [column("Containers", "string", 1), column("Images", "string", 1), column("Selector", "string", 1)];
             let wide_cells = [joined("name"), joined("image"), json!(selector)];
             let (mut columns, mut cells) = if resource.plural == "deployments" {
-                let ready = format!("{}/{}", status["readyReplicas"].as_i64().unwrap_or(0), spec["replicas"].as_i64().unwrap_or(0));
+                let ready = format!(
+                    "{}/{}",
+                    status["readyReplicas"].as_i64().unwrap_or(0),
+                    spec["replicas"].as_i64().unwrap_or(0)
+                );
                 (
-                    vec![column("Name", "string", 0), column("Ready", "string", 0), column("Up-to-date", "string", 0), column("Available", "string", 0), column("Age", "string", 0)],
-                    vec![name, json!(ready), count(&status["updatedReplicas"]), count(&status["availableReplicas"]), age],
+                    vec![
+                        column("Name", "string", 0),
+                        column("Ready", "string", 0),
+                        column("Up-to-date", "string", 0),
+                        column("Available", "string", 0),
+                        column("Age", "string", 0),
+                    ],
+                    vec![
+                        name,
+                        json!(ready),
+                        count(&status["updatedReplicas"]),
+                        count(&status["availableReplicas"]),
+                        age,
+                    ],
                 )
             } else {
                 (
-                    vec![column("Name", "string", 0), column("Desired", "integer", 0), column("Current", "integer", 0), column("Ready", "integer", 0), column("Age", "string", 0)],
-                    vec![name, count(&spec["replicas"]), count(&status["replicas"]), count(&status["readyReplicas"]), age],
+                    vec![
+                        column("Name", "string", 0),
+                        column("Desired", "integer", 0),
+                        column("Current", "integer", 0),
+                        column("Ready", "integer", 0),
+                        column("Age", "string", 0),
+                    ],
+                    vec![
+                        name,
+                        count(&spec["replicas"]),
+                        count(&status["replicas"]),
+                        count(&status["readyReplicas"]),
+                        age,
+                    ],
                 )
             };
             columns.extend(wide);
@@ -184,15 +264,30 @@ mod tests {
             "status": {"replicas": 2, "updatedReplicas": 2, "readyReplicas": 1, "availableReplicas": 1},
         });
         let table = table(find("apps", "v1", "deployments").unwrap(), &[deployment], 3, None);
-        let names: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().filter(|c| c["priority"] == 0).map(|c| c["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = table["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["priority"] == 0)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["Name", "Ready", "Up-to-date", "Available", "Age"]);
         let cells = &table["rows"][0]["cells"];
         assert_eq!((cells[1].as_str(), cells[2].as_i64(), cells[3].as_i64()), (Some("1/2"), Some(2), Some(1)));
-        assert_eq!((cells[5].as_str(), cells[6].as_str(), cells[7].as_str()), (Some("agent"), Some("merak-agent:1"), Some("app=gw")));
+        assert_eq!(
+            (cells[5].as_str(), cells[6].as_str(), cells[7].as_str()),
+            (Some("agent"), Some("merak-agent:1"), Some("app=gw"))
+        );
 
         let replica_set = json!({"metadata": {"name": "gw-5d4b6c7f8"}, "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "gw", "pod-template-hash": "5d4b6c7f8"}}, "template": template}, "status": {"replicas": 1}});
         let table = super::table(find("apps", "v1", "replicasets").unwrap(), &[replica_set], 3, None);
-        let names: Vec<&str> = table["columnDefinitions"].as_array().unwrap().iter().filter(|c| c["priority"] == 0).map(|c| c["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = table["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["priority"] == 0)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["Name", "Desired", "Current", "Ready", "Age"]);
         let cells = &table["rows"][0]["cells"];
         assert_eq!((cells[1].as_i64(), cells[2].as_i64(), cells[3].as_i64()), (Some(1), Some(1), Some(0)));

@@ -13,10 +13,10 @@
 
 use std::sync::LazyLock;
 
+use merak_provider::controller::Controller;
 use merak_provider::protocol::cty::{Type, Value};
 use merak_provider::protocol::{json, msgpack};
 use merak_provider::resources::{DATA_SOURCES, RESOURCES};
-use merak_provider::controller::Controller;
 use merak_provider::runtime::local::{AgentTransport, LocalRuntime};
 use merak_provider::store::MemoryStore;
 use prost::Message;
@@ -71,7 +71,8 @@ fn harness() -> &'static PlanHarness {
         let state_dir = std::env::temp_dir().join(format!("merak-fuzz-{}", std::process::id()));
         // Records in memory: fuzzing writes nothing to the host.
         let store = std::sync::Arc::new(MemoryStore::default());
-        let substrate = LocalRuntime::new(state_dir, "/nonexistent/merak-agent".into(), AgentTransport::Unix, store.clone());
+        let substrate =
+            LocalRuntime::new(state_dir, "/nonexistent/merak-agent".into(), AgentTransport::Unix, store.clone());
         let runtime = Controller::new(std::sync::Arc::new(substrate), store);
         let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
         let harness = PlanHarness { tokio, runtime };
@@ -106,7 +107,13 @@ pub fn merak_fuzz_parents() -> Vec<Vec<u8>> {
             ("namespace_prefix", Value::Null),
             ("ready_epms", Value::Null),
         ]),
-        object([("id", Value::Null), ("topology_id", Value::string("lab")), ("name", Value::string("blue")), ("cidr", Value::string("10.1.0.0/16")), ("vni", Value::Null)]),
+        object([
+            ("id", Value::Null),
+            ("topology_id", Value::string("lab")),
+            ("name", Value::string("blue")),
+            ("cidr", Value::string("10.1.0.0/16")),
+            ("vni", Value::Null),
+        ]),
         object([
             ("id", Value::Null),
             ("vpc_id", Value::string("lab/blue")),
@@ -116,7 +123,11 @@ pub fn merak_fuzz_parents() -> Vec<Vec<u8>> {
             ("vni", Value::Null),
         ]),
     ];
-    configs.iter().enumerate().map(|(i, config)| msgpack::encode(config, &RESOURCES[i].schema().value_type()).expect("encodes")).collect()
+    configs
+        .iter()
+        .enumerate()
+        .map(|(i, config)| msgpack::encode(config, &RESOURCES[i].schema().value_type()).expect("encodes"))
+        .collect()
 }
 
 pub fn plan(data: &[u8]) {

@@ -133,9 +133,22 @@ fn agent_goal_checks() {
         underlay_ip: "10.0.0.1".into(),
         vpcs: vec![VpcGoal { namespace: "merak-lab.epm-0.r.blue".into(), subnets: vec![subnet] }],
     };
-    let ping = PingRequest { probes: vec![PingProbe { from_namespace: evm.namespace.clone(), to: "10.1.1.3".into() }], timeout_ms: 100, payload_bytes: 0, full_size: false };
+    let ping = PingRequest {
+        probes: vec![PingProbe { from_namespace: evm.namespace.clone(), to: "10.1.1.3".into() }],
+        timeout_ms: 100,
+        payload_bytes: 0,
+        full_size: false,
+    };
     let batch = EvmBatch { create: vec![evm.clone()], delete: vec![evm] };
-    assert!(merak_agent::goal::overlay(&goal).is_ok() && merak_agent::goal::batch(&batch).is_ok() && merak_agent::goal::ping(&ping).is_ok());
-    let seeds = vec![[&[0u8][..], &goal.encode_to_vec()].concat(), [&[1u8][..], &batch.encode_to_vec()].concat(), [&[2u8][..], &ping.encode_to_vec()].concat()];
+    assert!(
+        merak_agent::goal::overlay(&goal).is_ok()
+            && merak_agent::goal::batch(&batch).is_ok()
+            && merak_agent::goal::ping(&ping).is_ok()
+    );
+    let seeds = vec![
+        [&[0u8][..], &goal.encode_to_vec()].concat(),
+        [&[1u8][..], &batch.encode_to_vec()].concat(),
+        [&[2u8][..], &ping.encode_to_vec()].concat(),
+    ];
     run(merak_fuzz::agent_goal, &seeds, 20_000);
 }

@@ -47,7 +47,13 @@ mod tests {
         let mut granted = std::collections::BTreeSet::new();
         let mut resources: Vec<String> = Vec::new();
         for line in text.lines().map(str::trim) {
-            let list = |rest: &str| rest.trim().trim_matches(|c| c == '[' || c == ']').split(',').map(|v| v.trim().trim_matches('"').to_string()).collect::<Vec<_>>();
+            let list = |rest: &str| {
+                rest.trim()
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .split(',')
+                    .map(|v| v.trim().trim_matches('"').to_string())
+                    .collect::<Vec<_>>()
+            };
             if let Some(rest) = line.strip_prefix("resources:") {
                 resources = list(rest);
             } else if let Some(rest) = line.strip_prefix("verbs:") {
@@ -61,8 +67,10 @@ mod tests {
         for (verb, resource, _) in super::NEEDED {
             assert!(granted.contains(&format!("{verb} {resource}")), "rbac.yaml lacks {verb} {resource}");
         }
-        let needed: std::collections::BTreeSet<String> = super::NEEDED.iter().map(|(v, r, _)| format!("{v} {r}")).collect();
-        let extra: Vec<&String> = granted.iter().filter(|g| !needed.contains(*g) && !g.ends_with("selfsubjectaccessreviews")).collect();
+        let needed: std::collections::BTreeSet<String> =
+            super::NEEDED.iter().map(|(v, r, _)| format!("{v} {r}")).collect();
+        let extra: Vec<&String> =
+            granted.iter().filter(|g| !needed.contains(*g) && !g.ends_with("selfsubjectaccessreviews")).collect();
         assert!(extra.is_empty(), "rbac.yaml grants more than the runtime needs: {extra:?}");
     }
 }
@@ -74,11 +82,18 @@ pub async fn connect(path: Option<PathBuf>, context: Option<String>) -> Result<k
     let options = KubeConfigOptions { context, ..KubeConfigOptions::default() };
     let config = match path {
         Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(&path).map_err(|e| format!("reading the kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| format!("the kubeconfig {}: {e}", path.display()))?
+            let kubeconfig =
+                Kubeconfig::read_from(&path).map_err(|e| format!("reading the kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| format!("the kubeconfig {}: {e}", path.display()))?
         }
-        None if options.context.is_some() => kube::Config::from_kubeconfig(&options).await.map_err(|e| format!("the kubeconfig: {e}"))?,
-        None => kube::Config::infer().await.map_err(|e| format!("no kubeconfig found (KUBECONFIG, ~/.kube/config) and not running in a cluster: {e}"))?,
+        None if options.context.is_some() => {
+            kube::Config::from_kubeconfig(&options).await.map_err(|e| format!("the kubeconfig: {e}"))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no kubeconfig found (KUBECONFIG, ~/.kube/config) and not running in a cluster: {e}")
+        })?,
     };
     let mut config = config;
     // An API server that accepts the connection and never answers must not hang an apply.
@@ -89,7 +104,8 @@ pub async fn connect(path: Option<PathBuf>, context: Option<String>) -> Result<k
 
 /// The API server's version, e.g. `v1.33.0`; an error when it does not answer.
 pub async fn version(client: &kube::Client) -> Result<String, String> {
-    let info = retrying("asking the API server's version", || client.apiserver_version()).await.map_err(|e| e.to_string())?;
+    let info =
+        retrying("asking the API server's version", || client.apiserver_version()).await.map_err(|e| e.to_string())?;
     Ok(info.git_version)
 }
 
@@ -117,9 +133,11 @@ pub async fn missing_permissions(client: &kube::Client) -> Result<Vec<String>, S
 
 /// Request options shared by every call (a call's future borrows them).
 pub static POST: std::sync::LazyLock<PostParams> = std::sync::LazyLock::new(PostParams::default);
-pub static DELETE: std::sync::LazyLock<kube::api::DeleteParams> = std::sync::LazyLock::new(kube::api::DeleteParams::default);
+pub static DELETE: std::sync::LazyLock<kube::api::DeleteParams> =
+    std::sync::LazyLock::new(kube::api::DeleteParams::default);
 /// Deleting a namespace: its objects go in the background, after the answer.
-pub static DELETE_IN_BACKGROUND: std::sync::LazyLock<kube::api::DeleteParams> = std::sync::LazyLock::new(kube::api::DeleteParams::background);
+pub static DELETE_IN_BACKGROUND: std::sync::LazyLock<kube::api::DeleteParams> =
+    std::sync::LazyLock::new(kube::api::DeleteParams::background);
 
 /// The HTTP status of an API error, if the API server answered.
 pub fn code(error: &kube::Error) -> Option<u16> {
@@ -166,7 +184,10 @@ where
         match call().await {
             Err(error) if transient(&error) && attempt < ATTEMPTS => {
                 tracing::debug!(what, attempt, %error, "the API server refused for now; trying again");
-                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
                 let jitter = pause.mul_f64(f64::from(nanos % 1000) / 2000.0);
                 tokio::time::sleep(pause + jitter).await;
                 pause = (pause * 2).min(LONGEST_PAUSE);

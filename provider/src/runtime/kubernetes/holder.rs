@@ -39,7 +39,12 @@ impl ProcessIdentity {
 
     /// The lock data entries naming this process.
     pub fn to_data(&self) -> [(&'static str, String); 4] {
-        [(BOOT_ID, self.boot_id.clone()), (PID_NAMESPACE, self.pid_namespace.clone()), (PID, self.pid.to_string()), (STARTED, self.started.clone())]
+        [
+            (BOOT_ID, self.boot_id.clone()),
+            (PID_NAMESPACE, self.pid_namespace.clone()),
+            (PID, self.pid.to_string()),
+            (STARTED, self.started.clone()),
+        ]
     }
 
     /// The holder a lock's data names, when it names one completely.
@@ -57,7 +62,9 @@ impl ProcessIdentity {
     /// names no process or one started at another moment (`start_of` reads
     /// a pid's start time). A holder elsewhere is never judged gone.
     pub fn is_gone(&self, here: &ProcessIdentity, start_of: impl Fn(u32) -> Option<String>) -> bool {
-        self.boot_id == here.boot_id && self.pid_namespace == here.pid_namespace && start_of(self.pid).as_deref() != Some(self.started.as_str())
+        self.boot_id == here.boot_id
+            && self.pid_namespace == here.pid_namespace
+            && start_of(self.pid).as_deref() != Some(self.started.as_str())
     }
 }
 
@@ -79,7 +86,12 @@ mod tests {
     use super::*;
 
     fn holder() -> ProcessIdentity {
-        ProcessIdentity { boot_id: "b1".into(), pid_namespace: "pid:[4026531836]".into(), pid: 4242, started: "1000".into() }
+        ProcessIdentity {
+            boot_id: "b1".into(),
+            pid_namespace: "pid:[4026531836]".into(),
+            pid: 4242,
+            started: "1000".into(),
+        }
     }
 
     #[test]

@@ -33,13 +33,17 @@ use merak_agent::error_chain;
 use merak_agent::pki::{Authority, Role};
 use merak_proto::agent::agent_client::AgentClient;
 use merak_proto::agent::overlay_client::OverlayClient;
-use merak_proto::agent::{EpmInfo, EvmBatch, EvmReply, EvmSpec, GetInfoRequest, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal};
+use merak_proto::agent::{
+    EpmInfo, EvmBatch, EvmReply, EvmSpec, GetInfoRequest, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal,
+};
 use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsConnector;
 use tonic::transport::Channel;
 
 use self::cluster::{DELETE, DELETE_IN_BACKGROUND, POST, is_conflict, is_not_found, retrying};
-use self::objects::{AGENT_PORT, AGENT_TLS, Access, CONTROLLER_TLS, GATEWAY, GATEWAY_ROLE, GATEWAY_TLS, PodSettings, namespace_name};
+use self::objects::{
+    AGENT_PORT, AGENT_TLS, Access, CONTROLLER_TLS, GATEWAY, GATEWAY_ROLE, GATEWAY_TLS, PodSettings, namespace_name,
+};
 use super::agent_client::AgentChannel;
 use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest};
 use crate::model::epm_agent::{AGENT_CONTAINER, AgentHost, EpmAgentSpec};
@@ -105,7 +109,10 @@ pub struct KubernetesRuntime {
 
 impl std::fmt::Debug for KubernetesRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubernetesRuntime").field("settings", &self.settings).field("access", &self.access).finish_non_exhaustive()
+        f.debug_struct("KubernetesRuntime")
+            .field("settings", &self.settings)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,22 +132,42 @@ fn pod_state(pod: &Pod, digest: Option<&str>) -> PodState {
     };
     let phase = status.phase.as_deref().unwrap_or_default();
     let made_from = pod.metadata.annotations.as_ref().and_then(|a| a.get(objects::SPEC_ANNOTATION)).map(String::as_str);
-    let stale = pod.metadata.deletion_timestamp.is_some() || phase == "Failed" || phase == "Succeeded" || (digest.is_some() && made_from != digest);
+    let stale = pod.metadata.deletion_timestamp.is_some()
+        || phase == "Failed"
+        || phase == "Succeeded"
+        || (digest.is_some() && made_from != digest);
     let mut waiting = None;
     let mut hopeless = false;
-    for container in status.container_statuses.iter().flatten().filter(|c| agent.is_none_or(|agent| agent.name == c.name)) {
+    for container in
+        status.container_statuses.iter().flatten().filter(|c| agent.is_none_or(|agent| agent.name == c.name))
+    {
         if let Some(state) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) {
             let reason = state.reason.clone().unwrap_or_default();
-            hopeless |= matches!(reason.as_str(), "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull");
+            hopeless |= matches!(
+                reason.as_str(),
+                "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull"
+            );
             waiting = Some(format!("{reason}: {}", state.message.clone().unwrap_or_default()));
         }
     }
     if waiting.is_none()
-        && let Some(unscheduled) = status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        && let Some(unscheduled) =
+            status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled" && c.status == "False")
     {
-        waiting = Some(format!("{}: {}", unscheduled.reason.clone().unwrap_or_default(), unscheduled.message.clone().unwrap_or_default()));
+        waiting = Some(format!(
+            "{}: {}",
+            unscheduled.reason.clone().unwrap_or_default(),
+            unscheduled.message.clone().unwrap_or_default()
+        ));
     }
-    PodState { ip: status.pod_ip.clone().filter(|ip| !ip.is_empty()), node: pod.spec.as_ref().and_then(|s| s.node_name.clone()), ready: ready && phase == "Running", stale, waiting, hopeless }
+    PodState {
+        ip: status.pod_ip.clone().filter(|ip| !ip.is_empty()),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        ready: ready && phase == "Running",
+        stale,
+        waiting,
+        hopeless,
+    }
 }
 
 fn is_gateway(pod: &Pod) -> bool {
@@ -177,7 +204,11 @@ impl KubernetesRuntime {
 
     fn spec_of(&self, topology: &str, record: &Record) -> Result<TreeSpec, RuntimeError> {
         record.spec.to_spec().map_err(|detail| {
-            RuntimeError::Store(StoreError::Corrupt { topology: topology.into(), location: self.store.location(topology, TOPOLOGY), detail })
+            RuntimeError::Store(StoreError::Corrupt {
+                topology: topology.into(),
+                location: self.store.location(topology, TOPOLOGY),
+                detail,
+            })
         })
     }
 
@@ -186,16 +217,31 @@ impl KubernetesRuntime {
     /// the other, which only the provider reads). Returns the connector.
     async fn ensure_tls(&self, topology: &str) -> Result<TlsConnector, RuntimeError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace_name(topology));
-        if retrying("reading a secret", || secrets.get_opt(CONTROLLER_TLS)).await.map_err(|e| api("reading the topology's certificates", e))?.is_none() {
-            let pki = |e: merak_agent::pki::PkiError| RuntimeError::Unavailable(format!("making the certificates of {topology}: {e}"));
+        if retrying("reading a secret", || secrets.get_opt(CONTROLLER_TLS))
+            .await
+            .map_err(|e| api("reading the topology's certificates", e))?
+            .is_none()
+        {
+            let pki = |e: merak_agent::pki::PkiError| {
+                RuntimeError::Unavailable(format!("making the certificates of {topology}: {e}"))
+            };
             let (authority, authority_key) = Authority::create(topology).map_err(pki)?;
             let agent = authority.issue(Role::Agent).map_err(pki)?;
             let controller = authority.issue(Role::Controller).map_err(pki)?;
-            let agent_secret = objects::tls_secret(topology, AGENT_TLS, &[("ca.pem", &authority.certificate), ("agent.pem", &agent.certificate), ("agent.key", &agent.key)]);
+            let agent_secret = objects::tls_secret(
+                topology,
+                AGENT_TLS,
+                &[("ca.pem", &authority.certificate), ("agent.pem", &agent.certificate), ("agent.key", &agent.key)],
+            );
             let controller_secret = objects::tls_secret(
                 topology,
                 CONTROLLER_TLS,
-                &[("ca.pem", &authority.certificate), ("ca.key", &authority_key), ("controller.pem", &controller.certificate), ("controller.key", &controller.key)],
+                &[
+                    ("ca.pem", &authority.certificate),
+                    ("ca.key", &authority_key),
+                    ("controller.pem", &controller.certificate),
+                    ("controller.key", &controller.key),
+                ],
             );
             // The agents' first: the controller's completes the set. A
             // leftover agents' Secret (a kill in between) is replaced.
@@ -206,13 +252,20 @@ impl KubernetesRuntime {
                     Ok(_) => {}
                     Err(e) if is_conflict(&e) && name == AGENT_TLS => {
                         let _ = retrying("deleting a secret", || secrets.delete(&name, &DELETE)).await;
-                        retrying("creating a secret", || secrets.create(&POST, &secret)).await.map_err(|e| api("storing the certificates", e))?;
+                        retrying("creating a secret", || secrets.create(&POST, &secret))
+                            .await
+                            .map_err(|e| api("storing the certificates", e))?;
                     }
                     Err(e) => return Err(api("storing the certificates", e)),
                 }
             }
         }
-        if self.access == Access::PortForward && retrying("reading a secret", || secrets.get_opt(GATEWAY_TLS)).await.map_err(|e| api("reading the gateway's certificates", e))?.is_none() {
+        if self.access == Access::PortForward
+            && retrying("reading a secret", || secrets.get_opt(GATEWAY_TLS))
+                .await
+                .map_err(|e| api("reading the gateway's certificates", e))?
+                .is_none()
+        {
             self.make_gateway_identity(topology, &secrets).await?;
         }
         self.connector(topology).await
@@ -223,15 +276,27 @@ impl KubernetesRuntime {
     /// issued by the topology's CA, whose key stays in the provider's Secret.
     async fn make_gateway_identity(&self, topology: &str, secrets: &Api<Secret>) -> Result<(), RuntimeError> {
         let data = self.controller_files(topology).await?;
-        let text = |name: &str| data.get(name).map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned()).ok_or_else(|| RuntimeError::Unavailable(format!("secret {CONTROLLER_TLS} has no {name}")));
-        let pki = |e: merak_agent::pki::PkiError| RuntimeError::Unavailable(format!("making the gateway's certificates of {topology}: {e}"));
+        let text = |name: &str| {
+            data.get(name)
+                .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
+                .ok_or_else(|| RuntimeError::Unavailable(format!("secret {CONTROLLER_TLS} has no {name}")))
+        };
+        let pki = |e: merak_agent::pki::PkiError| {
+            RuntimeError::Unavailable(format!("making the gateway's certificates of {topology}: {e}"))
+        };
         let authority = Authority::load(topology, &text("ca.pem")?, &text("ca.key")?).map_err(pki)?;
         let server = authority.issue(Role::Agent).map_err(pki)?;
         let client = authority.issue(Role::Gateway).map_err(pki)?;
         let secret = objects::tls_secret(
             topology,
             GATEWAY_TLS,
-            &[("ca.pem", &authority.certificate), ("agent.pem", &server.certificate), ("agent.key", &server.key), ("gateway.pem", &client.certificate), ("gateway.key", &client.key)],
+            &[
+                ("ca.pem", &authority.certificate),
+                ("agent.pem", &server.certificate),
+                ("agent.key", &server.key),
+                ("gateway.pem", &client.certificate),
+                ("gateway.key", &client.key),
+            ],
         )
         .map_err(RuntimeError::Unavailable)?;
         match retrying("creating a secret", || secrets.create(&POST, &secret)).await {
@@ -241,9 +306,14 @@ impl KubernetesRuntime {
         }
     }
 
-    async fn controller_files(&self, topology: &str) -> Result<BTreeMap<String, k8s_openapi::ByteString>, RuntimeError> {
+    async fn controller_files(
+        &self,
+        topology: &str,
+    ) -> Result<BTreeMap<String, k8s_openapi::ByteString>, RuntimeError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace_name(topology));
-        let secret = retrying("reading a secret", || secrets.get(CONTROLLER_TLS)).await.map_err(|e| api(format!("reading secret {}/{CONTROLLER_TLS}", namespace_name(topology)), e))?;
+        let secret = retrying("reading a secret", || secrets.get(CONTROLLER_TLS))
+            .await
+            .map_err(|e| api(format!("reading secret {}/{CONTROLLER_TLS}", namespace_name(topology)), e))?;
         Ok(secret.data.unwrap_or_default())
     }
 
@@ -252,9 +322,14 @@ impl KubernetesRuntime {
             return Ok(connector);
         }
         let data = self.controller_files(topology).await?;
-        let file = |name: &str| data.get(name).map(|bytes| bytes.0.clone()).ok_or_else(|| RuntimeError::Unavailable(format!("secret {CONTROLLER_TLS} has no {name}")));
-        let connector = merak_agent::tls::connector(&file("ca.pem")?, &file("controller.pem")?, &file("controller.key")?)
-            .map_err(|e| RuntimeError::Unavailable(format!("the controller's certificate of {topology}: {e}")))?;
+        let file = |name: &str| {
+            data.get(name)
+                .map(|bytes| bytes.0.clone())
+                .ok_or_else(|| RuntimeError::Unavailable(format!("secret {CONTROLLER_TLS} has no {name}")))
+        };
+        let connector =
+            merak_agent::tls::connector(&file("ca.pem")?, &file("controller.pem")?, &file("controller.key")?)
+                .map_err(|e| RuntimeError::Unavailable(format!("the controller's certificate of {topology}: {e}")))?;
         if let Ok(mut connectors) = self.connectors.lock() {
             connectors.insert(topology.to_string(), connector.clone());
         }
@@ -278,7 +353,8 @@ impl KubernetesRuntime {
         };
         self.note_routes(topology, &items);
         let (gateways, agents): (Vec<Pod>, Vec<Pod>) = items.into_iter().partition(is_gateway);
-        let agents: HashMap<String, Pod> = agents.into_iter().filter_map(|pod| Some((pod.metadata.name.clone()?, pod))).collect();
+        let agents: HashMap<String, Pod> =
+            agents.into_iter().filter_map(|pod| Some((pod.metadata.name.clone()?, pod))).collect();
         Ok((agents, gateways))
     }
 
@@ -310,11 +386,16 @@ impl KubernetesRuntime {
     async fn converge_gateway(&self, topology: &str) -> Result<(), RuntimeError> {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &namespace_name(topology));
         let mut wanted = objects::gateway(topology, &self.settings).map_err(RuntimeError::Unavailable)?;
-        let digest = |d: &Deployment| d.metadata.annotations.as_ref().and_then(|a| a.get(objects::SPEC_ANNOTATION)).cloned();
-        let found = retrying("reading a deployment", || deployments.get_opt(GATEWAY)).await.map_err(|e| api(format!("reading deployment {GATEWAY}"), e))?;
+        let digest =
+            |d: &Deployment| d.metadata.annotations.as_ref().and_then(|a| a.get(objects::SPEC_ANNOTATION)).cloned();
+        let found = retrying("reading a deployment", || deployments.get_opt(GATEWAY))
+            .await
+            .map_err(|e| api(format!("reading deployment {GATEWAY}"), e))?;
         match found {
             None => match retrying("creating a deployment", || deployments.create(&POST, &wanted)).await {
-                Err(e) if !is_conflict(&e) => Err(api(format!("creating deployment {}/{GATEWAY}", namespace_name(topology)), e)),
+                Err(e) if !is_conflict(&e) => {
+                    Err(api(format!("creating deployment {}/{GATEWAY}", namespace_name(topology)), e))
+                }
                 _ => Ok(()),
             },
             Some(found) if digest(&found) != digest(&wanted) => {
@@ -335,7 +416,10 @@ impl KubernetesRuntime {
         let deadline = Instant::now() + self.settings.pod_ready_timeout;
         loop {
             let (_, gateways) = self.list_all_pods(topology).await?;
-            let states: Vec<(String, PodState)> = gateways.iter().map(|pod| (pod.metadata.name.clone().unwrap_or_default(), pod_state(pod, None))).collect();
+            let states: Vec<(String, PodState)> = gateways
+                .iter()
+                .map(|pod| (pod.metadata.name.clone().unwrap_or_default(), pod_state(pod, None)))
+                .collect();
             if states.iter().any(|(_, s)| s.ready && !s.stale && s.ip.is_some()) {
                 return Ok(None);
             }
@@ -344,15 +428,29 @@ impl KubernetesRuntime {
                 let events = self.events(topology).await;
                 let (name, reason) = match hopeless.or(states.first()) {
                     Some((name, state)) => {
-                        let node = state.node.as_deref().map(|n| format!(" on node {n}")).unwrap_or_else(|| " (not scheduled)".into());
-                        let why = state.waiting.clone().or_else(|| events.get(name).cloned()).unwrap_or_else(|| "no reason given in its status or events".into());
+                        let node = state
+                            .node
+                            .as_deref()
+                            .map(|n| format!(" on node {n}"))
+                            .unwrap_or_else(|| " (not scheduled)".into());
+                        let why = state
+                            .waiting
+                            .clone()
+                            .or_else(|| events.get(name).cloned())
+                            .unwrap_or_else(|| "no reason given in its status or events".into());
                         (format!("{name}{node}"), why)
                     }
-                    None => ("(none made)".into(), events.get(GATEWAY).cloned().unwrap_or_else(|| "the deployment made no pod".into())),
+                    None => (
+                        "(none made)".into(),
+                        events.get(GATEWAY).cloned().unwrap_or_else(|| "the deployment made no pod".into()),
+                    ),
                 };
                 return Ok(Some(Failure {
                     object: GATEWAY.into(),
-                    error: format!("the gateway (deployment {}/{GATEWAY}, pod {name}) is not running: {reason}", namespace_name(topology)),
+                    error: format!(
+                        "the gateway (deployment {}/{GATEWAY}, pod {name}) is not running: {reason}",
+                        namespace_name(topology)
+                    ),
                 }));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -382,17 +480,25 @@ impl KubernetesRuntime {
     /// removes those it no longer has, and waits until each is running or
     /// cannot be: the pods by name, as they are at the end.
     /// `made`: the pods it created.
-    async fn converge_pods(&self, spec: &TreeSpec, under_test: UnderTest<'_>, failures: &mut Vec<Failure>, made: &mut Vec<String>) -> Result<HashMap<String, PodState>, RuntimeError> {
+    async fn converge_pods(
+        &self,
+        spec: &TreeSpec,
+        under_test: UnderTest<'_>,
+        failures: &mut Vec<Failure>,
+        made: &mut Vec<String>,
+    ) -> Result<HashMap<String, PodState>, RuntimeError> {
         let topology = &spec.name;
         let wanted: Vec<(String, k8s_openapi::api::core::v1::Pod)> = objects::pod_objects(spec)
             .iter()
             .map(|object| objects::pod(topology, object, &self.settings, under_test).map(|pod| (object.name(), pod)))
             .collect::<Result<_, String>>()
             .map_err(RuntimeError::Unavailable)?;
-        let digest = |pod: &Pod| pod.metadata.annotations.as_ref().and_then(|a| a.get(objects::SPEC_ANNOTATION)).cloned();
+        let digest =
+            |pod: &Pod| pod.metadata.annotations.as_ref().and_then(|a| a.get(objects::SPEC_ANNOTATION)).cloned();
         let wanted_names: HashSet<&str> = wanted.iter().map(|(name, _)| name.as_str()).collect();
         let existing = self.list_pods(topology).await?;
-        let mut leaving: Vec<String> = existing.keys().filter(|name| !wanted_names.contains(name.as_str())).cloned().collect();
+        let mut leaving: Vec<String> =
+            existing.keys().filter(|name| !wanted_names.contains(name.as_str())).cloned().collect();
         let mut to_create = Vec::new();
         let mut replaced = Vec::new();
         for (name, pod) in &wanted {
@@ -433,7 +539,10 @@ impl KubernetesRuntime {
         for (name, result) in created {
             match result {
                 Ok(()) => made.push(name),
-                Err(e) => failures.push(Failure { object: name.clone(), error: format!("creating pod {}/{name}: {e}", namespace_name(topology)) }),
+                Err(e) => failures.push(Failure {
+                    object: name.clone(),
+                    error: format!("creating pod {}/{name}: {e}", namespace_name(topology)),
+                }),
             }
         }
         self.wait_running(spec, &wanted, failures).await
@@ -450,18 +559,28 @@ impl KubernetesRuntime {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(RuntimeError::Unavailable(format!("pods {left:?} of {} were still there {} s after they were deleted", namespace_name(topology), TEARDOWN_TIMEOUT.as_secs())));
+                return Err(RuntimeError::Unavailable(format!(
+                    "pods {left:?} of {} were still there {} s after they were deleted",
+                    namespace_name(topology),
+                    TEARDOWN_TIMEOUT.as_secs()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    async fn wait_running(&self, spec: &TreeSpec, wanted: &[(String, Pod)], failures: &mut Vec<Failure>) -> Result<HashMap<String, PodState>, RuntimeError> {
+    async fn wait_running(
+        &self,
+        spec: &TreeSpec,
+        wanted: &[(String, Pod)],
+        failures: &mut Vec<Failure>,
+    ) -> Result<HashMap<String, PodState>, RuntimeError> {
         let topology = &spec.name;
         let deadline = Instant::now() + self.settings.pod_ready_timeout;
         let mut reported = Instant::now();
         let watching = |e| api(format!("watching the pods of {}", namespace_name(topology)), e);
-        let mut watch = watch::PodWatch::start(self.pods(topology), topology_selector(topology)).await.map_err(watching)?;
+        let mut watch =
+            watch::PodWatch::start(self.pods(topology), topology_selector(topology)).await.map_err(watching)?;
         loop {
             let existing = &watch.pods;
             let states: HashMap<String, PodState> = wanted
@@ -477,17 +596,38 @@ impl KubernetesRuntime {
                     for (name, _) in wanted {
                         let Some(state) = states.get(name) else {
                             if !failures.iter().any(|f| &f.object == name) {
-                                failures.push(Failure { object: name.clone(), error: format!("pod {}/{name} does not exist", namespace_name(topology)) });
+                                failures.push(Failure {
+                                    object: name.clone(),
+                                    error: format!("pod {}/{name} does not exist", namespace_name(topology)),
+                                });
                             }
                             continue;
                         };
                         if state.ready && state.ip.is_some() {
                             continue;
                         }
-                        let reason = state.waiting.clone().or_else(|| events.get(name).cloned()).unwrap_or_else(|| "no reason given in its status or events".into());
-                        let node = state.node.as_deref().map(|n| format!(" on node {n}")).unwrap_or_else(|| " (not scheduled)".into());
-                        let waited = if timed_out { format!(" within pod_ready_timeout ({} s)", self.settings.pod_ready_timeout.as_secs()) } else { String::new() };
-                        failures.push(Failure { object: name.clone(), error: format!("pod {}/{name}{node} is not running{waited}: {reason}", namespace_name(topology)) });
+                        let reason = state
+                            .waiting
+                            .clone()
+                            .or_else(|| events.get(name).cloned())
+                            .unwrap_or_else(|| "no reason given in its status or events".into());
+                        let node = state
+                            .node
+                            .as_deref()
+                            .map(|n| format!(" on node {n}"))
+                            .unwrap_or_else(|| " (not scheduled)".into());
+                        let waited = if timed_out {
+                            format!(" within pod_ready_timeout ({} s)", self.settings.pod_ready_timeout.as_secs())
+                        } else {
+                            String::new()
+                        };
+                        failures.push(Failure {
+                            object: name.clone(),
+                            error: format!(
+                                "pod {}/{name}{node} is not running{waited}: {reason}",
+                                namespace_name(topology)
+                            ),
+                        });
                     }
                 }
                 self.note_routes(topology, watch.pods.values());
@@ -511,7 +651,10 @@ impl KubernetesRuntime {
             if event.type_.as_deref() == Some("Warning")
                 && let Some(name) = event.involved_object.name
             {
-                latest.insert(name, format!("{}: {}", event.reason.unwrap_or_default(), event.message.unwrap_or_default()));
+                latest.insert(
+                    name,
+                    format!("{}: {}", event.reason.unwrap_or_default(), event.message.unwrap_or_default()),
+                );
             }
         }
         latest
@@ -519,12 +662,14 @@ impl KubernetesRuntime {
 
     /// The IP of a pod's agent, as last listed (listed anew when unknown).
     async fn agent_ip(&self, topology: &str, pod: &str) -> Result<IpAddr, RuntimeError> {
-        let known = |this: &Self| this.routes.lock().ok().and_then(|r| r.get(topology).and_then(|r| r.ips.get(pod).copied()));
+        let known =
+            |this: &Self| this.routes.lock().ok().and_then(|r| r.get(topology).and_then(|r| r.ips.get(pod).copied()));
         if let Some(ip) = known(self) {
             return Ok(ip);
         }
         self.list_pods(topology).await?;
-        known(self).ok_or_else(|| RuntimeError::Unavailable(format!("pod {}/{pod} is not running", namespace_name(topology))))
+        known(self)
+            .ok_or_else(|| RuntimeError::Unavailable(format!("pod {}/{pod} is not running", namespace_name(topology))))
     }
 
     /// A channel to the agent of a pod: through the gateway's one
@@ -540,7 +685,8 @@ impl KubernetesRuntime {
                     let _ = stream.set_nodelay(true);
                     Ok(stream)
                 };
-                let channel = Self::connect_with_retries(pod, || merak_agent::tls::channel_over(dial, connector.clone())).await?;
+                let channel =
+                    Self::connect_with_retries(pod, || merak_agent::tls::channel_over(dial, connector.clone())).await?;
                 Ok(AgentChannel::direct(channel))
             }
         }
@@ -549,7 +695,9 @@ impl KubernetesRuntime {
     /// The channel through the topology's gateway, kept while its pod is
     /// the one running; a gateway made anew is dialled anew.
     async fn gateway_channel(&self, topology: &str) -> Result<Channel, RuntimeError> {
-        let current = |this: &Self| this.routes.lock().ok().and_then(|r| r.get(topology).map(|r| (r.gateway_pod.clone(), r.gateway.clone())));
+        let current = |this: &Self| {
+            this.routes.lock().ok().and_then(|r| r.get(topology).map(|r| (r.gateway_pod.clone(), r.gateway.clone())))
+        };
         let (mut pod, kept) = current(self).unwrap_or_default();
         if let (Some(pod), Some((kept_pod, channel))) = (&pod, kept)
             && *pod == kept_pod
@@ -564,7 +712,10 @@ impl KubernetesRuntime {
             pod = current(self).and_then(|(pod, _)| pod);
             if pod.is_none() {
                 if Instant::now() > deadline {
-                    return Err(RuntimeError::Unavailable(format!("the gateway of {} (deployment {GATEWAY}) has no running pod; apply the topology", namespace_name(topology))));
+                    return Err(RuntimeError::Unavailable(format!(
+                        "the gateway of {} (deployment {GATEWAY}) has no running pod; apply the topology",
+                        namespace_name(topology)
+                    )));
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -576,11 +727,17 @@ impl KubernetesRuntime {
         let dial = move || {
             let (pods, name) = (pods.clone(), name.clone());
             async move {
-                let mut forwarder = retrying("port-forwarding", || pods.portforward(&name, &[AGENT_PORT])).await.map_err(std::io::Error::other)?;
-                forwarder.take_stream(AGENT_PORT).ok_or_else(|| std::io::Error::other(format!("no port-forward stream to {name}")))
+                let mut forwarder = retrying("port-forwarding", || pods.portforward(&name, &[AGENT_PORT]))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                forwarder
+                    .take_stream(AGENT_PORT)
+                    .ok_or_else(|| std::io::Error::other(format!("no port-forward stream to {name}")))
             }
         };
-        let channel = Self::connect_with_retries(&pod, || merak_agent::tls::channel_over(dial.clone(), connector.clone())).await?;
+        let channel =
+            Self::connect_with_retries(&pod, || merak_agent::tls::channel_over(dial.clone(), connector.clone()))
+                .await?;
         if let Ok(mut routes) = self.routes.lock() {
             routes.entry(topology.to_string()).or_default().gateway = Some((pod, channel.clone()));
         }
@@ -612,12 +769,21 @@ impl KubernetesRuntime {
 
     async fn info(&self, topology: &str, pod: &str) -> Result<EpmInfo, RuntimeError> {
         let mut agent = AgentClient::new(self.channel(topology, pod).await?);
-        Ok(agent.get_info(GetInfoRequest {}).await.map_err(|s| RuntimeError::Unavailable(format!("agent of {pod}: {}", s.message())))?.into_inner())
+        Ok(agent
+            .get_info(GetInfoRequest {})
+            .await
+            .map_err(|s| RuntimeError::Unavailable(format!("agent of {pod}: {}", s.message())))?
+            .into_inner())
     }
 
     /// Every running pod's agent, asked what it has: by pod name.
-    async fn infos(&self, topology: &str, pods: &HashMap<String, PodState>) -> HashMap<String, Result<EpmInfo, RuntimeError>> {
-        let running: Vec<String> = pods.iter().filter(|(_, s)| s.ready && s.ip.is_some()).map(|(n, _)| n.clone()).collect();
+    async fn infos(
+        &self,
+        topology: &str,
+        pods: &HashMap<String, PodState>,
+    ) -> HashMap<String, Result<EpmInfo, RuntimeError>> {
+        let running: Vec<String> =
+            pods.iter().filter(|(_, s)| s.ready && s.ip.is_some()).map(|(n, _)| n.clone()).collect();
         futures::stream::iter(running)
             .map(|name: String| async move {
                 let info = self.info(topology, &name).await;
@@ -631,10 +797,17 @@ impl KubernetesRuntime {
     /// The underlay's goals from the pods' IPs and MTUs: per vswitch its
     /// ports, per EPM its data-plane NIC. A link whose far end has no
     /// running pod is left out (its vswitch port removed) until it has.
-    fn underlay_goals(spec: &TreeSpec, pods: &HashMap<String, PodState>, infos: &HashMap<String, Result<EpmInfo, RuntimeError>>) -> (Vec<(String, SwitchGoal)>, Vec<(Epm, UnderlayGoal)>) {
+    fn underlay_goals(
+        spec: &TreeSpec,
+        pods: &HashMap<String, PodState>,
+        infos: &HashMap<String, Result<EpmInfo, RuntimeError>>,
+    ) -> (Vec<(String, SwitchGoal)>, Vec<(Epm, UnderlayGoal)>) {
         let ip = |name: &str| pods.get(name).filter(|s| s.ready).and_then(|s| s.ip.clone());
         let pod_mtu = |name: &str| {
-            infos.get(name).and_then(|i| i.as_ref().ok()).and_then(|info| info.interfaces.iter().find(|i| i.name == "eth0").map(|i| i.mtu))
+            infos
+                .get(name)
+                .and_then(|i| i.as_ref().ok())
+                .and_then(|info| info.interfaces.iter().find(|i| i.name == "eth0").map(|i| i.mtu))
         };
         let link = |a: &str, b: &str, vni: u32| -> Option<Tunnel> {
             let mtu = pod_mtu(a)?.min(pod_mtu(b)?).checked_sub(VXLAN_OVERHEAD)?;
@@ -683,12 +856,20 @@ impl KubernetesRuntime {
     }
 
     /// Pushes the underlay goals to the agents; failures by object.
-    async fn push_underlay(&self, topology: &str, switches: Vec<(String, SwitchGoal)>, epms: Vec<(Epm, UnderlayGoal)>) -> Vec<Failure> {
+    async fn push_underlay(
+        &self,
+        topology: &str,
+        switches: Vec<(String, SwitchGoal)>,
+        epms: Vec<(Epm, UnderlayGoal)>,
+    ) -> Vec<Failure> {
         let switch_results: Vec<Option<Failure>> = futures::stream::iter(switches)
             .map(|(name, goal): (String, SwitchGoal)| async move {
                 let result = async {
                     let mut agent = AgentClient::new(self.channel(topology, &name).await?);
-                    agent.apply_switch(goal).await.map_err(|s| RuntimeError::Unavailable(format!("agent of {name}: {}", s.message())))
+                    agent
+                        .apply_switch(goal)
+                        .await
+                        .map_err(|s| RuntimeError::Unavailable(format!("agent of {name}: {}", s.message())))
                 }
                 .await;
                 result.err().map(|e| Failure { object: name, error: e.to_string() })
@@ -700,7 +881,10 @@ impl KubernetesRuntime {
             .map(|(epm, goal): (Epm, UnderlayGoal)| async move {
                 let result = async {
                     let mut agent = AgentClient::new(self.channel(topology, &epm.name).await?);
-                    agent.apply_underlay(goal).await.map_err(|s| RuntimeError::Unavailable(format!("agent of {}: {}", epm.name, s.message())))
+                    agent
+                        .apply_underlay(goal)
+                        .await
+                        .map_err(|s| RuntimeError::Unavailable(format!("agent of {}: {}", epm.name, s.message())))
                 }
                 .await;
                 result.err().map(|e| Failure { object: epm.name, error: e.to_string() })
@@ -715,14 +899,20 @@ impl KubernetesRuntime {
     /// address and tunnelled to its top-of-rack pod, and every vswitch on
     /// the way to the root holding the ports of the path, tunnelled to the
     /// pods there are now.
-    fn ready_epms(spec: &TreeSpec, pods: &HashMap<String, PodState>, infos: &HashMap<String, Result<EpmInfo, RuntimeError>>) -> u32 {
+    fn ready_epms(
+        spec: &TreeSpec,
+        pods: &HashMap<String, PodState>,
+        infos: &HashMap<String, Result<EpmInfo, RuntimeError>>,
+    ) -> u32 {
         let ip = |name: &str| pods.get(name).filter(|s| s.ready).and_then(|s| s.ip.clone());
         let interfaces = |name: &str| infos.get(name).and_then(|i| i.as_ref().ok()).map(|info| &info.interfaces);
         // A port of a vswitch: up on its bridge, tunnelled to `far`'s pod.
         let port_to = |switch: &str, port: &str, far: &str| {
             let (Some(interfaces), Some(far_ip)) = (interfaces(switch), ip(far)) else { return false };
             let Some(bridge) = interfaces.iter().find(|i| i.name == BRIDGE && i.up) else { return false };
-            interfaces.iter().any(|i| i.name == port && i.up && i.controller == bridge.index && i.tunnel_remote == far_ip)
+            interfaces
+                .iter()
+                .any(|i| i.name == port && i.up && i.controller == bridge.index && i.tunnel_remote == far_ip)
         };
         let switches = spec.vswitches();
         let mut reachable: HashMap<(u32, u32), bool> = HashMap::new();
@@ -745,16 +935,24 @@ impl KubernetesRuntime {
                 let tor = naming::vswitch_name(0, epm.rack);
                 let address = format!("{}/{}", epm.ip, spec.data_plane.prefix_len());
                 let nic_up = interfaces(&epm.name).is_some_and(|i| {
-                    i.iter().any(|i| i.name == EPM_DATA_NIC && i.up && i.addresses.contains(&address) && Some(&i.tunnel_remote) == ip(&tor).as_ref())
+                    i.iter().any(|i| {
+                        i.name == EPM_DATA_NIC
+                            && i.up
+                            && i.addresses.contains(&address)
+                            && Some(&i.tunnel_remote) == ip(&tor).as_ref()
+                    })
                 });
-                nic_up && reachable.get(&(0, epm.rack)).copied().unwrap_or(false) && port_to(&tor, &naming::host_port(epm.index), &epm.name)
+                nic_up
+                    && reachable.get(&(0, epm.rack)).copied().unwrap_or(false)
+                    && port_to(&tor, &naming::host_port(epm.index), &epm.name)
             })
             .count() as u32
     }
 
     async fn status(&self, spec: &TreeSpec) -> Result<TopologyStatus, RuntimeError> {
         let existing = self.list_pods(&spec.name).await?;
-        let pods: HashMap<String, PodState> = existing.iter().map(|(name, pod)| (name.clone(), pod_state(pod, None))).collect();
+        let pods: HashMap<String, PodState> =
+            existing.iter().map(|(name, pod)| (name.clone(), pod_state(pod, None))).collect();
         let infos = self.infos(&spec.name, &pods).await;
         Ok(TopologyStatus { ready_epms: Self::ready_epms(spec, &pods, &infos), ..TopologyStatus::default() })
     }
@@ -796,15 +994,26 @@ impl Substrate for KubernetesRuntime {
     }
 
     fn supervised_logs(&self, _topology: &str) -> Result<std::path::PathBuf, RuntimeError> {
-        Err(RuntimeError::Conflict("on kubernetes, agents under test are containers: their output is in kubectl logs".into()))
+        Err(RuntimeError::Conflict(
+            "on kubernetes, agents under test are containers: their output is in kubectl logs".into(),
+        ))
     }
 
-    async fn agent_containers_status(&self, spec: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<Vec<Failure>, RuntimeError> {
+    async fn agent_containers_status(
+        &self,
+        spec: &TreeSpec,
+        agents: &[EpmAgentSpec],
+    ) -> Result<Vec<Failure>, RuntimeError> {
         let pods = self.list_pods(&spec.name).await?;
         Ok(under_test::failures(spec, agents, &pods))
     }
 
-    async fn apply_topology(&self, spec: &TreeSpec, under_test: UnderTest<'_>, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
+    async fn apply_topology(
+        &self,
+        spec: &TreeSpec,
+        under_test: UnderTest<'_>,
+        intent: Intent,
+    ) -> Result<TopologyStatus, RuntimeError> {
         let topology = &spec.name;
         objects::fits(spec).map_err(RuntimeError::Conflict)?;
         let existing = self.load_record(topology).await?;
@@ -872,9 +1081,16 @@ impl Substrate for KubernetesRuntime {
             Err(e) => return Err(api(format!("deleting namespace {namespace}"), e)),
         }
         let deadline = Instant::now() + TEARDOWN_TIMEOUT;
-        while retrying("reading a namespace", || namespaces.get_opt(&namespace)).await.map_err(|e| api(format!("reading namespace {namespace}"), e))?.is_some() {
+        while retrying("reading a namespace", || namespaces.get_opt(&namespace))
+            .await
+            .map_err(|e| api(format!("reading namespace {namespace}"), e))?
+            .is_some()
+        {
             if Instant::now() > deadline {
-                return Err(RuntimeError::Unavailable(format!("namespace {namespace} was still there {} s after it was deleted", TEARDOWN_TIMEOUT.as_secs())));
+                return Err(RuntimeError::Unavailable(format!(
+                    "namespace {namespace} was still there {} s after it was deleted",
+                    TEARDOWN_TIMEOUT.as_secs()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -896,7 +1112,9 @@ impl Substrate for KubernetesRuntime {
             let state = pods.get(epm).map(|p| pod_state(p, None));
             match state {
                 Some(state) if state.ready && self.info(topology, epm).await.is_ok() => return Ok(()),
-                Some(state) if !state.stale && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
+                Some(state) if !state.stale && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await
+                }
                 _ => {
                     return Err(RuntimeError::Unavailable(format!(
                         "pod {}/{epm} is gone or not running; apply the topology to make it anew",
@@ -909,9 +1127,15 @@ impl Substrate for KubernetesRuntime {
 
     /// EVMs live in their EPM pod's namespaces and go with the pod; a pod
     /// that runs but whose agent does not answer keeps them.
-    async fn delete_evms_without_agent(&self, topology: &str, epm: &str, batch: &EvmBatch) -> Result<EvmReply, RuntimeError> {
+    async fn delete_evms_without_agent(
+        &self,
+        topology: &str,
+        epm: &str,
+        batch: &EvmBatch,
+    ) -> Result<EvmReply, RuntimeError> {
         let pods = self.pods(topology);
-            let pod = retrying("reading a pod", || pods.get_opt(epm)).await.map_err(|e| api(format!("reading pod {epm}"), e))?;
+        let pod =
+            retrying("reading a pod", || pods.get_opt(epm)).await.map_err(|e| api(format!("reading pod {epm}"), e))?;
         match pod.map(|p| pod_state(&p, None)) {
             Some(state) if !state.stale && state.ip.is_some() => Err(RuntimeError::Unavailable(format!(
                 "the agent of {epm} does not answer while its pod {}/{epm} runs; its EVMs cannot be deleted without it",
@@ -945,7 +1169,13 @@ impl Substrate for KubernetesRuntime {
 
     /// Kernel tables (neighbour thresholds, backlogs) are the nodes': their
     /// administrator sizes them, not a pod.
-    async fn make_room(&self, _topology: &str, _epms: u64, _evms: u64, _largest_subnet: u64) -> Result<(), RuntimeError> {
+    async fn make_room(
+        &self,
+        _topology: &str,
+        _epms: u64,
+        _evms: u64,
+        _largest_subnet: u64,
+    ) -> Result<(), RuntimeError> {
         Ok(())
     }
 }
@@ -958,11 +1188,26 @@ mod tests {
     use objects::PodObject;
 
     fn lab() -> TreeSpec {
-        TreeSpec::validate(&TreeInput { name: "lab", racks: 2, hosts_per_rack: 2, hosts: Some(4), ports_per_vswitch: 2, data_plane_cidr: "10.100.0.0/16" }).unwrap()
+        TreeSpec::validate(&TreeInput {
+            name: "lab",
+            racks: 2,
+            hosts_per_rack: 2,
+            hosts: Some(4),
+            ports_per_vswitch: 2,
+            data_plane_cidr: "10.100.0.0/16",
+        })
+        .unwrap()
     }
 
     fn running(ip: &str) -> PodState {
-        PodState { ip: Some(ip.into()), node: Some("node-1".into()), ready: true, stale: false, waiting: None, hopeless: false }
+        PodState {
+            ip: Some(ip.into()),
+            node: Some("node-1".into()),
+            ready: true,
+            stale: false,
+            waiting: None,
+            hopeless: false,
+        }
     }
 
     fn pod_ip(name: &str) -> String {
@@ -971,17 +1216,34 @@ mod tests {
     }
 
     /// What each agent would report after its goal was applied.
-    fn applied(spec: &TreeSpec, pods: &HashMap<String, PodState>, mtus: &HashMap<String, Result<EpmInfo, RuntimeError>>) -> HashMap<String, Result<EpmInfo, RuntimeError>> {
+    fn applied(
+        spec: &TreeSpec,
+        pods: &HashMap<String, PodState>,
+        mtus: &HashMap<String, Result<EpmInfo, RuntimeError>>,
+    ) -> HashMap<String, Result<EpmInfo, RuntimeError>> {
         let (switches, epms) = KubernetesRuntime::underlay_goals(spec, pods, mtus);
         let mut infos = HashMap::new();
         for (name, goal) in switches {
             let mut interfaces = vec![Interface { name: BRIDGE.into(), index: 1, up: true, ..Interface::default() }];
-            interfaces.extend(goal.ports.iter().map(|p| Interface { name: p.name.clone(), up: true, controller: 1, tunnel_remote: p.tunnel.clone().unwrap().remote, ..Interface::default() }));
+            interfaces.extend(goal.ports.iter().map(|p| Interface {
+                name: p.name.clone(),
+                up: true,
+                controller: 1,
+                tunnel_remote: p.tunnel.clone().unwrap().remote,
+                ..Interface::default()
+            }));
             infos.insert(name, Ok(EpmInfo { epm: String::new(), interfaces }));
         }
         for (epm, goal) in epms {
             let tunnel = goal.tunnel.unwrap();
-            let nic = Interface { name: EPM_DATA_NIC.into(), up: true, mtu: tunnel.mtu, addresses: vec![goal.address], tunnel_remote: tunnel.remote, ..Interface::default() };
+            let nic = Interface {
+                name: EPM_DATA_NIC.into(),
+                up: true,
+                mtu: tunnel.mtu,
+                addresses: vec![goal.address],
+                tunnel_remote: tunnel.remote,
+                ..Interface::default()
+            };
             infos.insert(epm.name, Ok(EpmInfo { epm: String::new(), interfaces: vec![nic] }));
         }
         infos
@@ -992,8 +1254,14 @@ mod tests {
         let spec = lab();
         let names: Vec<String> = objects::pod_objects(&spec).iter().map(PodObject::name).collect();
         let pods: HashMap<String, PodState> = names.iter().map(|n| (n.clone(), running(&pod_ip(n)))).collect();
-        let eth0 = |mtu| Ok(EpmInfo { epm: String::new(), interfaces: vec![Interface { name: "eth0".into(), mtu, ..Interface::default() }] });
-        let mtus: HashMap<String, Result<EpmInfo, RuntimeError>> = names.iter().map(|n| (n.clone(), eth0(if n == "epm-3" { 1400 } else { 1450 }))).collect();
+        let eth0 = |mtu| {
+            Ok(EpmInfo {
+                epm: String::new(),
+                interfaces: vec![Interface { name: "eth0".into(), mtu, ..Interface::default() }],
+            })
+        };
+        let mtus: HashMap<String, Result<EpmInfo, RuntimeError>> =
+            names.iter().map(|n| (n.clone(), eth0(if n == "epm-3" { 1400 } else { 1450 }))).collect();
         let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus);
         let tor0 = &switches.iter().find(|(n, _)| n == "s0-0").unwrap().1;
         let port_names: Vec<&str> = tor0.ports.iter().map(|p| p.name.as_str()).collect();

@@ -80,7 +80,10 @@ pub struct PodSettings {
 }
 
 pub fn labels(topology: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()), (TOPOLOGY_LABEL.to_string(), topology.to_string())])
+    BTreeMap::from([
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (TOPOLOGY_LABEL.to_string(), topology.to_string()),
+    ])
 }
 
 /// The label selector of a topology's objects of one role (`epm`, `vswitch`).
@@ -109,7 +112,12 @@ pub fn tls_secret(topology: &str, name: &str, files: &[(&str, &str)]) -> Result<
 }
 
 /// A record of the topology (`kind`: `topology`, `overlay`, ...).
-pub fn record_map(topology: &str, kind: &str, document: &str, resource_version: Option<String>) -> Result<ConfigMap, String> {
+pub fn record_map(
+    topology: &str,
+    kind: &str,
+    document: &str,
+    resource_version: Option<String>,
+) -> Result<ConfigMap, String> {
     let mut labels = labels(topology);
     labels.insert("merak.dev/record".into(), kind.into());
     typed(json!({
@@ -128,7 +136,12 @@ pub fn record_name(kind: &str) -> String {
 /// topology's certificates, privileged enough to make namespaces, veths,
 /// taps and VXLAN devices, ready when its port answers. An EPM's pod also
 /// holds a container per agent under test.
-pub fn pod(topology: &str, object: &PodObject, settings: &PodSettings, under_test: UnderTest<'_>) -> Result<Pod, String> {
+pub fn pod(
+    topology: &str,
+    object: &PodObject,
+    settings: &PodSettings,
+    under_test: UnderTest<'_>,
+) -> Result<Pod, String> {
     let (name, role) = (object.name(), object.role());
     let mut labels = labels(topology);
     labels.insert(ROLE_LABEL.into(), role.into());
@@ -187,7 +200,12 @@ pub fn pod(topology: &str, object: &PodObject, settings: &PodSettings, under_tes
 /// privileged like merak-agent (a virtual switch or routing daemon programs
 /// the pod's network), ready while the ready command exits 0 within 5 s.
 fn agent_containers(epm: &Epm, under_test: UnderTest<'_>, settings: &PodSettings) -> Vec<Value> {
-    let at = Placeholders { epm: &epm.name, epm_ip: epm.ip, epm_index: epm.index, controller_url: under_test.controller_url };
+    let at = Placeholders {
+        epm: &epm.name,
+        epm_ip: epm.ip,
+        epm_index: epm.index,
+        controller_url: under_test.controller_url,
+    };
     under_test
         .agents
         .iter()
@@ -310,7 +328,10 @@ pub fn fits(spec: &TreeSpec) -> Result<(), String> {
         ));
     }
     if spec.hosts > MAX_EPMS {
-        return Err(format!("The kubernetes runtime holds at most {MAX_EPMS} EPMs per topology (one tunnel VNI each); this one has {}.", spec.hosts));
+        return Err(format!(
+            "The kubernetes runtime holds at most {MAX_EPMS} EPMs per topology (one tunnel VNI each); this one has {}.",
+            spec.hosts
+        ));
     }
     if spec.vswitches().iter().any(|s| s.index >= 1 << 16 || s.level >= 1 << 7) {
         return Err("The kubernetes runtime holds at most 65,536 vswitches per level; raise ports_per_vswitch.".into());
@@ -326,7 +347,15 @@ mod tests {
     /// Racks of 4 hosts, as many as `hosts` needs.
     fn spec(name: &str, hosts: i64) -> TreeSpec {
         let racks = (hosts + 3) / 4;
-        TreeSpec::validate(&TreeInput { name, racks, hosts_per_rack: 4, hosts: Some(hosts), ports_per_vswitch: 2, data_plane_cidr: "10.100.0.0/16" }).unwrap()
+        TreeSpec::validate(&TreeInput {
+            name,
+            racks,
+            hosts_per_rack: 4,
+            hosts: Some(hosts),
+            ports_per_vswitch: 2,
+            data_plane_cidr: "10.100.0.0/16",
+        })
+        .unwrap()
     }
 
     fn settings() -> PodSettings {
@@ -334,7 +363,11 @@ mod tests {
             agent_image: "registry.example/merak-agent:0.1.0".into(),
             image_pull_policy: "IfNotPresent".into(),
             node_selector: BTreeMap::from([("merak.dev/pool".into(), "emulation".into())]),
-            tolerations: vec![Toleration { key: Some("dedicated".into()), operator: Some("Exists".into()), ..Toleration::default() }],
+            tolerations: vec![Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Exists".into()),
+                ..Toleration::default()
+            }],
             epm_requests: BTreeMap::from([("cpu".into(), "50m".into())]),
             pod_ready_timeout: Duration::from_secs(300),
         }
@@ -379,12 +412,19 @@ mod tests {
         assert_eq!(ovn.image.as_deref(), Some("registry.example/ovn:24.03"));
         assert_eq!(ovn.command.as_deref(), Some(&["ovn-controller".to_string(), "--name=epm-2".to_string()][..]));
         assert_eq!(ovn.env.as_ref().unwrap()[0].value.as_deref(), Some("http://10.0.0.1:8080"));
-        assert_eq!(ovn.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap()[0], "ovs-vsctl");
+        assert_eq!(
+            ovn.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap()[0],
+            "ovs-vsctl"
+        );
         assert_eq!(ovn.image_pull_policy.as_deref(), Some("IfNotPresent"));
         let switch = lab.vswitches().into_iter().next().unwrap();
         let switch = pod("lab", &PodObject::Vswitch(switch), &settings(), under_test).unwrap().spec.unwrap();
         assert_eq!(switch.containers.len(), 1, "vswitches run no agent under test");
-        let digest = |under_test| pod("lab", &PodObject::Epm(lab.epm(2)), &settings(), under_test).unwrap().metadata.annotations.unwrap()[SPEC_ANNOTATION].clone();
+        let digest = |under_test| {
+            pod("lab", &PodObject::Epm(lab.epm(2)), &settings(), under_test).unwrap().metadata.annotations.unwrap()
+                [SPEC_ANNOTATION]
+                .clone()
+        };
         assert_ne!(digest(under_test), digest(UnderTest::default()), "other agents make the pod anew");
     }
 
@@ -410,7 +450,14 @@ mod tests {
     #[test]
     fn other_settings_give_another_digest() {
         let lab = spec("lab", 8);
-        let digest = |settings: &PodSettings| pod("lab", &PodObject::Epm(lab.epm(0)), settings, UnderTest::default()).unwrap().metadata.annotations.unwrap()[SPEC_ANNOTATION].clone();
+        let digest = |settings: &PodSettings| {
+            pod("lab", &PodObject::Epm(lab.epm(0)), settings, UnderTest::default())
+                .unwrap()
+                .metadata
+                .annotations
+                .unwrap()[SPEC_ANNOTATION]
+                .clone()
+        };
         let mut other = settings();
         assert_eq!(digest(&settings()), digest(&other));
         other.agent_image = "registry.example/merak-agent:0.2.0".into();

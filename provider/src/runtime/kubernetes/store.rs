@@ -62,7 +62,8 @@ fn now_secs() -> u64 {
 impl ClusterStore {
     pub fn new(client: kube::Client) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let holder = format!("terraform-provider-merak pid {} on {} (since {})", std::process::id(), host.trim(), now_secs());
+        let holder =
+            format!("terraform-provider-merak pid {} on {} (since {})", std::process::id(), host.trim(), now_secs());
         ClusterStore { client, holder, identity: ProcessIdentity::this_process(), renewing: Mutex::default() }
     }
 
@@ -81,8 +82,14 @@ impl ClusterStore {
         loop {
             match retrying("reading a namespace", || namespaces.get_opt(&name)).await? {
                 Some(existing) if existing.metadata.deletion_timestamp.is_none() => return Ok(()),
-                Some(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
-                Some(_) => return Err(kube::Error::Service(format!("namespace {name} is still being deleted after 5 minutes").into())),
+                Some(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Some(_) => {
+                    return Err(kube::Error::Service(
+                        format!("namespace {name} is still being deleted after 5 minutes").into(),
+                    ));
+                }
                 None => match retrying("creating a namespace", || namespaces.create(&POST, &object)).await {
                     Err(e) if is_conflict(&e) => continue,
                     other => return other.map(drop),
@@ -177,11 +184,13 @@ impl RecordStore for ClusterStore {
             let current = retrying("reading a record", || maps.get_opt(&name)).await.map_err(failed)?;
             let result = match current {
                 Some(map) => {
-                    let object = objects::record_map(topology, kind, text, map.metadata.resource_version).map_err(|e| StoreError::io("a record", std::io::Error::other(e)))?;
+                    let object = objects::record_map(topology, kind, text, map.metadata.resource_version)
+                        .map_err(|e| StoreError::io("a record", std::io::Error::other(e)))?;
                     retrying("replacing a record", || maps.replace(&name, &POST, &object)).await
                 }
                 None => {
-                    let object = objects::record_map(topology, kind, text, None).map_err(|e| StoreError::io("a record", std::io::Error::other(e)))?;
+                    let object = objects::record_map(topology, kind, text, None)
+                        .map_err(|e| StoreError::io("a record", std::io::Error::other(e)))?;
                     retrying("creating a record", || maps.create(&POST, &object)).await
                 }
             };
@@ -224,17 +233,27 @@ impl RecordStore for ClusterStore {
         let maps = self.maps(topology);
         loop {
             let result = match self.read_lock(topology).await.map_err(failed)? {
-                None => retrying("taking the lock", || async { maps.create(&POST, &self.lock_map(None).map_err(|e| kube::Error::Service(e.into()))?).await }).await,
+                None => {
+                    retrying("taking the lock", || async {
+                        maps.create(&POST, &self.lock_map(None).map_err(|e| kube::Error::Service(e.into()))?).await
+                    })
+                    .await
+                }
                 Some(lock) => {
                     let data = lock.data.clone().unwrap_or_default();
                     let holder = data.get("holder").cloned().unwrap_or_default();
                     let renewed: u64 = data.get("renewed").and_then(|r| r.parse().ok()).unwrap_or(0);
                     let age = now_secs().saturating_sub(renewed);
-                    let gone = self.identity.as_ref().is_some_and(|here| ProcessIdentity::from_data(&data).is_some_and(|h| h.is_gone(here, holder::start_time)));
+                    let gone = self.identity.as_ref().is_some_and(|here| {
+                        ProcessIdentity::from_data(&data).is_some_and(|h| h.is_gone(here, holder::start_time))
+                    });
                     if holder != self.holder && age < LOCK_TTL.as_secs() && !gone {
                         return Err(StoreError::Locked {
                             topology: topology.to_string(),
-                            holder: format!("{holder}, renewed {age} s ago (it lapses {} s after its last renewal)", LOCK_TTL.as_secs()),
+                            holder: format!(
+                                "{holder}, renewed {age} s ago (it lapses {} s after its last renewal)",
+                                LOCK_TTL.as_secs()
+                            ),
                             location: format!("configmap {}/{LOCK}", namespace_name(topology)),
                         });
                     }
@@ -243,7 +262,9 @@ impl RecordStore for ClusterStore {
                     } else if holder != self.holder {
                         tracing::warn!(topology, %holder, age, "taking over a lock its holder stopped renewing");
                     }
-                    let object = self.lock_map(lock.metadata.resource_version).map_err(|e| StoreError::io("the lock", std::io::Error::other(e.to_string())))?;
+                    let object = self
+                        .lock_map(lock.metadata.resource_version)
+                        .map_err(|e| StoreError::io("the lock", std::io::Error::other(e.to_string())))?;
                     retrying("taking over the lock", || maps.replace(LOCK, &POST, &object)).await
                 }
             };
@@ -258,7 +279,8 @@ impl RecordStore for ClusterStore {
     }
 
     async fn release_all(&self) {
-        let held: Vec<String> = self.renewing.lock().map(|renewing| renewing.keys().cloned().collect()).unwrap_or_default();
+        let held: Vec<String> =
+            self.renewing.lock().map(|renewing| renewing.keys().cloned().collect()).unwrap_or_default();
         for topology in held {
             self.unlock(&topology).await;
         }

@@ -19,7 +19,10 @@ pub fn failures(spec: &TreeSpec, agents: &[EpmAgentSpec], pods: &HashMap<String,
     spec.epms()
         .filter_map(|epm| {
             let Some(pod) = pods.get(&epm.name) else {
-                return Some(Failure { object: epm.name.clone(), error: format!("pod {namespace}/{} does not exist", epm.name) });
+                return Some(Failure {
+                    object: epm.name.clone(),
+                    error: format!("pod {namespace}/{} does not exist", epm.name),
+                });
             };
             let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_deref()).unwrap_or_default();
             agents.iter().find_map(|agent| {
@@ -39,7 +42,14 @@ pub fn failures(spec: &TreeSpec, agents: &[EpmAgentSpec], pods: &HashMap<String,
 fn not_ready(status: &ContainerStatus) -> String {
     let state = status.state.as_ref();
     let mut why = if let Some(waiting) = state.and_then(|s| s.waiting.as_ref()) {
-        format!("waiting: {}", [waiting.reason.as_deref(), waiting.message.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(": "))
+        format!(
+            "waiting: {}",
+            [waiting.reason.as_deref(), waiting.message.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(": ")
+        )
     } else if let Some(ended) = state.and_then(|s| s.terminated.as_ref()) {
         format!("exited with code {}", ended.exit_code)
     } else if state.and_then(|s| s.running.as_ref()).is_some() {
@@ -63,7 +73,14 @@ mod tests {
     use serde_json::json;
 
     fn agent(name: &str) -> EpmAgentSpec {
-        EpmAgentSpec { name: name.into(), command: vec!["x".into()], env: None, ready_command: None, ready_timeout_s: None, image: Some("i".into()) }
+        EpmAgentSpec {
+            name: name.into(),
+            command: vec!["x".into()],
+            env: None,
+            ready_command: None,
+            ready_timeout_s: None,
+            image: Some("i".into()),
+        }
     }
 
     fn pod(containers: serde_json::Value) -> Pod {
@@ -76,19 +93,50 @@ mod tests {
 
     #[test]
     fn each_epm_names_its_first_agent_that_is_not_ready_and_why() {
-        let spec = TreeSpec::validate(&TreeInput { name: "lab", racks: 1, hosts_per_rack: 4, hosts: Some(4), ports_per_vswitch: 4, data_plane_cidr: "10.0.0.0/24" }).unwrap();
+        let spec = TreeSpec::validate(&TreeInput {
+            name: "lab",
+            racks: 1,
+            hosts_per_rack: 4,
+            hosts: Some(4),
+            ports_per_vswitch: 4,
+            data_plane_cidr: "10.0.0.0/24",
+        })
+        .unwrap();
         let agents = [agent("bgpd"), agent("probe")];
         let running = json!({"running": {"startedAt": "2026-12-04T00:00:00Z"}});
         let pods = HashMap::from([
-            ("epm-0".to_string(), pod(json!([status("agent", true, running.clone()), status("bgpd", true, running.clone()), status("probe", true, running.clone())]))),
-            ("epm-1".to_string(), pod(json!([status("bgpd", false, json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}})), status("probe", true, running.clone())]))),
+            (
+                "epm-0".to_string(),
+                pod(json!([
+                    status("agent", true, running.clone()),
+                    status("bgpd", true, running.clone()),
+                    status("probe", true, running.clone())
+                ])),
+            ),
+            (
+                "epm-1".to_string(),
+                pod(json!([
+                    status(
+                        "bgpd",
+                        false,
+                        json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}})
+                    ),
+                    status("probe", true, running.clone())
+                ])),
+            ),
             ("epm-2".to_string(), pod(json!([status("bgpd", true, running.clone()), status("probe", false, running)]))),
         ]);
         let found = failures(&spec, &agents, &pods);
         let found: Vec<(&str, &str)> = found.iter().map(|f| (f.object.as_str(), f.error.as_str())).collect();
         assert_eq!(found.len(), 3, "{found:?}");
         assert_eq!(found[0].0, "epm-1");
-        assert!(found[0].1.starts_with("agent bgpd: waiting: CrashLoopBackOff: back-off 10s; it last exited with code 2; restarted 3 times"), "{}", found[0].1);
+        assert!(
+            found[0].1.starts_with(
+                "agent bgpd: waiting: CrashLoopBackOff: back-off 10s; it last exited with code 2; restarted 3 times"
+            ),
+            "{}",
+            found[0].1
+        );
         assert!(found[0].1.contains("kubectl logs -n merak-lab epm-1 -c bgpd"), "{}", found[0].1);
         assert!(found[1].1.starts_with("agent probe: running, but its ready_command does not pass"), "{}", found[1].1);
         assert_eq!((found[2].0, found[2].1), ("epm-3", "pod merak-lab/epm-3 does not exist"));

@@ -124,10 +124,12 @@ impl PodWatch {
             let Some(events) = self.events.as_mut() else { return Ok(()) };
             next = match events.next().now_or_never() {
                 Some(more) => more,
-                None if Instant::now() < gathered => match tokio::time::timeout_at(gathered.into(), events.next()).await {
-                    Ok(more) => more,
-                    Err(_) => return Ok(()),
-                },
+                None if Instant::now() < gathered => {
+                    match tokio::time::timeout_at(gathered.into(), events.next()).await {
+                        Ok(more) => more,
+                        Err(_) => return Ok(()),
+                    }
+                }
                 None => return Ok(()),
             };
         }

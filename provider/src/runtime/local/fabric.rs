@@ -24,7 +24,14 @@ const PARALLEL: usize = 16;
 /// so that routers in series spread flows independently.
 fn router_options(switch: &Switch) -> NetnsOptions {
     let seed = switch.name().bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)) | 1;
-    NetnsOptions { disable_ipv6: true, forwarding: true, multipath_l4_hash: true, multipath_hash_seed: seed, skip_dead_links: true, ..NetnsOptions::default() }
+    NetnsOptions {
+        disable_ipv6: true,
+        forwarding: true,
+        multipath_l4_hash: true,
+        multipath_hash_seed: seed,
+        skip_dead_links: true,
+        ..NetnsOptions::default()
+    }
 }
 
 pub(super) fn switch_namespace(topology: &str, switch: &Switch) -> String {
@@ -33,7 +40,15 @@ pub(super) fn switch_namespace(topology: &str, switch: &Switch) -> String {
 
 /// A veth between two namespaces, each end up with its address: made when
 /// an end is missing (the other, if left, goes first), else repaired.
-async fn ensure_link(near: &Netlink, near_name: &str, near_ip: (Ipv4Addr, u8), far: &Netlink, far_namespace: &str, far_name: &str, far_ip: (Ipv4Addr, u8)) -> Result<(), RuntimeError> {
+async fn ensure_link(
+    near: &Netlink,
+    near_name: &str,
+    near_ip: (Ipv4Addr, u8),
+    far: &Netlink,
+    far_namespace: &str,
+    far_name: &str,
+    far_ip: (Ipv4Addr, u8),
+) -> Result<(), RuntimeError> {
     let (near_link, far_link) = (near.link(near_name).await?, far.link(far_name).await?);
     if near_link.is_none() || far_link.is_none() {
         for (netlink, stale) in [(near, near_link), (far, far_link)] {
@@ -44,7 +59,10 @@ async fn ensure_link(near: &Netlink, near_name: &str, near_ip: (Ipv4Addr, u8), f
         near.create_veth(near_name, far_name, &netns::open_fd(far_namespace)?).await?;
     }
     for (netlink, name, (ip, prefix_len)) in [(near, near_name, near_ip), (far, far_name, far_ip)] {
-        let link = netlink.link(name).await?.ok_or_else(|| RuntimeError::Unavailable(format!("port {name} vanished right after creation")))?;
+        let link = netlink
+            .link(name)
+            .await?
+            .ok_or_else(|| RuntimeError::Unavailable(format!("port {name} vanished right after creation")))?;
         if !netlink.addresses(link.index).await?.contains(&(IpAddr::V4(ip), prefix_len)) {
             netlink.add_address(link.index, IpAddr::V4(ip), prefix_len).await?;
         }
@@ -63,11 +81,18 @@ async fn ensure_routes(netlink: &Netlink, fabric: &FatTree, switch: Switch) -> R
     let indexes: HashMap<String, u32> = netlink.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
     let present = netlink.routes_v4().await?;
     let wanted = fabric.routes(switch);
-    for stale in present.iter().filter(|r| r.static_route && !wanted.iter().any(|w| w.prefix.network() == r.destination && w.prefix.prefix_len() == r.prefix_len)) {
+    for stale in present.iter().filter(|r| {
+        r.static_route
+            && !wanted.iter().any(|w| w.prefix.network() == r.destination && w.prefix.prefix_len() == r.prefix_len)
+    }) {
         netlink.delete_route(stale.destination, stale.prefix_len).await?;
     }
     for route in wanted {
-        let hops: Option<Vec<Hop>> = route.next_hops.iter().map(|hop| Some(Hop { index: *indexes.get(&hop.device)?, gateway: hop.gateway })).collect();
+        let hops: Option<Vec<Hop>> = route
+            .next_hops
+            .iter()
+            .map(|hop| Some(Hop { index: *indexes.get(&hop.device)?, gateway: hop.gateway }))
+            .collect();
         let Some(mut hops) = hops else { continue };
         hops.sort();
         let (destination, prefix_len) = (route.prefix.network(), route.prefix.prefix_len());
@@ -86,7 +111,11 @@ impl LocalRuntime {
         let opened: Vec<(Switch, Result<Netlink, RuntimeError>)> = futures::stream::iter(fabric.switches())
             .map(|switch| async move {
                 let namespace = switch_namespace(topology, &switch);
-                let netlink = if netns::exists(&namespace) { netns::open(&namespace).await } else { netns::create(&namespace, router_options(&switch)).await };
+                let netlink = if netns::exists(&namespace) {
+                    netns::open(&namespace).await
+                } else {
+                    netns::create(&namespace, router_options(&switch)).await
+                };
                 (switch, netlink.map_err(RuntimeError::from))
             })
             .buffer_unordered(PARALLEL)
@@ -109,12 +138,25 @@ impl LocalRuntime {
                 }
                 // Connections of its own: a switch's links are wired at once,
                 // and one netlink socket serves one dump at a time (EBUSY).
-                let (lower_namespace, upper_namespace) = (switch_namespace(topology, &link.lower), switch_namespace(topology, &link.upper));
+                let (lower_namespace, upper_namespace) =
+                    (switch_namespace(topology, &link.lower), switch_namespace(topology, &link.upper));
                 let wired = async {
                     let (lower, upper) = (netns::open(&lower_namespace).await?, netns::open(&upper_namespace).await?);
-                    ensure_link(&lower, &link.lower_device, (link.lower_ip, 31), &upper, &upper_namespace, &link.upper_device, (link.upper_ip, 31)).await
+                    ensure_link(
+                        &lower,
+                        &link.lower_device,
+                        (link.lower_ip, 31),
+                        &upper,
+                        &upper_namespace,
+                        &link.upper_device,
+                        (link.upper_ip, 31),
+                    )
+                    .await
                 };
-                wired.await.err().map(|e| Failure { object: format!("{} {}", link.lower.name(), link.lower_device), error: e.to_string() })
+                wired.await.err().map(|e| Failure {
+                    object: format!("{} {}", link.lower.name(), link.lower_device),
+                    error: e.to_string(),
+                })
             })
             .buffer_unordered(PARALLEL)
             .filter_map(futures::future::ready)
@@ -123,9 +165,15 @@ impl LocalRuntime {
         failures.extend(links);
         // Owned items: borrowing ones trip the higher-ranked lifetime check
         // of futures streams inside async-trait methods.
-        let owned: Vec<(Switch, Netlink)> = routers.iter().map(|(switch, netlink)| (*switch, netlink.clone())).collect();
+        let owned: Vec<(Switch, Netlink)> =
+            routers.iter().map(|(switch, netlink)| (*switch, netlink.clone())).collect();
         let routed: Vec<Failure> = futures::stream::iter(owned)
-            .map(|(switch, netlink): (Switch, Netlink)| async move { ensure_routes(&netlink, fabric, switch).await.err().map(|e| Failure { object: switch.name(), error: format!("routes: {e}") }) })
+            .map(|(switch, netlink): (Switch, Netlink)| async move {
+                ensure_routes(&netlink, fabric, switch)
+                    .await
+                    .err()
+                    .map(|e| Failure { object: switch.name(), error: format!("routes: {e}") })
+            })
             .buffer_unordered(PARALLEL)
             .filter_map(futures::future::ready)
             .collect()
@@ -136,7 +184,13 @@ impl LocalRuntime {
 
     /// An EPM's `eth1` wired to its edge switch's port, which holds the
     /// EPM's gateway (a /32) and the route to the EPM.
-    pub(super) async fn wire_routed_epm(&self, topology: &str, epm_netlink: &Netlink, epm_ip: Ipv4Addr, port: &HostPort) -> Result<(), RuntimeError> {
+    pub(super) async fn wire_routed_epm(
+        &self,
+        topology: &str,
+        epm_netlink: &Netlink,
+        epm_ip: Ipv4Addr,
+        port: &HostPort,
+    ) -> Result<(), RuntimeError> {
         let edge_namespace = switch_namespace(topology, &port.edge);
         let edge = netns::open(&edge_namespace).await?;
         let (near, far) = (epm_netlink.link(EPM_DATA_NIC).await?, edge.link(&port.device).await?);
@@ -148,7 +202,10 @@ impl LocalRuntime {
             }
             epm_netlink.create_veth(EPM_DATA_NIC, &port.device, &netns::open_fd(&edge_namespace)?).await?;
         }
-        let link = edge.link(&port.device).await?.ok_or_else(|| RuntimeError::Unavailable(format!("port {} vanished right after creation", port.device)))?;
+        let link = edge
+            .link(&port.device)
+            .await?
+            .ok_or_else(|| RuntimeError::Unavailable(format!("port {} vanished right after creation", port.device)))?;
         edge.disable_ipv6_addresses(link.index).await?;
         if !edge.addresses(link.index).await?.contains(&(IpAddr::V4(port.gateway), 32)) {
             edge.add_address(link.index, IpAddr::V4(port.gateway), 32).await?;

@@ -85,7 +85,8 @@ fn marker(topology_dir: &Path) -> PathBuf {
 pub fn ensure(topology_dir: &Path, needs: Needs) -> io::Result<()> {
     fs::create_dir_all(REGISTRY)?;
     fs::write(marker(topology_dir), topology_dir.as_os_str().as_encoded_bytes())?;
-    let current: BTreeMap<&str, u64> = [THRESH2, THRESH3, BACKLOG].into_iter().map(|p| Ok((p, read(p)?))).collect::<io::Result<_>>()?;
+    let current: BTreeMap<&str, u64> =
+        [THRESH2, THRESH3, BACKLOG].into_iter().map(|p| Ok((p, read(p)?))).collect::<io::Result<_>>()?;
     let raise_arp = current[THRESH3] < needs.arp_entries;
     let raise_backlog = current[BACKLOG] < needs.backlog;
     if !raise_arp && !raise_backlog {
@@ -104,7 +105,11 @@ pub fn ensure(topology_dir: &Path, needs: Needs) -> io::Result<()> {
     if raise_backlog {
         write(BACKLOG, needs.backlog)?;
     }
-    tracing::info!(gc_thresh3 = needs.arp_entries, netdev_max_backlog = needs.backlog, "raised host limits for the emulation");
+    tracing::info!(
+        gc_thresh3 = needs.arp_entries,
+        netdev_max_backlog = needs.backlog,
+        "raised host limits for the emulation"
+    );
     Ok(())
 }
 
@@ -116,7 +121,8 @@ pub fn release(topology_dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let users = fs::read_dir(REGISTRY).map(|entries| entries.flatten().filter(|e| e.file_name() != SAVED).count()).unwrap_or(0);
+    let users =
+        fs::read_dir(REGISTRY).map(|entries| entries.flatten().filter(|e| e.file_name() != SAVED).count()).unwrap_or(0);
     if users > 0 {
         return Ok(());
     }

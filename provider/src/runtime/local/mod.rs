@@ -20,7 +20,9 @@ use futures::StreamExt;
 use merak_netdev::netdev::{self, Netlink};
 use merak_netdev::netns::{self, NetnsOptions};
 use merak_proto::agent::host_client::HostClient as HostApiClient;
-use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec, GetInfoRequest, HealthRequest, HostedEpm, ReleaseRequest, ServeRequest, UnderlayGoal};
+use merak_proto::agent::{
+    EvmBatch, EvmReply, EvmSpec, GetInfoRequest, HealthRequest, HostedEpm, ReleaseRequest, ServeRequest, UnderlayGoal,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -130,7 +132,12 @@ fn confirmed() -> bool {
 }
 
 impl LocalRuntime {
-    pub fn new(state_dir: PathBuf, agent_path: PathBuf, transport: AgentTransport, store: Arc<dyn RecordStore>) -> Self {
+    pub fn new(
+        state_dir: PathBuf,
+        agent_path: PathBuf,
+        transport: AgentTransport,
+        store: Arc<dyn RecordStore>,
+    ) -> Self {
         LocalRuntime {
             state_dir,
             agent_path,
@@ -156,7 +163,9 @@ impl LocalRuntime {
             return;
         }
         if let Ok(mut all) = self.tcp_agents.lock() {
-            let agents = all.entry(topology.to_string()).or_insert_with(|| TcpAgents { addresses: HashMap::new(), connector: None });
+            let agents = all
+                .entry(topology.to_string())
+                .or_insert_with(|| TcpAgents { addresses: HashMap::new(), connector: None });
             for (epm, address) in served {
                 if let Ok(address) = address.parse() {
                     agents.addresses.insert(epm.clone(), address);
@@ -166,7 +175,11 @@ impl LocalRuntime {
     }
 
     /// Where an EPM's agent listens on TCP, and the connector to it.
-    async fn tcp_agent(&self, topology: &str, epm: &str) -> Result<(std::net::SocketAddr, tokio_rustls::TlsConnector), RuntimeError> {
+    async fn tcp_agent(
+        &self,
+        topology: &str,
+        epm: &str,
+    ) -> Result<(std::net::SocketAddr, tokio_rustls::TlsConnector), RuntimeError> {
         let poisoned = || RuntimeError::Unavailable("the agent address table is poisoned".into());
         let known = self.tcp_agents.lock().map_err(|_| poisoned())?.contains_key(topology);
         let recorded = match known {
@@ -177,14 +190,18 @@ impl LocalRuntime {
         if let Some(record) = recorded
             && !all.contains_key(topology)
         {
-            let addresses = record.addresses.iter().filter_map(|(epm, a)| Some((epm.clone(), a.parse().ok()?))).collect();
+            let addresses =
+                record.addresses.iter().filter_map(|(epm, a)| Some((epm.clone(), a.parse().ok()?))).collect();
             all.insert(topology.to_string(), TcpAgents { addresses, connector: None });
         }
-        let agents = all.get_mut(topology).ok_or_else(|| RuntimeError::Unavailable("the agent address table lost an entry".into()))?;
-        let address = *agents
-            .addresses
-            .get(epm)
-            .ok_or_else(|| RuntimeError::Unavailable(format!("agent of {epm}: no TCP address recorded (apply the topology to serve it over TCP)")))?;
+        let agents = all
+            .get_mut(topology)
+            .ok_or_else(|| RuntimeError::Unavailable("the agent address table lost an entry".into()))?;
+        let address = *agents.addresses.get(epm).ok_or_else(|| {
+            RuntimeError::Unavailable(format!(
+                "agent of {epm}: no TCP address recorded (apply the topology to serve it over TCP)"
+            ))
+        })?;
         let connector = match &agents.connector {
             Some(connector) => connector.clone(),
             None => {
@@ -218,7 +235,9 @@ impl LocalRuntime {
         }
         let namespace = naming::namespace(topology, epm);
         if !netns::exists(&namespace) {
-            return Err(RuntimeError::Unavailable(format!("EPM {epm} is gone (namespace {namespace}); apply the topology to rebuild it")));
+            return Err(RuntimeError::Unavailable(format!(
+                "EPM {epm} is gone (namespace {namespace}); apply the topology to rebuild it"
+            )));
         }
         let _guard = self.agents_lock.lock().await;
         let Some(mut record) = self.load_record(topology).await? else {
@@ -261,7 +280,11 @@ impl LocalRuntime {
             epm: epm.to_string(),
             netns: netns::path_of(&naming::namespace(topology, epm)).display().to_string(),
             // Any free port on loopback: the host says which it bound.
-            socket: if tcp { "127.0.0.1:0".to_string() } else { self.agent_socket(topology, epm).display().to_string() },
+            socket: if tcp {
+                "127.0.0.1:0".to_string()
+            } else {
+                self.agent_socket(topology, epm).display().to_string()
+            },
             tcp,
         }
     }
@@ -285,9 +308,9 @@ impl LocalRuntime {
             }
         }
         let pid = self.start_host(topology).await?;
-        let (client, _) = host_answers(&control)
-            .await
-            .ok_or_else(|| RuntimeError::Unavailable(format!("the agent host of {topology} stopped right after it started")))?;
+        let (client, _) = host_answers(&control).await.ok_or_else(|| {
+            RuntimeError::Unavailable(format!("the agent host of {topology} stopped right after it started"))
+        })?;
         Ok((pid, client, true))
     }
 
@@ -320,7 +343,11 @@ impl LocalRuntime {
     /// The spec a record holds; a record whose spec no longer validates is corrupt.
     fn spec_of(&self, topology: &str, record: &Record) -> Result<TreeSpec, RuntimeError> {
         record.spec.to_spec().map_err(|detail| {
-            RuntimeError::Store(StoreError::Corrupt { topology: topology.into(), location: self.store.location(topology, TOPOLOGY), detail })
+            RuntimeError::Store(StoreError::Corrupt {
+                topology: topology.into(),
+                location: self.store.location(topology, TOPOLOGY),
+                detail,
+            })
         })
     }
 
@@ -352,7 +379,8 @@ impl LocalRuntime {
                 .link(BRIDGE)
                 .await?
                 .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {parent_namespace}")))?;
-            ensure_pair(&netlink, UPLINK, Some(bridge), parent, &parent_namespace, &downlink, parent_bridge.index).await?;
+            ensure_pair(&netlink, UPLINK, Some(bridge), parent, &parent_namespace, &downlink, parent_bridge.index)
+                .await?;
         }
         Ok(netlink)
     }
@@ -385,7 +413,16 @@ impl LocalRuntime {
                     .await?
                     .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {tor_namespace}")))?;
                 // The NIC's agent brings it up with its address; its port goes up on the ToR's bridge.
-                ensure_pair(&netlink, EPM_DATA_NIC, None, tor, &tor_namespace, &naming::host_port(epm.index), tor_bridge.index).await?;
+                ensure_pair(
+                    &netlink,
+                    EPM_DATA_NIC,
+                    None,
+                    tor,
+                    &tor_namespace,
+                    &naming::host_port(epm.index),
+                    tor_bridge.index,
+                )
+                .await?;
                 None
             }
             (None, None) => return Err(RuntimeError::Unavailable("its top-of-rack vswitch failed".into())),
@@ -435,7 +472,8 @@ impl LocalRuntime {
             if Instant::now() > deadline || !process::alive(pid) {
                 let exit = process::exit_status(pid);
                 process::stop_agent(pid, &control).await;
-                let why = exit.unwrap_or_else(|| format!("it did not answer within {} s", AGENT_START_TIMEOUT.as_secs()));
+                let why =
+                    exit.unwrap_or_else(|| format!("it did not answer within {} s", AGENT_START_TIMEOUT.as_secs()));
                 let text = fs::read_to_string(&log).unwrap_or_default();
                 let mut tail: Vec<&str> = text.lines().rev().take(5).collect();
                 tail.reverse();
@@ -468,21 +506,28 @@ impl LocalRuntime {
         // test made of it (see the agent's underlay convergence).
         let address = epm_address(spec, epm);
         let interfaces = info.into_inner().interfaces;
-        interfaces.iter().any(|i| i.name == EPM_DATA_NIC && i.up) && interfaces.iter().any(|i| i.up && i.addresses.contains(&address))
+        interfaces.iter().any(|i| i.name == EPM_DATA_NIC && i.up)
+            && interfaces.iter().any(|i| i.up && i.addresses.contains(&address))
     }
 
     async fn status(&self, spec: &TreeSpec, record: &Record) -> TopologyStatus {
         // The host, asked once: alive, answering, and of the installed build.
         let control = self.host_socket(&spec.name);
         let host_current = match record.host {
-            Some(pid) if process::is_agent(pid, &control) => host_answers(&control).await.is_some_and(|(_, build)| build == self.installed_build()),
+            Some(pid) if process::is_agent(pid, &control) => {
+                host_answers(&control).await.is_some_and(|(_, build)| build == self.installed_build())
+            }
             _ => false,
         };
-        let served = |epm: &str| host_current && record.host.is_some() && record.agents.get(epm) == record.host.as_ref();
+        let served =
+            |epm: &str| host_current && record.host.is_some() && record.agents.get(epm) == record.host.as_ref();
         if let Some(fabric) = &spec.fabric {
             let served = &served;
             let ready = futures::stream::iter(spec.epms())
-                .map(|epm| async move { self.edge_serves(&spec.name, &fabric.host_port(epm.index)).await && self.epm_ready(spec, &epm, served(&epm.name)).await })
+                .map(|epm| async move {
+                    self.edge_serves(&spec.name, &fabric.host_port(epm.index)).await
+                        && self.epm_ready(spec, &epm, served(&epm.name)).await
+                })
                 .buffer_unordered(PARALLEL_EPMS)
                 .filter(|ready| futures::future::ready(*ready))
                 .count()
@@ -529,7 +574,9 @@ impl LocalRuntime {
         let ready = futures::stream::iter(spec.epms())
             .map(|epm| async move {
                 let tor = (0, epm.rack);
-                reachable[&tor] && wired(tor, &naming::host_port(epm.index)) && self.epm_ready(spec, &epm, served(&epm.name)).await
+                reachable[&tor]
+                    && wired(tor, &naming::host_port(epm.index))
+                    && self.epm_ready(spec, &epm, served(&epm.name)).await
             })
             .buffer_unordered(PARALLEL_EPMS)
             .filter(|ready| futures::future::ready(*ready))
@@ -541,7 +588,13 @@ impl LocalRuntime {
     /// Removes every namespace of the topology not in `keep`, stopping agents
     /// first, and waits until the kernel has torn the devices down. `spec` (the
     /// topology as last applied) tells which ports vanish with which namespace.
-    async fn tear_down(&self, topology: &str, spec: Option<&TreeSpec>, keep: &HashSet<String>, record: &mut Record) -> Result<(), RuntimeError> {
+    async fn tear_down(
+        &self,
+        topology: &str,
+        spec: Option<&TreeSpec>,
+        keep: &HashSet<String>,
+        record: &mut Record,
+    ) -> Result<(), RuntimeError> {
         // Reshaping the underlay (a non-empty `keep`) only touches EPMs and
         // vswitches; destroying the topology removes everything it holds.
         let prefix = naming::topology_prefix(topology);
@@ -560,11 +613,13 @@ impl LocalRuntime {
         let control = self.host_socket(topology);
         let mut agents = process::agents_in(&self.topology_dir(topology));
         if !keep.is_empty() {
-            let leaving: Vec<String> = existing.iter().filter_map(|ns| ns.strip_prefix(&prefix)).map(str::to_string).collect();
-            let released = leaving.is_empty() || match host_answers(&control).await {
-                Some((mut host, _)) => host.release(ReleaseRequest { epms: leaving }).await.is_ok(),
-                None => false,
-            };
+            let leaving: Vec<String> =
+                existing.iter().filter_map(|ns| ns.strip_prefix(&prefix)).map(str::to_string).collect();
+            let released = leaving.is_empty()
+                || match host_answers(&control).await {
+                    Some((mut host, _)) => host.release(ReleaseRequest { epms: leaving }).await.is_ok(),
+                    None => false,
+                };
             let leaving_socket = |socket: &Path| {
                 let epm = socket.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
                 !keep.contains(&naming::namespace(topology, epm))
@@ -580,7 +635,9 @@ impl LocalRuntime {
         match netns::kill_processes_in(&leaving) {
             Ok(0) => {}
             Ok(killed) => tracing::warn!(topology, killed, "killed processes left in the topology's namespaces"),
-            Err(e) => tracing::warn!(topology, error = %e, "could not look for processes left in the topology's namespaces"),
+            Err(e) => {
+                tracing::warn!(topology, error = %e, "could not look for processes left in the topology's namespaces")
+            }
         }
         if keep.is_empty() {
             record.host = None;
@@ -599,7 +656,9 @@ impl LocalRuntime {
                         let port = fabric.host_port(epm.index);
                         (fabric::switch_namespace(topology, &port.edge), port.device)
                     }
-                    None => (naming::namespace(topology, &naming::vswitch_name(0, epm.rack)), naming::host_port(epm.index)),
+                    None => {
+                        (naming::namespace(topology, &naming::vswitch_name(0, epm.rack)), naming::host_port(epm.index))
+                    }
                 };
                 waves.entry(0).or_default().push((naming::namespace(topology, &epm.name), Some(peer)));
             }
@@ -613,9 +672,9 @@ impl LocalRuntime {
                 waves.entry(wave).or_default().push((fabric::switch_namespace(topology, &switch), None));
             }
             for switch in spec.vswitches() {
-                let peer = switch.parent_name().map(|parent| {
-                    (naming::namespace(topology, &parent), naming::downlink_port(switch.index))
-                });
+                let peer = switch
+                    .parent_name()
+                    .map(|parent| (naming::namespace(topology, &parent), naming::downlink_port(switch.index)));
                 waves.entry(switch.level + 1).or_default().push((naming::namespace(topology, &switch.name()), peer));
             }
         }
@@ -680,7 +739,12 @@ async fn wait_until_gone(watched: Vec<(Netlink, Vec<String>)>) -> Result<(), Run
 
 #[tonic::async_trait]
 impl Substrate for LocalRuntime {
-    async fn apply_topology(&self, spec: &TreeSpec, _under_test: UnderTest<'_>, intent: Intent) -> Result<TopologyStatus, RuntimeError> {
+    async fn apply_topology(
+        &self,
+        spec: &TreeSpec,
+        _under_test: UnderTest<'_>,
+        intent: Intent,
+    ) -> Result<TopologyStatus, RuntimeError> {
         let topology = &spec.name;
         netns::prepare_run_dir().map_err(|e| RuntimeError::io("preparing /run/netns", e))?;
         let existing = self.load_record(topology).await?;
@@ -796,7 +860,11 @@ impl Substrate for LocalRuntime {
         naming::namespace(topology, epm)
     }
 
-    async fn apply_link_profiles(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<Vec<Failure>, RuntimeError> {
+    async fn apply_link_profiles(
+        &self,
+        spec: &TreeSpec,
+        profiles: &[LinkProfileSpec],
+    ) -> Result<Vec<Failure>, RuntimeError> {
         self.shape_links(spec, profiles).await
     }
 
@@ -839,7 +907,8 @@ impl Substrate for LocalRuntime {
     }
 
     async fn remains_without_record(&self, name: &str) -> Result<bool, RuntimeError> {
-        let namespaces = netns::list_with_prefix(&naming::topology_prefix(name)).map_err(|e| RuntimeError::io("listing namespaces", e))?;
+        let namespaces = netns::list_with_prefix(&naming::topology_prefix(name))
+            .map_err(|e| RuntimeError::io("listing namespaces", e))?;
         Ok(!namespaces.is_empty() && self.load_record(name).await?.is_none())
     }
 
@@ -855,7 +924,9 @@ impl Substrate for LocalRuntime {
                 merak_agent::tls::channel(address, connector).await
             }
         };
-        channel.map(agent_client::AgentChannel::direct).map_err(|e| RuntimeError::Unavailable(format!("agent of {epm}: {e}")))
+        channel
+            .map(agent_client::AgentChannel::direct)
+            .map_err(|e| RuntimeError::Unavailable(format!("agent of {epm}: {e}")))
     }
 
     async fn revive_agent(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
@@ -863,7 +934,12 @@ impl Substrate for LocalRuntime {
     }
 
     /// This host can remove what the agent would: the EVMs' namespaces and ports.
-    async fn delete_evms_without_agent(&self, _topology: &str, _epm: &str, batch: &EvmBatch) -> Result<EvmReply, RuntimeError> {
+    async fn delete_evms_without_agent(
+        &self,
+        _topology: &str,
+        _epm: &str,
+        batch: &EvmBatch,
+    ) -> Result<EvmReply, RuntimeError> {
         Ok(merak_agent::evm::apply(batch, None).await)
     }
 
@@ -898,7 +974,11 @@ impl Substrate for LocalRuntime {
                     left[0]
                 )));
             }
-            tracing::warn!(topology = name, left = left.len(), "namespaces appeared during the teardown; tearing down again");
+            tracing::warn!(
+                topology = name,
+                left = left.len(),
+                "namespaces appeared during the teardown; tearing down again"
+            );
         }
         let dir = self.topology_dir(name);
         match fs::remove_dir_all(&dir) {
@@ -995,7 +1075,10 @@ async fn serve(host: &mut HostClient, epms: Vec<HostedEpm>) -> Result<Vec<(Strin
         .map_err(|status| RuntimeError::Unavailable(format!("the agent host: {}", status.message())))?
         .into_inner();
     if reply.errors.len() != count {
-        return Err(RuntimeError::Unavailable(format!("the agent host answered {} of {count} EPMs", reply.errors.len())));
+        return Err(RuntimeError::Unavailable(format!(
+            "the agent host answered {} of {count} EPMs",
+            reply.errors.len()
+        )));
     }
     // A host of a build before addresses were answered: unix sockets only.
     let addresses = reply.addresses.into_iter().chain(std::iter::repeat(String::new()));

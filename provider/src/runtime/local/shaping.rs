@@ -37,7 +37,9 @@ fn wanted(spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Vec<([LinkEnd; 2], O
 fn carries(root: Option<&RootQdisc>, shaping: &Shaping) -> bool {
     let Some(root) = root.filter(|r| r.is_merak()) else { return false };
     match shaping.rate_bytes_per_s {
-        Some(rate) => root.kind == "tbf" && root.rate_bytes_per_s == Some(rate) && root.netem_below == shaping.needs_netem(),
+        Some(rate) => {
+            root.kind == "tbf" && root.rate_bytes_per_s == Some(rate) && root.netem_below == shaping.needs_netem()
+        }
         None => root.kind == "netem",
     }
 }
@@ -56,7 +58,11 @@ fn by_namespace(topology: &str, wanted: &[([LinkEnd; 2], Option<Shaping>)]) -> B
 }
 
 impl LocalRuntime {
-    pub(super) async fn shape_links(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<Vec<Failure>, RuntimeError> {
+    pub(super) async fn shape_links(
+        &self,
+        spec: &TreeSpec,
+        profiles: &[LinkProfileSpec],
+    ) -> Result<Vec<Failure>, RuntimeError> {
         if let Some(profile) = profiles.iter().find(|p| p.shaping().needs_netem()) {
             kernel_has_netem(&spec.name).await.map_err(|why| {
                 RuntimeError::Conflict(format!(
@@ -74,9 +80,15 @@ impl LocalRuntime {
         Ok(failures.into_iter().flatten().collect())
     }
 
-    pub(super) async fn count_shaped(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<u64, RuntimeError> {
-        let wanted: Vec<([LinkEnd; 2], Shaping)> = wanted(spec, profiles).into_iter().filter_map(|(ends, shaping)| Some((ends, shaping?))).collect();
-        let namespaces: BTreeSet<String> = wanted.iter().flat_map(|(ends, _)| ends.iter().map(|e| naming::namespace(&spec.name, &e.object))).collect();
+    pub(super) async fn count_shaped(
+        &self,
+        spec: &TreeSpec,
+        profiles: &[LinkProfileSpec],
+    ) -> Result<u64, RuntimeError> {
+        let wanted: Vec<([LinkEnd; 2], Shaping)> =
+            wanted(spec, profiles).into_iter().filter_map(|(ends, shaping)| Some((ends, shaping?))).collect();
+        let namespaces: BTreeSet<String> =
+            wanted.iter().flat_map(|(ends, _)| ends.iter().map(|e| naming::namespace(&spec.name, &e.object))).collect();
         let roots: HashMap<String, HashMap<String, RootQdisc>> = futures::stream::iter(namespaces)
             .map(|namespace| async move {
                 let roots = roots_by_device(&namespace).await.unwrap_or_default();
@@ -98,7 +110,12 @@ impl LocalRuntime {
 async fn roots_by_device(namespace: &str) -> Result<HashMap<String, RootQdisc>, RuntimeError> {
     let netlink = netns::open(namespace).await?;
     let names: HashMap<u32, String> = netlink.links().await?.into_iter().map(|l| (l.index, l.name)).collect();
-    Ok(netlink.root_qdiscs().await?.into_iter().filter_map(|(index, root)| Some((names.get(&index)?.clone(), root))).collect())
+    Ok(netlink
+        .root_qdiscs()
+        .await?
+        .into_iter()
+        .filter_map(|(index, root)| Some((names.get(&index)?.clone(), root)))
+        .collect())
 }
 
 async fn shape_namespace(namespace: &str, ends: &[(String, Option<Shaping>)]) -> Vec<Failure> {
@@ -124,7 +141,13 @@ async fn shape_namespace(namespace: &str, ends: &[(String, Option<Shaping>)]) ->
     failures
 }
 
-async fn shape(netlink: &Netlink, index: u32, mtu: u32, root: Option<&RootQdisc>, shaping: Option<&Shaping>) -> Result<(), merak_netdev::netdev::NetdevError> {
+async fn shape(
+    netlink: &Netlink,
+    index: u32,
+    mtu: u32,
+    root: Option<&RootQdisc>,
+    shaping: Option<&Shaping>,
+) -> Result<(), merak_netdev::netdev::NetdevError> {
     match shaping {
         Some(shaping) if carries(root, shaping) => Ok(()),
         Some(shaping) => netlink.set_shaping(index, shaping, mtu).await,
@@ -138,8 +161,13 @@ async fn shape(netlink: &Netlink, index: u32, mtu: u32, root: Option<&RootQdisc>
 async fn kernel_has_netem(topology: &str) -> Result<(), String> {
     let scratch = naming::namespace(topology, "netem-probe");
     let tried = async {
-        let netlink = netns::create(&scratch, NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() }).await.map_err(|e| e.to_string())?;
-        netlink.create_veth("probe0", "probe1", &netns::open_fd(&scratch).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
+        let netlink = netns::create(&scratch, NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() })
+            .await
+            .map_err(|e| e.to_string())?;
+        netlink
+            .create_veth("probe0", "probe1", &netns::open_fd(&scratch).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| e.to_string())?;
         let link = netlink.link("probe0").await.map_err(|e| e.to_string())?.ok_or("the probe veth vanished")?;
         let delay = Shaping { delay_us: 1000, ..Shaping::default() };
         netlink.set_shaping(link.index, &delay, link.mtu).await.map_err(|e| e.to_string())

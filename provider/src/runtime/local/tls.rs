@@ -36,7 +36,9 @@ pub(super) fn ensure(dir: &Path, topology: &str) -> Result<(), RuntimeError> {
         move |e| RuntimeError::io(what, e)
     };
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("creating the TLS directory"))?;
-    let pki = |e: merak_agent::pki::PkiError| RuntimeError::Unavailable(format!("making the certificates of {topology}: {e}"));
+    let pki = |e: merak_agent::pki::PkiError| {
+        RuntimeError::Unavailable(format!("making the certificates of {topology}: {e}"))
+    };
     let (authority, authority_key) = Authority::create(topology).map_err(pki)?;
     let agent = authority.issue(Role::Agent).map_err(pki)?;
     let controller = authority.issue(Role::Controller).map_err(pki)?;
@@ -56,7 +58,9 @@ pub(super) fn ensure(dir: &Path, topology: &str) -> Result<(), RuntimeError> {
 
 /// The controller's connector to the topology's agents.
 pub(super) fn connector(dir: &Path) -> Result<TlsConnector, RuntimeError> {
-    let read = |name: &str| fs::read(dir.join(name)).map_err(|e| RuntimeError::io(format!("reading {}", dir.join(name).display()), e));
+    let read = |name: &str| {
+        fs::read(dir.join(name)).map_err(|e| RuntimeError::io(format!("reading {}", dir.join(name).display()), e))
+    };
     merak_agent::tls::connector(&read("ca.pem")?, &read("controller.pem")?, &read("controller.key")?)
         .map_err(|e| RuntimeError::Unavailable(format!("the controller's TLS identity in {}: {e}", dir.display())))
 }

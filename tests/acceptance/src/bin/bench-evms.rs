@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use merak_acceptance::Workspace;
-use merak_acceptance::host::{settle, settled_mem_available};
 use merak_acceptance::floor::{self, FloorEvm, FloorRouter};
+use merak_acceptance::host::{settle, settled_mem_available};
 
 /// Peak RSS of any terraform-provider-merak process while it runs.
 struct RssWatch {
@@ -43,13 +43,19 @@ impl RssWatch {
                         .into_iter()
                         .flatten()
                         .flatten()
-                        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.starts_with("terraform-provi")))
+                        .filter(|e| {
+                            std::fs::read_to_string(e.path().join("comm"))
+                                .is_ok_and(|c| c.starts_with("terraform-provi"))
+                        })
                         .map(|e| e.path().join("status"))
                         .collect();
                 }
                 for status in &providers {
                     let Ok(status) = std::fs::read_to_string(status) else { continue };
-                    let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+                    let hwm = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
                     if let Some(hwm) = hwm {
                         p.fetch_max(hwm, Ordering::Relaxed);
                     }
@@ -79,7 +85,8 @@ fn floor_run(evms: u32, epms: u32) -> std::io::Result<FloorResult> {
     let prefix = format!("merak-floor-{}", std::process::id());
     floor::prepare()?;
     let home = floor::home_namespace()?;
-    let routers: Vec<FloorRouter> = (0..epms).map(|i| FloorRouter::new(&format!("{prefix}.r{i}"))).collect::<Result<_, _>>()?;
+    let routers: Vec<FloorRouter> =
+        (0..epms).map(|i| FloorRouter::new(&format!("{prefix}.r{i}"))).collect::<Result<_, _>>()?;
     let list: Vec<FloorEvm> = (0..evms)
         .map(|k| {
             let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 2)) + k);
@@ -165,7 +172,12 @@ fn main() {
         // Ratios print as NaN without a floor.
         FloorResult { create: Duration::ZERO, delete: Duration::ZERO, mem_per_evm_kib: f64::NAN }
     };
-    println!("create {:>8.2} s   delete {:>8.2} s   memory {:.3} MiB/EVM", floor.create.as_secs_f64(), floor.delete.as_secs_f64(), floor.mem_per_evm_kib / 1024.0);
+    println!(
+        "create {:>8.2} s   delete {:>8.2} s   memory {:.3} MiB/EVM",
+        floor.create.as_secs_f64(),
+        floor.delete.as_secs_f64(),
+        floor.mem_per_evm_kib / 1024.0
+    );
 
     println!("== terraform: {evms} EVMs over {epms} EPMs");
     let ws = Workspace::new("bench3");
@@ -197,9 +209,17 @@ fn main() {
     ws.assert_nothing_left();
 
     let per_evm = before.saturating_sub(after) as f64 / 1024.0 / f64::from(evms);
-    println!("EVM apply   {:>8.2} s   ({:.2}x floor; ready_count {ready})", apply.as_secs_f64(), apply.as_secs_f64() / floor.create.as_secs_f64());
+    println!(
+        "EVM apply   {:>8.2} s   ({:.2}x floor; ready_count {ready})",
+        apply.as_secs_f64(),
+        apply.as_secs_f64() / floor.create.as_secs_f64()
+    );
     println!("no-op plan  {:>8.2} s", plan.as_secs_f64());
-    println!("EVM destroy {:>8.2} s   ({:.2}x floor)", destroy.as_secs_f64(), destroy.as_secs_f64() / floor.delete.as_secs_f64());
+    println!(
+        "EVM destroy {:>8.2} s   ({:.2}x floor)",
+        destroy.as_secs_f64(),
+        destroy.as_secs_f64() / floor.delete.as_secs_f64()
+    );
     println!("memory      {:>8.3} MiB per EVM (kernel + agents; floor {:.3})", per_evm, floor.mem_per_evm_kib / 1024.0);
     println!("state file  {:>8} bytes", state_bytes);
     println!("provider    {:>8.1} MiB peak RSS", peak);

@@ -137,9 +137,12 @@ fn main() {
         }
     };
 
-    println!("== external vs builtin VPC: {evms} EVMs over {epms} EPMs (controller on 127.0.0.1:{port}, batch_size 500)");
+    println!(
+        "== external vs builtin VPC: {evms} EVMs over {epms} EPMs (controller on 127.0.0.1:{port}, batch_size 500)"
+    );
     let ws = Workspace::new("benchx");
-    let transport = std::env::var("MERAK_AGENT_TRANSPORT").map(|t| format!("    agent_transport = \"{t}\"\n")).unwrap_or_default();
+    let transport =
+        std::env::var("MERAK_AGENT_TRANSPORT").map(|t| format!("    agent_transport = \"{t}\"\n")).unwrap_or_default();
     let block = format!(
         "provider \"merak\" {{\n  local {{\n    state_dir = \"{}\"\n{transport}  }}\n  controller {{\n    url = \"http://127.0.0.1:{port}\"\n    batch_size = 500\n  }}\n}}\n",
         ws.state_dir.display()
@@ -157,9 +160,19 @@ fn main() {
 
     let ratio = |e: Duration, b: Duration| e.as_secs_f64() / b.as_secs_f64();
     println!("              builtin    external");
-    println!("EVM apply   {:>8.2} s {:>8.2} s   ({:.2}x builtin; goal <= 1.20x)", builtin.apply.as_secs_f64(), external.apply.as_secs_f64(), ratio(external.apply, builtin.apply));
+    println!(
+        "EVM apply   {:>8.2} s {:>8.2} s   ({:.2}x builtin; goal <= 1.20x)",
+        builtin.apply.as_secs_f64(),
+        external.apply.as_secs_f64(),
+        ratio(external.apply, builtin.apply)
+    );
     println!("no-op plan  {:>8.2} s {:>8.2} s", builtin.plan.as_secs_f64(), external.plan.as_secs_f64());
-    println!("EVM destroy {:>8.2} s {:>8.2} s   ({:.2}x builtin)", builtin.destroy.as_secs_f64(), external.destroy.as_secs_f64(), ratio(external.destroy, builtin.destroy));
+    println!(
+        "EVM destroy {:>8.2} s {:>8.2} s   ({:.2}x builtin)",
+        builtin.destroy.as_secs_f64(),
+        external.destroy.as_secs_f64(),
+        ratio(external.destroy, builtin.destroy)
+    );
     println!(
         "controller  {} HTTP requests for {} port creations and deletions ({:.0} ports per request)",
         counts.requests.load(Ordering::Relaxed),

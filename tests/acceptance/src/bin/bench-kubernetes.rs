@@ -55,7 +55,9 @@ async fn counted(client: &kube::Client, namespace: &str, selector: &str) -> (usi
         .filter(|pod| {
             let status = pod.status.as_ref();
             status.and_then(|s| s.phase.as_deref()) == Some("Running")
-                && status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                && status
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .count();
     (list.items.len(), running)
@@ -164,7 +166,11 @@ fn provider_cpu(seen: &mut std::collections::HashMap<u32, f64>) {
         }
         let fields: Vec<&str> = rest.split_whitespace().collect();
         // utime and stime are stat's fields 14 and 15: 12 and 13 after comm.
-        let (Some(user), Some(system)) = (fields.get(11).and_then(|v| v.parse::<f64>().ok()), fields.get(12).and_then(|v| v.parse::<f64>().ok())) else { continue };
+        let (Some(user), Some(system)) =
+            (fields.get(11).and_then(|v| v.parse::<f64>().ok()), fields.get(12).and_then(|v| v.parse::<f64>().ok()))
+        else {
+            continue;
+        };
         seen.insert(pid, (user + system) / ticks);
     }
 }
@@ -200,7 +206,11 @@ fn timed_terraform(ws: &Workspace, args: &[&str], kubeconfig: &Path, namespace: 
                     && last_count.elapsed() >= Duration::from_secs(1)
                 {
                     last_count = Instant::now();
-                    let (existing, running) = runtime.block_on(counted(client, &namespace, "app.kubernetes.io/managed-by=terraform-provider-merak"));
+                    let (existing, running) = runtime.block_on(counted(
+                        client,
+                        &namespace,
+                        "app.kubernetes.io/managed-by=terraform-provider-merak",
+                    ));
                     if existing >= pods && all_created.is_none() {
                         all_created = Some(started.elapsed());
                     }
@@ -319,7 +329,12 @@ fn main() -> anyhow::Result<()> {
                 format!("{IMAGE}={}", binary("merak-agent").display()),
             ],
         )?;
-        let result = measure(&runtime, &cluster.kubeconfig, epms, &format!("the fake cluster, {latency} ms added to every API call"));
+        let result = measure(
+            &runtime,
+            &cluster.kubeconfig,
+            epms,
+            &format!("the fake cluster, {latency} ms added to every API call"),
+        );
         drop(cluster);
         merak_acceptance::host::settle();
         result?;

@@ -13,7 +13,11 @@ use merak_acceptance::host::{mem_available_kib, settled_mem_available};
 
 fn pss_kib(pid: u32) -> u64 {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    rollup.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -25,7 +29,11 @@ fn main() {
         (format!("fat tree k = {k}"), k * k * k / 4, attributes)
     } else {
         let (racks, per_rack) = (args.first().copied().unwrap_or(8), args.get(1).copied().unwrap_or(8));
-        (format!("{racks} racks x {per_rack} hosts"), racks * per_rack, format!("racks = {racks}\n  hosts_per_rack = {per_rack}"))
+        (
+            format!("{racks} racks x {per_rack} hosts"),
+            racks * per_rack,
+            format!("racks = {racks}\n  hosts_per_rack = {per_rack}"),
+        )
     };
     let ws = Workspace::new("bench");
     ws.write_config(&format!("resource \"merak_topology\" \"bench\" {{\n  name = \"{{name}}\"\n  {config}\n  data_plane_cidr = \"10.99.0.0/16\"\n}}\n"));
@@ -56,10 +64,21 @@ fn main() {
         "topology: {shape} = {hosts} EPMs, {vswitches} switches, {agents} agents served by {} process(es)",
         processes.len()
     );
-    println!("terraform apply:   {:>7.2} s  ({:.1} ms per EPM)", apply.as_secs_f64(), apply.as_secs_f64() * 1000.0 / f64::from(hosts));
+    println!(
+        "terraform apply:   {:>7.2} s  ({:.1} ms per EPM)",
+        apply.as_secs_f64(),
+        apply.as_secs_f64() * 1000.0 / f64::from(hosts)
+    );
     println!("no-op plan:        {:>7.2} s", plan.as_secs_f64());
-    println!("terraform destroy: {:>7.2} s  ({:.1} ms per EPM)", destroy.as_secs_f64(), destroy.as_secs_f64() * 1000.0 / f64::from(hosts));
-    println!("memory per EPM:    {:>7.2} MiB  (MemAvailable drop / EPMs: kernel + agent)", before.saturating_sub(after) as f64 / 1024.0 / f64::from(hosts));
+    println!(
+        "terraform destroy: {:>7.2} s  ({:.1} ms per EPM)",
+        destroy.as_secs_f64(),
+        destroy.as_secs_f64() * 1000.0 / f64::from(hosts)
+    );
+    println!(
+        "memory per EPM:    {:>7.2} MiB  (MemAvailable drop / EPMs: kernel + agent)",
+        before.saturating_sub(after) as f64 / 1024.0 / f64::from(hosts)
+    );
     println!("agent PSS per EPM: {:>7.2} MiB", agent_pss as f64 / 1024.0 / agents.max(1) as f64);
     println!("state file:        {:>7} bytes", state_bytes);
 }

@@ -23,7 +23,9 @@ fn main() {
     let started = Instant::now();
     for cycle in 0..cycles {
         let seed = random.0;
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| faults::cycle(&format!("soak{cycle}"), &mut random, &mut tally)));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            faults::cycle(&format!("soak{cycle}"), &mut random, &mut tally)
+        }));
         if let Err(panic) = outcome {
             let message = panic
                 .downcast_ref::<String>()
