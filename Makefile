@@ -7,7 +7,8 @@ TOOLS       = $(CURDIR)/target/tools
 # oldest we support (tfplugin6.0): the acceptance tests run on both.
 TERRAFORM  ?= $(TOOLS)/terraform-1.15.5
 TERRAFORM_OLDEST = $(TOOLS)/terraform-1.0.3
-VERSION     = 0.1.0
+# The version is the workspace's, typed once in Cargo.toml.
+VERSION    := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 MIRROR      = $(CURDIR)/target/mirror
 PACKAGE     = $(MIRROR)/registry.terraform.io/merak/merak/$(VERSION)/linux_amd64
 CLI_CONFIG  = $(CURDIR)/target/terraformrc

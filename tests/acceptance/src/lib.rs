@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-pub const PROVIDER_VERSION: &str = "0.1.0";
+/// The workspace's version (Cargo.toml), the one the provider reports.
+pub const PROVIDER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The registry hosts `merak/merak` may stand for: Terraform's and OpenTofu's.
 const REGISTRY_HOSTS: [&str; 2] = ["registry.terraform.io", "registry.opentofu.org"];
