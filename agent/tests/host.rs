@@ -25,7 +25,7 @@ impl Fixture {
     fn new(test: &str, count: usize) -> Self {
         let id = std::process::id();
         let dir = std::env::temp_dir().join(format!("merak-test-{test}-{id}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("create the test directory");
         Fixture { namespaces: (0..count).map(|i| format!("merak-test-{test}-{id}.{i}")).collect(), dir }
     }
 
@@ -64,14 +64,14 @@ async fn connect(socket: &Path) -> Result<AgentClient<Channel>, tonic::transport
 }
 
 async fn interfaces(client: &mut AgentClient<Channel>) -> Vec<String> {
-    let info = client.get_info(GetInfoRequest {}).await.unwrap().into_inner();
+    let info = client.get_info(GetInfoRequest {}).await.expect("GetInfo").into_inner();
     let mut names: Vec<String> = info.interfaces.into_iter().map(|i| i.name).collect();
     names.sort();
     names
 }
 
 async fn serve(host: &HostService, epms: Vec<HostedEpm>) -> Vec<String> {
-    host.serve(Request::new(ServeRequest { epms })).await.unwrap().into_inner().errors
+    host.serve(Request::new(ServeRequest { epms })).await.expect("Serve").into_inner().errors
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ impl Fixture {
     fn new() -> Self {
         let id = std::process::id();
         let sockets = std::env::temp_dir().join(format!("merak-test-image-{id}"));
-        std::fs::create_dir_all(&sockets).unwrap();
+        std::fs::create_dir_all(&sockets).expect("create the sockets directory");
         Fixture {
             image: format!("localhost/merak-agent-test:{id}"),
             archive: sockets.join("merak-agent.oci.tar"),
@@ -56,7 +56,7 @@ impl Fixture {
     fn start(&mut self, epm: &str) -> (u32, PathBuf) {
         let name = format!("merak-test-image-{}-{epm}", std::process::id());
         let dir = self.sockets.join(epm);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("create the test directory");
         self.containers.push(name.clone());
         let volume = format!("{}:/run/merak", dir.display());
         // runc rather than crun: crun refuses hosts whose cgroups mix v1

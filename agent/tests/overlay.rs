@@ -61,13 +61,15 @@ fn evm(prefix: &str, epm: &str, vpc: &str, name: &str, vni: u32, address: &str, 
 async fn two_epms(prefix: &str) -> (Netlink, Netlink) {
     let options = NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() };
     let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
-    let in_a = netns::create(&a, options).await.unwrap();
-    let in_b = netns::create(&b, options).await.unwrap();
-    in_a.create_veth("eth1", "eth1", &netns::open_fd(&b).unwrap()).await.unwrap();
+    let in_a = netns::create(&a, options).await.expect("create EPM a");
+    let in_b = netns::create(&b, options).await.expect("create EPM b");
+    let b_fd = netns::open_fd(&b).expect("open EPM b");
+    in_a.create_veth("eth1", "eth1", &b_fd).await.expect("link the EPMs");
     for (netlink, ip) in [(&in_a, "192.168.50.1"), (&in_b, "192.168.50.2")] {
-        let eth1 = netlink.link("eth1").await.unwrap().unwrap();
-        netlink.add_address(eth1.index, ip.parse().unwrap(), 24).await.unwrap();
-        netlink.set_link(eth1.index, None, None).await.unwrap();
+        let eth1 = netlink.link("eth1").await.expect("read eth1").expect("eth1 exists");
+        let ip = ip.parse().expect("an IPv4 address");
+        netlink.add_address(eth1.index, ip, 24).await.expect("address eth1");
+        netlink.set_link(eth1.index, None, None).await.expect("eth1 up");
     }
     (in_a, in_b)
 }
@@ -91,7 +93,7 @@ async fn reached(agent: &OverlayService, probes: Vec<PingProbe>) -> Vec<bool> {
     agent
         .ping(Request::new(PingRequest { probes, timeout_ms: 2000, payload_bytes: 0, full_size: false }))
         .await
-        .unwrap()
+        .expect("ping")
         .into_inner()
         .reached
 }

@@ -21,8 +21,8 @@ impl Scratch {
         let namespace = format!("merak-test-sup{test}-{}", std::process::id());
         let dir = std::env::temp_dir().join(&namespace);
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        netns::create(&namespace, NetnsOptions::default()).await.unwrap();
+        std::fs::create_dir_all(&dir).expect("create the test directory");
+        netns::create(&namespace, NetnsOptions::default()).await.expect("create the namespace");
         Scratch { namespace, dir }
     }
 

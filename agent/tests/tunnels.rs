@@ -34,17 +34,18 @@ impl Drop for Cleanup {
 /// A pod: a namespace whose eth0 (MTU 1450) is on the pod network's bridge.
 async fn pod(prefix: &str, network: &Netlink, bridge: u32, name: &str, ip: &str) -> Netlink {
     let namespace = format!("{prefix}{name}");
-    let inside =
-        netns::create(&namespace, NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() }).await.unwrap();
+    let options = NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() };
+    let inside = netns::create(&namespace, options).await.expect("create the pod's namespace");
     let host_end = format!("v{name}");
-    network.create_veth(&host_end, "eth0", &netns::open_fd(&namespace).unwrap()).await.unwrap();
-    let host_end = network.link(&host_end).await.unwrap().unwrap();
-    network.set_mtu(host_end.index, POD_MTU).await.unwrap();
-    network.set_link(host_end.index, Some(bridge), None).await.unwrap();
-    let eth0 = inside.link("eth0").await.unwrap().unwrap();
-    inside.set_mtu(eth0.index, POD_MTU).await.unwrap();
-    inside.add_address(eth0.index, ip.parse().unwrap(), 24).await.unwrap();
-    inside.set_link(eth0.index, None, None).await.unwrap();
+    let pod_fd = netns::open_fd(&namespace).expect("open the pod's namespace");
+    network.create_veth(&host_end, "eth0", &pod_fd).await.expect("create the pod's veth");
+    let host_end = network.link(&host_end).await.expect("read the host end").expect("the host end exists");
+    network.set_mtu(host_end.index, POD_MTU).await.expect("host end MTU");
+    network.set_link(host_end.index, Some(bridge), None).await.expect("host end on the bridge, up");
+    let eth0 = inside.link("eth0").await.expect("read eth0").expect("eth0 exists");
+    inside.set_mtu(eth0.index, POD_MTU).await.expect("eth0 MTU");
+    inside.add_address(eth0.index, ip.parse().expect("an IPv4 address"), 24).await.expect("address eth0");
+    inside.set_link(eth0.index, None, None).await.expect("eth0 up");
     inside
 }
 
@@ -110,7 +111,7 @@ async fn ping(agent: &OverlayService, from: &EvmSpec, to: &str, payload_bytes: u
     let reply = agent
         .ping(Request::new(PingRequest { probes, timeout_ms: 1500, payload_bytes, full_size: false }))
         .await
-        .unwrap()
+        .expect("ping")
         .into_inner();
     reply.reached[0]
 }

@@ -300,7 +300,7 @@ mod tests {
         let mut pod = agent("ovn", &["ovn-controller"]);
         pod.image = Some("registry.example/ovn:24.03".into());
         let host = agent("bgpd", &["bgpd"]);
-        assert!(validate_for(&[host.clone()], AgentHost::Namespace).is_empty());
+        assert!(validate_for(std::slice::from_ref(&host), AgentHost::Namespace).is_empty());
         assert!(validate_for(std::slice::from_ref(&pod), AgentHost::Container).is_empty());
         let found = |agents: &[EpmAgentSpec], at: AgentHost| -> Vec<(usize, &'static str)> {
             validate_for(agents, at).iter().map(|e| (e.index, e.attribute)).collect()

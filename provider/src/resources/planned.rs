@@ -103,8 +103,8 @@ mod tests {
         let vpc = VpcSpec::validate("planned-again", "blue", "10.0.0.0/16", None).expect("valid VPC");
         let web = SubnetSpec::validate(&vpc, "web", "10.0.1.0/24", None).expect("valid subnet");
         let clash = |other: &SubnetSpec| other.cidr.overlaps(&web.cidr).then_some(());
-        assert!(plan_subnet(&web, &[web.clone()], clash).is_ok());
-        assert!(plan_subnet(&web, &[web.clone()], clash).is_ok());
+        assert!(plan_subnet(&web, std::slice::from_ref(&web), clash).is_ok());
+        assert!(plan_subnet(&web, std::slice::from_ref(&web), clash).is_ok());
         assert_eq!(subnet("planned-again", "blue", "web").map(|s| s.cidr), Some(web.cidr));
     }
 }

@@ -43,9 +43,10 @@ fn apply_scenario(test: &str, scenario: &str, extra_vars: &[&str]) -> (Workspace
     let source = repo_root().join("examples/terraform/scenarios").join(scenario);
     // The scenario refers to ../../modules: keep that layout in the workspace.
     let scenario_dir = ws.dir.join("scenarios").join(scenario);
-    std::fs::create_dir_all(&scenario_dir).unwrap();
-    std::fs::copy(source.join("main.tf"), scenario_dir.join("main.tf")).unwrap();
-    std::os::unix::fs::symlink(repo_root().join("examples/terraform/modules"), ws.dir.join("modules")).unwrap();
+    std::fs::create_dir_all(&scenario_dir).expect("create the scenario directory");
+    std::fs::copy(source.join("main.tf"), scenario_dir.join("main.tf")).expect("copy the scenario");
+    std::os::unix::fs::symlink(repo_root().join("examples/terraform/modules"), ws.dir.join("modules"))
+        .expect("link the modules");
     let chdir = format!("-chdir={}", scenario_dir.display());
     ws.ok(&[&chdir, "init"]);
     let name_var = format!("name={}", ws.name);

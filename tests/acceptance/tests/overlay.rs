@@ -114,7 +114,7 @@ fn evms(ws: &Workspace) -> Vec<serde_json::Value> {
 }
 
 fn evms_of(ws: &Workspace, address: &str) -> Vec<serde_json::Value> {
-    let show: serde_json::Value = serde_json::from_str(&ws.ok(&["show", "-json"])).unwrap();
+    let show: serde_json::Value = serde_json::from_str(&ws.ok(&["show", "-json"])).expect("show -json is JSON");
     let resources = show["values"]["root_module"]["resources"].as_array().cloned().unwrap_or_default();
     let source =
         resources.into_iter().find(|r| r["address"] == address).unwrap_or_else(|| panic!("{address} in state"));
@@ -122,7 +122,7 @@ fn evms_of(ws: &Workspace, address: &str) -> Vec<serde_json::Value> {
 }
 
 fn inode(path: &str) -> u64 {
-    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("the file exists"))
 }
 
 #[test]

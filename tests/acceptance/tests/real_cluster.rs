@@ -23,6 +23,9 @@ use merak_acceptance::{Workspace, binary};
 
 const IMAGE: &str = "localhost/merak-agent:test";
 
+/// A scenario by name, run against the one cluster of this run.
+type Scenario<'a> = (&'static str, Box<dyn Fn() + 'a>);
+
 /// A standing topology with EVMs in one tenant network, and its pingall.
 const SMALL: &str = r#"
 variable "evms" {
@@ -181,7 +184,7 @@ fn main() -> ExitCode {
         crash: r#"["sh", "-c", "exit 3"]"#,
     };
 
-    let scenarios: Vec<(&str, Box<dyn Fn() + '_>)> = vec![
+    let scenarios: Vec<Scenario> = vec![
         (
             "the_quickstart_runs_repairs_imports_and_goes_away",
             Box::new(|| kubernetes::quickstart_repairs_imports_and_goes_away(&cluster, IMAGE)),

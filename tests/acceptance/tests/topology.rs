@@ -11,7 +11,7 @@ fn topology(racks: u32, hosts_per_rack: u32, extra: &str) -> String {
 }
 
 fn inode(path: &str) -> u64 {
-    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("the file exists"))
 }
 
 #[test]

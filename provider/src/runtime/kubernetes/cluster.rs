@@ -37,44 +37,6 @@ pub const NEEDED: &[(&str, &str, &str)] = &[
     ("update", "deployments", "apps"),
 ];
 
-#[cfg(test)]
-mod tests {
-    /// examples/kubernetes/rbac.yaml grants exactly what the runtime asks for.
-    #[test]
-    fn the_example_role_grants_every_needed_verb() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kubernetes/rbac.yaml");
-        let text = std::fs::read_to_string(path).expect("the example role");
-        let mut granted = std::collections::BTreeSet::new();
-        let mut resources: Vec<String> = Vec::new();
-        for line in text.lines().map(str::trim) {
-            let list = |rest: &str| {
-                rest.trim()
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .split(',')
-                    .map(|v| v.trim().trim_matches('"').to_string())
-                    .collect::<Vec<_>>()
-            };
-            if let Some(rest) = line.strip_prefix("resources:") {
-                resources = list(rest);
-            } else if let Some(rest) = line.strip_prefix("verbs:") {
-                for resource in &resources {
-                    for verb in list(rest) {
-                        granted.insert(format!("{verb} {resource}"));
-                    }
-                }
-            }
-        }
-        for (verb, resource, _) in super::NEEDED {
-            assert!(granted.contains(&format!("{verb} {resource}")), "rbac.yaml lacks {verb} {resource}");
-        }
-        let needed: std::collections::BTreeSet<String> =
-            super::NEEDED.iter().map(|(v, r, _)| format!("{v} {r}")).collect();
-        let extra: Vec<&String> =
-            granted.iter().filter(|g| !needed.contains(*g) && !g.ends_with("selfsubjectaccessreviews")).collect();
-        assert!(extra.is_empty(), "rbac.yaml grants more than the runtime needs: {extra:?}");
-    }
-}
-
 /// A client for the cluster the kubeconfig names: `path` (else KUBECONFIG,
 /// else ~/.kube/config, else the in-cluster service account) and `context`
 /// (else the kubeconfig's current one).
@@ -195,5 +157,43 @@ where
             }
             result => return result,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// examples/kubernetes/rbac.yaml grants exactly what the runtime asks for.
+    #[test]
+    fn the_example_role_grants_every_needed_verb() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/kubernetes/rbac.yaml");
+        let text = std::fs::read_to_string(path).expect("the example role");
+        let mut granted = std::collections::BTreeSet::new();
+        let mut resources: Vec<String> = Vec::new();
+        for line in text.lines().map(str::trim) {
+            let list = |rest: &str| {
+                rest.trim()
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .split(',')
+                    .map(|v| v.trim().trim_matches('"').to_string())
+                    .collect::<Vec<_>>()
+            };
+            if let Some(rest) = line.strip_prefix("resources:") {
+                resources = list(rest);
+            } else if let Some(rest) = line.strip_prefix("verbs:") {
+                for resource in &resources {
+                    for verb in list(rest) {
+                        granted.insert(format!("{verb} {resource}"));
+                    }
+                }
+            }
+        }
+        for (verb, resource, _) in super::NEEDED {
+            assert!(granted.contains(&format!("{verb} {resource}")), "rbac.yaml lacks {verb} {resource}");
+        }
+        let needed: std::collections::BTreeSet<String> =
+            super::NEEDED.iter().map(|(v, r, _)| format!("{v} {r}")).collect();
+        let extra: Vec<&String> =
+            granted.iter().filter(|g| !needed.contains(*g) && !g.ends_with("selfsubjectaccessreviews")).collect();
+        assert!(extra.is_empty(), "rbac.yaml grants more than the runtime needs: {extra:?}");
     }
 }

@@ -64,6 +64,9 @@ const GATEWAY_RETURN: Duration = Duration::from_secs(60);
 /// Tries at connecting to an agent before its error counts.
 const CONNECT_ATTEMPTS: u32 = 4;
 
+/// The underlay's goals: per vswitch pod its ports, per EPM its data-plane NIC.
+type UnderlayGoals = (Vec<(String, SwitchGoal)>, Vec<(Epm, UnderlayGoal)>);
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Record {
     spec: RecordedSpec,
@@ -801,7 +804,7 @@ impl KubernetesRuntime {
         spec: &TreeSpec,
         pods: &HashMap<String, PodState>,
         infos: &HashMap<String, Result<EpmInfo, RuntimeError>>,
-    ) -> (Vec<(String, SwitchGoal)>, Vec<(Epm, UnderlayGoal)>) {
+    ) -> UnderlayGoals {
         let ip = |name: &str| pods.get(name).filter(|s| s.ready).and_then(|s| s.ip.clone());
         let pod_mtu = |name: &str| {
             infos
