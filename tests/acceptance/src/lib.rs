@@ -37,7 +37,10 @@ pub fn terraform() -> &'static Path {
     static TERRAFORM: OnceLock<PathBuf> = OnceLock::new();
     TERRAFORM.get_or_init(|| {
         if let Some(path) = std::env::var_os("MERAK_TERRAFORM") {
-            return PathBuf::from(path);
+            // Terraform runs in each test's own directory: a relative path
+            // must not be taken relative to that.
+            let path = PathBuf::from(path);
+            return std::path::absolute(&path).unwrap_or(path);
         }
         let script = repo_root().join("tests/acceptance/install-terraform.sh");
         let output = Command::new("bash").arg(script).output().expect("run install-terraform.sh");
@@ -78,6 +81,8 @@ pub struct Workspace {
     agent_path: Option<PathBuf>,
     /// The provider block, when not the local runtime's default one.
     provider: Option<String>,
+    /// Environment terraform runs with beyond the harness's own.
+    env: Vec<(String, PathBuf)>,
     destroy_on_drop: bool,
 }
 
@@ -106,12 +111,18 @@ impl Workspace {
             mirror.display()
         );
         std::fs::write(dir.join("cli.tfrc"), cli_config).expect("write CLI config");
-        Workspace { dir, name, state_dir, agent_path: None, provider: None, destroy_on_drop: true }
+        Workspace { dir, name, state_dir, agent_path: None, provider: None, env: Vec::new(), destroy_on_drop: true }
     }
 
     /// Writes `block` as the provider block instead of the local runtime's.
     pub fn with_provider(mut self, block: String) -> Self {
         self.provider = Some(block);
+        self
+    }
+
+    /// Runs terraform with `key` set to `value` in its environment.
+    pub fn with_env(mut self, key: &str, value: impl Into<PathBuf>) -> Self {
+        self.env.push((key.to_string(), value.into()));
         self
     }
 
@@ -148,6 +159,7 @@ impl Workspace {
         other.name = self.name.clone();
         other.state_dir = self.state_dir.clone();
         other.agent_path = self.agent_path.clone();
+        other.env = self.env.clone();
         other.destroy_on_drop = false;
         other
     }
@@ -221,7 +233,8 @@ impl Workspace {
             .env("TF_CLI_CONFIG_FILE", self.dir.join("cli.tfrc"))
             .env("TF_IN_AUTOMATION", "1")
             .env("TF_INPUT", "0")
-            .env("CHECKPOINT_DISABLE", "1");
+            .env("CHECKPOINT_DISABLE", "1")
+            .envs(self.env.iter().map(|(key, value)| (key, value)));
         command
     }
 
