@@ -22,10 +22,10 @@ use tokio_stream::wrappers::UnixListenerStream;
 #[command(version, about = "The agent inside an Emulated Physical Machine")]
 struct Args {
     /// The EPM this agent serves (for reports and logs).
-    #[arg(long, required_unless_present_any = ["host", "gateway"])]
+    #[arg(long, required_unless_present_any = ["host", "gateway", "build_id"])]
     epm: Option<String>,
     /// The unix socket to serve the agent API on (created with mode 0600).
-    #[arg(long, required_unless_present_any = ["host", "listen", "gateway"], conflicts_with = "listen")]
+    #[arg(long, required_unless_present_any = ["host", "listen", "gateway", "build_id"], conflicts_with = "listen")]
     socket: Option<PathBuf>,
     /// Serve the agent API on this TCP address instead (e.g. 0.0.0.0:7443),
     /// mutual TLS only, with the certificates in --tls-dir.
@@ -54,6 +54,11 @@ struct Args {
     /// The port the agents listen on (with --gateway).
     #[arg(long, default_value_t = 7443)]
     agent_port: u16,
+    /// Print this build's id (the version and a digest of the executable)
+    /// and exit: the provider asks it to know the file is merak-agent of
+    /// its own release before it starts anything with it.
+    #[arg(long, exclusive = true)]
+    build_id: bool,
 }
 
 /// Before any thread or descriptor of our own exists: leave the starter's
@@ -110,6 +115,12 @@ fn init_logging() {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.build_id {
+        let id = merak_agent::build::current();
+        anyhow::ensure!(!id.is_empty(), "cannot read this executable (/proc/self/exe) to digest it");
+        println!("{id}");
+        return Ok(());
+    }
     detach_into(args.netns.as_deref())?;
     let tls = match &args.tls_dir {
         Some(dir) => Some(

@@ -238,6 +238,7 @@ fn configure_local(config: &Value) -> Result<Controller, Diagnostics> {
             )
         })?,
     };
+    check_agent(&agent_path)?;
     std::fs::create_dir_all(&state_dir).map_err(|e| {
         Diagnostic::attribute_error(
             &["local", "state_dir"],
@@ -288,6 +289,60 @@ fn find_agent() -> Option<PathBuf> {
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join(AGENT_BINARY));
     beside_provider.into_iter().chain(on_path).find(|path| is_executable(path))
+}
+
+/// How long `merak-agent --build-id` may take (it digests its own file).
+const BUILD_ID_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The agent at `path` is merak-agent of this provider's release: asked
+/// its build id, it answers `<version>-<digest>` with our version. Checked
+/// here, before anything is made with it, rather than when the first agent
+/// fails to start after namespaces exist.
+fn check_agent(path: &Path) -> Result<(), Diagnostics> {
+    let refuse = |answer: String| -> Diagnostics {
+        Diagnostic::attribute_error(
+            &["local", "agent_path"],
+            "Not the merak-agent of this provider",
+            format!(
+                "{} is not merak-agent {}: asked `{} --build-id`, {answer}. Point local.agent_path at the \
+                 merak-agent shipped with this provider (beside its binary), or leave it unset.",
+                path.display(),
+                env!("CARGO_PKG_VERSION"),
+                path.display()
+            ),
+        )
+        .into()
+    };
+    let answer = run_with_timeout(std::process::Command::new(path).arg("--build-id"), BUILD_ID_TIMEOUT)
+        .map_err(|e| refuse(format!("it did not answer ({e})")))?;
+    let said = String::from_utf8_lossy(&answer.stdout).trim().to_string();
+    let version = said
+        .rsplit_once('-')
+        .map(|(version, digest)| (version, digest.len() == 16 && digest.bytes().all(|b| b.is_ascii_hexdigit())));
+    match version {
+        Some((version, true)) if answer.status.success() && version == env!("CARGO_PKG_VERSION") => Ok(()),
+        Some((version, true)) if answer.status.success() => Err(refuse(format!("it is version {version}"))),
+        _ => Err(refuse(format!("it answered {said:?} ({})", answer.status))),
+    }
+}
+
+/// Runs `command` to its end, or kills it after `timeout`.
+fn run_with_timeout(
+    command: &mut std::process::Command,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output()
 }
 
 fn is_executable(path: &Path) -> bool {

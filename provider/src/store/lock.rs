@@ -91,7 +91,14 @@ fn take(path: &Path) -> io::Result<Result<File, String>> {
 /// the holder wrote.
 fn describe(pid: &str) -> String {
     let Ok(pid) = pid.parse::<u32>() else { return "another process".into() };
-    let command = |pid: u32| fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string()).ok();
+    // The program's whole name from its command line; comm, which the
+    // kernel cuts to 15 bytes ("terraform-provi"), when that is unreadable.
+    let command = |pid: u32| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|cmdline| program_name(&cmdline))
+            .or_else(|| fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string()).ok())
+    };
     let parent = fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
         stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
     });
@@ -102,9 +109,36 @@ fn describe(pid: &str) -> String {
     }
 }
 
+/// The program a command line (NUL-separated, as /proc/PID/cmdline) runs:
+/// the file name of its first word, or of the script an interpreter runs
+/// (Terraform from PyPI runs as `python3 .../terraform`).
+fn program_name(cmdline: &[u8]) -> Option<String> {
+    let mut words = cmdline.split(|b| *b == 0).filter(|w| !w.is_empty()).map(String::from_utf8_lossy);
+    let file_name = |word: &str| word.rsplit('/').next().unwrap_or(word).to_string();
+    let first = file_name(&words.next()?);
+    let interpreter = ["python", "sh", "bash", "env"].iter().any(|i| first.starts_with(i));
+    match words.next() {
+        Some(script) if interpreter && !script.starts_with('-') => Some(file_name(&script)),
+        _ => Some(first),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_program_is_named_whole_and_through_its_interpreter() {
+        let name = |cmdline: &str| program_name(cmdline.replace(' ', "\0").as_bytes());
+        assert_eq!(
+            name("/root/.terraform.d/plugins/terraform-provider-merak_v0.1.0 -plugin"),
+            Some("terraform-provider-merak_v0.1.0".into())
+        );
+        assert_eq!(name("python3 /work/target/tools/terraform-1.15.5 apply"), Some("terraform-1.15.5".into()));
+        assert_eq!(name("python3 -u"), Some("python3".into()));
+        assert_eq!(name("terraform"), Some("terraform".into()));
+        assert_eq!(program_name(b""), None);
+    }
 
     #[test]
     fn a_second_holder_is_refused_and_told_who_holds_it() {

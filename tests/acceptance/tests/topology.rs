@@ -1,7 +1,9 @@
 //! merak_topology through the real terraform binary: the whole lifecycle,
 //! and every bad input.
 
-use merak_acceptance::Workspace;
+use std::path::Path;
+
+use merak_acceptance::{PROVIDER_VERSION, Workspace};
 
 fn topology(racks: u32, hosts_per_rack: u32, extra: &str) -> String {
     format!(
@@ -233,19 +235,43 @@ fn bad_input_is_a_plan_time_diagnostic_on_the_attribute() {
         assert!(stderr.contains(summary) && stderr.contains(pinned), "wanted {summary:?} at {pinned:?} in {stderr}");
     }
 
-    // An agent binary that does not serve: the apply says why.
-    let main = format!(
-        "terraform {{\n  required_providers {{\n    merak = {{ source = \"merak/merak\" }}\n  }}\n}}\n\n\
-         provider \"merak\" {{\n  local {{\n    state_dir  = \"{}\"\n    agent_path = \"/bin/true\"\n  }}\n}}\n\n{}",
-        ws.state_dir.display(),
-        topology(1, 1, "").replace("{name}", &ws.name)
+    // Something that is not merak-agent: refused at plan, on the attribute,
+    // before anything is made.
+    let with_agent = |agent: &Path| {
+        let main = format!(
+            "terraform {{\n  required_providers {{\n    merak = {{ source = \"merak/merak\" }}\n  }}\n}}\n\n\
+             provider \"merak\" {{\n  local {{\n    state_dir  = \"{}\"\n    agent_path = \"{}\"\n  }}\n}}\n\n{}",
+            ws.state_dir.display(),
+            agent.display(),
+            topology(1, 1, "").replace("{name}", &ws.name)
+        );
+        std::fs::write(ws.dir.join("main.tf"), main).expect("write main.tf");
+    };
+    with_agent(Path::new("/bin/true"));
+    let stderr = ws.plan_error("agent_path = /bin/true");
+    assert!(
+        stderr.contains("Not the merak-agent of this provider")
+            && stderr.contains("agent_path")
+            && stderr.contains("/bin/true"),
+        "{stderr}"
     );
-    std::fs::write(ws.dir.join("main.tf"), main).unwrap();
+    assert!(ws.namespaces().is_empty(), "a refused agent made {:?}", ws.namespaces());
+
+    // One that answers as merak-agent of this version but does not serve:
+    // the apply says why.
+    let impostor = ws.dir.join("impostor-agent");
+    std::fs::write(
+        &impostor,
+        format!("#!/bin/sh\n[ \"$1\" = --build-id ] && echo {PROVIDER_VERSION}-0123456789abcdef\nexit 0\n"),
+    )
+    .expect("write the impostor");
+    std::fs::set_permissions(&impostor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    with_agent(&impostor);
     let output = ws.terraform(&["apply", "-auto-approve"]);
     let stderr =
         String::from_utf8_lossy(&output.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("did not start: it exited with status 0") && stderr.contains("/bin/true"), "{stderr}");
+    assert!(stderr.contains("did not start: it exited with status 0") && stderr.contains("impostor-agent"), "{stderr}");
     ws.write_config(&topology(1, 1, ""));
     ws.ok(&["destroy", "-auto-approve"]);
 
