@@ -9,10 +9,14 @@
 //! without I/O; [`agents`] is the traffic with the agents.
 
 mod agents;
+#[cfg(test)]
+mod fake_substrate;
 pub mod network;
 pub mod port_api;
 mod ports;
 mod records;
+#[cfg(test)]
+mod tests;
 mod under_test;
 
 use std::collections::{BTreeMap, HashSet};
