@@ -24,9 +24,9 @@ use tokio::net::UnixListener;
 use tonic::{Request, Response, Status};
 
 use crate::model::TreeSpec;
-use crate::model::epm_agent::{AgentHost, EpmAgentSpec};
 use crate::runtime::agent_client::{self, AgentChannel};
-use crate::runtime::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, UnderTest};
+use crate::runtime::capability::{AgentsUnderTest, SupervisedAgents};
+use crate::runtime::{Intent, RuntimeError, Substrate, TopologyStatus, UnderTest};
 
 /// What the fake holds and how it is told to misbehave.
 #[derive(Debug, Default)]
@@ -192,6 +192,12 @@ impl Drop for FakeSubstrate {
     }
 }
 
+impl SupervisedAgents for FakeSubstrate {
+    fn log_dir(&self, topology: &str) -> PathBuf {
+        self.dir.join(topology)
+    }
+}
+
 #[tonic::async_trait]
 impl Substrate for FakeSubstrate {
     fn check_fits(&self, _spec: &TreeSpec) -> Result<(), RuntimeError> {
@@ -286,20 +292,16 @@ impl Substrate for FakeSubstrate {
         Ok(evms.iter().filter(|e| all.contains(&e.namespace)).map(|e| e.namespace.clone()).collect())
     }
 
-    fn agent_host(&self) -> AgentHost {
-        AgentHost::Namespace
+    fn runtime_name(&self) -> &'static str {
+        "fake"
     }
 
-    fn supervised_logs(&self, topology: &str) -> Result<PathBuf, RuntimeError> {
-        Ok(self.dir.join(topology))
+    fn agents_under_test(&self) -> AgentsUnderTest<'_> {
+        AgentsUnderTest::Supervised(self)
     }
 
-    async fn agent_containers_status(
-        &self,
-        _spec: &TreeSpec,
-        _agents: &[EpmAgentSpec],
-    ) -> Result<Vec<Failure>, RuntimeError> {
-        Ok(Vec::new())
+    fn leaves_ports_to_agents_under_test(&self) -> bool {
+        false
     }
 
     fn epm_ping_namespace(&self, topology: &str, epm: &str) -> String {

@@ -32,6 +32,7 @@ use crate::model::epm_agent::{AgentHost, EpmAgentSpec};
 use crate::model::link_profile::LinkProfileSpec;
 use crate::model::network_controller::VpcController;
 use crate::model::overlay::{GroupSpec, Ranges, SubnetSpec, VpcSpec};
+use crate::runtime::capability::{Capability, LinkShaping, Unsupported};
 pub use crate::runtime::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, UnderTest, owned_elsewhere};
 use crate::store::{self, RecordStore};
 
@@ -159,28 +160,35 @@ impl Controller {
                     .into(),
             ));
         }
-        self.substrate.check_external_vpc()
+        if !self.substrate.leaves_ports_to_agents_under_test() {
+            return Err(self.unsupported(Capability::ExternalVpcs));
+        }
+        Ok(())
+    }
+
+    fn unsupported(&self, capability: Capability) -> RuntimeError {
+        Unsupported { capability, runtime: self.substrate.runtime_name() }.into()
     }
 
     /// Refuses a topology the runtime cannot hold as configured (e.g. a
     /// name too long for the paths it becomes, or agents under test it
     /// cannot run), before anything is built.
-    pub fn check_fits(&self, spec: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<(), RuntimeError> {
-        self.substrate.check_fits(spec)?;
-        if !agents.is_empty() && self.agent_host() == AgentHost::Namespace {
-            self.substrate.supervised_logs(&spec.name)?;
-        }
-        Ok(())
+    pub fn check_fits(&self, spec: &TreeSpec) -> Result<(), RuntimeError> {
+        self.substrate.check_fits(spec)
     }
 
     /// Refuses link profiles where the runtime cannot shape links.
     pub fn check_link_profiles(&self) -> Result<(), RuntimeError> {
-        self.substrate.check_link_profiles()
+        self.shaping().map(|_| ())
+    }
+
+    fn shaping(&self) -> Result<&dyn LinkShaping, RuntimeError> {
+        self.substrate.link_shaping().ok_or_else(|| self.unsupported(Capability::LinkShaping))
     }
 
     /// How the runtime runs agents under test (whether they need an image).
     pub fn agent_host(&self) -> AgentHost {
-        self.substrate.agent_host()
+        self.substrate.agents_under_test().host()
     }
 
     /// Makes the runtime match `spec`: creates what is missing, repairs what
@@ -229,11 +237,18 @@ impl Controller {
         if recorded != profiles {
             store::save_json(self.store.as_ref(), &spec.name, LINK_PROFILES, &profiles).await?;
         }
-        match self.substrate.apply_link_profiles(spec, profiles).await {
+        let shaping = match self.shaping() {
+            Ok(shaping) => shaping,
+            Err(e) => {
+                failures.push(Failure { object: "link_profile".into(), error: e.to_string() });
+                return Ok(0);
+            }
+        };
+        match shaping.apply_link_profiles(spec, profiles).await {
             Ok(refused) => failures.extend(refused),
             Err(e) => failures.push(Failure { object: "link_profile".into(), error: e.to_string() }),
         }
-        self.substrate.impaired_links(spec, profiles).await
+        shaping.impaired_links(spec, profiles).await
     }
 
     async fn load_link_profiles(&self, topology: &str) -> Result<Vec<LinkProfileSpec>, RuntimeError> {
@@ -281,8 +296,10 @@ impl Controller {
             self.epm_agents_status(&spec, &agents).await
         };
         let profiles = self.load_link_profiles(name).await?;
-        let impaired_links =
-            if profiles.is_empty() { 0 } else { self.substrate.impaired_links(&spec, &profiles).await? };
+        let impaired_links = match self.substrate.link_shaping() {
+            Some(shaping) if !profiles.is_empty() => shaping.impaired_links(&spec, &profiles).await?,
+            _ => 0,
+        };
         Ok(Some(TopologyView { spec, status, agents, agents_status, profiles, impaired_links }))
     }
 

@@ -185,3 +185,24 @@ async fn a_run_killed_while_building_is_finished_by_the_next() {
     assert_eq!(ready(&finished), (8, true, 0), "{:?}", finished.failures);
     assert_eq!(fake.state().all_evms().len(), 8);
 }
+
+#[tokio::test]
+async fn what_a_runtime_does_not_offer_is_refused_by_name() {
+    use crate::runtime::capability::{Capability, Unsupported};
+    let (controller, _fake, _subnet) = lab(2).await;
+    match controller.check_link_profiles() {
+        Err(RuntimeError::Unsupported(refused)) => {
+            assert_eq!(refused, Unsupported { capability: Capability::LinkShaping, runtime: "fake" });
+            assert!(refused.to_string().contains("on the fake runtime"), "{refused}");
+        }
+        other => panic!("link shaping was not refused: {other:?}"),
+    }
+    // The resources name the attribute and take the capability's summary.
+    let diagnostic = crate::resources::refusal(
+        &["link_profile"],
+        "fallback",
+        &controller.check_link_profiles().expect_err("still refused"),
+    );
+    assert_eq!(diagnostic.summary, Capability::LinkShaping.summary());
+    assert_eq!(diagnostic.attribute, ["link_profile"]);
+}

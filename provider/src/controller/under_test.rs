@@ -10,8 +10,9 @@ use merak_proto::agent::agent_client::AgentClient;
 use merak_proto::agent::{SuperviseGoal, SupervisedProcess, SupervisedRequest, SupervisedStatus};
 
 use super::Controller;
-use crate::model::epm_agent::{AgentHost, EpmAgentSpec, Placeholders};
+use crate::model::epm_agent::{EpmAgentSpec, Placeholders};
 use crate::model::{Epm, TreeSpec};
+use crate::runtime::capability::AgentsUnderTest;
 use crate::runtime::{Failure, RuntimeError};
 use crate::store;
 
@@ -67,9 +68,11 @@ impl Controller {
         if !self.record_epm_agents(tree, agents).await? {
             return Ok(UnderTestStatus { ready_epms, failures: Vec::new() });
         }
-        let pushed = match self.substrate.agent_host() {
-            AgentHost::Namespace => self.push_supervise_goals(tree, agents).await?,
-            AgentHost::Container => Vec::new(),
+        let pushed = match self.substrate.agents_under_test() {
+            AgentsUnderTest::Supervised(supervised) => {
+                self.push_supervise_goals(tree, agents, &supervised.log_dir(&tree.name)).await
+            }
+            AgentsUnderTest::Containers(_) => Vec::new(),
         };
         if agents.is_empty() {
             return Ok(UnderTestStatus { ready_epms, failures: pushed });
@@ -93,13 +96,13 @@ impl Controller {
         &self,
         tree: &TreeSpec,
         agents: &[EpmAgentSpec],
-    ) -> Result<Vec<Failure>, RuntimeError> {
-        let log_dir = self.substrate.supervised_logs(&tree.name)?;
+        log_dir: &std::path::Path,
+    ) -> Vec<Failure> {
         let goals: Vec<(String, SuperviseGoal)> = tree
             .epms()
-            .map(|epm| (epm.name.clone(), goal_for(&epm, agents, &log_dir, self.network_controller_url())))
+            .map(|epm| (epm.name.clone(), goal_for(&epm, agents, log_dir, self.network_controller_url())))
             .collect();
-        let pushed = futures::stream::iter(goals)
+        futures::stream::iter(goals)
             .map(|(epm, goal)| async move {
                 let result = match self.supervise(&tree.name, &epm, goal.clone()).await {
                     Err(_) if self.substrate.revive_agent(&tree.name, &epm).await.is_ok() => {
@@ -112,28 +115,30 @@ impl Controller {
             .buffer_unordered(PARALLEL_EPMS)
             .filter_map(futures::future::ready)
             .collect()
-            .await;
-        Ok(pushed)
+            .await
     }
 
     /// How many EPMs run every agent under test, and why the others do not.
     pub(super) async fn epm_agents_status(&self, tree: &TreeSpec, agents: &[EpmAgentSpec]) -> UnderTestStatus {
-        if self.substrate.agent_host() == AgentHost::Container {
-            return match self.substrate.agent_containers_status(tree, agents).await {
-                Ok(failures) => {
-                    UnderTestStatus { ready_epms: tree.hosts.saturating_sub(failures.len() as u32), failures }
-                }
-                Err(e) => UnderTestStatus {
-                    ready_epms: 0,
-                    failures: vec![Failure {
-                        object: tree.name.clone(),
-                        error: format!("reading the agents under test: {e}"),
-                    }],
-                },
-            };
-        }
-        let log_dir = self.substrate.supervised_logs(&tree.name).ok();
-        let log = |epm: &str, agent: &str| log_dir.as_ref().map(|dir| log_path(dir, epm, agent)).unwrap_or_default();
+        let supervised = match self.substrate.agents_under_test() {
+            AgentsUnderTest::Supervised(supervised) => supervised,
+            AgentsUnderTest::Containers(containers) => {
+                return match containers.not_ready(tree, agents).await {
+                    Ok(failures) => {
+                        UnderTestStatus { ready_epms: tree.hosts.saturating_sub(failures.len() as u32), failures }
+                    }
+                    Err(e) => UnderTestStatus {
+                        ready_epms: 0,
+                        failures: vec![Failure {
+                            object: tree.name.clone(),
+                            error: format!("reading the agents under test: {e}"),
+                        }],
+                    },
+                };
+            }
+        };
+        let log_dir = supervised.log_dir(&tree.name);
+        let log = |epm: &str, agent: &str| log_path(&log_dir, epm, agent);
         let mut failures: Vec<Failure> = futures::stream::iter(tree.epms().map(|e| e.name))
             .map(|epm| async move {
                 let why = match self.supervised(&tree.name, &epm).await {
@@ -165,17 +170,13 @@ impl Controller {
             }
         };
         // Containers are the kubelet's to restart.
-        let supervised = self.substrate.agent_host() == AgentHost::Namespace;
-        let Some(epm) = tree.epms().find(|e| e.name == epm).filter(|_| supervised && !agents.is_empty()) else {
+        let AgentsUnderTest::Supervised(supervised) = self.substrate.agents_under_test() else { return Ok(()) };
+        let Some(epm) = tree.epms().find(|e| e.name == epm).filter(|_| !agents.is_empty()) else {
             return Ok(());
         };
-        let restarted = match self.substrate.supervised_logs(&tree.name) {
-            Ok(log_dir) => {
-                self.supervise(&tree.name, &epm.name, goal_for(&epm, &agents, &log_dir, self.network_controller_url()))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let log_dir = supervised.log_dir(&tree.name);
+        let goal = goal_for(&epm, &agents, &log_dir, self.network_controller_url());
+        let restarted = self.supervise(&tree.name, &epm.name, goal).await;
         if let Err(e) = restarted {
             tracing::warn!(epm = %epm.name, error = %e, "could not restart the agents under test");
         }

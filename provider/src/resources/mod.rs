@@ -41,6 +41,16 @@ pub fn runtime_error(summary: impl Into<String>, error: RuntimeError) -> Diagnos
 }
 
 /// A string attribute that is known and set.
+/// A runtime's refusal of what the attribute at `path` asks: the
+/// capability's own summary when the runtime lacks one, else `summary`.
+pub fn refusal(path: &[&str], summary: &str, error: &RuntimeError) -> Diagnostic {
+    let summary = match error {
+        RuntimeError::Unsupported(unsupported) => unsupported.capability.summary(),
+        _ => summary,
+    };
+    Diagnostic::attribute_error(path, summary, error.to_string())
+}
+
 pub fn known_str<'a>(value: &'a Value, name: &str) -> Option<&'a str> {
     value.attr(name).as_str()
 }

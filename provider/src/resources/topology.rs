@@ -40,10 +40,9 @@ impl Resource<Controller> for Topology {
         let planned = plan(config)?;
         if let (Some(runtime), Ok(Some(spec)), Ok(Some(agents))) = (runtime, spec_of(config), agents_of(config)) {
             check_agents_against_provider(runtime, &agents)?;
-            if let Err(error) = runtime.check_fits(&spec, &agents) {
-                let attribute = if agents.is_empty() { "name" } else { EPM_AGENT };
+            if let Err(error) = runtime.check_fits(&spec) {
                 return Err(Diagnostic::attribute_error(
-                    &[attribute],
+                    &["name"],
                     "Topology does not fit this runtime",
                     error.to_string(),
                 )
@@ -60,12 +59,7 @@ impl Resource<Controller> for Topology {
             && !profiles.is_empty()
             && let Err(error) = runtime.check_link_profiles()
         {
-            return Err(Diagnostic::attribute_error(
-                &[LINK_PROFILE],
-                "Links cannot be shaped on this runtime",
-                error.to_string(),
-            )
-            .into());
+            return Err(super::refusal(&[LINK_PROFILE], "Links cannot be shaped", &error).into());
         }
         // Shrinking must not pull EPMs out from under EVMs.
         if let (Some(runtime), Some(old), Some(new)) =

@@ -138,9 +138,7 @@ impl Resource<Controller> for Vpc {
             && spec.controller == VpcController::External
             && let Err(error) = runtime.check_external_vpc()
         {
-            return Err(
-                Diagnostic::attribute_error(&["controller"], "No external controller", error.to_string()).into()
-            );
+            return Err(super::refusal(&["controller"], "No external controller", &error).into());
         }
         super::planned::plan_vpc(&spec);
         Ok(state_of(&spec))

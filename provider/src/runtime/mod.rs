@@ -4,6 +4,7 @@
 //! above the controller sees one.
 
 pub mod agent_client;
+pub mod capability;
 pub mod kubernetes;
 pub mod local;
 mod process;
@@ -16,9 +17,9 @@ use std::collections::HashSet;
 use self::agent_client::AgentChannel;
 use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec};
 
+use self::capability::{AgentsUnderTest, LinkShaping};
 use crate::model::TreeSpec;
-use crate::model::epm_agent::{AgentHost, EpmAgentSpec};
-use crate::model::link_profile::LinkProfileSpec;
+use crate::model::epm_agent::EpmAgentSpec;
 
 /// Whether Terraform is creating an object or changing one its state holds.
 /// Creating an object whose record exists is refused unless that record was
@@ -88,6 +89,9 @@ pub enum RuntimeError {
     /// The request contradicts what exists (overlap, missing parent, ...).
     #[error("{0}")]
     Conflict(String),
+    /// The configuration asks for something this runtime does not offer.
+    #[error(transparent)]
+    Unsupported(#[from] capability::Unsupported),
 }
 
 impl RuntimeError {
@@ -113,7 +117,7 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     /// Failures of single objects are reported in the status; an `Err`
     /// means nothing could be done.
     /// `under_test` matters to runtimes whose agents under test are
-    /// containers ([`AgentHost::Container`]); others ignore it.
+    /// containers ([`AgentsUnderTest::Containers`]); others ignore it.
     async fn apply_topology(
         &self,
         spec: &TreeSpec,
@@ -158,64 +162,24 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
     /// last step, not left half-made by a kill.
     async fn whole_evms(&self, topology: &str, evms: &[&EvmSpec]) -> Result<HashSet<String>, RuntimeError>;
 
-    /// How this runtime runs agents under test: supervised by each EPM's
-    /// merak-agent, or as containers it builds into the EPMs.
-    fn agent_host(&self) -> AgentHost;
+    /// The runtime's name, as the provider block's `runtime` gives it.
+    fn runtime_name(&self) -> &'static str;
 
-    /// The directory the logs of an EPM's supervised processes (the user's
-    /// agents under test) go to, `<epm>.<name>.log`; an error when this
-    /// runtime does not supervise them ([`AgentHost::Container`]).
-    fn supervised_logs(&self, topology: &str) -> Result<std::path::PathBuf, RuntimeError>;
+    /// How this runtime runs the user's agents under test.
+    fn agents_under_test(&self) -> AgentsUnderTest<'_>;
 
-    /// Where agents under test are containers: per EPM of `spec`, why its
-    /// agents are not all ready (the EPMs not listed are).
-    async fn agent_containers_status(
-        &self,
-        spec: &TreeSpec,
-        agents: &[EpmAgentSpec],
-    ) -> Result<Vec<Failure>, RuntimeError> {
-        let _ = (spec, agents);
-        Err(RuntimeError::Conflict(
-            "this runtime runs agents under test in the EPMs' namespaces, not as containers".into(),
-        ))
+    /// Whether EVMs' EPM ends can be left for the user's agents to attach
+    /// (external VPCs): they must sit where those agents run.
+    fn leaves_ports_to_agents_under_test(&self) -> bool;
+
+    /// Link shaping, where this runtime offers it.
+    fn link_shaping(&self) -> Option<&dyn LinkShaping> {
+        None
     }
 
     /// The namespace an EPM's agent pings from to send across the underlay
     /// as that EPM (empty: the agent's own, where it is the EPM's).
     fn epm_ping_namespace(&self, topology: &str, epm: &str) -> String;
-
-    /// Refuses `link_profile` blocks where this runtime cannot shape links.
-    fn check_link_profiles(&self) -> Result<(), RuntimeError> {
-        Err(RuntimeError::Conflict(
-            "link_profile blocks shape the local runtime's links only in this provider version; remove them or use runtime = \"local\"."
-                .into(),
-        ))
-    }
-
-    /// Shapes every link a profile selects (both ends) and takes merak's
-    /// shaping off the links none selects; per link end that failed, why.
-    /// Shaping the kernel cannot do at all (no netem) is refused whole,
-    /// before any link is touched.
-    async fn apply_link_profiles(
-        &self,
-        spec: &TreeSpec,
-        profiles: &[LinkProfileSpec],
-    ) -> Result<Vec<Failure>, RuntimeError> {
-        let _ = (spec, profiles);
-        self.check_link_profiles().map(|()| Vec::new())
-    }
-
-    /// How many links selected by `profiles` carry their shaping on both ends.
-    async fn impaired_links(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<u64, RuntimeError> {
-        let _ = (spec, profiles);
-        Ok(0)
-    }
-
-    /// Refuses external VPCs where EVMs cannot be left to a system under
-    /// test (their EPM ends must sit where the user's agents run).
-    fn check_external_vpc(&self) -> Result<(), RuntimeError> {
-        Ok(())
-    }
 
     /// Makes room for this many EVMs (e.g. kernel tables sized for them)
     /// before they are built.

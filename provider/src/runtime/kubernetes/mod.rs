@@ -45,8 +45,9 @@ use self::objects::{
     AGENT_PORT, AGENT_TLS, Access, CONTROLLER_TLS, GATEWAY, GATEWAY_ROLE, GATEWAY_TLS, PodSettings, namespace_name,
 };
 use super::agent_client::AgentChannel;
+use super::capability::{AgentContainers, AgentsUnderTest};
 use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest};
-use crate::model::epm_agent::{AGENT_CONTAINER, AgentHost, EpmAgentSpec};
+use crate::model::epm_agent::{AGENT_CONTAINER, EpmAgentSpec};
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeSpec};
 use crate::store::{self as records, RecordStore, StoreError};
@@ -971,44 +972,36 @@ impl KubernetesRuntime {
 }
 
 #[tonic::async_trait]
+impl AgentContainers for KubernetesRuntime {
+    async fn not_ready(&self, spec: &TreeSpec, agents: &[EpmAgentSpec]) -> Result<Vec<Failure>, RuntimeError> {
+        let pods = self.list_pods(&spec.name).await?;
+        Ok(under_test::failures(spec, agents, &pods))
+    }
+}
+
+#[tonic::async_trait]
 impl Substrate for KubernetesRuntime {
     fn check_fits(&self, spec: &TreeSpec) -> Result<(), RuntimeError> {
         objects::fits(spec).map_err(RuntimeError::Conflict)
     }
 
-    fn check_external_vpc(&self) -> Result<(), RuntimeError> {
-        // Their EPM ends are for agents under test to attach, which no
-        // acceptance test has proven in pods yet.
-        Err(RuntimeError::Conflict(
-            "external VPCs run on the local runtime in this provider version: the kubernetes runtime runs agents under \
-             test (epm_agent with image), but leaving EVMs' ports to them in pods is not built yet. Use controller = \"builtin\" \
-             or runtime = \"local\"."
-                .into(),
-        ))
+    fn runtime_name(&self) -> &'static str {
+        "kubernetes"
     }
 
-    fn agent_host(&self) -> AgentHost {
-        AgentHost::Container
+    fn agents_under_test(&self) -> AgentsUnderTest<'_> {
+        AgentsUnderTest::Containers(self)
+    }
+
+    fn leaves_ports_to_agents_under_test(&self) -> bool {
+        // Their EPM ends would be for agents under test to attach in the
+        // pods, which no acceptance test has proven yet.
+        false
     }
 
     fn epm_ping_namespace(&self, _topology: &str, _epm: &str) -> String {
         // merak-agent runs in its EPM's pod: its own namespace is the EPM's.
         String::new()
-    }
-
-    fn supervised_logs(&self, _topology: &str) -> Result<std::path::PathBuf, RuntimeError> {
-        Err(RuntimeError::Conflict(
-            "on kubernetes, agents under test are containers: their output is in kubectl logs".into(),
-        ))
-    }
-
-    async fn agent_containers_status(
-        &self,
-        spec: &TreeSpec,
-        agents: &[EpmAgentSpec],
-    ) -> Result<Vec<Failure>, RuntimeError> {
-        let pods = self.list_pods(&spec.name).await?;
-        Ok(under_test::failures(spec, agents, &pods))
     }
 
     async fn apply_topology(

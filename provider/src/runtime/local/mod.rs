@@ -32,8 +32,8 @@ mod host_limits;
 mod shaping;
 mod tls;
 
+use super::capability::{AgentsUnderTest, LinkShaping, SupervisedAgents};
 use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, agent_client, process};
-use crate::model::epm_agent::AgentHost;
 use crate::model::link_profile::LinkProfileSpec;
 use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeSpec, Vswitch};
@@ -738,6 +738,27 @@ async fn wait_until_gone(watched: Vec<(Netlink, Vec<String>)>) -> Result<(), Run
 }
 
 #[tonic::async_trait]
+impl LinkShaping for LocalRuntime {
+    async fn apply_link_profiles(
+        &self,
+        spec: &TreeSpec,
+        profiles: &[LinkProfileSpec],
+    ) -> Result<Vec<Failure>, RuntimeError> {
+        self.shape_links(spec, profiles).await
+    }
+
+    async fn impaired_links(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<u64, RuntimeError> {
+        self.count_shaped(spec, profiles).await
+    }
+}
+
+impl SupervisedAgents for LocalRuntime {
+    fn log_dir(&self, topology: &str) -> PathBuf {
+        self.topology_dir(topology)
+    }
+}
+
+#[tonic::async_trait]
 impl Substrate for LocalRuntime {
     async fn apply_topology(
         &self,
@@ -847,33 +868,26 @@ impl Substrate for LocalRuntime {
         Ok(status)
     }
 
-    fn agent_host(&self) -> AgentHost {
-        AgentHost::Namespace
+    fn runtime_name(&self) -> &'static str {
+        "local"
     }
 
-    fn check_link_profiles(&self) -> Result<(), RuntimeError> {
-        Ok(())
+    fn agents_under_test(&self) -> AgentsUnderTest<'_> {
+        AgentsUnderTest::Supervised(self)
+    }
+
+    fn leaves_ports_to_agents_under_test(&self) -> bool {
+        // The EPM ends stay in the EPM's namespace, where supervised agents run.
+        true
+    }
+
+    fn link_shaping(&self) -> Option<&dyn LinkShaping> {
+        Some(self)
     }
 
     fn epm_ping_namespace(&self, topology: &str, epm: &str) -> String {
         // The agent host serves every EPM from outside their namespaces.
         naming::namespace(topology, epm)
-    }
-
-    async fn apply_link_profiles(
-        &self,
-        spec: &TreeSpec,
-        profiles: &[LinkProfileSpec],
-    ) -> Result<Vec<Failure>, RuntimeError> {
-        self.shape_links(spec, profiles).await
-    }
-
-    async fn impaired_links(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<u64, RuntimeError> {
-        self.count_shaped(spec, profiles).await
-    }
-
-    fn supervised_logs(&self, topology: &str) -> Result<PathBuf, RuntimeError> {
-        Ok(self.topology_dir(topology))
     }
 
     fn check_fits(&self, spec: &TreeSpec) -> Result<(), RuntimeError> {
