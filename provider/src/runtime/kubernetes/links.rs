@@ -1,0 +1,288 @@
+//! The underlay on kubernetes: each link a VXLAN tunnel between two pods,
+//! sized to the pod network's MTU. The goals are pure (computed from the
+//! pods' addresses and the agents' reports, tested below); pushing them
+//! and counting the EPMs whose links are whole use the agents.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use merak_proto::agent::agent_client::AgentClient;
+use merak_proto::agent::{EpmInfo, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal};
+
+use super::pods::PodState;
+use super::{IN_FLIGHT, KubernetesRuntime, objects};
+use crate::model::naming::{BRIDGE, EPM_DATA_NIC, UPLINK};
+use crate::model::{Epm, TreeSpec, naming};
+use crate::runtime::{Failure, RuntimeError};
+
+/// What VXLAN over IPv4 adds to a frame.
+pub(super) const VXLAN_OVERHEAD: u32 = merak_netdev::netdev::VXLAN_OVERHEAD;
+
+/// The underlay's goals: per vswitch pod its ports, per EPM its data-plane NIC.
+pub(super) type UnderlayGoals = (Vec<(String, SwitchGoal)>, Vec<(Epm, UnderlayGoal)>);
+
+impl KubernetesRuntime {
+    /// The underlay's goals from the pods' IPs and MTUs: per vswitch its
+    /// ports, per EPM its data-plane NIC. A link whose far end has no
+    /// running pod is left out (its vswitch port removed) until it has.
+    pub(super) fn underlay_goals(
+        spec: &TreeSpec,
+        pods: &HashMap<String, PodState>,
+        infos: &HashMap<String, Result<EpmInfo, RuntimeError>>,
+    ) -> UnderlayGoals {
+        let ip = |name: &str| pods.get(name).filter(|s| s.ready).and_then(|s| s.ip.clone());
+        let pod_mtu = |name: &str| {
+            infos
+                .get(name)
+                .and_then(|i| i.as_ref().ok())
+                .and_then(|info| info.interfaces.iter().find(|i| i.name == "eth0").map(|i| i.mtu))
+        };
+        let link = |a: &str, b: &str, vni: u32| -> Option<Tunnel> {
+            let mtu = pod_mtu(a)?.min(pod_mtu(b)?).checked_sub(VXLAN_OVERHEAD)?;
+            Some(Tunnel { remote: ip(b)?, vni, mtu })
+        };
+        let switches = spec.vswitches();
+        let epms: Vec<Epm> = spec.epms().collect();
+        let mut switch_goals = Vec::new();
+        for switch in &switches {
+            let name = switch.name();
+            let mut ports = Vec::new();
+            if let Some(parent) = switch.parent_name()
+                && let Some(tunnel) = link(&name, &parent, objects::uplink_vni(switch))
+            {
+                ports.push(SwitchPort { name: UPLINK.into(), tunnel: Some(tunnel) });
+            }
+            for child in switches.iter().filter(|c| c.level + 1 == switch.level && c.parent == Some(switch.index)) {
+                if let Some(tunnel) = link(&name, &child.name(), objects::uplink_vni(child)) {
+                    ports.push(SwitchPort { name: naming::downlink_port(child.index), tunnel: Some(tunnel) });
+                }
+            }
+            if switch.level == 0 {
+                for epm in epms.iter().filter(|e| e.rack == switch.index) {
+                    if let Some(tunnel) = link(&name, &epm.name, objects::epm_link_vni(epm.index)) {
+                        ports.push(SwitchPort { name: naming::host_port(epm.index), tunnel: Some(tunnel) });
+                    }
+                }
+            }
+            switch_goals.push((name, SwitchGoal { bridge: BRIDGE.into(), ports }));
+        }
+        let mut epm_goals = Vec::new();
+        for epm in epms {
+            let tor = naming::vswitch_name(0, epm.rack);
+            if let Some(tunnel) = link(&epm.name, &tor, objects::epm_link_vni(epm.index)) {
+                let goal = UnderlayGoal {
+                    interface: EPM_DATA_NIC.into(),
+                    address: format!("{}/{}", epm.ip, spec.data_plane.prefix_len()),
+                    mac: merak_netdev::netdev::format_mac(&epm.mac),
+                    tunnel: Some(tunnel),
+                    gateway: String::new(),
+                };
+                epm_goals.push((epm, goal));
+            }
+        }
+        (switch_goals, epm_goals)
+    }
+
+    /// Pushes the underlay goals to the agents; failures by object.
+    pub(super) async fn push_underlay(
+        &self,
+        topology: &str,
+        switches: Vec<(String, SwitchGoal)>,
+        epms: Vec<(Epm, UnderlayGoal)>,
+    ) -> Vec<Failure> {
+        let switch_results: Vec<Option<Failure>> = futures::stream::iter(switches)
+            .map(|(name, goal): (String, SwitchGoal)| async move {
+                let result = async {
+                    let mut agent = AgentClient::new(self.channel(topology, &name).await?);
+                    agent
+                        .apply_switch(goal)
+                        .await
+                        .map_err(|s| RuntimeError::Unavailable(format!("agent of {name}: {}", s.message())))
+                }
+                .await;
+                result.err().map(|e| Failure { object: name, error: e.to_string() })
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let epm_results: Vec<Option<Failure>> = futures::stream::iter(epms)
+            .map(|(epm, goal): (Epm, UnderlayGoal)| async move {
+                let result = async {
+                    let mut agent = AgentClient::new(self.channel(topology, &epm.name).await?);
+                    agent
+                        .apply_underlay(goal)
+                        .await
+                        .map_err(|s| RuntimeError::Unavailable(format!("agent of {}: {}", epm.name, s.message())))
+                }
+                .await;
+                result.err().map(|e| Failure { object: epm.name, error: e.to_string() })
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        switch_results.into_iter().chain(epm_results).flatten().collect()
+    }
+
+    /// How many EPMs are up: pod running, agent answering, NIC up with its
+    /// address and tunnelled to its top-of-rack pod, and every vswitch on
+    /// the way to the root holding the ports of the path, tunnelled to the
+    /// pods there are now.
+    pub(super) fn ready_epms(
+        spec: &TreeSpec,
+        pods: &HashMap<String, PodState>,
+        infos: &HashMap<String, Result<EpmInfo, RuntimeError>>,
+    ) -> u32 {
+        let ip = |name: &str| pods.get(name).filter(|s| s.ready).and_then(|s| s.ip.clone());
+        let interfaces = |name: &str| infos.get(name).and_then(|i| i.as_ref().ok()).map(|info| &info.interfaces);
+        // A port of a vswitch: up on its bridge, tunnelled to `far`'s pod.
+        let port_to = |switch: &str, port: &str, far: &str| {
+            let (Some(interfaces), Some(far_ip)) = (interfaces(switch), ip(far)) else { return false };
+            let Some(bridge) = interfaces.iter().find(|i| i.name == BRIDGE && i.up) else { return false };
+            interfaces
+                .iter()
+                .any(|i| i.name == port && i.up && i.controller == bridge.index && i.tunnel_remote == far_ip)
+        };
+        let switches = spec.vswitches();
+        let mut reachable: HashMap<(u32, u32), bool> = HashMap::new();
+        let mut ordered = switches.clone();
+        ordered.sort_by_key(|s| std::cmp::Reverse(s.level));
+        for switch in &ordered {
+            let name = switch.name();
+            let linked = match switch.parent_name() {
+                None => interfaces(&name).is_some_and(|i| i.iter().any(|i| i.name == BRIDGE && i.up)),
+                Some(parent) => {
+                    reachable.get(&(switch.level + 1, switch.parent.unwrap_or_default())).copied().unwrap_or(false)
+                        && port_to(&name, UPLINK, &parent)
+                        && port_to(&parent, &naming::downlink_port(switch.index), &name)
+                }
+            };
+            reachable.insert((switch.level, switch.index), linked);
+        }
+        spec.epms()
+            .filter(|epm| {
+                let tor = naming::vswitch_name(0, epm.rack);
+                let address = format!("{}/{}", epm.ip, spec.data_plane.prefix_len());
+                let nic_up = interfaces(&epm.name).is_some_and(|i| {
+                    i.iter().any(|i| {
+                        i.name == EPM_DATA_NIC
+                            && i.up
+                            && i.addresses.contains(&address)
+                            && Some(&i.tunnel_remote) == ip(&tor).as_ref()
+                    })
+                });
+                nic_up
+                    && reachable.get(&(0, epm.rack)).copied().unwrap_or(false)
+                    && port_to(&tor, &naming::host_port(epm.index), &epm.name)
+            })
+            .count() as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TreeInput;
+    use merak_proto::agent::Interface;
+    use objects::PodObject;
+
+    fn lab() -> TreeSpec {
+        TreeSpec::validate(&TreeInput {
+            name: "lab",
+            racks: 2,
+            hosts_per_rack: 2,
+            hosts: Some(4),
+            ports_per_vswitch: 2,
+            data_plane_cidr: "10.100.0.0/16",
+        })
+        .unwrap()
+    }
+
+    fn running(ip: &str) -> PodState {
+        PodState {
+            ip: Some(ip.into()),
+            node: Some("node-1".into()),
+            ready: true,
+            stale: false,
+            waiting: None,
+            hopeless: false,
+        }
+    }
+
+    fn pod_ip(name: &str) -> String {
+        let n = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 250;
+        format!("10.244.1.{}", n + 2)
+    }
+
+    /// What each agent would report after its goal was applied.
+    fn applied(
+        spec: &TreeSpec,
+        pods: &HashMap<String, PodState>,
+        mtus: &HashMap<String, Result<EpmInfo, RuntimeError>>,
+    ) -> HashMap<String, Result<EpmInfo, RuntimeError>> {
+        let (switches, epms) = KubernetesRuntime::underlay_goals(spec, pods, mtus);
+        let mut infos = HashMap::new();
+        for (name, goal) in switches {
+            let mut interfaces = vec![Interface { name: BRIDGE.into(), index: 1, up: true, ..Interface::default() }];
+            interfaces.extend(goal.ports.iter().map(|p| Interface {
+                name: p.name.clone(),
+                up: true,
+                controller: 1,
+                tunnel_remote: p.tunnel.clone().unwrap().remote,
+                ..Interface::default()
+            }));
+            infos.insert(name, Ok(EpmInfo { epm: String::new(), interfaces }));
+        }
+        for (epm, goal) in epms {
+            let tunnel = goal.tunnel.unwrap();
+            let nic = Interface {
+                name: EPM_DATA_NIC.into(),
+                up: true,
+                mtu: tunnel.mtu,
+                addresses: vec![goal.address],
+                tunnel_remote: tunnel.remote,
+                ..Interface::default()
+            };
+            infos.insert(epm.name, Ok(EpmInfo { epm: String::new(), interfaces: vec![nic] }));
+        }
+        infos
+    }
+
+    #[test]
+    fn goals_wire_every_link_with_the_pod_networks_mtu_and_count_ready_epms() {
+        let spec = lab();
+        let names: Vec<String> = objects::pod_objects(&spec).iter().map(PodObject::name).collect();
+        let pods: HashMap<String, PodState> = names.iter().map(|n| (n.clone(), running(&pod_ip(n)))).collect();
+        let eth0 = |mtu| {
+            Ok(EpmInfo {
+                epm: String::new(),
+                interfaces: vec![Interface { name: "eth0".into(), mtu, ..Interface::default() }],
+            })
+        };
+        let mtus: HashMap<String, Result<EpmInfo, RuntimeError>> =
+            names.iter().map(|n| (n.clone(), eth0(if n == "epm-3" { 1400 } else { 1450 }))).collect();
+        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus);
+        let tor0 = &switches.iter().find(|(n, _)| n == "s0-0").unwrap().1;
+        let port_names: Vec<&str> = tor0.ports.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(port_names, ["up", "e0", "e1"]);
+        let e1 = tor0.ports.iter().find(|p| p.name == "e1").unwrap().tunnel.clone().unwrap();
+        assert_eq!((e1.remote, e1.vni, e1.mtu), (pod_ip("epm-1"), objects::epm_link_vni(1), 1400));
+        let epm3 = &epms.iter().find(|(e, _)| e.name == "epm-3").unwrap().1;
+        assert_eq!(epm3.tunnel.as_ref().unwrap().mtu, 1350, "the smaller pod MTU of the link's two ends");
+        assert_eq!(epm3.tunnel.as_ref().unwrap().remote, pod_ip("s0-1"));
+
+        let infos = applied(&spec, &pods, &mtus);
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &infos), 4);
+
+        // A pod made anew elsewhere: its links point at its old IP until the next apply.
+        let mut moved = pods.clone();
+        moved.insert("epm-2".into(), running("10.244.9.9"));
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &moved, &infos), 3);
+        // A vswitch pod gone cuts off its rack.
+        let mut without_tor = pods.clone();
+        without_tor.remove("s0-0");
+        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &without_tor, &mtus);
+        assert!(epms.iter().all(|(e, _)| e.rack == 1), "no goal for EPMs whose top-of-rack pod is missing");
+        assert!(switches.iter().find(|(n, _)| n == "s1-0").unwrap().1.ports.iter().all(|p| p.name != "d0"));
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &without_tor, &applied(&spec, &without_tor, &mtus)), 2);
+    }
+}
