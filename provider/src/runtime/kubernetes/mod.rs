@@ -14,11 +14,11 @@
 //! cluster (see [`store`]); deleting the namespace removes everything.
 //!
 //! Rooms: this file is the [`Substrate`] the controller drives and the
-//! topology's record; [`pods`] makes and watches the pods, [`links`] the
-//! underlay's tunnels (pure goals, tested), [`gateway`] reaches the agents,
-//! [`certificates`] holds the topology's CA and identities, [`objects`]
-//! shapes the API objects, [`cluster`] connects and retries, [`store`] and
-//! [`holder`] keep records and the writer lock in ConfigMaps.
+//! topology's record; `pods` makes and watches the pods, `links` the
+//! underlay's tunnels (pure goals, tested), `gateway` reaches the agents,
+//! `certificates` holds the topology's CA and identities, `objects`
+//! shapes the API objects, `cluster` connects and retries, `store` and
+//! `holder` keep records and the writer lock in ConfigMaps.
 
 mod certificates;
 pub mod cluster;

@@ -8,52 +8,49 @@
 //! The runtime keeps a record per topology under its state directory (the
 //! spec it last applied and the host's pid), written atomically, so that
 //! Read and import work from the host alone and destroy finds every agent.
+//!
+//! Rooms: this file is the [`Substrate`] the controller drives and the
+//! topology's record; `agent_host` runs and asks the agent host,
+//! `underlay` makes and repairs namespaces and links, `teardown`
+//! removes a topology until the kernel shows none of it; `fabric` routes
+//! fat trees, `shaping` shapes links, `host_limits` sizes the kernel's
+//! tables, `tls` holds the TCP agents' certificates, `evms` reads
+//! which EVMs are whole.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use merak_netdev::netdev::{self, Netlink};
-use merak_netdev::netns::{self, NetnsOptions};
-use merak_proto::agent::host_client::HostClient as HostApiClient;
-use merak_proto::agent::{
-    EvmBatch, EvmReply, EvmSpec, GetInfoRequest, HealthRequest, HostedEpm, ReleaseRequest, ServeRequest, UnderlayGoal,
-};
+use merak_netdev::netns;
+use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+mod agent_host;
 mod evms;
 mod fabric;
 mod host_limits;
 mod shaping;
+mod teardown;
 mod tls;
+mod underlay;
 
+use self::agent_host::{TcpAgents, host_answers};
+use self::teardown::TEARDOWN_PASSES;
+use self::underlay::on_bridge;
 use super::capability::{AgentsUnderTest, LinkShaping, SupervisedAgents};
 use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, agent_client, process};
 use crate::model::link_profile::LinkProfileSpec;
-use crate::model::naming::{self, BRIDGE, EPM_DATA_NIC, UPLINK};
+use crate::model::naming::{self, BRIDGE, UPLINK};
 use crate::model::{Epm, TreeSpec, Vswitch};
 use crate::store::{self as records, RecordStore, StoreError};
 
-type HostClient = HostApiClient<tonic::transport::Channel>;
-
 /// How many EPMs are worked on at once.
 const PARALLEL_EPMS: usize = 16;
-
-/// A veth end that vanishes with a namespace being deleted, seen from the
-/// other side: (namespace it lives in, its name).
-type PeerPort = (String, String);
-/// How long a new agent host may take to answer.
-const AGENT_START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the kernel may take to tear namespaces down.
-const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
-/// How many times a destroy tears down before it gives up on namespaces
-/// that keep appearing.
-const TEARDOWN_PASSES: u32 = 3;
 
 /// The record kind of a topology (`topology.json` in a file store).
 const TOPOLOGY: &str = "topology";
@@ -93,18 +90,6 @@ pub struct LocalRuntime {
     tcp_agents: std::sync::Mutex<HashMap<String, TcpAgents>>,
     /// The build id of the installed agent binary (computed once).
     installed_build: std::sync::OnceLock<String>,
-}
-
-#[derive(Clone)]
-struct TcpAgents {
-    addresses: HashMap<String, std::net::SocketAddr>,
-    connector: Option<tokio_rustls::TlsConnector>,
-}
-
-impl std::fmt::Debug for TcpAgents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpAgents").field("addresses", &self.addresses).finish_non_exhaustive()
-    }
 }
 
 /// What the runtime remembers of a topology.
@@ -149,187 +134,12 @@ impl LocalRuntime {
         }
     }
 
-    fn installed_build(&self) -> &str {
-        self.installed_build.get_or_init(|| merak_agent::build::id_of(&self.agent_path).unwrap_or_default())
-    }
-
     fn tls_dir(&self, topology: &str) -> PathBuf {
         self.topology_dir(topology).join("tls")
     }
 
-    /// Remembers where the host says EPMs' agents listen (TCP only).
-    fn note_addresses(&self, topology: &str, served: &[(String, String)]) {
-        if self.transport != AgentTransport::Tcp {
-            return;
-        }
-        if let Ok(mut all) = self.tcp_agents.lock() {
-            let agents = all
-                .entry(topology.to_string())
-                .or_insert_with(|| TcpAgents { addresses: HashMap::new(), connector: None });
-            for (epm, address) in served {
-                if let Ok(address) = address.parse() {
-                    agents.addresses.insert(epm.clone(), address);
-                }
-            }
-        }
-    }
-
-    /// Where an EPM's agent listens on TCP, and the connector to it.
-    async fn tcp_agent(
-        &self,
-        topology: &str,
-        epm: &str,
-    ) -> Result<(std::net::SocketAddr, tokio_rustls::TlsConnector), RuntimeError> {
-        let poisoned = || RuntimeError::Unavailable("the agent address table is poisoned".into());
-        let known = self.tcp_agents.lock().map_err(|_| poisoned())?.contains_key(topology);
-        let recorded = match known {
-            true => None,
-            false => Some(self.load_record(topology).await?.unwrap_or_default()),
-        };
-        let mut all = self.tcp_agents.lock().map_err(|_| poisoned())?;
-        if let Some(record) = recorded
-            && !all.contains_key(topology)
-        {
-            let addresses =
-                record.addresses.iter().filter_map(|(epm, a)| Some((epm.clone(), a.parse().ok()?))).collect();
-            all.insert(topology.to_string(), TcpAgents { addresses, connector: None });
-        }
-        let agents = all
-            .get_mut(topology)
-            .ok_or_else(|| RuntimeError::Unavailable("the agent address table lost an entry".into()))?;
-        let address = *agents.addresses.get(epm).ok_or_else(|| {
-            RuntimeError::Unavailable(format!(
-                "agent of {epm}: no TCP address recorded (apply the topology to serve it over TCP)"
-            ))
-        })?;
-        let connector = match &agents.connector {
-            Some(connector) => connector.clone(),
-            None => {
-                let connector = tls::connector(&self.tls_dir(topology))?;
-                agents.connector = Some(connector.clone());
-                connector
-            }
-        };
-        Ok((address, connector))
-    }
-
-    /// A client of an EPM's agent, over the configured transport.
-    async fn agent(&self, topology: &str, epm: &str) -> Result<agent_client::Client, RuntimeError> {
-        Ok(agent_client::Client::new(self.agent_channel(topology, epm).await?))
-    }
-
-    async fn agent_answers(&self, topology: &str, epm: &str) -> bool {
-        match self.agent(topology, epm).await {
-            Ok(mut client) => client.health(HealthRequest {}).await.is_ok(),
-            Err(_) => false,
-        }
-    }
-
-    /// Brings back the agent of an EPM that stopped answering (its host
-    /// killed or crashed): the EPM's devices are kernel state and stay; the
-    /// agent holds nothing, and every goal the provider pushes is whole. A
-    /// host started anew serves every EPM of the topology again at once.
-    async fn serve_again(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
-        if self.agent_answers(topology, epm).await {
-            return Ok(());
-        }
-        let namespace = naming::namespace(topology, epm);
-        if !netns::exists(&namespace) {
-            return Err(RuntimeError::Unavailable(format!(
-                "EPM {epm} is gone (namespace {namespace}); apply the topology to rebuild it"
-            )));
-        }
-        let _guard = self.agents_lock.lock().await;
-        let Some(mut record) = self.load_record(topology).await? else {
-            return Err(RuntimeError::Conflict(format!("topology {topology:?} does not exist")));
-        };
-        if self.agent_answers(topology, epm).await {
-            return Ok(());
-        }
-        tracing::info!(topology, epm, "serving again an agent that stopped answering");
-        let (pid, mut host, started) = self.ensure_host(topology, record.host).await?;
-        record.host = Some(pid);
-        let epms: Vec<String> = if started { record.agents.keys().cloned().collect() } else { vec![epm.to_string()] };
-        let hosted: Vec<HostedEpm> = epms
-            .iter()
-            .filter(|name| *name == epm || netns::exists(&naming::namespace(topology, name)))
-            .map(|name| self.hosted_epm(topology, name))
-            .collect();
-        let served = serve(&mut host, hosted.clone()).await?;
-        let mut listening = Vec::new();
-        for (entry, (error, address)) in hosted.iter().zip(served) {
-            if error.is_empty() {
-                record.agents.insert(entry.epm.clone(), pid);
-                if self.transport == AgentTransport::Tcp {
-                    record.addresses.insert(entry.epm.clone(), address.clone());
-                    listening.push((entry.epm.clone(), address));
-                }
-            } else if entry.epm == epm {
-                self.save_record(topology, &record).await?;
-                return Err(RuntimeError::Unavailable(format!("agent of {epm}: {error}")));
-            }
-        }
-        self.note_addresses(topology, &listening);
-        self.save_record(topology, &record).await
-    }
-
-    /// What the host needs to serve an EPM's agent.
-    fn hosted_epm(&self, topology: &str, epm: &str) -> HostedEpm {
-        let tcp = self.transport == AgentTransport::Tcp;
-        HostedEpm {
-            epm: epm.to_string(),
-            netns: netns::path_of(&naming::namespace(topology, epm)).display().to_string(),
-            // Any free port on loopback: the host says which it bound.
-            socket: if tcp {
-                "127.0.0.1:0".to_string()
-            } else {
-                self.agent_socket(topology, epm).display().to_string()
-            },
-            tcp,
-        }
-    }
-
-    /// The topology's agent host, started when none runs or when it runs an
-    /// older agent binary (after an upgrade): (pid, client, started anew).
-    async fn ensure_host(&self, topology: &str, known: Option<u32>) -> Result<(u32, HostClient, bool), RuntimeError> {
-        let control = self.host_socket(topology);
-        if let Some(pid) = known.filter(|pid| process::is_agent(*pid, &control)) {
-            if let Some((client, build)) = host_answers(&control).await
-                && build == self.installed_build()
-            {
-                return Ok((pid, client, false));
-            }
-            process::stop_agent(pid, &control).await;
-        }
-        // A host the record lost (a crash between its start and the save).
-        for (pid, socket) in process::agents_in(&self.topology_dir(topology)) {
-            if socket == control {
-                process::stop_agent(pid, &control).await;
-            }
-        }
-        let pid = self.start_host(topology).await?;
-        let (client, _) = host_answers(&control).await.ok_or_else(|| {
-            RuntimeError::Unavailable(format!("the agent host of {topology} stopped right after it started"))
-        })?;
-        Ok((pid, client, true))
-    }
-
     fn topology_dir(&self, topology: &str) -> PathBuf {
         self.state_dir.join(topology)
-    }
-
-    fn agent_socket(&self, topology: &str, epm: &str) -> PathBuf {
-        self.topology_dir(topology).join(format!("{epm}.sock"))
-    }
-
-    /// The Host API of the topology's agent host.
-    fn host_socket(&self, topology: &str) -> PathBuf {
-        self.topology_dir(topology).join("agents.sock")
-    }
-
-    /// What the agent host (every EPM's agent) logs.
-    fn host_log(&self, topology: &str) -> PathBuf {
-        self.topology_dir(topology).join("agents.log")
     }
 
     async fn load_record(&self, topology: &str) -> Result<Option<Record>, RuntimeError> {
@@ -349,165 +159,6 @@ impl LocalRuntime {
                 detail,
             })
         })
-    }
-
-    /// Opens (or creates) a namespace; `created` tells which.
-    async fn ensure_namespace(&self, name: &str) -> Result<(Netlink, bool), RuntimeError> {
-        if netns::exists(name) {
-            return Ok((netns::open(name).await?, false));
-        }
-        // IPv6 stays on in the namespace; each device gets address
-        // generation off instead (see `ensure_pair`): writing the namespace's
-        // disable_ipv6 sysctl costs a /proc/sys path walk whose dentry
-        // chains hold one entry per namespace, quadratic at 10,000 EPMs.
-        Ok((netns::create(name, NetnsOptions::default()).await?, true))
-    }
-
-    async fn ensure_vswitch(
-        &self,
-        topology: &str,
-        switch: &Vswitch,
-        parent: Option<&Netlink>,
-    ) -> Result<Netlink, RuntimeError> {
-        let namespace = naming::namespace(topology, &switch.name());
-        let (netlink, _) = self.ensure_namespace(&namespace).await?;
-        let bridge = ensure_bridge(&netlink).await?;
-        if let (Some(parent), Some(parent_name)) = (parent, switch.parent_name()) {
-            let parent_namespace = naming::namespace(topology, &parent_name);
-            let downlink = naming::downlink_port(switch.index);
-            let parent_bridge = parent
-                .link(BRIDGE)
-                .await?
-                .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {parent_namespace}")))?;
-            ensure_pair(&netlink, UPLINK, Some(bridge), parent, &parent_namespace, &downlink, parent_bridge.index)
-                .await?;
-        }
-        Ok(netlink)
-    }
-
-    /// Builds or repairs one EPM: namespace, data-plane NIC wired to its
-    /// top-of-rack switch, its agent served by the host, and the agent's
-    /// underlay config. Returns the pid serving the agent, and where it listens.
-    async fn ensure_epm(
-        &self,
-        spec: &TreeSpec,
-        epm: &Epm,
-        tor: Option<&Netlink>,
-        host: &Result<(u32, HostClient), String>,
-        known_agent: Option<u32>,
-    ) -> Result<(u32, String), RuntimeError> {
-        let topology = &spec.name;
-        let namespace = naming::namespace(topology, &epm.name);
-        let socket = self.agent_socket(topology, &epm.name);
-        let (netlink, _) = self.ensure_namespace(&namespace).await?;
-        let gateway = match (&spec.fabric, tor) {
-            (Some(fabric), _) => {
-                let port = fabric.host_port(epm.index);
-                self.wire_routed_epm(topology, &netlink, epm.ip, &port).await?;
-                Some(port.gateway)
-            }
-            (None, Some(tor)) => {
-                let tor_namespace = naming::namespace(topology, &naming::vswitch_name(0, epm.rack));
-                let tor_bridge = tor
-                    .link(BRIDGE)
-                    .await?
-                    .ok_or_else(|| RuntimeError::Unavailable(format!("bridge missing in {tor_namespace}")))?;
-                // The NIC's agent brings it up with its address; its port goes up on the ToR's bridge.
-                ensure_pair(
-                    &netlink,
-                    EPM_DATA_NIC,
-                    None,
-                    tor,
-                    &tor_namespace,
-                    &naming::host_port(epm.index),
-                    tor_bridge.index,
-                )
-                .await?;
-                None
-            }
-            (None, None) => return Err(RuntimeError::Unavailable("its top-of-rack vswitch failed".into())),
-        };
-
-        // An agent process of its own (an older version's way) gives way
-        // to the host, which serves the same socket.
-        let (host_pid, host) = host.as_ref().map_err(|e| RuntimeError::Unavailable(e.clone()))?;
-        if let Some(pid) = known_agent.filter(|pid| pid != host_pid && process::is_agent(*pid, &socket)) {
-            process::stop_agent(pid, &socket).await;
-        }
-        // Serving is idempotent: the host keeps an agent that serves this
-        // very namespace, and serves one whose namespace was made anew.
-        let mut host = host.clone();
-        let served = serve(&mut host, vec![self.hosted_epm(topology, &epm.name)]).await?;
-        let (error, address) = served.into_iter().next().unwrap_or_default();
-        if !error.is_empty() {
-            return Err(RuntimeError::Unavailable(format!("agent of {}: {error}", epm.name)));
-        }
-        self.note_addresses(topology, &[(epm.name.clone(), address.clone())]);
-
-        let mut agent = self.agent(topology, &epm.name).await?;
-        let goal = UnderlayGoal {
-            interface: EPM_DATA_NIC.to_string(),
-            address: epm_address(spec, epm),
-            mac: netdev::format_mac(&epm.mac),
-            tunnel: None,
-            gateway: gateway.map(|g| g.to_string()).unwrap_or_default(),
-        };
-        agent
-            .apply_underlay(goal)
-            .await
-            .map_err(|status| RuntimeError::Unavailable(format!("agent of {}: {}", epm.name, status.message())))?;
-        Ok((*host_pid, address))
-    }
-
-    async fn start_host(&self, topology: &str) -> Result<u32, RuntimeError> {
-        let (control, log) = (self.host_socket(topology), self.host_log(topology));
-        let tls_dir = self.tls_dir(topology);
-        tls::ensure(&tls_dir, topology)?;
-        let pid = process::spawn_host(&self.agent_path, &control, &tls_dir, &log).map_err(|e| {
-            RuntimeError::io(format!("starting {} as the agent host of {topology}", self.agent_path.display()), e)
-        })?;
-        let deadline = Instant::now() + AGENT_START_TIMEOUT;
-        while host_answers(&control).await.is_none() {
-            // Not is_agent(): until exec, the child still shows our command line.
-            if Instant::now() > deadline || !process::alive(pid) {
-                let exit = process::exit_status(pid);
-                process::stop_agent(pid, &control).await;
-                let why =
-                    exit.unwrap_or_else(|| format!("it did not answer within {} s", AGENT_START_TIMEOUT.as_secs()));
-                let text = fs::read_to_string(&log).unwrap_or_default();
-                let mut tail: Vec<&str> = text.lines().rev().take(5).collect();
-                tail.reverse();
-                let tail = if tail.is_empty() { "(empty)".to_string() } else { tail.join(" | ") };
-                return Err(RuntimeError::Unavailable(format!(
-                    "the agents of {topology} ({}) did not start: {why}; their log {} ends: {tail}",
-                    self.agent_path.display(),
-                    log.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(pid)
-    }
-
-    /// Whether an EPM is fully up: namespace, an agent served by a host
-    /// of the installed build (`served`: after an upgrade, the next apply
-    /// restarts the old host), and its NIC up with the goal address.
-    async fn epm_ready(&self, spec: &TreeSpec, epm: &Epm, served: bool) -> bool {
-        if !served || !netns::exists(&naming::namespace(&spec.name, &epm.name)) {
-            return false;
-        }
-        let Ok(mut agent) = self.agent(&spec.name, &epm.name).await else {
-            return false;
-        };
-        let Ok(info) = agent.get_info(GetInfoRequest {}).await else {
-            return false;
-        };
-        // The NIC up, and the address on it, or on a device a system under
-        // test made of it (see the agent's underlay convergence).
-        let address = epm_address(spec, epm);
-        let interfaces = info.into_inner().interfaces;
-        interfaces.iter().any(|i| i.name == EPM_DATA_NIC && i.up)
-            && interfaces.iter().any(|i| i.up && i.addresses.contains(&address))
     }
 
     async fn status(&self, spec: &TreeSpec, record: &Record) -> TopologyStatus {
@@ -584,157 +235,6 @@ impl LocalRuntime {
             .await;
         TopologyStatus { ready_epms: ready as u32, ..TopologyStatus::default() }
     }
-
-    /// Removes every namespace of the topology not in `keep`, stopping agents
-    /// first, and waits until the kernel has torn the devices down. `spec` (the
-    /// topology as last applied) tells which ports vanish with which namespace.
-    async fn tear_down(
-        &self,
-        topology: &str,
-        spec: Option<&TreeSpec>,
-        keep: &HashSet<String>,
-        record: &mut Record,
-    ) -> Result<(), RuntimeError> {
-        // Reshaping the underlay (a non-empty `keep`) only touches EPMs and
-        // vswitches; destroying the topology removes everything it holds.
-        let prefix = naming::topology_prefix(topology);
-        let in_scope = |ns: &str| keep.is_empty() || ns.strip_prefix(&prefix).is_some_and(naming::is_underlay_object);
-        let existing: HashSet<String> = netns::list_with_prefix(&prefix)
-            .map_err(|e| RuntimeError::io("listing namespaces", e))?
-            .into_iter()
-            .filter(|ns| !keep.contains(ns) && in_scope(ns))
-            .collect();
-        tracing::info!(topology, namespaces = existing.len(), whole = keep.is_empty(), "tearing down");
-
-        // Stop the agents of leaving EPMs first (an agent's netlink
-        // connection keeps its namespace alive), including any the record
-        // lost: the whole host when everything goes, else the host lets go
-        // of the leaving EPMs (or, not answering, stops).
-        let control = self.host_socket(topology);
-        let mut agents = process::agents_in(&self.topology_dir(topology));
-        if !keep.is_empty() {
-            let leaving: Vec<String> =
-                existing.iter().filter_map(|ns| ns.strip_prefix(&prefix)).map(str::to_string).collect();
-            let released = leaving.is_empty()
-                || match host_answers(&control).await {
-                    Some((mut host, _)) => host.release(ReleaseRequest { epms: leaving }).await.is_ok(),
-                    None => false,
-                };
-            let leaving_socket = |socket: &Path| {
-                let epm = socket.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-                !keep.contains(&naming::namespace(topology, epm))
-            };
-            agents.retain(|(_, socket)| if *socket == control { !released } else { leaving_socket(socket) });
-        }
-        process::stop_agents(&agents).await;
-        tracing::info!(topology, agents = agents.len(), "agents stopped");
-        // The agents took what they supervised with them, but not what a
-        // supervised process detached from its group: nothing may keep a
-        // namespace of the topology alive, or run on after it.
-        let leaving: Vec<&String> = existing.iter().collect();
-        match netns::kill_processes_in(&leaving) {
-            Ok(0) => {}
-            Ok(killed) => tracing::warn!(topology, killed, "killed processes left in the topology's namespaces"),
-            Err(e) => {
-                tracing::warn!(topology, error = %e, "could not look for processes left in the topology's namespaces")
-            }
-        }
-        if keep.is_empty() {
-            record.host = None;
-        }
-        record.agents.retain(|epm, _| keep.contains(&naming::namespace(topology, epm)));
-
-        // Waves: EPMs, then vswitches level by level from the leaves up. Each
-        // wave's veth peers live in the next wave's namespaces; watching them
-        // disappear is how we know the kernel has finished.
-        let mut waves: BTreeMap<u32, Vec<(String, Option<PeerPort>)>> = BTreeMap::new();
-        let mut known = HashSet::new();
-        if let Some(spec) = spec {
-            for epm in spec.epms() {
-                let peer = match &spec.fabric {
-                    Some(fabric) => {
-                        let port = fabric.host_port(epm.index);
-                        (fabric::switch_namespace(topology, &port.edge), port.device)
-                    }
-                    None => {
-                        (naming::namespace(topology, &naming::vswitch_name(0, epm.rack)), naming::host_port(epm.index))
-                    }
-                };
-                waves.entry(0).or_default().push((naming::namespace(topology, &epm.name), Some(peer)));
-            }
-            // A fat tree's switches: edge, aggregation, then core.
-            for switch in spec.fabric.iter().flat_map(|f| f.switches()) {
-                let wave = match switch {
-                    crate::model::fat_tree::Switch::Edge { .. } => 1,
-                    crate::model::fat_tree::Switch::Aggregation { .. } => 2,
-                    crate::model::fat_tree::Switch::Core { .. } => 3,
-                };
-                waves.entry(wave).or_default().push((fabric::switch_namespace(topology, &switch), None));
-            }
-            for switch in spec.vswitches() {
-                let peer = switch
-                    .parent_name()
-                    .map(|parent| (naming::namespace(topology, &parent), naming::downlink_port(switch.index)));
-                waves.entry(switch.level + 1).or_default().push((naming::namespace(topology, &switch.name()), peer));
-            }
-        }
-        for wave in waves.values_mut() {
-            wave.retain(|(ns, _)| existing.contains(ns));
-            known.extend(wave.iter().map(|(ns, _)| ns.clone()));
-        }
-        // Namespaces the record does not explain go last, without waiting.
-        let unexplained = existing.iter().filter(|ns| !known.contains(*ns)).map(|ns| (ns.clone(), None));
-        waves.entry(u32::MAX).or_default().extend(unexplained);
-
-        for (level, wave) in waves {
-            tracing::info!(topology, level, namespaces = wave.len(), "deleting namespaces");
-            let mut watched: HashMap<String, (Netlink, Vec<String>)> = HashMap::new();
-            for (_, peer) in &wave {
-                let Some((peer_ns, port)) = peer else { continue };
-                if !watched.contains_key(peer_ns) {
-                    let Ok(netlink) = netns::open(peer_ns).await else { continue };
-                    watched.insert(peer_ns.clone(), (netlink, Vec::new()));
-                }
-                if let Some((_, ports)) = watched.get_mut(peer_ns) {
-                    ports.push(port.clone());
-                }
-            }
-            for (ns, _) in &wave {
-                netns::delete(ns)?;
-            }
-            wait_until_gone(watched.into_values().collect()).await?;
-        }
-        Ok(())
-    }
-}
-
-/// An EPM's `eth1` address: in the data plane's prefix on a tree's shared
-/// segment; a /32 behind its edge switch in a fat tree.
-fn epm_address(spec: &TreeSpec, epm: &Epm) -> String {
-    let prefix_len = if spec.fabric.is_some() { 32 } else { spec.data_plane.prefix_len() };
-    format!("{}/{prefix_len}", epm.ip)
-}
-
-/// Polls until none of the ports exist any more in their namespaces.
-async fn wait_until_gone(watched: Vec<(Netlink, Vec<String>)>) -> Result<(), RuntimeError> {
-    let deadline = Instant::now() + TEARDOWN_TIMEOUT;
-    for (netlink, ports) in watched {
-        loop {
-            let present = netlink.links().await?;
-            let remaining = ports.iter().filter(|p| present.iter().any(|l| &l.name == *p)).count();
-            if remaining == 0 {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(RuntimeError::Unavailable(format!(
-                    "{remaining} veth ports still present {}s after their namespaces were deleted",
-                    TEARDOWN_TIMEOUT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -1004,97 +504,4 @@ impl Substrate for LocalRuntime {
         host_limits::release(&dir).map_err(|e| RuntimeError::io("restoring host network limits", e))?;
         Ok(())
     }
-}
-
-/// The bridge of a vswitch namespace, created or brought up if needed.
-async fn ensure_bridge(netlink: &Netlink) -> Result<u32, RuntimeError> {
-    match netlink.link(BRIDGE).await? {
-        Some(bridge) if bridge.up => Ok(bridge.index),
-        Some(bridge) => {
-            netlink.set_link(bridge.index, None, None).await?;
-            Ok(bridge.index)
-        }
-        None => {
-            // Up but without ports, so without carrier: no IPv6 address yet.
-            let index = netlink.create_bridge(BRIDGE).await?;
-            netlink.disable_ipv6_addresses(index).await?;
-            Ok(index)
-        }
-    }
-}
-
-/// Ensures the veth pair `near_name` (in `near`) — `far_name` (in
-/// `far_namespace`): the far end up on `far_bridge`, the near end up on
-/// `near_bridge` when given (an EPM's NIC has none: its agent brings it up
-/// with its address), IPv6 address generation off on each end before it goes
-/// up. Repairs what a kill mid-way leaves: a lone end (deleting one end of a
-/// veth takes the other, so a lone one is stale), or an end down or off its
-/// bridge — a pair that exists but carries nothing would pass for wired.
-async fn ensure_pair(
-    near: &Netlink,
-    near_name: &str,
-    near_bridge: Option<u32>,
-    far: &Netlink,
-    far_namespace: &str,
-    far_name: &str,
-    far_bridge: u32,
-) -> Result<(), RuntimeError> {
-    let (mut near_link, mut far_link) = (near.link(near_name).await?, far.link(far_name).await?);
-    if near_link.is_none() || far_link.is_none() {
-        for (netlink, stale) in [(near, near_link.take()), (far, far_link.take())] {
-            if let Some(stale) = stale {
-                netlink.delete_link(stale.index).await?;
-            }
-        }
-        near.create_veth(near_name, far_name, &netns::open_fd(far_namespace)?).await?;
-        (near_link, far_link) = (near.link(near_name).await?, far.link(far_name).await?);
-    }
-    let vanished = |name: &str| RuntimeError::Unavailable(format!("port {name} vanished right after creation"));
-    let near_link = near_link.ok_or_else(|| vanished(near_name))?;
-    let far_link = far_link.ok_or_else(|| vanished(far_name))?;
-    if !on_bridge(&far_link, far_bridge) {
-        far.disable_ipv6_addresses(far_link.index).await?;
-        far.set_link(far_link.index, Some(far_bridge), None).await?;
-    }
-    match near_bridge {
-        Some(bridge) if !on_bridge(&near_link, bridge) => {
-            near.disable_ipv6_addresses(near_link.index).await?;
-            near.set_link(near_link.index, Some(bridge), None).await?;
-        }
-        None if !near_link.up => near.disable_ipv6_addresses(near_link.index).await?,
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Whether a port is up on `bridge`: the last step of wiring it.
-fn on_bridge(port: &netdev::LinkState, bridge: u32) -> bool {
-    port.up && port.controller == Some(bridge)
-}
-
-/// A client of the agent host on `control`, if it answers, and its build id.
-async fn host_answers(control: &Path) -> Option<(HostClient, String)> {
-    let mut client = agent_client::connect_host(control).await.ok()?;
-    let reply = client.release(ReleaseRequest { epms: Vec::new() }).await.ok()?;
-    Some((client, reply.into_inner().build_id))
-}
-
-/// Asks the host to serve the EPMs; per EPM an error (empty: served) and
-/// where its agent listens.
-async fn serve(host: &mut HostClient, epms: Vec<HostedEpm>) -> Result<Vec<(String, String)>, RuntimeError> {
-    let count = epms.len();
-    let reply = host
-        .serve(ServeRequest { epms })
-        .await
-        .map_err(|status| RuntimeError::Unavailable(format!("the agent host: {}", status.message())))?
-        .into_inner();
-    if reply.errors.len() != count {
-        return Err(RuntimeError::Unavailable(format!(
-            "the agent host answered {} of {count} EPMs",
-            reply.errors.len()
-        )));
-    }
-    // A host of a build before addresses were answered: unix sockets only.
-    let addresses = reply.addresses.into_iter().chain(std::iter::repeat(String::new()));
-    Ok(reply.errors.into_iter().zip(addresses).collect())
 }
