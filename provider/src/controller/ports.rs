@@ -7,7 +7,7 @@ use super::Controller;
 use super::port_api::Port;
 use super::records::{Evm, OverlayRecord, subnet_key};
 use crate::model::TreeSpec;
-use crate::model::overlay::Ranges;
+use crate::model::ranges::Ranges;
 use crate::runtime::{Failure, RuntimeError};
 
 /// A port's id: `<topology>/<evm>`.

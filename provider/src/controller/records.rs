@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::EvmInfo;
 use crate::model::network_controller::VpcController;
-use crate::model::overlay::{self, DeviceModel, GroupSpec, Placement, Ranges, SubnetSpec, VpcSpec};
+use crate::model::overlay::{self, DeviceModel, GroupSpec, Placement, SubnetSpec, VpcSpec};
+use crate::model::ranges::{self, Ranges};
 use crate::model::{Epm, TreeSpec, naming};
 use crate::runtime::RuntimeError;
 
@@ -225,7 +226,7 @@ impl OverlayRecord {
                     epm_named(tree, name)?;
                 }
                 let mut slots = previous.as_ref().map(|g| g.slots.clone()).unwrap_or_default();
-                overlay::assign_slots(&mut slots, counts);
+                ranges::assign_slots(&mut slots, counts);
                 (Vec::new(), counts.clone(), slots)
             }
             _ => {
@@ -255,7 +256,7 @@ impl OverlayRecord {
             .map(|(_, g)| &g.ranges)
             .collect();
         let gateway_index = subnet.cidr.index_of(subnet.gateway);
-        if overlay::grow(&mut ranges, indexes, subnet.cidr.host_capacity(), gateway_index, &taken).is_none() {
+        if ranges::grow(&mut ranges, indexes, subnet.cidr.host_capacity(), gateway_index, &taken).is_none() {
             return Err(RuntimeError::Conflict(format!(
                 "subnet {} ({}) has no room for {indexes} EVMs of group {}",
                 subnet.name, subnet.cidr, spec.name

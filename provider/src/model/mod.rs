@@ -9,6 +9,7 @@ pub mod link_profile;
 pub mod naming;
 pub mod network_controller;
 pub mod overlay;
+pub mod ranges;
 pub mod tree;
 
 pub use cidr::Ipv4Cidr;

@@ -8,7 +8,8 @@ use std::sync::LazyLock;
 
 use crate::controller::{Controller, GroupStatus, Intent};
 use crate::model::TreeSpec;
-use crate::model::overlay::{GroupInput, GroupSpec, Placement, Ranges, SubnetSpec};
+use crate::model::overlay::{GroupInput, GroupSpec, Placement, SubnetSpec};
+use crate::model::ranges::Ranges;
 use crate::protocol::cty::{Type, Value, object};
 use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
 use crate::protocol::schema::{Attribute, Block, Schema};
