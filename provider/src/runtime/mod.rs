@@ -9,6 +9,7 @@ pub mod kubernetes;
 pub mod local;
 mod process;
 mod recorded;
+pub mod wait;
 
 pub use recorded::RecordedSpec;
 

@@ -21,6 +21,7 @@ use super::objects::{AGENT_PORT, Access, GATEWAY, namespace_name};
 use super::pods::{PodState, is_gateway, pod_state};
 use super::{IN_FLIGHT, KubernetesRuntime, api, objects};
 use crate::runtime::agent_client::AgentChannel;
+use crate::runtime::wait::{Check, wait_until};
 use crate::runtime::{Failure, RuntimeError};
 
 /// How long a read waits for the gateway's Deployment to bring back its pod.
@@ -179,7 +180,7 @@ impl KubernetesRuntime {
         let current = |this: &Self| {
             this.routes.lock().ok().and_then(|r| r.get(topology).map(|r| (r.gateway_pod.clone(), r.gateway.clone())))
         };
-        let (mut pod, kept) = current(self).unwrap_or_default();
+        let (pod, kept) = current(self).unwrap_or_default();
         if let (Some(pod), Some((kept_pod, channel))) = (&pod, kept)
             && *pod == kept_pod
         {
@@ -187,21 +188,24 @@ impl KubernetesRuntime {
         }
         // A gateway pod that went away is made anew by its Deployment within
         // seconds: a read meanwhile waits for it rather than seeing no agent.
-        let deadline = Instant::now() + self.settings.pod_ready_timeout.min(GATEWAY_RETURN);
-        while pod.is_none() {
-            self.list_pods(topology).await?;
-            pod = current(self).and_then(|(pod, _)| pod);
-            if pod.is_none() {
-                if Instant::now() > deadline {
-                    return Err(RuntimeError::Unavailable(format!(
+        let pod = match pod {
+            Some(pod) => pod,
+            None => {
+                let deadline = Instant::now() + self.settings.pod_ready_timeout.min(GATEWAY_RETURN);
+                wait_until(deadline, Duration::from_millis(250), move || async move {
+                    self.list_pods(topology).await?;
+                    let pod = current(self).and_then(|(pod, _)| pod);
+                    Ok::<_, RuntimeError>(pod.map_or(Check::Pending(()), Check::Met))
+                })
+                .await?
+                .map_err(|()| {
+                    RuntimeError::Unavailable(format!(
                         "the gateway of {} (deployment {GATEWAY}) has no running pod; apply the topology",
                         namespace_name(topology)
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                    ))
+                })?
             }
-        }
-        let Some(pod) = pod else { return Err(RuntimeError::Unavailable("no gateway pod".into())) };
+        };
         let connector = self.connector(topology).await?;
         let pods = self.pods(topology);
         let name = pod.clone();

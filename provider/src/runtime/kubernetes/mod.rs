@@ -49,6 +49,7 @@ use self::objects::{Access, PodSettings, namespace_name};
 use self::pods::{PodState, pod_state};
 use super::agent_client::AgentChannel;
 use super::capability::{AgentContainers, AgentsUnderTest};
+use super::wait::{Check, wait_until};
 use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest};
 use crate::model::TreeSpec;
 use crate::model::epm_agent::EpmAgentSpec;
@@ -244,20 +245,20 @@ impl Substrate for KubernetesRuntime {
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(api(format!("deleting namespace {namespace}"), e)),
         }
-        let deadline = Instant::now() + TEARDOWN_TIMEOUT;
-        while retrying("reading a namespace", || namespaces.get_opt(&namespace))
-            .await
-            .map_err(|e| api(format!("reading namespace {namespace}"), e))?
-            .is_some()
-        {
-            if Instant::now() > deadline {
-                return Err(RuntimeError::Unavailable(format!(
-                    "namespace {namespace} was still there {} s after it was deleted",
-                    TEARDOWN_TIMEOUT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let (namespaces, namespace) = (&namespaces, namespace.as_str());
+        wait_until(Instant::now() + TEARDOWN_TIMEOUT, Duration::from_millis(250), move || async move {
+            let found = retrying("reading a namespace", || namespaces.get_opt(namespace))
+                .await
+                .map_err(|e| api(format!("reading namespace {namespace}"), e))?;
+            Ok::<_, RuntimeError>(if found.is_some() { Check::Pending(()) } else { Check::Met(()) })
+        })
+        .await?
+        .map_err(|()| {
+            RuntimeError::Unavailable(format!(
+                "namespace {namespace} was still there {} s after it was deleted",
+                TEARDOWN_TIMEOUT.as_secs()
+            ))
+        })?;
         self.forget(name);
         Ok(())
     }

@@ -14,6 +14,7 @@ use super::objects::{GATEWAY_ROLE, namespace_name};
 use super::{IN_FLIGHT, KubernetesRuntime, TEARDOWN_TIMEOUT, api, objects, watch};
 use crate::model::TreeSpec;
 use crate::model::epm_agent::AGENT_CONTAINER;
+use crate::runtime::wait::{Check, wait_until};
 use crate::runtime::{Failure, RuntimeError, UnderTest};
 
 /// What the runtime knows of a pod it found.
@@ -210,22 +211,19 @@ impl KubernetesRuntime {
     /// Waits until the pods are deleted for good (a pod made anew must not
     /// meet its old self).
     pub(super) async fn wait_gone(&self, topology: &str, names: &[String]) -> Result<(), RuntimeError> {
-        let deadline = Instant::now() + TEARDOWN_TIMEOUT;
-        loop {
+        let waited = wait_until(Instant::now() + TEARDOWN_TIMEOUT, Duration::from_millis(200), move || async move {
             let existing = self.list_pods(topology).await?;
             let left: Vec<&String> = names.iter().filter(|n| existing.contains_key(*n)).collect();
-            if left.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(RuntimeError::Unavailable(format!(
-                    "pods {left:?} of {} were still there {} s after they were deleted",
-                    namespace_name(topology),
-                    TEARDOWN_TIMEOUT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            Ok::<_, RuntimeError>(if left.is_empty() { Check::Met(()) } else { Check::Pending(left) })
+        })
+        .await?;
+        waited.map_err(|left| {
+            RuntimeError::Unavailable(format!(
+                "pods {left:?} of {} were still there {} s after they were deleted",
+                namespace_name(topology),
+                TEARDOWN_TIMEOUT.as_secs()
+            ))
+        })
     }
 
     pub(super) async fn wait_running(

@@ -13,6 +13,7 @@ use merak_proto::agent::ReleaseRequest;
 use super::agent_host::host_answers;
 use super::{LocalRuntime, Record, fabric};
 use crate::model::{TreeSpec, naming};
+use crate::runtime::wait::{Check, wait_until};
 use crate::runtime::{RuntimeError, process};
 
 /// A veth end that vanishes with a namespace being deleted, seen from the
@@ -30,20 +31,19 @@ pub(super) const TEARDOWN_PASSES: u32 = 3;
 pub(super) async fn wait_until_gone(watched: Vec<(Netlink, Vec<String>)>) -> Result<(), RuntimeError> {
     let deadline = Instant::now() + TEARDOWN_TIMEOUT;
     for (netlink, ports) in watched {
-        loop {
+        let (netlink, ports) = (&netlink, &ports);
+        wait_until(deadline, Duration::from_millis(10), move || async move {
             let present = netlink.links().await?;
             let remaining = ports.iter().filter(|p| present.iter().any(|l| &l.name == *p)).count();
-            if remaining == 0 {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(RuntimeError::Unavailable(format!(
-                    "{remaining} veth ports still present {}s after their namespaces were deleted",
-                    TEARDOWN_TIMEOUT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            Ok::<_, RuntimeError>(if remaining == 0 { Check::Met(()) } else { Check::Pending(remaining) })
+        })
+        .await?
+        .map_err(|remaining| {
+            RuntimeError::Unavailable(format!(
+                "{remaining} veth ports still present {}s after their namespaces were deleted",
+                TEARDOWN_TIMEOUT.as_secs()
+            ))
+        })?;
     }
     Ok(())
 }
