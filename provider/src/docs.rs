@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::config;
-use crate::protocol::schema::{Block, Nesting, Presence, Schema};
 use crate::resources;
+use merak_tfplugin::schema::{Block, Nesting, Presence, Schema};
 
 /// One page: where it goes and what it says.
 pub struct Page {

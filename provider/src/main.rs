@@ -5,8 +5,8 @@
 //! Terraform (for a lost state, or a test's cleanup).
 
 use anyhow::Context;
-use merak_provider::protocol::plugin::{self, ServeOptions, Transport};
-use merak_provider::protocol::server::ProviderService;
+use merak_tfplugin::plugin::{self, ServeOptions, Transport};
+use merak_tfplugin::server::ProviderService;
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use base64::Engine;
 use merak_proto::go_plugin::{Empty, grpc_controller_client::GrpcControllerClient};
 use merak_proto::tfplugin6::{get_provider_schema, provider_client::ProviderClient};
-use merak_provider::protocol::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
+use merak_tfplugin::plugin::{MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 const PROVIDER: &str = env!("CARGO_BIN_EXE_terraform-provider-merak");

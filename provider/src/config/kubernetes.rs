@@ -11,12 +11,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Toleration;
 
 use crate::controller::Controller;
-use crate::protocol::cty::{Type, Value};
-use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::schema::{Attribute, Block, NestedBlock};
 use crate::runtime::kubernetes::objects::{Access, PodSettings};
 use crate::runtime::kubernetes::store::ClusterStore;
 use crate::runtime::kubernetes::{KubernetesRuntime, cluster};
+use merak_tfplugin::cty::{Type, Value};
+use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
+use merak_tfplugin::schema::{Attribute, Block, NestedBlock};
 
 const PULL_POLICIES: [&str; 3] = ["Always", "IfNotPresent", "Never"];
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(300);

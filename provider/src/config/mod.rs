@@ -8,11 +8,11 @@ use std::sync::{Arc, LazyLock};
 use crate::controller::Controller;
 use crate::controller::network::NetworkController;
 use crate::model::network_controller::{ControllerInput, ControllerSpec};
-use crate::protocol::cty::{Type, Value};
-use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
 use crate::runtime::local::{AgentTransport, LocalRuntime};
 use crate::store::FileStore;
+use merak_tfplugin::cty::{Type, Value};
+use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
+use merak_tfplugin::schema::{Attribute, Block, NestedBlock, Schema};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/merak";
 const AGENT_BINARY: &str = "merak-agent";

@@ -4,12 +4,12 @@
 use std::sync::LazyLock;
 
 use crate::controller::Controller;
-use crate::protocol::cty::{Type, Value, object};
-use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::schema::{Attribute, Block, Schema};
+use merak_tfplugin::cty::{Type, Value, object};
+use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
+use merak_tfplugin::schema::{Attribute, Block, Schema};
 
 use super::{known_str, runtime_error};
-use crate::protocol::provider::DataSource;
+use merak_tfplugin::provider::DataSource;
 
 pub struct Evms;
 

@@ -5,9 +5,9 @@
 
 use crate::model::BlockError;
 use crate::model::link_profile::{self, LinkProfileSpec};
-use crate::protocol::cty::{Type, Value, object};
-use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::schema::{Attribute, Block};
+use merak_tfplugin::cty::{Type, Value, object};
+use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
+use merak_tfplugin::schema::{Attribute, Block};
 
 pub const LINK_PROFILE: &str = "link_profile";
 const NUMBERS: [&str; 4] = ["rate_mbit", "delay_ms", "jitter_ms", "loss_percent"];

@@ -14,9 +14,9 @@ pub mod vpc;
 
 use crate::controller::{Controller, Failure, RuntimeError};
 use crate::model::SpecError;
-use crate::protocol::cty::Value;
-use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::schema::Schema;
+use merak_tfplugin::cty::Value;
+use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
+use merak_tfplugin::schema::Schema;
 
 impl From<SpecError> for Diagnostic {
     fn from(error: SpecError) -> Self {
@@ -29,8 +29,8 @@ pub fn spec_errors(errors: Vec<SpecError>) -> Diagnostics {
 }
 
 /// What the protocol layer serves, with the controller as the configured client.
-pub type Resource = dyn crate::protocol::provider::Resource<Controller>;
-pub type DataSource = dyn crate::protocol::provider::DataSource<Controller>;
+pub type Resource = dyn merak_tfplugin::provider::Resource<Controller>;
+pub type DataSource = dyn merak_tfplugin::provider::DataSource<Controller>;
 
 pub static RESOURCES: &[&Resource] = &[&topology::Topology, &vpc::Vpc, &subnet::Subnet, &evm_group::EvmGroup];
 pub static DATA_SOURCES: &[&DataSource] = &[&evms::Evms, &pingall::Pingall, &topology_graph::TopologyGraph];
@@ -70,8 +70,7 @@ pub fn any_unknown(value: &Value, names: &[&str]) -> bool {
 /// as given, and every attribute the provider computes unknown.
 pub fn unknown_computed(schema: &Schema, config: &Value) -> Value {
     let Value::Map(mut planned) = config.clone() else { return Value::Unknown };
-    for attribute in
-        schema.block.attributes.iter().filter(|a| a.presence != crate::protocol::schema::Presence::Required)
+    for attribute in schema.block.attributes.iter().filter(|a| a.presence != merak_tfplugin::schema::Presence::Required)
     {
         let slot = planned.entry(attribute.name.to_string()).or_default();
         if slot.is_null() {

@@ -7,12 +7,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
 
 use crate::controller::{Controller, EvmInfo, PingSource, Probe};
-use crate::protocol::cty::{Type, Value};
-use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::schema::{Attribute, Block, Schema};
+use merak_tfplugin::cty::{Type, Value};
+use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
+use merak_tfplugin::schema::{Attribute, Block, Schema};
 
 use super::{known_str, runtime_error};
-use crate::protocol::provider::DataSource;
+use merak_tfplugin::provider::DataSource;
 
 pub struct Pingall;
 
@@ -402,7 +402,7 @@ mod tests {
             crate::runtime::local::AgentTransport::Unix,
         );
         let config = |samples: Value, timeout: Value| {
-            crate::protocol::cty::object([
+            merak_tfplugin::cty::object([
                 ("id", Value::Null),
                 ("topology_id", Value::string("lab")),
                 ("samples", samples),
@@ -419,8 +419,8 @@ mod tests {
         for (samples, timeout, attribute) in [
             (Value::int(1 << 40), Value::Null, "samples"),
             (Value::int(-1), Value::Null, "samples"),
-            (Value::Null, Value::Number(crate::protocol::cty::Number::Decimal("1e30".into())), "timeout_ms"),
-            (Value::Null, Value::Number(crate::protocol::cty::Number::Float(5.5)), "timeout_ms"),
+            (Value::Null, Value::Number(merak_tfplugin::cty::Number::Decimal("1e30".into())), "timeout_ms"),
+            (Value::Null, Value::Number(merak_tfplugin::cty::Number::Float(5.5)), "timeout_ms"),
         ] {
             let error = Pingall.read(&controller, &config(samples, timeout)).await.expect_err("refused");
             let text = format!("{error:?}");

@@ -10,11 +10,11 @@ use crate::model::epm_agent::{self, EpmAgentSpec};
 use crate::model::fat_tree::FatTree;
 use crate::model::link_profile::{LinkProfileSpec, impaired_link_count};
 use crate::model::{TreeInput, TreeSpec, naming};
-use crate::protocol::cty::{Type, Value, object};
-use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
+use merak_tfplugin::cty::{Type, Value, object};
+use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
+use merak_tfplugin::schema::{Attribute, Block, NestedBlock, Schema};
 
-use crate::protocol::provider::Resource;
+use merak_tfplugin::provider::Resource;
 
 /// The `merak_topology` resource.
 pub struct Topology;

@@ -7,10 +7,10 @@ use std::sync::LazyLock;
 use super::link_profile::{LINK_PROFILE, profiles_of};
 use crate::controller::Controller;
 use crate::model::graph::{DEFAULT_COLLAPSE_ABOVE, Graph};
-use crate::protocol::cty::{Type, Value, object};
-use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::provider::DataSource;
-use crate::protocol::schema::{Attribute, Block, NestedBlock, Schema};
+use merak_tfplugin::cty::{Type, Value, object};
+use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
+use merak_tfplugin::provider::DataSource;
+use merak_tfplugin::schema::{Attribute, Block, NestedBlock, Schema};
 
 pub struct TopologyGraph;
 

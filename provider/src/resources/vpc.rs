@@ -6,12 +6,12 @@ use std::sync::LazyLock;
 use crate::controller::Controller;
 use crate::model::network_controller::VpcController;
 use crate::model::overlay::VpcSpec;
-use crate::protocol::cty::{Type, Value, object};
-use crate::protocol::diagnostics::{Diagnostic, Diagnostics};
-use crate::protocol::schema::{Attribute, Block, Schema};
+use merak_tfplugin::cty::{Type, Value, object};
+use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
+use merak_tfplugin::schema::{Attribute, Block, Schema};
 
 use super::{any_unknown, known_str, runtime_error, spec_errors, split_id};
-use crate::protocol::provider::Resource;
+use merak_tfplugin::provider::Resource;
 
 pub struct Vpc;
 

@@ -14,11 +14,11 @@
 use std::sync::LazyLock;
 
 use merak_provider::controller::Controller;
-use merak_provider::protocol::cty::{Type, Value};
-use merak_provider::protocol::{json, msgpack};
 use merak_provider::resources::{DATA_SOURCES, RESOURCES};
 use merak_provider::runtime::local::{AgentTransport, LocalRuntime};
 use merak_provider::store::MemoryStore;
+use merak_tfplugin::cty::{Type, Value};
+use merak_tfplugin::{json, msgpack};
 use prost::Message;
 
 /// Every value type the provider decodes: the provider block, each
@@ -91,7 +91,7 @@ fn harness() -> &'static PlanHarness {
 /// Valid configurations of the topology, VPC and subnet resources (in
 /// RESOURCES order), msgpack-encoded: the parents, and seeds for the smoke test.
 pub fn merak_fuzz_parents() -> Vec<Vec<u8>> {
-    use merak_provider::protocol::cty::object;
+    use merak_tfplugin::cty::object;
     let configs = [
         object([
             ("id", Value::Null),

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use merak_provider::protocol::cty::{Number, Type, Value};
-use merak_provider::protocol::{json, msgpack};
+use merak_tfplugin::cty::{Number, Type, Value};
+use merak_tfplugin::{json, msgpack};
 use proptest::prelude::*;
 
 fn arb_type() -> impl Strategy<Value = Type> {

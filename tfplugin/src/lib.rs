@@ -1,5 +1,8 @@
 //! Terraform's side of the conversation: the go-plugin handshake and
 //! transport, TLS, the tfplugin6 service, and the value codec it needs.
+//! It knows nothing of merak: a provider is a [`provider::Definition`]
+//! (schema, configure, resources and data sources, generic over what
+//! configuring yields) that this crate serves.
 
 pub mod cty;
 pub mod diagnostics;
