@@ -12,6 +12,7 @@ mod agents;
 #[cfg(test)]
 mod fake_substrate;
 pub mod network;
+mod planned;
 pub mod port_api;
 mod ports;
 mod records;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use self::network::NetworkController;
+pub use self::planned::Planned;
 use self::records::{Evm, Forget, GroupRecord, OverlayRecord, evms, subnet_key};
 pub use self::under_test::UnderTestStatus;
 use crate::model::TreeSpec;
@@ -128,6 +130,9 @@ pub struct Controller {
     /// The user's network controller (the provider's `controller` block),
     /// which programs the ports of external VPCs.
     network: Option<Arc<NetworkController>>,
+    /// What this provider has planned (parents planned before their
+    /// children, in the same plan).
+    planned: Planned,
 }
 
 impl Controller {
@@ -138,7 +143,13 @@ impl Controller {
             overlay_lock: Mutex::new(()),
             underlay_lock: tokio::sync::RwLock::new(()),
             network: None,
+            planned: Planned::default(),
         }
+    }
+
+    /// What this provider has planned so far.
+    pub fn planned(&self) -> &Planned {
+        &self.planned
     }
 
     pub fn with_network_controller(mut self, network: NetworkController) -> Self {

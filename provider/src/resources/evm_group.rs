@@ -232,7 +232,7 @@ impl Resource<Controller> for EvmGroup {
         let group = config_of(config, Source::Config)?;
         let runtime = runtime.ok_or_else(|| Diagnostics::from(Diagnostic::error("Provider not configured", "")))?;
         // The subnet and topology planned by this same plan, or on record.
-        let subnet = match super::planned::subnet(&group.topology, &group.vpc, &group.subnet) {
+        let subnet = match runtime.planned().subnet(&group.topology, &group.vpc, &group.subnet) {
             Some(subnet) => Some(subnet),
             None => runtime
                 .read_subnet(&group.topology, &group.vpc, &group.subnet)
@@ -247,7 +247,7 @@ impl Resource<Controller> for EvmGroup {
             return Err(Diagnostic::attribute_error(&["subnet_id"], "No such subnet", detail).into());
         };
         let spec = spec_of(&group, &subnet)?;
-        let tree = match super::planned::topology(&group.topology) {
+        let tree = match runtime.planned().topology(&group.topology) {
             Some(tree) => Some(tree),
             None => runtime
                 .topology_spec(&group.topology)

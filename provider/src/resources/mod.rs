@@ -6,7 +6,6 @@ pub mod evm_group;
 pub mod evms;
 mod link_profile;
 pub mod pingall;
-pub mod planned;
 pub mod subnet;
 pub mod topology;
 pub mod topology_graph;

@@ -75,7 +75,7 @@ fn state_of(spec: &SubnetSpec) -> Value {
 async fn plan_among_siblings(runtime: &Controller, spec: &SubnetSpec) -> Result<(), Diagnostics> {
     let recorded =
         runtime.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
-    super::planned::plan_subnet(spec, &recorded, |other| {
+    runtime.planned().plan_subnet(spec, &recorded, |other| {
         if other.vpc == spec.vpc && other.cidr.overlaps(&spec.cidr) {
             let detail = format!(
                 "{} overlaps subnet {} ({}) of VPC {}. Choose a prefix no other subnet of the VPC uses.",
@@ -123,7 +123,7 @@ impl Resource<Controller> for Subnet {
         let (topology, vpc_name) = vpc_of(config)?;
         let runtime = runtime.ok_or_else(|| Diagnostics::from(Diagnostic::error("Provider not configured", "")))?;
         // The VPC planned by this same plan, or the one on record.
-        let vpc = match super::planned::vpc(&topology, &vpc_name) {
+        let vpc = match runtime.planned().vpc(&topology, &vpc_name) {
             Some(vpc) => Some(vpc),
             None => recorded_vpc(runtime, config).await?,
         };

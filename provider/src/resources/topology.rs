@@ -38,6 +38,9 @@ impl Resource<Controller> for Topology {
 
     async fn plan(&self, runtime: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let planned = plan(config)?;
+        if let (Some(runtime), Ok(Some(spec))) = (runtime, spec_of(config)) {
+            runtime.planned().plan_topology(&spec);
+        }
         if let (Some(runtime), Ok(Some(spec)), Ok(Some(agents))) = (runtime, spec_of(config), agents_of(config)) {
             check_agents_against_provider(runtime, &agents)?;
             if let Err(error) = runtime.check_fits(&spec) {
@@ -614,13 +617,9 @@ fn state_of_view(view: &TopologyView) -> Value {
 fn plan(config: &Value) -> Result<Value, Diagnostics> {
     match (spec_of(config)?, agents_of(config)?, link_profile::profiles_of(config)?) {
         (Some(spec), Some(agents), Some(profiles)) => {
-            super::planned::plan_topology(&spec);
             Ok(state_of(&spec, spec.hosts, &agents, spec.hosts, &profiles, impaired_link_count(&spec, &profiles)))
         }
-        (spec, _, _) => {
-            if let Some(spec) = &spec {
-                super::planned::plan_topology(spec);
-            }
+        _ => {
             let mut planned = super::unknown_computed(&SCHEMA, config);
             if let (Some(name), Value::Map(attributes)) = (config.attr("name").as_str(), &mut planned) {
                 attributes.insert("id".into(), Value::string(name));

@@ -121,7 +121,7 @@ impl Resource<Controller> for Vpc {
     async fn plan(&self, runtime: Option<&Controller>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let Some(spec) = spec_of(config)? else { return Ok(super::unknown_computed(&SCHEMA, config)) };
         if let Some(runtime) = runtime
-            && super::planned::topology(&spec.topology).is_none()
+            && runtime.planned().topology(&spec.topology).is_none()
             && runtime
                 .topology_spec(&spec.topology)
                 .await
@@ -140,7 +140,9 @@ impl Resource<Controller> for Vpc {
         {
             return Err(super::refusal(&["controller"], "No external controller", &error).into());
         }
-        super::planned::plan_vpc(&spec);
+        if let Some(runtime) = runtime {
+            runtime.planned().plan_vpc(&spec);
+        }
         Ok(state_of(&spec))
     }
 
