@@ -43,22 +43,22 @@ fn known_str<'a>(value: &'a Value, name: &str) -> Option<&'a str> {
 pub trait Resource<C: Sync>: Send + Sync {
     fn type_name(&self) -> &'static str;
     fn schema(&self) -> &'static Schema;
-    /// Checks the configuration without the runtime (values may be unknown).
+    /// Checks the configuration before the provider is configured (values may be unknown).
     fn validate(&self, config: &Value) -> Diagnostics;
-    /// The planned state for `config`; `runtime` is there to check the plan
+    /// The planned state for `config`; `client` is there to check the plan
     /// against what exists (it may be absent when the provider is not configured).
-    async fn plan(&self, runtime: Option<&C>, prior: &Value, config: &Value) -> Result<Value, Diagnostics>;
+    async fn plan(&self, client: Option<&C>, prior: &Value, config: &Value) -> Result<Value, Diagnostics>;
     /// Creates or updates to `planned`. Returns the state of what exists,
     /// also when something failed.
-    async fn apply(&self, runtime: &C, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics);
-    async fn destroy(&self, runtime: &C, prior: &Value) -> Diagnostics;
+    async fn apply(&self, client: &C, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics);
+    async fn destroy(&self, client: &C, prior: &Value) -> Diagnostics;
     /// The state of the resource with import ID `id`, or None when there is none.
-    async fn import(&self, runtime: &C, id: &str) -> Result<Option<Value>, Diagnostics>;
+    async fn import(&self, client: &C, id: &str) -> Result<Option<Value>, Diagnostics>;
     /// The resource as it is, or None when it is gone. Every resource's `id`
     /// is its import ID, so reading is importing it again.
-    async fn read(&self, runtime: &C, current: &Value) -> Result<Option<Value>, Diagnostics> {
+    async fn read(&self, client: &C, current: &Value) -> Result<Option<Value>, Diagnostics> {
         match known_str(current, "id") {
-            Some(id) => self.import(runtime, id).await,
+            Some(id) => self.import(client, id).await,
             None => Ok(None),
         }
     }
@@ -86,5 +86,5 @@ pub trait DataSource<C: Sync>: Send + Sync {
     fn type_name(&self) -> &'static str;
     fn schema(&self) -> &'static Schema;
     fn validate(&self, config: &Value) -> Diagnostics;
-    async fn read(&self, runtime: &C, config: &Value) -> Result<Value, Diagnostics>;
+    async fn read(&self, client: &C, config: &Value) -> Result<Value, Diagnostics>;
 }

@@ -19,12 +19,12 @@ use super::{json, msgpack};
 /// configuring it yields, handed to every resource.
 pub struct ProviderService<C: Sync + 'static> {
     definition: &'static Definition<C>,
-    runtime: Arc<RwLock<Option<Arc<C>>>>,
+    client: Arc<RwLock<Option<Arc<C>>>>,
 }
 
 impl<C: Sync + 'static> ProviderService<C> {
     pub fn new(definition: &'static Definition<C>) -> Self {
-        ProviderService { definition, runtime: Arc::default() }
+        ProviderService { definition, client: Arc::default() }
     }
 }
 
@@ -32,9 +32,9 @@ impl<C: Send + Sync + 'static> ProviderService<C> {
     /// What lets go of the configured client's holdings when Terraform is
     /// done (see [`Definition::release`]); usable after the service moved.
     pub fn releaser(&self) -> impl FnOnce() -> futures::future::BoxFuture<'static, ()> + Send + 'static {
-        let (definition, runtime) = (self.definition, Arc::clone(&self.runtime));
+        let (definition, client) = (self.definition, Arc::clone(&self.client));
         move || {
-            let configured = runtime.read().ok().and_then(|runtime| runtime.clone());
+            let configured = client.read().ok().and_then(|client| client.clone());
             match configured {
                 Some(configured) => (definition.release)(configured),
                 None => Box::pin(async {}),
@@ -44,8 +44,8 @@ impl<C: Send + Sync + 'static> ProviderService<C> {
 }
 
 impl<C: Sync + 'static> ProviderService<C> {
-    fn runtime(&self) -> Result<Arc<C>, Diagnostics> {
-        self.runtime.read().ok().and_then(|runtime| runtime.clone()).ok_or_else(|| {
+    fn client(&self) -> Result<Arc<C>, Diagnostics> {
+        self.client.read().ok().and_then(|client| client.clone()).ok_or_else(|| {
             Diagnostic::error("Provider not configured", "ConfigureProvider was not called before this operation.")
                 .into()
         })
@@ -212,9 +212,9 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
             Err(diagnostics) => Err(diagnostics),
         };
         let diagnostics = match result {
-            Ok(runtime) => {
-                if let Ok(mut slot) = self.runtime.write() {
-                    *slot = Some(runtime);
+            Ok(client) => {
+                if let Ok(mut slot) = self.client.write() {
+                    *slot = Some(client);
                 }
                 Vec::new()
             }
@@ -235,8 +235,8 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
             if current.is_null() {
                 return encode(&current, &ty);
             }
-            let runtime = self.runtime()?;
-            let state = resource.read(runtime.as_ref(), &current).await?;
+            let client = self.client()?;
+            let state = resource.read(client.as_ref(), &current).await?;
             encode(&state.unwrap_or(Value::Null), &ty)
         }
         .await;
@@ -258,8 +258,8 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
                 return Ok((encode(&Value::Null, &ty)?, Vec::new()));
             }
             let config = decode(request.config.as_ref(), &ty)?;
-            let runtime = self.runtime().ok();
-            let planned = resource.plan(runtime.as_deref(), &prior, &config).await?;
+            let client = self.client().ok();
+            let planned = resource.plan(client.as_deref(), &prior, &config).await?;
             keeps_configured_values(resource.schema(), &config, &planned)?;
             let replace = if prior.is_null() { Vec::new() } else { resource.requires_replace(&prior, &planned) };
             let replace = replace
@@ -296,14 +296,14 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
             let ty = resource.schema().value_type();
             let prior = decode(request.prior_state.as_ref(), &ty)?;
             let planned = decode(request.planned_state.as_ref(), &ty)?;
-            let runtime = self.runtime()?;
+            let client = self.client()?;
             if planned.is_null() {
-                let diagnostics = resource.destroy(runtime.as_ref(), &prior).await;
+                let diagnostics = resource.destroy(client.as_ref(), &prior).await;
                 // A failed destroy keeps the prior state, so it can be retried.
                 let state = if diagnostics.has_errors() { prior } else { Value::Null };
                 return Ok((encode(&state, &ty)?, diagnostics));
             }
-            let (state, diagnostics) = resource.apply(runtime.as_ref(), &prior, &planned).await;
+            let (state, diagnostics) = resource.apply(client.as_ref(), &prior, &planned).await;
             let state = match state {
                 Some(state) => state,
                 // Nothing could be done: what existed before still does.
@@ -330,8 +330,8 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
         let request = request.into_inner();
         let result = async {
             let resource = self.resource(&request.type_name)?;
-            let runtime = self.runtime()?;
-            let state = resource.import(runtime.as_ref(), &request.id).await?.ok_or_else(|| {
+            let client = self.client()?;
+            let state = resource.import(client.as_ref(), &request.id).await?.ok_or_else(|| {
                 Diagnostics::from(Diagnostic::error(
                     format!("Cannot import {}: it does not exist", request.type_name),
                     format!(
@@ -363,8 +363,8 @@ impl<C: Send + Sync + 'static> Provider for ProviderService<C> {
             let source = self.data_source(&request.type_name)?;
             let ty = source.schema().value_type();
             let config = decode(request.config.as_ref(), &ty)?;
-            let runtime = self.runtime()?;
-            encode(&source.read(runtime.as_ref(), &config).await?, &ty)
+            let client = self.client()?;
+            encode(&source.read(client.as_ref(), &config).await?, &ty)
         }
         .await;
         let (state, diagnostics) = diagnostics_of(result);

@@ -225,16 +225,17 @@ impl Resource<Controller> for EvmGroup {
         config_of(config, Source::Config).err().unwrap_or_default()
     }
 
-    async fn plan(&self, runtime: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+    async fn plan(&self, controller: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         if any_unknown(config, INPUTS) {
             return Ok(super::unknown_computed(&SCHEMA, config));
         }
         let group = config_of(config, Source::Config)?;
-        let runtime = runtime.ok_or_else(|| Diagnostics::from(Diagnostic::error("Provider not configured", "")))?;
+        let controller =
+            controller.ok_or_else(|| Diagnostics::from(Diagnostic::error("Provider not configured", "")))?;
         // The subnet and topology planned by this same plan, or on record.
-        let subnet = match runtime.planned().subnet(&group.topology, &group.vpc, &group.subnet) {
+        let subnet = match controller.planned().subnet(&group.topology, &group.vpc, &group.subnet) {
             Some(subnet) => Some(subnet),
-            None => runtime
+            None => controller
                 .read_subnet(&group.topology, &group.vpc, &group.subnet)
                 .await
                 .map_err(|e| runtime_error("Could not read the subnet", e))?,
@@ -247,9 +248,9 @@ impl Resource<Controller> for EvmGroup {
             return Err(Diagnostic::attribute_error(&["subnet_id"], "No such subnet", detail).into());
         };
         let spec = spec_of(&group, &subnet)?;
-        let tree = match runtime.planned().topology(&group.topology) {
+        let tree = match controller.planned().topology(&group.topology) {
             Some(tree) => Some(tree),
-            None => runtime
+            None => controller
                 .topology_spec(&group.topology)
                 .await
                 .map_err(|e| runtime_error("Could not read the topology", e))?,
@@ -261,7 +262,7 @@ impl Resource<Controller> for EvmGroup {
         // prior state too, while the old group still exists.
         let existing = match prior.is_null() {
             true => None,
-            false => runtime
+            false => controller
                 .read_group(&group.topology, &group.input.name)
                 .await
                 .map_err(|e| runtime_error("Could not read the group", e))?,
@@ -306,12 +307,12 @@ impl Resource<Controller> for EvmGroup {
         Ok(planned)
     }
 
-    async fn apply(&self, runtime: &Controller, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+    async fn apply(&self, controller: &Controller, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
         let group = match config_of(planned, Source::Plan) {
             Ok(group) => group,
             Err(diagnostics) => return (None, diagnostics),
         };
-        let subnet = match runtime.read_subnet(&group.topology, &group.vpc, &group.subnet).await {
+        let subnet = match controller.read_subnet(&group.topology, &group.vpc, &group.subnet).await {
             Ok(Some(subnet)) => subnet,
             Ok(None) => {
                 return (
@@ -331,7 +332,7 @@ impl Resource<Controller> for EvmGroup {
             Err(diagnostics) => return (None, diagnostics),
         };
         let intent = if prior.is_null() { Intent::Create } else { Intent::Update };
-        match runtime.apply_group(&spec, intent).await {
+        match controller.apply_group(&spec, intent).await {
             // A failed create returns no state: Terraform would taint the
             // group and replace it next time. The runtime keeps its record,
             // unconfirmed, and the next apply's create converges from it.
@@ -344,9 +345,9 @@ impl Resource<Controller> for EvmGroup {
         }
     }
 
-    async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics {
+    async fn destroy(&self, controller: &Controller, prior: &Value) -> Diagnostics {
         let Some(parts) = known_str(prior, "id").and_then(|id| split_id(id, 4)) else { return Diagnostics::default() };
-        runtime
+        controller
             .delete_group(parts[0], parts[3])
             .await
             .err()
@@ -354,14 +355,16 @@ impl Resource<Controller> for EvmGroup {
             .unwrap_or_default()
     }
 
-    async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
+    async fn import(&self, controller: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
         let Some(parts) = split_id(id, 4) else { return Ok(None) };
         let read = |e| runtime_error(format!("Could not read EVM group {id}"), e);
-        let Some((spec, status)) = runtime.read_group(parts[0], parts[3]).await.map_err(read)? else { return Ok(None) };
+        let Some((spec, status)) = controller.read_group(parts[0], parts[3]).await.map_err(read)? else {
+            return Ok(None);
+        };
         if spec.vpc != parts[1] || spec.subnet != parts[2] {
             return Ok(None);
         }
-        let subnet = runtime.read_subnet(parts[0], parts[1], parts[2]).await.map_err(read)?;
+        let subnet = controller.read_subnet(parts[0], parts[1], parts[2]).await.map_err(read)?;
         Ok(Some(state_of(&spec, subnet.as_ref(), &status)))
     }
 }

@@ -65,13 +65,13 @@ impl DataSource<Controller> for Evms {
         }
     }
 
-    async fn read(&self, runtime: &Controller, config: &Value) -> Result<Value, Diagnostics> {
+    async fn read(&self, controller: &Controller, config: &Value) -> Result<Value, Diagnostics> {
         let topology = known_str(config, "topology_id").unwrap_or_default();
         let group = known_str(config, "group");
         let epm = known_str(config, "epm");
         let limit = config.attr("limit").as_i64().unwrap_or(DEFAULT_LIMIT).max(0) as usize;
         let evms =
-            runtime.list_evms(topology, group, epm).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
+            controller.list_evms(topology, group, epm).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
         let total = evms.len();
         let listed = evms
             .into_iter()

@@ -165,8 +165,8 @@ fn underlay_pairs(n: usize, samples: usize) -> Vec<(usize, usize)> {
 }
 
 /// Every EPM pinging others across the underlay.
-async fn underlay_probes(runtime: &Controller, topology: &str, samples: usize) -> Result<Vec<Probe>, Diagnostics> {
-    let tree = runtime.topology_spec(topology).await.map_err(|e| runtime_error("Could not read the topology", e))?;
+async fn underlay_probes(controller: &Controller, topology: &str, samples: usize) -> Result<Vec<Probe>, Diagnostics> {
+    let tree = controller.topology_spec(topology).await.map_err(|e| runtime_error("Could not read the topology", e))?;
     let tree = tree.ok_or_else(|| {
         Diagnostic::attribute_error(
             &["topology_id"],
@@ -178,7 +178,7 @@ async fn underlay_probes(runtime: &Controller, topology: &str, samples: usize) -
     Ok(underlay_pairs(epms.len(), samples)
         .into_iter()
         .map(|(i, j)| Probe {
-            from: runtime.epm_ping_source(topology, &epms[i]),
+            from: controller.epm_ping_source(topology, &epms[i]),
             to: epms[j].ip,
             to_name: epms[j].name.clone(),
             expect_reply: true,
@@ -275,19 +275,21 @@ impl DataSource<Controller> for Pingall {
         settings(config).err().unwrap_or_default()
     }
 
-    async fn read(&self, runtime: &Controller, config: &Value) -> Result<Value, Diagnostics> {
+    async fn read(&self, controller: &Controller, config: &Value) -> Result<Value, Diagnostics> {
         let topology = known_str(config, "topology_id").unwrap_or_default();
         // Checked again here: a client may skip validation.
         let settings = settings(config)?;
         let probes = if settings.underlay {
-            underlay_probes(runtime, topology, settings.samples).await?
+            underlay_probes(controller, topology, settings.samples).await?
         } else {
-            let evms =
-                runtime.list_evms(topology, None, None).await.map_err(|e| runtime_error("Could not list EVMs", e))?;
+            let evms = controller
+                .list_evms(topology, None, None)
+                .await
+                .map_err(|e| runtime_error("Could not list EVMs", e))?;
             probes(&evms, settings.samples)
         };
         let full_size = config.attr("full_size").as_bool().unwrap_or(false);
-        let outcomes = runtime
+        let outcomes = controller
             .ping(topology, &probes, settings.timeout_ms, full_size)
             .await
             .map_err(|e| runtime_error("Could not ping", e))?;

@@ -72,10 +72,10 @@ fn state_of(spec: &SubnetSpec) -> Value {
 
 /// Plans `spec` unless it overlaps a sibling of its VPC or takes another
 /// subnet's VNI: siblings on record and siblings this plan creates.
-async fn plan_among_siblings(runtime: &Controller, spec: &SubnetSpec) -> Result<(), Diagnostics> {
+async fn plan_among_siblings(controller: &Controller, spec: &SubnetSpec) -> Result<(), Diagnostics> {
     let recorded =
-        runtime.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
-    runtime.planned().plan_subnet(spec, &recorded, |other| {
+        controller.list_subnets(&spec.topology).await.map_err(|e| runtime_error("Could not read the subnets", e))?;
+    controller.planned().plan_subnet(spec, &recorded, |other| {
         if other.vpc == spec.vpc && other.cidr.overlaps(&spec.cidr) {
             let detail = format!(
                 "{} overlaps subnet {} ({}) of VPC {}. Choose a prefix no other subnet of the VPC uses.",
@@ -94,9 +94,9 @@ async fn plan_among_siblings(runtime: &Controller, spec: &SubnetSpec) -> Result<
     })
 }
 
-async fn recorded_vpc(runtime: &Controller, config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
+async fn recorded_vpc(controller: &Controller, config: &Value) -> Result<Option<VpcSpec>, Diagnostics> {
     let (topology, vpc) = vpc_of(config)?;
-    runtime.read_vpc(&topology, &vpc).await.map_err(|e| runtime_error(format!("Could not read VPC {vpc}"), e))
+    controller.read_vpc(&topology, &vpc).await.map_err(|e| runtime_error(format!("Could not read VPC {vpc}"), e))
 }
 
 #[tonic::async_trait]
@@ -116,16 +116,22 @@ impl Resource<Controller> for Subnet {
         vpc_of(config).err().unwrap_or_default()
     }
 
-    async fn plan(&self, runtime: Option<&Controller>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+    async fn plan(
+        &self,
+        controller: Option<&Controller>,
+        _prior: &Value,
+        config: &Value,
+    ) -> Result<Value, Diagnostics> {
         if any_unknown(config, INPUTS) {
             return Ok(super::unknown_computed(&SCHEMA, config));
         }
         let (topology, vpc_name) = vpc_of(config)?;
-        let runtime = runtime.ok_or_else(|| Diagnostics::from(Diagnostic::error("Provider not configured", "")))?;
+        let controller =
+            controller.ok_or_else(|| Diagnostics::from(Diagnostic::error("Provider not configured", "")))?;
         // The VPC planned by this same plan, or the one on record.
-        let vpc = match runtime.planned().vpc(&topology, &vpc_name) {
+        let vpc = match controller.planned().vpc(&topology, &vpc_name) {
             Some(vpc) => Some(vpc),
-            None => recorded_vpc(runtime, config).await?,
+            None => recorded_vpc(controller, config).await?,
         };
         let Some(vpc) = vpc else {
             let detail = format!(
@@ -134,12 +140,12 @@ impl Resource<Controller> for Subnet {
             return Err(Diagnostic::attribute_error(&["vpc_id"], "No such VPC", detail).into());
         };
         let spec = spec_of(config, &vpc)?;
-        plan_among_siblings(runtime, &spec).await?;
+        plan_among_siblings(controller, &spec).await?;
         Ok(state_of(&spec))
     }
 
-    async fn apply(&self, runtime: &Controller, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
-        let vpc = match recorded_vpc(runtime, planned).await {
+    async fn apply(&self, controller: &Controller, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+        let vpc = match recorded_vpc(controller, planned).await {
             Ok(Some(vpc)) => vpc,
             Ok(None) => {
                 let id = known_str(planned, "vpc_id").unwrap_or_default();
@@ -159,15 +165,15 @@ impl Resource<Controller> for Subnet {
             Ok(spec) => spec,
             Err(diagnostics) => return (None, diagnostics),
         };
-        match runtime.apply_subnet(&spec).await {
+        match controller.apply_subnet(&spec).await {
             Ok(()) => (Some(state_of(&spec)), Diagnostics::default()),
             Err(error) => (None, runtime_error(format!("Could not create subnet {}", spec.name), error)),
         }
     }
 
-    async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics {
+    async fn destroy(&self, controller: &Controller, prior: &Value) -> Diagnostics {
         let Some(parts) = known_str(prior, "id").and_then(|id| split_id(id, 3)) else { return Diagnostics::default() };
-        runtime
+        controller
             .delete_subnet(parts[0], parts[1], parts[2])
             .await
             .err()
@@ -175,9 +181,9 @@ impl Resource<Controller> for Subnet {
             .unwrap_or_default()
     }
 
-    async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
+    async fn import(&self, controller: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
         let Some(parts) = split_id(id, 3) else { return Ok(None) };
-        let subnet = runtime
+        let subnet = controller
             .read_subnet(parts[0], parts[1], parts[2])
             .await
             .map_err(|e| runtime_error(format!("Could not read subnet {id}"), e))?;

@@ -36,14 +36,14 @@ impl Resource<Controller> for Topology {
         diagnostics
     }
 
-    async fn plan(&self, runtime: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+    async fn plan(&self, controller: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let planned = plan(config)?;
-        if let (Some(runtime), Ok(Some(spec))) = (runtime, spec_of(config)) {
-            runtime.planned().plan_topology(&spec);
+        if let (Some(controller), Ok(Some(spec))) = (controller, spec_of(config)) {
+            controller.planned().plan_topology(&spec);
         }
-        if let (Some(runtime), Ok(Some(spec)), Ok(Some(agents))) = (runtime, spec_of(config), agents_of(config)) {
-            check_agents_against_provider(runtime, &agents)?;
-            if let Err(error) = runtime.check_fits(&spec) {
+        if let (Some(controller), Ok(Some(spec)), Ok(Some(agents))) = (controller, spec_of(config), agents_of(config)) {
+            check_agents_against_provider(controller, &agents)?;
+            if let Err(error) = controller.check_fits(&spec) {
                 return Err(Diagnostic::attribute_error(
                     &["name"],
                     "Topology does not fit this runtime",
@@ -58,19 +58,19 @@ impl Resource<Controller> for Topology {
                 return Err(Diagnostics(errors.into_iter().map(link_profile::diagnostic).collect()));
             }
         }
-        if let (Some(runtime), Ok(Some(profiles))) = (runtime, link_profile::profiles_of(config))
+        if let (Some(controller), Ok(Some(profiles))) = (controller, link_profile::profiles_of(config))
             && !profiles.is_empty()
-            && let Err(error) = runtime.check_link_profiles()
+            && let Err(error) = controller.check_link_profiles()
         {
             return Err(super::refusal(&[LINK_PROFILE], "Links cannot be shaped", &error).into());
         }
         // Shrinking must not pull EPMs out from under EVMs.
-        if let (Some(runtime), Some(old), Some(new)) =
-            (runtime, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())
+        if let (Some(controller), Some(old), Some(new)) =
+            (controller, prior.attr("hosts").as_i64(), planned.attr("hosts").as_i64())
             && new < old
         {
             let name = planned.attr("name").as_str().unwrap_or_default();
-            let evms = runtime.list_evms(name, None, None).await.unwrap_or_default();
+            let evms = controller.list_evms(name, None, None).await.unwrap_or_default();
             let stranded = evms
                 .iter()
                 .find(|evm| evm.epm.strip_prefix("epm-").and_then(|i| i.parse::<i64>().ok()).is_some_and(|i| i >= new));
@@ -86,33 +86,33 @@ impl Resource<Controller> for Topology {
         Ok(planned)
     }
 
-    async fn apply(&self, runtime: &Controller, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+    async fn apply(&self, controller: &Controller, prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
         let intent = if prior.is_null() { Intent::Create } else { Intent::Update };
-        apply(runtime, planned, intent).await
+        apply(controller, planned, intent).await
     }
 
-    async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics {
+    async fn destroy(&self, controller: &Controller, prior: &Value) -> Diagnostics {
         let id = prior.attr("id").as_str().unwrap_or_default();
-        match runtime.destroy_topology(id).await {
+        match controller.destroy_topology(id).await {
             Ok(()) => Diagnostics::default(),
             Err(error) => Diagnostic::error(format!("Could not destroy topology {id}"), error.to_string()).into(),
         }
     }
 
-    async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
-        read(runtime, id).await
+    async fn import(&self, controller: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
+        read(controller, id).await
     }
 
     /// As import, except that a topology whose records are gone while its
     /// namespaces remain (a teardown a killed run abandoned) stays in the
     /// state with no EPM ready: dropping it would leave those pieces to no
     /// one, while a destroy finishes the teardown and an apply rebuilds.
-    async fn read(&self, runtime: &Controller, current: &Value) -> Result<Option<Value>, Diagnostics> {
+    async fn read(&self, controller: &Controller, current: &Value) -> Result<Option<Value>, Diagnostics> {
         let Some(id) = current.attr("id").as_str() else { return Ok(None) };
-        if let Some(state) = read(runtime, id).await? {
+        if let Some(state) = read(controller, id).await? {
             return Ok(Some(state));
         }
-        match runtime.topology_remains(id).await {
+        match controller.topology_remains(id).await {
             Ok(true) => {
                 let mut kept = current.clone();
                 if let Value::Map(attributes) = &mut kept {
@@ -387,9 +387,9 @@ fn agent_diagnostic(error: epm_agent::AgentError) -> Diagnostic {
 
 /// What the provider's settings decide: `${controller_url}` needs its
 /// `controller` block, and the runtime whether an agent needs an image.
-fn check_agents_against_provider(runtime: &Controller, agents: &[EpmAgentSpec]) -> Result<(), Diagnostics> {
-    let mut errors = epm_agent::validate(agents, runtime.network_controller_url().is_some());
-    errors.extend(epm_agent::validate_for(agents, runtime.agent_host()));
+fn check_agents_against_provider(controller: &Controller, agents: &[EpmAgentSpec]) -> Result<(), Diagnostics> {
+    let mut errors = epm_agent::validate(agents, controller.network_controller_url().is_some());
+    errors.extend(epm_agent::validate_for(agents, controller.agent_host()));
     if errors.is_empty() { Ok(()) } else { Err(Diagnostics(errors.into_iter().map(agent_diagnostic).collect())) }
 }
 
@@ -632,13 +632,13 @@ fn plan(config: &Value) -> Result<Value, Diagnostics> {
 
 /// Builds or changes the topology to match `planned`. The returned state
 /// always says what exists, also when some of it failed.
-async fn apply(runtime: &Controller, planned: &Value, intent: Intent) -> (Option<Value>, Diagnostics) {
+async fn apply(controller: &Controller, planned: &Value, intent: Intent) -> (Option<Value>, Diagnostics) {
     let (spec, agents, profiles) = match (spec_of(planned), agents_of(planned), link_profile::profiles_of(planned)) {
         (Ok(Some(spec)), Ok(Some(agents)), Ok(Some(profiles))) => (spec, agents, profiles),
         (Err(diagnostics), _, _) | (_, Err(diagnostics), _) | (_, _, Err(diagnostics)) => return (None, diagnostics),
         _ => return (None, super::unknown_at_apply()),
     };
-    match runtime.apply_topology(&spec, &agents, &profiles, intent).await {
+    match controller.apply_topology(&spec, &agents, &profiles, intent).await {
         Ok(view) => (Some(state_of_view(&view)), failures_to_diagnostics(&view)),
         Err(error) => {
             (None, Diagnostic::error(format!("Could not build topology {}", spec.name), error.to_string()).into())
@@ -673,8 +673,8 @@ fn failures_to_diagnostics(view: &TopologyView) -> Diagnostics {
 }
 
 /// The topology as it is on the host, or None when it no longer exists.
-async fn read(runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
-    match runtime.read_topology(id).await {
+async fn read(controller: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
+    match controller.read_topology(id).await {
         Ok(Some(view)) => Ok(Some(state_of_view(&view))),
         Ok(None) => Ok(None),
         Err(error) => Err(Diagnostic::error(format!("Could not read topology {id}"), error.to_string()).into()),

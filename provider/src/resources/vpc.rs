@@ -118,11 +118,16 @@ impl Resource<Controller> for Vpc {
         spec_of(config).err().unwrap_or_default()
     }
 
-    async fn plan(&self, runtime: Option<&Controller>, _prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
+    async fn plan(
+        &self,
+        controller: Option<&Controller>,
+        _prior: &Value,
+        config: &Value,
+    ) -> Result<Value, Diagnostics> {
         let Some(spec) = spec_of(config)? else { return Ok(super::unknown_computed(&SCHEMA, config)) };
-        if let Some(runtime) = runtime
-            && runtime.planned().topology(&spec.topology).is_none()
-            && runtime
+        if let Some(controller) = controller
+            && controller.planned().topology(&spec.topology).is_none()
+            && controller
                 .topology_spec(&spec.topology)
                 .await
                 .map_err(|e| runtime_error("Could not read the topology", e))?
@@ -134,34 +139,34 @@ impl Resource<Controller> for Vpc {
             );
             return Err(Diagnostic::attribute_error(&["topology_id"], "No such topology", detail).into());
         }
-        if let Some(runtime) = runtime
+        if let Some(controller) = controller
             && spec.controller == VpcController::External
-            && let Err(error) = runtime.check_external_vpc()
+            && let Err(error) = controller.check_external_vpc()
         {
             return Err(super::refusal(&["controller"], "No external controller", &error).into());
         }
-        if let Some(runtime) = runtime {
-            runtime.planned().plan_vpc(&spec);
+        if let Some(controller) = controller {
+            controller.planned().plan_vpc(&spec);
         }
         Ok(state_of(&spec))
     }
 
-    async fn apply(&self, runtime: &Controller, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
+    async fn apply(&self, controller: &Controller, _prior: &Value, planned: &Value) -> (Option<Value>, Diagnostics) {
         let spec = match spec_of(planned) {
             Ok(Some(spec)) => spec,
             Ok(None) => return (None, super::unknown_at_apply()),
             Err(diagnostics) => return (None, diagnostics),
         };
-        match runtime.apply_vpc(&spec).await {
+        match controller.apply_vpc(&spec).await {
             Ok(()) => (Some(state_of(&spec)), Diagnostics::default()),
             Err(error) => (None, runtime_error(format!("Could not create VPC {}", spec.name), error)),
         }
     }
 
-    async fn destroy(&self, runtime: &Controller, prior: &Value) -> Diagnostics {
+    async fn destroy(&self, controller: &Controller, prior: &Value) -> Diagnostics {
         let (topology, name) =
             (known_str(prior, "topology_id").unwrap_or_default(), known_str(prior, "name").unwrap_or_default());
-        runtime
+        controller
             .delete_vpc(topology, name)
             .await
             .err()
@@ -169,9 +174,9 @@ impl Resource<Controller> for Vpc {
             .unwrap_or_default()
     }
 
-    async fn import(&self, runtime: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
+    async fn import(&self, controller: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
         let Some(parts) = split_id(id, 2) else { return Ok(None) };
-        let vpc = runtime
+        let vpc = controller
             .read_vpc(parts[0], parts[1])
             .await
             .map_err(|e| runtime_error(format!("Could not read VPC {id}"), e))?;
