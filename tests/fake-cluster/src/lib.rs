@@ -14,6 +14,7 @@
 //! out: everything the provider does not call (no StatefulSets, DaemonSets
 //! or Services, no admission webhooks, no server-side apply, no protobuf).
 
+mod admission;
 pub mod api;
 pub mod controllers;
 pub mod kubelet;
