@@ -9,7 +9,8 @@ use futures::StreamExt;
 use merak_proto::agent::overlay_client::OverlayClient;
 use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingProbe, PingReply, PingRequest};
 
-use super::records::{Evm, Forget, OverlayRecord, overlay_goals};
+use super::goals::{Evm, Forget, overlay_goals};
+use super::records::OverlayRecord;
 use super::{Controller, Probe, ProbeOutcome};
 use crate::model::TreeSpec;
 use crate::runtime::agent_client::AgentChannel;

@@ -11,6 +11,7 @@
 mod agents;
 #[cfg(test)]
 mod fake_substrate;
+mod goals;
 pub mod network;
 mod planned;
 pub mod port_api;
@@ -25,9 +26,10 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use self::goals::{Evm, Forget, evms};
 use self::network::NetworkController;
 pub use self::planned::Planned;
-use self::records::{Evm, Forget, GroupRecord, OverlayRecord, evms, subnet_key};
+use self::records::{GroupRecord, OverlayRecord, subnet_key};
 pub use self::under_test::UnderTestStatus;
 use crate::model::TreeSpec;
 use crate::model::epm_agent::{AgentHost, EpmAgentSpec};

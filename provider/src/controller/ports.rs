@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 
 use super::Controller;
+use super::goals::Evm;
 use super::port_api::Port;
-use super::records::{Evm, OverlayRecord, subnet_key};
+use super::records::{OverlayRecord, subnet_key};
 use crate::model::TreeSpec;
 use crate::model::ranges::Ranges;
 use crate::runtime::{Failure, RuntimeError};
