@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{Workspace, kubectl, repo_root};
+use crate::{Workspace, fixtures, kubectl, repo_root};
 
 /// A cluster the scenarios run against.
 pub trait Cluster {
@@ -262,35 +262,8 @@ resource "merak_topology" "dc" {
   }
 }
 
-resource "merak_vpc" "blue" {
-  topology_id = merak_topology.dc.id
-  name        = "blue"
-  cidr        = "10.1.0.0/16"
-}
-
-resource "merak_subnet" "web" {
-  vpc_id = merak_vpc.blue.id
-  name   = "web"
-  cidr   = "10.1.1.0/24"
-}
-
-resource "merak_evm_group" "web" {
-  subnet_id = merak_subnet.web.id
-  name      = "web"
-  evm_count = 4
-}
-
-data "merak_pingall" "check" {
-  topology_id = merak_topology.dc.id
-  depends_on  = [merak_topology.dc, merak_evm_group.web]
-}
-
 output "agents_ready" {
   value = merak_topology.dc.epm_agents_ready
-}
-
-output "pingall" {
-  value = "${data.merak_pingall.check.replies}/${data.merak_pingall.check.expected_replies} replies"
 }
 
 data "merak_pingall" "underlay" {
@@ -303,19 +276,13 @@ output "underlay" {
   value = "${data.merak_pingall.underlay.replies}/${data.merak_pingall.underlay.expected_replies}"
 }
 "#;
-    let config = format!("{}{config}", agent.locals);
+    let tenant = format!("{}{}", fixtures::tenant("4"), fixtures::pingall("merak_topology.dc, merak_evm_group.web"));
+    let config = format!("{}{config}{tenant}", agent.locals);
     config
         .replace("IMAGE", agent.image)
         .replace("CRASH", agent.crash)
         .replace("SERVE", agent.serve)
         .replace("READY", agent.ready)
-}
-
-/// The `pingall` output says every expected reply came.
-fn all_replied(output: &str) -> bool {
-    let Some(line) = output.lines().find(|l| l.trim_start().starts_with("pingall = ")) else { return false };
-    let counts = line.split('"').nth(1).and_then(|t| t.strip_suffix(" replies")).and_then(|t| t.split_once('/'));
-    counts.is_some_and(|(got, expected)| got == expected && expected.parse::<u32>().is_ok_and(|n| n > 0))
 }
 
 /// Agents under test run as containers of the EPM pods, next to
@@ -327,7 +294,7 @@ pub fn agents_under_test_run_as_containers(cluster: &dyn Cluster, image: &str, a
     ws.init();
     let namespace = format!("merak-{}", ws.name);
     let output = ws.apply();
-    assert!(output.contains("agents_ready = 2") && all_replied(&output), "{output}");
+    assert!(output.contains("agents_ready = 2") && fixtures::pingall_whole(&output), "{output}");
     assert!(output.contains("underlay = \"2/2\""), "the EPM pods reach each other over their tunnels: {output}");
 
     // kubectl sees the agent under test as a container of each EPM pod,
@@ -351,7 +318,7 @@ pub fn agents_under_test_run_as_containers(cluster: &dyn Cluster, image: &str, a
     let plan = ws.ok(&["plan", "-var", "port=8001"]);
     assert!(plan.contains("updated in-place") && !plan.contains("must be replaced"), "{plan}");
     let output = ws.ok(&["apply", "-auto-approve", "-var", "port=8001"]);
-    assert!(output.contains("agents_ready = 2") && all_replied(&output), "{output}");
+    assert!(output.contains("agents_ready = 2") && fixtures::pingall_whole(&output), "{output}");
     assert_ne!(uid("epm-0"), before, "the pod was made anew");
     let plan = ws.terraform(&["plan", "-detailed-exitcode", "-var", "port=8001"]);
     assert_eq!(plan.status.code(), Some(0), "the EVMs were rebuilt: {}", String::from_utf8_lossy(&plan.stdout));

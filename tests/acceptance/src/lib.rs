@@ -422,6 +422,7 @@ impl Drop for Workspace {
     }
 }
 pub mod faults;
+pub mod fixtures;
 pub mod floor;
 pub mod host;
 pub mod kubernetes;

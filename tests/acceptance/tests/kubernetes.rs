@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use merak_acceptance::kubernetes::{self, UnderTest, assert_no_topology_namespace, provider_block, words};
-use merak_acceptance::{Workspace, binary};
+use merak_acceptance::{Workspace, binary, fixtures};
 use merak_fake_cluster::Running;
 
 const IMAGE: &str = "localhost/merak-agent:test";
@@ -144,49 +144,19 @@ fn apply_converges_while_the_api_server_refuses_a_share_of_requests() {
     let dir = std::env::temp_dir().join(format!("merak-k8s-flaky-{}", std::process::id()));
     let cluster = fake_cluster(&dir, &["--fail-every", "5"]);
     let ws = Workspace::new("k8s-flaky").with_provider(provider_block(&cluster, IMAGE));
-    ws.write_config(
-        r#"
+    let topology = r#"
 resource "merak_topology" "dc" {
   name            = "{name}"
   racks           = 2
   hosts_per_rack  = 2
   data_plane_cidr = "10.0.0.0/24"
 }
-
-resource "merak_vpc" "blue" {
-  topology_id = merak_topology.dc.id
-  name        = "blue"
-  cidr        = "10.1.0.0/16"
-}
-
-resource "merak_subnet" "web" {
-  vpc_id = merak_vpc.blue.id
-  name   = "web"
-  cidr   = "10.1.1.0/24"
-}
-
-resource "merak_evm_group" "web" {
-  subnet_id = merak_subnet.web.id
-  name      = "web"
-  evm_count = 6
-}
-
-data "merak_pingall" "check" {
-  topology_id = merak_topology.dc.id
-  depends_on  = [merak_evm_group.web]
-}
-
-output "pingall" {
-  value = "${data.merak_pingall.check.replies}/${data.merak_pingall.check.expected_replies}"
-}
-"#,
-    );
+"#;
+    ws.write_config(&format!("{topology}{}{}", fixtures::tenant("6"), fixtures::pingall("merak_evm_group.web")));
     ws.init();
     let output = ws.apply();
-    let line = output.lines().rev().find(|l| l.contains("pingall =")).unwrap_or_default().to_string();
-    let (got, of) = line.trim_matches(|c: char| !c.is_ascii_digit() && c != '/').split_once('/').unwrap_or(("", "x"));
     assert!(
-        got == of && !got.is_empty() && got != "0",
+        fixtures::pingall_whole(&output),
         "every ping answered though the API server refused every 5th request: {output}"
     );
     ws.ok(&["destroy", "-auto-approve"]);

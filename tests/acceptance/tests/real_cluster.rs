@@ -19,7 +19,7 @@ use merak_acceptance::kubernetes::{
     self, UnderTest, assert_host_clean, assert_no_topology_namespace, kubectl_ok, provider_block, words,
 };
 use merak_acceptance::real_cluster::RealCluster;
-use merak_acceptance::{Workspace, binary};
+use merak_acceptance::{Workspace, binary, fixtures};
 
 const IMAGE: &str = "localhost/merak-agent:test";
 
@@ -27,7 +27,8 @@ const IMAGE: &str = "localhost/merak-agent:test";
 type Scenario<'a> = (&'static str, Box<dyn Fn() + 'a>);
 
 /// A standing topology with EVMs in one tenant network, and its pingall.
-const SMALL: &str = r#"
+fn small() -> String {
+    let topology = r#"
 variable "evms" {
   type    = number
   default = 6
@@ -39,39 +40,8 @@ resource "merak_topology" "dc" {
   hosts_per_rack  = 2
   data_plane_cidr = "10.0.0.0/24"
 }
-
-resource "merak_vpc" "blue" {
-  topology_id = merak_topology.dc.id
-  name        = "blue"
-  cidr        = "10.1.0.0/16"
-}
-
-resource "merak_subnet" "web" {
-  vpc_id = merak_vpc.blue.id
-  name   = "web"
-  cidr   = "10.1.1.0/24"
-}
-
-resource "merak_evm_group" "web" {
-  subnet_id = merak_subnet.web.id
-  name      = "web"
-  evm_count = var.evms
-}
-
-data "merak_pingall" "check" {
-  topology_id = merak_topology.dc.id
-  depends_on  = [merak_evm_group.web]
-}
-
-output "pingall" {
-  value = "${data.merak_pingall.check.replies}/${data.merak_pingall.check.expected_replies} replies"
-}
 "#;
-
-fn pingall_whole(output: &str) -> bool {
-    let Some(line) = output.lines().find(|l| l.trim_start().starts_with("pingall = ")) else { return false };
-    let counts = line.split('"').nth(1).and_then(|t| t.strip_suffix(" replies")).and_then(|t| t.split_once('/'));
-    counts.is_some_and(|(got, of)| got == of && of != "0")
+    format!("{topology}{}{}", fixtures::tenant("var.evms"), fixtures::pingall("merak_evm_group.web"))
 }
 
 /// containerd, then the kubelet, restarted while a topology stands: the
@@ -79,10 +49,10 @@ fn pingall_whole(output: &str) -> bool {
 /// converges and every EVM answers again.
 fn node_restarts_under_a_standing_topology(cluster: &RealCluster) {
     let ws = Workspace::new("rc-restart").with_provider(provider_block(cluster, IMAGE));
-    ws.write_config(SMALL);
+    ws.write_config(&small());
     ws.init();
     let output = ws.apply();
-    assert!(pingall_whole(&output), "{output}");
+    assert!(fixtures::pingall_whole(&output), "{output}");
     let namespace = format!("merak-{}", ws.name);
     let uids = || kubectl_ok(cluster, &["get", "pods", "-n", &namespace, "-o", "jsonpath={.items[*].metadata.uid}"]);
     let before = uids();
@@ -106,7 +76,7 @@ fn node_restarts_under_a_standing_topology(cluster: &RealCluster) {
         assert!(code == 0 || code == 2, "plan after restarting {component}: {plan}");
         println!("    plan after restarting {component}: {}", if code == 0 { "no changes" } else { "changes" });
         let output = ws.apply();
-        assert!(pingall_whole(&output), "after restarting {component}: {output}");
+        assert!(fixtures::pingall_whole(&output), "after restarting {component}: {output}");
         assert_eq!(ws.plan().0, 0, "converged after restarting {component}");
     }
     println!("    pods {} across the restarts", if uids() == before { "lived on" } else { "were made anew" });
@@ -119,7 +89,7 @@ fn node_restarts_under_a_standing_topology(cluster: &RealCluster) {
 /// apply takes it over at once instead of waiting for it to lapse.
 fn a_killed_providers_lock_is_taken_over_at_once(cluster: &RealCluster) {
     let ws = Workspace::new("rc-lock").with_provider(provider_block(cluster, IMAGE));
-    ws.write_config(SMALL);
+    ws.write_config(&small());
     ws.init();
     let namespace = format!("merak-{}", ws.name);
     let mut child = ws.spawn_terraform(&["apply", "-auto-approve", "-var", "evms=60"]);
@@ -145,7 +115,7 @@ fn a_killed_providers_lock_is_taken_over_at_once(cluster: &RealCluster) {
         "the next apply takes the lock over: {}",
         words(&format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)))
     );
-    assert!(pingall_whole(&stdout), "{stdout}");
+    assert!(fixtures::pingall_whole(&stdout), "{stdout}");
     let (code, plan) = ws.plan();
     assert!(code == 0 || plan.contains("evm_count"), "{plan}");
     ws.ok(&["destroy", "-auto-approve", "-var", "evms=60"]);
