@@ -151,7 +151,12 @@ impl LocalRuntime {
         waves.entry(u32::MAX).or_default().extend(unexplained);
 
         for (level, wave) in waves {
-            tracing::info!(topology, level, namespaces = wave.len(), "deleting namespaces");
+            if wave.is_empty() {
+                continue;
+            }
+            // Levels count up from the EPMs; the last wave is not one.
+            let wave_name = if level == u32::MAX { "not in the record".to_string() } else { format!("level {level}") };
+            tracing::info!(topology, wave = %wave_name, namespaces = wave.len(), "deleting namespaces");
             let mut watched: HashMap<String, (Netlink, Vec<String>)> = HashMap::new();
             for (_, peer) in &wave {
                 let Some((peer_ns, port)) = peer else { continue };
