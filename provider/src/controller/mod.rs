@@ -302,7 +302,12 @@ impl Controller {
     /// The recorded topology and how much of it is up; `None` when the
     /// runtime has no such topology.
     pub async fn read_topology(&self, name: &str) -> Result<Option<TopologyView>, RuntimeError> {
-        let Some((spec, status)) = self.substrate.read_topology(name).await? else { return Ok(None) };
+        let Some((spec, status)) = self.substrate.read_topology(name).await? else {
+            // A destroy killed after removing the records, before letting go
+            // of the lock: its teardown ends here.
+            self.store.clear_abandoned_lock(name).await;
+            return Ok(None);
+        };
         let agents = self.load_epm_agents(name).await?;
         let agents_status = if agents.is_empty() {
             UnderTestStatus { ready_epms: status.ready_epms, failures: Vec::new() }

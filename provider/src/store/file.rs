@@ -84,6 +84,15 @@ impl RecordStore for FileStore {
     async fn unlock(&self, topology: &str) {
         self.locks.remove(&self.dir, topology);
     }
+
+    async fn clear_abandoned_lock(&self, topology: &str) {
+        let has_records = fs::read_dir(self.topology_dir(topology))
+            .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".json")))
+            .unwrap_or(false);
+        if !has_records {
+            self.locks.clear_abandoned(&self.dir, topology);
+        }
+    }
 }
 
 #[cfg(test)]

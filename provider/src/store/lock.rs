@@ -47,6 +47,29 @@ impl Locks {
         }
     }
 
+    /// Removes the lock file of a topology that is gone when no process
+    /// holds it (its holder died before removing it); one this process or
+    /// a live one holds stays.
+    pub fn clear_abandoned(&self, state_dir: &Path, topology: &str) {
+        let Ok(held) = self.held.lock() else { return };
+        if held.contains_key(topology) {
+            return;
+        }
+        let path = path(state_dir, topology);
+        // Never made here: no file, nothing abandoned.
+        let Ok(file) = OpenOptions::new().read(true).open(&path) else { return };
+        // SAFETY: flock(2) on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return;
+        }
+        // Still the file the path names (no one made it anew meanwhile).
+        let same = fs::metadata(&path)
+            .is_ok_and(|m| file.metadata().is_ok_and(|ours| (ours.dev(), ours.ino()) == (m.dev(), m.ino())));
+        if same {
+            let _ = fs::remove_file(&path);
+        }
+    }
+
     /// Removes the lock file of a topology that is gone, still holding it,
     /// then lets go.
     pub fn remove(&self, state_dir: &Path, topology: &str) {
@@ -162,6 +185,29 @@ mod tests {
         second.acquire(&dir, "lab").unwrap();
         second.remove(&dir, "lab");
         second.remove(&dir, "other");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_lock_file_is_cleared_and_a_held_one_stays() {
+        let dir = std::env::temp_dir().join(format!("merak-lock-abandoned-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // What a holder that died leaves: the file with its pid, no lock.
+        fs::write(path(&dir, "gone"), "4194304\n").unwrap();
+        let locks = Locks::default();
+        locks.clear_abandoned(&dir, "gone");
+        assert!(!path(&dir, "gone").exists(), "the abandoned lock file is removed");
+        // No file: nothing made.
+        locks.clear_abandoned(&dir, "never");
+        assert!(!path(&dir, "never").exists());
+        // Held by this process, or by another holder: it stays.
+        locks.acquire(&dir, "ours").unwrap();
+        locks.clear_abandoned(&dir, "ours");
+        assert!(path(&dir, "ours").exists());
+        let other = Locks::default();
+        other.clear_abandoned(&dir, "ours");
+        assert!(path(&dir, "ours").exists(), "a lock another holder has stays");
+        locks.remove(&dir, "ours");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -59,6 +59,13 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     /// Lets go of every lock this process holds. A store whose locks go
     /// with the process (a file lock) has nothing to do.
     async fn release_all(&self) {}
+    /// Finishes what a killed destroy left of a topology that has no
+    /// records: its lock, when the destroy died after removing the records
+    /// and before letting go. A lock a live process holds stays. A store
+    /// whose locks go with the topology's records has nothing to do.
+    async fn clear_abandoned_lock(&self, topology: &str) {
+        let _ = topology;
+    }
 }
 
 /// A record decoded; `None` when there is none.

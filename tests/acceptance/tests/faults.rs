@@ -10,8 +10,8 @@
 
 use std::process::Output;
 
-use merak_acceptance::Workspace;
 use merak_acceptance::faults::{self, EPMS, Random, Tally, config, flat};
+use merak_acceptance::{Workspace, binary};
 
 #[test]
 fn kills_at_random_moments_converge_and_destroy_cleanly() {
@@ -94,5 +94,36 @@ fn namespaces_left_without_records_are_kept_in_the_state_and_destroyed() {
     assert!(state.contains("merak_topology.dc"), "kept in the state: {state}");
 
     ws.ok(&["destroy", "-auto-approve"]);
+    ws.assert_nothing_left();
+}
+
+/// The soak's cycle 452 (seed 17474367874749150803): Terraform and its
+/// provider killed during a destroy after the records were removed and
+/// before the lock was let go. Nothing of the topology was left but its lock
+/// file, naming a dead process; the next destroy succeeded (refresh found
+/// the topology gone) and the file stayed. Now the refresh that finds the
+/// topology gone removes a lock file nobody holds.
+#[test]
+fn a_lock_file_a_killed_destroy_left_goes_with_the_next_run() {
+    let ws = Workspace::new("lockleft");
+    ws.write_config(&config(20));
+    ws.init();
+    ws.apply();
+    // That state, built deterministically: everything torn down, then the
+    // lock file as the dead holder left it.
+    let torn_down = std::process::Command::new(binary("terraform-provider-merak"))
+        .args(["--destroy-topology", &ws.name, "--state-dir"])
+        .arg(&ws.state_dir)
+        .output()
+        .expect("run --destroy-topology");
+    assert!(torn_down.status.success(), "{}", String::from_utf8_lossy(&torn_down.stderr));
+    let finished = std::process::Command::new("true").spawn().and_then(|mut c| c.wait().map(|_| c.id()));
+    let dead_pid = finished.expect("run true");
+    let lock = ws.state_dir.join(format!("{}.lock", ws.name));
+    std::fs::write(&lock, format!("{dead_pid}\n")).expect("write the lock file");
+    assert!(ws.namespaces().is_empty());
+
+    ws.ok(&["destroy", "-auto-approve"]);
+    assert!(!lock.exists(), "the abandoned lock file is gone");
     ws.assert_nothing_left();
 }
