@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use merak_proto::agent::agent_server::AgentServer;
 use merak_proto::agent::host_server::Host;
+use merak_proto::agent::operate_server::OperateServer;
 use merak_proto::agent::overlay_server::OverlayServer;
 use merak_proto::agent::{HostedEpm, ReleaseReply, ReleaseRequest, ServeReply, ServeRequest};
 use tokio::net::{TcpListener, UnixListener};
@@ -30,6 +31,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::netns::{self, NamespaceId};
+use crate::operate::OperateService;
 use crate::server::{AgentService, EpmNamespace, OverlayService};
 
 /// The largest batch a Serve request may carry (an EPM count; each one
@@ -68,9 +70,13 @@ pub async fn serve_epm(
 ) -> Result<(), tonic::transport::Error> {
     let agent = AgentService::in_namespace(epm.clone(), namespace.clone());
     let supervisor = agent.supervisor();
-    let router = tonic::transport::Server::builder().add_service(AgentServer::new(agent)).add_service(
-        OverlayServer::new(OverlayService::in_namespace(epm, namespace)).max_decoding_message_size(64 << 20),
-    );
+    let router = tonic::transport::Server::builder()
+        .add_service(AgentServer::new(agent))
+        .add_service(
+            OverlayServer::new(OverlayService::in_namespace(epm, namespace.clone()))
+                .max_decoding_message_size(64 << 20),
+        )
+        .add_service(OperateServer::new(OperateService::in_namespace(namespace)));
     let served = match listener {
         Listener::Unix(listener) => {
             router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown).await

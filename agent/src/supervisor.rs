@@ -16,20 +16,19 @@
 //! runtime's to sweep when it removes the namespace.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use merak_proto::agent::{SupervisedProcess, SupervisedStatus};
+
+use crate::namespace_entry::{DEFAULT_PATH, NamespaceEntry, signal_group};
 use tokio::sync::{Mutex, watch};
 
 /// PATH of a supervised process unless its env sets one.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A process that stayed up this long starts its backoff over.
@@ -271,14 +270,6 @@ async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>) {
     let _ = child.wait().await;
 }
 
-fn signal_group(pid: Option<u32>, signal: libc::c_int) {
-    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()).filter(|p| *p > 1) {
-        // SAFETY: kill(2) on the process group the child leads (setpgid in
-        // spawn); an already empty group is ESRCH, which is fine.
-        unsafe { libc::kill(-pid, signal) };
-    }
-}
-
 /// One line of the supervisor's own in the process's log.
 fn note(log: &str, line: &str) {
     if let Ok(mut file) = open_log(log) {
@@ -308,44 +299,6 @@ async fn ready_check(spec: &SupervisedProcess, netns: Option<&Path>) -> Result<(
     }
 }
 
-/// What the child needs to enter the EPM, prepared before the fork (the
-/// child may not allocate).
-struct Entry {
-    netns: OwnedFd,
-    root: CString,
-    sys: CString,
-    sysfs: CString,
-}
-
-impl Entry {
-    fn prepare(netns: &Path) -> std::io::Result<Entry> {
-        let c = |s: &str| CString::new(s).map_err(std::io::Error::other);
-        Ok(Entry { netns: File::open(netns)?.into(), root: c("/")?, sys: c("/sys")?, sysfs: c("sysfs")? })
-    }
-
-    /// In the child, before exec: the EPM's network namespace, and a mount
-    /// namespace whose /sys shows that network namespace's devices.
-    fn enter(&self) -> std::io::Result<()> {
-        let fail = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
-        // SAFETY: plain syscalls on valid descriptors and NUL-terminated
-        // strings prepared before the fork; nothing here allocates.
-        unsafe {
-            fail(libc::setns(self.netns.as_raw_fd(), libc::CLONE_NEWNET))?;
-            fail(libc::unshare(libc::CLONE_NEWNS))?;
-            fail(libc::mount(
-                std::ptr::null(),
-                self.root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_SLAVE | libc::MS_REC,
-                std::ptr::null(),
-            ))?;
-            // Not mounted at all is fine: the mount below is what matters.
-            libc::umount2(self.sys.as_ptr(), libc::MNT_DETACH);
-            fail(libc::mount(self.sysfs.as_ptr(), self.sys.as_ptr(), self.sysfs.as_ptr(), 0, std::ptr::null()))
-        }
-    }
-}
-
 /// Starts `argv` with the process's environment, output to its log, in a
 /// process group of its own that dies with this agent (`leader`: the
 /// supervised process itself; a ready command does not outlive its check).
@@ -357,7 +310,7 @@ fn spawn(
 ) -> std::io::Result<tokio::process::Child> {
     let (program, arguments) = argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
     let log = open_log(&spec.log)?;
-    let entry = netns.map(Entry::prepare).transpose()?;
+    let entry = netns.map(NamespaceEntry::prepare).transpose()?;
     let mut command = tokio::process::Command::new(program);
     command
         .args(arguments)
@@ -368,7 +321,7 @@ fn spawn(
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(!leader);
-    // SAFETY: the closure only makes syscalls (see Entry::enter).
+    // SAFETY: the closure only makes syscalls (see NamespaceEntry::enter).
     unsafe {
         command.pre_exec(move || {
             if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
