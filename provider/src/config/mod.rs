@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock};
 use crate::controller::Controller;
 use crate::controller::network::NetworkController;
 use crate::model::network_controller::{ControllerInput, ControllerSpec};
+use crate::runtime::RuntimeError;
 use crate::runtime::local::{AgentTransport, LocalRuntime};
 use crate::store::FileStore;
 use merak_tfplugin::cty::{Type, Value};
@@ -258,6 +259,20 @@ fn configure_local(config: &Value) -> Result<Controller, Diagnostics> {
 pub fn local_controller(state_dir: PathBuf, agent_path: PathBuf, transport: AgentTransport) -> Controller {
     let store = Arc::new(FileStore::new(state_dir.clone()));
     Controller::new(Arc::new(LocalRuntime::new(state_dir, agent_path, transport, store.clone())), store)
+}
+
+/// The controller over an existing topology of the local runtime, for the
+/// `merak` command: it reaches the topology's agents as they were served,
+/// and never starts an agent host. Its agent is the merak-agent installed
+/// beside it or on PATH (`None`: none is), whose build the running agents
+/// are compared with.
+pub async fn local_operator(state_dir: PathBuf, topology: &str) -> Result<(Controller, Option<PathBuf>), RuntimeError> {
+    let store = Arc::new(FileStore::new(state_dir.clone()));
+    let installed = find_agent();
+    let agent_path = installed.clone().unwrap_or_else(|| AGENT_BINARY.into());
+    let probe = LocalRuntime::new(state_dir.clone(), agent_path.clone(), AgentTransport::Unix, store);
+    let transport = probe.served_transport(topology).await?;
+    Ok((local_controller(state_dir, agent_path, transport), installed))
 }
 
 /// The local runtime makes namespaces (CAP_SYS_ADMIN) and links (CAP_NET_ADMIN).

@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 use crate::model::TreeSpec;
 use crate::runtime::agent_client::{self, AgentChannel};
 use crate::runtime::capability::{AgentsUnderTest, SupervisedAgents};
-use crate::runtime::{Intent, RuntimeError, Substrate, TopologyStatus, UnderTest};
+use crate::runtime::{Intent, NodeRoute, RuntimeError, Substrate, TopologyStatus, UnderTest};
 
 /// What the fake holds and how it is told to misbehave.
 #[derive(Debug, Default)]
@@ -304,8 +304,8 @@ impl Substrate for FakeSubstrate {
         false
     }
 
-    fn epm_ping_namespace(&self, topology: &str, epm: &str) -> String {
-        format!("{topology}.{epm}")
+    fn node_route(&self, topology: &str, _tree: &TreeSpec, node: &str) -> NodeRoute {
+        NodeRoute { agent: node.to_string(), namespace: format!("{topology}.{node}") }
     }
 
     async fn make_room(&self, _: &str, _: u64, _: u64, _: u64) -> Result<(), RuntimeError> {

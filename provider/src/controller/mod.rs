@@ -13,6 +13,7 @@ mod agents;
 mod fake_substrate;
 mod goals;
 pub mod network;
+mod operate;
 mod planned;
 pub mod port_api;
 mod ports;
@@ -28,6 +29,7 @@ use tokio::sync::Mutex;
 
 use self::goals::{Evm, Forget, evms};
 use self::network::NetworkController;
+pub use self::operate::{Node, NodeKind, Overview};
 pub use self::planned::Planned;
 use self::records::{GroupRecord, OverlayRecord, subnet_key};
 pub use self::under_test::UnderTestStatus;
@@ -38,7 +40,9 @@ use crate::model::network_controller::VpcController;
 use crate::model::overlay::{GroupSpec, SubnetSpec, VpcSpec};
 use crate::model::ranges::Ranges;
 use crate::runtime::capability::{Capability, LinkShaping, Unsupported};
-pub use crate::runtime::{Failure, Intent, RuntimeError, Substrate, TopologyStatus, UnderTest, owned_elsewhere};
+pub use crate::runtime::{
+    Failure, Intent, NodeRoute, RuntimeError, Substrate, TopologyStatus, UnderTest, owned_elsewhere,
+};
 use crate::store::{self, RecordStore};
 
 /// The record kind of the tenant networks (`overlay.json` in a file store).
@@ -388,12 +392,12 @@ impl Controller {
     }
 
     /// An EPM as the source of pings across the underlay.
-    pub fn epm_ping_source(&self, topology: &str, epm: &crate::model::Epm) -> PingSource {
+    pub fn epm_ping_source(&self, topology: &str, tree: &TreeSpec, epm: &crate::model::Epm) -> PingSource {
         PingSource {
             name: epm.name.clone(),
             ip: epm.ip,
             epm: epm.name.clone(),
-            namespace: self.substrate.epm_ping_namespace(topology, &epm.name),
+            namespace: self.substrate.node_route(topology, tree, &epm.name).namespace,
         }
     }
 

@@ -188,6 +188,14 @@ impl TreeSpec {
         }
     }
 
+    /// The names of its switches: a tree's vswitches, or a fat tree's.
+    pub fn switch_names(&self) -> Vec<String> {
+        match &self.fabric {
+            Some(fabric) => fabric.switches().iter().map(|s| s.name()).collect(),
+            None => self.vswitches().iter().map(Vswitch::name).collect(),
+        }
+    }
+
     pub fn epm(&self, index: u32) -> Epm {
         Epm {
             index,

@@ -178,7 +178,7 @@ async fn underlay_probes(controller: &Controller, topology: &str, samples: usize
     Ok(underlay_pairs(epms.len(), samples)
         .into_iter()
         .map(|(i, j)| Probe {
-            from: controller.epm_ping_source(topology, &epms[i]),
+            from: controller.epm_ping_source(topology, &tree, &epms[i]),
             to: epms[j].ip,
             to_name: epms[j].name.clone(),
             expect_reply: true,

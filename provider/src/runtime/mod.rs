@@ -42,6 +42,13 @@ pub fn owned_elsewhere(resource_type: &str, kind: &str, id: &str) -> RuntimeErro
     ))
 }
 
+/// The agent that reaches a node, and the node's namespace as it names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRoute {
+    pub agent: String,
+    pub namespace: String,
+}
+
 /// How much of a topology is up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopologyStatus {
@@ -178,9 +185,10 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// The namespace an EPM's agent pings from to send across the underlay
-    /// as that EPM (empty: the agent's own, where it is the EPM's).
-    fn epm_ping_namespace(&self, topology: &str, epm: &str) -> String;
+    /// Which agent reaches an underlay node (an EPM or a switch of `tree`),
+    /// and the namespace that agent calls the node by (empty: the agent's
+    /// own). Pings across the underlay and `merak exec` go this way.
+    fn node_route(&self, topology: &str, tree: &TreeSpec, node: &str) -> NodeRoute;
 
     /// Makes room for this many EVMs (e.g. kernel tables sized for them)
     /// before they are built.

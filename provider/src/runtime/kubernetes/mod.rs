@@ -50,7 +50,7 @@ use self::pods::{PodState, pod_state};
 use super::agent_client::AgentChannel;
 use super::capability::{AgentContainers, AgentsUnderTest};
 use super::wait::{Check, wait_until};
-use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest};
+use super::{Failure, Intent, NodeRoute, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest};
 use crate::model::TreeSpec;
 use crate::model::epm_agent::EpmAgentSpec;
 use crate::model::naming;
@@ -168,9 +168,10 @@ impl Substrate for KubernetesRuntime {
         false
     }
 
-    fn epm_ping_namespace(&self, _topology: &str, _epm: &str) -> String {
-        // merak-agent runs in its EPM's pod: its own namespace is the EPM's.
-        String::new()
+    fn node_route(&self, _topology: &str, _tree: &TreeSpec, node: &str) -> NodeRoute {
+        // Every EPM and vswitch is a pod whose merak-agent runs in its
+        // network namespace: the node's own agent, in its own namespace.
+        NodeRoute { agent: node.to_string(), namespace: String::new() }
     }
 
     async fn apply_topology(

@@ -43,7 +43,9 @@ use self::agent_host::{TcpAgents, host_answers};
 use self::teardown::TEARDOWN_PASSES;
 use self::underlay::on_bridge;
 use super::capability::{AgentsUnderTest, LinkShaping, SupervisedAgents};
-use super::{Failure, Intent, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, agent_client, process};
+use super::{
+    Failure, Intent, NodeRoute, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, agent_client, process,
+};
 use crate::model::link_profile::LinkProfileSpec;
 use crate::model::naming::{self, BRIDGE, UPLINK};
 use crate::model::{Epm, TreeSpec, Vswitch};
@@ -144,6 +146,13 @@ impl LocalRuntime {
 
     async fn load_record(&self, topology: &str) -> Result<Option<Record>, RuntimeError> {
         Ok(records::load_json(self.store.as_ref(), topology, TOPOLOGY).await?)
+    }
+
+    /// How the topology's agents were last served: over TCP when its record
+    /// holds their addresses, else on unix sockets.
+    pub async fn served_transport(&self, topology: &str) -> Result<AgentTransport, RuntimeError> {
+        let record = self.load_record(topology).await?.unwrap_or_default();
+        Ok(if record.addresses.is_empty() { AgentTransport::Unix } else { AgentTransport::Tcp })
     }
 
     async fn save_record(&self, topology: &str, record: &Record) -> Result<(), RuntimeError> {
@@ -385,9 +394,12 @@ impl Substrate for LocalRuntime {
         Some(self)
     }
 
-    fn epm_ping_namespace(&self, topology: &str, epm: &str) -> String {
-        // The agent host serves every EPM from outside their namespaces.
-        naming::namespace(topology, epm)
+    fn node_route(&self, topology: &str, tree: &TreeSpec, node: &str) -> NodeRoute {
+        // One agent host serves every EPM from outside their namespaces and
+        // enters any of the topology's: a switch is reached through an EPM's.
+        let is_epm = tree.epms().any(|epm| epm.name == node);
+        let agent = if is_epm { node.to_string() } else { naming::epm_name(0) };
+        NodeRoute { agent, namespace: naming::namespace(topology, node) }
     }
 
     fn check_fits(&self, spec: &TreeSpec) -> Result<(), RuntimeError> {
@@ -440,7 +452,7 @@ impl Substrate for LocalRuntime {
         };
         channel
             .map(agent_client::AgentChannel::direct)
-            .map_err(|e| RuntimeError::Unavailable(format!("agent of {epm}: {e}")))
+            .map_err(|e| RuntimeError::Unavailable(format!("agent of {epm}: {}", merak_agent::error_chain(&e))))
     }
 
     async fn revive_agent(&self, topology: &str, epm: &str) -> Result<(), RuntimeError> {
