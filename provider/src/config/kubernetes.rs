@@ -252,3 +252,26 @@ pub async fn configure(config: &Value) -> Result<Controller, Diagnostics> {
     let store = Arc::new(ClusterStore::new(client.clone()));
     Ok(Controller::new(Arc::new(KubernetesRuntime::new(client, settings, access, store.clone())), store))
 }
+
+/// The controller over existing topologies of a cluster, for the `merak`
+/// command: it reads the topologies' records and reaches their agents
+/// (through each topology's gateway with `Access::PortForward`), and never
+/// makes a pod, so it needs no pod settings and only the rights to read and
+/// port-forward.
+pub async fn operator(
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+    access: Access,
+) -> Result<Controller, String> {
+    let client = cluster::connect(kubeconfig, context).await?;
+    let unused = PodSettings {
+        agent_image: String::new(),
+        image_pull_policy: "IfNotPresent".into(),
+        node_selector: BTreeMap::new(),
+        tolerations: Vec::new(),
+        epm_requests: BTreeMap::new(),
+        pod_ready_timeout: DEFAULT_READY_TIMEOUT,
+    };
+    let store = Arc::new(ClusterStore::new(client.clone()));
+    Ok(Controller::new(Arc::new(KubernetesRuntime::new(client, unused, access, store.clone())), store))
+}

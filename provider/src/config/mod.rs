@@ -1,6 +1,7 @@
 //! The provider block: which runtime builds the emulation, and its settings.
 
 mod kubernetes;
+pub use kubernetes::operator as kubernetes_operator;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};

@@ -140,6 +140,11 @@ pub fn quickstart_repairs_imports_and_goes_away(cluster: &dyn Cluster, image: &s
     let output = ws.ok(&with(&["apply", "-auto-approve"], &vars));
     assert!(output.contains("38/38 full-size replies"), "{output}");
 
+    // The merak command reaches every node through the API server and the
+    // topology's gateway, as on the local runtime.
+    let merak = crate::operate::Merak::kubernetes(cluster.kubeconfig(), &ws.name);
+    crate::operate::nodes_answer_by_name(&merak, 6, "10.0.0.2", &ws.dir);
+
     // kubectl sees a pod per EPM and vswitch, running, spread over the nodes.
     let mut expected: Vec<String> =
         (0..6).map(|i| format!("epm-{i}")).chain(["s0-0", "s0-1", "s1-0"].map(String::from)).collect();

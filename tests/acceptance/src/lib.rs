@@ -426,6 +426,7 @@ pub mod fixtures;
 pub mod floor;
 pub mod host;
 pub mod kubernetes;
+pub mod operate;
 pub mod real_cluster;
 
 /// The pid of the process at the other end of a unix socket connection.
