@@ -32,12 +32,13 @@ $(TOOLS)/terraform-%:
 
 terraform: $(TERRAFORM) $(TERRAFORM_OLDEST)
 
-# A filesystem mirror holding the provider (and its agent beside it), and a
+# A filesystem mirror holding the provider (its agent and merak beside it), and a
 # CLI config that installs merak/merak from it: what `terraform init` needs.
 mirror: build
 	mkdir -p $(PACKAGE)
 	ln -sf $(CURDIR)/$(PROFILE_DIR)/terraform-provider-merak $(PACKAGE)/terraform-provider-merak_v$(VERSION)
 	ln -sf $(CURDIR)/$(PROFILE_DIR)/merak-agent $(PACKAGE)/merak-agent
+	ln -sf $(CURDIR)/$(PROFILE_DIR)/merak $(PACKAGE)/merak
 	printf 'provider_installation {\n  filesystem_mirror {\n    path    = "%s"\n    include = ["registry.terraform.io/merak/*"]\n  }\n  direct {\n    exclude = ["registry.terraform.io/merak/*"]\n  }\n}\n' "$(MIRROR)" > $(CLI_CONFIG)
 
 quickstart: deps mirror terraform
@@ -49,9 +50,12 @@ quickstart: deps mirror terraform
 	@ip netns list | grep '^merak-quickstart\.' | sort
 	@echo
 	@echo "== epm-0 pings epm-5 across racks:"
-	@ip netns exec merak-quickstart.epm-0 ping -c 1 -W 2 10.0.0.6 | tail -n 2
+	@$(PROFILE_DIR)/merak exec quickstart epm-0 -- ping -c 1 -W 2 10.0.0.6 | tail -n 2
 	@echo
-	@echo "Inspect:  sudo ip netns exec merak-quickstart.epm-0 ip addr"
+	@$(PROFILE_DIR)/merak status quickstart
+	@echo
+	@echo "Inspect:  $(PROFILE_DIR)/merak exec quickstart web-0 -- ip addr"
+	@echo "Capture:  $(PROFILE_DIR)/merak capture quickstart web-1 -c 10 -w web-1.pcap"
 	@echo "Destroy:  make quickstart-destroy"
 
 quickstart-destroy: mirror terraform

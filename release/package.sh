@@ -4,11 +4,12 @@
 #
 #   release/package.sh BIN_DIR VERSION OUT_DIR
 #
-# BIN_DIR holds terraform-provider-merak and merak-agent (target/release for
+# BIN_DIR holds terraform-provider-merak, merak-agent and merak (target/release for
 # `make release`). OUT_DIR receives:
 #   terraform-provider-merak_VERSION_linux_amd64.zip   the provider binary, named
 #       terraform-provider-merak_vVERSION as Terraform expects, with merak-agent
-#       beside it (the provider runs the agent it finds next to itself)
+#       beside it (the provider runs the agent it finds next to itself) and
+#       merak, the command that operates a running emulation
 #   terraform-provider-merak_VERSION_manifest.json     plugin protocol versions
 #   terraform-provider-merak_VERSION_SHA256SUMS        of the zip and the manifest
 #   terraform-provider-merak_VERSION_SHA256SUMS.sig    detached binary signature by
@@ -31,7 +32,7 @@ zip_name=${name}_${version}_${platform}.zip
 manifest=${name}_${version}_manifest.json
 sums=${name}_${version}_SHA256SUMS
 
-for binary in "$name" merak-agent; do
+for binary in "$name" merak-agent merak; do
     if [ ! -x "$bin_dir/$binary" ]; then
         echo "$bin_dir/$binary is missing: build it first (make release builds with --release)" >&2
         exit 1
@@ -47,11 +48,12 @@ staging=$(mktemp -d)
 trap 'rm -rf "$staging"' EXIT
 install -m 0755 "$bin_dir/$name" "$staging/${name}_v${version}"
 install -m 0755 "$bin_dir/merak-agent" "$staging/merak-agent"
+install -m 0755 "$bin_dir/merak" "$staging/merak"
 # Fixed times and no extra fields (-X): the same binaries give the same zip,
 # so its checksum names the binaries, not the moment they were packed.
-touch -d '1980-01-02T00:00:00Z' "$staging/${name}_v${version}" "$staging/merak-agent"
+touch -d '1980-01-02T00:00:00Z' "$staging/${name}_v${version}" "$staging/merak-agent" "$staging/merak"
 rm -f "$out/$zip_name"
-(cd "$staging" && TZ=UTC zip -q -X "$out/$zip_name" "${name}_v${version}" merak-agent)
+(cd "$staging" && TZ=UTC zip -q -X "$out/$zip_name" "${name}_v${version}" merak-agent merak)
 
 printf '{\n  "version": 1,\n  "metadata": {\n    "protocol_versions": ["6.0"]\n  }\n}\n' > "$out/$manifest"
 (cd "$out" && sha256sum "$zip_name" "$manifest" > "$sums")

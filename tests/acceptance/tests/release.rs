@@ -97,7 +97,10 @@ fn a_release_installs_from_a_network_mirror_and_runs() {
     let entries = run(Command::new("unzip").arg("-Z1").arg(dist.join(format!("{name}_linux_amd64.zip"))));
     let mut entries: Vec<&str> = entries.lines().collect();
     entries.sort();
-    assert_eq!(entries, ["merak-agent".to_string(), format!("terraform-provider-merak_v{PROVIDER_VERSION}")]);
+    assert_eq!(
+        entries,
+        ["merak".to_string(), "merak-agent".into(), format!("terraform-provider-merak_v{PROVIDER_VERSION}")]
+    );
 
     // The mirror over HTTPS, with a certificate only this test trusts.
     let (cert, key) = (ws.dir.join("mirror.crt"), ws.dir.join("mirror.key"));
@@ -166,15 +169,30 @@ fn a_release_installs_from_a_network_mirror_and_runs() {
     assert_eq!(ws.ok(&["output", "-raw", "unexpected"]).trim(), "0");
     assert_ne!(ws.ok(&["output", "-raw", "replies"]).trim(), "0");
     assert_eq!(ws.plan().0, 0, "{}", ws.plan().1);
+    // merak, unpacked beside them, finds the topology and its agent's build.
+    let merak = find(&installed, "merak").expect("merak unpacked beside the provider");
+    let status = Command::new(&merak)
+        .arg("--state-dir")
+        .arg(&ws.state_dir)
+        .args(["status", &ws.name, "--json"])
+        .output()
+        .expect("run the installed merak");
+    let document: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    assert!(
+        status.status.success() && document["healthy"] == true,
+        "{}{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
     ws.ok(&["destroy", "-auto-approve"]);
     ws.check_nothing_left().unwrap_or_else(|left| panic!("after destroy: {left}"));
 }
 
-/// The first file called `name` under `dir`.
+/// The first file (not directory) called `name` under `dir`.
 fn find(dir: &Path, name: &str) -> Option<PathBuf> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
-        if path.file_name().is_some_and(|n| n == name) {
+        if path.is_file() && path.file_name().is_some_and(|n| n == name) {
             return Some(path);
         }
         if path.is_dir()

@@ -79,7 +79,7 @@ fn text(topology: &str, overview: &Overview, unhealthy: &[Failure]) -> String {
         let placed: Vec<String> = status.per_epm.iter().map(|(epm, n)| format!("{epm} ({n})")).collect();
         out += &format!(
             "  {}{}: {} of {} EVMs ready, in {}/{}, on {}\n",
-            if i == 0 { "groups    " } else { "            " },
+            if i == 0 { "groups    " } else { "          " },
             spec.name,
             status.ready,
             spec.count,
