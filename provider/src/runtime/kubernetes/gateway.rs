@@ -30,6 +30,9 @@ pub(super) const GATEWAY_RETURN: Duration = Duration::from_secs(60);
 /// Tries at connecting to an agent before its error counts.
 pub(super) const CONNECT_ATTEMPTS: u32 = 4;
 
+/// Tries at asking an agent what it has before its error counts.
+const INFO_ATTEMPTS: u32 = 3;
+
 /// Where a topology's agents are, as its pods were last listed.
 #[derive(Default)]
 pub(super) struct Routes {
@@ -252,13 +255,33 @@ impl KubernetesRuntime {
         }
     }
 
+    /// What a pod's agent has. A call that fails is tried again before it
+    /// counts: every call crosses the API server and the node's kubelet,
+    /// and one stream dropped on the way (a kubelet restarting, a busy API
+    /// server) must not read as an EPM down, which the plan would show as
+    /// drift.
     pub(super) async fn info(&self, topology: &str, pod: &str) -> Result<EpmInfo, RuntimeError> {
-        let mut agent = AgentClient::new(self.channel(topology, pod).await?);
-        Ok(agent
-            .get_info(GetInfoRequest {})
-            .await
-            .map_err(|s| RuntimeError::Unavailable(format!("agent of {pod}: {}", s.message())))?
-            .into_inner())
+        let mut pause = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            let answered = match self.channel(topology, pod).await {
+                Ok(channel) => AgentClient::new(channel)
+                    .get_info(GetInfoRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| RuntimeError::Unavailable(format!("agent of {pod}: {}", s.message()))),
+                Err(error) => Err(error),
+            };
+            match answered {
+                Err(error) if attempt < INFO_ATTEMPTS => {
+                    tracing::debug!(pod, attempt, %error, "asking an agent what it has failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                answered => return answered,
+            }
+        }
     }
 
     /// Every running pod's agent, asked what it has: by pod name.
