@@ -2,8 +2,9 @@
 //! waits on (a watch), lists, describes, reads logs of and deletes what
 //! runs in it, rolls out a Deployment and sees its ReplicaSet replace a
 //! deleted pod and go with it, and the agents inside its pods answer over
-//! mutual TLS from the cluster network and from pods on other nodes. Needs
-//! root (pods are network namespaces).
+//! mutual TLS from the cluster network and from pods on other nodes; the
+//! host's neighbour table is sized for the pods it can hold and given back.
+//! Needs root (pods are network namespaces).
 
 use std::process::Command;
 
@@ -480,6 +481,29 @@ fn ip(args: &[&str]) -> String {
 /// its bridge's address; pods on two nodes reach each other through the
 /// cluster namespace (the agent in one answers mutual TLS asked from inside
 /// the other), with the pod network's MTU on every bridge and veth.
+/// Every node's pods share this host's kernel and so its one neighbour
+/// table: the fake sizes it for the pods it can hold while it runs (2,000
+/// pods overflowed the default), and gives the host its own value back.
+#[test]
+fn the_hosts_neighbour_table_is_sized_for_the_pods_and_given_back() {
+    use merak_netdev::host_limits;
+    let dir = std::env::temp_dir().join(format!("merak-fake-limits-{}", std::process::id()));
+    let (users_before, entries_before) = (host_limits::users(), host_limits::arp_entries().expect("gc_thresh3"));
+    let args = ["--nodes", "4", "--pods-per-node", "253"].map(String::from);
+    let running = Running::start(&binary("merak-fake-cluster"), &dir, &args).expect("the fake cluster starts");
+    let needed = merak_fake_cluster::network::host_limits(4 * 253).arp_entries;
+    assert!(needed > 1024, "1,012 pods need more than the kernel's default table");
+    assert!(host_limits::users().contains(&dir), "the fake holds the raised limits: {:?}", host_limits::users());
+    let entries = host_limits::arp_entries().expect("gc_thresh3");
+    assert!(entries >= needed, "gc_thresh3 is {entries} while 1,012 pods may run; {needed} needed");
+    drop(running);
+    let users_after = host_limits::users();
+    assert!(!users_after.contains(&dir), "the stopped fake still holds the limits: {users_after:?}");
+    if users_before.is_empty() && users_after.is_empty() {
+        assert_eq!(host_limits::arp_entries().expect("gc_thresh3"), entries_before, "the host's own value is back");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_different_nodes_reach_each_other_over_their_nodes_bridges() {
     let dir = std::env::temp_dir().join(format!("merak-fake-bridges-{}", std::process::id()));

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hyper_util::rt::TokioIo;
+use merak_netdev::host_limits;
 use serde_json::json;
 
 use crate::store::Store;
@@ -181,6 +182,10 @@ pub async fn run(
     let (ca, acceptor) = tls_identity().context("making the API server's certificate")?;
     let token = meta::hex_suffix() + &meta::hex_suffix();
     let network = network::Network::create(&config.prefix, config.mtu, config.nodes).await?;
+    // Given back below once every pod is stopped, or by `Running`'s drop
+    // when this process could not get there.
+    host_limits::ensure(&config.dir, network::host_limits(config.nodes * config.pods_per_node))
+        .context("raising the host's neighbour table (gc_thresh3) for the cluster's pods")?;
     let cluster = Arc::new(Cluster {
         store: Store::default(),
         config,
@@ -239,6 +244,7 @@ pub async fn run(
     controllers_task.abort();
     kubelet_task.abort();
     kubelet.shutdown().await;
+    host_limits::release(&cluster.config.dir).context("giving the host its neighbour table limits back")?;
     Ok(())
 }
 
@@ -256,7 +262,8 @@ pub fn default_prefix() -> String {
 }
 
 /// A fake cluster process for a test: started by [`Running::start`],
-/// stopped (pods, agents, namespaces and its directory gone) when dropped,
+/// stopped (pods, agents, namespaces, its directory and its hold on the
+/// host's limits gone) when dropped,
 /// even if the test failed.
 pub struct Running {
     child: std::process::Child,
@@ -322,6 +329,7 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
         remove_leftovers(&self.prefix);
+        let _ = host_limits::release(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
         let log = self.dir.with_extension("log");
         if std::thread::panicking() {

@@ -1,55 +1,21 @@
-//! Host-wide kernel limits an emulated data center outgrows. Both are global
-//! (one value for every network namespace, settable only from the host's):
-//!
-//! - the ARP table, capped by `net.ipv4.neigh.default.gc_thresh3` (1024 by
-//!   default). Every EPM resolves its underlay peers and every EVM holds its
-//!   gateway; past the cap the kernel refuses new entries ("neighbor table
-//!   overflow"): ARP fails and packets vanish (measured: 53 of 184 pings lost
-//!   at 32 EPMs and 360 EVMs);
-//! - the per-CPU receive backlog, `net.core.netdev_max_backlog` (1000). One
-//!   broadcast in a subnet reaches every EVM of it through veths, each copy
-//!   queued on that backlog in one burst (measured: 2 million drops and 47 of
-//!   50 pings lost in a 30,000-EVM subnet);
-//!
-//! (`kernel.pid_max` is no longer raised: a topology's agents share one
-//! process. A value an older version raised is still put back.)
-//!
-//! The runtime raises them to what the emulation needs, keeps the host's own
-//! values, and puts them back when the last topology on the host is gone.
-//! Users are marker files under `/run/merak/host-limits/`, one per topology.
+//! What an emulation on this host needs of the host-wide kernel limits
+//! (see merak_netdev::host_limits, which raises them and gives them back).
+//! A topology is a user of the raised limits from its first apply until
+//! its destroy: its directory names it.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
-
-const THRESH2: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh2";
-const THRESH3: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh3";
-const BACKLOG: &str = "/proc/sys/net/core/netdev_max_backlog";
-/// Raised by versions that ran an agent process per EPM; only restored now.
-const PID_MAX: &str = "/proc/sys/kernel/pid_max";
-/// Host-wide (not per state directory): every runtime on the host shares them.
-const REGISTRY: &str = "/run/merak/host-limits";
-/// The host's own values, kept while raised.
-const SAVED: &str = "host-values.json";
+use merak_netdev::host_limits::Limits;
+pub use merak_netdev::host_limits::{ensure, release};
 
 /// Pings `merak_pingall` has in flight at once (EPMs at once × pings per agent).
 pub const PINGS_AT_ONCE: u64 = 4;
-
-/// What an emulation needs of the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Needs {
-    arp_entries: u64,
-    backlog: u64,
-}
 
 /// For `epms` EPMs, `evms` EVMs in all, and `largest_subnet` EVMs in the
 /// largest subnet: a full mesh of underlay neighbours plus a gateway and a
 /// few peers per EVM (doubled for headroom), and a backlog for the
 /// broadcasts of the pings `merak_pingall` runs at once into the largest
 /// subnet.
-pub fn needs(epms: u64, evms: u64, largest_subnet: u64) -> Needs {
-    Needs {
+pub fn needs(epms: u64, evms: u64, largest_subnet: u64) -> Limits {
+    Limits {
         arp_entries: (2 * (epms * epms + 4 * evms) + 1024).next_power_of_two(),
         backlog: (PINGS_AT_ONCE * largest_subnet + 1000).next_power_of_two(),
     }
@@ -59,90 +25,6 @@ pub fn needs(epms: u64, evms: u64, largest_subnet: u64) -> Needs {
 /// resolve only the neighbours they talk to, which the default ARP cap
 /// holds); it still counts as a user, so that the limits its overlay raises
 /// stay until it is gone.
-pub fn underlay_needs() -> Needs {
-    Needs { arp_entries: 0, backlog: 0 }
-}
-
-fn read(path: &str) -> io::Result<u64> {
-    fs::read_to_string(path)?.trim().parse().map_err(io::Error::other)
-}
-
-fn write(path: &str, value: u64) -> io::Result<()> {
-    fs::write(path, value.to_string())
-}
-
-fn marker(topology_dir: &Path) -> PathBuf {
-    let hash = topology_dir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
-    Path::new(REGISTRY).join(format!("{hash:016x}"))
-}
-
-/// Raises the limits to at least `needs` (never lowers them) and records
-/// `topology_dir` as a user of the raised limits.
-pub fn ensure(topology_dir: &Path, needs: Needs) -> io::Result<()> {
-    fs::create_dir_all(REGISTRY)?;
-    fs::write(marker(topology_dir), topology_dir.as_os_str().as_encoded_bytes())?;
-    let current: BTreeMap<&str, u64> =
-        [THRESH2, THRESH3, BACKLOG].into_iter().map(|p| Ok((p, read(p)?))).collect::<io::Result<_>>()?;
-    let raise_arp = current[THRESH3] < needs.arp_entries;
-    let raise_backlog = current[BACKLOG] < needs.backlog;
-    if !raise_arp && !raise_backlog {
-        return Ok(());
-    }
-    let saved = Path::new(REGISTRY).join(SAVED);
-    if !saved.exists() {
-        let text = serde_json::to_string(&current).map_err(io::Error::other)?;
-        fs::write(&saved, text)?;
-    }
-    if raise_arp {
-        // thresh3 first: the kernel wants thresh2 <= thresh3.
-        write(THRESH3, needs.arp_entries)?;
-        write(THRESH2, (needs.arp_entries / 2).max(current[THRESH2]))?;
-    }
-    if raise_backlog {
-        write(BACKLOG, needs.backlog)?;
-    }
-    tracing::info!(
-        gc_thresh3 = needs.arp_entries,
-        netdev_max_backlog = needs.backlog,
-        "raised host limits for the emulation"
-    );
-    Ok(())
-}
-
-/// Drops `topology_dir` as a user; the last user gone, puts the host's own
-/// values back.
-pub fn release(topology_dir: &Path) -> io::Result<()> {
-    match fs::remove_file(marker(topology_dir)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let users =
-        fs::read_dir(REGISTRY).map(|entries| entries.flatten().filter(|e| e.file_name() != SAVED).count()).unwrap_or(0);
-    if users > 0 {
-        return Ok(());
-    }
-    let saved = Path::new(REGISTRY).join(SAVED);
-    match fs::read_to_string(&saved) {
-        Ok(text) => {
-            let values: BTreeMap<String, u64> = serde_json::from_str(&text).map_err(io::Error::other)?;
-            // thresh2 before thresh3: lowering thresh3 below thresh2 is refused.
-            for path in [THRESH2, THRESH3, BACKLOG, PID_MAX] {
-                if let Some(value) = values.get(path) {
-                    write(path, *value)?;
-                }
-            }
-            fs::remove_file(saved)?;
-            tracing::info!("restored the host's network limits");
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let _ = fs::remove_dir(REGISTRY);
-    let _ = fs::remove_dir("/run/merak");
-    Ok(())
+pub fn underlay_needs() -> Limits {
+    Limits::default()
 }
