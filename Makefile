@@ -106,7 +106,7 @@ tofu:
 	tests/opentofu/build.sh
 
 docs:
-	$(CARGO) run -q -p terraform-provider-merak -- --generate-docs docs
+	$(CARGO) run -q -p terraform-provider-merak --bin terraform-provider-merak -- --generate-docs docs
 
 # The agent's OCI image (from scratch: the release binary and the libraries
 # it links), tagged in the local container storage and written to target/.

@@ -52,6 +52,10 @@ pub struct FakeState {
     pub revived: Vec<String>,
     /// EPMs the next topology apply makes anew: emptied, and reported remade.
     pub remake: Vec<String>,
+    /// EVM namespaces whose pings get no reply, for as many pings as given.
+    pub unanswered: BTreeMap<String, u32>,
+    /// Pings sent, by the EVM namespace they are sent from.
+    pub pings: BTreeMap<String, u32>,
 }
 
 impl FakeState {
@@ -126,13 +130,19 @@ impl Overlay for FakeAgents {
     }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
-        let state = self.state()?;
+        let mut state = self.state()?;
         let epm = state.epm_of(&request)?;
         let here = state.evms.get(&epm).cloned().unwrap_or_default();
         let probes = request.into_inner().probes;
         let sent: Vec<bool> = probes.iter().map(|p| here.contains(&p.from_namespace)).collect();
+        let mut reached = Vec::with_capacity(probes.len());
+        for (probe, &sent) in probes.iter().zip(&sent) {
+            *state.pings.entry(probe.from_namespace.clone()).or_default() += u32::from(sent);
+            let silent = state.unanswered.get_mut(&probe.from_namespace).filter(|left| **left > 0);
+            reached.push(sent && silent.map(|left| *left -= 1).is_none());
+        }
         let errors = sent.iter().map(|&s| if s { String::new() } else { "no such namespace".into() }).collect();
-        Ok(Response::new(PingReply { reached: sent, errors }))
+        Ok(Response::new(PingReply { reached, errors }))
     }
 
     async fn whole_evms(&self, request: Request<EvmBatch>) -> Result<Response<WholeEvmsReply>, Status> {

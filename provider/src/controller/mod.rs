@@ -402,6 +402,11 @@ impl Controller {
     }
 
     /// Pings from inside EVMs; `full_size`: each as large as its EVM's MTU allows, DF set.
+    /// Sends each probe's ping. A probe that must get through and did not
+    /// is sent once more before it counts: one lost packet (an ARP request
+    /// dropped, a reply later than the timeout on a busy host) is not a
+    /// broken path, and a check that flapped on it would show as drift in
+    /// the next plan. Probes that must not get through are sent once.
     pub async fn ping(
         &self,
         topology: &str,
@@ -409,7 +414,23 @@ impl Controller {
         timeout_ms: u32,
         full_size: bool,
     ) -> Result<Vec<ProbeOutcome>, RuntimeError> {
-        self.ping_agents(topology, probes, timeout_ms, full_size).await
+        let mut outcomes = self.ping_agents(topology, probes, timeout_ms, full_size).await?;
+        let unanswered: Vec<usize> = (0..probes.len())
+            .filter(|&i| probes[i].expect_reply && matches!(outcomes.get(i), Some(Ok(false))))
+            .collect();
+        if unanswered.is_empty() {
+            return Ok(outcomes);
+        }
+        tracing::debug!(topology, probes = unanswered.len(), "pings without a reply; sending them once more");
+        let again: Vec<Probe> = unanswered.iter().map(|&i| probes[i].clone()).collect();
+        let second = self.ping_agents(topology, &again, timeout_ms, full_size).await?;
+        for (i, outcome) in unanswered.into_iter().zip(second) {
+            // A second ping that could not be sent leaves the first one's answer.
+            if let Ok(reached) = outcome {
+                outcomes[i] = Ok(reached);
+            }
+        }
+        Ok(outcomes)
     }
 
     /// The EVMs (by namespace) that are ready: whole, and in an external

@@ -206,3 +206,33 @@ async fn what_a_runtime_does_not_offer_is_refused_by_name() {
     assert_eq!(diagnostic.summary, Capability::LinkShaping.summary());
     assert_eq!(diagnostic.attribute, ["link_profile"]);
 }
+
+#[tokio::test]
+async fn a_ping_without_a_reply_is_sent_once_more_before_it_counts() {
+    let (controller, fake, subnet) = lab(2).await;
+    controller.apply_group(&group(&subnet, 4), Intent::Create).await.expect("created");
+    let evms = controller.list_evms("lab", None, None).await.expect("listed");
+    let probe = |from: usize, expect_reply: bool| super::Probe {
+        from: (&evms[from]).into(),
+        to: evms[(from + 1) % evms.len()].ip,
+        to_name: evms[(from + 1) % evms.len()].name.clone(),
+        expect_reply,
+    };
+    let namespace = |i: usize| evms[i].namespace.clone();
+    {
+        let mut state = fake.state();
+        state.unanswered.insert(namespace(0), 1); // one packet lost
+        state.unanswered.insert(namespace(1), u32::MAX); // a broken path
+        state.unanswered.insert(namespace(2), 1); // must not answer, and does not
+    }
+    let probes = [probe(0, true), probe(1, true), probe(2, false), probe(3, true)];
+    let outcomes = controller.ping("lab", &probes, 100, false).await.expect("pinged");
+    assert_eq!(outcomes, vec![Ok(true), Ok(false), Ok(false), Ok(true)]);
+    let pings = fake.state().pings.clone();
+    let sent = |i: usize| pings.get(&namespace(i)).copied().unwrap_or(0);
+    assert_eq!(
+        (sent(0), sent(1), sent(2), sent(3)),
+        (2, 2, 1, 1),
+        "only pings that must get through and did not are sent again, once"
+    );
+}

@@ -37,7 +37,8 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             each two VPCs (must not answer); read it after the EVMs exist, e.g. with `depends_on` on \
             the groups. With `scope = \"underlay\"`, from each EPM to others' data-plane addresses: \
             every pair up to 32 EPMs; above, each EPM to the next and to the one half-way round, and \
-            `samples` pairs more. All must answer.",
+            `samples` pairs more. All must answer. A pair that must answer and does not is pinged once \
+            more before it counts (one lost packet is not a broken path).",
         attributes: vec![
             Attribute::computed("id", Type::String, "The topology."),
             Attribute::required("topology_id", Type::String, "The `id` of the `merak_topology`."),
