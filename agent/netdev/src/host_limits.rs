@@ -22,6 +22,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 const THRESH2: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh2";
@@ -61,10 +63,43 @@ fn marker(user_dir: &Path) -> PathBuf {
     Path::new(REGISTRY).join(format!("{hash:016x}"))
 }
 
+/// The registry locked: users are separate processes (every provider, the
+/// stand-in cluster), and a release that counts no users and puts the
+/// host's values back must not interleave with an ensure adding a user
+/// (measured: two soaks at once, one destroy in 30 failed with the saved
+/// values' file removed under it). The lock is the registry directory's
+/// own, so that nothing of it stays once the last user is gone; it is let
+/// go when dropped.
+struct Locked {
+    _directory: fs::File,
+}
+
+fn lock_registry() -> io::Result<Locked> {
+    loop {
+        fs::create_dir_all(REGISTRY)?;
+        let directory = fs::File::open(REGISTRY)?;
+        // SAFETY: flock on a descriptor this function owns.
+        while unsafe { libc::flock(directory.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+        // The last release removes the directory: a lock on one removed
+        // while this waited for it locks nothing; take the new one.
+        match fs::metadata(REGISTRY) {
+            Ok(now) if now.ino() == directory.metadata()?.ino() => return Ok(Locked { _directory: directory }),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Raises the limits to at least `needs` (never lowers them) and records
 /// `user_dir` as a user of the raised limits.
 pub fn ensure(user_dir: &Path, needs: Limits) -> io::Result<()> {
-    fs::create_dir_all(REGISTRY)?;
+    let _locked = lock_registry()?;
     fs::write(marker(user_dir), user_dir.as_os_str().as_encoded_bytes())?;
     let current: BTreeMap<&str, u64> =
         [THRESH2, THRESH3, BACKLOG].into_iter().map(|p| Ok((p, read(p)?))).collect::<io::Result<_>>()?;
@@ -113,6 +148,10 @@ pub fn arp_entries() -> io::Result<u64> {
 /// Drops `user_dir` as a user; the last user gone, puts the host's own
 /// values back.
 pub fn release(user_dir: &Path) -> io::Result<()> {
+    if !Path::new(REGISTRY).exists() {
+        return Ok(());
+    }
+    let _locked = lock_registry()?;
     match fs::remove_file(marker(user_dir)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
