@@ -39,6 +39,11 @@ const RESOURCE_DOCS: &[(&str, &str, &str)] = &[
         include_str!("../../examples/terraform/resources/merak_evm_group.tf"),
         "`<topology>/<vpc>/<subnet>/<group>`, e.g. `lab/blue/web/web`",
     ),
+    (
+        "merak_fault",
+        include_str!("../../examples/terraform/resources/merak_fault.tf"),
+        "`<topology>/<fault>`, e.g. `lab/rack-1-cut-off` (imported, its links are listed in `links`)",
+    ),
 ];
 
 const DATA_SOURCE_DOCS: &[(&str, &str)] = &[

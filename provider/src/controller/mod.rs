@@ -11,6 +11,7 @@
 mod agents;
 #[cfg(test)]
 mod fake_substrate;
+mod faults;
 mod goals;
 pub mod network;
 mod operate;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+pub use self::faults::FaultStatus;
 use self::goals::{Evm, Forget, evms};
 use self::network::NetworkController;
 pub use self::operate::{Node, NodeKind, Overview};

@@ -7,7 +7,7 @@
 //! or one placed on EPMs a new topology does not have are refused at plan,
 //! before anything is built.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::model::TreeSpec;
@@ -25,6 +25,8 @@ struct PlannedSpecs {
     vpcs: HashMap<String, VpcSpec>,
     /// Keyed `topology/vpc/subnet`.
     subnets: HashMap<String, SubnetSpec>,
+    /// Per topology, each planned fault's links.
+    faults: HashMap<String, HashMap<String, BTreeSet<String>>>,
 }
 
 impl Planned {
@@ -74,6 +76,32 @@ impl Planned {
 
     pub fn subnet(&self, topology: &str, vpc: &str, name: &str) -> Option<SubnetSpec> {
         self.specs().subnets.get(&format!("{topology}/{vpc}/{name}")).cloned()
+    }
+
+    /// Plans fault `name` holding `held` unless a link of it is held by
+    /// another fault, `recorded` or planned so far: then that link and the
+    /// other fault. Checked and recorded under one lock (sibling faults are
+    /// planned concurrently).
+    pub fn plan_fault(
+        &self,
+        topology: &str,
+        name: &str,
+        held: &BTreeSet<String>,
+        recorded: &crate::runtime::capability::Faults,
+    ) -> Result<(), (String, String)> {
+        let mut planned = self.specs();
+        let of_topology = planned.faults.entry(topology.to_string()).or_default();
+        let others = recorded
+            .iter()
+            .filter(|(other, _)| !of_topology.contains_key(*other))
+            .chain(of_topology.iter())
+            .filter(|(other, _)| *other != name)
+            .map(|(other, links)| (other.as_str(), links));
+        if let Some((link, other)) = crate::model::fault::overlap(held, others) {
+            return Err((link, other.to_string()));
+        }
+        of_topology.insert(name.to_string(), held.clone());
+        Ok(())
     }
 }
 

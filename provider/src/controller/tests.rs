@@ -205,6 +205,18 @@ async fn what_a_runtime_does_not_offer_is_refused_by_name() {
     );
     assert_eq!(diagnostic.summary, Capability::LinkShaping.summary());
     assert_eq!(diagnostic.attribute, ["link_profile"]);
+
+    // Faults likewise; with none held, reading and letting go find nothing.
+    match controller.check_link_faults() {
+        Err(RuntimeError::Unsupported(refused)) => {
+            assert_eq!(refused, Unsupported { capability: Capability::LinkFaults, runtime: "fake" });
+            assert!(refused.to_string().contains("merak_fault"), "{refused}");
+        }
+        other => panic!("faults were not refused: {other:?}"),
+    }
+    assert_eq!(controller.read_fault("lab", "cut").await.expect("read"), None);
+    controller.delete_fault("lab", "cut").await.expect("nothing to let go of");
+    assert!(controller.faults("lab").await.expect("faults").is_empty());
 }
 
 #[tokio::test]

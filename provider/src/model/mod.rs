@@ -4,6 +4,7 @@
 pub mod cidr;
 pub mod epm_agent;
 pub mod fat_tree;
+pub mod fault;
 pub mod graph;
 pub mod link_profile;
 pub mod naming;

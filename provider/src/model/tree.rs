@@ -240,14 +240,19 @@ impl TreeSpec {
 
 /// A topology's name: a DNS label.
 pub fn check_name(name: &str) -> Result<(), SpecError> {
+    check_label(name, "topology", "lab-1")
+}
+
+/// The `name` of a `kind` of object: a DNS label, like `example`.
+pub fn check_label(name: &str, kind: &str, example: &str) -> Result<(), SpecError> {
     if naming::is_dns_label(name) {
         return Ok(());
     }
     Err(SpecError::new(
         "name",
-        "Invalid topology name",
+        format!("Invalid {kind} name"),
         format!(
-            "{name:?} is not a DNS label. Use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. \"lab-1\"."
+            "{name:?} is not a DNS label. Use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit, e.g. {example:?}."
         ),
     ))
 }

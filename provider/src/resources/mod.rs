@@ -4,6 +4,7 @@
 
 pub mod evm_group;
 pub mod evms;
+pub mod fault;
 mod link_profile;
 pub mod pingall;
 pub mod subnet;
@@ -31,7 +32,8 @@ pub fn spec_errors(errors: Vec<SpecError>) -> Diagnostics {
 pub type Resource = dyn merak_tfplugin::provider::Resource<Controller>;
 pub type DataSource = dyn merak_tfplugin::provider::DataSource<Controller>;
 
-pub static RESOURCES: &[&Resource] = &[&topology::Topology, &vpc::Vpc, &subnet::Subnet, &evm_group::EvmGroup];
+pub static RESOURCES: &[&Resource] =
+    &[&topology::Topology, &vpc::Vpc, &subnet::Subnet, &evm_group::EvmGroup, &fault::Fault];
 pub static DATA_SOURCES: &[&DataSource] = &[&evms::Evms, &pingall::Pingall, &topology_graph::TopologyGraph];
 
 /// A runtime failure as a diagnostic.

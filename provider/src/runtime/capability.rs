@@ -4,6 +4,7 @@
 //! resources turn into a diagnostic on the attribute that asked for it; its
 //! wording lives here, once.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use super::{Failure, RuntimeError};
@@ -26,6 +27,27 @@ pub trait LinkShaping: Send + Sync {
 
     /// How many links selected by `profiles` carry their shaping on both ends.
     async fn impaired_links(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<u64, RuntimeError>;
+}
+
+/// A topology's faults: each `merak_fault`'s name → the links it holds
+/// down, by name (see `model::fault`).
+pub type Faults = BTreeMap<String, BTreeSet<String>>;
+
+/// Holds links down as `merak_fault`s declare them. The runtime keeps the
+/// faults with the topology: its underlay's repair leaves their links down
+/// and counts them as built.
+#[tonic::async_trait]
+pub trait LinkFaults: Send + Sync {
+    /// The topology's faults, as last held.
+    async fn faults(&self, topology: &str) -> Result<Faults, RuntimeError>;
+
+    /// Makes `faults` the topology's: records them, takes both ends of every
+    /// link they name down, and brings back, with the underlay's routes,
+    /// the links no fault holds any more. Per link end that failed, why.
+    async fn hold(&self, spec: &TreeSpec, faults: &Faults) -> Result<Vec<Failure>, RuntimeError>;
+
+    /// Of these links (by name), the ones down at both ends.
+    async fn links_down(&self, spec: &TreeSpec, links: &BTreeSet<String>) -> Result<BTreeSet<String>, RuntimeError>;
 }
 
 /// How a runtime runs the user's agents under test (`epm_agent` blocks).
@@ -69,6 +91,8 @@ pub enum Capability {
     LinkShaping,
     /// `controller = "external"` VPCs: EVMs' EPM ends left to the user's agents.
     ExternalVpcs,
+    /// `merak_fault`: links held down.
+    LinkFaults,
 }
 
 impl Capability {
@@ -77,6 +101,7 @@ impl Capability {
         match self {
             Capability::LinkShaping => "Links cannot be shaped on this runtime",
             Capability::ExternalVpcs => "External VPCs are not available on this runtime",
+            Capability::LinkFaults => "Faults cannot be held on this runtime",
         }
     }
 
@@ -90,6 +115,10 @@ impl Capability {
                 "external VPCs run on the local runtime in this provider version: the {runtime} runtime runs agents \
                  under test, but leaving EVMs' ports to them there is not built yet. Use controller = \"builtin\" or \
                  runtime = \"local\"."
+            ),
+            Capability::LinkFaults => format!(
+                "merak_fault holds links down on the local runtime only in this provider version, and this topology \
+                 runs on the {runtime} runtime; remove the merak_fault or use runtime = \"local\"."
             ),
         }
     }

@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use self::agent_client::AgentChannel;
 use merak_proto::agent::{EvmBatch, EvmReply, EvmSpec};
 
-use self::capability::{AgentsUnderTest, LinkShaping};
+use self::capability::{AgentsUnderTest, LinkFaults, LinkShaping};
 use crate::model::TreeSpec;
 use crate::model::epm_agent::EpmAgentSpec;
 
@@ -182,6 +182,11 @@ pub trait Substrate: Send + Sync + std::fmt::Debug {
 
     /// Link shaping, where this runtime offers it.
     fn link_shaping(&self) -> Option<&dyn LinkShaping> {
+        None
+    }
+
+    /// Links held down by faults, where this runtime offers it.
+    fn link_faults(&self) -> Option<&dyn LinkFaults> {
         None
     }
 

@@ -109,6 +109,14 @@ fn documentation_examples_apply_and_destroy() {
     assert!(output.contains("graph TD"), "{output}");
     assert_eq!(ws.resource_values("merak_topology.lab")["ready_epms"], 8);
     assert_eq!(ws.resource_values("merak_evm_group.db")["epm_counts"], serde_json::json!({"epm-6": 4}));
+
+    // The fault's example, on top (apart: it cuts what pingall checks).
+    let fault = std::fs::read_to_string(dir.join("merak_fault.tf")).expect("the fault's example");
+    ws.write_config(&format!("{}\n{fault}", example.join("\n")));
+    ws.apply();
+    assert_eq!(ws.resource_values("merak_fault.rack_1")["down_links"], serde_json::json!(["s1-0--s0-1"]));
+    assert!(!ws.pings("epm-0", "10.10.0.8"), "rack 1 is cut off from rack 0");
+    assert!(ws.pings("epm-4", "10.10.0.8"), "within rack 1 the EPMs still reach each other");
     ws.ok(&["destroy", "-auto-approve"]);
     ws.assert_nothing_left();
 }

@@ -4,8 +4,9 @@
 //! as hosts grows in place), flows between two pods
 //! spread over all four core switches (their ports' counters), the core
 //! links shaped by a link_profile in place, the pods
-//! still reaching each other with one core switch's links down, EVMs
-//! pinging over it all, an empty plan, and destroy leaving nothing.
+//! still reaching each other with one core switch held down by a
+//! `merak_fault` (and its links back when the fault goes), EVMs pinging
+//! over it all, an empty plan, and destroy leaving nothing.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
@@ -106,18 +107,30 @@ fn a_fat_tree_routes_every_epm_over_every_core_and_survives_one() {
         String::from_utf8_lossy(&shaped.stdout)
     );
 
-    // core-0's links down: the aggregation switches skip it.
-    let links = ws.exec_in("core-0", &["ip", "-o", "link", "show"]);
-    for device in String::from_utf8_lossy(&links.stdout)
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|d| d.split('@').next().unwrap_or(d).to_string())
-        .filter(|d| d.starts_with("dn"))
-    {
-        assert!(ws.exec_in("core-0", &["ip", "link", "set", &device, "down"]).status.success());
-    }
-    run(&["apply", "-refresh-only", "-auto-approve"]);
+    // core-0 held down by a fault: the aggregation switches skip it.
+    let core_down = ["-var", "core_rate_mbit=100", "-var", "cut_core=true"];
+    run(&[&["apply", "-auto-approve"][..], &core_down].concat());
+    assert_eq!(output(&ws, "down_links"), "4", "core-0's link to each pod");
     assert_eq!(output(&ws, "underlay"), "240/240", "the pods reach each other over the other three cores");
+    let core_links = String::from_utf8_lossy(&ws.exec_in("core-0", &["ip", "-o", "link", "show"]).stdout).into_owned();
+    let downlinks: Vec<&str> = core_links.lines().filter(|l| l.contains(": dn")).collect();
+    assert_eq!(downlinks.len(), 4, "{core_links}");
+    assert!(downlinks.iter().all(|l| !l.contains(",UP")), "every link of core-0 down: {core_links}");
+    let plan = ws.terraform(
+        &with(&[&["plan", "-detailed-exitcode"][..], &core_down].concat())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(plan.status.code(), Some(0), "held as declared: {}", String::from_utf8_lossy(&plan.stdout));
+    // The fault gone, core-0 carries flows again, with its routes back.
+    run(&["apply", "-auto-approve", "-var", "core_rate_mbit=100"]);
+    let core_links = String::from_utf8_lossy(&ws.exec_in("core-0", &["ip", "-o", "link", "show"]).stdout).into_owned();
+    assert!(core_links.lines().filter(|l| l.contains(": dn")).all(|l| l.contains(",UP")), "{core_links}");
+    let routes = String::from_utf8_lossy(&ws.exec_in("core-0", &["ip", "route"]).stdout).into_owned();
+    assert!(routes.lines().filter(|l| l.contains(" dev dn")).count() >= 4, "a route to every pod: {routes}");
+    run(&["apply", "-refresh-only", "-auto-approve", "-var", "core_rate_mbit=100"]);
+    assert_eq!(output(&ws, "underlay"), "240/240");
 
     run(&["destroy", "-auto-approve"]);
     ws.assert_nothing_left();

@@ -2,7 +2,9 @@
 # routers, 4 core routers, 16 EPMs; every link a routed /31, flows between
 # pods spread over all four cores (ECMP, hashed on ports). A tenant VPC
 # runs over it unchanged. merak_pingall checks the underlay (EPM to EPM)
-# and the overlay (EVM to EVM).
+# and the overlay (EVM to EVM). With cut_core = true a merak_fault holds
+# core-0 down (every link of it): the pods still reach each other over the
+# other three cores.
 
 terraform {
   required_providers {
@@ -37,6 +39,12 @@ variable "core_rate_mbit" {
   default     = null
 }
 
+variable "cut_core" {
+  description = "Hold core-0's links down with a merak_fault."
+  type        = bool
+  default     = false
+}
+
 provider "merak" {
   local {
     state_dir = var.state_dir
@@ -57,6 +65,13 @@ resource "merak_topology" "dc" {
       rate_mbit = link_profile.value
     }
   }
+}
+
+resource "merak_fault" "core" {
+  count       = var.cut_core ? 1 : 0
+  topology_id = merak_topology.dc.id
+  name        = "core-0-down"
+  nodes       = ["core-0"]
 }
 
 resource "merak_vpc" "blue" {
@@ -80,7 +95,7 @@ resource "merak_evm_group" "web" {
 data "merak_pingall" "underlay" {
   topology_id = merak_topology.dc.id
   scope       = "underlay"
-  depends_on  = [merak_topology.dc]
+  depends_on  = [merak_topology.dc, merak_fault.core]
 }
 
 data "merak_pingall" "overlay" {
@@ -90,6 +105,10 @@ data "merak_pingall" "overlay" {
 
 output "fabric" {
   value = "${merak_topology.dc.ready_epms} EPMs ready, ${merak_topology.dc.vswitch_count} switches, ${merak_topology.dc.link_count} links, fabric ${merak_topology.dc.fabric_cidr}"
+}
+
+output "down_links" {
+  value = length(merak_fault.core) == 0 ? 0 : length(merak_fault.core[0].down_links)
 }
 
 output "impaired" {

@@ -13,6 +13,7 @@ use merak_netdev::netns::{self, NetnsOptions};
 use merak_netdev::routes::Hop;
 
 use super::LocalRuntime;
+use super::faults::HeldEnds;
 use crate::model::fat_tree::{FatTree, HostPort, Switch};
 use crate::model::naming::{self, EPM_DATA_NIC};
 use crate::runtime::{Failure, RuntimeError};
@@ -218,10 +219,14 @@ impl LocalRuntime {
         Ok(())
     }
 
-    /// Whether an EPM's edge port is up and its edge has an uplink up.
-    pub(super) async fn edge_serves(&self, topology: &str, port: &HostPort) -> bool {
+    /// Whether an EPM's edge port is up and its edge has an uplink up;
+    /// ends a fault holds down count as up (they are as declared).
+    pub(super) async fn edge_serves(&self, topology: &str, port: &HostPort, held: &HeldEnds) -> bool {
         let Ok(edge) = netns::open(&switch_namespace(topology, &port.edge)).await else { return false };
         let Ok(links) = edge.links().await else { return false };
-        links.iter().any(|l| l.name == port.device && l.up) && links.iter().any(|l| l.name.starts_with("up") && l.up)
+        let edge_name = port.edge.name();
+        let carries = |l: &merak_netdev::netdev::LinkState| l.up || held.contains(&(edge_name.clone(), l.name.clone()));
+        links.iter().any(|l| l.name == port.device && carries(l))
+            && links.iter().any(|l| l.name.starts_with("up") && carries(l))
     }
 }

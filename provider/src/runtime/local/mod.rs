@@ -13,7 +13,8 @@
 //! topology's record; `agent_host` runs and asks the agent host,
 //! `underlay` makes and repairs namespaces and links, `teardown`
 //! removes a topology until the kernel shows none of it; `fabric` routes
-//! fat trees, `shaping` shapes links, `host_limits` sizes the kernel's
+//! fat trees, `shaping` shapes links, `faults` holds links down for
+//! `merak_fault`s, `host_limits` sizes the kernel's
 //! tables, `tls` holds the TCP agents' certificates, `evms` reads
 //! which EVMs are whole.
 
@@ -33,6 +34,7 @@ use tokio::sync::Mutex;
 mod agent_host;
 mod evms;
 mod fabric;
+mod faults;
 mod host_limits;
 mod shaping;
 mod teardown;
@@ -42,7 +44,7 @@ mod underlay;
 use self::agent_host::{TcpAgents, host_answers};
 use self::teardown::TEARDOWN_PASSES;
 use self::underlay::on_bridge;
-use super::capability::{AgentsUnderTest, LinkShaping, SupervisedAgents};
+use super::capability::{AgentsUnderTest, LinkFaults, LinkShaping, SupervisedAgents};
 use super::{
     Failure, Intent, NodeRoute, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, agent_client, process,
 };
@@ -181,12 +183,16 @@ impl LocalRuntime {
         };
         let served =
             |epm: &str| host_current && record.host.is_some() && record.agents.get(epm) == record.host.as_ref();
+        // Ends a fault holds down count as wired: they are as declared.
+        let held = self.held_ends(spec).await.unwrap_or_default();
+        let held = &held;
+        let nic_held = |epm: &str| held.contains(&(epm.to_string(), naming::EPM_DATA_NIC.to_string()));
         if let Some(fabric) = &spec.fabric {
-            let served = &served;
+            let (served, nic_held) = (&served, &nic_held);
             let ready = futures::stream::iter(spec.epms())
                 .map(|epm| async move {
-                    self.edge_serves(&spec.name, &fabric.host_port(epm.index)).await
-                        && self.epm_ready(spec, &epm, served(&epm.name)).await
+                    self.edge_serves(&spec.name, &fabric.host_port(epm.index), held).await
+                        && self.epm_ready(spec, &epm, served(&epm.name), nic_held(&epm.name)).await
                 })
                 .buffer_unordered(PARALLEL_EPMS)
                 .filter(|ready| futures::future::ready(*ready))
@@ -216,7 +222,10 @@ impl LocalRuntime {
         let wired = |at: (u32, u32), port: &str| {
             let Some(links) = ports.get(&at) else { return false };
             let Some(bridge) = links.iter().find(|l| l.name == BRIDGE && l.up) else { return false };
-            links.iter().any(|l| l.name == port && on_bridge(l, bridge.index))
+            let port_held = held.contains(&(naming::vswitch_name(at.0, at.1), port.to_string()));
+            links.iter().any(|l| {
+                l.name == port && (on_bridge(l, bridge.index) || (port_held && l.controller == Some(bridge.index)))
+            })
         };
         let mut reachable: HashMap<(u32, u32), bool> = HashMap::new();
         for switch in &switches {
@@ -230,13 +239,13 @@ impl LocalRuntime {
             };
             reachable.insert(here, linked);
         }
-        let (reachable, wired, served) = (&reachable, &wired, &served);
+        let (reachable, wired, served, nic_held) = (&reachable, &wired, &served, &nic_held);
         let ready = futures::stream::iter(spec.epms())
             .map(|epm| async move {
                 let tor = (0, epm.rack);
                 reachable[&tor]
                     && wired(tor, &naming::host_port(epm.index))
-                    && self.epm_ready(spec, &epm, served(&epm.name)).await
+                    && self.epm_ready(spec, &epm, served(&epm.name), nic_held(&epm.name)).await
             })
             .buffer_unordered(PARALLEL_EPMS)
             .filter(|ready| futures::future::ready(*ready))
@@ -367,6 +376,8 @@ impl Substrate for LocalRuntime {
                 failures.push(Failure { object, error: e.to_string() });
             }
         }
+        // Links the faults hold go down again once everything is wired.
+        failures.extend(self.hold_down(spec).await?);
         let mut status = self.status(spec, &record).await;
         failures.sort_by(|a, b| a.object.cmp(&b.object));
         status.failures = failures;
@@ -391,6 +402,10 @@ impl Substrate for LocalRuntime {
     }
 
     fn link_shaping(&self) -> Option<&dyn LinkShaping> {
+        Some(self)
+    }
+
+    fn link_faults(&self) -> Option<&dyn LinkFaults> {
         Some(self)
     }
 

@@ -197,8 +197,9 @@ impl LocalRuntime {
 
     /// Whether an EPM is fully up: namespace, an agent served by a host
     /// of the installed build (`served`: after an upgrade, the next apply
-    /// restarts the old host), and its NIC up with the goal address.
-    pub(super) async fn epm_ready(&self, spec: &TreeSpec, epm: &Epm, served: bool) -> bool {
+    /// restarts the old host), and its NIC up with the goal address (or
+    /// down with it, where a fault holds the NIC down: `nic_held`).
+    pub(super) async fn epm_ready(&self, spec: &TreeSpec, epm: &Epm, served: bool, nic_held: bool) -> bool {
         if !served || !netns::exists(&naming::namespace(&spec.name, &epm.name)) {
             return false;
         }
@@ -212,7 +213,8 @@ impl LocalRuntime {
         // test made of it (see the agent's underlay convergence).
         let address = epm_address(spec, epm);
         let interfaces = info.into_inner().interfaces;
-        interfaces.iter().any(|i| i.name == EPM_DATA_NIC && i.up)
-            && interfaces.iter().any(|i| i.up && i.addresses.contains(&address))
+        let carries = |i: &merak_proto::agent::Interface| i.up || (nic_held && i.name == EPM_DATA_NIC);
+        interfaces.iter().any(|i| i.name == EPM_DATA_NIC && carries(i))
+            && interfaces.iter().any(|i| carries(i) && i.addresses.contains(&address))
     }
 }
