@@ -89,18 +89,25 @@ impl AgentService {
             .map_err(internal)?
             .ok_or_else(|| Status::failed_precondition(format!("interface {} does not exist", goal.interface)))?;
         let mac_differs = link.mac != Some(mac);
-        if mac_differs || !link.up {
+        let mut up = link.up;
+        if mac_differs || (!up && !goal.held_down) {
             netlink.set_link(link.index, None, mac_differs.then_some(mac)).await.map_err(internal)?;
             if mac_differs {
                 actions.push(format!("{} mac {}", goal.interface, goal.mac));
             }
-            if !link.up {
+            if !up {
                 actions.push(format!("{} up", goal.interface));
             }
+            up = true;
+        }
+        if goal.held_down && up {
+            netlink.set_link_down(link.index).await.map_err(internal)?;
+            actions.push(format!("{} held down", goal.interface));
         }
 
-        // A routed fabric: the only way out is the edge switch's port.
-        if !goal.gateway.is_empty() {
+        // A routed fabric: the only way out is the edge switch's port (a
+        // route over a NIC held down is refused; it comes with the NIC).
+        if !goal.gateway.is_empty() && !goal.held_down {
             let gateway: std::net::Ipv4Addr = goal
                 .gateway
                 .parse()

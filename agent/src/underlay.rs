@@ -60,8 +60,8 @@ pub async fn ensure_tunnel(
     Ok((link, Some(format!("{name} tunnel to {remote} VNI {}", tunnel.vni))))
 }
 
-/// Converges a vswitch: its bridge up, every listed tunnel up on it, and
-/// tunnel ports it no longer has removed.
+/// Converges a vswitch: its bridge up, every listed tunnel on it (up, or
+/// down where a fault holds it), and tunnel ports it no longer has removed.
 pub async fn apply_switch(netlink: &Netlink, goal: &SwitchGoal) -> Result<Vec<String>, OverlayError> {
     let mut actions = Vec::new();
     let bridge = match netlink.link(&goal.bridge).await? {
@@ -91,9 +91,15 @@ pub async fn apply_switch(netlink: &Netlink, goal: &SwitchGoal) -> Result<Vec<St
         listed.insert(port.name.as_str());
         let (link, action) = ensure_tunnel(netlink, &port.name, tunnel).await?;
         actions.extend(action);
-        if !(link.up && link.controller == Some(bridge)) {
+        let mut up = link.up;
+        if link.controller != Some(bridge) || (!up && !port.held_down) {
             netlink.set_link(link.index, Some(bridge), None).await?;
             actions.push(format!("{} up on {}", port.name, goal.bridge));
+            up = true;
+        }
+        if port.held_down && up {
+            netlink.set_link_down(link.index).await?;
+            actions.push(format!("{} held down", port.name));
         }
     }
     for stale in netlink.links().await? {

@@ -58,7 +58,11 @@ fn switch_goal(ports: &[(&str, &str, u32)]) -> SwitchGoal {
         bridge: "br0".into(),
         ports: ports
             .iter()
-            .map(|(name, remote, vni)| SwitchPort { name: (*name).into(), tunnel: tunnel(remote, *vni) })
+            .map(|(name, remote, vni)| SwitchPort {
+                name: (*name).into(),
+                tunnel: tunnel(remote, *vni),
+                held_down: false,
+            })
             .collect(),
     }
 }
@@ -70,6 +74,7 @@ fn underlay(address: &str, mac: &str, tor: &str, vni: u32) -> UnderlayGoal {
         mac: mac.into(),
         tunnel: tunnel(tor, vni),
         gateway: String::new(),
+        held_down: false,
     }
 }
 
@@ -169,6 +174,30 @@ async fn tunnels_over_a_pod_network_carry_full_size_packets() {
     assert!(ping(&overlay_a, &on_a, "10.0.0.11", full).await, "a full-size ping with DF across the tunnels");
     assert!(!ping(&overlay_a, &on_a, "10.0.0.11", full + 1).await, "one byte more does not fit, and is not fragmented");
     assert!(ping(&overlay_b, &on_b, "10.0.0.10", full).await, "and back");
+
+    // A fault holds the link of a down at both ends: the port stays on the
+    // bridge, the NIC keeps its address, nothing crosses; let go, it is back.
+    let mut held = goal.clone();
+    held.ports[0].held_down = true;
+    let reply = tor_agent.apply_switch(Request::new(held.clone())).await.unwrap().into_inner();
+    assert_eq!(reply.actions, ["h0 held down"]);
+    let held_nic =
+        UnderlayGoal { held_down: true, ..underlay("192.168.60.1/24", "02:4d:00:00:00:01", "10.250.0.10", 1) };
+    let reply = agent_a.apply_underlay(Request::new(held_nic.clone())).await.unwrap().into_inner();
+    assert_eq!(reply.actions, ["eth1 held down"]);
+    let again = agent_a.apply_underlay(Request::new(held_nic)).await.unwrap().into_inner();
+    assert!(!again.changed && !tor_agent.apply_switch(Request::new(held)).await.unwrap().into_inner().changed);
+    let (port, nic) = (tor.link("h0").await.unwrap().unwrap(), in_a.link("eth1").await.unwrap().unwrap());
+    assert!(!port.up && port.controller.is_some() && !nic.up, "{port:?} {nic:?}");
+    assert!(!ping(&overlay_a, &on_a, "10.0.0.11", 0).await, "nothing crosses a link held down");
+    tor_agent.apply_switch(Request::new(goal.clone())).await.unwrap();
+    let reply = agent_a
+        .apply_underlay(Request::new(underlay("192.168.60.1/24", "02:4d:00:00:00:01", "10.250.0.10", 1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.actions, ["eth1 up"]);
+    assert!(ping(&overlay_a, &on_a, "10.0.0.11", full).await, "the link let go carries again");
     let probes = vec![PingProbe { from_namespace: on_a.namespace.clone(), to: "10.0.0.11".into() }];
     let reply = overlay_a
         .ping(Request::new(PingRequest { probes, timeout_ms: 1500, payload_bytes: 0, full_size: true }))

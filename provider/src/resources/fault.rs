@@ -28,7 +28,8 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             `agg-0-1--edge-0-1`, `core-0--agg-0-1` on a fat tree; the `merak_topology_graph` data source draws \
             them all. Links and nodes are checked against the topology at plan, and a link may be held by one \
             fault at most. A link brought back up behind Terraform's back leaves `down_links`, and the next \
-            plan takes it down again. The `local` runtime only, for now.",
+            plan takes it down again. On kubernetes a link is a tunnel between two pods, which their agents \
+            hold down.",
         attributes: vec![
             Attribute::computed("id", Type::String, "`<topology>/<name>`."),
             Attribute::required("topology_id", Type::String, "The `id` of the `merak_topology` whose links fail.")

@@ -117,8 +117,8 @@ impl Capability {
                  runtime = \"local\"."
             ),
             Capability::LinkFaults => format!(
-                "merak_fault holds links down on the local runtime only in this provider version, and this topology \
-                 runs on the {runtime} runtime; remove the merak_fault or use runtime = \"local\"."
+                "merak_fault holds links down on the local and kubernetes runtimes, and this topology runs on the \
+                 {runtime} runtime, which cannot; remove the merak_fault."
             ),
         }
     }

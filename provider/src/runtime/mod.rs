@@ -5,6 +5,7 @@
 
 pub mod agent_client;
 pub mod capability;
+pub mod held;
 pub mod kubernetes;
 pub mod local;
 mod process;

@@ -119,9 +119,30 @@ pub fn assert_host_clean(cluster: &dyn Cluster) {
     }
 }
 
+/// A fault cutting epm-5 off its top-of-rack vswitch, and the underlay's
+/// pingall after it.
+const CUT_EPM_5: &str = r#"
+resource "merak_fault" "cut" {
+  topology_id = merak_topology.dc.id
+  name        = "cut"
+  links       = ["s0-1--epm-5"]
+}
+
+data "merak_pingall" "underlay" {
+  topology_id = merak_topology.dc.id
+  scope       = "underlay"
+  depends_on  = [merak_fault.cut]
+}
+
+output "underlay" {
+  value = "${data.merak_pingall.underlay.replies}/${data.merak_pingall.underlay.expected_replies}"
+}
+"#;
+
 /// examples/terraform/kubernetes: applied, pinged (also with full-size
 /// packets), seen by kubectl, a deleted EPM pod repaired, the gateway pod
-/// replaced, imported from a fresh directory, destroyed without a trace.
+/// replaced, a link held down by a fault and let go, imported from a fresh
+/// directory, destroyed without a trace.
 pub fn quickstart_repairs_imports_and_goes_away(cluster: &dyn Cluster, image: &str) {
     let (ws, vars) = example_workspace("k8s", cluster, image);
     let namespace = format!("merak-{}", ws.name);
@@ -197,6 +218,26 @@ pub fn quickstart_repairs_imports_and_goes_away(cluster: &dyn Cluster, image: &s
     );
     let again = kubectl_ok(cluster, &["get", "pods", "-n", &namespace, "-l", "merak.dev/role=gateway", "-o", "name"]);
     assert!(!again.contains(gateway.trim()), "a new gateway pod: {again}");
+
+    // A fault on epm-5's link: the agents at both ends of its tunnel hold
+    // it down, epm-5 is cut off, and the topology counts it as built;
+    // without the fault every EVM answers again.
+    std::fs::write(ws.dir.join("fault.tf"), CUT_EPM_5).expect("write fault.tf");
+    let output = ws.ok(&with(&["apply", "-auto-approve"], &vars));
+    assert!(output.contains("underlay = \"20/30\""), "epm-5 answers none of 5 and asks none of 5: {output}");
+    assert_eq!(ws.resource_values("merak_fault.cut")["down_links"], serde_json::json!(["s0-1--epm-5"]));
+    for (node, device) in [("epm-5", "eth1"), ("s0-1", "e5"), ("epm-4", "eth1")] {
+        let shown = crate::operate::said(&merak.exec(node, &["ip", "-o", "link", "show", device]));
+        let up =
+            shown.split('<').nth(1).and_then(|f| f.split('>').next()).is_some_and(|f| f.split(',').any(|x| x == "UP"));
+        assert_eq!(up, node == "epm-4", "{node} {device}: {shown}");
+    }
+    ws.ok(&with(&["apply", "-refresh-only", "-auto-approve"], &vars));
+    assert_eq!(ws.resource_values("merak_topology.dc")["ready_epms"], 6, "a link held down is as declared");
+    std::fs::remove_file(ws.dir.join("fault.tf")).expect("remove fault.tf");
+    ws.ok(&with(&["apply", "-auto-approve"], &vars));
+    let output = ws.ok(&with(&["apply", "-refresh-only", "-auto-approve"], &vars));
+    assert!(output.contains("38/38 replies, 1/1 isolation probes blocked"), "healed: {output}");
 
     // A fresh directory with the same kubeconfig finds the topology.
     let fresh = Workspace::new("k8s-import").with_provider(provider_block(cluster, image));

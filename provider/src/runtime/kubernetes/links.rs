@@ -7,12 +7,13 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 use merak_proto::agent::agent_client::AgentClient;
-use merak_proto::agent::{EpmInfo, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal};
+use merak_proto::agent::{EpmInfo, Interface, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal};
 
 use super::pods::PodState;
 use super::{IN_FLIGHT, KubernetesRuntime, objects};
 use crate::model::naming::{BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeSpec, naming};
+use crate::runtime::held::HeldEnds;
 use crate::runtime::{Failure, RuntimeError};
 
 /// What VXLAN over IPv4 adds to a frame.
@@ -23,13 +24,21 @@ pub(super) type UnderlayGoals = (Vec<(String, SwitchGoal)>, Vec<(Epm, UnderlayGo
 
 impl KubernetesRuntime {
     /// The underlay's goals from the pods' IPs and MTUs: per vswitch its
-    /// ports, per EPM its data-plane NIC. A link whose far end has no
-    /// running pod is left out (its vswitch port removed) until it has.
+    /// ports, per EPM its data-plane NIC, each end a fault holds kept down.
+    /// A link whose far end has no running pod is left out (its vswitch
+    /// port removed) until it has.
     pub(super) fn underlay_goals(
         spec: &TreeSpec,
         pods: &HashMap<String, PodState>,
         infos: &HashMap<String, Result<EpmInfo, RuntimeError>>,
+        held: &HeldEnds,
     ) -> UnderlayGoals {
+        let is_held = |node: &str, device: &str| held.contains(&(node.to_string(), device.to_string()));
+        let port = |switch: &str, name: String, tunnel: Tunnel| SwitchPort {
+            held_down: is_held(switch, &name),
+            name,
+            tunnel: Some(tunnel),
+        };
         let ip = |name: &str| pods.get(name).filter(|s| s.ready).and_then(|s| s.ip.clone());
         let pod_mtu = |name: &str| {
             infos
@@ -50,17 +59,17 @@ impl KubernetesRuntime {
             if let Some(parent) = switch.parent_name()
                 && let Some(tunnel) = link(&name, &parent, objects::uplink_vni(switch))
             {
-                ports.push(SwitchPort { name: UPLINK.into(), tunnel: Some(tunnel) });
+                ports.push(port(&name, UPLINK.into(), tunnel));
             }
             for child in switches.iter().filter(|c| c.level + 1 == switch.level && c.parent == Some(switch.index)) {
                 if let Some(tunnel) = link(&name, &child.name(), objects::uplink_vni(child)) {
-                    ports.push(SwitchPort { name: naming::downlink_port(child.index), tunnel: Some(tunnel) });
+                    ports.push(port(&name, naming::downlink_port(child.index), tunnel));
                 }
             }
             if switch.level == 0 {
                 for epm in epms.iter().filter(|e| e.rack == switch.index) {
                     if let Some(tunnel) = link(&name, &epm.name, objects::epm_link_vni(epm.index)) {
-                        ports.push(SwitchPort { name: naming::host_port(epm.index), tunnel: Some(tunnel) });
+                        ports.push(port(&name, naming::host_port(epm.index), tunnel));
                     }
                 }
             }
@@ -76,6 +85,7 @@ impl KubernetesRuntime {
                     mac: merak_netdev::netdev::format_mac(&epm.mac),
                     tunnel: Some(tunnel),
                     gateway: String::new(),
+                    held_down: is_held(&epm.name, EPM_DATA_NIC),
                 };
                 epm_goals.push((epm, goal));
             }
@@ -126,21 +136,25 @@ impl KubernetesRuntime {
     /// How many EPMs are up: pod running, agent answering, NIC up with its
     /// address and tunnelled to its top-of-rack pod, and every vswitch on
     /// the way to the root holding the ports of the path, tunnelled to the
-    /// pods there are now.
+    /// pods there are now. An end a fault holds counts as up when it is down.
     pub(super) fn ready_epms(
         spec: &TreeSpec,
         pods: &HashMap<String, PodState>,
         infos: &HashMap<String, Result<EpmInfo, RuntimeError>>,
+        held: &HeldEnds,
     ) -> u32 {
+        let carries = |node: &str, interface: &Interface| {
+            interface.up || held.contains(&(node.to_string(), interface.name.clone()))
+        };
         let ip = |name: &str| pods.get(name).filter(|s| s.ready).and_then(|s| s.ip.clone());
         let interfaces = |name: &str| infos.get(name).and_then(|i| i.as_ref().ok()).map(|info| &info.interfaces);
         // A port of a vswitch: up on its bridge, tunnelled to `far`'s pod.
         let port_to = |switch: &str, port: &str, far: &str| {
             let (Some(interfaces), Some(far_ip)) = (interfaces(switch), ip(far)) else { return false };
             let Some(bridge) = interfaces.iter().find(|i| i.name == BRIDGE && i.up) else { return false };
-            interfaces
-                .iter()
-                .any(|i| i.name == port && i.up && i.controller == bridge.index && i.tunnel_remote == far_ip)
+            interfaces.iter().any(|i| {
+                i.name == port && carries(switch, i) && i.controller == bridge.index && i.tunnel_remote == far_ip
+            })
         };
         let switches = spec.vswitches();
         let mut reachable: HashMap<(u32, u32), bool> = HashMap::new();
@@ -165,7 +179,7 @@ impl KubernetesRuntime {
                 let nic_up = interfaces(&epm.name).is_some_and(|i| {
                     i.iter().any(|i| {
                         i.name == EPM_DATA_NIC
-                            && i.up
+                            && carries(&epm.name, i)
                             && i.addresses.contains(&address)
                             && Some(&i.tunnel_remote) == ip(&tor).as_ref()
                     })
@@ -218,14 +232,15 @@ mod tests {
         spec: &TreeSpec,
         pods: &HashMap<String, PodState>,
         mtus: &HashMap<String, Result<EpmInfo, RuntimeError>>,
+        held: &HeldEnds,
     ) -> HashMap<String, Result<EpmInfo, RuntimeError>> {
-        let (switches, epms) = KubernetesRuntime::underlay_goals(spec, pods, mtus);
+        let (switches, epms) = KubernetesRuntime::underlay_goals(spec, pods, mtus, held);
         let mut infos = HashMap::new();
         for (name, goal) in switches {
             let mut interfaces = vec![Interface { name: BRIDGE.into(), index: 1, up: true, ..Interface::default() }];
             interfaces.extend(goal.ports.iter().map(|p| Interface {
                 name: p.name.clone(),
-                up: true,
+                up: !p.held_down,
                 controller: 1,
                 tunnel_remote: p.tunnel.clone().unwrap().remote,
                 ..Interface::default()
@@ -236,7 +251,7 @@ mod tests {
             let tunnel = goal.tunnel.unwrap();
             let nic = Interface {
                 name: EPM_DATA_NIC.into(),
-                up: true,
+                up: !goal.held_down,
                 mtu: tunnel.mtu,
                 addresses: vec![goal.address],
                 tunnel_remote: tunnel.remote,
@@ -260,7 +275,8 @@ mod tests {
         };
         let mtus: HashMap<String, Result<EpmInfo, RuntimeError>> =
             names.iter().map(|n| (n.clone(), eth0(if n == "epm-3" { 1400 } else { 1450 }))).collect();
-        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus);
+        let none = HeldEnds::new();
+        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus, &none);
         let tor0 = &switches.iter().find(|(n, _)| n == "s0-0").unwrap().1;
         let port_names: Vec<&str> = tor0.ports.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(port_names, ["up", "e0", "e1"]);
@@ -270,19 +286,34 @@ mod tests {
         assert_eq!(epm3.tunnel.as_ref().unwrap().mtu, 1350, "the smaller pod MTU of the link's two ends");
         assert_eq!(epm3.tunnel.as_ref().unwrap().remote, pod_ip("s0-1"));
 
-        let infos = applied(&spec, &pods, &mtus);
-        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &infos), 4);
+        let infos = applied(&spec, &pods, &mtus, &none);
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &infos, &none), 4);
+
+        // A fault on s0-1--epm-3 holds both its ends down, and they count as built.
+        let cut: HeldEnds = [("epm-3", EPM_DATA_NIC), ("s0-1", "e3")].map(|(n, d)| (n.into(), d.into())).into();
+        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus, &cut);
+        let held_ports: Vec<(&str, &str)> = switches
+            .iter()
+            .flat_map(|(n, g)| g.ports.iter().filter(|p| p.held_down).map(move |p| (n.as_str(), p.name.as_str())))
+            .collect();
+        assert_eq!(held_ports, [("s0-1", "e3")]);
+        let held_nics: Vec<&str> = epms.iter().filter(|(_, g)| g.held_down).map(|(e, _)| e.name.as_str()).collect();
+        assert_eq!(held_nics, ["epm-3"]);
+        let with_cut = applied(&spec, &pods, &mtus, &cut);
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &with_cut, &cut), 4, "held as declared");
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &with_cut, &none), 3, "down without a fault");
 
         // A pod made anew elsewhere: its links point at its old IP until the next apply.
         let mut moved = pods.clone();
         moved.insert("epm-2".into(), running("10.244.9.9"));
-        assert_eq!(KubernetesRuntime::ready_epms(&spec, &moved, &infos), 3);
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &moved, &infos, &none), 3);
         // A vswitch pod gone cuts off its rack.
         let mut without_tor = pods.clone();
         without_tor.remove("s0-0");
-        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &without_tor, &mtus);
+        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &without_tor, &mtus, &none);
         assert!(epms.iter().all(|(e, _)| e.rack == 1), "no goal for EPMs whose top-of-rack pod is missing");
         assert!(switches.iter().find(|(n, _)| n == "s1-0").unwrap().1.ports.iter().all(|p| p.name != "d0"));
-        assert_eq!(KubernetesRuntime::ready_epms(&spec, &without_tor, &applied(&spec, &without_tor, &mtus)), 2);
+        let infos = applied(&spec, &without_tor, &mtus, &none);
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &without_tor, &infos, &none), 2);
     }
 }

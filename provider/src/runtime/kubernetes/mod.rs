@@ -22,6 +22,7 @@
 
 mod certificates;
 pub mod cluster;
+mod faults;
 mod gateway;
 mod holder;
 mod links;
@@ -48,9 +49,9 @@ use self::gateway::Routes;
 use self::objects::{Access, PodSettings, namespace_name};
 use self::pods::{PodState, pod_state};
 use super::agent_client::AgentChannel;
-use super::capability::{AgentContainers, AgentsUnderTest};
+use super::capability::{AgentContainers, AgentsUnderTest, LinkFaults};
 use super::wait::{Check, wait_until};
-use super::{Failure, Intent, NodeRoute, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest};
+use super::{Failure, Intent, NodeRoute, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, held};
 use crate::model::TreeSpec;
 use crate::model::epm_agent::EpmAgentSpec;
 use crate::model::naming;
@@ -59,6 +60,9 @@ use crate::store::{self as records, RecordStore, StoreError};
 /// Pods created, deleted or asked at once: enough to keep a large cluster's
 /// API server busy, few enough not to be throttled into a crawl.
 const IN_FLIGHT: usize = 32;
+
+/// Each pod's agent's report, by pod name.
+type Infos = HashMap<String, Result<merak_proto::agent::EpmInfo, RuntimeError>>;
 /// How long a namespace may take to go away with everything in it.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(300);
 const TOPOLOGY: &str = "topology";
@@ -122,12 +126,19 @@ impl KubernetesRuntime {
         })
     }
 
-    async fn status(&self, spec: &TreeSpec) -> Result<TopologyStatus, RuntimeError> {
-        let existing = self.list_pods(&spec.name).await?;
+    /// The pods' states and their agents' reports.
+    async fn pods_and_infos(&self, topology: &str) -> Result<(HashMap<String, PodState>, Infos), RuntimeError> {
+        let existing = self.list_pods(topology).await?;
         let pods: HashMap<String, PodState> =
             existing.iter().map(|(name, pod)| (name.clone(), pod_state(pod, None))).collect();
-        let infos = self.infos(&spec.name, &pods).await;
-        Ok(TopologyStatus { ready_epms: Self::ready_epms(spec, &pods, &infos), ..TopologyStatus::default() })
+        let infos = self.infos(topology, &pods).await;
+        Ok((pods, infos))
+    }
+
+    async fn status(&self, spec: &TreeSpec) -> Result<TopologyStatus, RuntimeError> {
+        let (pods, infos) = self.pods_and_infos(&spec.name).await?;
+        let held = held::recorded_ends(self.store.as_ref(), spec).await?;
+        Ok(TopologyStatus { ready_epms: Self::ready_epms(spec, &pods, &infos, &held), ..TopologyStatus::default() })
     }
 
     fn forget(&self, topology: &str) {
@@ -166,6 +177,10 @@ impl Substrate for KubernetesRuntime {
         // Their EPM ends would be for agents under test to attach in the
         // pods, which no acceptance test has proven yet.
         false
+    }
+
+    fn link_faults(&self) -> Option<&dyn LinkFaults> {
+        Some(self)
     }
 
     fn node_route(&self, _topology: &str, _tree: &TreeSpec, node: &str) -> NodeRoute {
@@ -208,7 +223,8 @@ impl Substrate for KubernetesRuntime {
                 failures.push(Failure { object: name.clone(), error: e.to_string() });
             }
         }
-        let (switch_goals, epm_goals) = Self::underlay_goals(spec, &pods, &infos);
+        let held = held::recorded_ends(self.store.as_ref(), spec).await?;
+        let (switch_goals, epm_goals) = Self::underlay_goals(spec, &pods, &infos, &held);
         failures.extend(self.push_underlay(topology, switch_goals, epm_goals).await);
 
         let mut status = self.status(spec).await?;

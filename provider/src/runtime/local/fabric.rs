@@ -13,9 +13,9 @@ use merak_netdev::netns::{self, NetnsOptions};
 use merak_netdev::routes::Hop;
 
 use super::LocalRuntime;
-use super::faults::HeldEnds;
 use crate::model::fat_tree::{FatTree, HostPort, Switch};
 use crate::model::naming::{self, EPM_DATA_NIC};
+use crate::runtime::held::HeldEnds;
 use crate::runtime::{Failure, RuntimeError};
 
 /// Switches and links wired at once.

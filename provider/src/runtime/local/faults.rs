@@ -17,17 +17,10 @@ use crate::model::fault::{all_links, ends_of};
 use crate::model::link_profile::LinkEnd;
 use crate::model::naming;
 use crate::runtime::capability::{Faults, LinkFaults};
-use crate::runtime::{Failure, Intent, RuntimeError, Substrate, UnderTest};
-use crate::store;
-
-/// The record kind of a topology's faults (`faults.json` in a file store).
-const FAULTS: &str = "faults";
+use crate::runtime::{Failure, Intent, RuntimeError, Substrate, UnderTest, held};
 
 /// Namespaces worked on at once.
 const PARALLEL_NAMESPACES: usize = 16;
-
-/// Link ends held down: (node, device).
-pub(super) type HeldEnds = HashSet<(String, String)>;
 
 /// Each namespace's devices among `ends`.
 fn by_namespace(topology: &str, ends: &[LinkEnd]) -> BTreeMap<String, Vec<String>> {
@@ -39,22 +32,9 @@ fn by_namespace(topology: &str, ends: &[LinkEnd]) -> BTreeMap<String, Vec<String
 }
 
 impl LocalRuntime {
-    async fn load_faults(&self, topology: &str) -> Result<Faults, RuntimeError> {
-        Ok(store::load_json(self.store.as_ref(), topology, FAULTS).await?.unwrap_or_default())
-    }
-
-    /// The link ends the topology's faults hold down.
-    pub(super) async fn held_ends(&self, spec: &TreeSpec) -> Result<HeldEnds, RuntimeError> {
-        let faults = self.load_faults(&spec.name).await?;
-        if faults.is_empty() {
-            return Ok(HeldEnds::new());
-        }
-        Ok(ends_of(spec, faults.values().flatten()).into_iter().map(|end| (end.object, end.device)).collect())
-    }
-
     /// Takes down every end the faults hold that is up; per end that failed, why.
     pub(super) async fn hold_down(&self, spec: &TreeSpec) -> Result<Vec<Failure>, RuntimeError> {
-        let faults = self.load_faults(&spec.name).await?;
+        let faults = held::load(self.store.as_ref(), &spec.name).await?;
         let ends = ends_of(spec, faults.values().flatten());
         let failures: Vec<Vec<Failure>> = futures::stream::iter(by_namespace(&spec.name, &ends))
             .map(|(namespace, devices)| async move { down_in(&namespace, &devices).await })
@@ -89,14 +69,11 @@ async fn down_in(namespace: &str, devices: &[String]) -> Vec<Failure> {
 #[tonic::async_trait]
 impl LinkFaults for LocalRuntime {
     async fn faults(&self, topology: &str) -> Result<Faults, RuntimeError> {
-        self.load_faults(topology).await
+        held::load(self.store.as_ref(), topology).await
     }
 
     async fn hold(&self, spec: &TreeSpec, faults: &Faults) -> Result<Vec<Failure>, RuntimeError> {
-        let before = self.load_faults(&spec.name).await?;
-        store::save_json(self.store.as_ref(), &spec.name, FAULTS, faults).await?;
-        let held: BTreeSet<&String> = faults.values().flatten().collect();
-        let released = before.values().flatten().any(|link| !held.contains(link));
+        let released = held::save(self.store.as_ref(), &spec.name, faults).await?;
         if !released {
             return self.hold_down(spec).await;
         }

@@ -46,7 +46,8 @@ use self::teardown::TEARDOWN_PASSES;
 use self::underlay::on_bridge;
 use super::capability::{AgentsUnderTest, LinkFaults, LinkShaping, SupervisedAgents};
 use super::{
-    Failure, Intent, NodeRoute, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, agent_client, process,
+    Failure, Intent, NodeRoute, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, agent_client, held,
+    process,
 };
 use crate::model::link_profile::LinkProfileSpec;
 use crate::model::naming::{self, BRIDGE, UPLINK};
@@ -184,7 +185,7 @@ impl LocalRuntime {
         let served =
             |epm: &str| host_current && record.host.is_some() && record.agents.get(epm) == record.host.as_ref();
         // Ends a fault holds down count as wired: they are as declared.
-        let held = self.held_ends(spec).await.unwrap_or_default();
+        let held = held::recorded_ends(self.store.as_ref(), spec).await.unwrap_or_default();
         let held = &held;
         let nic_held = |epm: &str| held.contains(&(epm.to_string(), naming::EPM_DATA_NIC.to_string()));
         if let Some(fabric) = &spec.fabric {
@@ -342,13 +343,15 @@ impl Substrate for LocalRuntime {
 
         let record = Arc::new(Mutex::new(record));
         let switch_netlink = &switch_netlink;
+        let held = &held::recorded_ends(self.store.as_ref(), spec).await?;
         let results: Vec<(String, Result<(), RuntimeError>)> = futures::stream::iter(epms.iter().cloned())
             .map(|epm: Epm| {
                 let record = Arc::clone(&record);
                 async move {
                     let tor = switch_netlink.get(&(0, epm.rack));
                     let known = record.lock().await.agents.get(&epm.name).copied();
-                    let result = self.ensure_epm(spec, &epm, tor, host, known).await;
+                    let nic_held = held.contains(&(epm.name.clone(), naming::EPM_DATA_NIC.to_string()));
+                    let result = self.ensure_epm(spec, &epm, tor, host, known, nic_held).await;
                     let result = match result {
                         Ok((pid, address)) => {
                             let mut record = record.lock().await;

@@ -123,7 +123,8 @@ impl LocalRuntime {
 
     /// Builds or repairs one EPM: namespace, data-plane NIC wired to its
     /// top-of-rack switch, its agent served by the host, and the agent's
-    /// underlay config. Returns the pid serving the agent, and where it listens.
+    /// underlay config (its NIC kept down where a fault holds it: `nic_held`).
+    /// Returns the pid serving the agent, and where it listens.
     pub(super) async fn ensure_epm(
         &self,
         spec: &TreeSpec,
@@ -131,6 +132,7 @@ impl LocalRuntime {
         tor: Option<&Netlink>,
         host: &Result<(u32, HostClient), String>,
         known_agent: Option<u32>,
+        nic_held: bool,
     ) -> Result<(u32, String), RuntimeError> {
         let topology = &spec.name;
         let namespace = naming::namespace(topology, &epm.name);
@@ -187,6 +189,7 @@ impl LocalRuntime {
             mac: netdev::format_mac(&epm.mac),
             tunnel: None,
             gateway: gateway.map(|g| g.to_string()).unwrap_or_default(),
+            held_down: nic_held,
         };
         agent
             .apply_underlay(goal)
