@@ -234,6 +234,16 @@ pub fn quickstart_repairs_imports_and_goes_away(cluster: &dyn Cluster, image: &s
     }
     ws.ok(&with(&["apply", "-refresh-only", "-auto-approve"], &vars));
     assert_eq!(ws.resource_values("merak_topology.dc")["ready_epms"], 6, "a link held down is as declared");
+    // Brought back up by hand inside the pods: drift, which apply takes down again.
+    for (node, device) in [("epm-5", "eth1"), ("s0-1", "e5")] {
+        let set = merak.exec(node, &["ip", "link", "set", device, "up"]);
+        assert!(set.status.success(), "{}", crate::operate::said(&set));
+    }
+    let plan = ws.terraform(&with(&["plan"], &vars));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(text.contains("merak_fault.cut will be updated in-place") && text.contains("down_links"), "{text}");
+    let output = ws.ok(&with(&["apply", "-auto-approve"], &vars));
+    assert!(output.contains("underlay = \"20/30\""), "held down again: {output}");
     std::fs::remove_file(ws.dir.join("fault.tf")).expect("remove fault.tf");
     ws.ok(&with(&["apply", "-auto-approve"], &vars));
     let output = ws.ok(&with(&["apply", "-refresh-only", "-auto-approve"], &vars));
