@@ -27,6 +27,8 @@ struct PlannedSpecs {
     subnets: HashMap<String, SubnetSpec>,
     /// Per topology, each planned fault's links.
     faults: HashMap<String, HashMap<String, BTreeSet<String>>>,
+    /// Recorded faults this plan replaces, keyed `topology/fault`.
+    leaving_faults: BTreeSet<String>,
 }
 
 impl Planned {
@@ -78,6 +80,12 @@ impl Planned {
         self.specs().subnets.get(&format!("{topology}/{vpc}/{name}")).cloned()
     }
 
+    /// Notes that recorded fault `name` is replaced by this plan (its links
+    /// are let go before its successor holds them).
+    pub fn fault_leaves(&self, topology: &str, name: &str) {
+        self.specs().leaving_faults.insert(format!("{topology}/{name}"));
+    }
+
     /// Plans fault `name` holding `held` unless a link of it is held by
     /// another fault, `recorded` or planned so far: then that link and the
     /// other fault. Checked and recorded under one lock (sibling faults are
@@ -90,10 +98,15 @@ impl Planned {
         recorded: &crate::runtime::capability::Faults,
     ) -> Result<(), (String, String)> {
         let mut planned = self.specs();
+        let leaving: BTreeSet<String> = planned
+            .leaving_faults
+            .iter()
+            .filter_map(|k| Some(k.strip_prefix(&format!("{topology}/"))?.to_string()))
+            .collect();
         let of_topology = planned.faults.entry(topology.to_string()).or_default();
         let others = recorded
             .iter()
-            .filter(|(other, _)| !of_topology.contains_key(*other))
+            .filter(|(other, _)| !of_topology.contains_key(*other) && !leaving.contains(*other))
             .chain(of_topology.iter())
             .filter(|(other, _)| *other != name)
             .map(|(other, links)| (other.as_str(), links));
@@ -134,6 +147,20 @@ mod tests {
             assert_eq!(passed.iter().filter(|p| **p).count(), 1, "round {round}: {passed:?}");
             planned.specs().subnets.retain(|_, s| s.topology != "planned-race");
         }
+    }
+
+    #[test]
+    fn a_link_is_planned_for_one_fault_unless_its_holder_is_replaced() {
+        let links = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
+        let recorded = crate::runtime::capability::Faults::from([("cut".to_string(), links(&["s0-0--epm-1"]))]);
+        let planned = Planned::default();
+        assert!(planned.plan_fault("lab", "cut", &links(&["s0-0--epm-1"]), &recorded).is_ok(), "itself, again");
+        let clash = planned.plan_fault("lab", "other", &links(&["s0-0--epm-0", "s0-0--epm-1"]), &recorded);
+        assert_eq!(clash, Err(("s0-0--epm-1".to_string(), "cut".to_string())));
+        assert!(planned.plan_fault("elsewhere", "other", &links(&["s0-0--epm-1"]), &Default::default()).is_ok());
+        let renamed = Planned::default();
+        renamed.fault_leaves("lab", "cut");
+        assert!(renamed.plan_fault("lab", "cut-again", &links(&["s0-0--epm-1"]), &recorded).is_ok(), "cut leaves");
     }
 
     #[test]

@@ -107,12 +107,7 @@ impl Resource<Controller> for Fault {
         spec_of(config).err().unwrap_or_default()
     }
 
-    async fn plan(
-        &self,
-        controller: Option<&Controller>,
-        _prior: &Value,
-        config: &Value,
-    ) -> Result<Value, Diagnostics> {
+    async fn plan(&self, controller: Option<&Controller>, prior: &Value, config: &Value) -> Result<Value, Diagnostics> {
         let Some(spec) = spec_of(config)? else { return Ok(super::unknown_computed(&SCHEMA, config)) };
         let Some(controller) = controller else { return Ok(super::unknown_computed(&SCHEMA, config)) };
         if let Err(error) = controller.check_link_faults() {
@@ -135,6 +130,14 @@ impl Resource<Controller> for Fault {
             .faults(&spec.topology)
             .await
             .map_err(|e| runtime_error("Could not read the topology's faults", e))?;
+        // A fault renamed (or moved) is replaced: the old one lets go before
+        // the new one holds. Terraform plans the new one again without its
+        // prior state, so the plan remembers that the old one leaves.
+        if let (Some(topology), Some(old)) = (known_str(prior, "topology_id"), known_str(prior, "name"))
+            && (topology, old) != (spec.topology.as_str(), spec.name.as_str())
+        {
+            controller.planned().fault_leaves(topology, old);
+        }
         if let Err((link, other)) = controller.planned().plan_fault(&spec.topology, &spec.name, &held, &faults) {
             let attribute = if spec.links.is_empty() { "nodes" } else { "links" };
             let detail = format!(

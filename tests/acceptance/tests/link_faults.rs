@@ -100,9 +100,17 @@ fn a_fault_cuts_exactly_its_links_until_it_is_destroyed() {
         assert!(refused.contains(named), "{named} not in: {refused}");
     }
 
+    // Renamed, the fault is replaced: the old one lets go of the link before
+    // the new one holds it.
+    let rename = |config: String| config.replace("name        = \"cut\"", "name        = \"cut-again\"");
+    ws.write_config(&format!("{TOPOLOGY}{}{PINGALL}", rename(fault("cut", &["epm-3--s0-1"], &[]))));
+    let output = ws.apply();
+    assert!(output.contains("underlay = \"6/12\""), "{output}");
+    assert_eq!(ws.resource_values("merak_fault.cut")["id"], format!("{}/cut-again", ws.name));
+
     // The fault moves to a node, in place: all of s0-0's links, so
     // epm-0 and epm-1 reach each other no more, nor anyone else; epm-3 is back.
-    ws.write_config(&format!("{TOPOLOGY}{}{PINGALL}", fault("cut", &[], &["s0-0"])));
+    ws.write_config(&format!("{TOPOLOGY}{}{PINGALL}", rename(fault("cut", &[], &["s0-0"]))));
     let (code, plan) = ws.plan();
     assert!(code == 2 && plan.contains("updated in-place") && !plan.contains("must be replaced"), "{plan}");
     let output = ws.apply();
