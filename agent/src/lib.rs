@@ -15,6 +15,7 @@ pub mod pcap;
 pub mod ping;
 pub mod pki;
 pub mod server;
+pub mod shaping;
 pub mod supervisor;
 pub mod tls;
 pub mod underlay;

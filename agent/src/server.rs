@@ -7,8 +7,8 @@ use futures::StreamExt;
 
 use merak_proto::agent::agent_server::Agent;
 use merak_proto::agent::{
-    ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, SuperviseGoal, SupervisedReply,
-    SupervisedRequest, SwitchGoal, UnderlayGoal,
+    ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, ProbeNetemReply, ProbeNetemRequest,
+    SuperviseGoal, SupervisedReply, SupervisedRequest, SwitchGoal, UnderlayGoal,
 };
 use tonic::{Request, Response, Status};
 
@@ -43,6 +43,8 @@ pub struct AgentService {
     epm: String,
     namespace: EpmNamespace,
     supervisor: Arc<Supervisor>,
+    /// Whether the kernel has netem, once probed (it does not change).
+    netem: tokio::sync::OnceCell<Result<(), String>>,
 }
 
 impl AgentService {
@@ -55,7 +57,12 @@ impl AgentService {
             EpmNamespace::Held(_) => None,
             EpmNamespace::At(path) => Some(path.clone()),
         };
-        AgentService { epm, namespace, supervisor: Arc::new(Supervisor::new(netns)) }
+        AgentService {
+            epm,
+            namespace,
+            supervisor: Arc::new(Supervisor::new(netns)),
+            netem: tokio::sync::OnceCell::new(),
+        }
     }
 
     /// The processes this agent supervises (to stop them when it stops).
@@ -121,6 +128,11 @@ impl AgentService {
             }
         }
 
+        if let Some(shaping) = &goal.shaping {
+            let shaped = crate::shaping::apply(&netlink, &[(goal.interface.as_str(), shaping)]).await;
+            actions.extend(shaped.map_err(overlay_status)?);
+        }
+
         // A system under test may have moved the address onto a device of
         // its own that took the NIC as a port (an Open vSwitch bridge does,
         // for its userspace tunnels): the EPM keeps its address, so leave it.
@@ -157,6 +169,7 @@ impl Agent for AgentService {
     async fn get_info(&self, _: Request<GetInfoRequest>) -> Result<Response<EpmInfo>, Status> {
         let netlink = self.namespace.netlink().await?;
         let links = netlink.links().await.map_err(internal)?;
+        let roots = netlink.root_qdiscs().await.map_err(internal)?;
         let mut interfaces = Vec::with_capacity(links.len());
         for link in links {
             let addresses = netlink
@@ -175,6 +188,7 @@ impl Agent for AgentService {
                 addresses,
                 controller: link.controller.unwrap_or(0),
                 tunnel_remote: link.vxlan.and_then(|v| v.remote).map(|ip| ip.to_string()).unwrap_or_default(),
+                root_qdisc: roots.get(&link.index).map(crate::shaping::report),
             });
         }
         Ok(Response::new(EpmInfo { epm: self.epm.clone(), interfaces }))
@@ -198,6 +212,20 @@ impl Agent for AgentService {
             tracing::info!(vswitch = %self.epm, ?actions, "vswitch converged");
         }
         Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
+    }
+
+    async fn probe_netem(&self, _: Request<ProbeNetemRequest>) -> Result<Response<ProbeNetemReply>, Status> {
+        let probed = self
+            .netem
+            .get_or_try_init(|| async {
+                let netlink = self.namespace.netlink().await?;
+                crate::shaping::probe_netem(&netlink).await.map_err(overlay_status)
+            })
+            .await?;
+        Ok(Response::new(ProbeNetemReply {
+            available: probed.is_ok(),
+            why: probed.as_ref().err().cloned().unwrap_or_default(),
+        }))
     }
 
     async fn supervise(&self, request: Request<SuperviseGoal>) -> Result<Response<SupervisedReply>, Status> {

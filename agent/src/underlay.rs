@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use merak_proto::agent::{SwitchGoal, Tunnel};
+use merak_proto::agent::{Shaping, SwitchGoal, Tunnel};
 
 use crate::error::OverlayError;
 use crate::netdev::{LinkState, Netlink, VxlanState};
@@ -61,7 +61,8 @@ pub async fn ensure_tunnel(
 }
 
 /// Converges a vswitch: its bridge up, every listed tunnel on it (up, or
-/// down where a fault holds it), and tunnel ports it no longer has removed.
+/// down where a fault holds it, shaped as its goal says), and tunnel ports
+/// it no longer has removed.
 pub async fn apply_switch(netlink: &Netlink, goal: &SwitchGoal) -> Result<Vec<String>, OverlayError> {
     let mut actions = Vec::new();
     let bridge = match netlink.link(&goal.bridge).await? {
@@ -109,5 +110,9 @@ pub async fn apply_switch(netlink: &Netlink, goal: &SwitchGoal) -> Result<Vec<St
             actions.push(format!("removed {}", stale.name));
         }
     }
+    // Shaped last: a tunnel made anew above came without its qdiscs.
+    let shaped: Vec<(&str, &Shaping)> =
+        goal.ports.iter().filter_map(|p| Some((p.name.as_str(), p.shaping.as_ref()?))).collect();
+    actions.extend(crate::shaping::apply(netlink, &shaped).await?);
     Ok(actions)
 }

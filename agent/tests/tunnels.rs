@@ -11,8 +11,8 @@ use merak_agent::server::{AgentService, OverlayService};
 use merak_proto::agent::agent_server::Agent;
 use merak_proto::agent::overlay_server::Overlay;
 use merak_proto::agent::{
-    EvmBatch, EvmSpec, OverlayGoal, PingProbe, PingRequest, SubnetGoal, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal,
-    VpcGoal,
+    EpmInfo, EvmBatch, EvmSpec, GetInfoRequest, OverlayGoal, PingProbe, PingRequest, ProbeNetemRequest, Shaping,
+    SubnetGoal, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal, VpcGoal,
 };
 use tonic::Request;
 
@@ -62,6 +62,7 @@ fn switch_goal(ports: &[(&str, &str, u32)]) -> SwitchGoal {
                 name: (*name).into(),
                 tunnel: tunnel(remote, *vni),
                 held_down: false,
+                shaping: None,
             })
             .collect(),
     }
@@ -75,6 +76,7 @@ fn underlay(address: &str, mac: &str, tor: &str, vni: u32) -> UnderlayGoal {
         tunnel: tunnel(tor, vni),
         gateway: String::new(),
         held_down: false,
+        shaping: None,
     }
 }
 
@@ -205,6 +207,63 @@ async fn tunnels_over_a_pod_network_carry_full_size_packets() {
         .unwrap()
         .into_inner();
     assert_eq!(reply.reached, [true], "a full-size probe sized by the agent from the EVM's MTU");
+
+    // A link profile shapes both ends of the link (a tbf of merak's, as the
+    // agents report it); the same goal again changes nothing; all zero
+    // takes merak's shaping off, and an unset shaping leaves it alone.
+    let rate = Shaping { rate_bytes_per_s: 1_000_000, ..Shaping::default() };
+    let mut shaped = goal.clone();
+    shaped.ports[0].shaping = Some(rate);
+    let reply = tor_agent.apply_switch(Request::new(shaped.clone())).await.unwrap().into_inner();
+    assert!(reply.actions.iter().any(|a| a.starts_with("h0 shaped")), "{:?}", reply.actions);
+    assert!(!tor_agent.apply_switch(Request::new(shaped)).await.unwrap().into_inner().changed);
+    let shaped_nic =
+        UnderlayGoal { shaping: Some(rate), ..underlay("192.168.60.1/24", "02:4d:00:00:00:01", "10.250.0.10", 1) };
+    let reply = agent_a.apply_underlay(Request::new(shaped_nic.clone())).await.unwrap().into_inner();
+    assert!(reply.actions.iter().any(|a| a.starts_with("eth1 shaped")), "{:?}", reply.actions);
+    assert!(!agent_a.apply_underlay(Request::new(shaped_nic)).await.unwrap().into_inner().changed);
+    let root = |info: &EpmInfo, device: &str| {
+        info.interfaces.iter().find(|i| i.name == device).and_then(|i| i.root_qdisc.clone())
+    };
+    let tor_info = tor_agent.get_info(Request::new(GetInfoRequest {})).await.unwrap().into_inner();
+    let a_info = agent_a.get_info(Request::new(GetInfoRequest {})).await.unwrap().into_inner();
+    for reported in [root(&tor_info, "h0"), root(&a_info, "eth1")] {
+        let reported = reported.expect("a root qdisc of merak's");
+        assert_eq!(
+            (reported.kind.as_str(), reported.handle, reported.rate_bytes_per_s),
+            ("tbf", 0x6d72_0000, 1_000_000)
+        );
+    }
+    assert_eq!(root(&tor_info, "h1"), None, "an unshaped port has the kernel's default");
+    assert!(ping(&overlay_a, &on_a, "10.0.0.11", full).await, "a shaped link carries");
+    let mut unshaped = goal.clone();
+    unshaped.ports[0].shaping = Some(Shaping::default());
+    let reply = tor_agent.apply_switch(Request::new(unshaped)).await.unwrap().into_inner();
+    assert_eq!(reply.actions, ["h0 unshaped"]);
+    let untouched = agent_a
+        .apply_underlay(Request::new(underlay("192.168.60.1/24", "02:4d:00:00:00:01", "10.250.0.10", 1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!untouched.changed, "no shaping in the goal leaves the NIC's as it is");
+    let a_info = agent_a.get_info(Request::new(GetInfoRequest {})).await.unwrap().into_inner();
+    assert!(root(&a_info, "eth1").is_some());
+    let reply = agent_a
+        .apply_underlay(Request::new(UnderlayGoal {
+            shaping: Some(Shaping::default()),
+            ..underlay("192.168.60.1/24", "02:4d:00:00:00:01", "10.250.0.10", 1)
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.actions, ["eth1 unshaped"]);
+
+    // Whether the kernel has netem, tried on a scratch device that is gone after.
+    let probed = agent_a.probe_netem(Request::new(ProbeNetemRequest {})).await.unwrap().into_inner();
+    let has_netem = std::path::Path::new("/sys/module/sch_netem").exists();
+    assert_eq!(probed.available, has_netem, "{probed:?}");
+    assert!(has_netem || probed.why.contains("sch_netem"), "{probed:?}");
+    assert!(in_a.link("netem-probe").await.unwrap().is_none(), "the probe's device is removed");
 
     // The EPM b pod made anew elsewhere (another pod IP): the vswitch's
     // port follows it, and traffic flows again.

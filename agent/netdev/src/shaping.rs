@@ -63,6 +63,21 @@ impl RootQdisc {
     pub fn is_merak(&self) -> bool {
         self.handle == ROOT_HANDLE
     }
+
+    /// Whether it is what `shaping` makes: merak's tbf at its rate, with a
+    /// netem under it when it needs one, or merak's netem alone. (Netem's
+    /// own parameters are not read back.)
+    pub fn carries(&self, shaping: &Shaping) -> bool {
+        if !self.is_merak() {
+            return false;
+        }
+        match shaping.rate_bytes_per_s {
+            Some(rate) => {
+                self.kind == "tbf" && self.rate_bytes_per_s == Some(rate) && self.netem_below == shaping.needs_netem()
+            }
+            None => self.kind == "netem",
+        }
+    }
 }
 
 /// The bucket a tbf at `rate` needs: 10 ms of traffic, and never less than
@@ -166,6 +181,42 @@ impl Netlink {
             };
         }
         Ok(())
+    }
+
+    /// Makes link `index`'s egress carry `shaping` (`None`: none of merak's),
+    /// given its root qdisc as read; whether anything changed.
+    pub async fn ensure_shaping(
+        &self,
+        index: u32,
+        mtu: u32,
+        root: Option<&RootQdisc>,
+        shaping: Option<&Shaping>,
+    ) -> Result<bool> {
+        match shaping {
+            Some(shaping) if root.is_some_and(|r| r.carries(shaping)) => Ok(false),
+            Some(shaping) => self.set_shaping(index, shaping, mtu).await.map(|()| true),
+            None if root.is_some_and(RootQdisc::is_merak) => self.clear_shaping(index).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether this kernel can add a netem qdisc, tried on a scratch device
+    /// named `scratch` in this connection's namespace (a tunnel left down,
+    /// so that nothing is sent and no other link is touched), removed after.
+    /// `Err(why)` when it cannot.
+    pub async fn probe_netem(&self, scratch: &str) -> Result<std::result::Result<(), String>> {
+        if let Some(stale) = self.link(scratch).await? {
+            self.delete_link(stale.index).await?;
+        }
+        self.create_tunnel(scratch, 1, std::net::Ipv4Addr::LOCALHOST, 9, 1500).await?;
+        let link = self
+            .link(scratch)
+            .await?
+            .ok_or_else(|| NetdevError::invalid(format!("the netem probe {scratch} vanished right after creation")))?;
+        let delay = Shaping { delay_us: 1000, ..Shaping::default() };
+        let tried = self.set_shaping(link.index, &delay, link.mtu).await.map_err(|e| e.to_string());
+        self.delete_link(link.index).await?;
+        Ok(tried)
     }
 
     /// Removes merak's shaping from link `index`; another root qdisc (not

@@ -42,6 +42,7 @@ use crate::model::network_controller::VpcController;
 use crate::model::overlay::{GroupSpec, SubnetSpec, VpcSpec};
 use crate::model::ranges::Ranges;
 use crate::runtime::capability::{Capability, LinkShaping, Unsupported};
+use crate::runtime::link_profiles;
 pub use crate::runtime::{
     Failure, Intent, NodeRoute, RuntimeError, Substrate, TopologyStatus, UnderTest, owned_elsewhere,
 };
@@ -49,8 +50,6 @@ use crate::store::{self, RecordStore};
 
 /// The record kind of the tenant networks (`overlay.json` in a file store).
 const OVERLAY: &str = "overlay";
-/// The record kind of the topology's link profiles.
-const LINK_PROFILES: &str = "link_profiles";
 
 /// A topology as it stands: its underlay and its agents under test.
 #[derive(Debug, Clone)]
@@ -242,8 +241,11 @@ impl Controller {
         })
     }
 
-    /// Records the profiles and has the substrate shape the links; how many
-    /// carry their shaping after it. Shaping refused whole is one failure.
+    /// Has the substrate shape the links and records the profiles; how many
+    /// links carry their shaping after it. Shaping refused whole is one
+    /// failure, and leaves the record as it was: no link was touched, and a
+    /// runtime whose agents shape (kubernetes) puts the recorded profiles in
+    /// every goal it pushes.
     async fn apply_link_profiles(
         &self,
         spec: &TreeSpec,
@@ -254,9 +256,6 @@ impl Controller {
         if profiles.is_empty() && recorded.is_empty() {
             return Ok(0);
         }
-        if recorded != profiles {
-            store::save_json(self.store.as_ref(), &spec.name, LINK_PROFILES, &profiles).await?;
-        }
         let shaping = match self.shaping() {
             Ok(shaping) => shaping,
             Err(e) => {
@@ -265,14 +264,19 @@ impl Controller {
             }
         };
         match shaping.apply_link_profiles(spec, profiles).await {
-            Ok(refused) => failures.extend(refused),
+            Ok(refused) => {
+                failures.extend(refused);
+                if recorded != profiles {
+                    link_profiles::save(self.store.as_ref(), &spec.name, profiles).await?;
+                }
+            }
             Err(e) => failures.push(Failure { object: "link_profile".into(), error: e.to_string() }),
         }
         shaping.impaired_links(spec, profiles).await
     }
 
     async fn load_link_profiles(&self, topology: &str) -> Result<Vec<LinkProfileSpec>, RuntimeError> {
-        Ok(store::load_json(self.store.as_ref(), topology, LINK_PROFILES).await?.unwrap_or_default())
+        link_profiles::load(self.store.as_ref(), topology).await
     }
 
     /// Builds again the EVMs of EPMs the substrate made anew (a replaced

@@ -92,6 +92,19 @@ impl LinkProfileSpec {
     }
 }
 
+/// Every link of every role, each with the shaping its role's profile asks
+/// for (`None`: no profile, merak's shaping comes off).
+pub fn shaped_links(spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Vec<([LinkEnd; 2], Option<Shaping>)> {
+    ROLES
+        .into_iter()
+        .map(|(_, role)| role)
+        .flat_map(|role| {
+            let shaping = profiles.iter().find(|p| p.role() == Some(role)).map(LinkProfileSpec::shaping);
+            links(spec, role).into_iter().map(move |ends| (ends, shaping))
+        })
+        .collect()
+}
+
 /// The links of `role` in `spec`, each as its two ends.
 pub fn links(spec: &TreeSpec, role: LinkRole) -> Vec<[LinkEnd; 2]> {
     let end = |object: String, device: String| LinkEnd { object, device };

@@ -18,7 +18,8 @@ pub fn block() -> Block {
             `rate_mbit` with a token bucket (`tbf`), `delay_ms`, `jitter_ms` and `loss_percent` with \
             `netem`. Changing a profile reshapes the links in place; shaping removed behind \
             Terraform's back is drift the next plan shows. A kernel without `sch_netem` refuses \
-            delay, jitter and loss at apply, naming it. The `local` runtime only, for now.",
+            delay, jitter and loss at apply, naming it. On the `kubernetes` runtime the agents shape \
+            both ends of each tunnel, in the pods.",
         attributes: vec![
             Attribute::required(
                 "role",

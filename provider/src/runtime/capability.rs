@@ -108,8 +108,8 @@ impl Capability {
     fn explain(self, runtime: &str) -> String {
         match self {
             Capability::LinkShaping => format!(
-                "link_profile blocks shape the local runtime's links only in this provider version, and this topology \
-                 runs on the {runtime} runtime; remove them or use runtime = \"local\"."
+                "link_profile blocks shape links on the local and kubernetes runtimes, and this topology runs on the \
+                 {runtime} runtime, which cannot; remove them."
             ),
             Capability::ExternalVpcs => format!(
                 "external VPCs run on the local runtime in this provider version: the {runtime} runtime runs agents \

@@ -7,6 +7,7 @@ pub mod agent_client;
 pub mod capability;
 pub mod held;
 pub mod kubernetes;
+pub mod link_profiles;
 pub mod local;
 mod process;
 mod recorded;

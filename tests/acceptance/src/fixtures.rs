@@ -47,6 +47,25 @@ output "pingall" {{
     )
 }
 
+/// An underlay pingall of `merak_topology.dc` (every EPM to every other,
+/// on the data plane) after `depends_on` (an HCL list's items), its outcome
+/// as output `underlay`: `"<replies>/<expected>"`.
+pub fn underlay_pingall(depends_on: &str) -> String {
+    format!(
+        r#"
+data "merak_pingall" "underlay" {{
+  topology_id = merak_topology.dc.id
+  scope       = "underlay"
+  depends_on  = [{depends_on}]
+}}
+
+output "underlay" {{
+  value = "${{data.merak_pingall.underlay.replies}}/${{data.merak_pingall.underlay.expected_replies}}"
+}}
+"#
+    )
+}
+
 /// Whether an apply's `pingall` output (see [`pingall`]) says every
 /// expected reply came, and that there was one at least.
 pub fn pingall_whole(output: &str) -> bool {

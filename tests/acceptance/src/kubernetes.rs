@@ -127,16 +127,6 @@ resource "merak_fault" "cut" {
   name        = "cut"
   links       = ["s0-1--epm-5"]
 }
-
-data "merak_pingall" "underlay" {
-  topology_id = merak_topology.dc.id
-  scope       = "underlay"
-  depends_on  = [merak_fault.cut]
-}
-
-output "underlay" {
-  value = "${data.merak_pingall.underlay.replies}/${data.merak_pingall.underlay.expected_replies}"
-}
 "#;
 
 /// examples/terraform/kubernetes: applied, pinged (also with full-size
@@ -222,7 +212,8 @@ pub fn quickstart_repairs_imports_and_goes_away(cluster: &dyn Cluster, image: &s
     // A fault on epm-5's link: the agents at both ends of its tunnel hold
     // it down, epm-5 is cut off, and the topology counts it as built;
     // without the fault every EVM answers again.
-    std::fs::write(ws.dir.join("fault.tf"), CUT_EPM_5).expect("write fault.tf");
+    let fault = format!("{CUT_EPM_5}{}", fixtures::underlay_pingall("merak_fault.cut"));
+    std::fs::write(ws.dir.join("fault.tf"), fault).expect("write fault.tf");
     let output = ws.ok(&with(&["apply", "-auto-approve"], &vars));
     assert!(output.contains("underlay = \"20/30\""), "epm-5 answers none of 5 and asks none of 5: {output}");
     assert_eq!(ws.resource_values("merak_fault.cut")["down_links"], serde_json::json!(["s0-1--epm-5"]));
@@ -270,6 +261,26 @@ pub fn quickstart_repairs_imports_and_goes_away(cluster: &dyn Cluster, image: &s
         .filter(|n| n.contains(&name))
         .collect();
     assert!(on_host.is_empty(), "namespaces of the topology on the host: {on_host:?}");
+}
+
+/// merak_acceptance::shaping's scenario on kubernetes: the agents shape
+/// both ends of each EPM's tunnel (the EPM's NIC and the vswitch's port),
+/// and the traffic runs in the pods' network namespaces, found on this host
+/// by their pod IPs.
+pub fn links_are_shaped_by_the_agents(cluster: &dyn Cluster, image: &str) {
+    let ws = Workspace::new("k8s-shape").with_provider(provider_block(cluster, image));
+    ws.write_config(&crate::shaping::config());
+    ws.init();
+    let namespace = format!("merak-{}", ws.name);
+    let pod_namespace = |epm: &str| {
+        let ip = kubectl_ok(cluster, &["get", "pod", epm, "-n", &namespace, "-o", "jsonpath={.status.podIP}"]);
+        crate::shaping::namespace_holding(ip.trim())
+            .unwrap_or_else(|| panic!("no network namespace on this host holds {epm}'s pod IP {ip:?}"))
+    };
+    crate::shaping::links_are_shaped(&ws, &pod_namespace);
+    ws.ok(&["destroy", "-auto-approve"]);
+    assert_no_topology_namespace(cluster);
+    assert_host_clean(cluster);
 }
 
 /// An agent under test, the commands of its container; `{port}` is the
@@ -321,18 +332,13 @@ resource "merak_topology" "dc" {
 output "agents_ready" {
   value = merak_topology.dc.epm_agents_ready
 }
-
-data "merak_pingall" "underlay" {
-  topology_id = merak_topology.dc.id
-  scope       = "underlay"
-  depends_on  = [merak_topology.dc]
-}
-
-output "underlay" {
-  value = "${data.merak_pingall.underlay.replies}/${data.merak_pingall.underlay.expected_replies}"
-}
 "#;
-    let tenant = format!("{}{}", fixtures::tenant("4"), fixtures::pingall("merak_topology.dc, merak_evm_group.web"));
+    let tenant = format!(
+        "{}{}{}",
+        fixtures::underlay_pingall("merak_topology.dc"),
+        fixtures::tenant("4"),
+        fixtures::pingall("merak_topology.dc, merak_evm_group.web")
+    );
     let config = format!("{}{config}{tenant}", agent.locals);
     config
         .replace("IMAGE", agent.image)

@@ -428,6 +428,7 @@ pub mod host;
 pub mod kubernetes;
 pub mod operate;
 pub mod real_cluster;
+pub mod shaping;
 
 /// The pid of the process at the other end of a unix socket connection.
 fn peer_pid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {

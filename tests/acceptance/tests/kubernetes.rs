@@ -41,6 +41,13 @@ fn the_quickstart_runs_on_kubernetes_repairs_imports_and_goes_away() {
 }
 
 #[test]
+fn links_are_shaped_by_the_agents_at_both_ends_of_each_tunnel() {
+    let dir = std::env::temp_dir().join(format!("merak-k8s-shape-{}", std::process::id()));
+    let cluster = fake_cluster(&dir, &[]);
+    kubernetes::links_are_shaped_by_the_agents(&cluster, IMAGE);
+}
+
+#[test]
 fn missing_permissions_are_refused_at_plan_naming_them() {
     let dir = std::env::temp_dir().join(format!("merak-k8s-rbac-{}", std::process::id()));
     let cluster = fake_cluster(&dir, &["--deny", "create:pods", "--deny", "create:pods/portforward"]);

@@ -6,7 +6,7 @@
 //! every link, a link named twice or not at all is refused at plan, and
 //! destroying the faults heals the underlay. Needs root.
 
-use merak_acceptance::Workspace;
+use merak_acceptance::{Workspace, fixtures};
 
 const TOPOLOGY: &str = r#"
 resource "merak_topology" "dc" {
@@ -14,18 +14,6 @@ resource "merak_topology" "dc" {
   racks           = 2
   hosts_per_rack  = 2
   data_plane_cidr = "10.87.0.0/24"
-}
-"#;
-
-const PINGALL: &str = r#"
-data "merak_pingall" "underlay" {
-  topology_id = merak_topology.dc.id
-  scope       = "underlay"
-  depends_on  = [merak_topology.dc, merak_fault.cut]
-}
-
-output "underlay" {
-  value = "${data.merak_pingall.underlay.replies}/${data.merak_pingall.underlay.expected_replies}"
 }
 "#;
 
@@ -45,6 +33,11 @@ resource "merak_fault" "{name}" {{
     )
 }
 
+/// The underlay's pingall, read after the topology and the fault.
+fn after_the_fault() -> String {
+    fixtures::underlay_pingall("merak_topology.dc, merak_fault.cut")
+}
+
 /// Whether a device of a node is administratively up.
 fn is_up(ws: &Workspace, node: &str, device: &str) -> bool {
     let shown = ws.exec_in(node, &["ip", "-o", "link", "show", "dev", device]);
@@ -57,7 +50,7 @@ fn is_up(ws: &Workspace, node: &str, device: &str) -> bool {
 #[test]
 fn a_fault_cuts_exactly_its_links_until_it_is_destroyed() {
     let ws = Workspace::new("cut");
-    ws.write_config(&format!("{TOPOLOGY}{}{PINGALL}", fault("cut", &["epm-3--s0-1"], &[])));
+    ws.write_config(&format!("{TOPOLOGY}{}{}", fault("cut", &["epm-3--s0-1"], &[]), after_the_fault()));
     ws.init();
     let output = ws.apply();
     assert!(output.contains("underlay = \"6/12\""), "epm-3 answers none of 3 and asks none of 3: {output}");
@@ -88,13 +81,18 @@ fn a_fault_cuts_exactly_its_links_until_it_is_destroyed() {
     // A second fault may not take a link the first holds; nor a link or
     // node the topology does not have.
     ws.write_config(&format!(
-        "{TOPOLOGY}{}{}{PINGALL}",
+        "{TOPOLOGY}{}{}{}",
         fault("cut", &["epm-3--s0-1"], &[]),
-        fault("rack", &[], &["s0-1"])
+        fault("rack", &[], &["s0-1"]),
+        after_the_fault()
     ));
     let refused = ws.plan_error("a link held by two faults");
     assert!(refused.contains("Link already failed") && refused.contains("s0-1--epm-3"), "{refused}");
-    ws.write_config(&format!("{TOPOLOGY}{}{PINGALL}", fault("cut", &["epm-3--s0-0", "epm-9--s0-1"], &["s9-9"])));
+    ws.write_config(&format!(
+        "{TOPOLOGY}{}{}",
+        fault("cut", &["epm-3--s0-0", "epm-9--s0-1"], &["s9-9"]),
+        after_the_fault()
+    ));
     let refused = ws.plan_error("links and nodes the topology has not");
     for named in ["No such link", "epm-3--s0-0", "epm-9--s0-1", "No such node", "s9-9", "s0-0--epm-0"] {
         assert!(refused.contains(named), "{named} not in: {refused}");
@@ -103,14 +101,14 @@ fn a_fault_cuts_exactly_its_links_until_it_is_destroyed() {
     // Renamed, the fault is replaced: the old one lets go of the link before
     // the new one holds it.
     let rename = |config: String| config.replace("name        = \"cut\"", "name        = \"cut-again\"");
-    ws.write_config(&format!("{TOPOLOGY}{}{PINGALL}", rename(fault("cut", &["epm-3--s0-1"], &[]))));
+    ws.write_config(&format!("{TOPOLOGY}{}{}", rename(fault("cut", &["epm-3--s0-1"], &[])), after_the_fault()));
     let output = ws.apply();
     assert!(output.contains("underlay = \"6/12\""), "{output}");
     assert_eq!(ws.resource_values("merak_fault.cut")["id"], format!("{}/cut-again", ws.name));
 
     // The fault moves to a node, in place: all of s0-0's links, so
     // epm-0 and epm-1 reach each other no more, nor anyone else; epm-3 is back.
-    ws.write_config(&format!("{TOPOLOGY}{}{PINGALL}", rename(fault("cut", &[], &["s0-0"]))));
+    ws.write_config(&format!("{TOPOLOGY}{}{}", rename(fault("cut", &[], &["s0-0"])), after_the_fault()));
     let (code, plan) = ws.plan();
     assert!(code == 2 && plan.contains("updated in-place") && !plan.contains("must be replaced"), "{plan}");
     let output = ws.apply();
@@ -123,7 +121,7 @@ fn a_fault_cuts_exactly_its_links_until_it_is_destroyed() {
 
     // Without the fault the underlay is whole again (pingall, read before
     // the fault's destroy, is read again after it).
-    ws.write_config(&format!("{TOPOLOGY}{}", PINGALL.replace(", merak_fault.cut", "")));
+    ws.write_config(&format!("{TOPOLOGY}{}", fixtures::underlay_pingall("merak_topology.dc")));
     ws.apply();
     let output = ws.ok(&["apply", "-refresh-only", "-auto-approve"]);
     assert!(output.contains("underlay = \"12/12\""), "{output}");

@@ -185,6 +185,7 @@ fn main() -> ExitCode {
             "agents_under_test_run_as_containers_of_the_epm_pods",
             Box::new(|| kubernetes::agents_under_test_run_as_containers(&cluster, IMAGE, &name_server)),
         ),
+        ("links_are_shaped_by_the_agents", Box::new(|| kubernetes::links_are_shaped_by_the_agents(&cluster, IMAGE))),
         (
             "a_pod_that_cannot_run_is_reported_with_its_node_and_reason",
             Box::new(|| kubernetes::a_pod_that_cannot_run_is_reported(&cluster)),

@@ -7,10 +7,11 @@
 use std::collections::{BTreeSet, HashSet};
 
 use super::KubernetesRuntime;
+use super::links::EndGoals;
 use crate::model::TreeSpec;
 use crate::model::fault::all_links;
 use crate::runtime::capability::{Faults, LinkFaults};
-use crate::runtime::{Failure, RuntimeError, held};
+use crate::runtime::{Failure, RuntimeError, held, link_profiles};
 
 #[tonic::async_trait]
 impl LinkFaults for KubernetesRuntime {
@@ -21,7 +22,8 @@ impl LinkFaults for KubernetesRuntime {
     async fn hold(&self, spec: &TreeSpec, faults: &Faults) -> Result<Vec<Failure>, RuntimeError> {
         held::save(self.store.as_ref(), &spec.name, faults).await?;
         let (pods, infos) = self.pods_and_infos(&spec.name).await?;
-        let (switches, epms) = Self::underlay_goals(spec, &pods, &infos, &held::ends(spec, faults));
+        let ends = EndGoals::new(spec, faults, &link_profiles::load(self.store.as_ref(), &spec.name).await?);
+        let (switches, epms) = Self::underlay_goals(spec, &pods, &infos, &ends);
         Ok(self.push_underlay(&spec.name, switches, epms).await)
     }
 

@@ -11,10 +11,13 @@ use merak_proto::agent::{EpmInfo, Interface, SwitchGoal, SwitchPort, Tunnel, Und
 
 use super::pods::PodState;
 use super::{IN_FLIGHT, KubernetesRuntime, objects};
+use crate::model::link_profile::{LinkProfileSpec, shaped_links};
 use crate::model::naming::{BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeSpec, naming};
-use crate::runtime::held::HeldEnds;
-use crate::runtime::{Failure, RuntimeError};
+use crate::runtime::capability::Faults;
+use crate::runtime::held::{self, HeldEnds};
+use crate::runtime::{Failure, RuntimeError, link_profiles};
+use merak_netdev::shaping::Shaping;
 
 /// What VXLAN over IPv4 adds to a frame.
 pub(super) const VXLAN_OVERHEAD: u32 = merak_netdev::netdev::VXLAN_OVERHEAD;
@@ -22,20 +25,55 @@ pub(super) const VXLAN_OVERHEAD: u32 = merak_netdev::netdev::VXLAN_OVERHEAD;
 /// The underlay's goals: per vswitch pod its ports, per EPM its data-plane NIC.
 pub(super) type UnderlayGoals = (Vec<(String, SwitchGoal)>, Vec<(Epm, UnderlayGoal)>);
 
+/// What the topology's records ask of its link ends beyond being wired:
+/// the ends faults hold down, and per end (node, device) the shaping of
+/// its role's profile (an end not listed carries none of merak's).
+#[derive(Debug, Default)]
+pub(super) struct EndGoals {
+    pub(super) held: HeldEnds,
+    pub(super) shaped: HashMap<(String, String), Shaping>,
+}
+
+impl EndGoals {
+    pub(super) fn new(spec: &TreeSpec, faults: &Faults, profiles: &[LinkProfileSpec]) -> Self {
+        let shaped = shaped_links(spec, profiles)
+            .into_iter()
+            .filter_map(|(ends, shaping)| Some((ends, shaping?)))
+            .flat_map(|(ends, shaping)| ends.map(|end| ((end.object, end.device), shaping)))
+            .collect();
+        EndGoals { held: held::ends(spec, faults), shaped }
+    }
+
+    fn is_held(&self, node: &str, device: &str) -> bool {
+        self.held.contains(&(node.to_string(), device.to_string()))
+    }
+
+    fn shaping(&self, node: &str, device: &str) -> merak_proto::agent::Shaping {
+        merak_agent::shaping::to_goal(self.shaped.get(&(node.to_string(), device.to_string())))
+    }
+}
+
 impl KubernetesRuntime {
+    /// The end goals of the topology's recorded faults and link profiles.
+    pub(super) async fn recorded_end_goals(&self, spec: &TreeSpec) -> Result<EndGoals, RuntimeError> {
+        let faults = held::load(self.store.as_ref(), &spec.name).await?;
+        let profiles = link_profiles::load(self.store.as_ref(), &spec.name).await?;
+        Ok(EndGoals::new(spec, &faults, &profiles))
+    }
+
     /// The underlay's goals from the pods' IPs and MTUs: per vswitch its
-    /// ports, per EPM its data-plane NIC, each end a fault holds kept down.
-    /// A link whose far end has no running pod is left out (its vswitch
-    /// port removed) until it has.
+    /// ports, per EPM its data-plane NIC, each end a fault holds kept down
+    /// and each end shaped as its role's profile says. A link whose far end
+    /// has no running pod is left out (its vswitch port removed) until it has.
     pub(super) fn underlay_goals(
         spec: &TreeSpec,
         pods: &HashMap<String, PodState>,
         infos: &HashMap<String, Result<EpmInfo, RuntimeError>>,
-        held: &HeldEnds,
+        ends: &EndGoals,
     ) -> UnderlayGoals {
-        let is_held = |node: &str, device: &str| held.contains(&(node.to_string(), device.to_string()));
         let port = |switch: &str, name: String, tunnel: Tunnel| SwitchPort {
-            held_down: is_held(switch, &name),
+            held_down: ends.is_held(switch, &name),
+            shaping: Some(ends.shaping(switch, &name)),
             name,
             tunnel: Some(tunnel),
         };
@@ -85,7 +123,8 @@ impl KubernetesRuntime {
                     mac: merak_netdev::netdev::format_mac(&epm.mac),
                     tunnel: Some(tunnel),
                     gateway: String::new(),
-                    held_down: is_held(&epm.name, EPM_DATA_NIC),
+                    held_down: ends.is_held(&epm.name, EPM_DATA_NIC),
+                    shaping: Some(ends.shaping(&epm.name, EPM_DATA_NIC)),
                 };
                 epm_goals.push((epm, goal));
             }
@@ -193,13 +232,13 @@ impl KubernetesRuntime {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::TreeInput;
     use merak_proto::agent::Interface;
     use objects::PodObject;
 
-    fn lab() -> TreeSpec {
+    pub(in crate::runtime::kubernetes) fn lab() -> TreeSpec {
         TreeSpec::validate(&TreeInput {
             name: "lab",
             racks: 2,
@@ -227,14 +266,40 @@ mod tests {
         format!("10.244.1.{}", n + 2)
     }
 
+    /// The root qdisc an agent makes for a goal's shaping (merak's handle).
+    fn root_made_for(shaping: Option<&merak_proto::agent::Shaping>) -> Option<merak_proto::agent::RootQdisc> {
+        let shaping = merak_agent::shaping::from_goal(shaping?)?;
+        let kind = if shaping.rate_bytes_per_s.is_some() { "tbf" } else { "netem" };
+        Some(merak_proto::agent::RootQdisc {
+            kind: kind.into(),
+            handle: merak_netdev::shaping::ROOT_HANDLE,
+            rate_bytes_per_s: shaping.rate_bytes_per_s.unwrap_or(0),
+            netem_below: kind == "tbf" && shaping.needs_netem(),
+        })
+    }
+
+    /// Every pod of `spec` running, its agent reporting the pod network's MTU.
+    pub(in crate::runtime::kubernetes) fn all_running(
+        spec: &TreeSpec,
+    ) -> (HashMap<String, PodState>, HashMap<String, Result<EpmInfo, RuntimeError>>) {
+        let names: Vec<String> = objects::pod_objects(spec).iter().map(PodObject::name).collect();
+        let pods = names.iter().map(|n| (n.clone(), running(&pod_ip(n)))).collect();
+        let eth0 = Interface { name: "eth0".into(), mtu: 1450, ..Interface::default() };
+        let infos = names
+            .iter()
+            .map(|n| (n.clone(), Ok(EpmInfo { epm: String::new(), interfaces: vec![eth0.clone()] })))
+            .collect();
+        (pods, infos)
+    }
+
     /// What each agent would report after its goal was applied.
-    fn applied(
+    pub(in crate::runtime::kubernetes) fn applied(
         spec: &TreeSpec,
         pods: &HashMap<String, PodState>,
         mtus: &HashMap<String, Result<EpmInfo, RuntimeError>>,
-        held: &HeldEnds,
+        ends: &EndGoals,
     ) -> HashMap<String, Result<EpmInfo, RuntimeError>> {
-        let (switches, epms) = KubernetesRuntime::underlay_goals(spec, pods, mtus, held);
+        let (switches, epms) = KubernetesRuntime::underlay_goals(spec, pods, mtus, ends);
         let mut infos = HashMap::new();
         for (name, goal) in switches {
             let mut interfaces = vec![Interface { name: BRIDGE.into(), index: 1, up: true, ..Interface::default() }];
@@ -243,6 +308,7 @@ mod tests {
                 up: !p.held_down,
                 controller: 1,
                 tunnel_remote: p.tunnel.clone().unwrap().remote,
+                root_qdisc: root_made_for(p.shaping.as_ref()),
                 ..Interface::default()
             }));
             infos.insert(name, Ok(EpmInfo { epm: String::new(), interfaces }));
@@ -255,6 +321,7 @@ mod tests {
                 mtu: tunnel.mtu,
                 addresses: vec![goal.address],
                 tunnel_remote: tunnel.remote,
+                root_qdisc: root_made_for(goal.shaping.as_ref()),
                 ..Interface::default()
             };
             infos.insert(epm.name, Ok(EpmInfo { epm: String::new(), interfaces: vec![nic] }));
@@ -275,7 +342,7 @@ mod tests {
         };
         let mtus: HashMap<String, Result<EpmInfo, RuntimeError>> =
             names.iter().map(|n| (n.clone(), eth0(if n == "epm-3" { 1400 } else { 1450 }))).collect();
-        let none = HeldEnds::new();
+        let none = EndGoals::default();
         let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus, &none);
         let tor0 = &switches.iter().find(|(n, _)| n == "s0-0").unwrap().1;
         let port_names: Vec<&str> = tor0.ports.iter().map(|p| p.name.as_str()).collect();
@@ -287,10 +354,13 @@ mod tests {
         assert_eq!(epm3.tunnel.as_ref().unwrap().remote, pod_ip("s0-1"));
 
         let infos = applied(&spec, &pods, &mtus, &none);
-        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &infos, &none), 4);
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &infos, &none.held), 4);
 
         // A fault on s0-1--epm-3 holds both its ends down, and they count as built.
-        let cut: HeldEnds = [("epm-3", EPM_DATA_NIC), ("s0-1", "e3")].map(|(n, d)| (n.into(), d.into())).into();
+        let cut = EndGoals {
+            held: [("epm-3", EPM_DATA_NIC), ("s0-1", "e3")].map(|(n, d)| (n.into(), d.into())).into(),
+            ..EndGoals::default()
+        };
         let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus, &cut);
         let held_ports: Vec<(&str, &str)> = switches
             .iter()
@@ -300,13 +370,13 @@ mod tests {
         let held_nics: Vec<&str> = epms.iter().filter(|(_, g)| g.held_down).map(|(e, _)| e.name.as_str()).collect();
         assert_eq!(held_nics, ["epm-3"]);
         let with_cut = applied(&spec, &pods, &mtus, &cut);
-        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &with_cut, &cut), 4, "held as declared");
-        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &with_cut, &none), 3, "down without a fault");
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &with_cut, &cut.held), 4, "held as declared");
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &pods, &with_cut, &none.held), 3, "down without a fault");
 
         // A pod made anew elsewhere: its links point at its old IP until the next apply.
         let mut moved = pods.clone();
         moved.insert("epm-2".into(), running("10.244.9.9"));
-        assert_eq!(KubernetesRuntime::ready_epms(&spec, &moved, &infos, &none), 3);
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &moved, &infos, &none.held), 3);
         // A vswitch pod gone cuts off its rack.
         let mut without_tor = pods.clone();
         without_tor.remove("s0-0");
@@ -314,6 +384,6 @@ mod tests {
         assert!(epms.iter().all(|(e, _)| e.rack == 1), "no goal for EPMs whose top-of-rack pod is missing");
         assert!(switches.iter().find(|(n, _)| n == "s1-0").unwrap().1.ports.iter().all(|p| p.name != "d0"));
         let infos = applied(&spec, &without_tor, &mtus, &none);
-        assert_eq!(KubernetesRuntime::ready_epms(&spec, &without_tor, &infos, &none), 2);
+        assert_eq!(KubernetesRuntime::ready_epms(&spec, &without_tor, &infos, &none.held), 2);
     }
 }

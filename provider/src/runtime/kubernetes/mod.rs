@@ -15,7 +15,8 @@
 //!
 //! Rooms: this file is the [`Substrate`] the controller drives and the
 //! topology's record; `pods` makes and watches the pods, `links` the
-//! underlay's tunnels (pure goals, tested), `gateway` reaches the agents,
+//! underlay's tunnels (pure goals, tested), `faults` and `shaping` what
+//! merak_fault and link_profile add to them, `gateway` reaches the agents,
 //! `certificates` holds the topology's CA and identities, `objects`
 //! shapes the API objects, `cluster` connects and retries, `store` and
 //! `holder` keep records and the writer lock in ConfigMaps.
@@ -28,6 +29,7 @@ mod holder;
 mod links;
 pub mod objects;
 mod pods;
+mod shaping;
 pub mod store;
 mod under_test;
 mod watch;
@@ -49,7 +51,7 @@ use self::gateway::Routes;
 use self::objects::{Access, PodSettings, namespace_name};
 use self::pods::{PodState, pod_state};
 use super::agent_client::AgentChannel;
-use super::capability::{AgentContainers, AgentsUnderTest, LinkFaults};
+use super::capability::{AgentContainers, AgentsUnderTest, LinkFaults, LinkShaping};
 use super::wait::{Check, wait_until};
 use super::{Failure, Intent, NodeRoute, RecordedSpec, RuntimeError, Substrate, TopologyStatus, UnderTest, held};
 use crate::model::TreeSpec;
@@ -183,6 +185,10 @@ impl Substrate for KubernetesRuntime {
         Some(self)
     }
 
+    fn link_shaping(&self) -> Option<&dyn LinkShaping> {
+        Some(self)
+    }
+
     fn node_route(&self, _topology: &str, _tree: &TreeSpec, node: &str) -> NodeRoute {
         // Every EPM and vswitch is a pod whose merak-agent runs in its
         // network namespace: the node's own agent, in its own namespace.
@@ -223,8 +229,8 @@ impl Substrate for KubernetesRuntime {
                 failures.push(Failure { object: name.clone(), error: e.to_string() });
             }
         }
-        let held = held::recorded_ends(self.store.as_ref(), spec).await?;
-        let (switch_goals, epm_goals) = Self::underlay_goals(spec, &pods, &infos, &held);
+        let ends = self.recorded_end_goals(spec).await?;
+        let (switch_goals, epm_goals) = Self::underlay_goals(spec, &pods, &infos, &ends);
         failures.extend(self.push_underlay(topology, switch_goals, epm_goals).await);
 
         let mut status = self.status(spec).await?;

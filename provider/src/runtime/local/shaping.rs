@@ -6,43 +6,17 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use futures::StreamExt;
-use merak_netdev::netdev::Netlink;
 use merak_netdev::netns::{self, NetnsOptions};
 use merak_netdev::shaping::{RootQdisc, Shaping};
 
 use super::LocalRuntime;
 use crate::model::TreeSpec;
-use crate::model::link_profile::{LinkEnd, LinkProfileSpec, ROLES, links};
+use crate::model::link_profile::{LinkEnd, LinkProfileSpec, shaped_links};
 use crate::model::naming;
-use crate::runtime::{Failure, RuntimeError};
+use crate::runtime::{Failure, RuntimeError, link_profiles};
 
 /// Namespaces shaped at once.
 const PARALLEL_NAMESPACES: usize = 16;
-
-/// Every link of every role, each with the shaping its role's profile asks
-/// for (`None`: no profile, merak's shaping comes off).
-fn wanted(spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Vec<([LinkEnd; 2], Option<Shaping>)> {
-    ROLES
-        .into_iter()
-        .map(|(_, role)| role)
-        .flat_map(|role| {
-            let shaping = profiles.iter().find(|p| p.role() == Some(role)).map(LinkProfileSpec::shaping);
-            links(spec, role).into_iter().map(move |ends| (ends, shaping))
-        })
-        .collect()
-}
-
-/// Whether a root qdisc is what `shaping` makes: merak's tbf at its rate,
-/// with a netem under it when it needs one, or merak's netem alone.
-fn carries(root: Option<&RootQdisc>, shaping: &Shaping) -> bool {
-    let Some(root) = root.filter(|r| r.is_merak()) else { return false };
-    match shaping.rate_bytes_per_s {
-        Some(rate) => {
-            root.kind == "tbf" && root.rate_bytes_per_s == Some(rate) && root.netem_below == shaping.needs_netem()
-        }
-        None => root.kind == "netem",
-    }
-}
 
 /// Each namespace's ends: (device, shaping).
 type ByNamespace = BTreeMap<String, Vec<(String, Option<Shaping>)>>;
@@ -63,15 +37,10 @@ impl LocalRuntime {
         spec: &TreeSpec,
         profiles: &[LinkProfileSpec],
     ) -> Result<Vec<Failure>, RuntimeError> {
-        if let Some(profile) = profiles.iter().find(|p| p.shaping().needs_netem()) {
-            kernel_has_netem(&spec.name).await.map_err(|why| {
-                RuntimeError::Conflict(format!(
-                    "link_profile {:?}: {why}. No link was shaped. Remove delay_ms, jitter_ms and loss_percent (rate_mbit needs only tbf), or run on a kernel with sch_netem.",
-                    profile.role
-                ))
-            })?;
+        if let Some(profile) = link_profiles::needing_netem(profiles) {
+            kernel_has_netem(&spec.name).await.map_err(|why| link_profiles::netem_refused(profile, &why))?;
         }
-        let grouped = by_namespace(&spec.name, &wanted(spec, profiles));
+        let grouped = by_namespace(&spec.name, &shaped_links(spec, profiles));
         let failures: Vec<Vec<Failure>> = futures::stream::iter(grouped)
             .map(|(namespace, ends)| async move { shape_namespace(&namespace, &ends).await })
             .buffer_unordered(PARALLEL_NAMESPACES)
@@ -86,7 +55,7 @@ impl LocalRuntime {
         profiles: &[LinkProfileSpec],
     ) -> Result<u64, RuntimeError> {
         let wanted: Vec<([LinkEnd; 2], Shaping)> =
-            wanted(spec, profiles).into_iter().filter_map(|(ends, shaping)| Some((ends, shaping?))).collect();
+            shaped_links(spec, profiles).into_iter().filter_map(|(ends, shaping)| Some((ends, shaping?))).collect();
         let namespaces: BTreeSet<String> =
             wanted.iter().flat_map(|(ends, _)| ends.iter().map(|e| naming::namespace(&spec.name, &e.object))).collect();
         let roots: HashMap<String, HashMap<String, RootQdisc>> = futures::stream::iter(namespaces)
@@ -99,7 +68,7 @@ impl LocalRuntime {
             .await;
         let end_carries = |end: &LinkEnd, shaping: &Shaping| {
             let namespace = naming::namespace(&spec.name, &end.object);
-            carries(roots.get(&namespace).and_then(|r| r.get(&end.device)), shaping)
+            roots.get(&namespace).and_then(|r| r.get(&end.device)).is_some_and(|root| root.carries(shaping))
         };
         Ok(wanted.iter().filter(|(ends, shaping)| ends.iter().all(|end| end_carries(end, shaping))).count() as u64)
     }
@@ -134,26 +103,11 @@ async fn shape_namespace(namespace: &str, ends: &[(String, Option<Shaping>)]) ->
             // A missing end is the underlay's failure, reported there.
             continue;
         };
-        if let Err(e) = shape(&netlink, link.index, link.mtu, roots.get(&link.index), shaping.as_ref()).await {
+        if let Err(e) = netlink.ensure_shaping(link.index, link.mtu, roots.get(&link.index), shaping.as_ref()).await {
             failures.push(failed(device, e.to_string()));
         }
     }
     failures
-}
-
-async fn shape(
-    netlink: &Netlink,
-    index: u32,
-    mtu: u32,
-    root: Option<&RootQdisc>,
-    shaping: Option<&Shaping>,
-) -> Result<(), merak_netdev::netdev::NetdevError> {
-    match shaping {
-        Some(shaping) if carries(root, shaping) => Ok(()),
-        Some(shaping) => netlink.set_shaping(index, shaping, mtu).await,
-        None if root.is_some_and(RootQdisc::is_merak) => netlink.clear_shaping(index).await,
-        None => Ok(()),
-    }
 }
 
 /// Whether this kernel can add a netem qdisc, tried on a veth in a scratch
@@ -164,13 +118,7 @@ async fn kernel_has_netem(topology: &str) -> Result<(), String> {
         let netlink = netns::create(&scratch, NetnsOptions { disable_ipv6: true, ..NetnsOptions::default() })
             .await
             .map_err(|e| e.to_string())?;
-        netlink
-            .create_veth("probe0", "probe1", &netns::open_fd(&scratch).map_err(|e| e.to_string())?)
-            .await
-            .map_err(|e| e.to_string())?;
-        let link = netlink.link("probe0").await.map_err(|e| e.to_string())?.ok_or("the probe veth vanished")?;
-        let delay = Shaping { delay_us: 1000, ..Shaping::default() };
-        netlink.set_shaping(link.index, &delay, link.mtu).await.map_err(|e| e.to_string())
+        netlink.probe_netem("probe0").await.map_err(|e| e.to_string())?
     }
     .await;
     let _ = netns::delete(&scratch);

@@ -190,6 +190,8 @@ impl LocalRuntime {
             tunnel: None,
             gateway: gateway.map(|g| g.to_string()).unwrap_or_default(),
             held_down: nic_held,
+            // The runtime shapes the veth it made (see `shaping`).
+            shaping: None,
         };
         agent
             .apply_underlay(goal)
