@@ -334,13 +334,50 @@ pub fn cycle(label: &str, random: &mut Random, tally: &mut Tally) {
     let context = format!("{context}; then {destroy} of a destroy");
     eprintln!("{context}");
     count(tally, "destroy", &destroy);
+    if destroy.fault == Fault::Terraform && destroy.kill_point.is_some() && recover_emptied_state(&ws) {
+        eprintln!("{context}: Terraform's state file was left empty by the kill; restored from its backup");
+        *tally.entry("destroy Terraform: state file left empty, restored from backup".into()).or_default() += 1;
+    }
+    let known = state_resources(&ws);
     let output = ws.terraform(&["destroy", "-auto-approve"]);
     assert!(
         output.status.success(),
         "{context}: the last destroy failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    ws.check_nothing_left().unwrap_or_else(|left| panic!("{context}: the last destroy succeeded, yet {left}"));
+    ws.check_nothing_left().unwrap_or_else(|left| {
+        panic!("{context}: the last destroy succeeded, yet {left}; Terraform's state before it: {known}")
+    });
+}
+
+/// Terraform writes its local state file in place, truncating it and then
+/// writing the new snapshot (statemgr.Filesystem.WriteState, in every
+/// version), so a kill between the two leaves it empty, and the next
+/// command knows of nothing: a window of Terraform's, not the provider's,
+/// which no provider is told of. A user recovers from the copy Terraform
+/// made before the command (`terraform.tfstate.backup`), as this does;
+/// whether it had to.
+fn recover_emptied_state(ws: &Workspace) -> bool {
+    let state = ws.dir.join("terraform.tfstate");
+    let emptied = std::fs::metadata(&state).is_ok_and(|m| m.len() == 0);
+    if emptied {
+        std::fs::copy(ws.dir.join("terraform.tfstate.backup"), &state).expect("restore the state from its backup");
+    }
+    emptied
+}
+
+/// What Terraform's state file holds, for a failure's report: its size and
+/// the resources it lists.
+fn state_resources(ws: &Workspace) -> String {
+    let text = std::fs::read_to_string(ws.dir.join("terraform.tfstate")).unwrap_or_default();
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let resources: Vec<String> = state["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| format!("{}.{}", r["type"].as_str().unwrap_or("?"), r["name"].as_str().unwrap_or("?")))
+        .collect();
+    format!("{} bytes, resources {resources:?}", text.len())
 }
 
 fn count(tally: &mut Tally, command: &str, injection: &Injection) {
