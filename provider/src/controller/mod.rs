@@ -313,9 +313,9 @@ impl Controller {
     /// runtime has no such topology.
     pub async fn read_topology(&self, name: &str) -> Result<Option<TopologyView>, RuntimeError> {
         let Some((spec, status)) = self.substrate.read_topology(name).await? else {
-            // A destroy killed after removing the records, before letting go
-            // of the lock: its teardown ends here.
-            self.store.clear_abandoned_lock(name).await;
+            // A destroy killed after removing the records (or half-way
+            // through), before letting go of the lock: its teardown ends here.
+            self.store.finish_abandoned_removal(name).await;
             return Ok(None);
         };
         let agents = self.load_epm_agents(name).await?;

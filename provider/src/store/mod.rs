@@ -61,9 +61,10 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     async fn release_all(&self) {}
     /// Finishes what a killed destroy left of a topology that has no
     /// records: its lock, when the destroy died after removing the records
-    /// and before letting go. A lock a live process holds stays. A store
-    /// whose locks go with the topology's records has nothing to do.
-    async fn clear_abandoned_lock(&self, topology: &str) {
+    /// and before letting go, and what a removal killed half-way left. A
+    /// lock a live process holds stays. A store whose locks and files go
+    /// with the topology's records has nothing to do.
+    async fn finish_abandoned_removal(&self, topology: &str) {
         let _ = topology;
     }
 }

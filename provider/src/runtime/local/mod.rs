@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -524,14 +523,13 @@ impl Substrate for LocalRuntime {
                 "namespaces appeared during the teardown; tearing down again"
             );
         }
-        let dir = self.topology_dir(name);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(RuntimeError::io(format!("removing {}", dir.display()), e)),
-        }
+        // The directory (records, the agents' sockets, TLS material, logs)
+        // goes with the records, in one rename (store::file): removed here,
+        // a kill half-way would leave files without the record that lets the
+        // next destroy find them.
         // The last topology on the host gone, the host gets its limits back.
-        host_limits::release(&dir).map_err(|e| RuntimeError::io("restoring host network limits", e))?;
+        host_limits::release(&self.topology_dir(name))
+            .map_err(|e| RuntimeError::io("restoring host network limits", e))?;
         Ok(())
     }
 }
