@@ -14,6 +14,7 @@ pub mod overlay;
 pub mod pcap;
 pub mod ping;
 pub mod pki;
+pub mod router;
 pub mod server;
 pub mod shaping;
 pub mod supervisor;

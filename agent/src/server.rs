@@ -8,7 +8,7 @@ use futures::StreamExt;
 use merak_proto::agent::agent_server::Agent;
 use merak_proto::agent::{
     ApplyReply, EpmInfo, GetInfoRequest, HealthReply, HealthRequest, Interface, ProbeNetemReply, ProbeNetemRequest,
-    SuperviseGoal, SupervisedReply, SupervisedRequest, SwitchGoal, UnderlayGoal,
+    RouterGoal, SuperviseGoal, SupervisedReply, SupervisedRequest, SwitchGoal, UnderlayGoal,
 };
 use tonic::{Request, Response, Status};
 
@@ -112,19 +112,26 @@ impl AgentService {
             actions.push(format!("{} held down", goal.interface));
         }
 
-        // A routed fabric: the only way out is the edge switch's port (a
-        // route over a NIC held down is refused; it comes with the NIC).
+        // A routed fabric: the way out is the edge switch's port, for
+        // everything or (a pod, which keeps its own default route) for the
+        // data plane. A route over a NIC held down is refused; it comes
+        // with the NIC.
         if !goal.gateway.is_empty() && !goal.held_down {
             let gateway: std::net::Ipv4Addr = goal
                 .gateway
                 .parse()
                 .map_err(|_| Status::invalid_argument(format!("bad gateway {:?}", goal.gateway)))?;
+            let (destination, prefix_len) = match goal.routed_prefix.as_str() {
+                "" => (std::net::Ipv4Addr::UNSPECIFIED, 0),
+                prefix => crate::overlay::parse_cidr(prefix).map_err(overlay_status)?,
+            };
             let hop = merak_netdev::routes::Hop { index: link.index, gateway: Some(gateway) };
             let routes = netlink.routes_v4().await.map_err(internal)?;
-            let present = routes.iter().any(|r| r.prefix_len == 0 && r.hops == [hop]);
+            let present =
+                routes.iter().any(|r| r.destination == destination && r.prefix_len == prefix_len && r.hops == [hop]);
             if !present {
-                netlink.replace_route(std::net::Ipv4Addr::UNSPECIFIED, 0, &[hop]).await.map_err(internal)?;
-                actions.push(format!("default via {gateway} dev {}", goal.interface));
+                netlink.replace_route(destination, prefix_len, &[hop]).await.map_err(internal)?;
+                actions.push(format!("{destination}/{prefix_len} via {gateway} dev {}", goal.interface));
             }
         }
 
@@ -210,6 +217,20 @@ impl Agent for AgentService {
         let actions = crate::underlay::apply_switch(&netlink, &goal).await.map_err(overlay_status)?;
         if !actions.is_empty() {
             tracing::info!(vswitch = %self.epm, ?actions, "vswitch converged");
+        }
+        Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
+    }
+
+    async fn apply_router(&self, request: Request<RouterGoal>) -> Result<Response<ApplyReply>, Status> {
+        let goal = request.into_inner();
+        // A router's settings are its namespace's, set from the agent's own
+        // threads: the agent must run in it (a pod's agent does).
+        let EpmNamespace::Held(netlink) = &self.namespace else {
+            return Err(Status::failed_precondition("a router's agent runs in the router's own namespace"));
+        };
+        let actions = crate::router::apply_router(netlink, &goal).await.map_err(overlay_status)?;
+        if !actions.is_empty() {
+            tracing::info!(router = %self.epm, ?actions, "router converged");
         }
         Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
     }

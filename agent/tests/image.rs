@@ -183,6 +183,7 @@ async fn the_image_runs_the_agent_as_a_privileged_container() {
             gateway: String::new(),
             held_down: false,
             shaping: None,
+            routed_prefix: String::new(),
         };
         agent.apply_underlay(underlay).await.unwrap_or_else(|e| panic!("underlay of {epm}: {e}\n{}", fixture.logs()));
         let info = agent.get_info(GetInfoRequest {}).await.unwrap().into_inner();

@@ -87,6 +87,7 @@ async fn underlay_goal_is_idempotent() {
         gateway: String::new(),
         held_down: false,
         shaping: None,
+        routed_prefix: String::new(),
     };
     let first = agent.apply_underlay(Request::new(goal.clone())).await.unwrap().into_inner();
     assert!(first.changed, "{first:?}");
@@ -143,6 +144,7 @@ async fn a_routed_epm_gets_its_host_address_and_a_default_route_via_its_edge() {
         gateway: "100.64.0.96".into(),
         held_down: false,
         shaping: None,
+        routed_prefix: String::new(),
     };
     let first = agent.apply_underlay(Request::new(goal.clone())).await.unwrap().into_inner();
     assert!(first.actions.iter().any(|a| a == "default via 100.64.0.96 dev eth1"), "{first:?}");

@@ -77,6 +77,7 @@ fn underlay(address: &str, mac: &str, tor: &str, vni: u32) -> UnderlayGoal {
         gateway: String::new(),
         held_down: false,
         shaping: None,
+        routed_prefix: String::new(),
     }
 }
 

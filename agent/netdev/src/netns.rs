@@ -409,61 +409,68 @@ fn create_on_this_thread(name: &str, options: NetnsOptions) -> Result<OwnedFd, N
         if rc != 0 {
             return Err(NetnsError::io("bind mount", name, io::Error::last_os_error()));
         }
-        if options.disable_ipv6 {
-            // /proc/sys/net belongs to the namespace of the thread that opens it.
-            for knob in ["all", "default"] {
-                let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
-                if let Err(e) = fs::write(&path, "1") {
-                    // No IPv6 in this kernel at all is fine.
-                    if e.kind() != io::ErrorKind::NotFound {
-                        return Err(NetnsError::io("disable IPv6", name, e));
-                    }
-                }
-            }
-        }
-        if options.forwarding {
-            fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-                .map_err(|e| NetnsError::io("enable forwarding", name, e))?;
-        }
-        if options.multipath_l4_hash {
-            // Policy 3 with the 5-tuple's fields hashes each packet here,
-            // with this namespace's seed. Policy 1 would reuse the hash a
-            // packet carries from its socket (veths keep it), so every
-            // router in series would pick alike. Kernels without policy 3
-            // (before 5.12) get policy 1.
-            let custom = fs::write("/proc/sys/net/ipv4/fib_multipath_hash_fields", "0x0037")
-                .and_then(|()| fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "3"));
-            if custom.is_err() {
-                fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "1")
-                    .map_err(|e| NetnsError::io("hash ECMP flows by ports", name, e))?;
-            }
-        }
-        if options.multipath_hash_seed != 0 {
-            match fs::write("/proc/sys/net/ipv4/fib_multipath_hash_seed", options.multipath_hash_seed.to_string()) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tracing::debug!(namespace = name, "this kernel has no fib_multipath_hash_seed")
-                }
-                other => other.map_err(|e| NetnsError::io("seed the ECMP hash", name, e))?,
-            }
-        }
-        if options.skip_dead_links {
-            for knob in ["all", "default"] {
-                fs::write(format!("/proc/sys/net/ipv4/conf/{knob}/ignore_routes_with_linkdown"), "1")
-                    .map_err(|e| NetnsError::io("skip dead links", name, e))?;
-            }
-        }
-        if options.announce {
-            for knob in ["all", "default"] {
-                fs::write(format!("/proc/sys/net/ipv4/conf/{knob}/arp_notify"), "1")
-                    .map_err(|e| NetnsError::io("announce addresses", name, e))?;
-            }
-        }
+        configure_this_namespace(name, &options)?;
         netlink_socket().map_err(|e| NetnsError::io("open netlink", name, e))
     })();
     if result.is_err() {
         let _ = delete(name);
     }
     result
+}
+
+/// Applies `options` to the network namespace of the calling thread (its
+/// /proc/sys/net): a namespace being made, or the one a pod's agent runs
+/// in. `name` is for errors.
+pub fn configure_this_namespace(name: &str, options: &NetnsOptions) -> Result<(), NetnsError> {
+    if options.disable_ipv6 {
+        // /proc/sys/net belongs to the namespace of the thread that opens it.
+        for knob in ["all", "default"] {
+            let path = format!("/proc/sys/net/ipv6/conf/{knob}/disable_ipv6");
+            if let Err(e) = fs::write(&path, "1") {
+                // No IPv6 in this kernel at all is fine.
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(NetnsError::io("disable IPv6", name, e));
+                }
+            }
+        }
+    }
+    if options.forwarding {
+        fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetnsError::io("enable forwarding", name, e))?;
+    }
+    if options.multipath_l4_hash {
+        // Policy 3 with the 5-tuple's fields hashes each packet here,
+        // with this namespace's seed. Policy 1 would reuse the hash a
+        // packet carries from its socket (veths keep it), so every
+        // router in series would pick alike. Kernels without policy 3
+        // (before 5.12) get policy 1.
+        let custom = fs::write("/proc/sys/net/ipv4/fib_multipath_hash_fields", "0x0037")
+            .and_then(|()| fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "3"));
+        if custom.is_err() {
+            fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "1")
+                .map_err(|e| NetnsError::io("hash ECMP flows by ports", name, e))?;
+        }
+    }
+    if options.multipath_hash_seed != 0 {
+        match fs::write("/proc/sys/net/ipv4/fib_multipath_hash_seed", options.multipath_hash_seed.to_string()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(namespace = name, "this kernel has no fib_multipath_hash_seed")
+            }
+            other => other.map_err(|e| NetnsError::io("seed the ECMP hash", name, e))?,
+        }
+    }
+    if options.skip_dead_links {
+        for knob in ["all", "default"] {
+            fs::write(format!("/proc/sys/net/ipv4/conf/{knob}/ignore_routes_with_linkdown"), "1")
+                .map_err(|e| NetnsError::io("skip dead links", name, e))?;
+        }
+    }
+    if options.announce {
+        for knob in ["all", "default"] {
+            fs::write(format!("/proc/sys/net/ipv4/conf/{knob}/arp_notify"), "1")
+                .map_err(|e| NetnsError::io("announce addresses", name, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn netlink_socket() -> io::Result<OwnedFd> {

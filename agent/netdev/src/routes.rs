@@ -1,6 +1,7 @@
 //! IPv4 routes over one or many next hops (ECMP), as `ip route replace`
 //! makes them: what a routed fabric's switches forward by.
 
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
@@ -29,6 +30,15 @@ pub struct RouteState {
     /// Put there by a program (`proto static`, as ours are), not by the
     /// kernel for an address's own prefix.
     pub static_route: bool,
+}
+
+/// A route as wanted, its next hops by device name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedRoute {
+    pub destination: Ipv4Addr,
+    pub prefix_len: u8,
+    /// (device, gateway); more than one: ECMP.
+    pub hops: Vec<(String, Option<Ipv4Addr>)>,
 }
 
 fn gateway_of(attributes: &[RouteAttribute]) -> Option<Ipv4Addr> {
@@ -69,6 +79,48 @@ impl Netlink {
             }
         }
         self.handle.route().add(builder.build()).replace().execute().await.map_err(|e| NetdevError::new(op, e))
+    }
+
+    /// Makes this namespace's static routes `wanted`, each replaced only
+    /// when it differs, and removes the static routes it should not have.
+    /// `owned`: the devices whose routes are ours to remove (`None`: every
+    /// static route's; a pod's own default route over eth0 is not). A
+    /// route over a device not here (yet) is left out: whoever makes the
+    /// device routes over it. What changed.
+    pub async fn converge_routes(
+        &self,
+        wanted: &[WantedRoute],
+        owned: Option<&HashSet<String>>,
+    ) -> Result<Vec<String>> {
+        let links = self.links().await?;
+        let indexes: HashMap<&str, u32> = links.iter().map(|l| (l.name.as_str(), l.index)).collect();
+        let owned_index =
+            |index: u32| owned.is_none_or(|owned| links.iter().any(|l| l.index == index && owned.contains(&l.name)));
+        let present = self.routes_v4().await?;
+        let mut changes = Vec::new();
+        for stale in present.iter().filter(|r| {
+            r.static_route
+                && r.hops.iter().all(|hop| owned_index(hop.index))
+                && !wanted.iter().any(|w| w.destination == r.destination && w.prefix_len == r.prefix_len)
+        }) {
+            self.delete_route(stale.destination, stale.prefix_len).await?;
+            changes.push(format!("route {}/{} removed", stale.destination, stale.prefix_len));
+        }
+        for route in wanted {
+            let hops: Option<Vec<Hop>> = route
+                .hops
+                .iter()
+                .map(|(device, gateway)| Some(Hop { index: *indexes.get(device.as_str())?, gateway: *gateway }))
+                .collect();
+            let Some(mut hops) = hops.filter(|h| !h.is_empty()) else { continue };
+            hops.sort();
+            let (destination, prefix_len) = (route.destination, route.prefix_len);
+            if !present.iter().any(|r| r.destination == destination && r.prefix_len == prefix_len && r.hops == hops) {
+                self.replace_route(destination, prefix_len, &hops).await?;
+                changes.push(format!("route {destination}/{prefix_len} over {} next hops", hops.len()));
+            }
+        }
+        Ok(changes)
     }
 
     /// Deletes the route to `destination/prefix_len`; one already gone is fine.

@@ -7,7 +7,6 @@
 //! every uplink) until a switch knows its destination below, then descends
 //! on the one path there. Pure: the runtime only builds what this says.
 //!
-//! Not wired into a runtime yet: the local runtime builds it next.
 
 use std::net::Ipv4Addr;
 
@@ -32,6 +31,13 @@ impl Switch {
             Switch::Aggregation { pod, index } => format!("agg-{pod}-{index}"),
             Switch::Core { index } => format!("core-{index}"),
         }
+    }
+
+    /// Its ECMP hash seed, from its name (never 0, the kernel's shared
+    /// one): routers in series that hashed alike would pick alike, and the
+    /// second would never spread what the first did.
+    pub fn hash_seed(&self) -> u32 {
+        self.name().bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)) | 1
     }
 }
 

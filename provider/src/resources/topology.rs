@@ -151,7 +151,8 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             `local` runtime each EPM is a network namespace running a `merak-agent` with its \
             data-plane NIC `eth1`, each vswitch a Linux bridge (a fat tree's switch, a router) in its \
             own namespace, and each link a veth pair. Everything on the host is named \
-            `merak-<name>.<object>`.",
+            `merak-<name>.<object>`. On the `kubernetes` runtime each EPM, vswitch and router is a \
+            pod running `merak-agent`, and each link a VXLAN tunnel between two pods.",
         attributes: vec![
             Attribute::computed("id", Type::String, "The topology's ID: its `name`."),
             Attribute::required(
@@ -167,8 +168,8 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                 "`tree` (default): racks under top-of-rack vswitches joined into one root, a Linux bridge \
                  each, one path between any two EPMs. `fat_tree`: a k-ary fat tree (Clos) of routers, \
                  `k` pods of k/2 edge and k/2 aggregation switches and (k/2)² core switches, every link \
-                 a routed /31, equal-cost paths between pods spread by flow (ECMP, hashed on ports); the \
-                 `local` runtime only. Changing it replaces the topology.",
+                 a routed /31, equal-cost paths between pods spread by flow (ECMP, hashed on ports). \
+                 Changing it replaces the topology.",
             )
             .forces_replacement(),
             Attribute::optional(

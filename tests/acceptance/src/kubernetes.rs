@@ -271,16 +271,89 @@ pub fn links_are_shaped_by_the_agents(cluster: &dyn Cluster, image: &str) {
     let ws = Workspace::new("k8s-shape").with_provider(provider_block(cluster, image));
     ws.write_config(&crate::shaping::config());
     ws.init();
-    let namespace = format!("merak-{}", ws.name);
-    let pod_namespace = |epm: &str| {
-        let ip = kubectl_ok(cluster, &["get", "pod", epm, "-n", &namespace, "-o", "jsonpath={.status.podIP}"]);
-        crate::shaping::namespace_holding(ip.trim())
-            .unwrap_or_else(|| panic!("no network namespace on this host holds {epm}'s pod IP {ip:?}"))
-    };
-    crate::shaping::links_are_shaped(&ws, &pod_namespace);
+    let namespaces = PodNamespaces::new(cluster, &ws.name);
+    crate::shaping::links_are_shaped(&ws, &|epm| namespaces.of(epm));
     ws.ok(&["destroy", "-auto-approve"]);
     assert_no_topology_namespace(cluster);
     assert_host_clean(cluster);
+}
+
+/// merak_acceptance::fat_tree's scenario on kubernetes: every router a
+/// pod, every link a tunnel between two pods with the model's addresses,
+/// the routes the agents install; then destroy leaving nothing.
+pub fn a_fat_tree_routes_over_every_core(cluster: &dyn Cluster, image: &str) {
+    let ws = Workspace::new("k8s-fat").with_provider(provider_block(cluster, image));
+    let main = crate::fat_tree::example(Some(&provider_block(cluster, image)));
+    std::fs::write(ws.dir.join("main.tf"), main).expect("write main.tf");
+    ws.init();
+    let vars = [format!("name={}", ws.name)];
+    let namespaces = PodNamespaces::new(cluster, &ws.name);
+    crate::fat_tree::routes_over_every_core_and_survives_one(&ws, &vars, &|object| namespaces.of(object));
+    ws.ok(&with(&["destroy", "-auto-approve"], &["-var".to_string(), vars[0].clone()]));
+    assert_no_topology_namespace(cluster);
+    assert_host_clean(cluster);
+}
+
+/// Each pod's network namespace on this host (the stand-in's pods and the
+/// real node's are namespaces here), found by pod IP the first time one is
+/// asked for: pods do not move unless deleted.
+pub struct PodNamespaces<'a> {
+    cluster: &'a dyn Cluster,
+    namespace: String,
+    found: std::cell::RefCell<std::collections::HashMap<String, String>>,
+}
+
+impl<'a> PodNamespaces<'a> {
+    pub fn new(cluster: &'a dyn Cluster, topology: &str) -> Self {
+        PodNamespaces { cluster, namespace: format!("merak-{topology}"), found: Default::default() }
+    }
+
+    /// The network namespace of pod `pod`.
+    pub fn of(&self, pod: &str) -> String {
+        if self.found.borrow().is_empty() {
+            let listed = kubectl_ok(
+                self.cluster,
+                &[
+                    "get",
+                    "pods",
+                    "-n",
+                    &self.namespace,
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}",
+                ],
+            );
+            let by_ip = namespaces_by_eth0_ip();
+            let found = listed
+                .lines()
+                .filter_map(|line| line.split_once(' '))
+                .filter_map(|(name, ip)| Some((name.to_string(), by_ip.get(ip.trim())?.clone())))
+                .collect();
+            *self.found.borrow_mut() = found;
+        }
+        self.found
+            .borrow()
+            .get(pod)
+            .cloned()
+            .unwrap_or_else(|| panic!("no network namespace on this host for pod {pod}"))
+    }
+}
+
+/// Every named network namespace (in /run/netns) by the IPv4 address of its `eth0`.
+fn namespaces_by_eth0_ip() -> std::collections::HashMap<String, String> {
+    let names = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok());
+    names
+        .filter_map(|name| {
+            let shown =
+                Command::new("ip").args(["-n", &name, "-o", "-4", "addr", "show", "dev", "eth0"]).output().ok()?;
+            let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+            let ip = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)?.split('/').next()?.to_string();
+            Some((ip, name))
+        })
+        .collect()
 }
 
 /// An agent under test, the commands of its container; `{port}` is the

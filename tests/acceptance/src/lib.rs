@@ -421,6 +421,7 @@ impl Drop for Workspace {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+pub mod fat_tree;
 pub mod faults;
 pub mod fixtures;
 pub mod floor;

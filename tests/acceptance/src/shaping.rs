@@ -110,16 +110,6 @@ pub fn assert_near(measured: f64, rate: f64) {
     );
 }
 
-/// The named network namespace (in /run/netns) whose `eth0` holds `ip`: a
-/// pod's, on a node that is this host.
-pub fn namespace_holding(ip: &str) -> Option<String> {
-    let names = std::fs::read_dir("/run/netns").ok()?.flatten().filter_map(|e| e.file_name().into_string().ok());
-    names.into_iter().find(|name| {
-        let shown = Command::new("ip").args(["-n", name, "-o", "-4", "addr", "show", "dev", "eth0"]).output();
-        shown.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {ip}/")))
-    })
-}
-
 fn tc_in(namespace: &str, args: &[&str]) -> Output {
     Command::new("ip").args(["netns", "exec", namespace, "tc"]).args(args).output().expect("run tc in a namespace")
 }

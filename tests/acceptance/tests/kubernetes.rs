@@ -48,6 +48,13 @@ fn links_are_shaped_by_the_agents_at_both_ends_of_each_tunnel() {
 }
 
 #[test]
+fn a_fat_tree_of_router_pods_routes_over_every_core_and_survives_one() {
+    let dir = std::env::temp_dir().join(format!("merak-k8s-fat-{}", std::process::id()));
+    let cluster = fake_cluster(&dir, &[]);
+    kubernetes::a_fat_tree_routes_over_every_core(&cluster, IMAGE);
+}
+
+#[test]
 fn missing_permissions_are_refused_at_plan_naming_them() {
     let dir = std::env::temp_dir().join(format!("merak-k8s-rbac-{}", std::process::id()));
     let cluster = fake_cluster(&dir, &["--deny", "create:pods", "--deny", "create:pods/portforward"]);

@@ -187,6 +187,10 @@ fn main() -> ExitCode {
         ),
         ("links_are_shaped_by_the_agents", Box::new(|| kubernetes::links_are_shaped_by_the_agents(&cluster, IMAGE))),
         (
+            "a_fat_tree_routes_over_every_core",
+            Box::new(|| kubernetes::a_fat_tree_routes_over_every_core(&cluster, IMAGE)),
+        ),
+        (
             "a_pod_that_cannot_run_is_reported_with_its_node_and_reason",
             Box::new(|| kubernetes::a_pod_that_cannot_run_is_reported(&cluster)),
         ),

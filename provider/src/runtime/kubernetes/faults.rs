@@ -23,8 +23,7 @@ impl LinkFaults for KubernetesRuntime {
         held::save(self.store.as_ref(), &spec.name, faults).await?;
         let (pods, infos) = self.pods_and_infos(&spec.name).await?;
         let ends = EndGoals::new(spec, faults, &link_profiles::load(self.store.as_ref(), &spec.name).await?);
-        let (switches, epms) = Self::underlay_goals(spec, &pods, &infos, &ends);
-        Ok(self.push_underlay(&spec.name, switches, epms).await)
+        Ok(self.push_underlay(&spec.name, Self::underlay_goals(spec, &pods, &infos, &ends)).await)
     }
 
     async fn links_down(&self, spec: &TreeSpec, links: &BTreeSet<String>) -> Result<BTreeSet<String>, RuntimeError> {

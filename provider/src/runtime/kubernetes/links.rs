@@ -1,16 +1,17 @@
 //! The underlay on kubernetes: each link a VXLAN tunnel between two pods,
 //! sized to the pod network's MTU. The goals are pure (computed from the
-//! pods' addresses and the agents' reports, tested below); pushing them
-//! and counting the EPMs whose links are whole use the agents.
+//! pods' addresses and the agents' reports, tested below; a fat tree's in
+//! `fabric`); pushing them and counting the EPMs whose links are whole use
+//! the agents.
 
 use std::collections::HashMap;
 
 use futures::StreamExt;
 use merak_proto::agent::agent_client::AgentClient;
-use merak_proto::agent::{EpmInfo, Interface, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal};
+use merak_proto::agent::{Interface, RouterGoal, SwitchGoal, SwitchPort, Tunnel, UnderlayGoal};
 
 use super::pods::PodState;
-use super::{IN_FLIGHT, KubernetesRuntime, objects};
+use super::{IN_FLIGHT, Infos, KubernetesRuntime, fabric, objects};
 use crate::model::link_profile::{LinkProfileSpec, shaped_links};
 use crate::model::naming::{BRIDGE, EPM_DATA_NIC, UPLINK};
 use crate::model::{Epm, TreeSpec, naming};
@@ -22,8 +23,14 @@ use merak_netdev::shaping::Shaping;
 /// What VXLAN over IPv4 adds to a frame.
 pub(super) const VXLAN_OVERHEAD: u32 = merak_netdev::netdev::VXLAN_OVERHEAD;
 
-/// The underlay's goals: per vswitch pod its ports, per EPM its data-plane NIC.
-pub(super) type UnderlayGoals = (Vec<(String, SwitchGoal)>, Vec<(Epm, UnderlayGoal)>);
+/// The underlay's goals: per vswitch pod its ports, per router pod (a fat
+/// tree's) its ports and routes, per EPM its data-plane NIC.
+#[derive(Debug, Default)]
+pub(super) struct UnderlayGoals {
+    pub(super) switches: Vec<(String, SwitchGoal)>,
+    pub(super) routers: Vec<(String, RouterGoal)>,
+    pub(super) epms: Vec<(Epm, UnderlayGoal)>,
+}
 
 /// What the topology's records ask of its link ends beyond being wired:
 /// the ends faults hold down, and per end (node, device) the shaping of
@@ -44,13 +51,50 @@ impl EndGoals {
         EndGoals { held: held::ends(spec, faults), shaped }
     }
 
-    fn is_held(&self, node: &str, device: &str) -> bool {
+    pub(super) fn is_held(&self, node: &str, device: &str) -> bool {
         self.held.contains(&(node.to_string(), device.to_string()))
     }
 
-    fn shaping(&self, node: &str, device: &str) -> merak_proto::agent::Shaping {
+    pub(super) fn shaping(&self, node: &str, device: &str) -> merak_proto::agent::Shaping {
         merak_agent::shaping::to_goal(self.shaped.get(&(node.to_string(), device.to_string())))
     }
+}
+
+/// The pods as last listed and their agents' reports: where a link's far
+/// end is, and what each end reports.
+pub(super) struct PodNetwork<'a> {
+    pods: &'a HashMap<String, PodState>,
+    infos: &'a Infos,
+}
+
+impl<'a> PodNetwork<'a> {
+    pub(super) fn new(pods: &'a HashMap<String, PodState>, infos: &'a Infos) -> Self {
+        PodNetwork { pods, infos }
+    }
+
+    /// A running pod's IP.
+    pub(super) fn ip(&self, name: &str) -> Option<String> {
+        self.pods.get(name).filter(|s| s.ready).and_then(|s| s.ip.clone())
+    }
+
+    /// A pod's devices, as its agent last reported them.
+    pub(super) fn interfaces(&self, name: &str) -> Option<&'a Vec<Interface>> {
+        self.infos.get(name).and_then(|i| i.as_ref().ok()).map(|info| &info.interfaces)
+    }
+
+    /// `a`'s end of the tunnel to `b`: `b`'s pod IP, the link's VNI, and
+    /// the smaller pod MTU of the two less VXLAN's header. `None` until
+    /// both pods run and report.
+    pub(super) fn tunnel(&self, a: &str, b: &str, vni: u32) -> Option<Tunnel> {
+        let pod_mtu = |name: &str| self.interfaces(name)?.iter().find(|i| i.name == "eth0").map(|i| i.mtu);
+        let mtu = pod_mtu(a)?.min(pod_mtu(b)?).checked_sub(VXLAN_OVERHEAD)?;
+        Some(Tunnel { remote: self.ip(b)?, vni, mtu })
+    }
+}
+
+/// Whether an end is as declared: up, or down where a fault holds it.
+pub(super) fn carries(held: &HeldEnds, node: &str, interface: &Interface) -> bool {
+    interface.up || held.contains(&(node.to_string(), interface.name.clone()))
 }
 
 impl KubernetesRuntime {
@@ -62,31 +106,25 @@ impl KubernetesRuntime {
     }
 
     /// The underlay's goals from the pods' IPs and MTUs: per vswitch its
-    /// ports, per EPM its data-plane NIC, each end a fault holds kept down
-    /// and each end shaped as its role's profile says. A link whose far end
-    /// has no running pod is left out (its vswitch port removed) until it has.
+    /// ports (a fat tree: per router, see `fabric`), per EPM its data-plane
+    /// NIC, each end a fault holds kept down and each end shaped as its
+    /// role's profile says. A link whose far end has no running pod is left
+    /// out (its port removed) until it has.
     pub(super) fn underlay_goals(
         spec: &TreeSpec,
         pods: &HashMap<String, PodState>,
-        infos: &HashMap<String, Result<EpmInfo, RuntimeError>>,
+        infos: &Infos,
         ends: &EndGoals,
     ) -> UnderlayGoals {
+        let network = PodNetwork::new(pods, infos);
+        if let Some(fabric) = &spec.fabric {
+            return fabric::goals(spec, fabric, &network, ends);
+        }
         let port = |switch: &str, name: String, tunnel: Tunnel| SwitchPort {
             held_down: ends.is_held(switch, &name),
             shaping: Some(ends.shaping(switch, &name)),
             name,
             tunnel: Some(tunnel),
-        };
-        let ip = |name: &str| pods.get(name).filter(|s| s.ready).and_then(|s| s.ip.clone());
-        let pod_mtu = |name: &str| {
-            infos
-                .get(name)
-                .and_then(|i| i.as_ref().ok())
-                .and_then(|info| info.interfaces.iter().find(|i| i.name == "eth0").map(|i| i.mtu))
-        };
-        let link = |a: &str, b: &str, vni: u32| -> Option<Tunnel> {
-            let mtu = pod_mtu(a)?.min(pod_mtu(b)?).checked_sub(VXLAN_OVERHEAD)?;
-            Some(Tunnel { remote: ip(b)?, vni, mtu })
         };
         let switches = spec.vswitches();
         let epms: Vec<Epm> = spec.epms().collect();
@@ -95,18 +133,18 @@ impl KubernetesRuntime {
             let name = switch.name();
             let mut ports = Vec::new();
             if let Some(parent) = switch.parent_name()
-                && let Some(tunnel) = link(&name, &parent, objects::uplink_vni(switch))
+                && let Some(tunnel) = network.tunnel(&name, &parent, objects::uplink_vni(switch))
             {
                 ports.push(port(&name, UPLINK.into(), tunnel));
             }
             for child in switches.iter().filter(|c| c.level + 1 == switch.level && c.parent == Some(switch.index)) {
-                if let Some(tunnel) = link(&name, &child.name(), objects::uplink_vni(child)) {
+                if let Some(tunnel) = network.tunnel(&name, &child.name(), objects::uplink_vni(child)) {
                     ports.push(port(&name, naming::downlink_port(child.index), tunnel));
                 }
             }
             if switch.level == 0 {
                 for epm in epms.iter().filter(|e| e.rack == switch.index) {
-                    if let Some(tunnel) = link(&name, &epm.name, objects::epm_link_vni(epm.index)) {
+                    if let Some(tunnel) = network.tunnel(&name, &epm.name, objects::epm_link_vni(epm.index)) {
                         ports.push(port(&name, naming::host_port(epm.index), tunnel));
                     }
                 }
@@ -116,83 +154,73 @@ impl KubernetesRuntime {
         let mut epm_goals = Vec::new();
         for epm in epms {
             let tor = naming::vswitch_name(0, epm.rack);
-            if let Some(tunnel) = link(&epm.name, &tor, objects::epm_link_vni(epm.index)) {
+            if let Some(tunnel) = network.tunnel(&epm.name, &tor, objects::epm_link_vni(epm.index)) {
                 let goal = UnderlayGoal {
                     interface: EPM_DATA_NIC.into(),
                     address: format!("{}/{}", epm.ip, spec.data_plane.prefix_len()),
                     mac: merak_netdev::netdev::format_mac(&epm.mac),
                     tunnel: Some(tunnel),
-                    gateway: String::new(),
                     held_down: ends.is_held(&epm.name, EPM_DATA_NIC),
                     shaping: Some(ends.shaping(&epm.name, EPM_DATA_NIC)),
+                    ..UnderlayGoal::default()
                 };
                 epm_goals.push((epm, goal));
             }
         }
-        (switch_goals, epm_goals)
+        UnderlayGoals { switches: switch_goals, epms: epm_goals, ..UnderlayGoals::default() }
     }
 
     /// Pushes the underlay goals to the agents; failures by object.
-    pub(super) async fn push_underlay(
-        &self,
-        topology: &str,
-        switches: Vec<(String, SwitchGoal)>,
-        epms: Vec<(Epm, UnderlayGoal)>,
-    ) -> Vec<Failure> {
-        let switch_results: Vec<Option<Failure>> = futures::stream::iter(switches)
-            .map(|(name, goal): (String, SwitchGoal)| async move {
-                let result = async {
-                    let mut agent = AgentClient::new(self.channel(topology, &name).await?);
-                    agent
-                        .apply_switch(goal)
-                        .await
-                        .map_err(|s| RuntimeError::Unavailable(format!("agent of {name}: {}", s.message())))
-                }
-                .await;
-                result.err().map(|e| Failure { object: name, error: e.to_string() })
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        let epm_results: Vec<Option<Failure>> = futures::stream::iter(epms)
+    pub(super) async fn push_underlay(&self, topology: &str, goals: UnderlayGoals) -> Vec<Failure> {
+        let failed = |name: String, status: tonic::Status| {
+            Some(Failure { object: name.clone(), error: format!("agent of {name}: {}", status.message()) })
+        };
+        let unreachable = |name: String, e: RuntimeError| Some(Failure { object: name, error: e.to_string() });
+        let switches = futures::stream::iter(goals.switches).map(|(name, goal): (String, SwitchGoal)| async move {
+            match self.channel(topology, &name).await {
+                Ok(channel) => AgentClient::new(channel).apply_switch(goal).await.err().and_then(|s| failed(name, s)),
+                Err(e) => unreachable(name, e),
+            }
+        });
+        let routers = futures::stream::iter(goals.routers).map(|(name, goal): (String, RouterGoal)| async move {
+            match self.channel(topology, &name).await {
+                Ok(channel) => AgentClient::new(channel).apply_router(goal).await.err().and_then(|s| failed(name, s)),
+                Err(e) => unreachable(name, e),
+            }
+        });
+        let switch_failures: Vec<Option<Failure>> = switches.buffer_unordered(IN_FLIGHT).collect().await;
+        let router_failures: Vec<Option<Failure>> = routers.buffer_unordered(IN_FLIGHT).collect().await;
+        let epm_failures: Vec<Option<Failure>> = futures::stream::iter(goals.epms)
             .map(|(epm, goal): (Epm, UnderlayGoal)| async move {
-                let result = async {
-                    let mut agent = AgentClient::new(self.channel(topology, &epm.name).await?);
-                    agent
-                        .apply_underlay(goal)
-                        .await
-                        .map_err(|s| RuntimeError::Unavailable(format!("agent of {}: {}", epm.name, s.message())))
+                match self.channel(topology, &epm.name).await {
+                    Ok(channel) => {
+                        AgentClient::new(channel).apply_underlay(goal).await.err().and_then(|s| failed(epm.name, s))
+                    }
+                    Err(e) => unreachable(epm.name, e),
                 }
-                .await;
-                result.err().map(|e| Failure { object: epm.name, error: e.to_string() })
             })
             .buffer_unordered(IN_FLIGHT)
             .collect()
             .await;
-        switch_results.into_iter().chain(epm_results).flatten().collect()
+        switch_failures.into_iter().chain(router_failures).chain(epm_failures).flatten().collect()
     }
 
     /// How many EPMs are up: pod running, agent answering, NIC up with its
     /// address and tunnelled to its top-of-rack pod, and every vswitch on
     /// the way to the root holding the ports of the path, tunnelled to the
-    /// pods there are now. An end a fault holds counts as up when it is down.
-    pub(super) fn ready_epms(
-        spec: &TreeSpec,
-        pods: &HashMap<String, PodState>,
-        infos: &HashMap<String, Result<EpmInfo, RuntimeError>>,
-        held: &HeldEnds,
-    ) -> u32 {
-        let carries = |node: &str, interface: &Interface| {
-            interface.up || held.contains(&(node.to_string(), interface.name.clone()))
-        };
-        let ip = |name: &str| pods.get(name).filter(|s| s.ready).and_then(|s| s.ip.clone());
-        let interfaces = |name: &str| infos.get(name).and_then(|i| i.as_ref().ok()).map(|info| &info.interfaces);
+    /// pods there are now (a fat tree: see `fabric`). An end a fault holds
+    /// counts as up when it is down.
+    pub(super) fn ready_epms(spec: &TreeSpec, pods: &HashMap<String, PodState>, infos: &Infos, held: &HeldEnds) -> u32 {
+        let network = PodNetwork::new(pods, infos);
+        if let Some(fabric) = &spec.fabric {
+            return fabric::ready_epms(spec, fabric, &network, held);
+        }
         // A port of a vswitch: up on its bridge, tunnelled to `far`'s pod.
         let port_to = |switch: &str, port: &str, far: &str| {
-            let (Some(interfaces), Some(far_ip)) = (interfaces(switch), ip(far)) else { return false };
+            let (Some(interfaces), Some(far_ip)) = (network.interfaces(switch), network.ip(far)) else { return false };
             let Some(bridge) = interfaces.iter().find(|i| i.name == BRIDGE && i.up) else { return false };
             interfaces.iter().any(|i| {
-                i.name == port && carries(switch, i) && i.controller == bridge.index && i.tunnel_remote == far_ip
+                i.name == port && carries(held, switch, i) && i.controller == bridge.index && i.tunnel_remote == far_ip
             })
         };
         let switches = spec.vswitches();
@@ -202,7 +230,7 @@ impl KubernetesRuntime {
         for switch in &ordered {
             let name = switch.name();
             let linked = match switch.parent_name() {
-                None => interfaces(&name).is_some_and(|i| i.iter().any(|i| i.name == BRIDGE && i.up)),
+                None => network.interfaces(&name).is_some_and(|i| i.iter().any(|i| i.name == BRIDGE && i.up)),
                 Some(parent) => {
                     reachable.get(&(switch.level + 1, switch.parent.unwrap_or_default())).copied().unwrap_or(false)
                         && port_to(&name, UPLINK, &parent)
@@ -215,12 +243,12 @@ impl KubernetesRuntime {
             .filter(|epm| {
                 let tor = naming::vswitch_name(0, epm.rack);
                 let address = format!("{}/{}", epm.ip, spec.data_plane.prefix_len());
-                let nic_up = interfaces(&epm.name).is_some_and(|i| {
+                let nic_up = network.interfaces(&epm.name).is_some_and(|i| {
                     i.iter().any(|i| {
                         i.name == EPM_DATA_NIC
-                            && carries(&epm.name, i)
+                            && carries(held, &epm.name, i)
                             && i.addresses.contains(&address)
-                            && Some(&i.tunnel_remote) == ip(&tor).as_ref()
+                            && Some(&i.tunnel_remote) == network.ip(&tor).as_ref()
                     })
                 });
                 nic_up
@@ -235,7 +263,7 @@ impl KubernetesRuntime {
 pub(super) mod tests {
     use super::*;
     use crate::model::TreeInput;
-    use merak_proto::agent::Interface;
+    use merak_proto::agent::{EpmInfo, Interface};
     use objects::PodObject;
 
     pub(in crate::runtime::kubernetes) fn lab() -> TreeSpec {
@@ -299,7 +327,7 @@ pub(super) mod tests {
         mtus: &HashMap<String, Result<EpmInfo, RuntimeError>>,
         ends: &EndGoals,
     ) -> HashMap<String, Result<EpmInfo, RuntimeError>> {
-        let (switches, epms) = KubernetesRuntime::underlay_goals(spec, pods, mtus, ends);
+        let UnderlayGoals { switches, routers, epms } = KubernetesRuntime::underlay_goals(spec, pods, mtus, ends);
         let mut infos = HashMap::new();
         for (name, goal) in switches {
             let mut interfaces = vec![Interface { name: BRIDGE.into(), index: 1, up: true, ..Interface::default() }];
@@ -311,6 +339,21 @@ pub(super) mod tests {
                 root_qdisc: root_made_for(p.shaping.as_ref()),
                 ..Interface::default()
             }));
+            infos.insert(name, Ok(EpmInfo { epm: String::new(), interfaces }));
+        }
+        for (name, goal) in routers {
+            let interfaces = goal
+                .ports
+                .iter()
+                .map(|p| Interface {
+                    name: p.name.clone(),
+                    up: !p.held_down,
+                    addresses: vec![p.address.clone()],
+                    tunnel_remote: p.tunnel.clone().unwrap().remote,
+                    root_qdisc: root_made_for(p.shaping.as_ref()),
+                    ..Interface::default()
+                })
+                .collect();
             infos.insert(name, Ok(EpmInfo { epm: String::new(), interfaces }));
         }
         for (epm, goal) in epms {
@@ -343,7 +386,7 @@ pub(super) mod tests {
         let mtus: HashMap<String, Result<EpmInfo, RuntimeError>> =
             names.iter().map(|n| (n.clone(), eth0(if n == "epm-3" { 1400 } else { 1450 }))).collect();
         let none = EndGoals::default();
-        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus, &none);
+        let UnderlayGoals { switches, epms, .. } = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus, &none);
         let tor0 = &switches.iter().find(|(n, _)| n == "s0-0").unwrap().1;
         let port_names: Vec<&str> = tor0.ports.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(port_names, ["up", "e0", "e1"]);
@@ -361,7 +404,7 @@ pub(super) mod tests {
             held: [("epm-3", EPM_DATA_NIC), ("s0-1", "e3")].map(|(n, d)| (n.into(), d.into())).into(),
             ..EndGoals::default()
         };
-        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus, &cut);
+        let UnderlayGoals { switches, epms, .. } = KubernetesRuntime::underlay_goals(&spec, &pods, &mtus, &cut);
         let held_ports: Vec<(&str, &str)> = switches
             .iter()
             .flat_map(|(n, g)| g.ports.iter().filter(|p| p.held_down).map(move |p| (n.as_str(), p.name.as_str())))
@@ -380,7 +423,7 @@ pub(super) mod tests {
         // A vswitch pod gone cuts off its rack.
         let mut without_tor = pods.clone();
         without_tor.remove("s0-0");
-        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &without_tor, &mtus, &none);
+        let UnderlayGoals { switches, epms, .. } = KubernetesRuntime::underlay_goals(&spec, &without_tor, &mtus, &none);
         assert!(epms.iter().all(|(e, _)| e.rack == 1), "no goal for EPMs whose top-of-rack pod is missing");
         assert!(switches.iter().find(|(n, _)| n == "s1-0").unwrap().1.ports.iter().all(|p| p.name != "d0"));
         let infos = applied(&spec, &without_tor, &mtus, &none);

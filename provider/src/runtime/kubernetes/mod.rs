@@ -23,6 +23,7 @@
 
 mod certificates;
 pub mod cluster;
+mod fabric;
 mod faults;
 mod gateway;
 mod holder;
@@ -230,8 +231,7 @@ impl Substrate for KubernetesRuntime {
             }
         }
         let ends = self.recorded_end_goals(spec).await?;
-        let (switch_goals, epm_goals) = Self::underlay_goals(spec, &pods, &infos, &ends);
-        failures.extend(self.push_underlay(topology, switch_goals, epm_goals).await);
+        failures.extend(self.push_underlay(topology, Self::underlay_goals(spec, &pods, &infos, &ends)).await);
 
         let mut status = self.status(spec).await?;
         failures.sort_by(|a, b| a.object.cmp(&b.object));

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Toleration};
 use serde_json::{Value, json};
 
 use crate::model::epm_agent::{AGENT_CONTAINER, Placeholders};
+use crate::model::fat_tree::Switch;
 use crate::model::{Epm, TreeSpec, Vswitch};
 use crate::runtime::UnderTest;
 
@@ -274,6 +275,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub enum PodObject {
     Epm(Epm),
     Vswitch(Vswitch),
+    /// A fat tree's switch.
+    Router(Switch),
 }
 
 impl PodObject {
@@ -281,6 +284,7 @@ impl PodObject {
         match self {
             PodObject::Epm(epm) => epm.name.clone(),
             PodObject::Vswitch(switch) => switch.name(),
+            PodObject::Router(switch) => switch.name(),
         }
     }
 
@@ -288,20 +292,35 @@ impl PodObject {
         match self {
             PodObject::Epm(_) => "epm",
             PodObject::Vswitch(_) => "vswitch",
+            PodObject::Router(_) => "router",
         }
     }
 }
 
-/// Every pod of a topology: vswitches root first, then EPMs.
+/// Every pod of a topology: vswitches root first (a fat tree's routers,
+/// core first), then EPMs.
 pub fn pod_objects(spec: &TreeSpec) -> Vec<PodObject> {
-    let mut switches = spec.vswitches();
-    switches.sort_by_key(|s| std::cmp::Reverse(s.level));
-    switches.into_iter().map(PodObject::Vswitch).chain(spec.epms().map(PodObject::Epm)).collect()
+    let switches: Vec<PodObject> = match &spec.fabric {
+        Some(fabric) => fabric.switches().into_iter().map(PodObject::Router).collect(),
+        None => {
+            let mut switches = spec.vswitches();
+            switches.sort_by_key(|s| std::cmp::Reverse(s.level));
+            switches.into_iter().map(PodObject::Vswitch).collect()
+        }
+    };
+    switches.into_iter().chain(spec.epms().map(PodObject::Epm)).collect()
 }
 
-/// The VNI of the tunnel between EPM `index` and its top-of-rack vswitch.
+/// The VNI of the tunnel between EPM `index` and its top-of-rack vswitch
+/// (a fat tree's edge router).
 pub fn epm_link_vni(index: u32) -> u32 {
     1 + index
+}
+
+/// The VNI of a fat tree's link between two routers, by its index in
+/// `FatTree::fabric_links` (a fat tree has no vswitch uplinks).
+pub fn fabric_link_vni(index: usize) -> u32 {
+    SWITCH_VNI_BASE + u32::try_from(index).unwrap_or(u32::MAX - SWITCH_VNI_BASE)
 }
 
 /// The VNI of the tunnel between a vswitch and its parent: above every EPM
@@ -316,9 +335,6 @@ pub const MAX_EPMS: u32 = SWITCH_VNI_BASE - 1;
 
 /// Why a topology cannot be laid out as pods, if it cannot.
 pub fn fits(spec: &TreeSpec) -> Result<(), String> {
-    if spec.fabric.is_some() {
-        return Err("A fat tree's switches are routers the local runtime builds; the kubernetes runtime builds trees of vswitch pods only, for now. Use type = \"tree\" or runtime = \"local\".".into());
-    }
     if spec.name.len() > TOPOLOGY_NAME_LIMIT {
         return Err(format!(
             "The topology's namespace would be {} ({} characters), longer than a Kubernetes name may be ({NAME_LIMIT}). \

@@ -33,8 +33,7 @@ impl LinkShaping for KubernetesRuntime {
             }
         }
         let ends = EndGoals::new(spec, &held::load(self.store.as_ref(), &spec.name).await?, profiles);
-        let (switches, epms) = Self::underlay_goals(spec, &pods, &infos, &ends);
-        Ok(self.push_underlay(&spec.name, switches, epms).await)
+        Ok(self.push_underlay(&spec.name, Self::underlay_goals(spec, &pods, &infos, &ends)).await)
     }
 
     async fn impaired_links(&self, spec: &TreeSpec, profiles: &[LinkProfileSpec]) -> Result<u64, RuntimeError> {
@@ -94,6 +93,7 @@ mod tests {
     use super::*;
     use crate::model::naming::EPM_DATA_NIC;
     use crate::runtime::capability::Faults;
+    use crate::runtime::kubernetes::links::UnderlayGoals;
     use crate::runtime::kubernetes::links::tests::{all_running, applied, lab};
 
     fn profile(role: &str, rate_mbit: f64) -> LinkProfileSpec {
@@ -113,7 +113,7 @@ mod tests {
         let profiles = [profile("epm_uplink", 40.0)];
         let cut: Faults = [("cut".to_string(), ["s0-1--epm-3".to_string()].into())].into();
         let ends = EndGoals::new(&spec, &cut, &profiles);
-        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &infos, &ends);
+        let UnderlayGoals { switches, epms, .. } = KubernetesRuntime::underlay_goals(&spec, &pods, &infos, &ends);
         let rate = |s: Option<&merak_proto::agent::Shaping>| s.map(|s| s.rate_bytes_per_s);
         for (epm, goal) in &epms {
             assert_eq!(rate(goal.shaping.as_ref()), Some(5_000_000), "{}", epm.name);
@@ -140,7 +140,7 @@ mod tests {
 
         // Without the profile every goal asks for no shaping.
         let plain = EndGoals::new(&spec, &cut, &[]);
-        let (switches, epms) = KubernetesRuntime::underlay_goals(&spec, &pods, &infos, &plain);
+        let UnderlayGoals { switches, epms, .. } = KubernetesRuntime::underlay_goals(&spec, &pods, &infos, &plain);
         assert!(epms.iter().all(|(_, g)| rate(g.shaping.as_ref()) == Some(0)));
         assert!(
             switches

@@ -10,10 +10,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::StreamExt;
 use merak_netdev::netdev::Netlink;
 use merak_netdev::netns::{self, NetnsOptions};
-use merak_netdev::routes::Hop;
+use merak_netdev::routes::{Hop, WantedRoute};
 
 use super::LocalRuntime;
-use crate::model::fat_tree::{FatTree, HostPort, Switch};
+use crate::model::fat_tree::{FatTree, HostPort, Route, Switch};
 use crate::model::naming::{self, EPM_DATA_NIC};
 use crate::runtime::held::HeldEnds;
 use crate::runtime::{Failure, RuntimeError};
@@ -24,12 +24,11 @@ const PARALLEL: usize = 16;
 /// A switch's namespace: a router whose ECMP hash is seeded by its name,
 /// so that routers in series spread flows independently.
 fn router_options(switch: &Switch) -> NetnsOptions {
-    let seed = switch.name().bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193)) | 1;
     NetnsOptions {
         disable_ipv6: true,
         forwarding: true,
         multipath_l4_hash: true,
-        multipath_hash_seed: seed,
+        multipath_hash_seed: switch.hash_seed(),
         skip_dead_links: true,
         ..NetnsOptions::default()
     }
@@ -74,34 +73,23 @@ async fn ensure_link(
     Ok(())
 }
 
-/// Makes a switch's routes what they should be, each replaced only when it
-/// differs, and removes static routes it should not have (prefixes of EPMs
-/// that left); routes over a device not there yet (an EPM's port, made with
-/// the EPM) are left to whoever makes the device.
+/// Makes a switch's routes what the model computes (see
+/// Netlink::converge_routes).
 async fn ensure_routes(netlink: &Netlink, fabric: &FatTree, switch: Switch) -> Result<(), RuntimeError> {
-    let indexes: HashMap<String, u32> = netlink.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
-    let present = netlink.routes_v4().await?;
-    let wanted = fabric.routes(switch);
-    for stale in present.iter().filter(|r| {
-        r.static_route
-            && !wanted.iter().any(|w| w.prefix.network() == r.destination && w.prefix.prefix_len() == r.prefix_len)
-    }) {
-        netlink.delete_route(stale.destination, stale.prefix_len).await?;
-    }
-    for route in wanted {
-        let hops: Option<Vec<Hop>> = route
-            .next_hops
-            .iter()
-            .map(|hop| Some(Hop { index: *indexes.get(&hop.device)?, gateway: hop.gateway }))
-            .collect();
-        let Some(mut hops) = hops else { continue };
-        hops.sort();
-        let (destination, prefix_len) = (route.prefix.network(), route.prefix.prefix_len());
-        if !present.iter().any(|r| r.destination == destination && r.prefix_len == prefix_len && r.hops == hops) {
-            netlink.replace_route(destination, prefix_len, &hops).await?;
-        }
-    }
+    netlink.converge_routes(&wanted_routes(fabric.routes(switch)), None).await?;
     Ok(())
+}
+
+/// The model's routes as netlink converges them.
+fn wanted_routes(routes: Vec<Route>) -> Vec<WantedRoute> {
+    routes
+        .into_iter()
+        .map(|route| WantedRoute {
+            destination: route.prefix.network(),
+            prefix_len: route.prefix.prefix_len(),
+            hops: route.next_hops.into_iter().map(|hop| (hop.device, hop.gateway)).collect(),
+        })
+        .collect()
 }
 
 impl LocalRuntime {

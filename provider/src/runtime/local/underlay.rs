@@ -192,6 +192,8 @@ impl LocalRuntime {
             held_down: nic_held,
             // The runtime shapes the veth it made (see `shaping`).
             shaping: None,
+            // An EPM's namespace has no other way out.
+            routed_prefix: String::new(),
         };
         agent
             .apply_underlay(goal)
