@@ -112,7 +112,18 @@ pub fn routes_over_every_core_and_survives_one(ws: &Workspace, vars: &[String], 
     server.join().expect("the server");
     let after: Vec<u64> = cores.iter().map(|core| rx_packets(core, "dn0")).collect();
     for (core, (b, a)) in before.iter().zip(&after).enumerate() {
-        assert!(a > b, "core-{core} carried none of 64 flows between pods: {before:?} -> {after:?}");
+        // What pod 0's aggregation routers and the core hold, to tell a
+        // route without the hop from a link that does not carry.
+        let seen = || {
+            ["agg-0-0", "agg-0-1", &format!("core-{core}")]
+                .map(|node| {
+                    let namespace = namespace(node);
+                    let links = run_in(&namespace, &["ip", "-s", "-d", "link", "show"]);
+                    format!("{node} routes:\n{}{node} links:\n{links}", run_in(&namespace, &["ip", "route"]))
+                })
+                .join("\n")
+        };
+        assert!(a > b, "core-{core} carried none of 64 flows between pods: {before:?} -> {after:?}\n{}", seen());
     }
 
     // The core links shaped, in place: all 16 carry it, pings still pass.

@@ -21,6 +21,9 @@ pub trait Cluster {
     /// What the cluster's pods left on the host that should be gone once no
     /// pod exists (sandboxes, their network namespaces, running tasks).
     fn host_leftovers(&self) -> Vec<String>;
+    /// The named network namespaces this cluster's pods may have on the
+    /// host (another cluster running beside it reuses its pod IPs).
+    fn pod_network_namespaces(&self) -> Vec<String>;
 }
 
 impl Cluster for merak_fake_cluster::Running {
@@ -35,6 +38,9 @@ impl Cluster for merak_fake_cluster::Running {
     }
     fn host_leftovers(&self) -> Vec<String> {
         self.pod_sandboxes()
+    }
+    fn pod_network_namespaces(&self) -> Vec<String> {
+        merak_netdev::netns::list_with_prefix(&format!("{}-", self.prefix)).unwrap_or_default()
     }
 }
 
@@ -322,7 +328,7 @@ impl<'a> PodNamespaces<'a> {
                     "jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}",
                 ],
             );
-            let by_ip = namespaces_by_eth0_ip();
+            let by_ip = namespaces_by_eth0_ip(self.cluster.pod_network_namespaces());
             let found = listed
                 .lines()
                 .filter_map(|line| line.split_once(' '))
@@ -338,14 +344,10 @@ impl<'a> PodNamespaces<'a> {
     }
 }
 
-/// Every named network namespace (in /run/netns) by the IPv4 address of its `eth0`.
-fn namespaces_by_eth0_ip() -> std::collections::HashMap<String, String> {
-    let names = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok());
+/// These network namespaces by the IPv4 address of their `eth0`.
+fn namespaces_by_eth0_ip(names: Vec<String>) -> std::collections::HashMap<String, String> {
     names
+        .into_iter()
         .filter_map(|name| {
             let shown =
                 Command::new("ip").args(["-n", &name, "-o", "-4", "addr", "show", "dev", "eth0"]).output().ok()?;

@@ -144,6 +144,9 @@ impl Cluster for RealCluster {
     fn node_name_prefix(&self) -> String {
         self.node.clone()
     }
+    fn pod_network_namespaces(&self) -> Vec<String> {
+        cni_namespaces()
+    }
     fn host_leftovers(&self) -> Vec<String> {
         let mut left = self.running_tasks();
         left.extend(
