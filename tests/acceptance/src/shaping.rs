@@ -57,7 +57,7 @@ const SENDING: Duration = Duration::from_secs(3);
 /// Goodput of one TCP stream from namespace `from` to `to_ip` (listening in
 /// namespace `to`), Mbit/s, measured at the receiver from its first byte to
 /// the end.
-pub fn tcp_mbit(from: &str, to: &str, to_ip: Ipv4Addr) -> f64 {
+fn tcp_mbit(from: &str, to: &str, to_ip: Ipv4Addr) -> f64 {
     let (from, to) = (from.to_string(), to.to_string());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let receiver = {
@@ -103,11 +103,23 @@ fn enter(namespace: &str) {
     merak_netdev::netns::enter(&fd).expect("enter the EPM's namespace");
 }
 
-pub fn assert_near(measured: f64, rate: f64) {
-    assert!(
-        (measured - rate).abs() <= rate * 0.1,
-        "{measured:.1} Mbit/s measured, {rate} Mbit/s configured: more than 10 % apart"
-    );
+/// One stream from `from` to `to_ip` in `to` lands within 10 % of `rate`
+/// (Mbit/s); the goodput measured. Shaping never lets more through, so a
+/// stream above is a failure at once; a busy host (another test's
+/// namespaces, a core kept busy) can only slow one, so a stream below is
+/// measured again, up to three times, before it counts.
+pub fn assert_rate(from: &str, to: &str, to_ip: Ipv4Addr, rate: f64) -> f64 {
+    let mut measured = Vec::new();
+    for _ in 0..3 {
+        let mbit = tcp_mbit(from, to, to_ip);
+        eprintln!("{rate} Mbit/s profile: {mbit:.1} Mbit/s measured");
+        assert!(mbit <= rate * 1.1, "{mbit:.1} Mbit/s measured, more than 10 % above {rate} Mbit/s configured");
+        if mbit >= rate * 0.9 {
+            return mbit;
+        }
+        measured.push(format!("{mbit:.1}"));
+    }
+    panic!("{measured:?} Mbit/s measured, {rate} Mbit/s configured: more than 10 % below, three times")
 }
 
 fn tc_in(namespace: &str, args: &[&str]) -> Output {
@@ -127,18 +139,14 @@ pub fn links_are_shaped(ws: &Workspace, namespace_of: &dyn Fn(&str) -> String) {
     assert!(output.contains("impaired = 2"), "both EPM uplinks: {output}");
     assert!(output.contains("underlay = \"2/2\""), "the EPMs reach each other over the shaped data plane: {output}");
     let (ns0, ns1) = (namespace_of("epm-0"), namespace_of("epm-1"));
-    let measured = tcp_mbit(&ns1, &ns0, epm0);
-    eprintln!("40 Mbit/s profile: {measured:.1} Mbit/s measured");
-    assert_near(measured, 40.0);
+    assert_rate(&ns1, &ns0, epm0, 40.0);
     assert_eq!(ws.plan().0, 0, "a fresh apply leaves nothing to do");
 
     // Another rate is an update in place, measured again the other way.
     let plan = ws.ok(&["plan", "-var", "rate=20"]);
     assert!(plan.contains("updated in-place") && !plan.contains("must be replaced"), "{plan}");
     ws.ok(&["apply", "-auto-approve", "-var", "rate=20"]);
-    let measured = tcp_mbit(&ns0, &ns1, epm1);
-    eprintln!("20 Mbit/s profile: {measured:.1} Mbit/s measured");
-    assert_near(measured, 20.0);
+    assert_rate(&ns0, &ns1, epm1, 20.0);
 
     // Shaping taken off behind Terraform's back is drift; apply puts it back.
     let removed = tc_in(&ns0, &["qdisc", "del", "dev", "eth1", "root"]);
