@@ -131,7 +131,9 @@ impl AgentService {
                 routes.iter().any(|r| r.destination == destination && r.prefix_len == prefix_len && r.hops == [hop]);
             if !present {
                 netlink.replace_route(destination, prefix_len, &[hop]).await.map_err(internal)?;
-                actions.push(format!("{destination}/{prefix_len} via {gateway} dev {}", goal.interface));
+                let routed =
+                    if prefix_len == 0 { "default".to_string() } else { format!("{destination}/{prefix_len}") };
+                actions.push(format!("{routed} via {gateway} dev {}", goal.interface));
             }
         }
 

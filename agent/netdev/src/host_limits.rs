@@ -76,8 +76,14 @@ struct Locked {
 
 fn lock_registry() -> io::Result<Locked> {
     loop {
-        fs::create_dir_all(REGISTRY)?;
-        let directory = fs::File::open(REGISTRY)?;
+        // The last user's release may remove the registry between any two
+        // of these steps (it holds the old directory's lock, not ours):
+        // then make it again.
+        let directory = match fs::create_dir_all(REGISTRY).and_then(|()| fs::File::open(REGISTRY)) {
+            Ok(directory) => directory,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         // SAFETY: flock on a descriptor this function owns.
         while unsafe { libc::flock(directory.as_raw_fd(), libc::LOCK_EX) } != 0 {
             let error = io::Error::last_os_error();
