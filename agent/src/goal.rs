@@ -136,6 +136,9 @@ pub fn overlay(goal: &OverlayGoal) -> Result<(), OverlayError> {
             subnet.flood.iter().try_for_each(|remote| ipv4(remote).map(drop))?;
             subnet.forget.iter().try_for_each(|range| parse_mac_range(range).map(drop))?;
         }
+        if let Some(firewall) = &vpc.firewall {
+            crate::firewall::render(firewall)?;
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod bridges;
 pub mod build;
 pub mod error;
 pub mod evm;
+pub mod firewall;
 pub mod gateway;
 pub mod goal;
 pub mod host;

@@ -111,6 +111,11 @@ async fn apply_vpc(
             actions.push(format!("{}: removed {}", vpc.namespace, link.name));
         }
     }
+    // Security groups go in before any EVM of the goal is built (the
+    // provider pushes goals first), so a new port is never unfiltered.
+    if let Some(firewall) = &vpc.firewall {
+        crate::firewall::apply(&vpc.namespace, firewall).await?;
+    }
     Ok(())
 }
 

@@ -196,7 +196,7 @@ async fn the_image_runs_the_agent_as_a_privileged_container() {
         let goal = OverlayGoal {
             router_prefix: format!("merak-{epm}.vpc"),
             underlay_ip: own.into(),
-            vpcs: vec![VpcGoal { namespace: format!("merak-{epm}.vpc1"), subnets: vec![subnet] }],
+            vpcs: vec![VpcGoal { namespace: format!("merak-{epm}.vpc1"), subnets: vec![subnet], firewall: None }],
         };
         let mut overlay = OverlayClient::new(channel.clone());
         overlay.apply_overlay(goal).await.unwrap_or_else(|e| panic!("overlay of {epm}: {e}\n{}", fixture.logs()));

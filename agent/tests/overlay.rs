@@ -81,7 +81,7 @@ fn one_subnet_goal(prefix: &str, epm: &str, own: &str, other: &str, forget: Vec<
         // Not just "{prefix}{epm}.": that would cover the EVMs' namespaces.
         router_prefix: format!("{prefix}{epm}.vpc"),
         underlay_ip: own.into(),
-        vpcs: vec![VpcGoal { namespace: format!("{prefix}{epm}.vpc1"), subnets: vec![subnet] }],
+        vpcs: vec![VpcGoal { namespace: format!("{prefix}{epm}.vpc1"), subnets: vec![subnet], firewall: None }],
     }
 }
 
@@ -111,8 +111,13 @@ async fn subnets_route_and_vpcs_stay_apart() {
             VpcGoal {
                 namespace: format!("{prefix}{epm}.vpc1"),
                 subnets: vec![subnet(epm, 101, "10.0.1.1/24", other), subnet(epm, 102, "10.0.2.1/24", other)],
+                firewall: None,
             },
-            VpcGoal { namespace: format!("{prefix}{epm}.vpc2"), subnets: vec![subnet(epm, 201, "10.0.1.1/24", other)] },
+            VpcGoal {
+                namespace: format!("{prefix}{epm}.vpc2"),
+                subnets: vec![subnet(epm, 201, "10.0.1.1/24", other)],
+                firewall: None,
+            },
         ],
     };
     let agent_a = OverlayService::new("a".into(), in_a.clone());

@@ -94,7 +94,7 @@ fn overlay(prefix: &str, epm: &str, own: &str, other: &str) -> OverlayGoal {
     OverlayGoal {
         router_prefix: format!("{prefix}{epm}.vpc"),
         underlay_ip: own.into(),
-        vpcs: vec![VpcGoal { namespace: format!("{prefix}{epm}.vpc1"), subnets: vec![subnet] }],
+        vpcs: vec![VpcGoal { namespace: format!("{prefix}{epm}.vpc1"), subnets: vec![subnet], firewall: None }],
     }
 }
 

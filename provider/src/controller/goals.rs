@@ -1,7 +1,7 @@
 //! What follows from a topology's tenant record alone, without I/O: every
 //! EVM of a group with its devices (names, addresses, MACs, the EPM it is
-//! on), and each EPM's overlay goal (its VPCs' routers and subnets, and
-//! where each subnet floods).
+//! on), and each EPM's overlay goal (its VPCs' routers and subnets, where
+//! each subnet floods, and the VPC's firewall).
 
 use std::collections::HashMap;
 
@@ -124,6 +124,10 @@ pub(super) fn overlay_goals(
         indexes.sort_unstable();
         indexes.dedup();
     }
+    let mut firewalls = HashMap::new();
+    for vpc in vpc_hosts.keys() {
+        firewalls.insert(*vpc, super::firewall::firewall(&tree.name, record, vpc)?);
+    }
     let mut goals = Vec::with_capacity(tree.hosts as usize);
     for epm in tree.epms() {
         let mut vpcs = Vec::new();
@@ -155,7 +159,11 @@ pub(super) fn overlay_goals(
                     }
                 })
                 .collect();
-            vpcs.push(VpcGoal { namespace: naming::router_namespace(&tree.name, &epm.name, vpc), subnets });
+            vpcs.push(VpcGoal {
+                namespace: naming::router_namespace(&tree.name, &epm.name, vpc),
+                subnets,
+                firewall: firewalls.get(vpc).cloned().flatten(),
+            });
         }
         vpcs.sort_by(|a, b| a.namespace.cmp(&b.namespace));
         let goal = OverlayGoal {

@@ -12,6 +12,7 @@ mod agents;
 #[cfg(test)]
 mod fake_substrate;
 mod faults;
+mod firewall;
 mod goals;
 pub mod network;
 mod operate;
@@ -19,6 +20,7 @@ mod planned;
 pub mod port_api;
 mod ports;
 mod records;
+mod security_groups;
 #[cfg(test)]
 mod tests;
 mod under_test;

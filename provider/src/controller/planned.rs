@@ -25,6 +25,8 @@ struct PlannedSpecs {
     vpcs: HashMap<String, VpcSpec>,
     /// Keyed `topology/vpc/subnet`.
     subnets: HashMap<String, SubnetSpec>,
+    /// Security group ids, `topology/vpc/name`.
+    security_groups: BTreeSet<String>,
     /// Per topology, each planned fault's links.
     faults: HashMap<String, HashMap<String, BTreeSet<String>>>,
     /// Recorded faults this plan replaces, keyed `topology/fault`.
@@ -74,6 +76,14 @@ impl Planned {
         }
         planned.subnets.insert(key, spec.clone());
         Ok(())
+    }
+
+    pub fn plan_security_group(&self, topology: &str, vpc: &str, name: &str) {
+        self.specs().security_groups.insert(format!("{topology}/{vpc}/{name}"));
+    }
+
+    pub fn security_group(&self, topology: &str, vpc: &str, name: &str) -> bool {
+        self.specs().security_groups.contains(&format!("{topology}/{vpc}/{name}"))
     }
 
     pub fn subnet(&self, topology: &str, vpc: &str, name: &str) -> Option<SubnetSpec> {

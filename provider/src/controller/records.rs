@@ -11,6 +11,7 @@ use super::goals::Evm;
 use crate::model::network_controller::VpcController;
 use crate::model::overlay::{self, DeviceModel, GroupSpec, Placement, SubnetSpec, VpcSpec};
 use crate::model::ranges::{self, Ranges};
+use crate::model::security_group::{Rule, SecurityGroupSpec};
 use crate::model::{Epm, TreeSpec};
 use crate::runtime::RuntimeError;
 
@@ -22,6 +23,19 @@ pub struct OverlayRecord {
     pub(super) subnets: BTreeMap<String, SubnetRecord>,
     /// Keyed by group name (unique in the topology: it names EVM namespaces).
     pub(super) groups: BTreeMap<String, GroupRecord>,
+    /// Keyed `vpc/name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) security_groups: BTreeMap<String, SecurityGroupRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct SecurityGroupRecord {
+    pub(super) vpc: String,
+    pub(super) name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(super) description: String,
+    pub(super) ingress: Vec<Rule>,
+    pub(super) egress: Vec<Rule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +48,11 @@ pub(super) struct VpcRecord {
     /// Its EVMs' MTU, when not the overlay's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) mtu: Option<u32>,
+    /// It has had a security group: its EPMs' goals carry its firewall from
+    /// then on (enforced or not), so removing the last group removes the
+    /// rules; a VPC that never had one costs its agents nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) firewalled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +100,9 @@ pub(super) struct GroupRecord {
     /// controller accepted (an EVM is ready when it is whole and here).
     #[serde(default, skip_serializing_if = "Ranges::is_empty")]
     pub(super) announced: Ranges,
+    /// Names of the security groups of its VPC its ports are in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) security_groups: Vec<String>,
 }
 
 fn confirmed() -> bool {
@@ -128,9 +150,10 @@ impl OverlayRecord {
             )));
         }
         let external = spec.controller == VpcController::External;
+        let firewalled = self.vpcs.get(&spec.name).is_some_and(|v| v.firewalled);
         self.vpcs.insert(
             spec.name.clone(),
-            VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni, external, mtu: spec.mtu },
+            VpcRecord { cidr: spec.cidr.to_string(), vni: spec.vni, external, mtu: spec.mtu, firewalled },
         );
         Ok(())
     }
@@ -143,7 +166,71 @@ impl OverlayRecord {
                 subnet.name
             )));
         }
+        if let Some(group) = self.security_groups.values().find(|g| g.vpc == name) {
+            return Err(RuntimeError::Conflict(format!(
+                "VPC {name} still has security group {}; delete it first",
+                group.name
+            )));
+        }
         Ok(self.vpcs.remove(name).is_some())
+    }
+
+    /// Records a security group of a recorded VPC whose rules name only
+    /// groups that are recorded (or itself).
+    pub(super) fn put_security_group(&mut self, spec: &SecurityGroupSpec) -> Result<(), RuntimeError> {
+        let Some(vpc) = self.vpcs.get_mut(&spec.vpc) else {
+            return Err(RuntimeError::Conflict(format!("VPC {} does not exist", spec.vpc)));
+        };
+        if vpc.external {
+            return Err(RuntimeError::Conflict(format!(
+                "VPC {} is the external controller's; its ports' security groups are not merak's to enforce",
+                spec.vpc
+            )));
+        }
+        if let Some(missing) = spec
+            .peer_groups()
+            .find(|peer| *peer != spec.name && !self.security_groups.contains_key(&subnet_key(&spec.vpc, peer)))
+        {
+            return Err(RuntimeError::Conflict(format!(
+                "a rule of security group {} names group {missing}, which VPC {} does not have",
+                spec.name, spec.vpc
+            )));
+        }
+        vpc.firewalled = true;
+        self.security_groups.insert(
+            subnet_key(&spec.vpc, &spec.name),
+            SecurityGroupRecord {
+                vpc: spec.vpc.clone(),
+                name: spec.name.clone(),
+                description: spec.description.clone(),
+                ingress: spec.ingress.clone(),
+                egress: spec.egress.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets a security group no EVM group and no other group's rule
+    /// names; whether there was one.
+    pub(super) fn remove_security_group(&mut self, vpc: &str, name: &str) -> Result<bool, RuntimeError> {
+        if let Some((group, _)) =
+            self.groups.iter().find(|(_, g)| g.vpc == vpc && g.security_groups.iter().any(|s| s == name))
+        {
+            return Err(RuntimeError::Conflict(format!(
+                "EVM group {group} is still in security group {name}; take it out first"
+            )));
+        }
+        if let Some(other) = self.security_groups.values().find(|g| {
+            g.vpc == vpc
+                && g.name != name
+                && g.ingress.iter().chain(&g.egress).any(|r| r.groups.iter().any(|p| p == name))
+        }) {
+            return Err(RuntimeError::Conflict(format!(
+                "a rule of security group {} names group {name}; change it first",
+                other.name
+            )));
+        }
+        Ok(self.security_groups.remove(&subnet_key(vpc, name)).is_some())
     }
 
     /// Records a subnet of a recorded VPC: no overlap with its siblings, a
@@ -205,6 +292,14 @@ impl OverlayRecord {
             })?
             .clone();
         let subnet = subnet_record.spec(&tree.name)?;
+        if let Some(missing) =
+            spec.security_groups.iter().find(|g| !self.security_groups.contains_key(&subnet_key(&spec.vpc, g)))
+        {
+            return Err(RuntimeError::Conflict(format!(
+                "security group {missing} of VPC {} does not exist; create it first",
+                spec.vpc
+            )));
+        }
         let previous = self.groups.get(&spec.name).cloned();
         if let Some(previous) = &previous {
             let moved = previous.vpc != spec.vpc || previous.subnet != spec.subnet;
@@ -276,6 +371,7 @@ impl OverlayRecord {
             slots,
             confirmed: previous.as_ref().is_some_and(|g| g.confirmed),
             announced: previous.as_ref().map(|g| g.announced.clone()).unwrap_or_default(),
+            security_groups: spec.security_groups.clone(),
         };
         // Addresses below the subnet's high-water mark may be remembered by
         // some EPM as living elsewhere (see push_overlay's `forget`).
@@ -383,6 +479,7 @@ impl GroupRecord {
             },
             epms: self.epms.clone(),
             device_model: if self.device_model == "hybrid" { DeviceModel::Hybrid } else { DeviceModel::Veth },
+            security_groups: self.security_groups.clone(),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::fake_substrate::FakeSubstrate;
 use super::{Controller, GroupStatus, Intent, RuntimeError};
 use crate::model::overlay::{GroupInput, GroupSpec, SubnetSpec, VpcSpec};
+use crate::model::security_group::SecurityGroupSpec;
 use crate::model::{TreeInput, TreeSpec};
 use crate::store::MemoryStore;
 
@@ -42,6 +43,7 @@ fn group(subnet: &SubnetSpec, count: i64) -> GroupSpec {
         epms: Vec::new(),
         epm_counts: None,
         device_model: "veth".into(),
+        security_group_ids: Vec::new(),
     };
     GroupSpec::validate(subnet, input).expect("a valid group")
 }
@@ -247,4 +249,64 @@ async fn a_ping_without_a_reply_is_sent_once_more_before_it_counts() {
         (2, 2, 1, 1),
         "only pings that must get through and did not are sent again, once"
     );
+}
+
+fn security_group(name: &str, ingress: &[crate::model::security_group::RuleInput]) -> SecurityGroupSpec {
+    SecurityGroupSpec::validate("lab", "blue", name, "", ingress, &[]).expect("a valid security group")
+}
+
+/// The firewall EPM `epm` was last given for the VPC.
+fn firewall_of(fake: &FakeSubstrate, epm: &str) -> Option<merak_proto::agent::Firewall> {
+    fake.state().goals.get(epm).and_then(|goal| goal.vpcs.first()).and_then(|vpc| vpc.firewall.clone())
+}
+
+#[tokio::test]
+async fn security_groups_reach_every_epm_of_the_vpc_without_rebuilding_evms() {
+    use crate::model::security_group::RuleInput;
+    let (controller, fake, subnet) = lab(2).await;
+    controller.apply_group(&group(&subnet, 4), Intent::Create).await.expect("created");
+    assert_eq!(firewall_of(&fake, "epm-0"), None, "a VPC without groups has no firewall");
+
+    let ssh = RuleInput { protocol: "tcp".into(), from_port: Some(22), include_self: true, ..RuleInput::default() };
+    controller.apply_security_group(&security_group("ssh", &[ssh])).await.expect("group applied");
+    let firewall = firewall_of(&fake, "epm-1").expect("pushed with the group");
+    assert!(firewall.enforce);
+    // The EVM group names none: the VPC's default group holds its ports.
+    assert_eq!(firewall.ports.len(), 1);
+    assert_eq!(firewall.ports[0].addresses, ["10.0.1.2-10.0.1.5"]);
+    assert_eq!(firewall.ports[0].groups, ["default"]);
+    let ssh = firewall.groups.iter().find(|g| g.name == "ssh").expect("the group");
+    assert_eq!((ssh.ingress[0].protocol, ssh.ingress[0].from_port, ssh.ingress[0].to_port), (6, 22, 22));
+    assert_eq!(ssh.ingress[0].groups, ["ssh"], "self is the group itself");
+
+    // Into the group, in place: the same EVMs, new members.
+    let created = fake.state().created;
+    let mut web = group(&subnet, 4);
+    web.security_groups = vec!["ssh".into()];
+    controller.apply_group(&web, Intent::Update).await.expect("group joined");
+    assert_eq!(fake.state().created, created, "no EVM rebuilt");
+    let firewall = firewall_of(&fake, "epm-0").expect("pushed again");
+    assert_eq!(firewall.ports[0].groups, ["ssh"]);
+    let ssh = firewall.groups.iter().find(|g| g.name == "ssh").expect("the group");
+    assert_eq!(ssh.members, ["10.0.1.2-10.0.1.5"]);
+
+    // Refused while used; a group that does not exist cannot be joined.
+    let refused = controller.delete_security_group("lab", "blue", "ssh").await.unwrap_err().to_string();
+    assert!(refused.contains("EVM group web is still in security group ssh"), "{refused}");
+    let mut lost = group(&subnet, 4);
+    lost.security_groups = vec!["nope".into()];
+    let refused = controller.apply_group(&lost, Intent::Update).await.unwrap_err().to_string();
+    assert!(refused.contains("security group nope of VPC blue does not exist"), "{refused}");
+    let dangling =
+        RuleInput { protocol: "all".into(), group_ids: vec!["lab/blue/nope".into()], ..RuleInput::default() };
+    let refused = controller.apply_security_group(&security_group("db", &[dangling])).await.unwrap_err().to_string();
+    assert!(refused.contains("names group nope"), "{refused}");
+
+    // Out of the group, then the group gone: the rules are lifted everywhere.
+    controller.apply_group(&group(&subnet, 4), Intent::Update).await.expect("group left");
+    controller.delete_security_group("lab", "blue", "ssh").await.expect("deleted");
+    assert!(controller.read_security_group("lab", "blue", "ssh").await.expect("read").is_none());
+    for epm in ["epm-0", "epm-1"] {
+        assert_eq!(firewall_of(&fake, epm).map(|f| f.enforce), Some(false), "{epm}");
+    }
 }

@@ -11,6 +11,7 @@ pub mod naming;
 pub mod network_controller;
 pub mod overlay;
 pub mod ranges;
+pub mod security_group;
 pub mod tree;
 
 pub use cidr::Ipv4Cidr;

@@ -69,6 +69,8 @@ pub struct GroupInput {
     pub epms: Vec<String>,
     pub epm_counts: Option<BTreeMap<String, i64>>,
     pub device_model: String,
+    /// Ids of the security groups its ports are in.
+    pub security_group_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +84,9 @@ pub struct GroupSpec {
     /// EPMs to place on, by name; empty means every EPM of the topology.
     pub epms: Vec<String>,
     pub device_model: DeviceModel,
+    /// Names of the security groups (of its VPC) its ports are in; none:
+    /// the VPC's default group.
+    pub security_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +225,39 @@ impl SubnetSpec {
     }
 }
 
+/// The names of the security groups `ids` name: groups of the subnet's
+/// VPC, each once.
+fn security_groups(subnet: &SubnetSpec, ids: &[String], errors: &mut Vec<SpecError>) -> Vec<String> {
+    const ATTRIBUTE: &str = "security_group_ids";
+    let mut names: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
+        match id.split('/').collect::<Vec<_>>().as_slice() {
+            [topology, vpc, name] if *topology == subnet.topology && *vpc == subnet.vpc && !name.is_empty() => {
+                if names.iter().any(|n| n == name) {
+                    let detail = format!("{id:?} appears more than once in security_group_ids; list each group once.");
+                    errors.push(SpecError::new(ATTRIBUTE, "Security group listed twice", detail));
+                } else {
+                    names.push(name.to_string());
+                }
+            }
+            [topology, vpc, name] if !name.is_empty() => errors.push(SpecError::new(
+                ATTRIBUTE,
+                "Security group of another VPC",
+                format!(
+                    "{id:?} is a group of VPC {topology}/{vpc}; an EVM group's ports are in groups of their own VPC ({}/{}).",
+                    subnet.topology, subnet.vpc
+                ),
+            )),
+            _ => errors.push(SpecError::new(
+                ATTRIBUTE,
+                "Invalid security group id",
+                format!("{id:?} is not a security group id; use merak_security_group.<name>.id."),
+            )),
+        }
+    }
+    names
+}
+
 impl GroupSpec {
     pub fn validate(subnet: &SubnetSpec, input: GroupInput) -> Result<Self, Vec<SpecError>> {
         let mut errors = Vec::new();
@@ -335,6 +373,7 @@ impl GroupSpec {
                 None
             }
         };
+        let security_groups = security_groups(subnet, &input.security_group_ids, &mut errors);
         match (count, placement, device_model) {
             (Some(count), Some(placement), Some(device_model)) if errors.is_empty() => Ok(GroupSpec {
                 topology: subnet.topology.clone(),
@@ -345,6 +384,7 @@ impl GroupSpec {
                 placement,
                 epms: input.epms,
                 device_model,
+                security_groups,
             }),
             _ => Err(errors),
         }

@@ -10,6 +10,7 @@ use crate::controller::{Controller, GroupStatus, Intent};
 use crate::model::TreeSpec;
 use crate::model::overlay::{GroupInput, GroupSpec, Placement, SubnetSpec};
 use crate::model::ranges::Ranges;
+use crate::model::security_group;
 use merak_tfplugin::cty::{Type, Value, object};
 use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
 use merak_tfplugin::schema::{Attribute, Block, Schema};
@@ -55,13 +56,19 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
                 Type::map(Type::Number),
                 "EVMs per EPM, by EPM name. Set it to choose how many EVMs each EPM holds (placement `counts`): changing a count adds or removes EVMs on that EPM only, and an EPM that shrinks loses the EVMs it gained last. Left out, it is computed from `placement`. One EPM holds at most 20,000 EVMs of a subnet.",
             ),
+            Attribute::optional(
+                "security_group_ids",
+                Type::list(Type::String),
+                "The `id`s of the `merak_security_group`s (of the group's VPC) its EVMs' ports are in: traffic to a port passes when one of them allows it, and so does traffic from it. Left out: the VPC's implicit `default` group (egress anywhere, ingress from the other ports in it), which only applies once the VPC has a security group. Changing it updates in place: no EVM is rebuilt.",
+            ),
         ],
         blocks: Vec::new(),
     },
 }
 });
 
-const INPUTS: &[&str] = &["subnet_id", "name", "evm_count", "placement", "epms", "epm_counts", "device_model"];
+const INPUTS: &[&str] =
+    &["subnet_id", "name", "evm_count", "placement", "epms", "epm_counts", "device_model", "security_group_ids"];
 
 struct Config {
     topology: String,
@@ -130,17 +137,16 @@ fn config_of(config: &Value, source: Source) -> Result<Config, Diagnostics> {
             name: known_str(config, "name").unwrap_or_default().into(),
             evm_count: count.as_i64(),
             placement,
-            epms: config
-                .attr("epms")
-                .as_list()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect(),
+            epms: strings(config.attr("epms")),
             epm_counts,
             device_model: known_str(config, "device_model").unwrap_or("veth").into(),
+            security_group_ids: strings(config.attr("security_group_ids")),
         },
     })
+}
+
+fn strings(list: &Value) -> Vec<String> {
+    list.as_list().unwrap_or_default().iter().filter_map(|v| v.as_str().map(String::from)).collect()
 }
 
 fn spec_of(config: &Config, subnet: &SubnetSpec) -> Result<GroupSpec, Diagnostics> {
@@ -205,7 +211,20 @@ fn state_of(spec: &GroupSpec, subnet: Option<&SubnetSpec>, status: &GroupStatus)
         ("ready_count", Value::int(i64::from(status.ready))),
         ("address_ranges", format_ranges(subnet, &status.ranges)),
         ("epm_counts", counts_value(&status.per_epm)),
+        ("security_group_ids", security_group_ids(spec)),
     ])
+}
+
+fn security_group_ids(spec: &GroupSpec) -> Value {
+    match spec.security_groups.is_empty() {
+        true => Value::Null,
+        false => Value::List(
+            spec.security_groups
+                .iter()
+                .map(|name| Value::string(security_group::id(&spec.topology, &spec.vpc, name)))
+                .collect(),
+        ),
+    }
 }
 
 #[tonic::async_trait]
@@ -248,6 +267,21 @@ impl Resource<Controller> for EvmGroup {
             return Err(Diagnostic::attribute_error(&["subnet_id"], "No such subnet", detail).into());
         };
         let spec = spec_of(&group, &subnet)?;
+        for name in &spec.security_groups {
+            let known = controller
+                .security_group_known(&spec.topology, &spec.vpc, name)
+                .await
+                .map_err(|e| runtime_error("Could not read the security groups", e))?;
+            if !known {
+                let detail = format!(
+                    "No security group {name} exists in VPC {} or is planned by this configuration; use merak_security_group.<name>.id.",
+                    spec.vpc
+                );
+                return Err(
+                    Diagnostic::attribute_error(&["security_group_ids"], "No such security group", detail).into()
+                );
+            }
+        }
         let tree = match controller.planned().topology(&group.topology) {
             Some(tree) => Some(tree),
             None => controller
@@ -303,6 +337,8 @@ impl Resource<Controller> for EvmGroup {
             if per_epm.is_none() {
                 attributes.insert("epm_counts".into(), Value::Unknown);
             }
+            // As configured: an empty list is no group, and stays a list.
+            attributes.insert("security_group_ids".into(), config.attr("security_group_ids").clone());
         }
         Ok(planned)
     }
@@ -339,7 +375,11 @@ impl Resource<Controller> for EvmGroup {
             Ok(status) if intent == Intent::Create && !status.confirmed => (None, failures(&spec, &status)),
             Ok(status) => {
                 let diagnostics = failures(&spec, &status);
-                (Some(state_of(&spec, Some(&subnet), &status)), diagnostics)
+                let mut state = state_of(&spec, Some(&subnet), &status);
+                if let Value::Map(attributes) = &mut state {
+                    attributes.insert("security_group_ids".into(), planned.attr("security_group_ids").clone());
+                }
+                (Some(state), diagnostics)
             }
             Err(error) => (None, runtime_error(format!("Could not build EVM group {}", spec.name), error)),
         }

@@ -7,6 +7,7 @@ pub mod evms;
 pub mod fault;
 mod link_profile;
 pub mod pingall;
+pub mod security_group;
 pub mod subnet;
 pub mod topology;
 pub mod topology_graph;
@@ -32,8 +33,14 @@ pub fn spec_errors(errors: Vec<SpecError>) -> Diagnostics {
 pub type Resource = dyn merak_tfplugin::provider::Resource<Controller>;
 pub type DataSource = dyn merak_tfplugin::provider::DataSource<Controller>;
 
-pub static RESOURCES: &[&Resource] =
-    &[&topology::Topology, &vpc::Vpc, &subnet::Subnet, &evm_group::EvmGroup, &fault::Fault];
+pub static RESOURCES: &[&Resource] = &[
+    &topology::Topology,
+    &vpc::Vpc,
+    &subnet::Subnet,
+    &security_group::SecurityGroup,
+    &evm_group::EvmGroup,
+    &fault::Fault,
+];
 pub static DATA_SOURCES: &[&DataSource] = &[&evms::Evms, &pingall::Pingall, &topology_graph::TopologyGraph];
 
 /// A runtime failure as a diagnostic.

@@ -131,7 +131,7 @@ fn agent_goal_checks() {
     let goal = OverlayGoal {
         router_prefix: "merak-lab.epm-0.r.".into(),
         underlay_ip: "10.0.0.1".into(),
-        vpcs: vec![VpcGoal { namespace: "merak-lab.epm-0.r.blue".into(), subnets: vec![subnet] }],
+        vpcs: vec![VpcGoal { namespace: "merak-lab.epm-0.r.blue".into(), subnets: vec![subnet], firewall: None }],
     };
     let ping = PingRequest {
         probes: vec![PingProbe { from_namespace: evm.namespace.clone(), to: "10.1.1.3".into() }],
