@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The agent's OCI image, built with buildah from scratch: the merak-agent
 # binary, busybox with its applets on PATH (the commands `merak exec` runs in
-# an EPM or vswitch pod: sh, ip, ping, cat...), and the shared libraries
-# either links (as ldd lists them), nothing else. No base image, no registry
+# an EPM or vswitch pod: sh, ip, ping, cat...), nft (the agent enforces
+# security groups with it), and the shared libraries they link (as ldd
+# lists them), nothing else. No base image, no registry
 # pull: what runs in the pod is exactly what was built and tested here.
 #
 #   agent/image/build.sh BINARY ARCHIVE [NAME]
@@ -14,15 +15,16 @@ set -euo pipefail
 binary=$1
 archive=$2
 name=${3:-localhost/merak-agent:latest}
-for command in buildah ldd busybox; do
-  command -v "$command" >/dev/null || { echo "$command is missing: run 'make deps' (apt-get install buildah busybox-static)" >&2; exit 1; }
+for command in buildah ldd busybox nft; do
+  command -v "$command" >/dev/null || { echo "$command is missing: run 'make deps' (apt-get install buildah busybox-static nftables)" >&2; exit 1; }
 done
 busybox=$(command -v busybox)
+nft=$(command -v nft)
 [ -x "$binary" ] || { echo "$binary: no such executable (build the agent first)" >&2; exit 1; }
 
 # The dynamic loader and each library, at the path the binaries ask for (a
 # static busybox asks for none).
-libraries=$( (ldd "$binary"; ldd "$busybox" 2>/dev/null || true) \
+libraries=$( (ldd "$binary"; ldd "$nft"; ldd "$busybox" 2>/dev/null || true) \
   | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u)
 
 # busybox and one symlink per applet, so that `sh`, `ip`, `ping`... resolve on PATH.
@@ -36,6 +38,7 @@ for applet in $("$busybox" --list); do
 done
 buildah copy --quiet "$container" "$rootfs/" / >/dev/null
 buildah copy --quiet --chmod 0755 "$container" "$binary" /usr/bin/merak-agent >/dev/null
+buildah copy --quiet --chmod 0755 "$container" "$(readlink -f "$nft")" /usr/sbin/nft >/dev/null
 for library in $libraries; do
   buildah copy --quiet "$container" "$(readlink -f "$library")" "$library" >/dev/null
 done

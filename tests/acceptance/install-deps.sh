@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the README's commands need on the host, beyond the Rust toolchain:
 # make, a C compiler, iproute2 (ip), iputils-ping (ping), ethtool (a test
-# reads EVMs' offloads), Open vSwitch and OVN (the system under test of the
+# reads EVMs' offloads), nftables (nft: the agents enforce security groups
+# with it), Open vSwitch and OVN (the system under test of the
 # OVN acceptance test: openvswitch-switch, ovn-central, ovn-host), Graphviz
 # (dot: make graph, and a test renders every graph), Python 3 with pip
 # (to fetch Terraform from PyPI), buildah and podman (the agent's container
@@ -21,6 +22,7 @@ declare -A package_of=(
   [ip]=iproute2
   [ping]=iputils-ping
   [ethtool]=ethtool
+  [nft]=nftables
   [dot]=graphviz
   [ovs-vswitchd]=openvswitch-switch
   [ovn-northd]=ovn-central
@@ -35,7 +37,7 @@ declare -A package_of=(
   [openssl]=openssl
 )
 missing=()
-for command in make cc ip ping ethtool dot ovs-vswitchd ovn-northd ovn-controller python3 buildah busybox podman runc zip gpg openssl; do
+for command in make cc ip ping ethtool nft dot ovs-vswitchd ovn-northd ovn-controller python3 buildah busybox podman runc zip gpg openssl; do
   command -v "$command" >/dev/null 2>&1 || missing+=(${package_of[$command]})
 done
 if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then

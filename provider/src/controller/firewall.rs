@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use merak_proto::agent::{Firewall, PortSet, SecurityGroup, SecurityRule};
 
 use super::records::{OverlayRecord, subnet_key};
-use crate::model::security_group::{DEFAULT_GROUP, Rule};
+use crate::model::security_group::{DEFAULT_GROUP, Rule, VpcPolicy, default_rules};
 use crate::runtime::RuntimeError;
 
 /// `None` for a VPC that never had a security group (its agents leave the
@@ -61,12 +61,11 @@ pub(super) fn firewall(topology: &str, record: &OverlayRecord, vpc: &str) -> Res
             members: members.remove(group.name.as_str()).unwrap_or_default(),
         })
         .collect();
-    // Egress anywhere, ingress from its own members.
-    let everything = SecurityRule { protocol: 0, from_port: 0, to_port: 0, cidrs: Vec::new(), groups: Vec::new() };
+    let (ingress, egress) = default_rules();
     groups.push(SecurityGroup {
         name: DEFAULT_GROUP.into(),
-        ingress: vec![SecurityRule { groups: vec![DEFAULT_GROUP.into()], ..everything.clone() }],
-        egress: vec![SecurityRule { cidrs: vec!["0.0.0.0/0".into()], ..everything }],
+        ingress: ingress.iter().map(|r| rule(r, DEFAULT_GROUP)).collect(),
+        egress: egress.iter().map(|r| rule(r, DEFAULT_GROUP)).collect(),
         members: members.remove(DEFAULT_GROUP).unwrap_or_default(),
     });
     Ok(Some(Firewall { enforce: true, groups, ports }))
@@ -85,4 +84,26 @@ fn rule(rule: &Rule, own_group: &str) -> SecurityRule {
         cidrs: rule.cidr_blocks.clone(),
         groups,
     }
+}
+
+/// What the VPC's security groups allow, for checking traffic against
+/// them; `None` when nothing is enforced there.
+pub(super) fn policy(record: &OverlayRecord, vpc: &str) -> Option<VpcPolicy> {
+    let declared: Vec<_> = record.security_groups.values().filter(|g| g.vpc == vpc).collect();
+    if declared.is_empty() || record.is_external(vpc) {
+        return None;
+    }
+    let mut rules: HashMap<String, (Vec<Rule>, Vec<Rule>)> =
+        declared.iter().map(|g| (g.name.clone(), (g.ingress.clone(), g.egress.clone()))).collect();
+    rules.insert(DEFAULT_GROUP.into(), default_rules());
+    let membership = record
+        .groups
+        .iter()
+        .filter(|(_, g)| g.vpc == vpc)
+        .map(|(name, g)| {
+            let groups = if g.security_groups.is_empty() { vec![DEFAULT_GROUP.into()] } else { g.security_groups.clone() };
+            (name.clone(), groups)
+        })
+        .collect();
+    Some(VpcPolicy { rules, membership })
 }

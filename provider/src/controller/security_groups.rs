@@ -3,11 +3,13 @@
 //! the VPC's whole firewall again (one nftables transaction each), and no
 //! EVM is touched.
 
+use std::collections::HashMap;
+
 use super::Controller;
 use super::goals::Forget;
 use super::records::{OverlayRecord, SecurityGroupRecord, subnet_key};
 use crate::model::TreeSpec;
-use crate::model::security_group::SecurityGroupSpec;
+use crate::model::security_group::{SecurityGroupSpec, VpcPolicy};
 use crate::runtime::RuntimeError;
 
 impl SecurityGroupRecord {
@@ -46,6 +48,15 @@ impl Controller {
         }
         let record = self.load_overlay(topology).await?;
         Ok(record.security_groups.get(&subnet_key(vpc, name)).map(|g| g.spec(topology)))
+    }
+
+    /// Per VPC whose security groups are enforced, what they allow.
+    pub async fn security_policies(&self, topology: &str) -> Result<HashMap<String, VpcPolicy>, RuntimeError> {
+        if !self.topology_exists(topology).await? {
+            return Ok(HashMap::new());
+        }
+        let record = self.load_overlay(topology).await?;
+        Ok(record.vpcs.keys().filter_map(|vpc| Some((vpc.clone(), super::firewall::policy(&record, vpc)?))).collect())
     }
 
     /// Whether the group exists, on record or planned by this plan.

@@ -342,6 +342,74 @@ fn check_rule(
     }
 }
 
+/// The rules of the VPC's implicit group: egress anywhere, ingress from
+/// its own members.
+pub fn default_rules() -> (Vec<Rule>, Vec<Rule>) {
+    let everything = Rule {
+        protocol: Protocol::All,
+        from_port: None,
+        to_port: None,
+        cidr_blocks: Vec::new(),
+        groups: Vec::new(),
+        include_self: false,
+    };
+    let ingress = Rule { include_self: true, ..everything.clone() };
+    let egress = Rule { cidr_blocks: vec!["0.0.0.0/0".into()], ..everything };
+    (vec![ingress], vec![egress])
+}
+
+/// One end of a packet: a port's address and the EVM group it belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct End<'a> {
+    pub group: &'a str,
+    pub ip: std::net::Ipv4Addr,
+}
+
+/// What a VPC's security groups allow, as a function of a packet: the
+/// same semantics the agents enforce, computed independently, so that
+/// pingall can say which probes must pass and which must be blocked.
+#[derive(Debug, Clone, Default)]
+pub struct VpcPolicy {
+    /// Security group name → (ingress, egress) rules; `default` included.
+    pub rules: std::collections::HashMap<String, (Vec<Rule>, Vec<Rule>)>,
+    /// EVM group name → the security groups its ports are in (`default`
+    /// for groups naming none).
+    pub membership: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl VpcPolicy {
+    /// Whether a new flow of `protocol` (to destination `port`, for TCP and
+    /// UDP) from `from` to `to` passes: an egress rule of one of the
+    /// sender's groups and an ingress rule of one of the receiver's allow it.
+    pub fn allows(&self, from: End, to: End, protocol: u8, port: Option<u16>) -> bool {
+        let in_group = |end: End, group: &str| self.membership.get(end.group).is_some_and(|g| g.iter().any(|n| n == group));
+        let matches = |rule: &Rule, own: &str, peer: End| {
+            let protocol_ok = rule.protocol == Protocol::All || rule.protocol.number() == protocol;
+            let port_ok = match (rule.ports(), port) {
+                (None, _) => true,
+                (Some((low, high)), Some(port)) => (low..=high).contains(&port),
+                (Some(_), None) => false,
+            };
+            let peer_ok = rule.cidr_blocks.iter().any(|cidr| {
+                cidr.parse::<super::Ipv4Cidr>().is_ok_and(|c| {
+                    super::Ipv4Cidr::new(peer.ip, 32).is_some_and(|host| c.contains(&host))
+                })
+            }) || rule.groups.iter().any(|g| in_group(peer, g))
+                || (rule.include_self && in_group(peer, own));
+            protocol_ok && port_ok && peer_ok
+        };
+        let allowed = |end: End, peer: End, egress: bool| {
+            self.membership.get(end.group).into_iter().flatten().any(|group| {
+                self.rules.get(group).is_some_and(|(ingress, egress_rules)| {
+                    let rules = if egress { egress_rules } else { ingress };
+                    rules.iter().any(|rule| matches(rule, group, peer))
+                })
+            })
+        };
+        allowed(from, to, true) && allowed(to, from, false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

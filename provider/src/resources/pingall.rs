@@ -3,10 +3,11 @@
 //! answer, and pairs across VPCs, which must not), or between the EPMs
 //! themselves over the data plane (the underlay, `scope = "underlay"`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use crate::controller::{Controller, EvmInfo, PingSource, Probe};
+use crate::model::security_group::{End, VpcPolicy};
 use merak_tfplugin::cty::{Type, Value};
 use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
 use merak_tfplugin::schema::{Attribute, Block, Schema};
@@ -64,16 +65,30 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
                  full-size packets cross the overlay unfragmented (EVMs' MTU is the underlay's less the VXLAN \
                  header; on the kubernetes runtime the pod network's less two). Default false: small pings.",
             ),
-            Attribute::computed("sent", Type::Number, "Probes tried: `expected_replies` plus `isolation_probes`."),
+            Attribute::computed(
+                "sent",
+                Type::Number,
+                "Probes tried: `expected_replies` plus `denied_probes` plus `isolation_probes`.",
+            ),
             Attribute::computed(
                 "expected_replies",
                 Type::Number,
-                "Probes within a VPC, each of which must get a reply (reachability).",
+                "Probes within a VPC that its security groups (if it has any) allow, each of which must get a reply (reachable as declared).",
             ),
             Attribute::computed(
                 "replies",
                 Type::Number,
-                "Of those, the probes that got their reply. Equal to `expected_replies` when every EVM reaches every other in its VPC.",
+                "Of those, the probes that got their reply. Equal to `expected_replies` when every EVM reaches every other its VPC lets it.",
+            ),
+            Attribute::computed(
+                "denied_probes",
+                Type::Number,
+                "Probes within a VPC that its security groups deny (no ICMP rule lets the sender's egress or the receiver's ingress pass it), each of which must get no reply. In a VPC with security groups, one probe per ordered pair of EVM groups comes on top of the samples, so every relation the groups declare is tried.",
+            ),
+            Attribute::computed(
+                "denied_kept",
+                Type::Number,
+                "Of those, the probes that got no reply, as declared. Equal to `denied_probes` when the groups are enforced as declared.",
             ),
             Attribute::computed(
                 "isolation_probes",
@@ -88,7 +103,7 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             Attribute::computed(
                 "unexpected",
                 Type::Number,
-                "Probes whose outcome was wrong: no reply within a VPC, a reply across VPCs, or a ping that could not be sent (its EVM is gone: the group's `ready_count` shows it too). 0 means the network is right.",
+                "Probes whose outcome was wrong: no reply where one is due, a reply that security groups deny, a reply across VPCs, or a ping that could not be sent (its EVM is gone: the group's `ready_count` shows it too). 0 means the network is right.",
             ),
             Attribute::computed("failures", Type::list(Type::String), "The first unexpected outcomes, described."),
         ],
@@ -214,30 +229,58 @@ fn sample_pairs(n: usize, samples: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// The probes to run over `evms`.
-pub fn probes(evms: &[EvmInfo], samples: usize) -> Vec<Probe> {
+/// What a probe must show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Within a VPC, allowed by its security groups (if any): a reply.
+    Reachable,
+    /// Within a VPC, denied by its security groups: no reply.
+    Denied,
+    /// Across VPCs: no reply.
+    Isolated,
+}
+
+/// The probes to run over `evms`, each with what it must show. In a VPC
+/// with security groups, ICMP is judged by them, and one probe more per
+/// ordered pair of EVM groups covers every relation the groups declare,
+/// allowed and denied, without trying every pair.
+pub fn probes(evms: &[EvmInfo], samples: usize, policies: &HashMap<String, VpcPolicy>) -> Vec<(Probe, Kind)> {
+    const ICMP: u8 = 1;
     let mut by_subnet: BTreeMap<(&str, &str), Vec<&EvmInfo>> = BTreeMap::new();
     for evm in evms {
         by_subnet.entry((&evm.vpc, &evm.subnet)).or_default().push(evm);
     }
-    let probe = |from: &EvmInfo, to: &EvmInfo, expect_reply: bool| Probe {
-        from: PingSource::from(from),
-        to: to.ip,
-        to_name: to.name.clone(),
-        expect_reply,
+    let within = |from: &EvmInfo, to: &EvmInfo| {
+        let allowed = policies.get(&from.vpc).is_none_or(|policy| {
+            let (sender, receiver) = (End { group: &from.group, ip: from.ip }, End { group: &to.group, ip: to.ip });
+            policy.allows(sender, receiver, ICMP, None)
+        });
+        probe(from, to, if allowed { Kind::Reachable } else { Kind::Denied })
     };
     let mut probes = Vec::new();
     for members in by_subnet.values() {
-        probes
-            .extend(sample_pairs(members.len(), samples).into_iter().map(|(i, j)| probe(members[i], members[j], true)));
+        probes.extend(sample_pairs(members.len(), samples).into_iter().map(|(i, j)| within(members[i], members[j])));
     }
     let subnets: Vec<(&(&str, &str), &Vec<&EvmInfo>)> = by_subnet.iter().collect();
     for (a, (key_a, members_a)) in subnets.iter().enumerate() {
         for (key_b, members_b) in subnets.iter().skip(a + 1) {
             if key_a.0 == key_b.0 {
                 for k in 0..samples.min(members_a.len() * members_b.len()) {
-                    probes.push(probe(members_a[k % members_a.len()], members_b[(k * 7 + 3) % members_b.len()], true));
+                    probes.push(within(members_a[k % members_a.len()], members_b[(k * 7 + 3) % members_b.len()]));
                 }
+            }
+        }
+    }
+    // Every ordered pair of EVM groups of a VPC with security groups.
+    let mut by_group: BTreeMap<(&str, &str), Vec<&EvmInfo>> = BTreeMap::new();
+    for evm in evms.iter().filter(|e| policies.contains_key(&e.vpc)) {
+        by_group.entry((&evm.vpc, &evm.group)).or_default().push(evm);
+    }
+    for ((vpc_a, _), members_a) in &by_group {
+        for ((vpc_b, _), members_b) in &by_group {
+            let pair = members_a.iter().flat_map(|a| members_b.iter().map(move |b| (*a, *b))).find(|(a, b)| a.ip != b.ip);
+            if let (true, Some((a, b))) = (vpc_a == vpc_b, pair) {
+                probes.push(within(a, b));
             }
         }
     }
@@ -255,11 +298,17 @@ pub fn probes(evms: &[EvmInfo], samples: usize) -> Vec<Probe> {
             let from = evms.iter().find(|e| e.vpc == *vpc_a);
             let to = evms.iter().find(|e| e.vpc == *vpc_b && !vpc_addresses[vpc_a].contains(&e.ip));
             if let (Some(from), Some(to)) = (from, to) {
-                probes.push(probe(from, to, false));
+                probes.push(probe(from, to, Kind::Isolated));
             }
         }
     }
     probes
+}
+
+fn probe(from: &EvmInfo, to: &EvmInfo, kind: Kind) -> (Probe, Kind) {
+    let probe =
+        Probe { from: PingSource::from(from), to: to.ip, to_name: to.name.clone(), expect_reply: kind == Kind::Reachable };
+    (probe, kind)
 }
 
 #[tonic::async_trait]
@@ -280,14 +329,20 @@ impl DataSource<Controller> for Pingall {
         let topology = known_str(config, "topology_id").unwrap_or_default();
         // Checked again here: a client may skip validation.
         let settings = settings(config)?;
-        let probes = if settings.underlay {
-            underlay_probes(controller, topology, settings.samples).await?
+        let (probes, kinds): (Vec<Probe>, Vec<Kind>) = if settings.underlay {
+            let probes = underlay_probes(controller, topology, settings.samples).await?;
+            let kinds = vec![Kind::Reachable; probes.len()];
+            (probes, kinds)
         } else {
             let evms = controller
                 .list_evms(topology, None, None)
                 .await
                 .map_err(|e| runtime_error("Could not list EVMs", e))?;
-            probes(&evms, settings.samples)
+            let policies = controller
+                .security_policies(topology)
+                .await
+                .map_err(|e| runtime_error("Could not read the security groups", e))?;
+            probes(&evms, settings.samples, &policies).into_iter().unzip()
         };
         let full_size = config.attr("full_size").as_bool().unwrap_or(false);
         let outcomes = controller
@@ -296,13 +351,14 @@ impl DataSource<Controller> for Pingall {
             .map_err(|e| runtime_error("Could not ping", e))?;
         let mut failures = Vec::new();
         let mut unexpected = 0;
-        for (probe, outcome) in probes.iter().zip(&outcomes) {
+        for ((probe, kind), outcome) in probes.iter().zip(&kinds).zip(&outcomes) {
             // A probe that could not be sent proves nothing either way.
-            let what = match outcome {
-                Ok(reached) if *reached == probe.expect_reply => continue,
-                Ok(_) if probe.expect_reply => "no reply".to_string(),
-                Ok(_) => "replied across VPCs".to_string(),
-                Err(why) => format!("not sent: {why}"),
+            let what = match (outcome, kind) {
+                (Ok(reached), _) if *reached == probe.expect_reply => continue,
+                (Ok(_), Kind::Reachable) => "no reply".to_string(),
+                (Ok(_), Kind::Denied) => "replied, though its security groups deny it".to_string(),
+                (Ok(_), Kind::Isolated) => "replied across VPCs".to_string(),
+                (Err(why), _) => format!("not sent: {why}"),
             };
             unexpected += 1;
             if failures.len() < FAILURES_SHOWN {
@@ -315,19 +371,21 @@ impl DataSource<Controller> for Pingall {
         let mut state = config.clone();
         if let Value::Map(attributes) = &mut state {
             attributes.insert("id".into(), Value::string(topology));
-            let count = |expect_reply: bool, outcome: bool| {
-                probes
+            let of_kind = |wanted: Kind| kinds.iter().filter(|k| **k == wanted).count() as i64;
+            let as_declared = |wanted: Kind| {
+                kinds
                     .iter()
                     .zip(&outcomes)
-                    .filter(|(p, o)| p.expect_reply == expect_reply && matches!(o, Ok(got) if *got == outcome))
+                    .filter(|(k, o)| **k == wanted && matches!(o, Ok(got) if *got == (wanted == Kind::Reachable)))
                     .count() as i64
             };
-            let expected = probes.iter().filter(|p| p.expect_reply).count() as i64;
             attributes.insert("sent".into(), Value::int(probes.len() as i64));
-            attributes.insert("expected_replies".into(), Value::int(expected));
-            attributes.insert("replies".into(), Value::int(count(true, true)));
-            attributes.insert("isolation_probes".into(), Value::int(probes.len() as i64 - expected));
-            attributes.insert("isolation_kept".into(), Value::int(count(false, false)));
+            attributes.insert("expected_replies".into(), Value::int(of_kind(Kind::Reachable)));
+            attributes.insert("replies".into(), Value::int(as_declared(Kind::Reachable)));
+            attributes.insert("denied_probes".into(), Value::int(of_kind(Kind::Denied)));
+            attributes.insert("denied_kept".into(), Value::int(as_declared(Kind::Denied)));
+            attributes.insert("isolation_probes".into(), Value::int(of_kind(Kind::Isolated)));
+            attributes.insert("isolation_kept".into(), Value::int(as_declared(Kind::Isolated)));
             attributes.insert("unexpected".into(), Value::int(unexpected));
             attributes.insert("failures".into(), Value::List(failures));
         }
@@ -376,7 +434,7 @@ mod tests {
             evm("red", "web", 0, [10, 0, 1, 2]),
             evm("red", "web", 1, [10, 0, 1, 9]),
         ];
-        let probes = probes(&evms, 3);
+        let probes: Vec<Probe> = probes(&evms, 3, &HashMap::new()).into_iter().map(|(probe, _)| probe).collect();
         let source = |p: &Probe| {
             evms.iter().find(|e| e.namespace == p.from.namespace).expect("a probe's source is an EVM").clone()
         };
@@ -393,6 +451,49 @@ mod tests {
         let red_to_blue = across.iter().find(|p| source(p).vpc == "red").unwrap();
         assert!(![[10, 0, 1, 2], [10, 0, 1, 9]].map(std::net::Ipv4Addr::from).contains(&red_to_blue.to));
         assert!(probes.iter().all(|p| p.from.ip != p.to || source(p).vpc != "blue"));
+    }
+
+    #[test]
+    fn security_groups_decide_which_probes_must_answer() {
+        use crate::model::security_group::{Protocol, Rule};
+        let evms = vec![
+            evm("blue", "web", 0, [10, 0, 1, 2]),
+            evm("blue", "web", 1, [10, 0, 1, 3]),
+            evm("blue", "db", 0, [10, 0, 2, 2]),
+            evm("red", "web", 0, [10, 0, 1, 2]),
+        ];
+        let rule = |groups: &[&str], include_self: bool, cidrs: &[&str]| Rule {
+            protocol: Protocol::Icmp,
+            from_port: None,
+            to_port: None,
+            cidr_blocks: cidrs.iter().map(|c| c.to_string()).collect(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            include_self,
+        };
+        // front answers its own; back answers front; both send anywhere.
+        let anywhere = rule(&[], false, &["0.0.0.0/0"]);
+        let policy = VpcPolicy {
+            rules: HashMap::from([
+                ("front".into(), (vec![rule(&[], true, &[])], vec![anywhere.clone()])),
+                ("back".into(), (vec![rule(&["front"], false, &[])], vec![anywhere])),
+            ]),
+            membership: HashMap::from([("web".into(), vec!["front".into()]), ("db".into(), vec!["back".into()])]),
+        };
+        let probes = probes(&evms, 3, &HashMap::from([("blue".to_string(), policy)]));
+        let group_of = |ip: std::net::Ipv4Addr, vpc: &str| {
+            evms.iter().find(|e| e.ip == ip && e.vpc == vpc).map(|e| e.group.clone()).unwrap_or_default()
+        };
+        let kinds: HashSet<(String, String, Kind)> = probes
+            .iter()
+            .filter(|(p, _)| evms.iter().any(|e| e.namespace == p.from.namespace && e.vpc == "blue"))
+            .map(|(p, kind)| (group_of(p.from.ip, "blue"), group_of(p.to, "blue"), *kind))
+            .collect();
+        // Every ordered pair of EVM groups is tried, with its verdict.
+        for expected in [("web", "web", Kind::Reachable), ("web", "db", Kind::Reachable), ("db", "web", Kind::Denied)] {
+            assert!(kinds.contains(&(expected.0.into(), expected.1.into(), expected.2)), "{expected:?} in {kinds:?}");
+        }
+        // Red has no groups: everything in it must answer.
+        assert!(probes.iter().all(|(p, kind)| *kind != Kind::Denied || p.from.namespace.contains("blue")));
     }
 
     /// A client may send ReadDataSource without validating first: the
