@@ -101,7 +101,8 @@ pub(super) fn policy(record: &OverlayRecord, vpc: &str) -> Option<VpcPolicy> {
         .iter()
         .filter(|(_, g)| g.vpc == vpc)
         .map(|(name, g)| {
-            let groups = if g.security_groups.is_empty() { vec![DEFAULT_GROUP.into()] } else { g.security_groups.clone() };
+            let groups =
+                if g.security_groups.is_empty() { vec![DEFAULT_GROUP.into()] } else { g.security_groups.clone() };
             (name.clone(), groups)
         })
         .collect();

@@ -382,7 +382,8 @@ impl VpcPolicy {
     /// UDP) from `from` to `to` passes: an egress rule of one of the
     /// sender's groups and an ingress rule of one of the receiver's allow it.
     pub fn allows(&self, from: End, to: End, protocol: u8, port: Option<u16>) -> bool {
-        let in_group = |end: End, group: &str| self.membership.get(end.group).is_some_and(|g| g.iter().any(|n| n == group));
+        let in_group =
+            |end: End, group: &str| self.membership.get(end.group).is_some_and(|g| g.iter().any(|n| n == group));
         let matches = |rule: &Rule, own: &str, peer: End| {
             let protocol_ok = rule.protocol == Protocol::All || rule.protocol.number() == protocol;
             let port_ok = match (rule.ports(), port) {
@@ -391,9 +392,8 @@ impl VpcPolicy {
                 (Some(_), None) => false,
             };
             let peer_ok = rule.cidr_blocks.iter().any(|cidr| {
-                cidr.parse::<super::Ipv4Cidr>().is_ok_and(|c| {
-                    super::Ipv4Cidr::new(peer.ip, 32).is_some_and(|host| c.contains(&host))
-                })
+                cidr.parse::<super::Ipv4Cidr>()
+                    .is_ok_and(|c| super::Ipv4Cidr::new(peer.ip, 32).is_some_and(|host| c.contains(&host)))
             }) || rule.groups.iter().any(|g| in_group(peer, g))
                 || (rule.include_self && in_group(peer, own));
             protocol_ok && port_ok && peer_ok

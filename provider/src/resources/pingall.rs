@@ -278,7 +278,8 @@ pub fn probes(evms: &[EvmInfo], samples: usize, policies: &HashMap<String, VpcPo
     }
     for ((vpc_a, _), members_a) in &by_group {
         for ((vpc_b, _), members_b) in &by_group {
-            let pair = members_a.iter().flat_map(|a| members_b.iter().map(move |b| (*a, *b))).find(|(a, b)| a.ip != b.ip);
+            let pair =
+                members_a.iter().flat_map(|a| members_b.iter().map(move |b| (*a, *b))).find(|(a, b)| a.ip != b.ip);
             if let (true, Some((a, b))) = (vpc_a == vpc_b, pair) {
                 probes.push(within(a, b));
             }
@@ -306,8 +307,12 @@ pub fn probes(evms: &[EvmInfo], samples: usize, policies: &HashMap<String, VpcPo
 }
 
 fn probe(from: &EvmInfo, to: &EvmInfo, kind: Kind) -> (Probe, Kind) {
-    let probe =
-        Probe { from: PingSource::from(from), to: to.ip, to_name: to.name.clone(), expect_reply: kind == Kind::Reachable };
+    let probe = Probe {
+        from: PingSource::from(from),
+        to: to.ip,
+        to_name: to.name.clone(),
+        expect_reply: kind == Kind::Reachable,
+    };
     (probe, kind)
 }
 

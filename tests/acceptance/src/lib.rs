@@ -429,6 +429,7 @@ pub mod host;
 pub mod kubernetes;
 pub mod operate;
 pub mod real_cluster;
+pub mod security_groups;
 pub mod shaping;
 
 /// The pid of the process at the other end of a unix socket connection.
