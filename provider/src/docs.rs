@@ -35,6 +35,11 @@ const RESOURCE_DOCS: &[(&str, &str, &str)] = &[
         "`<topology>/<vpc>/<subnet>`, e.g. `lab/blue/web`",
     ),
     (
+        "merak_security_group",
+        include_str!("../../examples/terraform/resources/merak_security_group.tf"),
+        "`<topology>/<vpc>/<name>`, e.g. `lab/blue/web`",
+    ),
+    (
         "merak_evm_group",
         include_str!("../../examples/terraform/resources/merak_evm_group.tf"),
         "`<topology>/<vpc>/<subnet>/<group>`, e.g. `lab/blue/web/web`",

@@ -1,9 +1,10 @@
-# 12 EVMs spread over all EPMs, 4 packed onto two chosen EPMs, and 5 placed
-# by a count per EPM.
+# 12 EVMs spread over all EPMs (their ports in a security group), 4 packed
+# onto two chosen EPMs, and 5 placed by a count per EPM.
 resource "merak_evm_group" "web" {
-  subnet_id = merak_subnet.web.id
-  name      = "web"
-  evm_count = 12
+  subnet_id          = merak_subnet.web.id
+  name               = "web"
+  evm_count          = 12
+  security_group_ids = [merak_security_group.web.id]
 }
 
 resource "merak_evm_group" "db" {

@@ -300,6 +300,22 @@ pub fn a_fat_tree_routes_over_every_core(cluster: &dyn Cluster, image: &str) {
     assert_host_clean(cluster);
 }
 
+/// merak_acceptance::security_groups' scenario on kubernetes: the agents
+/// enforce the groups in the EPM pods' router namespaces, traffic sent from
+/// inside the EVMs with `merak exec`; then destroy leaving nothing.
+pub fn security_groups_are_enforced_in_the_pods(cluster: &dyn Cluster, image: &str) {
+    let ws = Workspace::new("k8s-sg").with_provider(provider_block(cluster, image));
+    let main = crate::security_groups::example(Some(&provider_block(cluster, image)));
+    std::fs::write(ws.dir.join("main.tf"), main).expect("write main.tf");
+    ws.init();
+    let vars = [format!("name={}", ws.name)];
+    let merak = crate::operate::Merak::kubernetes(cluster.kubeconfig(), &ws.name);
+    crate::security_groups::enforced_as_declared(&ws, &vars, &merak);
+    ws.ok(&with(&["destroy", "-auto-approve"], &["-var".to_string(), vars[0].clone()]));
+    assert_no_topology_namespace(cluster);
+    assert_host_clean(cluster);
+}
+
 /// Each pod's network namespace on this host (the stand-in's pods and the
 /// real node's are namespaces here), found by pod IP the first time one is
 /// asked for: pods do not move unless deleted.

@@ -55,6 +55,13 @@ fn a_fat_tree_of_router_pods_routes_over_every_core_and_survives_one() {
 }
 
 #[test]
+fn security_groups_are_enforced_by_the_agents_in_the_epm_pods() {
+    let dir = std::env::temp_dir().join(format!("merak-k8s-sg-{}", std::process::id()));
+    let cluster = fake_cluster(&dir, &[]);
+    kubernetes::security_groups_are_enforced_in_the_pods(&cluster, IMAGE);
+}
+
+#[test]
 fn missing_permissions_are_refused_at_plan_naming_them() {
     let dir = std::env::temp_dir().join(format!("merak-k8s-rbac-{}", std::process::id()));
     let cluster = fake_cluster(&dir, &["--deny", "create:pods", "--deny", "create:pods/portforward"]);

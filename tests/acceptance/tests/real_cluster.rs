@@ -191,6 +191,10 @@ fn main() -> ExitCode {
             Box::new(|| kubernetes::a_fat_tree_routes_over_every_core(&cluster, IMAGE)),
         ),
         (
+            "security_groups_are_enforced_in_the_pods",
+            Box::new(|| kubernetes::security_groups_are_enforced_in_the_pods(&cluster, IMAGE)),
+        ),
+        (
             "a_pod_that_cannot_run_is_reported_with_its_node_and_reason",
             Box::new(|| kubernetes::a_pod_that_cannot_run_is_reported(&cluster)),
         ),
