@@ -84,7 +84,7 @@ graph: deps mirror terraform
 # scenarios test Kubernetes, not the client (and cost minutes each pass).
 test: build terraform
 	MERAK_TERRAFORM=$(TERRAFORM) $(CARGO) test --workspace -- --test-threads=2
-	MERAK_TERRAFORM=$(TERRAFORM_OLDEST) MERAK_REAL_CLUSTER_ONLY=quickstart $(CARGO) test -p merak-acceptance -- --test-threads=2
+	MERAK_TERRAFORM=$(TERRAFORM_OLDEST) MERAK_CLIENT_PASS=1 MERAK_REAL_CLUSTER_ONLY=quickstart $(CARGO) test -p merak-acceptance -- --test-threads=2
 	MERAK_TERRAFORM=$(TERRAFORM) MERAK_AGENT_TRANSPORT=tcp $(CARGO) test -p merak-acceptance --test overlay -- --test-threads=2
 	CARGO=$(CARGO) tests/opentofu/test.sh
 

@@ -304,6 +304,9 @@ pub fn a_fat_tree_routes_over_every_core(cluster: &dyn Cluster, image: &str) {
 /// enforce the groups in the EPM pods' router namespaces, traffic sent from
 /// inside the EVMs with `merak exec`; then destroy leaving nothing.
 pub fn security_groups_are_enforced_in_the_pods(cluster: &dyn Cluster, image: &str) {
+    if crate::client_pass() {
+        return eprintln!("the local scenario checks this client; the pods are the first pass's");
+    }
     let ws = Workspace::new("k8s-sg").with_provider(provider_block(cluster, image));
     let main = crate::security_groups::example(Some(&provider_block(cluster, image)));
     std::fs::write(ws.dir.join("main.tf"), main).expect("write main.tf");

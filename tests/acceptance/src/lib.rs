@@ -15,6 +15,14 @@ pub const PROVIDER_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The registry hosts `merak/merak` may stand for: Terraform's and OpenTofu's.
 const REGISTRY_HOSTS: [&str; 2] = ["registry.terraform.io", "registry.opentofu.org"];
 
+/// Whether this run checks another Terraform client (`make test`'s second
+/// and third passes, with Terraform 1.0.3 and OpenTofu) against what the
+/// first pass covered: scenarios that exercise only a runtime, not the
+/// protocol, are left to the first pass.
+pub fn client_pass() -> bool {
+    std::env::var_os("MERAK_CLIENT_PASS").is_some()
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }
