@@ -488,6 +488,26 @@ mod tests {
     }
 
     #[test]
+    fn security_groups_are_the_vpcs_own_each_named_once() {
+        let subnet = SubnetSpec::validate(&vpc(), "web", "10.1.2.0/24", None).unwrap();
+        let with = |ids: &[&str]| {
+            let input = GroupInput {
+                name: "g".into(),
+                evm_count: Some(2),
+                device_model: "veth".into(),
+                security_group_ids: ids.iter().map(|id| id.to_string()).collect(),
+                ..GroupInput::default()
+            };
+            GroupSpec::validate(&subnet, input)
+        };
+        assert_eq!(with(&["t/blue/ssh", "t/blue/web"]).unwrap().security_groups, ["ssh", "web"]);
+        let summary = |ids: &[&str]| with(ids).unwrap_err().into_iter().map(|e| e.summary).collect::<Vec<_>>();
+        assert_eq!(summary(&["t/blue/ssh", "t/blue/ssh"]), ["Security group listed twice"]);
+        assert_eq!(summary(&["t/red/ssh"]), ["Security group of another VPC"]);
+        assert_eq!(summary(&["ssh"]), ["Invalid security group id"]);
+    }
+
+    #[test]
     fn subnet_rules() {
         let vpc = vpc();
         let subnet = SubnetSpec::validate(&vpc, "web", "10.1.2.0/24", None).unwrap();

@@ -476,6 +476,41 @@ fn bad_input_is_refused_at_plan_when_the_parents_are_new_too() {
             "vni = 1.5",
         ),
         (
+            "resource \"merak_security_group\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  ingress {\n    protocol = \"tcp\"\n    from_port = 22\n    cidr_blocks = [\"10.0.0.1/8\"]\n  }\n}",
+            "Invalid cidr_blocks",
+            "cidr_blocks = [\"10.0.0.1/8\"]",
+        ),
+        (
+            "resource \"merak_security_group\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  ingress {\n    protocol = \"tcp\"\n    from_port = 90\n    to_port = 80\n    self = true\n  }\n}",
+            "Port range reversed",
+            "from_port = 90",
+        ),
+        (
+            "resource \"merak_security_group\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  egress {\n    protocol = \"icmp\"\n    from_port = 8\n    self = true\n  }\n}",
+            "Ports with a protocol that has none",
+            "from_port = 8",
+        ),
+        (
+            "resource \"merak_security_group\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  ingress {\n    protocol = \"all\"\n    source_security_group_ids = [\"{name}/red/db\"]\n  }\n}",
+            "Security group of another VPC",
+            "source_security_group_ids = ",
+        ),
+        (
+            "resource \"merak_security_group\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"x\"\n  ingress {\n    protocol = \"all\"\n    source_security_group_ids = [\"{name}/blue/ghost\"]\n  }\n}",
+            "No such security group",
+            "source_security_group_ids = ",
+        ),
+        (
+            "resource \"merak_security_group\" \"x\" {\n  vpc_id = merak_vpc.blue.id\n  name = \"default\"\n}",
+            "Reserved security group name",
+            "name = \"default\"",
+        ),
+        (
+            "resource \"merak_evm_group\" \"x\" {\n  subnet_id = merak_subnet.web.id\n  name = \"x\"\n  evm_count = 2\n  security_group_ids = [\"{name}/blue/ghost\"]\n}",
+            "No such security group",
+            "security_group_ids = ",
+        ),
+        (
             "data \"merak_pingall\" \"x\" {\n  topology_id = merak_topology.dc.id\n  timeout_ms = 1e30\n}",
             "Invalid timeout_ms",
             "timeout_ms = 1e30",
