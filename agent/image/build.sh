@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The agent's OCI image, built with buildah from scratch: the merak-agent
 # binary, busybox with its applets on PATH (the commands `merak exec` runs in
-# an EPM or vswitch pod: sh, ip, ping, cat...), nft (the agent enforces
-# security groups with it), and the shared libraries they link (as ldd
+# an EPM or vswitch pod: sh, ip, ping, cat...), nft and its libnftables (the
+# agent enforces security groups through the library; operators read
+# tables with nft), and the shared libraries they link (as ldd
 # lists them), nothing else. No base image, no registry
 # pull: what runs in the pod is exactly what was built and tested here.
 #

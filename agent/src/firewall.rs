@@ -1,7 +1,7 @@
 //! Security groups in a VPC's router namespace: the [`Firewall`] of the
 //! overlay goal as one nftables table, `inet merak`, replaced whole in one
-//! transaction (`nft -f`: the old table and the new one never both apply,
-//! and a failure leaves the old one).
+//! transaction (through libnftables, as `nft -f` would: the old table and
+//! the new one never both apply, and a failure leaves the old one).
 //!
 //! Every packet the namespace forwards passes two base chains on the
 //! forward hook (bridged ones too: `br_netfilter` hands bridged IPv4 to the
@@ -32,13 +32,10 @@ use std::net::Ipv4Addr;
 use merak_proto::agent::{Firewall, SecurityRule};
 
 use crate::error::OverlayError;
-use crate::namespace_entry::NamespaceEntry;
 use crate::netns;
 
 /// The table's name, in the inet family.
 pub const TABLE: &str = "merak";
-/// Where the nft program is looked for (the agent's image has it in /usr/sbin).
-const NFT_PATHS: &[&str] = &["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/usr/local/sbin/nft"];
 /// Rules, groups and addresses a goal may hold: far above any real VPC,
 /// well below what would make the ruleset text unreasonable.
 const MAX_ITEMS: usize = 1_000_000;
@@ -248,34 +245,22 @@ pub fn render(firewall: &Firewall) -> Result<String, OverlayError> {
 /// back by the next apply (a VPC that never had a security group carries no
 /// firewall and costs nothing).
 pub async fn apply(namespace: &str, firewall: &Firewall) -> Result<(), OverlayError> {
+    let started = std::time::Instant::now();
     let script = render(firewall)?;
-    run_nft(namespace, &script).await
+    let bytes = script.len();
+    let result = run_nft(namespace, script).await;
+    tracing::debug!(namespace, bytes, elapsed = ?started.elapsed(), "security groups applied");
+    result
 }
 
-/// Runs `nft -f -` with `script` inside the namespace.
-async fn run_nft(namespace: &str, script: &str) -> Result<(), OverlayError> {
-    use tokio::io::AsyncWriteExt;
-    let program = NFT_PATHS.iter().find(|p| std::path::Path::new(p).exists()).copied().unwrap_or("nft");
-    let entry = NamespaceEntry::prepare(&netns::path_of(namespace))
-        .map_err(|e| invalid(format!("router namespace {namespace}: {e}")))?;
-    let mut command = tokio::process::Command::new(program);
-    command.args(["-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-    command.stderr(std::process::Stdio::piped()).kill_on_drop(true);
-    // SAFETY: enter() makes plain syscalls on what was prepared before the
-    // fork, and allocates nothing.
-    unsafe {
-        command.pre_exec(move || entry.enter());
-    }
-    let mut child = command.spawn().map_err(|e| invalid(format!("could not run {program} (nftables): {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).await.map_err(|e| invalid(format!("{program}: {e}")))?;
-    }
-    let output = child.wait_with_output().await.map_err(|e| invalid(format!("{program}: {e}")))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    Err(invalid(format!("nftables refused the security groups of {namespace}: {}", stderr.trim())))
+/// Runs `script` inside the namespace, through libnftables: one kernel
+/// transaction.
+async fn run_nft(namespace: &str, script: String) -> Result<(), OverlayError> {
+    let netns = netns::open_fd(namespace)?;
+    let outcome = tokio::task::spawn_blocking(move || crate::nftables::run_in(netns, &script))
+        .await
+        .map_err(|e| invalid(format!("the nftables task of {namespace} failed: {e}")))?;
+    outcome.map_err(|e| invalid(format!("nftables refused the security groups of {namespace}: {e}")))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod gateway;
 pub mod goal;
 pub mod host;
 pub mod namespace_entry;
+pub mod nftables;
 pub mod operate;
 pub mod overlay;
 pub mod pcap;

