@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingRequest, SwitchGoal};
+use merak_proto::agent::{EvmBatch, EvmSpec, FirewallGoal, OverlayGoal, PingRequest, SwitchGoal};
 
 use crate::error::OverlayError;
 use crate::netdev;
@@ -138,6 +138,18 @@ pub fn overlay(goal: &OverlayGoal) -> Result<(), OverlayError> {
         }
         if let Some(firewall) = &vpc.firewall {
             crate::firewall::render(firewall)?;
+        }
+    }
+    Ok(())
+}
+
+/// A firewall-only goal: router namespaces of ours, each firewall renderable.
+pub fn firewalls(goal: &FirewallGoal) -> Result<(), OverlayError> {
+    for vpc in &goal.vpcs {
+        namespace(&vpc.namespace)?;
+        match &vpc.firewall {
+            Some(firewall) => crate::firewall::render(firewall).map(drop)?,
+            None => return Err(invalid(format!("{}: no firewall to apply", vpc.namespace))),
         }
     }
     Ok(())

@@ -388,6 +388,32 @@ impl merak_proto::agent::overlay_server::Overlay for OverlayService {
         Ok(Response::new(merak_proto::agent::WholeEvmsReply { namespaces }))
     }
 
+    async fn apply_firewalls(
+        &self,
+        request: Request<merak_proto::agent::FirewallGoal>,
+    ) -> Result<Response<ApplyReply>, Status> {
+        let goal = request.into_inner();
+        crate::goal::firewalls(&goal).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(missing) = goal.vpcs.iter().find(|vpc| !crate::netns::exists(&vpc.namespace)) {
+            return Err(Status::failed_precondition(format!("{} is not made yet", missing.namespace)));
+        }
+        let started = std::time::Instant::now();
+        let actions = self
+            .change(async move {
+                let mut actions = Vec::with_capacity(goal.vpcs.len());
+                for vpc in goal.vpcs {
+                    let Some(firewall) = vpc.firewall else { continue };
+                    crate::firewall::apply(&vpc.namespace, &firewall).await?;
+                    actions.push(format!("{}: security groups replaced", vpc.namespace));
+                }
+                Ok::<_, crate::error::OverlayError>(actions)
+            })
+            .await?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::debug!(epm = %self.epm, elapsed = ?started.elapsed(), "firewalls applied");
+        Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
+    }
+
     async fn ping(
         &self,
         request: Request<merak_proto::agent::PingRequest>,

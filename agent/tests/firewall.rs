@@ -2,15 +2,16 @@
 //! in three groups, and pings that pass or are refused as the groups say,
 //! bridged (same subnet, across EPMs) and routed (across subnets, on one
 //! EPM); replies pass where new traffic is refused; lifting enforcement
-//! opens everything, a table removed by hand comes back with the next push.
+//! opens everything, a table removed by hand comes back with the next push,
+//! and the firewall pushed alone (a rule changed) is enforced.
 
 use merak_agent::netdev::Netlink;
 use merak_agent::netns::{self, NetnsOptions};
 use merak_agent::server::OverlayService;
 use merak_proto::agent::overlay_server::Overlay;
 use merak_proto::agent::{
-    EvmBatch, EvmSpec, Firewall, OverlayGoal, PingProbe, PingRequest, PortSet, SecurityGroup, SecurityRule, SubnetGoal,
-    VpcGoal,
+    EvmBatch, EvmSpec, Firewall, FirewallGoal, OverlayGoal, PingProbe, PingRequest, PortSet, SecurityGroup,
+    SecurityRule, SubnetGoal, VpcFirewall, VpcGoal,
 };
 use tonic::Request;
 
@@ -194,6 +195,16 @@ async fn groups_decide_what_passes_bridged_or_routed_and_replies_pass() {
     agent_b.apply_overlay(Request::new(goal_b)).await.expect("overlay b");
     assert_eq!(reached(&agent_a, &probes).await, [true; 7]);
     assert!(!tables(&router_a).contains("merak"), "{}", tables(&router_a));
+
+    // The firewall alone, into namespaces already made (a rule changed):
+    // enforced again; a namespace not made yet is refused as such.
+    let alone =
+        |namespace: String| FirewallGoal { vpcs: vec![VpcFirewall { namespace, firewall: Some(firewall(true)) }] };
+    agent_a.apply_firewalls(Request::new(alone(router_a.clone()))).await.expect("firewall a");
+    agent_b.apply_firewalls(Request::new(alone(format!("{prefix}b.vpc1")))).await.expect("firewall b");
+    assert_eq!(reached(&agent_a, &probes).await, enforced);
+    let missing = agent_a.apply_firewalls(Request::new(alone(format!("{prefix}a.vpc9")))).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::FailedPrecondition, "{missing:?}");
 
     // A malformed firewall is refused before anything changes.
     let (mut bad, _) = push(true);

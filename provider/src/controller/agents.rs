@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use merak_proto::agent::overlay_client::OverlayClient;
-use merak_proto::agent::{EvmBatch, EvmSpec, OverlayGoal, PingProbe, PingReply, PingRequest};
+use merak_proto::agent::{
+    EvmBatch, EvmSpec, FirewallGoal, OverlayGoal, PingProbe, PingReply, PingRequest, VpcFirewall,
+};
 
 use super::goals::{Evm, Forget, overlay_goals};
 use super::records::OverlayRecord;
 use super::{Controller, Probe, ProbeOutcome};
-use crate::model::TreeSpec;
+use crate::model::{TreeSpec, naming};
 use crate::runtime::agent_client::AgentChannel;
 use crate::runtime::{Failure, RuntimeError};
 
@@ -50,6 +52,22 @@ impl Controller {
         Ok(reply.into_inner())
     }
 
+    async fn send_firewalls(&self, topology: &str, epm: &str, goal: FirewallGoal) -> Result<(), RuntimeError> {
+        let mut client = self.overlay_client(topology, epm).await?;
+        client.apply_firewalls(goal).await.map_err(|s| RuntimeError::Unavailable(s.message().to_string()))?;
+        Ok(())
+    }
+
+    /// Sends an EPM its overlay goal; an agent that stopped answering is
+    /// restarted and gets the goal again.
+    async fn send_overlay_reviving(&self, tree: &TreeSpec, epm: &str, goal: OverlayGoal) -> Option<Failure> {
+        let result = match self.send_overlay(&tree.name, epm, goal.clone()).await {
+            Err(_) if self.revive(tree, epm).await.is_ok() => self.send_overlay(&tree.name, epm, goal).await,
+            result => result,
+        };
+        result.err().map(|e| Failure { object: epm.to_string(), error: format!("overlay: {e}") })
+    }
+
     /// Pushes every EPM's overlay goal; returns the EPMs that failed.
     pub(super) async fn push_overlay(
         &self,
@@ -59,15 +77,42 @@ impl Controller {
     ) -> Result<Vec<Failure>, RuntimeError> {
         let goals = overlay_goals(tree, record, forget)?;
         let failures: Vec<Failure> = futures::stream::iter(goals)
-            .map(|(epm, goal)| async move {
-                // An agent that stopped answering is restarted and gets the goal again.
-                let result = match self.send_overlay(&tree.name, &epm.name, goal.clone()).await {
-                    Err(_) if self.revive(tree, &epm.name).await.is_ok() => {
-                        self.send_overlay(&tree.name, &epm.name, goal).await
+            .map(|(epm, goal)| async move { self.send_overlay_reviving(tree, &epm.name, goal).await })
+            .buffer_unordered(PARALLEL_EPMS)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        Ok(failures)
+    }
+
+    /// Pushes one VPC's firewall, alone, to the EPMs that host the VPC: a
+    /// security group changed and nothing else did, so each agent replaces
+    /// one nftables table and reads nothing back (a tenth of the whole
+    /// overlay's work). An EPM that cannot take it so (its router namespace
+    /// not made yet, its agent restarted or gone) gets its whole overlay
+    /// goal instead, which makes what is missing. Returns the EPMs that
+    /// failed.
+    pub(super) async fn push_firewall(
+        &self,
+        tree: &TreeSpec,
+        record: &OverlayRecord,
+        vpc: &str,
+    ) -> Result<Vec<Failure>, RuntimeError> {
+        let goals = overlay_goals(tree, record, &Forget::new())?;
+        let pushes = goals.into_iter().filter_map(|(epm, goal)| {
+            let namespace = naming::router_namespace(&tree.name, &epm.name, vpc);
+            let firewall = goal.vpcs.iter().find(|v| v.namespace == namespace)?.firewall.clone()?;
+            Some((epm, goal, FirewallGoal { vpcs: vec![VpcFirewall { namespace, firewall: Some(firewall) }] }))
+        });
+        let failures: Vec<Failure> = futures::stream::iter(pushes)
+            .map(|(epm, goal, firewall)| async move {
+                match self.send_firewalls(&tree.name, &epm.name, firewall).await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::debug!(epm = %epm.name, error = %e, "the firewall alone was not taken; pushing the whole overlay");
+                        self.send_overlay_reviving(tree, &epm.name, goal).await
                     }
-                    result => result,
-                };
-                result.err().map(|e| Failure { object: epm.name.clone(), error: format!("overlay: {e}") })
+                }
             })
             .buffer_unordered(PARALLEL_EPMS)
             .filter_map(futures::future::ready)

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use merak_proto::agent::overlay_server::{Overlay, OverlayServer};
 use merak_proto::agent::{
-    ApplyReply, EvmBatch, EvmFailure, EvmReply, EvmSpec, OverlayGoal, PingReply, PingRequest, WholeEvmsReply,
+    ApplyReply, EvmBatch, EvmFailure, EvmReply, EvmSpec, FirewallGoal, OverlayGoal, PingReply, PingRequest,
+    WholeEvmsReply,
 };
 use tokio::net::UnixListener;
 use tonic::{Request, Response, Status};
@@ -36,8 +37,11 @@ pub struct FakeState {
     epm_at: BTreeMap<IpAddr, String>,
     /// EPM name → namespaces of the EVMs it holds.
     pub evms: BTreeMap<String, BTreeSet<String>>,
-    /// EPM name → the last overlay goal it was given.
+    /// EPM name → the last overlay goal it was given (with the firewalls
+    /// given since).
     pub goals: BTreeMap<String, OverlayGoal>,
+    /// Whole overlay goals given, over the fake's life.
+    pub overlays_applied: usize,
     /// EVMs created, over the fake's life (an EVM that existed is not counted).
     pub created: usize,
     /// EVMs deleted by the substrate because their agent did not answer.
@@ -95,7 +99,27 @@ impl Overlay for FakeAgents {
         let mut state = self.state()?;
         let epm = state.epm_of(&request)?;
         state.goals.insert(epm, request.into_inner());
+        state.overlays_applied += 1;
         Ok(Response::new(ApplyReply::default()))
+    }
+
+    async fn apply_firewalls(&self, request: Request<FirewallGoal>) -> Result<Response<ApplyReply>, Status> {
+        let mut state = self.state()?;
+        let epm = state.epm_of(&request)?;
+        let goal = state.goals.get_mut(&epm);
+        let Some(goal) = goal else { return Err(Status::failed_precondition(format!("{epm} has no overlay yet"))) };
+        let wanted = request.into_inner().vpcs;
+        if let Some(missing) = wanted.iter().find(|w| !goal.vpcs.iter().any(|vpc| vpc.namespace == w.namespace)) {
+            return Err(Status::failed_precondition(format!("{} is not made yet", missing.namespace)));
+        }
+        let mut actions = Vec::new();
+        for wanted in wanted {
+            if let Some(vpc) = goal.vpcs.iter_mut().find(|vpc| vpc.namespace == wanted.namespace) {
+                vpc.firewall = wanted.firewall;
+                actions.push(format!("{}: security groups replaced", wanted.namespace));
+            }
+        }
+        Ok(Response::new(ApplyReply { changed: !actions.is_empty(), actions }))
     }
 
     async fn apply_evms(&self, request: Request<EvmBatch>) -> Result<Response<EvmReply>, Status> {

@@ -1,12 +1,11 @@
 //! Security groups on record, and the pushes that make the EPMs enforce
 //! them: a group's rules change in place, every EPM hosting its VPC gets
-//! the VPC's whole firewall again (one nftables transaction each), and no
-//! EVM is touched.
+//! the VPC's whole firewall again (one nftables transaction each, and
+//! nothing else of the overlay), and no EVM is touched.
 
 use std::collections::HashMap;
 
 use super::Controller;
-use super::goals::Forget;
 use super::records::{OverlayRecord, SecurityGroupRecord, subnet_key};
 use crate::model::TreeSpec;
 use crate::model::security_group::{SecurityGroupSpec, VpcPolicy};
@@ -80,14 +79,13 @@ impl Controller {
         self.enforce(&tree, &record, vpc).await
     }
 
-    /// Pushes the goals of the EPMs that host the VPC (all of them, as
-    /// every push does): the first failure is the error, and the next
-    /// apply pushes again.
+    /// Pushes the VPC's firewall to the EPMs that host it: the first
+    /// failure is the error, and the next apply pushes again.
     async fn enforce(&self, tree: &TreeSpec, record: &OverlayRecord, vpc: &str) -> Result<(), RuntimeError> {
         if !record.groups.values().any(|g| g.vpc == vpc) {
             return Ok(());
         }
-        let failures = self.push_overlay(tree, record, &Forget::new()).await?;
+        let failures = self.push_firewall(tree, record, vpc).await?;
         match failures.first() {
             Some(failure) => Err(RuntimeError::Unavailable(format!("{}: {}", failure.object, failure.error))),
             None => Ok(()),

@@ -279,6 +279,23 @@ async fn security_groups_reach_every_epm_of_the_vpc_without_rebuilding_evms() {
     assert_eq!((ssh.ingress[0].protocol, ssh.ingress[0].from_port, ssh.ingress[0].to_port), (6, 22, 22));
     assert_eq!(ssh.ingress[0].groups, ["ssh"], "self is the group itself");
 
+    // A rule changed: the firewall alone, to every EPM of the VPC.
+    let overlays = fake.state().overlays_applied;
+    let ssh = RuleInput { protocol: "tcp".into(), from_port: Some(2222), include_self: true, ..RuleInput::default() };
+    controller.apply_security_group(&security_group("ssh", std::slice::from_ref(&ssh))).await.expect("rule changed");
+    assert_eq!(fake.state().overlays_applied, overlays, "no whole overlay pushed for a rule");
+    for epm in ["epm-0", "epm-1"] {
+        let firewall = firewall_of(&fake, epm).expect("a firewall");
+        let rule = &firewall.groups.iter().find(|g| g.name == "ssh").expect("the group").ingress[0];
+        assert_eq!((rule.from_port, rule.to_port), (2222, 2222), "{epm}");
+    }
+    // An EPM that lost its overlay (a pod made anew) gets it whole.
+    fake.state().goals.remove("epm-1");
+    let ssh = RuleInput { from_port: Some(22), ..ssh };
+    controller.apply_security_group(&security_group("ssh", &[ssh])).await.expect("rule changed back");
+    assert_eq!(fake.state().overlays_applied, overlays + 1, "epm-1's whole overlay, and only its");
+    assert_eq!(firewall_of(&fake, "epm-1").map(|f| f.groups.len()), Some(2), "epm-1 filters again");
+
     // Into the group, in place: the same EVMs, new members.
     let created = fake.state().created;
     let mut web = group(&subnet, 4);
