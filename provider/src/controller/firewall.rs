@@ -87,10 +87,11 @@ fn rule(rule: &Rule, own_group: &str) -> SecurityRule {
 }
 
 /// What the VPC's security groups allow, for checking traffic against
-/// them; `None` when nothing is enforced there.
+/// them (by merak, or in an external VPC by the user's controller);
+/// `None` when nothing is enforced there.
 pub(super) fn policy(record: &OverlayRecord, vpc: &str) -> Option<VpcPolicy> {
     let declared: Vec<_> = record.security_groups.values().filter(|g| g.vpc == vpc).collect();
-    if declared.is_empty() || record.is_external(vpc) {
+    if declared.is_empty() {
         return None;
     }
     let mut rules: HashMap<String, (Vec<Rule>, Vec<Rule>)> =

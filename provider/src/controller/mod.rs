@@ -9,6 +9,7 @@
 //! without I/O; [`agents`] is the traffic with the agents.
 
 mod agents;
+mod external_security_groups;
 #[cfg(test)]
 mod fake_substrate;
 mod faults;
@@ -644,19 +645,25 @@ impl Controller {
 
         let whole = self.whole_evms(topology, &evms).await?;
         if external {
-            // Whole EVMs the controller has not accepted yet (new, or refused
-            // before) are announced; what it accepts is recorded at once.
-            let announced = record.groups.get(&spec.name).map(|g| g.announced.clone()).unwrap_or_default();
+            // Whole EVMs the controller has not accepted yet (new, refused
+            // before, or accepted in other security groups) are announced;
+            // what it accepts is recorded at once.
+            let port_groups = record.groups.get(&spec.name).map(|g| record.port_security_groups(g)).unwrap_or_default();
+            let announced = match record.groups.get(&spec.name) {
+                Some(group) if group.announced_groups == port_groups => group.announced.clone(),
+                _ => Ranges::default(),
+            };
             let unannounced: Vec<&Evm> = evms
                 .iter()
                 .filter(|e| whole.contains(&e.info.namespace) && !announced.contains(e.host_index))
                 .collect();
             let (accepted, refused) = self.announce(&tree, &record, &spec.vpc, &unannounced).await?;
             failures.extend(refused);
-            if !accepted.is_empty()
-                && let Some(saved) = record.groups.get_mut(&spec.name)
+            if let Some(saved) = record.groups.get_mut(&spec.name)
+                && (!accepted.is_empty() || saved.announced_groups != port_groups)
             {
                 saved.announced = Ranges::from_indexes(announced.iter().chain(accepted));
+                saved.announced_groups = port_groups;
                 self.save_overlay(topology, &record).await?;
             }
         }

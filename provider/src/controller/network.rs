@@ -11,7 +11,10 @@ use futures::StreamExt;
 use merak_agent::error_chain;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::port_api::{ErrorBody, PORTS_PATH, Port, PortBatch, PortIds, PortResults};
+use super::port_api::{
+    ErrorBody, PORTS_PATH, Port, PortBatch, PortIds, PortResults, SECURITY_GROUPS_PATH, SecurityGroup,
+    SecurityGroupBatch, SecurityGroupIds,
+};
 use crate::model::network_controller::ControllerSpec;
 
 /// Attempts per request, and the pause before the second (doubling).
@@ -30,6 +33,7 @@ pub struct NetworkController {
     spec: ControllerSpec,
     client: reqwest::Client,
     ports_url: String,
+    security_groups_url: String,
     requests: AtomicU64,
 }
 
@@ -54,7 +58,8 @@ impl NetworkController {
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let ports_url = format!("{}{PORTS_PATH}", spec.url);
-        Ok(NetworkController { spec, client, ports_url, requests: AtomicU64::new(0) })
+        let security_groups_url = format!("{}{SECURITY_GROUPS_PATH}", spec.url);
+        Ok(NetworkController { spec, client, ports_url, security_groups_url, requests: AtomicU64::new(0) })
     }
 
     pub fn url(&self) -> &str {
@@ -70,14 +75,28 @@ impl NetworkController {
     pub async fn put_ports(&self, ports: Vec<Port>) -> Vec<PortOutcome> {
         let batches: Vec<PortBatch> =
             ports.chunks(self.batch_size()).map(|chunk| PortBatch { ports: chunk.to_vec() }).collect();
-        self.send_all(batches, reqwest::Method::PUT, |batch| batch.ports.iter().map(|p| p.id.clone()).collect()).await
+        let ids_of = |batch: &PortBatch| batch.ports.iter().map(|p| p.id.clone()).collect();
+        self.send_all(&self.ports_url, batches, reqwest::Method::PUT, ids_of).await
     }
 
     /// Deletes the ports by id, `batch_size` per request.
     pub async fn delete_ports(&self, ids: Vec<String>) -> Vec<PortOutcome> {
         let batches: Vec<PortIds> =
             ids.chunks(self.batch_size()).map(|chunk| PortIds { ids: chunk.to_vec() }).collect();
-        self.send_all(batches, reqwest::Method::DELETE, |batch| batch.ids.clone()).await
+        self.send_all(&self.ports_url, batches, reqwest::Method::DELETE, |batch| batch.ids.clone()).await
+    }
+
+    /// Creates the security groups or replaces their rules, in one request.
+    pub async fn put_security_groups(&self, security_groups: Vec<SecurityGroup>) -> Vec<PortOutcome> {
+        let ids_of = |batch: &SecurityGroupBatch| batch.security_groups.iter().map(|g| g.id.clone()).collect();
+        let batch = SecurityGroupBatch { security_groups };
+        self.send_all(&self.security_groups_url, vec![batch], reqwest::Method::PUT, ids_of).await
+    }
+
+    /// Deletes the security groups by id, in one request.
+    pub async fn delete_security_groups(&self, ids: Vec<String>) -> Vec<PortOutcome> {
+        let batch = SecurityGroupIds { ids };
+        self.send_all(&self.security_groups_url, vec![batch], reqwest::Method::DELETE, |batch| batch.ids.clone()).await
     }
 
     fn batch_size(&self) -> usize {
@@ -86,6 +105,7 @@ impl NetworkController {
 
     async fn send_all<B: serde::Serialize>(
         &self,
+        url: &str,
         batches: Vec<B>,
         method: reqwest::Method,
         ids_of: fn(&B) -> Vec<String>,
@@ -95,7 +115,7 @@ impl NetworkController {
                 let method = method.clone();
                 async move {
                     let ids = ids_of(&batch);
-                    match self.send(method, &batch).await {
+                    match self.send(url, method, &batch).await {
                         Ok(results) => outcomes(ids, results),
                         Err(message) => ids.into_iter().map(|id| (id, Err(message.clone()))).collect(),
                     }
@@ -108,21 +128,26 @@ impl NetworkController {
     }
 
     /// One request, retried while that may help.
-    async fn send<B: serde::Serialize>(&self, method: reqwest::Method, body: &B) -> Result<PortResults, String> {
+    async fn send<B: serde::Serialize>(
+        &self,
+        url: &str,
+        method: reqwest::Method,
+        body: &B,
+    ) -> Result<PortResults, String> {
         let mut pause = FIRST_PAUSE;
         let mut attempt = 1;
         loop {
-            match self.send_once(method.clone(), body).await {
+            match self.send_once(url, method.clone(), body).await {
                 Ok(results) => return Ok(results),
                 Err(error) if error.retry && attempt < ATTEMPTS => {
-                    tracing::warn!(method = %method, url = self.ports_url, attempt, error = error.message, "controller request failed; retrying");
+                    tracing::warn!(method = %method, url, attempt, error = error.message, "controller request failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                     attempt += 1;
                 }
                 Err(error) => {
                     let tries = if attempt > 1 { format!(" (after {attempt} attempts)") } else { String::new() };
-                    return Err(format!("{method} {}: {}{tries}", self.ports_url, error.message));
+                    return Err(format!("{method} {url}: {}{tries}", error.message));
                 }
             }
         }
@@ -130,19 +155,19 @@ impl NetworkController {
 
     async fn send_once<B: serde::Serialize>(
         &self,
+        url: &str,
         method: reqwest::Method,
         body: &B,
     ) -> Result<PortResults, RequestError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let response =
-            self.client.request(method, &self.ports_url).json(body).send().await.map_err(|e| RequestError {
-                message: if e.is_timeout() {
-                    format!("no answer within {} s (controller.timeout_s)", self.spec.timeout_s)
-                } else {
-                    format!("cannot reach the controller: {}", error_chain(&e))
-                },
-                retry: true,
-            })?;
+        let response = self.client.request(method, url).json(body).send().await.map_err(|e| RequestError {
+            message: if e.is_timeout() {
+                format!("no answer within {} s (controller.timeout_s)", self.spec.timeout_s)
+            } else {
+                format!("cannot reach the controller: {}", error_chain(&e))
+            },
+            retry: true,
+        })?;
         let status = response.status();
         let text = response
             .text()

@@ -19,6 +19,8 @@ pub(super) fn port_id(topology: &str, evm: &str) -> String {
 /// The port of an EVM of `record`'s external VPC, as the controller gets it.
 fn port_of(tree: &TreeSpec, record: &OverlayRecord, evm: &Evm) -> Port {
     let subnet = record.subnets.get(&subnet_key(&evm.info.vpc, &evm.info.subnet));
+    let security_groups =
+        record.groups.get(&evm.info.group).map(|g| record.port_security_groups(g)).unwrap_or_default();
     Port {
         id: port_id(&tree.name, &evm.info.name),
         topology: tree.name.clone(),
@@ -35,11 +37,12 @@ fn port_of(tree: &TreeSpec, record: &OverlayRecord, evm: &Evm) -> Port {
         epm_ip: tree.epm(evm.epm_index).ip.to_string(),
         device: evm.spec.host_port.clone(),
         device_model: evm.spec.device_model.clone(),
+        security_groups,
     }
 }
 
 impl Controller {
-    fn network_or_refuse(&self, vpc: &str) -> Result<&super::network::NetworkController, RuntimeError> {
+    pub(super) fn network_or_refuse(&self, vpc: &str) -> Result<&super::network::NetworkController, RuntimeError> {
         self.network.as_deref().ok_or_else(|| {
             RuntimeError::Conflict(format!(
                 "VPC {vpc} has controller = \"external\", and the provider block has no controller {{ url = ... }} to tell about its ports; add it back"

@@ -11,7 +11,7 @@ use super::goals::Evm;
 use crate::model::network_controller::VpcController;
 use crate::model::overlay::{self, DeviceModel, GroupSpec, Placement, SubnetSpec, VpcSpec};
 use crate::model::ranges::{self, Ranges};
-use crate::model::security_group::{Rule, SecurityGroupSpec};
+use crate::model::security_group::{DEFAULT_GROUP, Rule, SecurityGroupSpec};
 use crate::model::{Epm, TreeSpec};
 use crate::runtime::RuntimeError;
 
@@ -103,6 +103,10 @@ pub(super) struct GroupRecord {
     /// Names of the security groups of its VPC its ports are in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) security_groups: Vec<String>,
+    /// In an external VPC: the security groups the `announced` ports were
+    /// accepted with. When the ports' groups differ, they are sent again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) announced_groups: Vec<String>,
 }
 
 fn confirmed() -> bool {
@@ -181,12 +185,6 @@ impl OverlayRecord {
         let Some(vpc) = self.vpcs.get_mut(&spec.vpc) else {
             return Err(RuntimeError::Conflict(format!("VPC {} does not exist", spec.vpc)));
         };
-        if vpc.external {
-            return Err(RuntimeError::Conflict(format!(
-                "VPC {} is the external controller's; its ports' security groups are not merak's to enforce",
-                spec.vpc
-            )));
-        }
         if let Some(missing) = spec
             .peer_groups()
             .find(|peer| *peer != spec.name && !self.security_groups.contains_key(&subnet_key(&spec.vpc, peer)))
@@ -208,6 +206,19 @@ impl OverlayRecord {
             },
         );
         Ok(())
+    }
+
+    /// The security groups an EVM group's ports are in, as an external
+    /// controller is told: none while the VPC has no group, else the EVM
+    /// group's own or the VPC's `default`.
+    pub(super) fn port_security_groups(&self, group: &GroupRecord) -> Vec<String> {
+        if !self.security_groups.values().any(|g| g.vpc == group.vpc) {
+            return Vec::new();
+        }
+        match group.security_groups.is_empty() {
+            true => vec![DEFAULT_GROUP.to_string()],
+            false => group.security_groups.clone(),
+        }
     }
 
     /// Forgets a security group no EVM group and no other group's rule
@@ -372,6 +383,7 @@ impl OverlayRecord {
             confirmed: previous.as_ref().is_some_and(|g| g.confirmed),
             announced: previous.as_ref().map(|g| g.announced.clone()).unwrap_or_default(),
             security_groups: spec.security_groups.clone(),
+            announced_groups: previous.as_ref().map(|g| g.announced_groups.clone()).unwrap_or_default(),
         };
         // Addresses below the subnet's high-water mark may be remembered by
         // some EPM as living elsewhere (see push_overlay's `forget`).

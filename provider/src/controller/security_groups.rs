@@ -33,7 +33,15 @@ impl Controller {
         let mut record = self.load_overlay(&spec.topology).await?;
         record.put_security_group(spec)?;
         self.save_overlay(&spec.topology, &record).await?;
-        self.enforce(&tree, &record, &spec.vpc).await
+        if !record.is_external(&spec.vpc) {
+            return self.enforce(&tree, &record, &spec.vpc).await;
+        }
+        let group = record.security_groups.get(&subnet_key(&spec.vpc, &spec.name)).cloned();
+        let Some(group) = group else { return Ok(()) };
+        let told = self.tell_security_group(&tree, &mut record, &group).await;
+        // What the controller accepted of the ports is kept, told or not.
+        self.save_overlay(&spec.topology, &record).await?;
+        told
     }
 
     pub async fn read_security_group(
@@ -72,11 +80,27 @@ impl Controller {
         let _guard = self.overlay_lock.lock().await;
         let Ok(tree) = self.tree(topology).await else { return Ok(()) };
         let mut record = self.load_overlay(topology).await?;
-        if !record.remove_security_group(vpc, name)? {
+        if !record.is_external(vpc) {
+            if !record.remove_security_group(vpc, name)? {
+                return Ok(());
+            }
+            self.save_overlay(topology, &record).await?;
+            return self.enforce(&tree, &record, vpc).await;
+        }
+        // The record keeps the group until the controller has let go of it,
+        // so that a refusal is retried by the next destroy.
+        let mut without = record.clone();
+        if !without.remove_security_group(vpc, name)? {
             return Ok(());
         }
+        let told = self.untell_security_group(&tree, &mut without, vpc, name).await;
+        match told {
+            Ok(()) => record = without,
+            // Ports moved before the refusal stay recorded as moved.
+            Err(_) => record.groups = without.groups,
+        }
         self.save_overlay(topology, &record).await?;
-        self.enforce(&tree, &record, vpc).await
+        told
     }
 
     /// Pushes the VPC's firewall to the EPMs that host it: the first

@@ -395,6 +395,20 @@ impl Resource<Controller> for EvmGroup {
             .unwrap_or_default()
     }
 
+    async fn read(&self, controller: &Controller, current: &Value) -> Result<Option<Value>, Diagnostics> {
+        let Some(id) = current.attr("id").as_str() else { return Ok(None) };
+        let mut state = self.import(controller, id).await?;
+        // No group, written as an empty list, reads back as written (the
+        // record does not tell `[]` from leaving the attribute out).
+        if let Some(Value::Map(attributes)) = &mut state
+            && attributes.get("security_group_ids").is_some_and(Value::is_null)
+            && matches!(current.attr("security_group_ids"), Value::List(ids) if ids.is_empty())
+        {
+            attributes.insert("security_group_ids".into(), Value::List(Vec::new()));
+        }
+        Ok(state)
+    }
+
     async fn import(&self, controller: &Controller, id: &str) -> Result<Option<Value>, Diagnostics> {
         let Some(parts) = split_id(id, 4) else { return Ok(None) };
         let read = |e| runtime_error(format!("Could not read EVM group {id}"), e);

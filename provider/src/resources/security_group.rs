@@ -6,7 +6,6 @@
 use std::sync::LazyLock;
 
 use crate::controller::Controller;
-use crate::model::network_controller::VpcController;
 use crate::model::security_group::{self, Direction, GroupError, Rule, RuleInput, SecurityGroupSpec};
 use merak_tfplugin::cty::{Type, Value, object};
 use merak_tfplugin::diagnostics::{Diagnostic, Diagnostics};
@@ -65,8 +64,9 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| Schema {
             when an `ingress` rule of one of its groups allows it, traffic from a port when an `egress` \
             rule does; replies to allowed traffic always pass. Once a VPC has a security group, EVM groups \
             naming none are in its implicit `default` group (egress anywhere, ingress from the other ports \
-            in it). Changing rules updates in place, without rebuilding EVMs. Not for VPCs of an external \
-            controller.",
+            in it). Changing rules updates in place, without rebuilding EVMs. In a VPC with `controller = \
+            \"external\"` the user's controller enforces it: merak sends it the group and each port's groups \
+            (see the external controller API), and pingall judges what the controller did.",
         attributes: vec![
             Attribute::computed("id", Type::String, "`<topology>/<vpc>/<name>`."),
             Attribute::required("vpc_id", Type::String, "The `id` of the `merak_vpc`.").forces_replacement(),
@@ -213,24 +213,12 @@ impl Resource<Controller> for SecurityGroup {
                 .await
                 .map_err(|e| runtime_error("Could not read the VPC", e))?,
         };
-        match vpc {
-            None => {
-                let detail = format!(
-                    "No VPC {} exists in topology {:?} or is planned by this configuration; use merak_vpc.<name>.id.",
-                    spec.vpc, spec.topology
-                );
-                return Err(Diagnostic::attribute_error(&["vpc_id"], "No such VPC", detail).into());
-            }
-            Some(vpc) if vpc.controller == VpcController::External => {
-                let detail = format!(
-                    "VPC {} is programmed by the external controller, which enforces its ports' policy itself; merak enforces security groups of builtin VPCs only.",
-                    spec.vpc
-                );
-                return Err(
-                    Diagnostic::attribute_error(&["vpc_id"], "Security group in an external VPC", detail).into()
-                );
-            }
-            Some(_) => {}
+        if vpc.is_none() {
+            let detail = format!(
+                "No VPC {} exists in topology {:?} or is planned by this configuration; use merak_vpc.<name>.id.",
+                spec.vpc, spec.topology
+            );
+            return Err(Diagnostic::attribute_error(&["vpc_id"], "No such VPC", detail).into());
         }
         for direction in [Direction::Ingress, Direction::Egress] {
             let rules = if direction == Direction::Ingress { &spec.ingress } else { &spec.egress };

@@ -4,6 +4,8 @@
 //! tells the controller about every port in batches; scaling adds and
 //! deletes ports; a controller that fails requests, is down, or refuses a
 //! port leaves state the next apply converges from; destroy deletes them all.
+//! Security groups of an external VPC go to the controller too: the groups,
+//! and each port's groups, sent again when they change.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -65,8 +67,27 @@ impl RecordingController {
         ports.into_values().map(|p| (p["evm"].as_str().unwrap_or_default().to_string(), p)).collect()
     }
 
-    /// The requests it got, as (method, ids, status), and forgets them.
+    /// The security groups it holds, by name.
+    fn security_groups(&self) -> std::collections::BTreeMap<String, Value> {
+        let file = self.state.with_file_name("security-groups.json");
+        let text = std::fs::read_to_string(file).unwrap_or_else(|_| "{}".into());
+        let groups: std::collections::BTreeMap<String, Value> =
+            serde_json::from_str(&text).expect("the controller's groups");
+        groups.into_values().map(|g| (g["name"].as_str().unwrap_or_default().to_string(), g)).collect()
+    }
+
+    /// The port requests it got, as (method, ids, status), and forgets
+    /// every request.
     fn take_requests(&self) -> Vec<(String, Vec<String>, u64)> {
+        self.take_all_requests()
+            .into_iter()
+            .filter(|(path, ..)| path == "/v1/ports")
+            .map(|(_, method, ids, status)| (method, ids, status))
+            .collect()
+    }
+
+    /// Every request it got, as (path, method, ids, status), and forgets them.
+    fn take_all_requests(&self) -> Vec<(String, String, Vec<String>, u64)> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let _ = std::fs::remove_file(&self.log);
         text.lines()
@@ -74,7 +95,8 @@ impl RecordingController {
             .map(|r| {
                 let ids =
                     r["ids"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(String::from)).collect();
-                (r["method"].as_str().unwrap_or_default().to_string(), ids, r["status"].as_u64().unwrap_or(0))
+                let text = |key: &str| r[key].as_str().unwrap_or_default().to_string();
+                (text("path"), text("method"), ids, r["status"].as_u64().unwrap_or(0))
             })
             .collect()
     }
@@ -261,6 +283,110 @@ fn an_external_controller_is_told_every_port_and_converges_through_its_faults() 
     assert_eq!(ws.plan().0, 0);
 
     // Destroy deletes every port, then the emulation.
+    ws.ok(&["destroy", "-auto-approve"]);
+    assert!(controller.ports().is_empty(), "{:?}", controller.ports());
+    ws.assert_nothing_left();
+}
+
+/// `resources(2)` with a security group `ssh` (TCP to `ssh_port` from the
+/// VPC and from its own members) when `ssh_port` is given, and the web
+/// group in `web_groups`.
+fn with_security_group(ssh_port: Option<u16>, web_groups: &str) -> String {
+    let group = ssh_port.map_or(String::new(), |port| {
+        format!(
+            r#"
+resource "merak_security_group" "ssh" {{
+  vpc_id = merak_vpc.blue.id
+  name   = "ssh"
+  ingress {{
+    protocol    = "tcp"
+    from_port   = {port}
+    cidr_blocks = ["10.40.0.0/16"]
+    self        = true
+  }}
+}}
+"#
+        )
+    });
+    let web = format!("  evm_count = 2\n  security_group_ids = [{web_groups}]\n");
+    resources(2).replace("  evm_count = 2\n", &web) + &group
+}
+
+#[test]
+fn an_external_controller_is_told_security_groups_and_each_ports_groups() {
+    let ws = Workspace::new("extsg");
+    let controller = RecordingController::start(&ws.dir, 0, &[]);
+    let block = provider(&ws, &format!("  controller {{\n    url = \"{}\"\n  }}\n", controller.url()));
+    let ws = ws.with_provider(block);
+    let port_groups = |controller: &RecordingController| -> Vec<Value> {
+        controller.ports().values().map(|p| p["security_groups"].clone()).collect()
+    };
+    ws.write_config(&with_security_group(None, ""));
+    ws.init();
+    ws.apply();
+    assert_eq!(port_groups(&controller), [serde_json::json!([]), serde_json::json!([])], "no group: unfiltered");
+    controller.take_all_requests();
+
+    // The VPC's first group: sent with `default`, then every port again, in
+    // `default` now (the web group names none).
+    ws.write_config(&with_security_group(Some(22), ""));
+    ws.apply();
+    let groups = controller.security_groups();
+    assert_eq!(groups.keys().collect::<Vec<_>>(), ["default", "ssh"]);
+    let ssh = &groups["ssh"];
+    assert_eq!(ssh["id"], format!("{}/blue/ssh", ws.name));
+    let rule = &ssh["ingress"][0];
+    assert_eq!(
+        (&rule["protocol"], &rule["protocol_number"], &rule["from_port"], &rule["to_port"]),
+        (&serde_json::json!("tcp"), &serde_json::json!(6), &serde_json::json!(22), &serde_json::json!(22))
+    );
+    assert_eq!(
+        (&rule["cidr_blocks"], &rule["remote_groups"]),
+        (&serde_json::json!(["10.40.0.0/16"]), &serde_json::json!(["ssh"]))
+    );
+    assert_eq!(groups["default"]["ingress"][0]["remote_groups"], serde_json::json!(["default"]));
+    assert_eq!(port_groups(&controller), [serde_json::json!(["default"]), serde_json::json!(["default"])]);
+    let order: Vec<(String, String)> =
+        controller.take_all_requests().into_iter().map(|(path, method, ..)| (path, method)).collect();
+    let group_put = order.iter().position(|r| r.0 == "/v1/security-groups");
+    let port_put = order.iter().position(|r| r.0 == "/v1/ports");
+    assert!(group_put.is_some() && group_put < port_put, "the group before the ports in it: {order:?}");
+
+    // Into the group, in place: the ports again, no EVM rebuilt.
+    let namespaces = ws.namespaces();
+    ws.write_config(&with_security_group(Some(22), "merak_security_group.ssh.id"));
+    ws.apply();
+    assert_eq!(port_groups(&controller), [serde_json::json!(["ssh"]), serde_json::json!(["ssh"])]);
+    assert_eq!(ws.namespaces(), namespaces, "no EVM rebuilt");
+    assert_eq!(ws.plan().0, 0, "{}", ws.plan().1);
+    controller.take_all_requests();
+
+    // A rule edited: the group alone is sent again.
+    ws.write_config(&with_security_group(Some(2222), "merak_security_group.ssh.id"));
+    ws.apply();
+    assert_eq!(controller.security_groups()["ssh"]["ingress"][0]["from_port"], 2222);
+    let paths: Vec<String> = controller.take_all_requests().into_iter().map(|(path, ..)| path).collect();
+    assert_eq!(paths, ["/v1/security-groups"], "a rule changes no port");
+
+    // Out of the group, then the group gone (two applies: Terraform
+    // destroys a resource before it updates what stops naming it, as with
+    // every cloud's security groups): the ports leave every group before
+    // the controller is told to delete it, and `default` with it.
+    ws.write_config(&with_security_group(Some(2222), ""));
+    ws.apply();
+    assert_eq!(port_groups(&controller), [serde_json::json!(["default"]), serde_json::json!(["default"])]);
+    controller.take_all_requests();
+    ws.write_config(&with_security_group(None, ""));
+    ws.apply();
+    assert!(controller.security_groups().is_empty(), "{:?}", controller.security_groups());
+    assert_eq!(port_groups(&controller), [serde_json::json!([]), serde_json::json!([])]);
+    let order: Vec<(String, String)> =
+        controller.take_all_requests().into_iter().map(|(path, method, ..)| (path, method)).collect();
+    let group_delete = order.iter().position(|r| r.0 == "/v1/security-groups" && r.1 == "DELETE");
+    let last_port_put = order.iter().rposition(|r| r.0 == "/v1/ports");
+    assert!(group_delete > last_port_put, "ports out before the group goes: {order:?}");
+    assert_eq!(ws.plan().0, 0, "{}", ws.plan().1);
+
     ws.ok(&["destroy", "-auto-approve"]);
     assert!(controller.ports().is_empty(), "{:?}", controller.ports());
     ws.assert_nothing_left();
