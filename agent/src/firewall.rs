@@ -257,7 +257,8 @@ pub async fn apply(namespace: &str, firewall: &Firewall) -> Result<(), OverlayEr
 /// transaction.
 async fn run_nft(namespace: &str, script: String) -> Result<(), OverlayError> {
     let netns = netns::open_fd(namespace)?;
-    let outcome = tokio::task::spawn_blocking(move || crate::nftables::run_in(netns, &script))
+    let name = namespace.to_string();
+    let outcome = tokio::task::spawn_blocking(move || crate::nftables::run_in(&name, netns, &script))
         .await
         .map_err(|e| invalid(format!("the nftables task of {namespace} failed: {e}")))?;
     outcome.map_err(|e| invalid(format!("nftables refused the security groups of {namespace}: {e}")))

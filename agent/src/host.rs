@@ -95,6 +95,8 @@ type Listen = (String, bool);
 
 struct Hosted {
     namespace: NamespaceId,
+    /// The prefix of the EPM's router namespaces (`<EPM namespace>.r.`).
+    router_prefix: String,
     listen: Listen,
     /// Where it listens: the socket, or the address with the port bound.
     address: String,
@@ -110,6 +112,9 @@ impl Hosted {
     async fn stop(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(RELEASE_GRACE, self.done).await;
+        // The EPM's router namespaces go with it; their nftables contexts
+        // must not hold them.
+        crate::nftables::forget_prefix(&self.router_prefix);
         if !self.listen.1 {
             let _ = fs::remove_file(&self.address);
         }
@@ -152,6 +157,7 @@ impl HostService {
         }
         let namespace =
             netns::id_of(&netns).ok_or_else(|| format!("network namespace {} does not exist", netns.display()))?;
+        let router_prefix = format!("{}.r.", netns.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
         let (listener, address) = if tcp {
             let acceptor = self.tls.clone().ok_or(
                 "this agent host has no TLS identity (--tls-dir): it serves agents over TCP only with mutual TLS",
@@ -174,7 +180,7 @@ impl HostService {
             }
         });
         tracing::info!(%epm, %address, "agent serving");
-        hosted.insert(epm, Hosted { namespace, listen, address: address.clone(), stop, done });
+        hosted.insert(epm, Hosted { namespace, router_prefix, listen, address: address.clone(), stop, done });
         Ok(address)
     }
 

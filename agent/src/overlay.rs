@@ -53,6 +53,8 @@ pub async fn apply(epm: &Netlink, goal: &OverlayGoal) -> Result<Vec<String>, Ove
 /// routers after 10,000 EVMs). Until it has, a VXLAN device there still
 /// holds its VNI on the EPM's UDP port; [`create_vxlan`] waits that out.
 pub async fn remove_router(namespace: &str) -> Result<(), OverlayError> {
+    // Its nftables context holds it; the namespace must go whole.
+    crate::nftables::forget(namespace);
     Ok(netns::delete(namespace)?)
 }
 

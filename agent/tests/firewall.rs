@@ -212,4 +212,16 @@ async fn groups_decide_what_passes_bridged_or_routed_and_replies_pass() {
         firewall.groups[0].name = "web; flush ruleset".into();
     }
     assert!(agent_a.apply_overlay(Request::new(bad)).await.is_err());
+
+    // The VPC removed, then made again: its router namespace went whole,
+    // not held by the agent's nftables context (a namespace held keeps its
+    // VXLAN devices, whose VNIs a new one could then not take).
+    let (again, _) = push(true);
+    let empty = OverlayGoal { vpcs: Vec::new(), ..again.clone() };
+    agent_a.apply_overlay(Request::new(empty)).await.expect("VPC removed");
+    assert!(!netns::exists(&router_a));
+    let started = std::time::Instant::now();
+    agent_a.apply_overlay(Request::new(again)).await.expect("VPC made again");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "made again after {:?}", started.elapsed());
+    assert!(tables(&router_a).contains("table inet merak"), "{}", tables(&router_a));
 }
