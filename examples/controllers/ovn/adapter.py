@@ -13,6 +13,16 @@ state in DIR/chassis/<epm>. Logical topology, per merak VPC: a logical
 router <topology>.<vpc>; per subnet a logical switch <topology>.<vpc>.<subnet>
 joined to the router at the subnet's gateway; per EVM a logical switch port
 named after the port id. VPCs share nothing, so they stay apart.
+
+Security groups, as Neutron's OVN driver maps them: a port group per merak
+group (named pg_<hash of its id>, its id in external_ids), a port in the
+port groups of its `security_groups`, and per group ACLs: each rule an
+allow-related at priority 1002 (ingress: to-lport on the group's ports,
+from its cidr_blocks or its remote groups' address sets; egress: from-lport
+from them), and a drop of the rest of the group's IPv4 at 1001. A port
+that allows through any of its groups passes; replies pass (conntrack).
+Ports in no group are not filtered.
+
 Standard library only, plus the ovs and ovn command-line tools.
 """
 
@@ -39,6 +49,29 @@ def router_mac(name):
     """A locally administered MAC, stable for the router port's name."""
     digest = hashlib.sha256(name.encode()).digest()
     return "0a:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+def port_group(group_id):
+    """An OVN port group name for a merak group id (OVN names allow no '/')."""
+    return "pg_" + hashlib.sha256(group_id.encode()).hexdigest()[:16]
+
+
+def rule_match(direction, own, vpc_id, rule):
+    """The ACL match of one rule of group `own` (a port group name)."""
+    port, peer = ("outport", "ip4.src") if direction == "ingress" else ("inport", "ip4.dst")
+    peers = list(rule["cidr_blocks"]) + [f"${port_group(vpc_id + '/' + g)}_ip4" for g in rule["remote_groups"]]
+    match = [f"{port} == @{own}", "ip4", f"{peer} == {{{', '.join(peers)}}}"]
+    number = rule["protocol_number"]
+    if number in (6, 17):
+        layer = "tcp" if number == 6 else "udp"
+        match.append(layer)
+        if rule.get("from_port") is not None:
+            match.append(f"{layer}.dst >= {rule['from_port']} && {layer}.dst <= {rule.get('to_port', rule['from_port'])}")
+    elif number == 1:
+        match.append("icmp4")
+    elif number:
+        match.append(f"ip.proto == {number}")
+    return " && ".join(match)
 
 
 class Ovn:
@@ -90,10 +123,48 @@ class Ovn:
                 "--", "lsp-set-addresses", f"sp-{switch}", "router", "--", "lsp-set-options", f"sp-{switch}", f"router-port={router_port}")
         return switch
 
+    def put_group(self, group):
+        """The group's port group, its ACLs replaced whole in one transaction."""
+        name, vpc_id = port_group(group["id"]), f"{group['topology']}/{group['vpc']}"
+        with self.lock:
+            if not self.nb("--bare", "--columns=name", "find", "Port_Group", f"name={name}").strip():
+                self.nb("pg-add", name, "--", "set", "Port_Group", name,
+                        f"external_ids:merak-id=\"{group['id']}\"", f"external_ids:merak-vpc=\"{vpc_id}\"")
+            command = ["acl-del", name]
+            for direction, lport in (("ingress", "to-lport"), ("egress", "from-lport")):
+                port = "outport" if direction == "ingress" else "inport"
+                command += ["--", "acl-add", name, lport, "1001", f"{port} == @{name} && ip4", "drop"]
+                for rule in group[direction]:
+                    command += ["--", "acl-add", name, lport, "1002", rule_match(direction, name, vpc_id, rule), "allow-related"]
+            self.nb(*command)
+
+    def delete_group(self, group_id):
+        """The port group and its ACLs; one already gone is not an error."""
+        name = port_group(group_id)
+        with self.lock:
+            if self.nb("--bare", "--columns=name", "find", "Port_Group", f"name={name}").strip():
+                self.nb("pg-del", name)
+
+    def set_port_groups(self, port):
+        """The port in the port groups of its security groups, out of its VPC's others."""
+        vpc_id = f"{port['topology']}/{port['vpc']}"
+        wanted = {port_group(f"{vpc_id}/{g}") for g in port.get("security_groups", [])}
+        groups = set(self.nb("--bare", "--columns=name", "find", "Port_Group", f"external_ids:merak-vpc=\"{vpc_id}\"").split())
+        if wanted - groups:
+            raise RuntimeError(f"security groups {sorted(port['security_groups'])} are not all known here")
+        if not groups:
+            return
+        uuid = self.nb("--bare", "--columns=_uuid", "find", "Logical_Switch_Port", f"name=\"{port['id']}\"").strip()
+        command = []
+        for name in sorted(groups):
+            command += ["--", "add" if name in wanted else "remove", "Port_Group", name, "ports", uuid]
+        self.nb(*command[1:])
+
     def put(self, port):
         with self.lock:
             switch = self.ensure_subnet(port)
             self.nb("--may-exist", "lsp-add", switch, port["id"], "--", "lsp-set-addresses", port["id"], f"{port['mac']} {port['ip']}")
+            self.set_port_groups(port)
         # The device, on its EPM's chassis: iface-id binds it to the port.
         run("ovs-vsctl", f"--db={self.chassis_db(port['epm'])}", "--timeout=10", "--may-exist", "add-port", "br-int", port["device"],
             "--", "set", "Interface", port["device"], f"external_ids:iface-id={port['id']}", f"external_ids:merak-port={port['id']}")
@@ -141,18 +212,22 @@ def handler(ovn):
             self.wfile.write(data)
 
         def change(self, method):
-            if self.path != "/v1/ports":
+            if self.path == "/v1/ports":
+                key, put, delete = "ports", ovn.put, ovn.delete
+            elif self.path == "/v1/security-groups":
+                key, put, delete = "security_groups", ovn.put_group, ovn.delete_group
+            else:
                 return self.answer(404, {"message": f"no such path {self.path}"})
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             except ValueError as e:
                 return self.answer(400, {"message": f"not JSON: {e}"})
             results = []
-            items = body.get("ports", []) if method == "PUT" else body.get("ids", [])
+            items = body.get(key, []) if method == "PUT" else body.get("ids", [])
             for item in items:
                 port_id = item["id"] if method == "PUT" else item
                 try:
-                    ovn.put(item) if method == "PUT" else ovn.delete(port_id)
+                    put(item) if method == "PUT" else delete(port_id)
                     results.append({"id": port_id, "ok": True})
                 except (RuntimeError, KeyError, subprocess.TimeoutExpired) as e:
                     results.append({"id": port_id, "ok": False, "message": str(e)})

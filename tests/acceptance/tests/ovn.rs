@@ -4,8 +4,9 @@
 //! runs as an epm_agent in every EPM; examples/controllers/ovn/adapter.py
 //! runs OVN's databases and northd and is the external controller. The
 //! pings, and a TCP stream, cross EPMs through OVN's Geneve tunnels; the
-//! other VPC stays apart; scaling adds and removes logical ports; destroy
-//! leaves OVN holding none of them.
+//! other VPC stays apart; scaling adds and removes logical ports; security
+//! groups become OVN port groups and ACLs, which OVN enforces as pingall
+//! and TCP find they were declared; destroy leaves OVN holding none of them.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,19 @@ fn tcp_stream_arrives(from: &str, to: &str, to_ip: &str) -> bool {
     client.status.success() && String::from_utf8_lossy(&received.stdout).trim() == "intact"
 }
 
+/// Whether a TCP connection from `from` (an EVM's namespace) to `ip:port`
+/// gets an answer: refused counts (nothing listens, but the SYN got there
+/// and the reset came back), silence does not (dropped on the way).
+fn tcp_reaches(from: &str, ip: &str, port: u16) -> bool {
+    const PROBE: &str = "import socket,sys\ntry:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\n\
+        except ConnectionRefusedError: print('reached')\nexcept OSError: print('silent')\nelse: print('reached')";
+    let output = Command::new("ip")
+        .args(["netns", "exec", from, "python3", "-c", PROBE, ip, &port.to_string()])
+        .output()
+        .expect("run the probe");
+    String::from_utf8_lossy(&output.stdout).trim() == "reached"
+}
+
 #[test]
 fn ovn_programs_the_external_vpcs_and_carries_their_traffic() {
     if let Err(missing) = tools_present() {
@@ -176,7 +190,26 @@ fn ovn_programs_the_external_vpcs_and_carries_their_traffic() {
     run(&["apply", "-auto-approve"], 2);
     assert_eq!(adapter.evm_ports(&web), [format!("{}/web-0", ws.name), format!("{}/web-1", ws.name)]);
 
+    // Security groups, enforced by OVN: the web tier answers only itself
+    // (ICMP and TCP 7001); pingall judges OVN by the declared policy.
+    let mut secure = with_vars(&["apply", "-auto-approve"], 2);
+    secure.extend(["-var".to_string(), "security_groups=true".to_string()]);
+    let output = ws.ok(&secure.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(output.contains(" 0 unexpected"), "{output}");
+    let policy = ws.ok(&["output", "-raw", "policy"]);
+    let counts = policy.split_once(" denied").and_then(|(counts, _)| counts.split_once('/'));
+    assert!(counts.is_some_and(|(kept, probes)| kept == probes && probes != "0"), "{policy}");
+    let groups = adapter.nb(&["--bare", "--columns=name", "list", "Port_Group"]);
+    assert_eq!(groups.split_whitespace().count(), 2, "the web group and the VPC's default: {groups}");
+    let acls = adapter.nb(&["--bare", "--columns=match", "list", "ACL"]);
+    assert!(acls.contains("tcp.dst >= 7001 && tcp.dst <= 7001"), "{acls}");
+    let db0 = format!("merak-{}.vm.db.0", ws.name);
+    assert!(tcp_stream_arrives(&web0, &web1, "10.50.1.3"), "web to web on 7001 is allowed");
+    assert!(!tcp_reaches(&db0, "10.50.1.3", 7001), "db to web is dropped");
+    assert!(!tcp_reaches(&web0, "10.50.1.3", 7002), "web to web on another port is dropped");
+
     run(&["destroy", "-auto-approve"], 2);
+    assert_eq!(adapter.nb(&["--bare", "--columns=name", "list", "Port_Group"]).trim(), "", "port groups left");
     // The adapter removed what it made once no port was left in it.
     assert_eq!(adapter.nb(&["ls-list"]).trim(), "", "logical switches left");
     assert_eq!(adapter.nb(&["lr-list"]).trim(), "", "logical routers left");

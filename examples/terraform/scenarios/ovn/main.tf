@@ -7,7 +7,10 @@
 #   terraform apply -var ovn_dir=/var/lib/ovn-lab
 #
 # Then merak_pingall is the verdict on OVN: EVMs of one VPC reach each other
-# across EPMs through OVN's tunnels, and other VPCs do not.
+# across EPMs through OVN's tunnels, and other VPCs do not. With
+# -var security_groups=true the web tier answers only itself (ICMP and TCP
+# 7001) and OVN enforces that with port groups and ACLs: pingall's policy
+# output says whether it did.
 
 terraform {
   required_providers {
@@ -44,6 +47,11 @@ variable "chassis_script" {
 variable "web_count" {
   type    = number
   default = 4
+}
+
+variable "security_groups" {
+  type    = bool
+  default = false
 }
 
 provider "merak" {
@@ -88,10 +96,33 @@ resource "merak_subnet" "db" {
   cidr   = "10.50.2.0/24"
 }
 
+resource "merak_security_group" "web" {
+  count  = var.security_groups ? 1 : 0
+  vpc_id = merak_vpc.blue.id
+  name   = "web"
+
+  ingress {
+    protocol = "icmp"
+    self     = true
+  }
+
+  ingress {
+    protocol  = "tcp"
+    from_port = 7001
+    self      = true
+  }
+
+  egress {
+    protocol    = "all"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+}
+
 resource "merak_evm_group" "web" {
-  subnet_id = merak_subnet.web.id
-  name      = "web"
-  evm_count = var.web_count
+  subnet_id          = merak_subnet.web.id
+  name               = "web"
+  evm_count          = var.web_count
+  security_group_ids = merak_security_group.web[*].id
 }
 
 resource "merak_evm_group" "db" {
@@ -128,4 +159,8 @@ data "merak_pingall" "all" {
 
 output "pingall" {
   value = "${data.merak_pingall.all.replies}/${data.merak_pingall.all.expected_replies} replies, ${data.merak_pingall.all.isolation_kept}/${data.merak_pingall.all.isolation_probes} isolation probes blocked, ${data.merak_pingall.all.unexpected} unexpected"
+}
+
+output "policy" {
+  value = "${data.merak_pingall.all.denied_kept}/${data.merak_pingall.all.denied_probes} denied as declared"
 }
